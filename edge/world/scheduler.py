@@ -1,0 +1,238 @@
+"""Runs systems: at a tick rate over every entity matching their query, or on messages.
+
+A *tick system* declares the numeric fields it reads and writes. Each tick the scheduler asks the
+world for the matching entities, gathers the columns into the system's batch buffers, runs the
+system once for the whole batch and scatters the written columns back. A *message system* gets
+the messages of its subscriptions in batches, in order, through a bounded inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from edge.world.store import F64Array, Query, World
+
+log = logging.getLogger("edge.world.scheduler")
+
+MAX_DT_FACTOR = 5.0  # a late tick advances time by at most this many periods
+INBOX_LIMIT = 10_000  # messages waiting for one system; beyond this new ones are dropped
+MAX_BATCH = 1_000  # messages handed to a system in one call
+
+
+class TickRunner(Protocol):
+    """What the scheduler needs from a system that runs on ticks."""
+
+    name: str
+
+    def buffers(self, n: int) -> Sequence[F64Array]:
+        """Column buffers for a batch of ``n`` entities, in column order (reads, then writes)."""
+        ...
+
+    async def run(self, n: int, dt: float, ids: Sequence[str] | None) -> bool:
+        """Run one tick over the filled buffers; False if the system could not run."""
+        ...
+
+
+@dataclass
+class TickStats:
+    ticks: int = 0
+    skipped: int = 0  # the runner was not available (backoff, failed)
+    stale: int = 0  # the world changed shape during the tick; results discarded
+    overruns: int = 0  # a tick took longer than the period
+    entities: int = 0  # batch size of the last tick
+    last_ms: float = 0.0  # duration of the last tick
+    durations: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = sorted(self.durations)
+        p50 = d[len(d) // 2] * 1000 if d else 0.0
+        p99 = d[min(len(d) - 1, int(len(d) * 0.99))] * 1000 if d else 0.0
+        return {
+            "ticks": self.ticks,
+            "skipped": self.skipped,
+            "stale": self.stale,
+            "overruns": self.overruns,
+            "entities": self.entities,
+            "last_ms": round(self.last_ms, 3),
+            "p50_ms": round(p50, 3),
+            "p99_ms": round(p99, 3),
+        }
+
+
+class TickLoop:
+    """Ticks one system at ``hz`` over the entities that have every queried component."""
+
+    def __init__(
+        self,
+        world: World,
+        runner: TickRunner,
+        *,
+        read: Sequence[str],
+        write: Sequence[str],
+        hz: float,
+    ) -> None:
+        self.world = world
+        self.runner = runner
+        self.read = tuple(read)
+        self.write = tuple(write)
+        self.columns = self.read + tuple(f for f in self.write if f not in self.read)
+        self._write_pos = [self.columns.index(f) for f in self.write]
+        self.components = tuple(sorted({f.partition(".")[0] for f in self.columns}))
+        self.period = 1.0 / hz
+        self.stats = TickStats()
+        self._task: asyncio.Task[None] | None = None
+        self._sent_version = -1
+        for name in self.columns:
+            world.column(name)  # fail early on an unknown or non-numeric field
+
+    async def tick_once(self, dt: float) -> bool:
+        world = self.world
+        q: Query = world.query(self.components)
+        n = len(q)
+        self.stats.entities = n
+        buffers = self.runner.buffers(n)
+        world.gather(q, self.columns, buffers)
+        ids = q.ids if q.version != self._sent_version else None
+        started = time.perf_counter()
+        ok = await self.runner.run(n, dt, ids)
+        elapsed = time.perf_counter() - started
+        self.stats.last_ms = elapsed * 1000
+        self.stats.durations.append(elapsed)
+        if not ok:
+            self.stats.skipped += 1
+            self._sent_version = -1
+            return False
+        self._sent_version = q.version
+        if world.version != q.version:
+            self.stats.stale += 1
+            return False
+        world.scatter(q, self.write, [buffers[i] for i in self._write_pos])
+        self.stats.ticks += 1
+        return True
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"edge.tick.{self.runner.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        next_at = last + self.period
+        while True:
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = loop.time()
+            dt = min(now - last, self.period * MAX_DT_FACTOR)
+            last = now
+            try:
+                await self.tick_once(dt)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("tick of %s failed", self.runner.name)
+                self.stats.skipped += 1
+            next_at += self.period
+            if loop.time() > next_at:
+                self.stats.overruns += 1
+                next_at = loop.time()
+
+
+Deliver = Callable[[Sequence[tuple[str, bytes]]], Awaitable[None]]
+
+
+class MessagePump:
+    """A bounded inbox in front of a message system: batches in order, drops (and counts) overflow."""
+
+    def __init__(self, name: str, deliver: Deliver, *, limit: int = INBOX_LIMIT) -> None:
+        self.name = name
+        self._deliver = deliver
+        self._inbox: deque[tuple[str, bytes]] = deque()
+        self._limit = limit
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.received = 0
+        self.delivered = 0
+        self.dropped = 0
+        self.errors = 0
+
+    def put(self, subject: str, data: bytes) -> None:
+        self.received += 1
+        if len(self._inbox) >= self._limit:
+            self.dropped += 1
+            return
+        self._inbox.append((subject, data))
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"edge.pump.{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            if not self._inbox:
+                self._wake.clear()
+                await self._wake.wait()
+            count = min(len(self._inbox), MAX_BATCH)
+            batch = [self._inbox.popleft() for _ in range(count)]
+            try:
+                await self._deliver(batch)
+                self.delivered += count
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                self.errors += 1
+                log.warning("delivery to %s failed (%d messages dropped): %s", self.name, count, err)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "delivered": self.delivered,
+            "dropped": self.dropped,
+            "errors": self.errors,
+            "queued": len(self._inbox),
+        }
+
+
+class NativeTickRunner:
+    """A tick system written in Python: ``fn(columns, n, dt)`` updates the write columns in place."""
+
+    def __init__(self, name: str, ncolumns: int, fn: Callable[[list[F64Array], int, float], None]) -> None:
+        self.name = name
+        self._fn = fn
+        self._ncolumns = ncolumns
+        self._buffers: list[F64Array] = []
+
+    def buffers(self, n: int) -> Sequence[F64Array]:
+        if not self._buffers or len(self._buffers[0]) < n:
+            size = max(n, 16)
+            self._buffers = [np.zeros(size, dtype=np.float64) for _ in range(self._ncolumns)]
+        return [b[:n] for b in self._buffers]
+
+    async def run(self, n: int, dt: float, ids: Sequence[str] | None) -> bool:
+        self._fn([b[:n] for b in self._buffers], n, dt)
+        return True

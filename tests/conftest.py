@@ -1,0 +1,40 @@
+"""Fixtures shared by every test suite: a real nats-server per test, on a free loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from edge.natsd.server import NatsServer
+from edge.natsd.testing import ServerFactory, server_factory
+
+
+@pytest.fixture
+async def nats_servers(tmp_path: Path) -> AsyncIterator[ServerFactory]:
+    """A factory of started servers (``await nats_servers("hub", ...)``), all stopped afterwards."""
+    async with server_factory(tmp_path) as make:
+        yield make
+
+
+@pytest.fixture
+async def nats_server(nats_servers: ServerFactory) -> NatsServer:
+    """One JetStream-enabled nats-server with a temp store."""
+    return await nats_servers("edge")
+
+
+@pytest.fixture
+async def nats_url(nats_server: NatsServer) -> str:
+    return nats_server.url
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_url)
+    try:
+        yield client
+    finally:
+        await client.close()
