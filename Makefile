@@ -1,0 +1,45 @@
+# Two commands: `make run` (set up and run the embedded demo) and `make test` (set up and pass the tests).
+# Works on a fresh Debian/Raspberry Pi OS machine; installs system packages with apt when missing.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PKGS = clang lld python3-venv python3-dev
+
+.PHONY: setup system-deps components run test check bench clean
+
+setup: $(STAMP) components
+
+system-deps:
+	@if ! command -v clang >/dev/null || ! command -v wasm-ld >/dev/null || ! $(PYTHON) -c 'import ensurepip, sysconfig, os; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null; then \
+	  echo "installing system packages: $(APT_PKGS)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PKGS) >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+components: $(STAMP)
+	$(BIN)/python components/build.py
+
+run: setup
+	$(BIN)/edge run
+
+test: setup
+	$(BIN)/pytest -q -p no:cacheprovider
+
+check: setup
+	$(BIN)/mypy
+	$(BIN)/ruff check edge drivers components bench tests
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) components/build

@@ -1,0 +1,1 @@
+"""The ``edge`` command. Thin: parsing and printing; the work is done by the runtime and its API."""

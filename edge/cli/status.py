@@ -1,0 +1,83 @@
+"""Readable tables for ``edge status``, ``edge entity list`` and ``edge component list``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def entity_table(entities: Sequence[dict[str, Any]]) -> str:
+    rows = [
+        (e["id"], e.get("kind", ""), ",".join(f"{k}={v}" for k, v in e.get("labels", {}).items()),
+         " ".join(e.get("components", [])))
+        for e in entities
+    ]
+    return table(["ENTITY", "KIND", "LABELS", "COMPONENTS"], rows)
+
+
+def component_table(components: Sequence[dict[str, Any]]) -> str:
+    rows = []
+    for c in components:
+        counters = c.get("counters", {})
+        tick = c.get("tick", {})
+        rows.append(
+            (
+                c.get("name"),
+                c.get("version", ""),
+                c.get("state", "?"),
+                c.get("restarts", 0),
+                tick.get("ticks", counters.get("ticks", 0)),
+                tick.get("entities", ""),
+                f"{tick.get('p50_ms', 0):.2f}" if tick else "",
+                counters.get("messages", 0),
+                counters.get("published", 0),
+                counters.get("denied", 0),
+                (c.get("last_fault") or {}).get("message", "") if isinstance(c.get("last_fault"), dict)
+                else (c.get("last_fault") or ""),
+            )
+        )
+    return table(
+        ["COMPONENT", "VERSION", "STATE", "RESTARTS", "TICKS", "BATCH", "P50_MS", "MSGS", "PUB", "DENIED", "LAST FAULT"],
+        rows,
+    )
+
+
+def render(status: dict[str, Any]) -> str:
+    nats = status.get("nats", {})
+    server = nats.get("server") or {}
+    state = status.get("state", {})
+    head = [
+        f"device {status.get('device')}  pid {status.get('pid')}  up {status.get('uptime_s')} s"
+        f"  ready in {status.get('ready_s')} s",
+        f"nats   {'connected' if nats.get('connected') else 'DISCONNECTED'} {nats.get('url') or ''}"
+        + (f"  embedded pid {server.get('pid')} restarts {server.get('restarts')}" if server else ""),
+        f"state  bucket {state.get('bucket')} every {state.get('interval_s')} s: "
+        f"{state.get('writes', 0)} writes, {state.get('pending', 0)} pending, {state.get('failures', 0)} failures",
+        "",
+        component_table(status.get("components", [])),
+        "",
+        entity_table(status.get("entities", [])),
+    ]
+    for section in ("drivers", "inference", "sync", "agents"):
+        if section in status and status[section]:
+            head += ["", f"{section}:", _section(status[section])]
+    faults = status.get("faults") or []
+    if faults:
+        head += ["", "recent faults:"]
+        head += [f"  {f.get('component')}: {f.get('kind')}: {f.get('message')}" for f in faults[-5:]]
+    return "\n".join(head)
+
+
+def _section(value: Any) -> str:
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        keys = list(value[0].keys())[:8]
+        return table([k.upper() for k in keys], [[row.get(k, "") for k in keys] for row in value])
+    return str(value)

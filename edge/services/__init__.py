@@ -1,0 +1,1 @@
+"""NATS request/reply services of the device (nats-py ``micro``)."""
