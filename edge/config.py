@@ -205,9 +205,9 @@ def parse_config(
     for i, item in enumerate(_list(raw, "components", file)):
         t = _Table(item, f"components[{i}]", file)
         manifest = t.get("manifest", str, "")
+        t.done()
         if not manifest:
             raise ConfigError("missing manifest path", key=t.key("manifest"), file=file)
-        t.done()
         cfg.components.append(base / manifest)
 
     top.used.add("entities")
