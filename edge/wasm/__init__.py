@@ -1,0 +1,1 @@
+"""WebAssembly components: binary tools, sandbox workers, host ABI."""
