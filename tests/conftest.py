@@ -38,3 +38,16 @@ async def nc(nats_url: str) -> AsyncIterator[Client]:
         yield client
     finally:
         await client.close()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def components_dir() -> Path:
+    """The repository's components/, built (incrementally) with components/build.py."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, str(ROOT / "components" / "build.py")], check=True, capture_output=True)
+    return ROOT / "components"
