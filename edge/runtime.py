@@ -257,14 +257,13 @@ class Runtime:
 
     async def _component_state(self, component: str) -> dict[str, bytes]:
         kv = await self._component_bucket()
-        try:
-            keys = await kv.keys(filters=[f"{component}.>"])
-        except Exception:  # NoKeysError: nothing stored yet
-            return {}
         out: dict[str, bytes] = {}
-        for key in keys:
-            entry = await kv.get(key)
-            out[key[len(component) + 1 :]] = entry.value or b""
+        watcher = await kv.watch(f"{component}.>", ignore_deletes=True)
+        try:
+            while (entry := await watcher.updates(timeout=CONNECT_TIMEOUT)) is not None:
+                out[entry.key[len(component) + 1 :]] = entry.value or b""
+        finally:
+            await watcher.stop()
         return out
 
     # -- HostCallbacks for the sandbox pool -----------------------------------------------------
