@@ -31,9 +31,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge.config import DeviceConfig, NatsConfig  # noqa: E402
-from edge.natsd.server import NatsServer, ServerOptions  # noqa: E402
-from edge.runtime import Runtime  # noqa: E402
+from edge.config import DeviceConfig, NatsConfig
+from edge.natsd.server import NatsServer, ServerOptions
+from edge.runtime import Runtime
 
 PAYLOAD = b"x" * 64
 

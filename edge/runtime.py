@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,7 +217,12 @@ class Runtime:
             loaded.tick.start()
         if manifest.subscribe:
             pool = self.pool
-            pump = MessagePump(manifest.name, lambda batch, n=manifest.name: pool.deliver(n, batch))
+            name = manifest.name
+
+            async def deliver(batch: Sequence[tuple[str, bytes]]) -> None:
+                await pool.deliver(name, batch)
+
+            pump = MessagePump(manifest.name, deliver)
             pump.start()
             loaded.pump = pump
             for subject in manifest.subscribe:

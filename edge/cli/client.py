@@ -108,6 +108,7 @@ class DeviceClient:
             raise NatsError(f"device {self.device} did not answer {subject}: {type(err).__name__}") from None
         reply = json.loads(msg.data)
         if not reply.get("ok"):
-            err = reply.get("error", {})
-            raise ApiError(str(err.get("message", "request refused")), **{k: v for k, v in err.items() if k != "message"})
+            info = reply.get("error", {})
+            fields = {k: v for k, v in info.items() if k != "message"}
+            raise ApiError(str(info.get("message", "request refused")), **fields)
         return reply.get("result")

@@ -67,7 +67,7 @@ def render(status: dict[str, Any]) -> str:
         entity_table(status.get("entities", [])),
     ]
     for section in ("drivers", "inference", "sync", "agents"):
-        if section in status and status[section]:
+        if status.get(section):
             head += ["", f"{section}:", _section(status[section])]
     faults = status.get("faults") or []
     if faults:

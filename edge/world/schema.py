@@ -86,7 +86,7 @@ def _coerce(component: str, name: str, kind: str, value: Any) -> Any:
         if isinstance(value, float) and not value.is_integer():
             raise bad("an integer")
         if abs(value) > MAX_I64_EXACT:
-            raise bad(f"an integer within +-2^53")
+            raise bad("an integer within +-2^53")
         return int(value)
     if kind == "bool":
         if not isinstance(value, bool):

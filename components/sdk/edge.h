@@ -1,0 +1,145 @@
+/*
+ * edge.h: header-only C SDK for edge WebAssembly components (host ABI contract 1, docs/abi.md).
+ *
+ * Build a component with:
+ *   clang --target=wasm32 -O2 -nostdlib -Wl,--no-entry -Wl,--export-dynamic -I components/sdk -o c.wasm c.c
+ *
+ * There is no libc: this header provides edge_memcpy/edge_memset (and memcpy/memset/memmove
+ * symbols, which clang may emit calls to), string helpers, the host imports, and EDGE_INBOX() which
+ * defines a static message buffer and the edge_alloc export the host needs for edge_on_message.
+ */
+#ifndef EDGE_SDK_H
+#define EDGE_SDK_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#define EDGE_CONTRACT 1
+
+#define EDGE_IMPORT(name) __attribute__((import_module("edge"), import_name(name)))
+#define EDGE_EXPORT(name) __attribute__((export_name(name)))
+
+/* ---- host imports (module "edge") ---------------------------------------------------------- */
+EDGE_IMPORT("log") void edge_log(int32_t level, const char *ptr, int32_t len);
+EDGE_IMPORT("publish") int32_t edge_publish(const char *subj, int32_t subj_len, const void *data, int32_t data_len);
+EDGE_IMPORT("kv_get") int32_t edge_kv_get(const char *key, int32_t key_len, void *buf, int32_t cap);
+EDGE_IMPORT("kv_put") int32_t edge_kv_put(const char *key, int32_t key_len, const void *val, int32_t val_len);
+EDGE_IMPORT("clock_ms") int64_t edge_clock_ms(void);
+EDGE_IMPORT("monotonic_ns") int64_t edge_monotonic_ns(void);
+EDGE_IMPORT("batch_len") int32_t edge_batch_len(void);
+EDGE_IMPORT("col_read") int32_t edge_col_read(int32_t column, double *ptr, int32_t cap_bytes);
+EDGE_IMPORT("col_write") int32_t edge_col_write(int32_t column, const double *ptr, int32_t len_bytes);
+EDGE_IMPORT("entity_id") int32_t edge_entity_id(int32_t index, char *buf, int32_t cap);
+EDGE_IMPORT("device_id") int32_t edge_device_id(char *buf, int32_t cap);
+
+enum { EDGE_DEBUG = 0, EDGE_INFO = 1, EDGE_WARNING = 2, EDGE_ERROR = 3 };
+enum { EDGE_OK = 0, EDGE_DENIED = -1, EDGE_BAD_SUBJECT = -2, EDGE_QUOTA = -3 };
+
+/* ---- no-libc helpers --------------------------------------------------------------------- */
+static inline void *edge_memcpy(void *dst, const void *src, size_t n) {
+    unsigned char *d = (unsigned char *)dst;
+    const unsigned char *s = (const unsigned char *)src;
+    while (n--) *d++ = *s++;
+    return dst;
+}
+
+static inline void *edge_memset(void *dst, int c, size_t n) {
+    unsigned char *d = (unsigned char *)dst;
+    while (n--) *d++ = (unsigned char)c;
+    return dst;
+}
+
+static inline size_t edge_strlen(const char *s) {
+    size_t n = 0;
+    while (s[n]) n++;
+    return n;
+}
+
+static inline int edge_memeq(const void *a, const void *b, size_t n) {
+    const unsigned char *x = (const unsigned char *)a, *y = (const unsigned char *)b;
+    for (size_t i = 0; i < n; i++) if (x[i] != y[i]) return 0;
+    return 1;
+}
+
+/* clang lowers struct copies and large initialisers to calls to these symbols; define them once
+ * per component (weak, so a component may provide its own). */
+__attribute__((weak)) void *memcpy(void *dst, const void *src, size_t n) { return edge_memcpy(dst, src, n); }
+__attribute__((weak)) void *memset(void *dst, int c, size_t n) { return edge_memset(dst, c, n); }
+__attribute__((weak)) void *memmove(void *dst, const void *src, size_t n) {
+    unsigned char *d = (unsigned char *)dst;
+    const unsigned char *s = (const unsigned char *)src;
+    if (d < s) while (n--) *d++ = *s++;
+    else { d += n; s += n; while (n--) *--d = *--s; }
+    return dst;
+}
+
+/* ---- scratch memory ----------------------------------------------------------------------- */
+/* The host fixes linear memory at the manifest's limits.memory_pages (memory.grow fails beyond it).
+ * edge_scratch(bytes) returns a 16-byte aligned area of at least `bytes` bytes after the static
+ * data (the same area on every call: it is scratch, not an allocator), or 0 if it does not fit. */
+extern unsigned char __heap_base;
+
+static inline void *edge_scratch(size_t bytes) {
+    size_t base = ((size_t)&__heap_base + 15u) & ~(size_t)15u;
+    size_t need = base + bytes;
+    size_t have = (size_t)__builtin_wasm_memory_size(0) * 65536u;
+    if (need > have) {
+        size_t pages = (need - have + 65535u) / 65536u;
+        if (__builtin_wasm_memory_grow(0, pages) == (size_t)-1) return 0;
+    }
+    return (void *)base;
+}
+
+/* ---- convenience wrappers ----------------------------------------------------------------- */
+static inline void edge_log_str(int32_t level, const char *msg) {
+    edge_log(level, msg, (int32_t)edge_strlen(msg));
+}
+
+static inline int32_t edge_publish_str(const char *subject, const void *data, int32_t data_len) {
+    return edge_publish(subject, (int32_t)edge_strlen(subject), data, data_len);
+}
+
+static inline int32_t edge_kv_get_str(const char *key, void *buf, int32_t cap) {
+    return edge_kv_get(key, (int32_t)edge_strlen(key), buf, cap);
+}
+
+static inline int32_t edge_kv_put_str(const char *key, const void *val, int32_t val_len) {
+    return edge_kv_put(key, (int32_t)edge_strlen(key), val, val_len);
+}
+
+/* Append decimal `v` to buf at *pos (no bounds beyond cap). Handy for log lines. */
+static inline void edge_fmt_int(char *buf, int32_t cap, int32_t *pos, int64_t v) {
+    char tmp[24];
+    int32_t n = 0;
+    uint64_t u = v < 0 ? (uint64_t)(-(v + 1)) + 1 : (uint64_t)v;
+    do { tmp[n++] = (char)('0' + (u % 10)); u /= 10; } while (u && n < 24);
+    if (v < 0 && *pos < cap) buf[(*pos)++] = '-';
+    while (n && *pos < cap) buf[(*pos)++] = tmp[--n];
+}
+
+/* Column helpers: the host copies f64 columns of the current batch in and out. */
+static inline int32_t edge_read_column(int32_t column, double *dst, int32_t n) {
+    return edge_col_read(column, dst, n * (int32_t)sizeof(double));
+}
+
+static inline int32_t edge_write_column(int32_t column, const double *src, int32_t n) {
+    return edge_col_write(column, src, n * (int32_t)sizeof(double));
+}
+
+/* ---- exports ------------------------------------------------------------------------------ */
+/* EDGE_TICK(fn) / EDGE_ON_MESSAGE(fn) / EDGE_INIT(fn) name the exports of the contract. */
+#define EDGE_INIT __attribute__((export_name("edge_init"))) int32_t edge_init(void)
+#define EDGE_TICK __attribute__((export_name("edge_tick"))) int32_t edge_tick(int32_t n, double dt)
+#define EDGE_ON_MESSAGE                                                                           \
+    __attribute__((export_name("edge_on_message"))) int32_t edge_on_message(                      \
+        const char *subject, int32_t subject_len, const uint8_t *data, int32_t data_len)
+
+/* EDGE_INBOX(size): a static buffer of `size` bytes and the edge_alloc export returning it (0 if
+ * the message does not fit: the host then drops it and counts it). */
+#define EDGE_INBOX(size)                                                                          \
+    static uint8_t edge_inbox_[(size)];                                                           \
+    __attribute__((export_name("edge_alloc"))) int32_t edge_alloc(int32_t n) {                    \
+        return (n >= 0 && n <= (int32_t)(size)) ? (int32_t)(uintptr_t)edge_inbox_ : 0;            \
+    }
+
+#endif /* EDGE_SDK_H */

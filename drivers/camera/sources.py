@@ -1,0 +1,195 @@
+"""Where camera frames come from: the source seam and the sources that run anywhere.
+
+Key components
+- :class:`FrameSource`: a backend MUST implement ``open()``, ``read()`` and ``close()``; all
+  three block and are called from a worker thread. ``read()`` returns an HxWx3 uint8 RGB array
+  and raises ``OSError`` when the camera is gone. ``paced`` says whether ``read()`` itself waits
+  for the next frame (real cameras) or the driver must pace it at ``fps`` (synthetic, files).
+- :class:`SyntheticSource`: moving shapes at any size and rate; the frame number is written as
+  32 bits (white = 1) in the top-left of row 0, so consumers can tell frames apart.
+  ``fail_after`` makes the camera "disappear" after that many frames (fault injection).
+- :class:`FileSource`: a ``.npy`` (``HxWx3`` or ``NxHxWx3``) or a directory of ``.npy``/images
+  (images need Pillow), played in name order at ``fps``, looping.
+- Real cameras: :mod:`drivers.camera.picam` (Raspberry Pi) and :mod:`drivers.camera.v4l2`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+Image = npt.NDArray[np.uint8]
+
+DEFAULT_WIDTH = 640  # pixels
+DEFAULT_HEIGHT = 480  # pixels
+DEFAULT_FPS = 15.0  # frames per second
+SEQ_BITS = 32  # pixels of row 0 carrying the frame number
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
+
+
+class FrameSource(ABC):
+    paced = False
+
+    def __init__(self, width: int, height: int, fps: float) -> None:
+        if width < SEQ_BITS or height < 8 or fps <= 0:
+            raise ValueError(f"bad camera geometry {width}x{height} @ {fps} fps")
+        self.width = width
+        self.height = height
+        self.fps = fps
+
+    @property
+    @abstractmethod
+    def where(self) -> str:
+        """What the source is (device path, file, "synthetic")."""
+
+    @abstractmethod
+    def open(self) -> None: ...
+
+    @abstractmethod
+    def read(self) -> Image: ...
+
+    def close(self) -> None:
+        """Release the camera; safe to call twice."""
+
+
+class SyntheticSource(FrameSource):
+    """Moving, bouncing rectangles and discs over a gradient."""
+
+    def __init__(self, width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT,
+                 fps: float = DEFAULT_FPS, *, fail_after: int | None = None, seed: int = 7) -> None:
+        super().__init__(width, height, fps)
+        self.fail_after = fail_after
+        self.seed = seed
+        self.frames = 0
+        self._bg: Image | None = None
+        self._buf: Image | None = None
+        self._shapes: list[list[float]] = []
+        self._disc: npt.NDArray[np.bool_] | None = None
+
+    @property
+    def where(self) -> str:
+        return "synthetic"
+
+    def open(self) -> None:
+        h, w = self.height, self.width
+        y = np.linspace(0, 255, h, dtype=np.float32)[:, None]
+        x = np.linspace(0, 255, w, dtype=np.float32)[None, :]
+        bg = np.empty((h, w, 3), np.uint8)
+        bg[..., 0] = (x * 0.5 + 30).astype(np.uint8)
+        bg[..., 1] = (y * 0.5 + 30).astype(np.uint8)
+        bg[..., 2] = 90
+        self._bg = bg
+        self._buf = np.empty_like(bg)
+        rng = np.random.default_rng(self.seed)
+        size = max(8, min(h, w) // 6)
+        self._shapes = [
+            [float(rng.uniform(0, w - size)), float(rng.uniform(0, h - size)),
+             float(rng.uniform(-6, 6)) or 3.0, float(rng.uniform(-6, 6)) or 2.0, float(size), float(k)]
+            for k in range(4)
+        ]
+        r = size / 2
+        yy, xx = np.mgrid[0:size, 0:size]
+        self._disc = (yy - r + 0.5) ** 2 + (xx - r + 0.5) ** 2 <= r * r
+        self.frames = 0
+
+    def read(self) -> Image:
+        if self._bg is None or self._buf is None or self._disc is None:
+            raise OSError(errno.ENODEV, "synthetic camera is not open")
+        if self.fail_after is not None and self.frames >= self.fail_after:
+            raise OSError(errno.ENODEV, "camera disconnected (synthetic fault)")
+        img = self._buf
+        np.copyto(img, self._bg)
+        colors = ((230, 60, 60), (60, 220, 80), (250, 220, 40), (240, 240, 240))
+        for s in self._shapes:
+            x, y, vx, vy, size, k = s
+            x += vx
+            y += vy
+            if not 0 <= x <= self.width - size:
+                vx, x = -vx, min(max(x, 0.0), self.width - size)
+            if not 0 <= y <= self.height - size:
+                vy, y = -vy, min(max(y, 0.0), self.height - size)
+            s[0], s[1], s[2], s[3] = x, y, vx, vy
+            xi, yi, n = int(x), int(y), int(size)
+            region = img[yi:yi + n, xi:xi + n]
+            if int(k) % 2:
+                region[self._disc] = colors[int(k)]
+            else:
+                region[:] = colors[int(k)]
+        self.frames += 1
+        bits = (self.frames >> np.arange(SEQ_BITS)) & 1
+        img[0, :SEQ_BITS] = (bits * 255).astype(np.uint8)[:, None]
+        return img.copy()
+
+
+def frame_number(image: Image) -> int:
+    """Decode the frame number a :class:`SyntheticSource` wrote into row 0."""
+    bits = image[0, :SEQ_BITS, 0] > 127
+    return int(np.sum(bits.astype(np.int64) << np.arange(SEQ_BITS)))
+
+
+class FileSource(FrameSource):
+    """Frames from a ``.npy`` file or a directory of ``.npy``/image files, looping."""
+
+    def __init__(self, path: str | os.PathLike[str], fps: float = DEFAULT_FPS, *,
+                 loop: bool = True) -> None:
+        super().__init__(DEFAULT_WIDTH, DEFAULT_HEIGHT, fps)
+        self.path = Path(path)
+        self.loop = loop
+        self._files: list[Path] = []
+        self._array: npt.NDArray[np.uint8] | None = None
+        self._index = 0
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+    def open(self) -> None:
+        if not self.path.exists():
+            raise FileNotFoundError(errno.ENOENT, "no such camera file or directory", str(self.path))
+        self._index = 0
+        if self.path.is_dir():
+            self._files = sorted(p for p in self.path.iterdir()
+                                 if p.suffix.lower() in (".npy", *IMAGE_SUFFIXES))
+            if not self._files:
+                raise FileNotFoundError(errno.ENOENT, "no .npy or image files", str(self.path))
+            first = self._load(self._files[0])
+        else:
+            arr = np.load(self.path, mmap_mode="r")
+            self._array = arr if arr.ndim == 4 else arr[None]
+            first = np.asarray(self._array[0])
+        self._check(first)
+        self.height, self.width = int(first.shape[0]), int(first.shape[1])
+
+    def _check(self, img: npt.NDArray[np.generic]) -> None:
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"{self.path}: frames must be HxWx3 uint8, got {img.shape} {img.dtype}")
+
+    def _load(self, p: Path) -> Image:
+        if p.suffix.lower() == ".npy":
+            return np.asarray(np.load(p), dtype=np.uint8)
+        try:
+            from PIL import Image as PILImage  # optional: only for image files
+        except ImportError as exc:
+            raise OSError(f"reading {p.suffix} files needs Pillow; use .npy frames instead") from exc
+        with PILImage.open(p) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+    def read(self) -> Image:
+        n = len(self._files) if self._array is None else len(self._array)
+        if self._index >= n:
+            if not self.loop:
+                raise OSError(errno.ENODATA, f"end of {self.path}")
+            self._index = 0
+        i = self._index
+        self._index += 1
+        img = self._load(self._files[i]) if self._array is None else np.array(self._array[i])
+        self._check(img)
+        return img
+
+    def close(self) -> None:
+        self._array = None

@@ -1,0 +1,370 @@
+"""``AgentHost``: runs the configured native agents of a device, each isolated from the others.
+
+It is a runtime extra (``start(runtime)`` / ``stop()`` / ``status()``, section ``agents``). Per
+agent a supervisor task builds the agent from its factory, subscribes to its subjects, and loops:
+wait for input or the agent's interval, ``read_world``, ``decide`` (under a deadline), publish the
+commands, record the decisions. An exception (or a deadline overrun) in ``observe``, ``read_world``
+or ``decide`` is a fault: counted, logged, published on ``edge.<d>.evt.<entity>.agent_fault`` and
+shown in ``edge status``; the agent is then rebuilt after an exponential backoff while the other
+agents keep running.
+
+It also serves the ``edge-agents`` micro service:
+
+* ``edge.<d>.api.agent.decisions`` ``{entity?, agent?, limit?}`` -> recent decision records;
+* ``edge.<d>.api.agent.list`` ``{}`` -> the agents and their state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from edge import subjects
+from edge.agents.base import Agent, Decision
+from edge.agents.config import AgentSpec
+from edge.agents.decisions import DEFAULT_QUERY_LIMIT, DecisionLog
+from edge.errors import EdgeError
+from edge.world.store import World
+
+log = logging.getLogger("edge.agents")
+
+SERVICE_NAME = "edge-agents"
+SERVICE_VERSION = "1.0.0"
+DEFAULT_BACKOFF_INITIAL_S = 0.5  # first restart delay after a fault
+DEFAULT_BACKOFF_MAX_S = 30.0  # longest restart delay
+STABLE_AFTER_S = 30.0  # an agent running this long without a fault resets its backoff
+DEFAULT_DECIDE_DEADLINE_S = 1.0  # a decide() running longer is a fault
+MAX_QUERY_LIMIT = 1000
+READY_TIMEOUT_S = 5.0  # start() waits this long for each agent to subscribe
+FAULT_KIND = "agent_fault"
+
+
+class AgentRequestError(EdgeError):
+    """A request to the agents API is malformed."""
+
+
+class AgentFault(EdgeError):
+    """An agent raised or overran its deadline; carries the agent, the phase and the cause."""
+
+    def __init__(self, message: str, *, agent: str, phase: str, cause: str | None = None) -> None:
+        super().__init__(message, agent=agent, phase=phase, cause=cause)
+        self.agent = agent
+        self.phase = phase
+
+
+class HostRuntime(Protocol):
+    """What the host needs from the runtime (``edge.runtime.Runtime`` has all of it)."""
+
+    device: str
+    world: World
+    nc: Client | None
+
+
+class AgentRunner:
+    """Supervises one agent: build, feed, decide, restart on fault."""
+
+    def __init__(self, spec: AgentSpec, host: AgentHost) -> None:
+        self.spec = spec
+        self.host = host
+        self.agent: Agent | None = None
+        self.state = "starting"
+        self.decisions = 0
+        self.commands = 0
+        self.faults = 0
+        self.restarts = 0
+        self.last_error: str | None = None
+        self.last_decision: dict[str, Any] | None = None
+        self._wake = asyncio.Event()
+        self._fault: AgentFault | None = None
+        self._subs: list[Subscription] = []
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()  # set once the first instance is subscribed (or has failed)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name=f"edge.agent.{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._unsubscribe()
+        self.state = "stopped"
+
+    async def _supervise(self) -> None:
+        backoff = self.host.backoff_initial
+        while True:
+            started = time.monotonic()
+            try:
+                await self._run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001  an agent's bug must not take the host down
+                fault = err if isinstance(err, AgentFault) else AgentFault(
+                    f"agent {self.name} failed: {type(err).__name__}: {err}",
+                    agent=self.name, phase="run", cause=type(err).__name__)
+                if time.monotonic() - started >= STABLE_AFTER_S:
+                    backoff = self.host.backoff_initial
+                await self._on_fault(fault, backoff)
+                self.state = "backoff"
+                self.ready.set()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2.0, self.host.backoff_max)
+                self.restarts += 1
+
+    async def _run_once(self) -> None:
+        nc = self.host.nc
+        agent = self.spec.factory()
+        agent.device = self.host.device
+        self.agent = agent
+        self._fault = None
+        self._wake.clear()
+        for subject in agent.subjects(self.host.device):
+            self._subs.append(await nc.subscribe(subject, cb=self._on_msg))
+        await nc.flush()
+        self.state = "running"
+        self.ready.set()
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), agent.interval)
+                self._wake.clear()
+                if self._fault is not None:
+                    raise self._fault
+                now = time.monotonic()
+                try:
+                    agent.read_world(self.host.world, now)
+                except Exception as err:
+                    raise self._fault_of(err, "read_world") from err
+                try:
+                    decisions = await asyncio.wait_for(agent.decide(now), self.host.decide_deadline)
+                except TimeoutError as err:
+                    raise AgentFault(
+                        f"agent {self.name}: decide() took longer than {self.host.decide_deadline} s",
+                        agent=self.name, phase="decide", cause="deadline") from err
+                except Exception as err:
+                    raise self._fault_of(err, "decide") from err
+                await self._act(agent, decisions)
+        finally:
+            await self._unsubscribe()
+
+    def _fault_of(self, err: Exception, phase: str) -> AgentFault:
+        return AgentFault(f"agent {self.name}: {phase}() raised {type(err).__name__}: {err}",
+                          agent=self.name, phase=phase, cause=type(err).__name__)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        agent = self.agent
+        if agent is None or self._fault is not None:
+            return
+        try:
+            payload: Any = json.loads(msg.data) if msg.data else None
+        except ValueError:
+            payload = msg.data.decode(errors="replace")
+        try:
+            if agent.observe(msg.subject, payload, time.monotonic()):
+                self._wake.set()
+        except Exception as err:  # noqa: BLE001  reported through the supervisor
+            self._fault = self._fault_of(err, "observe")
+            self._wake.set()
+
+    async def _unsubscribe(self) -> None:
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _act(self, agent: Agent, decisions: Sequence[Decision]) -> None:
+        for d in decisions or ():
+            if not isinstance(d, Decision):
+                raise AgentFault(f"agent {self.name}: decide() returned {type(d).__name__}, not Decision",
+                                 agent=self.name, phase="decide", cause="type")
+            record: dict[str, Any] = {
+                "t": time.time(), "entity": agent.entity, "agent": agent.name, "kind": agent.kind,
+                "decision": d.decision, "reason": d.reason, "inputs": dict(d.inputs),
+            }
+            if d.command is not None:
+                target = d.command.entity or agent.entity
+                subject = subjects.command(self.host.device, target, d.command.verb)
+                args = dict(d.command.args)
+                await self.host.nc.publish(subject, json.dumps(args, separators=(",", ":")).encode())
+                self.commands += 1
+                record["command"] = {"entity": target, "verb": d.command.verb, "subject": subject, "args": args}
+            self.decisions += 1
+            self.last_decision = record
+            await self.host.decisions.record(record)
+
+    async def _on_fault(self, fault: AgentFault, backoff: float) -> None:
+        self.faults += 1
+        self.last_error = fault.message
+        log.warning("%s; restarting in %.1f s", fault.message, backoff)
+        nc = self.host.nc
+        if nc.is_connected:
+            body = {**fault.to_dict(), "faults": self.faults, "restart_in_s": backoff}
+            with contextlib.suppress(Exception):
+                await nc.publish(subjects.event(self.host.device, self.spec.entity, FAULT_KIND),
+                                 json.dumps(body).encode())
+
+    def status(self) -> dict[str, Any]:
+        out = {
+            "name": self.name, "kind": self.spec.kind, "entity": self.spec.entity, "state": self.state,
+            "decisions": self.decisions, "commands": self.commands, "faults": self.faults,
+            "restarts": self.restarts, "last_error": self.last_error,
+            "last_decision": self.last_decision,
+        }
+        if self.agent is not None:
+            out["agent"] = self.agent.describe()
+        return out
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class AgentHost:
+    """Runs :class:`AgentSpec` agents and records their decisions (a runtime extra)."""
+
+    status_section = "agents"
+
+    def __init__(
+        self,
+        specs: Sequence[AgentSpec],
+        *,
+        decisions: DecisionLog | None = None,
+        backoff_initial: float = DEFAULT_BACKOFF_INITIAL_S,
+        backoff_max: float = DEFAULT_BACKOFF_MAX_S,
+        decide_deadline: float = DEFAULT_DECIDE_DEADLINE_S,
+    ) -> None:
+        self.specs = list(specs)
+        self._decisions = decisions
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.decide_deadline = decide_deadline
+        self.runners: dict[str, AgentRunner] = {}
+        self._runtime: HostRuntime | None = None
+        self._service: Service | None = None
+
+    # -- wiring -------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        assert self._runtime is not None, "AgentHost is not started"
+        return self._runtime.device
+
+    @property
+    def world(self) -> World:
+        assert self._runtime is not None, "AgentHost is not started"
+        return self._runtime.world
+
+    @property
+    def nc(self) -> Client:
+        assert self._runtime is not None and self._runtime.nc is not None, "AgentHost is not started"
+        return self._runtime.nc
+
+    @property
+    def decisions(self) -> DecisionLog:
+        assert self._decisions is not None, "AgentHost is not started"
+        return self._decisions
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self, runtime: HostRuntime) -> None:
+        if runtime.nc is None:
+            raise EdgeError("AgentHost needs a NATS connection; start it after the runtime's NATS")
+        self._runtime = runtime
+        if self._decisions is None:
+            self._decisions = DecisionLog(runtime.device)
+        await self._decisions.start(runtime.nc)
+        await self._start_service(runtime.nc)
+        seen: set[str] = set()
+        for spec in self.specs:
+            if spec.name in seen:
+                raise EdgeError(f"two agents are named '{spec.name}'", agent=spec.name)
+            seen.add(spec.name)
+            runner = AgentRunner(spec, self)
+            self.runners[spec.name] = runner
+            runner.start()
+        for runner in self.runners.values():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(runner.ready.wait(), READY_TIMEOUT_S)
+        log.info("agent host started %d agent(s)", len(self.runners))
+
+    async def stop(self) -> None:
+        for runner in list(self.runners.values()):
+            await runner.stop()
+        if self._service is not None:
+            await self._service.stop()
+            self._service = None
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "agents": [r.status() for r in self.runners.values()],
+            "decisions": self._decisions.status() if self._decisions else {},
+        }
+        components = getattr(self._runtime, "components", None)
+        if isinstance(components, dict):  # wasm components with message grants are wasm agents
+            out["wasm"] = sorted(
+                name for name, loaded in components.items()
+                if getattr(loaded.manifest, "subscribe", ()) and getattr(loaded.manifest, "publish", ())
+            )
+        return out
+
+    # -- API ----------------------------------------------------------------------------------
+
+    async def _start_service(self, nc: Client) -> None:
+        svc = await add_service(nc, name=SERVICE_NAME, version=SERVICE_VERSION,
+                                description=f"agents of device {self.device}",
+                                metadata={"device": self.device})
+        endpoints: list[tuple[str, Handler, str]] = [
+            ("decisions", self._api_decisions, "Recent decision records {entity?, agent?, limit?}."),
+            ("list", self._api_list, "Agents and their state."),
+        ]
+        for verb, handler, doc in endpoints:
+            await svc.add_endpoint(name=f"agent-{verb}", subject=subjects.api(self.device, "agent", verb),
+                                   handler=self._wrap(handler), metadata={"doc": doc})
+        self._service = svc
+
+    @staticmethod
+    def _wrap(handler: Handler) -> Callable[[Request], Awaitable[None]]:
+        async def handle(req: Request) -> None:
+            try:
+                body = json.loads(req.data) if req.data else {}
+                if not isinstance(body, dict):
+                    raise AgentRequestError("request body must be a JSON object")
+                result = await handler(body)
+            except ValueError as err:
+                bad = AgentRequestError(f"request body is not JSON: {err}")
+                await req.respond_error("400", bad.message, data=json.dumps({"ok": False, "error": bad.to_dict()}).encode())
+                return
+            except EdgeError as err:
+                await req.respond_error("400", err.message, data=json.dumps({"ok": False, "error": err.to_dict()}).encode())
+                return
+            await req.respond(json.dumps({"ok": True, "result": result}, default=str).encode())
+
+        return handle
+
+    async def _api_decisions(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        entity, agent, limit = body.get("entity"), body.get("agent"), body.get("limit", DEFAULT_QUERY_LIMIT)
+        for key, value in (("entity", entity), ("agent", agent)):
+            if value is not None and not isinstance(value, str):
+                raise AgentRequestError(f"'{key}' must be a string", key=key)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_QUERY_LIMIT:
+            raise AgentRequestError(f"'limit' must be an integer 1..{MAX_QUERY_LIMIT}", key="limit")
+        return self.decisions.query(entity=entity, agent=agent, limit=limit)
+
+    async def _api_list(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        return [r.status() for r in self.runners.values()]

@@ -1,0 +1,243 @@
+"""Cloud-side operations: provision devices on the hub, send commands, fleet status, run a hub.
+
+Functions take a JetStream context bound to the hub's domain (a plain ``nc.jetstream()`` on a
+client connected to the hub). The ``edge cloud ...`` / ``edge fleet status`` commands call them.
+
+Per device ``d`` the hub holds:
+
+* ``TELE_d`` and ``EVT_d``: no subjects of their own; each *sources* the device's stream across
+  domains (``$JS.d.API``), filtered by a subject transform pinned to ``edge.d.…``, so whatever the
+  device does locally, only its own subjects are attributed to it.
+* ``CMD_d``: subjects ``edge.d.cmd.>``; the device's ``CMD`` stream sources it, so commands
+  issued while the device is offline arrive when it reconnects, in order. ``max_age`` expires them.
+* ``KV_edge-state-d``: a mirror of the device's ``edge-state`` bucket, readable on the hub as the
+  KV bucket ``edge-state-d``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    ExternalStream,
+    PubAck,
+    StreamConfig,
+    StreamInfo,
+    StreamSource,
+    SubjectTransform,
+)
+from nats.js.errors import NotFoundError
+
+from edge.errors import NatsError
+from edge.sync import naming
+from edge.sync.hub import DeviceCredential, HubServer
+from edge.sync.streams import ensure_stream
+
+log = logging.getLogger("edge.sync")
+
+MIB = 1024 * 1024
+DEFAULT_HUB_TELE_MAX_BYTES = 256 * MIB
+DEFAULT_HUB_TELE_MAX_AGE_S = 30 * 24 * 3600.0
+DEFAULT_HUB_EVT_MAX_BYTES = 256 * MIB
+DEFAULT_CMD_TTL_S = 3600.0
+DEFAULT_DUPLICATE_WINDOW_S = 600.0
+DEFAULT_LINK_DOWN_AFTER_S = 10.0  # a source inactive this long counts as a link down
+EXPIRES_HEADER = "Edge-Expires"  # absolute unix time (s) after which a command is void
+STATE_HISTORY = 1
+
+
+@dataclass
+class ProvisionOptions:
+    """Hub-side retention per device (bytes, seconds)."""
+
+    tele_max_bytes: int = DEFAULT_HUB_TELE_MAX_BYTES
+    tele_max_age_s: float = DEFAULT_HUB_TELE_MAX_AGE_S
+    evt_max_bytes: int = DEFAULT_HUB_EVT_MAX_BYTES
+    cmd_ttl_s: float = DEFAULT_CMD_TTL_S
+    duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S
+    state_mirror: bool = True
+
+
+def _device_source(device: str, stream: str, kind: str, *transforms: tuple[str, str],
+                   start_seq: int | None = None) -> StreamSource:
+    return StreamSource(
+        name=stream, opt_start_seq=start_seq,
+        external=ExternalStream(api=naming.js_api(device),
+                                deliver=naming.sync_deliver_prefix(device, kind)),
+        subject_transforms=[SubjectTransform(src=s, dest=d) for s, d in transforms],
+    )
+
+
+def hub_stream_configs(device: str, opts: ProvisionOptions | None = None) -> list[StreamConfig]:
+    """The hub-side stream configs for one device (see module docstring)."""
+    o = opts or ProvisionOptions()
+    d = naming.check_device_id(device)
+    tele = naming.tele_subject(d)
+    evt, ack = naming.evt_subject(d), naming.ack_subject(d)
+    out = [
+        StreamConfig(
+            name=naming.hub_stream(naming.TELE_STREAM, d), subjects=[],
+            max_bytes=o.tele_max_bytes, max_age=o.tele_max_age_s or None,
+            discard=DiscardPolicy.OLD, duplicate_window=o.duplicate_window_s,
+            sources=[_device_source(d, naming.TELE_STREAM, "tele", (tele, tele))],
+            description=f"telemetry sourced from device {d}",
+        ),
+        StreamConfig(
+            name=naming.hub_stream(naming.EVT_STREAM, d), subjects=[],
+            max_bytes=o.evt_max_bytes, discard=DiscardPolicy.OLD,
+            duplicate_window=o.duplicate_window_s,
+            sources=[_device_source(d, naming.EVT_STREAM, "evt", (evt, evt), (ack, ack))],
+            description=f"events and command results sourced from device {d}",
+        ),
+        StreamConfig(
+            name=naming.hub_stream(naming.CMD_STREAM, d), subjects=[naming.cmd_subject(d)],
+            max_age=o.cmd_ttl_s or None, discard=DiscardPolicy.OLD,
+            duplicate_window=min(o.duplicate_window_s, o.cmd_ttl_s or o.duplicate_window_s),
+            description=f"commands for device {d}; expire after {o.cmd_ttl_s:.0f} s",
+        ),
+    ]
+    if o.state_mirror:
+        bucket = naming.hub_state_bucket(d)
+        out.append(StreamConfig(
+            name=f"KV_{bucket}", subjects=[],
+            mirror=_device_source(d, f"KV_{naming.STATE_BUCKET}", "kv",
+                                  (f"$KV.{naming.STATE_BUCKET}.>", f"$KV.{bucket}.>")),
+            max_msgs_per_subject=STATE_HISTORY, allow_rollup_hdrs=True, deny_delete=True,
+            allow_direct=True, mirror_direct=True, discard=DiscardPolicy.NEW,
+            description=f"mirror of device {d}'s entity state",
+        ))
+    return out
+
+
+async def provision_device(js: JetStreamContext, device: str,
+                           opts: ProvisionOptions | None = None,
+                           hub: HubServer | None = None) -> dict[str, Any]:
+    """Create (idempotently) the hub streams for ``device``; with an embedded ``hub`` also
+    register its leaf login. Returns ``{"device", "streams", "user", "password"}``."""
+    cred: DeviceCredential | None = await hub.add_device(device) if hub is not None else None
+    infos = [await ensure_stream(js, cfg) for cfg in hub_stream_configs(device, opts)]
+    log.info("provisioned device %s on the hub", device)
+    return {"device": device, "streams": [i.config.name for i in infos],
+            "user": cred.device if cred else None, "password": cred.password if cred else None}
+
+
+async def provision_fleet(js: JetStreamContext, devices: list[str],
+                          opts: ProvisionOptions | None = None,
+                          hub: HubServer | None = None) -> list[dict[str, Any]]:
+    return [await provision_device(js, d, opts, hub) for d in devices]
+
+
+async def deprovision_device(js: JetStreamContext, device: str) -> None:
+    """Delete the device's hub streams (its data on the hub is gone)."""
+    for cfg in hub_stream_configs(device):
+        try:
+            await js.delete_stream(str(cfg.name))
+        except NotFoundError:
+            pass
+
+
+async def send_command(js: JetStreamContext, device: str, name: str, payload: bytes, *,
+                       ttl_s: float = DEFAULT_CMD_TTL_S, msg_id: str | None = None) -> PubAck:
+    """Queue a command for ``device``; it is void ``ttl_s`` seconds from now."""
+    headers = {"Nats-Msg-Id": msg_id or secrets.token_hex(8),
+               EXPIRES_HEADER: f"{time.time() + ttl_s:.3f}"}
+    return await js.publish(naming.cmd_subject(device, name), payload, headers=headers)
+
+
+@dataclass
+class DeviceStatus:
+    """One device as the hub sees it. ``last_seen_s``: seconds since a sourcing consumer last
+    heard from the device (None = never); ``lag``: messages the device has that the hub lacks."""
+
+    device: str
+    link: str  # "up" | "down" | "never"
+    last_seen_s: float | None
+    lag: int
+    tele_messages: int
+    tele_bytes: int
+    evt_messages: int
+    evt_bytes: int
+    cmd_pending: int
+    errors: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _source_view(info: StreamInfo) -> tuple[float | None, int, list[str]]:
+    last: float | None = None
+    lag = 0
+    errors: list[str] = []
+    for s in info.sources or []:
+        lag += s.lag or 0
+        if s.active is not None and s.active >= 0:
+            seen = s.active / 1e9  # the server reports nanoseconds since last activity
+            last = seen if last is None else min(last, seen)
+        if s.error:
+            errors.append(str(s.error))
+    return last, lag, errors
+
+
+async def list_devices(js: JetStreamContext) -> list[str]:
+    prefix = naming.TELE_STREAM + "_"
+    names = [si.config.name for si in await js.streams_info()]
+    return sorted(n[len(prefix):] for n in names if n and n.startswith(prefix))
+
+
+async def fleet_status(js: JetStreamContext, devices: list[str] | None = None, *,
+                       down_after_s: float = DEFAULT_LINK_DOWN_AFTER_S) -> list[DeviceStatus]:
+    """Per device: link state, last seen, sourcing lag and stream sizes."""
+    out: list[DeviceStatus] = []
+    for d in devices if devices is not None else await list_devices(js):
+        try:
+            tele = await js.stream_info(naming.hub_stream(naming.TELE_STREAM, d))
+            evt = await js.stream_info(naming.hub_stream(naming.EVT_STREAM, d))
+            cmd = await js.stream_info(naming.hub_stream(naming.CMD_STREAM, d))
+        except NotFoundError as exc:
+            raise NatsError(f"Device {d} is not provisioned on the hub.", device=d) from exc
+        t_seen, t_lag, t_err = _source_view(tele)
+        e_seen, e_lag, e_err = _source_view(evt)
+        seen = [s for s in (t_seen, e_seen) if s is not None]
+        last = min(seen) if seen else None
+        link = "never" if last is None else ("up" if last <= down_after_s else "down")
+        out.append(DeviceStatus(
+            device=d, link=link, last_seen_s=last, lag=t_lag + e_lag,
+            tele_messages=tele.state.messages, tele_bytes=tele.state.bytes,
+            evt_messages=evt.state.messages, evt_bytes=evt.state.bytes,
+            cmd_pending=cmd.state.messages, errors=t_err + e_err))
+    return out
+
+
+async def run_hub(store_dir: Path, devices: list[str] | None = None, *,
+                  opts: ProvisionOptions | None = None, secure: bool = True,
+                  port: int = 0, leaf_port: int = 0, stop: asyncio.Event | None = None
+                  ) -> HubServer:
+    """Start a supervised embedded hub and provision ``devices``.
+
+    Without ``stop`` it returns the running hub (the caller stops it); with ``stop`` it serves
+    until the event is set, then stops the hub and returns it.
+    """
+    import nats
+
+    hub = HubServer(Path(store_dir), secure=secure, port=port, leaf_port=leaf_port)
+    await hub.start(supervise=True)
+    nc = await nats.connect(hub.client_url)
+    try:
+        await provision_fleet(nc.jetstream(), devices or [], opts, hub)
+    finally:
+        await nc.close()
+    log.info("hub ready: clients %s, leaf nodes %s", hub.url, hub.leaf_url)
+    if stop is not None:
+        try:
+            await stop.wait()
+        finally:
+            await hub.stop()
+    return hub

@@ -1,0 +1,117 @@
+"""Receiving cloud commands on the device: in order, once, and never after they expire.
+
+The device's ``CMD`` stream sources the hub's ``CMD_<dev>`` stream, so commands issued while the
+link was down arrive on reconnect. :class:`CommandReceiver` reads them through a durable pull
+consumer with one unacknowledged message at a time (strict order; survives restarts of the
+runtime and the server). A command is acked only after :meth:`CommandReceiver.reply` (or
+:meth:`CommandReceiver.ack`), so a crash while handling redelivers it; the result is published to
+``edge.<dev>.ack.<command id>`` with a message id derived from the command id, so a redelivered
+command never produces two results. Commands past their ``Edge-Expires`` time are acked unseen
+and counted in ``stats["expired"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
+
+from edge.sync import naming
+from edge.sync.cloud import EXPIRES_HEADER
+
+log = logging.getLogger("edge.sync")
+
+DEFAULT_DURABLE = "edge-cmd"
+DEFAULT_ACK_WAIT_S = 30.0
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+@dataclass
+class Command:
+    name: str
+    subject: str
+    payload: bytes
+    command_id: str
+    expires_at: float | None
+    delivered: int
+    msg: Msg = field(repr=False)
+
+
+class CommandReceiver:
+    """Durable, ordered reader of the device's ``CMD`` stream."""
+
+    def __init__(self, js: JetStreamContext, device: str, *, durable: str = DEFAULT_DURABLE,
+                 ack_wait_s: float = DEFAULT_ACK_WAIT_S) -> None:
+        self.js = js
+        self.device = naming.check_device_id(device)
+        self.durable = durable
+        self.ack_wait_s = ack_wait_s
+        self.stats = {"delivered": 0, "expired": 0, "replied": 0}
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._prefix = naming.cmd_subject(device, "")
+
+    async def start(self) -> None:
+        if self._sub is not None:
+            return
+        cfg = ConsumerConfig(
+            durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL, max_ack_pending=1, ack_wait=self.ack_wait_s,
+            filter_subject=naming.cmd_subject(self.device),
+        )
+        self._sub = await self.js.pull_subscribe(
+            naming.cmd_subject(self.device), durable=self.durable, stream=naming.CMD_STREAM,
+            config=cfg)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    async def next(self, timeout: float = 1.0) -> Command | None:
+        """The next live command, or ``None`` if none arrived within ``timeout`` seconds."""
+        await self.start()
+        assert self._sub is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                msgs = await self._sub.fetch(1, timeout=left)
+            except nats.errors.TimeoutError:
+                return None
+            msg = msgs[0]
+            hdrs = msg.headers or {}
+            exp_raw = hdrs.get(EXPIRES_HEADER)
+            expires = float(exp_raw) if exp_raw else None
+            if expires is not None and time.time() > expires:
+                self.stats["expired"] += 1
+                log.info("command %s expired before delivery; dropped", msg.subject)
+                await msg.ack_sync()
+                continue
+            self.stats["delivered"] += 1
+            return Command(
+                name=msg.subject[len(self._prefix):], subject=msg.subject, payload=msg.data,
+                command_id=hdrs.get(MSG_ID_HEADER) or f"seq-{msg.metadata.sequence.stream}",
+                expires_at=expires, delivered=msg.metadata.num_delivered or 1, msg=msg)
+
+    async def ack(self, cmd: Command) -> None:
+        await cmd.msg.ack_sync()
+
+    async def reply(self, cmd: Command, payload: bytes) -> PubAck:
+        """Publish the command's result (deduplicated by command id), then ack the command."""
+        ack = await self.js.publish(
+            naming.ack_subject(self.device, _token(cmd.command_id)), payload,
+            headers={MSG_ID_HEADER: f"result-{cmd.command_id}"})
+        await cmd.msg.ack_sync()
+        self.stats["replied"] += 1
+        return ack
+
+
+def _token(value: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in value) or "_"

@@ -1,0 +1,125 @@
+"""The hub side of the link: per-device leaf credentials and permissions, and an embedded hub.
+
+Every device's leaf connection authenticates as its own user. Its permissions are written from
+the leaf's point of view (``publish`` = what the device may send into the hub, ``subscribe`` =
+what the hub may send down to it) and allow only the device's own subjects, the JetStream API of
+its own domain (for the hub's sourcing consumers), and the hub API calls needed to source its own
+command stream. Device A therefore cannot publish ``edge.B.*``, receive B's commands, or read B's
+streams on the hub.
+
+:class:`HubServer` is a :class:`~edge.natsd.NatsServer` configured as a hub: JetStream domain
+``hub``, a leaf-node listener, client users (``cloud`` for back-end services and tools) and the
+per-device leaf users.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from edge.natsd.server import NatsServer, ServerOptions, TlsFiles
+from edge.sync import naming
+
+CLOUD_USER = "cloud"
+
+
+@dataclass
+class DeviceCredential:
+    """A device's leaf login on the hub (user name = device id)."""
+
+    device: str
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+
+    def __post_init__(self) -> None:
+        naming.check_device_id(self.device)
+
+
+def device_permissions(device: str, hub_domain: str = naming.HUB_DOMAIN) -> dict[str, object]:
+    """Leaf-perspective permissions that confine ``device`` to its own subjects and streams."""
+    d = naming.check_device_id(device)
+    hub_api = naming.js_api(hub_domain)
+    cmd = naming.hub_stream(naming.CMD_STREAM, d)
+    return {
+        "publish": {"allow": [
+            f"{naming.ROOT}.{d}.>",              # its own subjects and its sourcing deliveries
+            "$JSC.R.>",                          # answers to the hub's consumer requests
+            f"{hub_api}.CONSUMER.CREATE.{cmd}",  # sourcing its command stream from the hub
+            f"{hub_api}.CONSUMER.CREATE.{cmd}.>",
+            f"{hub_api}.CONSUMER.DELETE.{cmd}.>",
+            f"{hub_api}.CONSUMER.INFO.{cmd}.>",
+            f"{hub_api}.STREAM.INFO.{cmd}",
+            f"$JS.FC.{cmd}.>",                   # flow-control replies for that consumer
+        ]},
+        "subscribe": {"allow": [
+            f"{naming.ROOT}.{d}.>",
+            f"{naming.js_api(d)}.>",             # the hub calls the device's JetStream API
+            "$JSC.R.>",                          # answers to its own requests to the hub API
+            f"$JS.FC.{naming.TELE_STREAM}.>",    # flow control of the hub's sourcing consumers
+            f"$JS.FC.{naming.EVT_STREAM}.>",
+            f"$JS.FC.KV_{naming.STATE_BUCKET}.>",
+        ]},
+    }
+
+
+def render_users(devices: list[DeviceCredential], cloud_password: str,
+                 hub_domain: str = naming.HUB_DOMAIN) -> str:
+    """The body of the hub's ``authorization { }`` block: one cloud user + one user a device."""
+    users: list[dict[str, object]] = [{"user": CLOUD_USER, "password": cloud_password}]
+    for cred in devices:
+        users.append({"user": cred.device, "password": cred.password,
+                      "permissions": device_permissions(cred.device, hub_domain)})
+    return "users: " + json.dumps(users)
+
+
+class HubServer(NatsServer):
+    """An embedded hub for development and tests (and small single-server deployments).
+
+    With ``secure=True`` (default) clients must log in: back-end code uses :attr:`client_url`
+    (the ``cloud`` user); devices use their :class:`DeviceCredential` on the leaf port.
+    """
+
+    def __init__(self, store_dir: Path, *, devices: list[DeviceCredential] | None = None,
+                 secure: bool = True, cloud_password: str | None = None,
+                 domain: str = naming.HUB_DOMAIN, host: str = "127.0.0.1", port: int = 0,
+                 leaf_host: str = "127.0.0.1", leaf_port: int = 0,
+                 leaf_tls: TlsFiles | None = None, monitor_port: int | None = None,
+                 max_store_bytes: int | None = None, server_name: str = "hub",
+                 binary: str | None = None) -> None:
+        self.devices: dict[str, DeviceCredential] = {c.device: c for c in devices or []}
+        self.secure = secure
+        self.cloud_password = cloud_password or secrets.token_urlsafe(18)
+        self.domain = domain
+        opts = ServerOptions(
+            store_dir=Path(store_dir), host=host, port=port, server_name=server_name,
+            jetstream_domain=domain, leaf_listen=(leaf_host, leaf_port), leaf_tls=leaf_tls,
+            monitor_port=monitor_port, max_store_bytes=max_store_bytes,
+        )
+        super().__init__(opts, binary=binary)
+        self._render_auth()
+
+    def _render_auth(self) -> None:
+        if self.secure:
+            self.options.authorization = render_users(
+                list(self.devices.values()), self.cloud_password, self.domain)
+
+    @property
+    def client_url(self) -> str:
+        """Client URL for back-end services, with the cloud user's login when secure."""
+        if not self.secure:
+            return self.url
+        return (f"nats://{CLOUD_USER}:{quote(self.cloud_password, safe='')}"
+                f"@{self.options.host}:{self.port}")
+
+    async def add_device(self, device: str, password: str | None = None) -> DeviceCredential:
+        """Register (or return) a device's leaf login; reloads a running server's config."""
+        cred = self.devices.get(device)
+        if cred is None or (password is not None and cred.password != password):
+            cred = DeviceCredential(device, password) if password else DeviceCredential(device)
+            self.devices[device] = cred
+            self._render_auth()
+            if self.running:
+                await self.reload()
+        return cred

@@ -1,0 +1,55 @@
+"""Device-side server options: a leaf node of the hub with its own JetStream domain.
+
+The device's server name and JetStream domain are the device id, fixed across restarts (a
+changing server name confuses the hub about which leaf it talks to). Without a hub the same
+server runs standalone and everything still lands in the local streams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.natsd.server import LeafRemote, ServerOptions, TlsFiles
+from edge.sync import naming
+
+
+@dataclass
+class HubLink:
+    """How to reach the hub. Give ``user``/``password`` (per-device login), or a ``credentials``
+    (.creds) file, or an ``nkey_seed`` file. ``tls_ca`` verifies the hub's certificate; use a
+    ``nats-leaf+tls://`` or plain ``nats-leaf://`` URL with ``tls_ca`` set to require TLS."""
+
+    url: str
+    user: str | None = None
+    password: str | None = None
+    credentials: Path | None = None
+    nkey_seed: Path | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    hub_domain: str = naming.HUB_DOMAIN
+
+    def remote(self) -> LeafRemote:
+        tls = None
+        if self.tls_ca or self.tls_cert:
+            tls = TlsFiles(ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key)
+        return LeafRemote(url=self.url, user=self.user, password=self.password,
+                          credentials=self.credentials, nkey_seed=self.nkey_seed, tls=tls)
+
+
+def device_server_options(device: str, store_dir: Path, hub: HubLink | None = None, *,
+                          port: int = 0, max_store_bytes: int | None = None,
+                          sync_interval: str | None = "always",
+                          monitor_port: int | None = None) -> ServerOptions:
+    """ServerOptions for a device: server name and domain = device id; leaf of ``hub`` if given.
+
+    ``sync_interval="always"`` (default) fsyncs each message before the ack so acknowledged
+    messages survive a server crash or power cut.
+    """
+    naming.check_device_id(device)
+    return ServerOptions(
+        store_dir=Path(store_dir), port=port, server_name=device, jetstream_domain=device,
+        max_store_bytes=max_store_bytes, sync_interval=sync_interval,
+        leaf=hub.remote() if hub else None, monitor_port=monitor_port,
+    )

@@ -1,0 +1,291 @@
+"""JetStream publishing with message ids, many acks in flight, retries, and downsampling.
+
+:class:`Publisher` sends each message with a ``Nats-Msg-Id`` header and a reply subject on its own
+inbox, keeps up to ``max_in_flight`` messages unacknowledged, and resends a message whose ack did
+not arrive within ``ack_timeout_s`` with the *same* id, so the stream's duplicate window stores it
+once. A stream that refuses a message (for example ``EVT`` when its budget is full) fails that
+message's future with :class:`PublishRejected`; nothing is dropped silently.
+
+Callers that must survive their own restart without duplicates pass their own ``msg_id`` (e.g. an
+outbox sequence): automatic ids are unique per process only.
+:class:`Downsampler` keeps at most N telemetry messages per second per subject for metered links.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import PubAck
+
+from edge.errors import NatsError
+
+log = logging.getLogger("edge.sync")
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+STATUS_HEADER = "Status"
+DEFAULT_MAX_IN_FLIGHT = 1024
+DEFAULT_ACK_TIMEOUT_S = 2.0
+DEFAULT_MAX_ATTEMPTS = 10
+RETRY_SCAN_INTERVAL_S = 0.1
+
+
+class PublishRejected(NatsError):
+    """The stream refused the message (full with discard=new, wrong subject, ...)."""
+
+    def __init__(self, message: str, *, subject: str, msg_id: str, code: int | None = None,
+                 description: str | None = None) -> None:
+        super().__init__(message, subject=subject, msg_id=msg_id, code=code,
+                         description=description)
+        self.subject = subject
+        self.msg_id = msg_id
+        self.code = code
+        self.description = description
+
+
+@dataclass
+class PublishStats:
+    sent: int = 0
+    acked: int = 0
+    duplicates: int = 0
+    retries: int = 0
+    rejected: int = 0
+    timed_out: int = 0
+    downsampled: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class Downsampler:
+    """Per-subject rate limit: at most ``max_per_s`` messages a second (even spacing)."""
+
+    def __init__(self, max_per_s: float) -> None:
+        if max_per_s <= 0:
+            raise ValueError("max_per_s must be positive")
+        self.interval = 1.0 / max_per_s
+        self._next: dict[str, float] = {}
+        self.dropped: dict[str, int] = {}
+
+    def allow(self, subject: str, now: float | None = None) -> bool:
+        t = time.monotonic() if now is None else now
+        due = self._next.get(subject, 0.0)
+        if t + 1e-9 < due:
+            self.dropped[subject] = self.dropped.get(subject, 0) + 1
+            return False
+        # Schedule from the due time when on time, from now after a gap (no burst catch-up).
+        self._next[subject] = due + self.interval if t - due < self.interval else t + self.interval
+        return True
+
+
+@dataclass
+class _Pending:
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+    msg_id: str
+    future: asyncio.Future[PubAck]
+    sent_at: float = 0.0
+    attempts: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Publisher:
+    """Batched-ack JetStream publisher. Use ``async with Publisher(nc) as pub:``.
+
+    ``await pub.publish(...)`` returns as soon as the message is sent (waiting only for a free
+    in-flight slot) and gives a future resolving to the :class:`PubAck`; ``await pub.flush()``
+    waits for every outstanding ack.
+    """
+
+    def __init__(self, nc: NATS, *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                 ack_timeout_s: float = DEFAULT_ACK_TIMEOUT_S,
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS, id_prefix: str | None = None,
+                 downsampler: Downsampler | None = None) -> None:
+        self.nc = nc
+        self.max_in_flight = max_in_flight
+        self.ack_timeout_s = ack_timeout_s
+        self.max_attempts = max_attempts
+        self.id_prefix = id_prefix or secrets.token_hex(6)
+        self.downsampler = downsampler
+        self.stats = PublishStats()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._counter = 0
+        self._inbox = ""
+        self._reconnects = 0
+        self._sub: Subscription | None = None
+        self._retrier: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._sub is not None:
+            return
+        self._reconnects = int(self.nc.stats.get("reconnects", 0))
+        self._inbox = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(self._inbox + ".*", cb=self._on_ack)
+        self._retrier = asyncio.create_task(self._retry_loop(), name="edge-sync-publisher")
+
+    async def close(self) -> None:
+        if self._retrier is not None:
+            self._retrier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retrier
+            self._retrier = None
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+        for p in list(self._pending.values()):
+            if not p.future.done():
+                p.future.set_exception(NatsError("Publisher closed before the ack arrived.",
+                                                 subject=p.subject, msg_id=p.msg_id))
+                p.future.exception()  # mark retrieved
+        self._pending.clear()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None,
+                      headers: dict[str, str] | None = None) -> asyncio.Future[PubAck]:
+        """Send one message; the returned future resolves with its ack."""
+        if self._sub is None:
+            await self.start()
+        await self._slots.acquire()
+        self._counter += 1
+        mid = msg_id or f"{self.id_prefix}-{self._counter}"
+        token = str(self._counter)
+        hdrs = dict(headers or {})
+        hdrs[MSG_ID_HEADER] = mid
+        fut: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        p = _Pending(subject=subject, payload=payload, headers=hdrs, msg_id=mid, future=fut)
+        self._pending[token] = p
+        self._idle.clear()
+        if self.nc.is_connected:
+            if self._link_changed():
+                await self._resend_all()  # older unacked messages go first: order holds
+            await self._send(token, p)
+        else:
+            p.sent_at = time.monotonic()  # held back; sent in order once reconnected
+        return fut
+
+    async def publish_telemetry(self, subject: str, payload: bytes, *,
+                                msg_id: str | None = None) -> asyncio.Future[PubAck] | None:
+        """Like :meth:`publish` but subject to the downsampler; ``None`` when downsampled."""
+        if self.downsampler is not None and not self.downsampler.allow(subject):
+            self.stats.downsampled += 1
+            return None
+        return await self.publish(subject, payload, msg_id=msg_id)
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every sent message is acked or failed; NatsError on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError as exc:
+            raise NatsError(f"{self.in_flight} messages still unacknowledged after {timeout} s.",
+                            in_flight=self.in_flight) from exc
+
+    # -- internals ------------------------------------------------------------------------
+    def _link_changed(self) -> bool:
+        n = int(self.nc.stats.get("reconnects", 0))
+        if n != self._reconnects:
+            self._reconnects = n
+            return True
+        return False
+
+    async def _resend_all(self) -> None:
+        for token, p in list(self._pending.items()):
+            if token in self._pending:
+                if p.attempts:
+                    self.stats.retries += 1
+                await self._send(token, p)
+
+    async def _send(self, token: str, p: _Pending) -> None:
+        p.attempts += 1
+        p.sent_at = time.monotonic()
+        self.stats.sent += 1
+        try:
+            await self.nc.publish(p.subject, p.payload, reply=f"{self._inbox}.{token}",
+                                  headers=p.headers)
+        except Exception as exc:  # noqa: BLE001 - connection trouble: the retry loop resends
+            log.debug("publish of %s failed (%s); will retry", p.msg_id, exc)
+
+    def _finish(self, token: str) -> _Pending | None:
+        p = self._pending.pop(token, None)
+        if p is None:
+            return None
+        self._slots.release()
+        if not self._pending:
+            self._idle.set()
+        return p
+
+    async def _on_ack(self, msg: Msg) -> None:
+        token = msg.subject.rsplit(".", 1)[-1]
+        if msg.headers and msg.headers.get(STATUS_HEADER) == "503":
+            return  # no responders yet (stream not up): leave it to the retry loop
+        p = self._pending.get(token)
+        if p is None:
+            return
+        try:
+            resp = json.loads(msg.data)
+        except ValueError:
+            return
+        err = resp.get("error")
+        self._finish(token)
+        if p.future.done():
+            return
+        if err:
+            self.stats.rejected += 1
+            desc = str(err.get("description", "refused"))
+            log.warning("stream refused %s (%s): %s", p.subject, p.msg_id, desc)
+            p.future.set_exception(PublishRejected(
+                f"The stream refused the message on {p.subject}: {desc}.", subject=p.subject,
+                msg_id=p.msg_id, code=err.get("err_code"), description=desc))
+            return
+        self.stats.acked += 1
+        if resp.get("duplicate"):
+            self.stats.duplicates += 1
+        p.future.set_result(PubAck(stream=resp.get("stream", ""), seq=int(resp.get("seq", 0)),
+                                   domain=resp.get("domain"), duplicate=resp.get("duplicate")))
+
+    async def _retry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(RETRY_SCAN_INTERVAL_S, self.ack_timeout_s / 4))
+            if not self.nc.is_connected:
+                continue
+            if self._link_changed():
+                await self._resend_all()  # everything unacked, in the original order
+                continue
+            now = time.monotonic()
+            for token, p in list(self._pending.items()):  # insertion order = original order
+                if now - p.sent_at < self.ack_timeout_s:
+                    continue
+                if p.attempts >= self.max_attempts:
+                    self._finish(token)
+                    self.stats.timed_out += 1
+                    if not p.future.done():
+                        p.future.set_exception(NatsError(
+                            f"No ack for {p.subject} after {p.attempts} attempts.",
+                            subject=p.subject, msg_id=p.msg_id))
+                    continue
+                self.stats.retries += 1
+                await self._send(token, p)

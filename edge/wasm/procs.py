@@ -1,0 +1,290 @@
+"""One sandbox worker process as seen from the runtime (asyncio side of the pipe protocol).
+
+:class:`WorkerProcess` starts ``python -m edge.wasm.worker``, sends request frames, resolves
+one future per request in first-in first-out order, logs the worker's stderr (wasm3 trap
+backtraces) at DEBUG with a rate limit, and kills the process with SIGKILL when the request at
+the head of the queue runs past the wall-clock deadline. It reports the process's end through
+the ``on_exit`` callback; supervision (what to restart) is the pool's job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.errors import SandboxError
+from edge.wasm.protocol import HEADER, MAX_FRAME, encode
+
+log = logging.getLogger("edge.wasm.pool")
+stderr_log = logging.getLogger("edge.wasm.worker")
+
+#: How often the deadline watchdog looks at the head request (seconds).
+WATCHDOG_INTERVAL_S = 0.05
+#: Worker stderr lines logged per second (burst of the same size); the rest are counted.
+STDERR_LINES_PER_S = 50.0
+#: How long a worker may take to start and answer its first ping (seconds).
+START_TIMEOUT_S = 15.0
+#: How long a worker may take to exit after its stdin is closed (seconds).
+STOP_TIMEOUT_S = 2.0
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+class WorkerGone(SandboxError):
+    """The worker process ended before answering a request."""
+
+    def __init__(self, pid: int | None) -> None:
+        super().__init__(f"sandbox worker {pid} exited", reason="crashed")
+        self.pid = pid
+
+
+@dataclass
+class Pending:
+    """A request the worker has not answered yet."""
+
+    component: str | None
+    export: str
+    future: asyncio.Future[tuple[str, Any]]
+    sent_at: float = field(default_factory=time.monotonic)
+
+
+ExitCallback = Callable[["WorkerProcess", "Pending | None", str, int | None], None]
+
+
+class WorkerProcess:
+    """A worker process and its request queue."""
+
+    def __init__(self, deadline_s: float, on_exit: ExitCallback, index: int = 0) -> None:
+        self.deadline_s = deadline_s
+        self.on_exit = on_exit
+        self.index = index
+        self.proc: asyncio.subprocess.Process | None = None
+        self.pending: deque[Pending] = deque()
+        self.hosted: set[str] = set()
+        self.instances = 0  # instantiations sent to this process (wasm3 never frees them)
+        self.reserved_bytes = 0  # memory those instantiations took, live or leaked
+        self.alive = False
+        self.stopping = False
+        self.killed_for_deadline: Pending | None = None
+        self.last_done = time.monotonic()
+        self.window: asyncio.Semaphore | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._rfd = -1
+        self._rbuf = bytearray()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    async def start(self, max_in_flight: int) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = _PACKAGE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        # Replies come through a pipe we read with loop.add_reader: one callback parses every
+        # complete frame and resolves futures directly (far fewer loop round trips than a
+        # StreamReader, which matters on the tick path).
+        rfd, wfd = os.pipe()
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "edge.wasm.worker",
+                stdin=asyncio.subprocess.PIPE, stdout=wfd,
+                stderr=asyncio.subprocess.PIPE, env=env,
+            )
+        except BaseException:
+            os.close(rfd)
+            raise
+        finally:
+            os.close(wfd)
+        os.set_blocking(rfd, False)
+        self._rfd = rfd
+        self.alive = True
+        self.window = asyncio.Semaphore(max_in_flight)
+        asyncio.get_running_loop().add_reader(rfd, self._on_readable)
+        self._tasks = [
+            asyncio.create_task(self._read_stderr(), name=f"sandbox-stderr-{self.pid}"),
+            asyncio.create_task(self._watchdog(), name=f"sandbox-watchdog-{self.pid}"),
+        ]
+        try:
+            await asyncio.wait_for(self.send(("ping",), None, "ping"), START_TIMEOUT_S)
+        except (TimeoutError, SandboxError) as exc:
+            await self.stop()
+            raise SandboxError(f"sandbox worker did not start: {exc}", reason="start") from exc
+        log.debug("sandbox worker %d started", self.pid)
+
+    def send(
+        self, request: tuple[Any, ...], component: str | None, export: str
+    ) -> asyncio.Future[tuple[str, Any]]:
+        """Write one request; the future resolves to the worker's ``(status, payload)`` reply or
+        fails with :class:`WorkerGone`."""
+        fut: asyncio.Future[tuple[str, Any]] = asyncio.get_running_loop().create_future()
+        if not self.alive or self.proc is None or self.proc.stdin is None:
+            fut.set_exception(WorkerGone(self.pid))
+            return fut
+        if not self.pending:
+            self.last_done = time.monotonic()
+        self.pending.append(Pending(component, export, fut))
+        try:
+            self.proc.stdin.write(encode(request))
+        except (BrokenPipeError, ConnectionResetError, RuntimeError):
+            pass  # the reader sees the end of the process and fails every pending future
+        return fut
+
+    async def ping(self) -> dict[str, Any]:
+        status, payload = await self.send(("ping",), None, "ping")
+        return dict(payload) if status == "ok" else {}
+
+    async def stop(self) -> None:
+        """Close stdin (the worker finishes pending requests and exits), then make sure."""
+        self.stopping = True
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            with contextlib.suppress(Exception):
+                proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        self._close_reader()
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._fail_pending()
+        self.alive = False
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    def _fail_pending(self) -> None:
+        while self.pending:
+            p = self.pending.popleft()
+            if not p.future.done():
+                p.future.set_exception(WorkerGone(self.pid))
+                p.future.exception()  # mark retrieved: callers may have given up on it
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._rfd, 1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_reader()
+            self._tasks.append(asyncio.create_task(self._finish_exit()))
+            return
+        buf = self._rbuf
+        buf += data
+        pos = 0
+        end = len(buf)
+        try:
+            while end - pos >= HEADER.size:
+                (size,) = HEADER.unpack_from(buf, pos)
+                if size > MAX_FRAME:
+                    raise ValueError(f"reply frame of {size} bytes")
+                if end - pos - HEADER.size < size:
+                    break
+                start = pos + HEADER.size
+                reply = pickle.loads(bytes(buf[start:start + size]))
+                pos = start + size
+                self._resolve(reply)
+        except (ValueError, pickle.UnpicklingError, EOFError) as exc:
+            log.error("sandbox worker %d: bad reply stream: %s", self.pid, exc)
+            self.kill()
+            pos = end
+        del buf[:pos]
+
+    def _resolve(self, reply: Any) -> None:
+        self.last_done = time.monotonic()
+        if not self.pending:
+            log.error("sandbox worker %d sent an unexpected reply", self.pid)
+            return
+        p = self.pending.popleft()
+        if not p.future.done():
+            p.future.set_result(reply)
+
+    def _close_reader(self) -> None:
+        if self._rfd >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._rfd)
+            os.close(self._rfd)
+            self._rfd = -1
+
+    async def _finish_exit(self) -> None:
+        assert self.proc is not None
+        self.alive = False
+        culprit = self.pending[0] if self.pending else None
+        code = await self.proc.wait()
+        reason = "deadline" if self.killed_for_deadline is not None else "crashed"
+        if self.killed_for_deadline is not None:
+            culprit = self.killed_for_deadline
+        if not self.stopping:
+            self.on_exit(self, culprit, reason, code)  # before callers see their requests fail
+        self._fail_pending()
+
+    async def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        stream = self.proc.stderr
+        tokens = STDERR_LINES_PER_S
+        at = time.monotonic()
+        suppressed = 0
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line longer than the stream limit
+                line = b"<long line>\n"
+            if not line:
+                break
+            now = time.monotonic()
+            tokens = min(STDERR_LINES_PER_S, tokens + (now - at) * STDERR_LINES_PER_S)
+            at = now
+            if tokens < 1.0:
+                suppressed += 1
+                continue
+            tokens -= 1.0
+            if suppressed:
+                stderr_log.debug("worker %d: (%d lines suppressed)", self.pid, suppressed)
+                suppressed = 0
+            stderr_log.debug("worker %d: %s", self.pid, line.decode(errors="replace").rstrip())
+        if suppressed:
+            stderr_log.debug("worker %d: (%d lines suppressed)", self.pid, suppressed)
+
+    async def _watchdog(self) -> None:
+        while self.alive:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            if not self.pending or self.killed_for_deadline is not None:
+                continue
+            head = self.pending[0]
+            started = max(head.sent_at, self.last_done)
+            if time.monotonic() - started > self.deadline_s:
+                log.error(
+                    "sandbox worker %d: %s of component '%s' ran past the %.1f s deadline; "
+                    "killing the worker",
+                    self.pid,
+                    head.export,
+                    head.component,
+                    self.deadline_s,
+                )
+                self.killed_for_deadline = head
+                self.kill()

@@ -1,0 +1,433 @@
+"""Sandbox worker process: hosts many wasm components, each in its own wasm3 environment.
+
+Run as ``python -m edge.wasm.worker`` by :class:`edge.wasm.pool.SandboxPool`. It reads request
+frames on stdin and answers each, in order, on the original stdout (see
+:mod:`edge.wasm.protocol`); fd 1 is then pointed at stderr so that nothing else can corrupt the
+protocol. wasm3 prints trap backtraces on fd 2, which the runtime reads and logs.
+
+The worker is deliberately stateless about supervision: when a call faults it drops the
+instance and reports; the runtime decides when to load it again. Batch columns are not sent
+through the pipe: they live in a file the runtime maps too (``/dev/shm``), and the host imports
+``col_read`` / ``col_write`` copy between that mapping and the component's linear memory.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+from edge.wasm.abi import IMPORT_MODULE, IMPORTS_V1, KV_MAX_KEY, KV_MAX_VALUE
+from edge.wasm.protocol import CallResult, LoadSpec, encode, read_frame
+
+#: pywasm3 ``gasLimit`` is a float counted in units of this many gas.
+GAS_UNIT = 10_000
+#: Log lines a component may emit: burst size and sustained rate (lines/s).
+LOG_BURST = 20
+LOG_RATE_PER_S = 10.0
+#: Longest log line kept (bytes); longer lines are cut.
+LOG_MAX_BYTES = 1024
+#: Largest message payload ``publish`` accepts (bytes), like nats-server's default max_payload.
+PUBLISH_MAX_BYTES = 1024 * 1024
+SUBJECT_MAX_BYTES = 256
+#: Denied subjects reported per call (the counter counts them all).
+DENIED_REPORT_MAX = 8
+#: Cached grant decisions per component.
+GRANT_CACHE_MAX = 1024
+
+_SUBJECT_RE = re.compile(r"^[^\s.*>]+(\.[^\s.*>]+)*$")
+_KV_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+class GuestFault(Exception):
+    """A host import was called with arguments that violate the contract (bad pointer, ...)."""
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard match: ``*`` matches one token, a final ``>`` matches one or more."""
+    p = pattern.split(".")
+    s = subject.split(".")
+    for i, tok in enumerate(p):
+        if tok == ">":
+            return len(s) > i
+        if i >= len(s):
+            return False
+        if tok != "*" and tok != s[i]:
+            return False
+    return len(p) == len(s)
+
+
+class Instance:
+    """One component: a wasm3 environment + runtime + module and the host imports it calls."""
+
+    def __init__(self, spec: LoadSpec) -> None:
+        import wasm3
+
+        self.name = spec.name
+        self.spec = spec
+        self.kv: dict[str, bytes] = dict(spec.kv)
+        self.device = spec.device.encode()
+        self.ncols = spec.ncols
+        self.writable = frozenset(spec.writable)
+        self.grants = spec.publish
+        self.grant_cache: dict[str, bool] = {}
+        self.gas_limit = spec.gas / GAS_UNIT
+        self.n = 0
+        self.n8 = 0
+        self.ids: list[bytes] = []
+        self.cols: memoryview | None = None
+        self.cols_map: mmap.mmap | None = None
+        self.cols_path = ""
+        self.stride = 0
+        self.tokens = float(LOG_BURST)
+        self.tokens_at = time.monotonic()
+        self.result = CallResult()
+        self.published = 0
+
+        self.env = wasm3.Environment()
+        self.rt = self.env.new_runtime(spec.stack_bytes)
+        self.mod = self.env.parse_module(spec.wasm)
+        self.rt.load(self.mod)  # link only after load: linking before crashes wasm3
+        host: dict[str, Callable[..., Any]] = {
+            "log": self.h_log, "publish": self.h_publish, "kv_get": self.h_kv_get,
+            "kv_put": self.h_kv_put, "clock_ms": self.h_clock_ms,
+            "monotonic_ns": self.h_monotonic_ns, "batch_len": self.h_batch_len,
+            "col_read": self.h_col_read, "col_write": self.h_col_write,
+            "entity_id": self.h_entity_id, "device_id": self.h_device_id,
+        }
+        for name, sig in IMPORTS_V1.items():
+            self.mod.link_function(IMPORT_MODULE, name, sig, host[name])
+        # The module's memory is pinned (initial == maximum): this view stays valid for good.
+        self.mem: memoryview = self.rt.get_memory(0)
+        self.memlen = len(self.mem)
+        self.exports: dict[str, Any] = {}
+        for export in ("edge_alloc", "edge_init", "edge_tick", "edge_on_message"):
+            try:
+                self.exports[export] = self.rt.find_function(export)
+            except RuntimeError as exc:
+                if "function lookup failed" not in str(exc):
+                    raise
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Drop what can be dropped (wasm3 never frees the runtime itself)."""
+        self.unmap()
+        self.mem.release()
+        self.kv = {}
+        self.ids = []
+        self.exports = {}
+
+    def unmap(self) -> None:
+        if self.cols is not None:
+            self.cols.release()
+            self.cols = None
+        if self.cols_map is not None:
+            self.cols_map.close()
+            self.cols_map = None
+
+    def map_columns(self, path: str, capacity: int) -> None:
+        self.unmap()
+        size = self.ncols * capacity * 8
+        fd = os.open(path, os.O_RDWR)
+        try:
+            self.cols_map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.cols = memoryview(self.cols_map)
+        self.cols_path = path
+        self.stride = capacity * 8
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def begin(self) -> CallResult:
+        self.result = CallResult()
+        return self.result
+
+    def call(self, export: str, *args: Any) -> int | None:
+        """Call an export under a fresh gas budget. Returns its result, or None after a fault
+        (recorded in ``self.result.fault``)."""
+        fn = self.exports[export]
+        self.mod.gasLimit = self.gas_limit
+        self.published = 0
+        try:
+            rc = fn(*args)
+        except GuestFault as exc:
+            self.result.fault = ("trap", export, f"[trap] {exc}")
+            return None
+        except RuntimeError as exc:
+            text = str(exc)
+            reason = "out_of_gas" if "Out of gas" in text else "trap"
+            self.result.fault = (reason, export, text)
+            return None
+        except Exception as exc:  # noqa: BLE001 - anything else a call raises is a trap too
+            self.result.fault = ("trap", export, f"{type(exc).__name__}: {exc}")
+            return None
+        finally:
+            self.result.gas_used = int(self.mod.gasUsed * GAS_UNIT)
+        return int(rc) if rc is not None else 0
+
+    def tick(self, n: int, dt: float) -> None:
+        if self.cols is None and self.ncols:
+            raise GuestFault("no batch mapped")
+        self.n = n
+        self.n8 = n * 8
+        try:
+            rc = self.call("edge_tick", n, dt)
+        finally:
+            self.n = self.n8 = 0
+        if rc:
+            self.result.errors += 1
+
+    def deliver(self, messages: list[tuple[str, bytes]]) -> None:
+        res = self.result
+        alloc = "edge_alloc"
+        for i, (subject, data) in enumerate(messages):
+            sb = subject.encode()
+            ls = len(sb)
+            size = ls + len(data)
+            ptr = self.call(alloc, size)
+            if ptr is None:
+                res.dropped += len(messages) - i
+                return
+            if ptr <= 0 or ptr + size > self.memlen:
+                if ptr == 0:
+                    res.dropped += 1
+                    continue
+                res.fault = ("trap", alloc, (f"[trap] edge_alloc returned an out-of-bounds "
+                                            f"buffer ({ptr}, {size} bytes)"))
+                res.dropped += len(messages) - i
+                return
+            self.mem[ptr:ptr + ls] = sb
+            self.mem[ptr + ls:ptr + size] = data
+            res.messages += 1
+            rc = self.call("edge_on_message", ptr, ls, ptr + ls, len(data))
+            if rc is None:
+                res.dropped += len(messages) - i - 1
+                return
+            if rc:
+                res.errors += 1
+
+    # -- host imports ------------------------------------------------------------------------
+
+    def _bytes(self, ptr: int, length: int, what: str) -> bytes:
+        if ptr < 0 or length < 0 or ptr + length > self.memlen:
+            raise GuestFault(f"{what}: range ({ptr}, {length}) is outside linear memory")
+        return bytes(self.mem[ptr:ptr + length])
+
+    def _copy_out(self, data: bytes, ptr: int, cap: int, what: str) -> int:
+        if cap < 0 or ptr < 0 or ptr + cap > self.memlen:
+            raise GuestFault(f"{what}: buffer ({ptr}, {cap}) is outside linear memory")
+        k = min(len(data), cap)
+        self.mem[ptr:ptr + k] = data[:k]
+        return len(data)
+
+    def h_log(self, level: int, ptr: int, length: int) -> None:
+        text = self._bytes(ptr, min(length, LOG_MAX_BYTES), "log")
+        now = time.monotonic()
+        self.tokens = min(LOG_BURST, self.tokens + (now - self.tokens_at) * LOG_RATE_PER_S)
+        self.tokens_at = now
+        if self.tokens < 1.0:
+            self.result.logs_dropped += 1
+            return
+        self.tokens -= 1.0
+        self.result.logs.append((level, text.decode("utf-8", "replace")))
+
+    def h_publish(self, sptr: int, slen: int, dptr: int, dlen: int) -> int:
+        if slen > SUBJECT_MAX_BYTES or dlen > PUBLISH_MAX_BYTES:
+            return -2
+        try:
+            subject = self._bytes(sptr, slen, "publish").decode()
+        except UnicodeDecodeError:
+            return -2
+        ok = self.grant_cache.get(subject)
+        if ok is None:
+            if not _SUBJECT_RE.match(subject):
+                return -2
+            ok = any(subject_matches(p, subject) for p in self.grants)
+            if len(self.grant_cache) >= GRANT_CACHE_MAX:
+                self.grant_cache.clear()
+            self.grant_cache[subject] = ok
+        res = self.result
+        if not ok:
+            if len(res.denied) < DENIED_REPORT_MAX:
+                res.denied.append(subject)
+            else:
+                res.denied.append("")  # counted, not named
+            return -1
+        if self.published >= self.spec.publish_per_call:
+            return -3
+        self.published += 1
+        res.publishes.append((subject, self._bytes(dptr, dlen, "publish")))
+        return 0
+
+    def h_kv_get(self, kptr: int, klen: int, bptr: int, cap: int) -> int:
+        if klen > KV_MAX_KEY:
+            return -1
+        key = self._bytes(kptr, klen, "kv_get").decode("utf-8", "replace")
+        value = self.kv.get(key)
+        if value is None:
+            return -1
+        return self._copy_out(value, bptr, cap, "kv_get")
+
+    def h_kv_put(self, kptr: int, klen: int, vptr: int, vlen: int) -> int:
+        if klen > KV_MAX_KEY or vlen > KV_MAX_VALUE or vlen < 0:
+            return -1
+        key = self._bytes(kptr, klen, "kv_put").decode("utf-8", "replace")
+        if not _KV_KEY_RE.match(key):
+            return -1
+        value = self._bytes(vptr, vlen, "kv_put")
+        self.kv[key] = value
+        self.result.kv_puts.append((key, value))
+        return 0
+
+    def h_clock_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def h_monotonic_ns(self) -> int:
+        return time.monotonic_ns()
+
+    def h_batch_len(self) -> int:
+        return self.n
+
+    def h_col_read(self, col: int, ptr: int, cap: int) -> int:
+        n8 = self.n8
+        if col < 0 or col >= self.ncols or cap < n8 or self.cols is None:
+            return -1
+        if ptr < 0 or ptr + n8 > self.memlen:
+            raise GuestFault(f"col_read: buffer ({ptr}, {n8}) is outside linear memory")
+        off = col * self.stride
+        self.mem[ptr:ptr + n8] = self.cols[off:off + n8]
+        return n8
+
+    def h_col_write(self, col: int, ptr: int, length: int) -> int:
+        n8 = self.n8
+        if col not in self.writable or length != n8 or self.cols is None:
+            return -1
+        if ptr < 0 or ptr + n8 > self.memlen:
+            raise GuestFault(f"col_write: buffer ({ptr}, {n8}) is outside linear memory")
+        off = col * self.stride
+        self.cols[off:off + n8] = self.mem[ptr:ptr + n8]
+        return 0
+
+    def h_entity_id(self, index: int, ptr: int, cap: int) -> int:
+        if index < 0 or index >= self.n or index >= len(self.ids):
+            return -1
+        return self._copy_out(self.ids[index], ptr, cap, "entity_id")
+
+    def h_device_id(self, ptr: int, cap: int) -> int:
+        return self._copy_out(self.device, ptr, cap, "device_id")
+
+
+class Worker:
+    """The request loop: one instance per component name."""
+
+    def __init__(self) -> None:
+        self.instances: dict[str, Instance] = {}
+        self.loaded = 0  # instances created over the process lifetime (wasm3 never frees them)
+
+    def handle(self, req: tuple[Any, ...]) -> tuple[str, Any]:
+        op = req[0]
+        if op == "tick":
+            _, name, n, dt, ids, shm = req
+            inst = self.instances.get(name)
+            if inst is None:
+                return ("gone", None)
+            res = inst.begin()
+            if shm is not None:
+                inst.map_columns(shm[0], shm[1])
+            if ids is not None:
+                inst.ids = [i.encode() for i in ids]
+            inst.tick(n, dt)
+            return self._finish(inst, res)
+        if op == "deliver":
+            _, name, messages = req
+            inst = self.instances.get(name)
+            if inst is None:
+                return ("gone", None)
+            res = inst.begin()
+            inst.deliver(messages)
+            return self._finish(inst, res)
+        if op == "load":
+            return self.load(req[1])
+        if op == "unload":
+            inst = self.instances.pop(req[1], None)
+            if inst is not None:
+                inst.close()
+            return ("ok", None)
+        if op == "nop":
+            return ("ok", None)
+        if op == "ping":
+            return ("ok", {"pid": os.getpid(), "instances": self.loaded, "rss_kb": _rss_kb()})
+        raise ValueError(f"unknown request {op!r}")
+
+    def _finish(self, inst: Instance, res: CallResult) -> tuple[str, Any]:
+        if res.fault is not None:
+            self.instances.pop(inst.name, None)
+            inst.close()
+            return ("fault", res)
+        return ("ok", res)
+
+    def load(self, spec: LoadSpec) -> tuple[str, Any]:
+        old = self.instances.pop(spec.name, None)
+        if old is not None:
+            old.close()
+        self.loaded += 1
+        try:
+            inst = Instance(spec)
+        except (RuntimeError, SystemError, ValueError) as exc:
+            return ("refused", str(exc))
+        self.instances[spec.name] = inst
+        res = inst.begin()
+        if spec.call_init and "edge_init" in inst.exports:
+            rc = inst.call("edge_init")
+            if res.fault is None and rc:
+                res.fault = ("init_failed", "edge_init", f"edge_init returned {rc}")
+        return self._finish(inst, res)
+
+
+def _rss_kb() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except OSError:
+        return 0
+
+
+def serve(inp: BinaryIO, out: BinaryIO) -> None:
+    """Answer requests from ``inp`` on ``out`` until end of input."""
+    worker = Worker()
+    while True:
+        req = read_frame(inp)
+        if req is None:
+            return
+        try:
+            reply = worker.handle(req)
+        except Exception as exc:  # noqa: BLE001 - report, keep serving other components
+            reply = ("error", f"{type(exc).__name__}: {exc}")
+        out.write(encode(reply))
+        out.flush()
+
+
+def main() -> None:
+    """Entry point: protocol on the original stdout, fd 1 redirected to stderr."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runtime decides when we stop
+    proto_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    out = os.fdopen(proto_fd, "wb", buffering=1 << 16)
+    inp = os.fdopen(os.dup(0), "rb", buffering=1 << 16)
+    try:
+        serve(inp, out)
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Device <-> hub through a real leaf node: sourcing, KV mirror, commands, status, security."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.msg import Msg
+
+from edge.natsd import NatsServer
+from edge.sync import naming
+from edge.sync.cloud import fleet_status, provision_device, send_command
+from edge.sync.commands import CommandReceiver
+from edge.sync.leaf import HubLink, device_server_options
+from edge.sync.publisher import Publisher
+from edge.sync.streams import DeviceStreamConfig, ensure_device_streams
+from edge.sync.testing import read_stream, sync_rig
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_streams_and_state_reach_the_hub(tmp_path: Path) -> None:
+    async with sync_rig(tmp_path) as rig:
+        js = rig.dev_js()
+        kv = await js.create_key_value(bucket=naming.STATE_BUCKET)
+        await kv.put("e1.pos", b"1,2")
+        async with Publisher(rig.dev_nc["dev1"]) as pub:
+            for i in range(200):
+                await pub.publish(f"edge.dev1.tele.t{i % 2}", str(i).encode())
+                await pub.publish("edge.dev1.evt.e", str(i).encode(), msg_id=f"e{i}")
+            await pub.flush(10)
+        await rig.wait_hub_count("TELE", 200)
+        await rig.wait_hub_count("EVT", 200)
+        tele = await read_stream(rig.hub_js, "TELE_dev1")
+        for sub in ("edge.dev1.tele.t0", "edge.dev1.tele.t1"):
+            seq = [int(d) for s, d, _ in tele if s == sub]
+            assert seq == sorted(seq) and len(seq) == 100
+        evt = await read_stream(rig.hub_js, "EVT_dev1")
+        assert [d for _, d, _ in evt] == [str(i).encode() for i in range(200)]
+        # The hub reads the device's entity state as its own KV bucket.
+        hkv = await rig.hub_js.key_value(naming.hub_state_bucket("dev1"))
+        for _ in range(100):
+            try:
+                if (await hkv.get("e1.pos")).value == b"1,2":
+                    break
+            except nats.js.errors.KeyNotFoundError:
+                pass
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("state mirror never got e1.pos")
+        [st] = await fleet_status(rig.hub_js)
+        assert st.device == "dev1" and st.link == "up" and st.lag == 0
+        assert st.tele_messages == 200 and st.evt_messages == 200 and not st.errors
+
+
+async def test_commands_offline_delivered_in_order_once_and_expire(tmp_path: Path) -> None:
+    async with sync_rig(tmp_path) as rig:
+        rx = CommandReceiver(rig.dev_js(), "dev1", ack_wait_s=1.0)
+        await send_command(rig.hub_js, "dev1", "arm", b"0")
+        cmd = await rx.next(timeout=10)
+        assert cmd is not None and cmd.name == "arm"
+        await rx.reply(cmd, b"ok")
+        await rig.links["dev1"].cut()
+        for i in range(5):
+            await send_command(rig.hub_js, "dev1", "goto", str(i).encode())
+        await send_command(rig.hub_js, "dev1", "stale", b"x", ttl_s=0.3)
+        await send_command(rig.hub_js, "dev1", "after", b"y")
+        assert await rx.next(timeout=0.5) is None  # offline: nothing arrives
+        await asyncio.sleep(0.5)  # "stale" expires meanwhile
+        await rig.links["dev1"].restore()
+        got = []
+        while (cmd := await rx.next(timeout=5)) is not None:
+            got.append((cmd.name, cmd.payload))
+            if cmd.name == "goto" and cmd.payload == b"2" and cmd.delivered == 1:
+                continue  # not acked: must come again (after ack_wait), before anything else
+            await rx.reply(cmd, b"done")
+        names = [n for n, _ in got]
+        assert names == ["goto", "goto", "goto", "goto", "goto", "goto", "after"]
+        assert [p for _, p in got[:6]] == [b"0", b"1", b"2", b"2", b"3", b"4"]
+        assert rx.stats["expired"] == 1
+        # One result per command reaches the hub, even for the redelivered one.
+        await rig.wait_hub_count("EVT", 7)
+        await asyncio.sleep(0.3)
+        assert await rig.hub_count("EVT") == 7
+        # A fresh receiver (runtime restart) resumes after the last acked command.
+        await rx.close()
+        await send_command(rig.hub_js, "dev1", "later", b"z")
+        rx2 = CommandReceiver(rig.dev_js(), "dev1")
+        cmd = await rx2.next(timeout=10)
+        assert cmd is not None and cmd.name == "later"
+
+
+async def test_device_cannot_touch_other_devices_subjects(tmp_path: Path) -> None:
+    async with sync_rig(tmp_path, ("devA", "devB")) as rig:
+        assert rig.hub_nc is not None
+        seen: list[str] = []
+
+        async def on_hub(msg: Msg) -> None:
+            seen.append(msg.subject)
+
+        await rig.hub_nc.subscribe("edge.>", cb=on_hub)
+        await rig.hub_nc.flush()
+        a, b = rig.dev_nc["devA"], rig.dev_nc["devB"]
+        a_rx: list[str] = []
+
+        async def on_a(msg: Msg) -> None:
+            a_rx.append(msg.subject)
+
+        await a.subscribe("edge.devB.>", cb=on_a)
+        await a.flush()
+        # Positive control first: A's own subject reaches the hub once the link is up.
+        for _ in range(100):
+            await a.publish("edge.devA.evt.ping", b"1")
+            await a.flush()
+            await asyncio.sleep(0.05)
+            if "edge.devA.evt.ping" in seen:
+                break
+        assert "edge.devA.evt.ping" in seen
+        # A cannot publish as B, and does not receive B's commands.
+        for _ in range(5):
+            await a.publish("edge.devB.evt.spoof", b"x")
+        await a.flush()
+        await send_command(rig.hub_js, "devB", "secret", b"s")
+        b_cmd = await CommandReceiver(rig.dev_js("devB"), "devB").next(timeout=10)
+        assert b_cmd is not None and b_cmd.name == "secret"  # B gets its command
+        await asyncio.sleep(0.3)
+        assert "edge.devB.evt.spoof" not in seen
+        assert not [s for s in a_rx if s.startswith("edge.devB.cmd")]
+        # A cannot use the hub's JetStream API on B's streams, only on its own (a client whose
+        # reply inbox lies in A's namespace, so the answer may flow down A's link).
+        a2 = await nats.connect(rig.devices["devA"].url, inbox_prefix="edge.devA.inbox")
+        hub_from_a = a2.jetstream(domain="hub", timeout=1.0)
+        info = await hub_from_a.stream_info("CMD_devA")
+        assert info.config.name == "CMD_devA"
+        with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError,
+                            nats.js.errors.ServiceUnavailableError)):
+            await hub_from_a.stream_info("CMD_devB")
+        with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError,
+                            nats.js.errors.ServiceUnavailableError)):
+            await hub_from_a.stream_info("TELE_devB")
+        await a2.close()
+
+
+async def test_wrong_password_never_links(tmp_path: Path) -> None:
+    async with sync_rig(tmp_path) as rig:
+        await provision_device(rig.hub_js, "intruder", hub=rig.hub)
+        assert rig.hub.leaf_url is not None
+        srv = NatsServer(device_server_options("intruder", tmp_path / "intruder", HubLink(
+            url=rig.hub.leaf_url, user="intruder", password="wrong")))
+        await srv.start()
+        try:
+            nc = await nats.connect(srv.url)
+            js = nc.jetstream()
+            await ensure_device_streams(js, DeviceStreamConfig("intruder"))
+            await js.publish("edge.intruder.evt.x", b"1")
+            await asyncio.sleep(1.5)
+            st = {s.device: s for s in await fleet_status(rig.hub_js)}
+            assert st["intruder"].link == "never" and st["intruder"].evt_messages == 0
+            assert st["dev1"].link == "up"
+            await nc.close()
+        finally:
+            await srv.stop()
+        assert "Authorization Violation" in rig.hub.log_tail(200) or \
+            "authorization" in srv.log_tail(200).lower()
+
+
+async def test_standalone_device_without_hub(tmp_path: Path) -> None:
+    srv = NatsServer(device_server_options("solo", tmp_path / "solo"))
+    await srv.start()
+    try:
+        assert "remotes" not in srv.config_path.read_text()
+        nc = await nats.connect(srv.url)
+        js = nc.jetstream()
+        infos = await ensure_device_streams(js, DeviceStreamConfig("solo"))
+        assert [i.config.name for i in infos] == ["TELE", "EVT"]  # no CMD without a hub
+        ack = await js.publish("edge.solo.evt.boot", b"1")
+        assert ack.domain == "solo"
+        await nc.close()
+    finally:
+        await srv.stop()

@@ -1,0 +1,92 @@
+"""Helpers shared by the sandbox tests: compile real components, write manifests, record the
+host callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from edge.errors import SandboxError
+
+ROOT = Path(__file__).resolve().parents[2]
+TEST_COMPONENTS = Path(__file__).resolve().parent / "components"
+DEVICE = "dev1"
+
+
+def build_module() -> ModuleType:
+    """Import components/build.py (it is a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("edge_components_build",
+                                                  ROOT / "components" / "build.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def compile_test_components(out: Path) -> dict[str, Path]:
+    """Compile every tests/wasm/components/*.c into ``out``; name -> module path."""
+    build = build_module()
+    return {src.stem: build.compile_wasm([src], out / f"{src.stem}.wasm")
+            for src in sorted(TEST_COMPONENTS.glob("*.c"))}
+
+
+def write_manifest(directory: Path, name: str, module: Path, *, read: tuple[str, ...] = (),
+                   write: tuple[str, ...] = (), tick_hz: float = 0.0,
+                   subscribe: tuple[str, ...] = (), publish: tuple[str, ...] = (),
+                   gas: int | None = None, memory_pages: int | None = None,
+                   publish_per_call: int | None = None, version: str = "1.0.0") -> Path:
+    """Write ``directory/name.toml`` and return its path."""
+    def arr(items: tuple[str, ...]) -> str:
+        return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+    lines = [f'name = "{name}"', f'version = "{version}"', "contract = 1",
+             f'module = "{module}"', "[query]", f"read = {arr(read)}", f"write = {arr(write)}",
+             "[run]", f"tick_hz = {tick_hz}", f"subscribe = {arr(subscribe)}",
+             f"publish = {arr(publish)}", "[limits]"]
+    if gas is not None:
+        lines.append(f"gas = {gas}")
+    if memory_pages is not None:
+        lines.append(f"memory_pages = {memory_pages}")
+    if publish_per_call is not None:
+        lines.append(f"publish_per_call = {publish_per_call}")
+    path = directory / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Recorder:
+    """HostCallbacks that remembers everything."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, str, bytes]] = []
+        self.kv: dict[tuple[str, str], bytes] = {}
+        self.faults: list[tuple[str, SandboxError]] = []
+
+    async def publish(self, component: str, subject: str, data: bytes) -> None:
+        self.published.append((component, subject, data))
+
+    async def kv_put(self, component: str, key: str, value: bytes) -> None:
+        self.kv[(component, key)] = value
+
+    def on_fault(self, component: str, fault: SandboxError) -> None:
+        self.faults.append((component, fault))
+
+    def reasons(self, component: str) -> list[str | None]:
+        return [f.reason for c, f in self.faults if c == component]
+
+
+async def wait_for(pred: Callable[[], Any], timeout: float = 5.0, step: float = 0.01) -> Any:
+    """Poll ``pred`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(step)
