@@ -28,10 +28,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge.errors import SandboxError
-from edge.wasm.abi import IMPORTS_V1, prepare_module
-from edge.wasm.manifest import load_manifest
-from edge.wasm.pool import SandboxPool
+from edge.errors import SandboxError  # noqa: E402
+from edge.wasm.abi import IMPORTS_V1, prepare_module  # noqa: E402
+from edge.wasm.manifest import load_manifest  # noqa: E402
+from edge.wasm.pool import SandboxPool  # noqa: E402
 
 DEVICE = "bench"
 DT = 0.01

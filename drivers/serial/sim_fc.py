@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.serial.link import open_pty
+from drivers.serial.link import link_pty, open_pty
 from drivers.serial.mavcodec import COPTER_MODE_NAMES, COPTER_MODES, MavCodec, mavlink
 
 log = logging.getLogger("edge.drivers.sim_fc")
@@ -90,9 +90,13 @@ class SimFlightController:
         self._t0 = time.monotonic()
 
     # ----- lifecycle -------------------------------------------------------------------------------
-    async def start(self) -> str:
-        """Create the pty and start streaming; returns the device path for the driver."""
+    async def start(self, link: str | None = None) -> str:
+        """Create the pty and start streaming; returns the device path for the driver (``link``,
+        a symlink to the pty kept stable across restarts, if given)."""
         self._master, self._slave, self.port = open_pty()
+        if link is not None:
+            link_pty(self.port, link)
+            self.port = link
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._master, self._on_readable)
         self._t0 = time.monotonic()
@@ -324,3 +328,35 @@ class SimFlightController:
             if delay < -period:
                 next_t = time.monotonic()
             await asyncio.sleep(max(0.0, delay))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m drivers.serial.sim_fc --link /tmp/fc``: run the emulator in its own process."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="Emulated MAVLink flight controller on a pty.")
+    p.add_argument("--link", required=True, help="symlink path to create for the pty")
+    p.add_argument("--rate-hz", type=float, default=10.0, help="telemetry ticks per second")
+    p.add_argument("--heartbeat-hz", type=float, default=1.0)
+    p.add_argument("--duration-s", type=float, default=0.0, help="0 = until killed")
+    args = p.parse_args(argv)
+
+    async def run() -> None:
+        fc = SimFlightController(rate_hz=args.rate_hz, heartbeat_hz=args.heartbeat_hz)
+        await fc.start(args.link)
+        print(f"ready {fc.port}", flush=True)
+        try:
+            if args.duration_s > 0:
+                await asyncio.sleep(args.duration_s)
+            else:
+                await asyncio.Event().wait()
+        finally:
+            print(f"sent {fc.sent} dropped {fc.dropped} max_out_buffer {fc.max_out_buffer}", flush=True)
+            await fc.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from functools import reduce
 
-from drivers.serial.link import open_pty
+from drivers.serial.link import link_pty, open_pty
 
 log = logging.getLogger("edge.drivers.sim_gps")
 
@@ -58,8 +58,11 @@ class SimGPS:
         self._slave = -1
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> str:
+    async def start(self, link: str | None = None) -> str:
         self._master, self._slave, self.port = open_pty()
+        if link is not None:
+            link_pty(self.port, link)
+            self.port = link
         self._task = asyncio.get_running_loop().create_task(self._stream(), name="sim_gps")
         log.info("emulated GPS on %s", self.port)
         return self.port

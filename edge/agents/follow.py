@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from edge import subjects
-from edge.agents.base import Agent, Command, Decision
+from edge.agents.base import Agent, Command, Decision, subject_key
 from edge.world.store import World
 
 DEFAULT_GAIN = 4.0  # m/s per unit of normalised offset from the frame centre
@@ -96,7 +96,7 @@ class FollowAgent(Agent):
         self.state = IDLE
         self.last_seen: float | None = None  # monotonic time of the last set containing the target
         self._hits = 0
-        self._last_set: float | None = None  # stamp of the last detection set counted
+        self._latest: tuple[str, float, dict[str, Any] | None] | None = None  # key, arrival, target
         self._last_world_t: float | None = None
         self._last_cmd: tuple[float, float] | None = None
         self._last_cmd_at = 0.0
@@ -114,7 +114,11 @@ class FollowAgent(Agent):
             level = float(pct) / 100.0 if isinstance(pct, (int, float)) else 0.0
             self.context.set("battery_low_event", {"level": level}, now)
             return True
-        return super().observe(subject, payload, now)
+        wake = super().observe(subject, payload, now)
+        key = subject_key(self.device, subject)
+        if key in DETECTION_KEYS:
+            self._on_detections(key or "", payload, now)
+        return wake
 
     def read_world(self, world: World, now: float) -> None:
         super().read_world(world, now)
@@ -124,6 +128,18 @@ class FollowAgent(Agent):
             if t != self._last_world_t:  # a new detection set; its arrival time is now
                 self._last_world_t = t
                 self.context.set("world.detections", det, now)
+                self._on_detections("world.detections", det, now)
+
+    def _on_detections(self, key: str, value: Any, now: float) -> None:
+        """Count one detection set (each set counts once, however often decide runs)."""
+        items = value.get("items") if isinstance(value, Mapping) else None
+        target = self._target(items)
+        self._latest = (key, now, target)
+        if target is not None:
+            self._hits += 1
+            self.last_seen = now
+        elif self.state != FOLLOWING:
+            self._hits = 0
 
     def _freshest(self, keys: Sequence[str], now: float) -> tuple[str, Any, float] | None:
         best: tuple[str, Any, float] | None = None
@@ -197,22 +213,9 @@ class FollowAgent(Agent):
                 {**battery_in, "state": previous},
                 Command("rtl", {"reason": "battery_low", "level": round(level, 4)}),
             )]
-        found = self._freshest(DETECTION_KEYS, now)
-        target = None
-        if found is not None and found[2] <= p.lost_timeout:
-            key, value, age = found
-            stamp = self.context.stamps[key]
-            items = value.get("items") if isinstance(value, Mapping) else None
-            target = self._target(items)
-            if stamp != self._last_set:  # count each detection set once
-                self._last_set = stamp
-                if target is not None:
-                    self._hits += 1
-                    self.last_seen = stamp
-                elif self.state != FOLLOWING:
-                    self._hits = 0
-            if target is not None:
-                return self._follow(now, target, key, age, battery_in)
+        latest = self._latest
+        if latest is not None and latest[2] is not None and now - latest[1] <= p.lost_timeout:
+            return self._follow(now, latest[2], latest[0], now - latest[1], battery_in)
         if self.state == FOLLOWING and self.last_seen is not None and now - self.last_seen > p.lost_timeout:
             self.state = HOLDING
             self._hits = 0

@@ -30,6 +30,7 @@ from nats.js.api import (
     ExternalStream,
     PubAck,
     StreamConfig,
+    StreamConsumerSource,
     StreamInfo,
     StreamSource,
     SubjectTransform,
@@ -38,6 +39,7 @@ from nats.js.errors import NotFoundError
 
 from edge.errors import NatsError
 from edge.sync import naming
+from edge.sync.durable import SyncConsumer, ensure_sync_consumer
 from edge.sync.hub import DeviceCredential, HubServer
 from edge.sync.streams import ensure_stream
 
@@ -67,11 +69,18 @@ class ProvisionOptions:
 
 
 def _device_source(device: str, stream: str, kind: str, *transforms: tuple[str, str],
-                   start_seq: int | None = None) -> StreamSource:
+                   durable: bool = True) -> StreamSource:
+    """A cross-domain source of the device's ``stream``; ``durable`` attaches to the device's
+    own durable sourcing consumer (:mod:`edge.sync.durable`) instead of an ephemeral one."""
+    consumer = None
+    external = ExternalStream(api=naming.js_api(device))
+    if durable:
+        consumer = StreamConsumerSource(name=naming.sync_consumer_name(stream),
+                                        deliver_subject=naming.sync_deliver_subject(device, kind))
+    else:
+        external.deliver = naming.sync_deliver_prefix(device, kind)
     return StreamSource(
-        name=stream, opt_start_seq=start_seq,
-        external=ExternalStream(api=naming.js_api(device),
-                                deliver=naming.sync_deliver_prefix(device, kind)),
+        name=stream, external=external, consumer=consumer,
         subject_transforms=[SubjectTransform(src=s, dest=d) for s, d in transforms],
     )
 
@@ -124,6 +133,12 @@ async def provision_device(js: JetStreamContext, device: str,
     register its leaf login. Returns ``{"device", "streams", "user", "password"}``."""
     cred: DeviceCredential | None = await hub.add_device(device) if hub is not None else None
     infos = [await ensure_stream(js, cfg) for cfg in hub_stream_configs(device, opts)]
+    # The durable consumer the device's CMD stream sources commands through.
+    d = naming.check_device_id(device)
+    cmd = naming.hub_stream(naming.CMD_STREAM, d)
+    await ensure_sync_consumer(js._nc, SyncConsumer(
+        cmd, naming.sync_consumer_name(naming.CMD_STREAM),
+        naming.sync_deliver_subject(d, "cmd"), (naming.cmd_subject(d),)))
     log.info("provisioned device %s on the hub", device)
     return {"device": device, "streams": [i.config.name for i in infos],
             "user": cred.device if cred else None, "password": cred.password if cred else None}

@@ -49,6 +49,7 @@ def device_permissions(device: str, hub_domain: str = naming.HUB_DOMAIN) -> dict
             f"{hub_api}.CONSUMER.CREATE.{cmd}",  # sourcing its command stream from the hub
             f"{hub_api}.CONSUMER.CREATE.{cmd}.>",
             f"{hub_api}.CONSUMER.DELETE.{cmd}.>",
+            f"{hub_api}.CONSUMER.RESET.{cmd}.>",  # attach to its durable sourcing consumer
             f"{hub_api}.CONSUMER.INFO.{cmd}.>",
             f"{hub_api}.STREAM.INFO.{cmd}",
             f"$JS.FC.{cmd}.>",                   # flow-control replies for that consumer

@@ -65,6 +65,16 @@ def sync_deliver_prefix(device: str, what: str) -> str:
     return f"{device_prefix(device)}.sync.{what}"
 
 
+def sync_consumer_name(stream: str) -> str:
+    """Name of the durable consumer the other side of the link sources ``stream`` through."""
+    return f"sync-{stream}"
+
+
+def sync_deliver_subject(device: str, what: str) -> str:
+    """Deliver subject of a durable sourcing consumer (inside the device's namespace)."""
+    return f"{device_prefix(device)}.sync.{what}"
+
+
 def js_api(domain: str) -> str:
     return f"$JS.{domain}.API"
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
@@ -25,6 +26,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamConsumerSource,
     StreamInfo,
     StreamSource,
 )
@@ -32,6 +34,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from edge.errors import NatsError
 from edge.sync import naming
+from edge.sync.durable import SyncConsumer, ensure_sync_consumer
 
 log = logging.getLogger("edge.sync")
 
@@ -57,6 +60,7 @@ class DeviceStreamConfig:
     cmd_max_age_s: float = DEFAULT_CMD_MAX_AGE_S
     duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S
     hub_domain: str | None = None  # set when the device is a leaf of a hub: enables CMD
+    state_bucket: bool = True  # create the entity-state KV bucket if missing and sync it
     storage: StorageType = StorageType.FILE
 
     def stream_configs(self) -> list[StreamConfig]:
@@ -85,9 +89,10 @@ class DeviceStreamConfig:
                 duplicate_window=_dup_window(dup, self.cmd_max_age_s),
                 sources=[StreamSource(
                     name=naming.hub_stream(naming.CMD_STREAM, d),
-                    external=ExternalStream(
-                        api=naming.js_api(self.hub_domain),
-                        deliver=naming.sync_deliver_prefix(d, "cmd")),
+                    external=ExternalStream(api=naming.js_api(self.hub_domain)),
+                    consumer=StreamConsumerSource(
+                        name=naming.sync_consumer_name(naming.CMD_STREAM),
+                        deliver_subject=naming.sync_deliver_subject(d, "cmd")),
                 )],
                 description=f"commands for {d}, sourced from the hub",
             ))
@@ -116,9 +121,36 @@ async def ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> StreamInfo:
     return info
 
 
+def device_sync_consumers(device: str, state: bool = True) -> list[SyncConsumer]:
+    """The durable consumers the hub sources the device's TELE and EVT streams (and mirrors its
+    entity-state bucket) through."""
+    d = naming.check_device_id(device)
+    kv = f"KV_{naming.STATE_BUCKET}"
+    state_consumer = [SyncConsumer(kv, naming.sync_consumer_name(kv),
+                                   naming.sync_deliver_subject(d, "kv"),
+                                   (f"$KV.{naming.STATE_BUCKET}.>",))] if state else []
+    return state_consumer + [
+        SyncConsumer(naming.TELE_STREAM, naming.sync_consumer_name(naming.TELE_STREAM),
+                     naming.sync_deliver_subject(d, "tele"), (naming.tele_subject(d),)),
+        SyncConsumer(naming.EVT_STREAM, naming.sync_consumer_name(naming.EVT_STREAM),
+                     naming.sync_deliver_subject(d, "evt"),
+                     (naming.evt_subject(d), naming.ack_subject(d))),
+    ]
+
+
 async def ensure_device_streams(js: JetStreamContext, cfg: DeviceStreamConfig) -> list[StreamInfo]:
-    """Create or update the device's TELE, EVT (and CMD with a hub) streams."""
-    return [await ensure_stream(js, sc) for sc in cfg.stream_configs()]
+    """Create or update the device's TELE, EVT (and CMD with a hub) streams, and the durable
+    consumers the hub sources TELE and EVT through (see :mod:`edge.sync.durable`)."""
+    infos = [await ensure_stream(js, sc) for sc in cfg.stream_configs()]
+    if cfg.state_bucket:
+        try:
+            await js.key_value(naming.STATE_BUCKET)
+        except NotFoundError:
+            await js.create_key_value(bucket=naming.STATE_BUCKET, history=1)
+    nc: NATS = js._nc  # the context's connection (nats-py keeps it there)
+    for consumer in device_sync_consumers(cfg.device, cfg.state_bucket):
+        await ensure_sync_consumer(nc, consumer)
+    return infos
 
 
 @dataclass

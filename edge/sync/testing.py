@@ -132,23 +132,42 @@ class SyncRig:
             await self.add_device(d)
 
     async def add_device(self, device: str, *, link_up: bool = True) -> NatsServer:
-        info = await provision_device(self.hub_js, device, self.provision, self.hub)
+        """Register the device's login, start its server and streams, then provision the hub.
+
+        Provisioning after the device is reachable lets the hub's first attach succeed at once
+        (a request sent while the device is unreachable costs a 5 s wait)."""
+        cred = await self.hub.add_device(device)
         assert self.hub.leaf_port is not None
         link = LinkProxy("127.0.0.1", self.hub.leaf_port)
         self.links[device] = link
+        if link_up:
+            await link.restore()
         srv = NatsServer(device_server_options(
             device, self.base / device,
-            HubLink(url=link.url, user=device, password=info["password"]),
+            HubLink(url=link.url, user=device, password=cred.password),
             max_store_bytes=self.device_store_bytes))
         await srv.start()
         self.devices[device] = srv
         self.dev_nc[device] = await _connect(srv.url)
-        # Streams first, link second: the hub's first sourcing request then finds them.
+        if link_up:
+            await self.wait_linked(device)
         await ensure_device_streams(self.dev_js(device), DeviceStreamConfig(
             device, hub_domain=self.hub.domain, **self.stream_cfg))
-        if link_up:
-            await link.restore()
+        await provision_device(self.hub_js, device, self.provision)
         return srv
+
+    async def wait_linked(self, device: str, timeout: float = 10.0) -> None:
+        """Wait until the hub can reach the device's JetStream API over the leaf link."""
+        assert self.hub_nc is not None
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            try:
+                await self.hub_nc.request(f"{naming.js_api(device)}.INFO", b"", timeout=0.5)
+                return
+            except Exception:  # noqa: BLE001 - not linked yet
+                await asyncio.sleep(0.05)
+        raise NatsError(f"Device {device} did not link to the hub within {timeout} s.",
+                        device=device)
 
     async def restart_device_server(self, device: str = "dev1", *, kill: bool = True) -> None:
         srv = self.devices[device]

@@ -221,3 +221,13 @@ async def test_gps_disappears() -> None:
     assert err.device == port and "SerialException" in (err.cause or "")
     await drv.stop()
     assert mavlink.MAV_RESULT_ACCEPTED == 0
+
+
+async def test_mavlink_heartbeat_lost_fails_driver(fc: SimFlightController) -> None:
+    drv = _fc_driver(fc.port, link_timeout_s=0.6)
+    await drv.start(RecordingContext())
+    assert fc._task is not None
+    fc._task.cancel()  # the FC goes quiet but the port stays open
+    err = await asyncio.wait_for(drv.wait_failed(), 3)
+    assert err.cause == "heartbeat lost" and err.device == fc.port
+    await drv.stop()
