@@ -1,7 +1,8 @@
 """Driver benchmarks.
 
 1. Per-sample overhead of the driver pipeline (bus read -> decode -> component update -> subject
-   publish) against a bare read loop on the same emulated I2C bus, in the same run.
+   publish) against a bare read loop on the same emulated I2C bus, in the same run; publishing
+   to an in-memory context and to a real nats-server (nats-py client).
 2. MAVLink telemetry: messages/s the driver sustains from the flight-controller emulator (run in
    its own process, like real hardware) with no backlog growth, at increasing stream rates.
 3. Synthetic camera at 640x480: frames/s unpaced, and CPU % of this process at a paced 30 fps.
@@ -38,7 +39,58 @@ from drivers.serial.mavlink import MAVLinkDriver  # noqa: E402
 from drivers.testing import RecordingContext  # noqa: E402
 
 
-async def bench_pipeline(n: int) -> list[dict[str, Any]]:
+class _NatsCtx:
+    """DriverContext over nats-py: update() into a dict, publish() on NATS."""
+
+    def __init__(self, nc: Any, device: str) -> None:
+        self.nc, self.device = nc, device
+        self.state: dict[tuple[str, str], dict[str, Any]] = {}
+        self.update_count = self.publish_count = 0
+
+    def update(self, entity: str, component: str, values: Any) -> None:
+        self.update_count += 1
+        self.state.setdefault((entity, component), {}).update(values)
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        self.publish_count += 1
+        await self.nc.publish(subject, payload)
+
+    async def subscribe(self, subject: str, handler: Any) -> Any:
+        raise NotImplementedError
+
+
+async def _with_nats(fn: Any) -> Any:
+    import socket
+
+    import nats
+
+    server = ROOT / ".venv" / "bin" / "nats-server"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as d:
+        proc = subprocess.Popen([str(server), "-js", "-sd", d, "-p", str(port), "-a", "127.0.0.1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(200):
+                try:
+                    socket.create_connection(("127.0.0.1", port), 0.2).close()
+                    break
+                except OSError:  # server still starting
+                    await asyncio.sleep(0.02)
+            else:
+                raise RuntimeError("nats-server did not start")
+            nc = await nats.connect(f"nats://127.0.0.1:{port}", connect_timeout=2)
+            try:
+                return await fn(_NatsCtx(nc, "dev1"))
+            finally:
+                await nc.drain()
+        finally:
+            proc.terminate()
+            proc.wait()
+
+
+async def bench_pipeline(n: int, nats_ctx: Any = None) -> list[dict[str, Any]]:
     out = []
     for chip in ("mpu6050", "bme280"):
         bus = EmulatedBus(1)
@@ -51,10 +103,11 @@ async def bench_pipeline(n: int) -> list[dict[str, Any]]:
             bus.attach(0x76, BME280Model())
             drv = BME280Driver("baro", "drone1", bus=bus)
             addr, reg, length = 0x76, 0xF7, 8
-        ctx = RecordingContext("dev1", keep=0)
+        ctx: Any = nats_ctx or RecordingContext("dev1", keep=0)
         await drv.start(ctx)
         await drv.stop()  # configured chip, no polling task: we drive _poll ourselves
         drv._ctx = ctx
+        ctx.publish_count = ctx.update_count = 0
         best_bare = best_pipe = float("inf")
         for _ in range(3):  # interleaved, best of 3
             t = time.perf_counter()
@@ -68,6 +121,7 @@ async def bench_pipeline(n: int) -> list[dict[str, Any]]:
         assert ctx.publish_count >= n and ctx.update_count >= n
         out.append({
             "chip": chip,
+            "context": "nats" if nats_ctx is not None else "in-memory",
             "bare_read_us": round(best_bare * 1e6, 2),
             "pipeline_us": round(best_pipe * 1e6, 2),
             "overhead_us": round((best_pipe - best_bare) * 1e6, 2),
@@ -83,7 +137,7 @@ async def bench_mavlink(rates: list[float], seconds: float) -> list[dict[str, An
             link = os.path.join(d, "fc")
             proc = subprocess.Popen(
                 [sys.executable, "-m", "drivers.serial.sim_fc", "--link", link, "--rate-hz", str(rate),
-                 "--heartbeat-hz", "5", "--duration-s", str(seconds + 3)],
+                 "--heartbeat-hz", "5", "--duration-s", str(seconds + 15)],
                 cwd=ROOT, stdout=subprocess.PIPE, text=True)
             assert proc.stdout is not None
             proc.stdout.readline()  # "ready ..."
@@ -191,7 +245,7 @@ async def main() -> None:
     secs = 1.5 if a.quick else 4.0
     rates = [100.0, 400.0] if a.quick else [100.0, 400.0, 1000.0, 2000.0]
     result: dict[str, Any] = {
-        "pipeline": await bench_pipeline(n),
+        "pipeline": await bench_pipeline(n) + await _with_nats(lambda c: bench_pipeline(n, c)),
         "mavlink": await bench_mavlink(rates, secs),
         "mavlink_firehose": await bench_firehose(secs),
         "camera_640x480": await bench_camera(secs),
@@ -203,7 +257,7 @@ async def main() -> None:
         return
     print("I2C pipeline (per sample, best of 3):")
     for r in result["pipeline"]:
-        print(f"  {r['chip']:8s} bare read {r['bare_read_us']:7.1f} us   pipeline {r['pipeline_us']:7.1f} us"
+        print(f"  {r['chip']:8s} {r['context']:9s} bare read {r['bare_read_us']:7.1f} us   pipeline {r['pipeline_us']:7.1f} us"
               f"   overhead {r['overhead_us']:6.1f} us   ({r['pipeline_samples_per_s']}/s)")
     print("MAVLink telemetry (emulator in its own process):")
     for r in result["mavlink"]:

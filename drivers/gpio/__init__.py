@@ -1,0 +1,1 @@
+"""GPIO outputs (LED, servo, ESC) and inputs (buttons, limit switches) on gpiozero."""

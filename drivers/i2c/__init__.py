@@ -1,0 +1,1 @@
+"""I2C sensors: the bus seam (smbus2 / emulated), chip drivers and their emulated chip models."""

@@ -3,7 +3,7 @@
 Key components
 - :class:`Calibration` and the ``compensate_*`` functions: the datasheet's integer compensation
   (BME280 datasheet section 4.2.3 / 8.2: 32-bit temperature and humidity, 64-bit pressure).
-- :class:`BME280Driver`: checks the chip id (0x60 BME280, 0x58 BMP280), soft-resets, reads the
+- :class:`BME280Driver` / :class:`BMP280Driver`: checks the chip id (0x60 BME280, 0x58 BMP280), soft-resets, reads the
   calibration (0x88..0xA1, 0xE1..0xE7), configures oversampling and normal mode, then reads the
   burst 0xF7..0xFE at ``rate_hz`` into the ``environment`` component
   ``{temperature °C, pressure Pa, humidity %RH}``.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from drivers.base import PollingDriver
 from drivers.config import Table
@@ -178,8 +178,6 @@ class BME280Driver(PollingDriver):
         self.humidity = humidity
         self.expected_id = CHIP_ID_BME280 if humidity else CHIP_ID_BMP280
         self.calibration: Calibration | None = None
-        if not humidity:
-            self.kind = "bmp280"  # type: ignore[misc]
 
     @property
     def where(self) -> str:
@@ -238,6 +236,16 @@ class BME280Driver(PollingDriver):
         await self._emit("environment", await self.read())
 
 
+class BMP280Driver(BME280Driver):
+    """A BMP280: the BME280 without humidity (chip id 0x58)."""
+
+    kind: ClassVar[str] = "bmp280"
+
+    def __init__(self, name: str, entity: str, *, bus: Bus, **kw: Any) -> None:
+        kw["humidity"] = False
+        super().__init__(name, entity, bus=bus, **kw)
+
+
 def from_config(t: Table) -> BME280Driver:
     bmp = t.data.get("kind") == "bmp280"
     bus = shared_bus(t.integer("bus", 1, lo=0), t.backend)
@@ -247,14 +255,14 @@ def from_config(t: Table) -> BME280Driver:
         from drivers.i2c.sim_bme280 import BME280Model
 
         ensure_model(bus, address, lambda: BME280Model(humidity=not bmp))
-    return BME280Driver(
+    cls = BMP280Driver if bmp else BME280Driver
+    return cls(
         t.name,
         t.entity,
         bus=bus,
         address=address,
         rate_hz=t.number("rate_hz", DEFAULT_RATE_HZ, lo=0.01, hi=200.0),
         oversampling=t.integer("oversampling", DEFAULT_OVERSAMPLING),
-        humidity=not bmp,
         stuck_after=t.integer("stuck_after", 0, lo=0),
         max_consecutive_errors=t.integer("max_consecutive_errors", None, lo=0),
         publish_telemetry=t.publish,

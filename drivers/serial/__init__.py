@@ -1,0 +1,1 @@
+"""Serial devices: MAVLink flight controller and NMEA GPS, with emulators on ptys."""

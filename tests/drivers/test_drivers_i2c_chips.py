@@ -7,7 +7,7 @@ import math
 import pytest
 
 from drivers.i2c import bme280 as bme
-from drivers.i2c.bme280 import BME280Driver
+from drivers.i2c.bme280 import BME280Driver, BMP280Driver
 from drivers.i2c.emulated import EmulatedBus
 from drivers.i2c.ina219 import INA219Driver, VoltageCurve, calibration_for
 from drivers.i2c.mpu6050 import MPU6050Driver
@@ -93,7 +93,7 @@ async def test_bme280_publishes_environment(bus: EmulatedBus) -> None:
 async def test_bmp280_has_no_humidity(bus: EmulatedBus) -> None:
     bus.attach(0x76, BME280Model(humidity=False))
     ctx = RecordingContext()
-    drv = BME280Driver("baro", "drone1", bus=bus, address=0x76, humidity=False)
+    drv = BMP280Driver("baro", "drone1", bus=bus, address=0x76)
     await drv.start(ctx)
     r = await drv.read()
     await drv.stop()
