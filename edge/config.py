@@ -70,7 +70,13 @@ class DeviceConfig:
     schemas: list[ComponentSchema] = field(default_factory=list)
     components: list[Path] = field(default_factory=list)  # manifest paths
     entities: list[EntitySpec] = field(default_factory=list)
-    drivers: list[dict[str, Any]] = field(default_factory=list)  # validated by the drivers package
+    drivers: list[dict[str, Any]] = field(default_factory=list)  # validated by drivers.config
+    models: list[dict[str, Any]] = field(default_factory=list)  # validated by edge.inference.registry
+    vision: list[dict[str, Any]] = field(default_factory=list)  # camera -> model -> detections
+    agents: list[dict[str, Any]] = field(default_factory=list)  # validated by edge.agents.config
+    tools: dict[str, Any] = field(default_factory=dict)  # tools service permissions
+    hub: dict[str, Any] = field(default_factory=dict)  # leaf-node uplink, validated by edge.sync
+    sync: dict[str, Any] = field(default_factory=dict)  # device stream limits, validated by edge.sync
     demo: bool = False
     demo_drones: int = 0
 
@@ -222,8 +228,12 @@ def parse_config(
         t.done()
         cfg.entities.append(spec)
 
-    top.used.add("drivers")
-    cfg.drivers = [dict(item) for item in _list(raw, "drivers", file)]
+    for section in ("drivers", "models", "vision", "agents"):
+        top.used.add(section)
+        setattr(cfg, section, [dict(item) for item in _list(raw, section, file)])
+    for section in ("tools", "hub", "sync"):
+        table = top.sub(section)
+        setattr(cfg, section, dict(table.data))
 
     demo = top.sub("demo")
     cfg.demo_drones = demo.get("drones", int, 0)

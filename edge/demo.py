@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import DeviceConfig, EntitySpec
-from edge.errors import ConfigError
+from edge.errors import ConfigError, EdgeError
 
 log = logging.getLogger("edge.demo")
 
@@ -66,7 +66,24 @@ def apply_demo(cfg: DeviceConfig) -> DeviceConfig:
             cfg.components.append(manifest)
     known = {e.id for e in cfg.entities}
     cfg.entities.extend(e for e in demo_entities(cfg.demo_drones) if e.id not in known)
+    if "drone-0" not in known:
+        cfg.entities.append(EntitySpec(id="drone-0", kind="drone", labels={"fleet": "demo", "hardware": "emulated"}))
+    face = _face_model()
+    if face is not None and not cfg.models:
+        cfg.models.append({"name": "face", "path": str(face)})
+        cfg.vision.append({"model": "face", "entity": "drone-0"})
     return cfg
+
+
+def _face_model() -> Path | None:
+    """The demo's detection model, if the optional `demo` extra is installed."""
+    try:
+        from edge.inference.blazeface import face_model_path
+
+        return face_model_path()
+    except EdgeError as err:
+        log.info("demo runs without vision: %s", err.message)
+        return None
 
 
 class FleetView:

@@ -41,6 +41,7 @@ log = logging.getLogger("edge.runtime")
 COMPONENT_KV_BUCKET = "edge-components"  # private key-value state of wasm components
 RUNTIME_FILE = "runtime.json"  # written into the data dir so the CLI can find a running device
 CONNECT_TIMEOUT = 5.0  # seconds
+DEMO_HW_ENTITY = "drone-0"  # the demo drone whose components come from emulated hardware
 
 
 class WasmTickRunner:
@@ -93,6 +94,7 @@ class Runtime:
     async def start(self) -> None:
         t0 = time.monotonic()
         cfg = self.config
+        self.extras[:0] = build_layers(cfg)  # config errors surface before anything starts
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         url = await self._start_nats()
         self.nc = await nats.connect(
@@ -186,6 +188,16 @@ class Runtime:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info))
         tmp.replace(path)
+
+    def camera_frames(self, camera: str | None = None) -> Any:
+        """The latest-frame slot of a camera driver (first camera if ``camera`` is None), or None."""
+        for extra in self.extras:
+            frames = getattr(extra, "frames", None)
+            if callable(frames):
+                slot = frames(camera)
+                if slot is not None:
+                    return slot
+        return None
 
     # -- components ---------------------------------------------------------------------------
 
@@ -337,6 +349,25 @@ class Runtime:
             if section:
                 out[section] = extra.status()
         return out
+
+
+def build_layers(cfg: DeviceConfig) -> list[Any]:
+    """The optional layers the config asks for, in start order: hardware, perception, agents."""
+    layers: list[Any] = []
+    if cfg.drivers or cfg.demo:
+        from edge.hardware import HardwareLayer, build_drivers
+
+        drivers = build_drivers(cfg.drivers, file=cfg.file)
+        if cfg.demo:
+            from drivers.demo import demo_hardware
+
+            drivers += demo_hardware(cfg.device, DEMO_HW_ENTITY, rundir=str(cfg.data_dir / "emulators"))
+        layers.append(HardwareLayer(drivers))
+    if cfg.models or cfg.vision:
+        from edge.perception import PerceptionLayer
+
+        layers.append(PerceptionLayer.from_config(cfg.models, cfg.vision, file=cfg.file))
+    return layers
 
 
 async def run_until_signal(runtime: Runtime, stop: asyncio.Event) -> None:

@@ -76,8 +76,27 @@ def render(status: dict[str, Any]) -> str:
     return "\n".join(head)
 
 
+SECTION_COLUMNS = 9  # widest table a section prints; --json has everything
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return "" if value is None else str(value)
+
+
 def _section(value: Any) -> str:
     if isinstance(value, list) and value and isinstance(value[0], dict):
-        keys = list(value[0].keys())[:8]
-        return table([k.upper() for k in keys], [[row.get(k, "") for k in keys] for row in value])
+        keys = list(value[0].keys())[:SECTION_COLUMNS]
+        return table([k.upper() for k in keys], [[_fmt(row.get(k)) for k in keys] for row in value])
+    if isinstance(value, dict):
+        parts = []
+        for key, sub in value.items():
+            if isinstance(sub, dict) and sub and all(isinstance(v, dict) for v in sub.values()):
+                parts.append(f"  {key}:\n" + _section(list(sub.values())))
+            elif isinstance(sub, list) and sub and isinstance(sub[0], dict):
+                parts.append(f"  {key}:\n" + _section(sub))
+            elif sub not in (None, {}, []):
+                parts.append(f"  {key}: {_fmt(sub)}")
+        return "\n".join(parts)
     return str(value)

@@ -47,12 +47,29 @@ async def test_demo_fleet_moves_and_drains(demo: Runtime) -> None:
     assert states == {"physics": "running", "patrol": "running", "battery": "running"}
 
 
+async def test_demo_hardware_and_vision_feed_the_hardware_drone(demo: Runtime) -> None:
+    world = demo.world
+    # the emulated flight controller (MAVLink over a pty) and GPS (NMEA) fill drone-0's components
+    await wait_for(lambda: world.has("drone-0", "geo") and world.get("drone-0", "geo")["lat"] != 0.0)
+    await wait_for(lambda: world.has("drone-0", "flight") and world.get("drone-0", "flight")["mode"] != "")
+    await wait_for(lambda: world.has("drone-0", "imu") and abs(world.get("drone-0", "imu")["az"] - 9.8) < 0.5)
+    status = demo.status()
+    drivers = {d["name"]: d["state"] for d in status["drivers"]}
+    assert set(drivers) == {"emulators", "fc", "gps", "imu", "power", "camera"}
+    await wait_for(lambda: all(d["state"] == "running" for d in demo.status()["drivers"]))
+    # the synthetic camera's frames go through the face model into the detections component
+    await wait_for(lambda: world.has("drone-0", "detections"))
+    inference = demo.status()["inference"]
+    assert inference["models"]["face"]["state"] == "serving"
+    assert inference["pipelines"][0]["processed"] > 0
+
+
 async def test_api_entity_lifecycle(demo: Runtime) -> None:
     assert demo.server is not None
     async with DeviceClient(demo.server.url) as client:  # device discovered via $SRV.INFO
         assert client.device == "demo"
         ids = [e["id"] for e in await client.call("entity", "list", {"kind": "drone"})]
-        assert ids == ["drone-1", "drone-2", "drone-3"]
+        assert ids == ["drone-0", "drone-1", "drone-2", "drone-3"]
         spawned = await client.call(
             "entity",
             "spawn",

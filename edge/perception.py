@@ -1,0 +1,131 @@
+"""Local inference as a runtime layer: the model registry and the vision pipelines.
+
+``[[models]]`` tables load models (files or the JetStream object store, hot-reloaded);
+``[[vision]]`` tables connect a camera driver's latest frame to a detection model and write the
+results into the entity's ``detections`` component and onto ``edge.<device>.evt.<entity>.detection``.
+``edge status`` shows the section ``inference``: backend, models with latency, pipelines with drops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from drivers.camera.frames import Frame
+from edge import subjects
+from edge.errors import ConfigError
+from edge.inference.blazeface import FaceDetector
+from edge.inference.registry import ModelRegistry, ModelSpec, parse_model_specs
+from edge.inference.vision import Detection, DetectionPipeline
+
+if TYPE_CHECKING:
+    from edge.runtime import Runtime
+
+log = logging.getLogger("edge.perception")
+
+VISION_KEYS = {"model", "camera", "entity", "min_score"}
+DEFAULT_MIN_SCORE = 0.6
+
+
+class VisionSpec:
+    def __init__(self, model: str, camera: str | None, entity: str, min_score: float) -> None:
+        self.model = model
+        self.camera = camera
+        self.entity = entity
+        self.min_score = min_score
+
+
+def parse_vision(tables: list[dict[str, Any]], *, file: str | None) -> list[VisionSpec]:
+    out = []
+    for i, t in enumerate(tables):
+        key = f"vision[{i}]"
+        unknown = sorted(set(t) - VISION_KEYS)
+        if unknown:
+            raise ConfigError("unknown setting", key=f"{key}.{unknown[0]}", file=file)
+        model, entity = t.get("model"), t.get("entity")
+        if not isinstance(model, str) or not model:
+            raise ConfigError("name the model to run", key=f"{key}.model", file=file)
+        if not isinstance(entity, str) or not entity:
+            raise ConfigError("name the entity that gets the detections", key=f"{key}.entity", file=file)
+        camera = t.get("camera")
+        if camera is not None and not isinstance(camera, str):
+            raise ConfigError("expected a camera driver name", key=f"{key}.camera", file=file)
+        score = t.get("min_score", DEFAULT_MIN_SCORE)
+        if not isinstance(score, (int, float)) or not 0 <= score <= 1:
+            raise ConfigError("expected a score between 0 and 1", key=f"{key}.min_score", file=file)
+        out.append(VisionSpec(model, camera, entity, float(score)))
+    return out
+
+
+class PerceptionLayer:
+    """Owns the model registry and the vision pipelines of the device."""
+
+    status_section = "inference"
+
+    def __init__(self, models: list[ModelSpec], vision: list[VisionSpec]) -> None:
+        self.models = models
+        self.vision = vision
+        self.registry: ModelRegistry | None = None
+        self.pipelines: list[DetectionPipeline] = []
+        self.load_errors: dict[str, str] = {}
+
+    @classmethod
+    def from_config(cls, models: list[dict[str, Any]], vision: list[dict[str, Any]], *, file: str | None) -> PerceptionLayer:
+        return cls(parse_model_specs(models, file=file), parse_vision(vision, file=file))
+
+    async def start(self, runtime: Runtime) -> None:
+        self.registry = ModelRegistry(js=runtime.js)
+        backend = await self.registry.start()
+        errors = await self.registry.load_all(self.models)
+        for name, err in errors.items():  # a model that fails is reported; the rest serve
+            self.load_errors[name] = err.message
+            log.error("model %s not loaded: %s", name, err.message)
+        log.info("inference backend %s, %d models", backend.label, len(self.registry.names()))
+        for spec in self.vision:
+            frames = runtime.camera_frames(spec.camera)
+            if frames is None:
+                self.load_errors[f"vision:{spec.entity}"] = f"no camera {spec.camera or ''} for vision on {spec.entity}"
+                log.error("vision for %s: no camera driver %s", spec.entity, spec.camera or "")
+                continue
+            detector = FaceDetector(self.registry, spec.model)
+            pipeline = DetectionPipeline(frames, detector, self._sink(runtime, spec), name=f"{spec.entity}:{spec.model}")
+            pipeline.start()
+            self.pipelines.append(pipeline)
+
+    def _sink(self, runtime: Runtime, spec: VisionSpec) -> Any:
+        subject = subjects.event(runtime.device, spec.entity, "detection")
+
+        async def on_detections(frame: Frame, detections: list[Detection], latency: float) -> None:
+            kept = [d for d in detections if d.score >= spec.min_score]
+            items = [
+                {"label": d.label, "score": round(d.score, 3), "box": [round(v, 4) for v in d.box]} for d in kept
+            ]
+            if spec.entity not in runtime.world:
+                runtime.world.spawn(spec.entity, "device")
+            runtime.world.set(
+                spec.entity, "detections", {"items": items, "count": len(items), "model": spec.model, "t": time.time()}
+            )
+            if kept and runtime.nc is not None:
+                body = {"entity": spec.entity, "model": spec.model, "frame": frame.seq,
+                        "latency_ms": round(latency * 1000, 2), "items": items}
+                await runtime.nc.publish(subject, json.dumps(body).encode())
+
+        return on_detections
+
+    async def stop(self) -> None:
+        for p in self.pipelines:
+            await p.stop()
+        if self.registry is not None:
+            await self.registry.close()
+
+    def status(self) -> dict[str, Any]:
+        if self.registry is None:
+            return {}
+        return {
+            "backend": self.registry.backend.label if self.registry.backend else None,
+            "models": {name: st.to_dict() for name, st in self.registry.status().items()},
+            "pipelines": [{"name": p.name, **p.stats.to_dict()} for p in self.pipelines],
+            "errors": self.load_errors,
+        }
