@@ -18,7 +18,8 @@ from nats.aio.msg import Msg
 from drivers.base import Driver, Handler, Unsubscribe, Value
 from drivers.camera.frames import LatestFrame
 from drivers.supervisor import DriverSupervisor
-from edge.errors import ConfigError, DriverError, EdgeError
+from edge.errors import ConfigError, DriverError, EdgeError, SchemaError
+from edge.world.schema import NAME_RE, ComponentSchema, FieldType
 from edge.world.store import World
 
 if TYPE_CHECKING:
@@ -38,6 +39,9 @@ class RuntimeDriverContext:
 
     def update(self, entity: str, component: str, values: Mapping[str, Value]) -> None:
         try:
+            if component not in self.world.schemas:
+                self.world.schemas.register(infer_schema(component, values))
+                log.info("driver component %s registered with fields %s", component, ", ".join(values))
             if entity not in self.world:
                 self.world.spawn(entity, "device")
             self.world.set(entity, component, values)
@@ -54,6 +58,17 @@ class RuntimeDriverContext:
 
         sub = await self.nc.subscribe(subject, cb=on_msg)
         return sub.unsubscribe
+
+
+def infer_schema(component: str, values: Mapping[str, Value]) -> ComponentSchema:
+    """A schema for a component a driver introduces (an LED's ``{"value"}``, a button's
+    ``{"pressed"}``): types from the first reading; later readings are checked against it."""
+    if not NAME_RE.match(component):
+        raise SchemaError(f"driver component name {component!r} must match [a-z][a-z0-9_]*", component=component)
+    fields: dict[str, FieldType] = {}
+    for name, value in values.items():
+        fields[name] = "bool" if isinstance(value, bool) else "str" if isinstance(value, str) else "f64"
+    return ComponentSchema(component, fields, doc="introduced by a driver")
 
 
 def build_drivers(tables: list[dict[str, Any]], *, file: str | None) -> list[Driver]:
