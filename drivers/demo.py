@@ -122,5 +122,5 @@ def demo_hardware(device: str, entity: str, *, rundir: str | None = None) -> lis
         INA219Driver("power", entity, bus=bus, address=0x40, rate_hz=DEMO_POWER_RATE_HZ,
                      shunt_ohms=DEMO_SHUNT_OHMS, max_current_a=DEMO_MAX_CURRENT_A,
                      capacity_mah=DEMO_CAPACITY_MAH),
-        CameraDriver("camera", entity, source=SyntheticSource(640, 480, DEMO_CAMERA_FPS)),
+        CameraDriver("camera", entity, source=SyntheticSource(640, 480, DEMO_CAMERA_FPS, face=True)),
     ]

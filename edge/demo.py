@@ -118,8 +118,12 @@ class FleetView:
 def render_fleet(runtime: Any) -> str:
     world = runtime.world
     lines = [f"{'entity':<10} {'x':>8} {'y':>8} {'z':>6} {'speed':>6} {'battery':>8}"]
+    hardware = []
     for meta in world.entities(kind="drone"):
         comps = world.components_of(meta.id)
+        if "geo" in comps:
+            hardware.append(meta.id)
+            continue
         if "position" not in comps:
             continue
         p = world.get(meta.id, "position")
@@ -127,6 +131,17 @@ def render_fleet(runtime: Any) -> str:
         b = world.get(meta.id, "battery")["level"] if "battery" in comps else float("nan")
         speed = (v["x"] ** 2 + v["y"] ** 2 + v["z"] ** 2) ** 0.5
         lines.append(f"{meta.id:<10} {p['x']:>8.1f} {p['y']:>8.1f} {p['z']:>6.1f} {speed:>6.1f} {b:>7.0%}")
+    for entity in hardware:
+        g = world.get(entity, "geo")
+        line = f"{entity:<10} lat {g['lat']:.6f} lon {g['lon']:.6f} alt {g['alt']:.1f} m"
+        if world.has(entity, "flight"):
+            f = world.get(entity, "flight")
+            line += f"  {f['mode'] or '?'}{' ARMED' if f['armed'] else ''}"
+        if world.has(entity, "battery"):
+            line += f"  {world.get(entity, 'battery')['voltage']:.1f} V"
+        if world.has(entity, "detections"):
+            line += f"  faces {world.get(entity, 'detections')['count']}"
+        lines.append(line)
     states = ", ".join(f"{c['name']}={c.get('state', '?')}" for c in runtime.components_status())
     lines.append(f"components: {states}")
     return "\n".join(lines)

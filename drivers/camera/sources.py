@@ -16,6 +16,7 @@ Key components
 from __future__ import annotations
 
 import errno
+import math
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -57,14 +58,21 @@ class FrameSource(ABC):
         """Release the camera; safe to call twice."""
 
 
+FACE_PERIOD_S = 30.0  # the synthetic face target comes and goes: seconds per cycle
+FACE_ON_S = 20.0  # seconds of each cycle in which it is visible
+
+
 class SyntheticSource(FrameSource):
     """Moving, bouncing rectangles and discs over a gradient."""
 
     def __init__(self, width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT,
-                 fps: float = DEFAULT_FPS, *, fail_after: int | None = None, seed: int = 7) -> None:
+                 fps: float = DEFAULT_FPS, *, fail_after: int | None = None, seed: int = 7,
+                 face: bool = False) -> None:
         super().__init__(width, height, fps)
         self.fail_after = fail_after
         self.seed = seed
+        self.face = face  # a drawn face wandering over the frame, visible FACE_ON_S of every FACE_PERIOD_S
+        self._sprite: tuple[Image, npt.NDArray[np.bool_]] | None = None
         self.frames = 0
         self._bg: Image | None = None
         self._buf: Image | None = None
@@ -95,6 +103,10 @@ class SyntheticSource(FrameSource):
         r = size / 2
         yy, xx = np.mgrid[0:size, 0:size]
         self._disc = (yy - r + 0.5) ** 2 + (xx - r + 0.5) ** 2 <= r * r
+        if self.face:
+            from drivers.camera.pattern import face_sprite
+
+            self._sprite = face_sprite(min(h, w) / 6)
         self.frames = 0
 
     def read(self) -> Image:
@@ -120,10 +132,26 @@ class SyntheticSource(FrameSource):
                 region[self._disc] = colors[int(k)]
             else:
                 region[:] = colors[int(k)]
+        if self._sprite is not None:
+            self._paste_face(img)
         self.frames += 1
         bits = (self.frames >> np.arange(SEQ_BITS)) & 1
         img[0, :SEQ_BITS] = (bits * 255).astype(np.uint8)[:, None]
         return img.copy()
+
+
+    def _paste_face(self, img: Image) -> None:
+        assert self._sprite is not None
+        t = self.frames / max(self.fps, 1.0)
+        if t % FACE_PERIOD_S > FACE_ON_S:
+            return
+        patch, mask = self._sprite
+        n = patch.shape[0]
+        if n >= min(self.width, self.height):
+            return
+        x = int((self.width - n) * (0.5 + 0.45 * math.sin(t * 0.5)))
+        y = int((self.height - n) * (0.5 + 0.4 * math.sin(t * 0.3 + 1.0)))
+        img[y:y + n, x:x + n][mask] = patch[mask]
 
 
 def frame_number(image: Image) -> int:

@@ -58,7 +58,10 @@ async def test_demo_hardware_and_vision_feed_the_hardware_drone(demo: Runtime) -
     assert set(drivers) == {"emulators", "fc", "gps", "imu", "power", "camera"}
     await wait_for(lambda: all(d["state"] == "running" for d in demo.status()["drivers"]))
     # the synthetic camera's frames go through the face model into the detections component
-    await wait_for(lambda: world.has("drone-0", "detections"))
+    # the demo camera draws a wandering face: the real model finds it
+    await wait_for(lambda: world.has("drone-0", "detections") and world.get("drone-0", "detections")["count"] >= 1)
+    item = world.get("drone-0", "detections")["items"][0]
+    assert item["label"] == "face" and item["score"] >= 0.6
     inference = demo.status()["inference"]
     assert inference["models"]["face"]["state"] == "serving"
     assert inference["pipelines"][0]["processed"] > 0
