@@ -53,9 +53,7 @@ def find_nats_server() -> str:
     if env:
         if os.path.isfile(env) and os.access(env, os.X_OK):
             return env
-        raise NatsError(
-            f"${ENV_BINARY} points to {env!r}, which is not an executable file.", binary=env
-        )
+        raise NatsError(f"${ENV_BINARY} points to {env!r}, which is not an executable file.", binary=env)
     beside = Path(sys.executable).parent / BINARY_NAME
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
@@ -127,6 +125,7 @@ class LeafRemote:
     password: str | None = None
     tls: TlsFiles | None = None
     account: str | None = None  # local account bound to the remote
+    compression: str | None = None  # "s2_auto" | "s2_fast" | "s2_better" | "s2_best" | "off"
     deny_exports: list[str] = field(default_factory=list)
     deny_imports: list[str] = field(default_factory=list)
 
@@ -147,6 +146,8 @@ class LeafRemote:
             parts.append(f"nkey: {_q(Path(self.nkey_seed).read_text().strip())}")
         if self.account:
             parts.append(f"account: {_q(self.account)}")
+        if self.compression:
+            parts.append(f"compression: {_q(self.compression)}")
         if self.tls:
             parts.append(self.tls.render())
         if self.deny_exports:
@@ -183,13 +184,13 @@ class ServerOptions:
     leaf_listen: tuple[str, int] | None = None
     leaf_authorization: str | None = None
     leaf_tls: TlsFiles | None = None
+    leaf_advertise: bool = True  # False: do not gossip leaf URLs to leaf nodes (behind NAT/LB)
     authorization: str | None = None
     monitor_port: int | None = None
     extra: str = ""
 
 
-def render_config(opts: ServerOptions, *, port: int, leaf_port: int | None,
-                  monitor_port: int | None) -> str:
+def render_config(opts: ServerOptions, *, port: int, leaf_port: int | None, monitor_port: int | None) -> str:
     """Render ``opts`` (with resolved ports) as nats-server config text."""
     lines = [
         f"server_name: {_q(opts.server_name)}",
@@ -219,6 +220,8 @@ def render_config(opts: ServerOptions, *, port: int, leaf_port: int | None,
             leaf_parts.append("authorization { " + opts.leaf_authorization + " }")
         if opts.leaf_tls:
             leaf_parts.append(opts.leaf_tls.render())
+        if not opts.leaf_advertise:
+            leaf_parts.append("no_advertise: true")
     if opts.leaf is not None:
         leaf_parts.append("remotes: [ " + opts.leaf.render() + " ]")
         leaf_parts.append("reconnect: 1")  # seconds between leaf reconnect attempts
@@ -289,6 +292,32 @@ class NatsServer:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
+
+    async def monitor(self, path: str = "varz", timeout: float = 2.0) -> dict[str, Any]:
+        """GET a monitoring endpoint (``varz``, ``leafz``, ``connz``, ``jsz`` ...) as JSON.
+        Needs ``monitor_port`` in the options."""
+        if self.monitor_port is None:
+            raise NatsError(
+                "This server has no monitoring port (set monitor_port).", server=self.options.server_name
+            )
+        host = self.options.host
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, self.monitor_port), timeout)
+            writer.write(f"GET /{path.lstrip('/')} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            await writer.drain()
+            raw = await asyncio.wait_for(reader.read(), timeout)
+            writer.close()
+        except (OSError, TimeoutError) as exc:
+            raise NatsError(
+                f"Monitoring endpoint /{path} did not answer: {exc!r}.", server=self.options.server_name
+            ) from exc
+        head, _, body = raw.partition(b"\r\n\r\n")
+        if b" 200 " not in head.split(b"\r\n", 1)[0]:
+            raise NatsError(
+                f"Monitoring endpoint /{path} answered {head[:60]!r}.", server=self.options.server_name
+            )
+        result: dict[str, Any] = json.loads(body)
+        return result
 
     def health(self) -> dict[str, Any]:
         """Snapshot for status output: pid, running, restarts, url, uptime (s)."""
@@ -367,8 +396,9 @@ class NatsServer:
     # -- internals ------------------------------------------------------------------------
     def _write_config(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        text = render_config(self.options, port=self.port, leaf_port=self.leaf_port,
-                             monitor_port=self.monitor_port)
+        text = render_config(
+            self.options, port=self.port, leaf_port=self.leaf_port, monitor_port=self.monitor_port
+        )
         self.config_path.write_text(text)
 
     async def _launch(self, timeout: float) -> None:
@@ -379,9 +409,14 @@ class NatsServer:
         try:
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    binary, "-c", str(self.config_path),
-                    stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
-                    start_new_session=True, preexec_fn=_die_with_parent,
+                    binary,
+                    "-c",
+                    str(self.config_path),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=logf,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
                 )
             except OSError as exc:
                 raise NatsError(
@@ -397,14 +432,12 @@ class NatsServer:
                 break
             # Our own log must say ready (another process may hold the port), then the port
             # must answer with INFO.
-            if await asyncio.to_thread(self._log_has, READY_LINE, log_offset) and \
-                    await self._probe():
+            if await asyncio.to_thread(self._log_has, READY_LINE, log_offset) and await self._probe():
                 self._starts += 1
                 if self._starts > 1:
                     self.restarts += 1
                 self._started_at = time.monotonic()
-                log.info("nats-server %s pid %s ready at %s", self.options.server_name,
-                         proc.pid, self.url)
+                log.info("nats-server %s pid %s ready at %s", self.options.server_name, proc.pid, self.url)
                 return
             if time.monotonic() > deadline:
                 break
@@ -421,14 +454,17 @@ class NatsServer:
         tail = await asyncio.to_thread(self.log_tail)
         raise NatsError(
             f"nats-server {self.options.server_name!r} {what}; last log lines:\n{tail}",
-            server=self.options.server_name, binary=binary, log=str(self.log_path),
+            server=self.options.server_name,
+            binary=binary,
+            log=str(self.log_path),
         )
 
     async def _probe(self) -> bool:
         """True once the client port answers with an INFO line."""
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.options.host, self.port), 0.5)
+                asyncio.open_connection(self.options.host, self.port), 0.5
+            )
         except (OSError, TimeoutError):
             return False
         try:
@@ -473,8 +509,12 @@ class NatsServer:
                 lived = time.monotonic() - (self._started_at or time.monotonic())
                 if lived > RESTART_BACKOFF_RESET_S:
                     backoff = RESTART_BACKOFF_MIN_S
-                log.warning("nats-server %s exited with code %s; restarting in %.1f s",
-                            self.options.server_name, code, backoff)
+                log.warning(
+                    "nats-server %s exited with code %s; restarting in %.1f s",
+                    self.options.server_name,
+                    code,
+                    backoff,
+                )
             await asyncio.sleep(backoff)
             if self._stopping:
                 return

@@ -23,8 +23,9 @@ class ServerFactory:
         self.base_dir = Path(base_dir)
         self.servers: list[NatsServer] = []
 
-    async def __call__(self, name: str = "edge", *, supervise: bool = False,
-                       start: bool = True, **opts: Any) -> NatsServer:
+    async def __call__(
+        self, name: str = "edge", *, supervise: bool = False, start: bool = True, **opts: Any
+    ) -> NatsServer:
         opts.setdefault("server_name", name)
         store = Path(opts.pop("store_dir", self.base_dir / f"nats-{name}"))
         srv = NatsServer(ServerOptions(store_dir=store, **opts))
@@ -50,8 +51,9 @@ async def server_factory(base_dir: Path) -> AsyncIterator[ServerFactory]:
 
 
 @contextlib.asynccontextmanager
-async def running_server(base_dir: Path, *, supervise: bool = False,
-                         **opts: Any) -> AsyncIterator[NatsServer]:
+async def running_server(
+    base_dir: Path, *, supervise: bool = False, **opts: Any
+) -> AsyncIterator[NatsServer]:
     """A started server (JetStream on, loopback, free port) stored under ``base_dir``."""
     async with server_factory(base_dir) as make:
         yield await make(opts.pop("server_name", "edge"), supervise=supervise, **opts)

@@ -68,19 +68,23 @@ class ProvisionOptions:
     state_mirror: bool = True
 
 
-def _device_source(device: str, stream: str, kind: str, *transforms: tuple[str, str],
-                   durable: bool = True) -> StreamSource:
+def _device_source(
+    device: str, stream: str, kind: str, *transforms: tuple[str, str], durable: bool = True
+) -> StreamSource:
     """A cross-domain source of the device's ``stream``; ``durable`` attaches to the device's
     own durable sourcing consumer (:mod:`edge.sync.durable`) instead of an ephemeral one."""
     consumer = None
     external = ExternalStream(api=naming.js_api(device))
     if durable:
-        consumer = StreamConsumerSource(name=naming.sync_consumer_name(stream),
-                                        deliver_subject=naming.sync_deliver_subject(device, kind))
+        consumer = StreamConsumerSource(
+            name=naming.sync_consumer_name(stream), deliver_subject=naming.sync_deliver_subject(device, kind)
+        )
     else:
         external.deliver = naming.sync_deliver_prefix(device, kind)
     return StreamSource(
-        name=stream, external=external, consumer=consumer,
+        name=stream,
+        external=external,
+        consumer=consumer,
         subject_transforms=[SubjectTransform(src=s, dest=d) for s, d in transforms],
     )
 
@@ -93,42 +97,57 @@ def hub_stream_configs(device: str, opts: ProvisionOptions | None = None) -> lis
     evt, ack = naming.evt_subject(d), naming.ack_subject(d)
     out = [
         StreamConfig(
-            name=naming.hub_stream(naming.TELE_STREAM, d), subjects=[],
-            max_bytes=o.tele_max_bytes, max_age=o.tele_max_age_s or None,
-            discard=DiscardPolicy.OLD, duplicate_window=o.duplicate_window_s,
+            name=naming.hub_stream(naming.TELE_STREAM, d),
+            subjects=[],
+            max_bytes=o.tele_max_bytes,
+            max_age=o.tele_max_age_s or None,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=o.duplicate_window_s,
             sources=[_device_source(d, naming.TELE_STREAM, "tele", (tele, tele))],
             description=f"telemetry sourced from device {d}",
         ),
         StreamConfig(
-            name=naming.hub_stream(naming.EVT_STREAM, d), subjects=[],
-            max_bytes=o.evt_max_bytes, discard=DiscardPolicy.OLD,
+            name=naming.hub_stream(naming.EVT_STREAM, d),
+            subjects=[],
+            max_bytes=o.evt_max_bytes,
+            discard=DiscardPolicy.OLD,
             duplicate_window=o.duplicate_window_s,
             sources=[_device_source(d, naming.EVT_STREAM, "evt", (evt, evt), (ack, ack))],
             description=f"events and command results sourced from device {d}",
         ),
         StreamConfig(
-            name=naming.hub_stream(naming.CMD_STREAM, d), subjects=[naming.cmd_subject(d)],
-            max_age=o.cmd_ttl_s or None, discard=DiscardPolicy.OLD,
+            name=naming.hub_stream(naming.CMD_STREAM, d),
+            subjects=[naming.cmd_subject(d)],
+            max_age=o.cmd_ttl_s or None,
+            discard=DiscardPolicy.OLD,
             duplicate_window=min(o.duplicate_window_s, o.cmd_ttl_s or o.duplicate_window_s),
             description=f"commands for device {d}; expire after {o.cmd_ttl_s:.0f} s",
         ),
     ]
     if o.state_mirror:
         bucket = naming.hub_state_bucket(d)
-        out.append(StreamConfig(
-            name=f"KV_{bucket}", subjects=[],
-            mirror=_device_source(d, f"KV_{naming.STATE_BUCKET}", "kv",
-                                  (f"$KV.{naming.STATE_BUCKET}.>", f"$KV.{bucket}.>")),
-            max_msgs_per_subject=STATE_HISTORY, allow_rollup_hdrs=True, deny_delete=True,
-            allow_direct=True, mirror_direct=True, discard=DiscardPolicy.NEW,
-            description=f"mirror of device {d}'s entity state",
-        ))
+        out.append(
+            StreamConfig(
+                name=f"KV_{bucket}",
+                subjects=[],
+                mirror=_device_source(
+                    d, f"KV_{naming.STATE_BUCKET}", "kv", (f"$KV.{naming.STATE_BUCKET}.>", f"$KV.{bucket}.>")
+                ),
+                max_msgs_per_subject=STATE_HISTORY,
+                allow_rollup_hdrs=True,
+                deny_delete=True,
+                allow_direct=True,
+                mirror_direct=True,
+                discard=DiscardPolicy.NEW,
+                description=f"mirror of device {d}'s entity state",
+            )
+        )
     return out
 
 
-async def provision_device(js: JetStreamContext, device: str,
-                           opts: ProvisionOptions | None = None,
-                           hub: HubServer | None = None) -> dict[str, Any]:
+async def provision_device(
+    js: JetStreamContext, device: str, opts: ProvisionOptions | None = None, hub: HubServer | None = None
+) -> dict[str, Any]:
     """Create (idempotently) the hub streams for ``device``; with an embedded ``hub`` also
     register its leaf login. Returns ``{"device", "streams", "user", "password"}``."""
     cred: DeviceCredential | None = await hub.add_device(device) if hub is not None else None
@@ -136,17 +155,30 @@ async def provision_device(js: JetStreamContext, device: str,
     # The durable consumer the device's CMD stream sources commands through.
     d = naming.check_device_id(device)
     cmd = naming.hub_stream(naming.CMD_STREAM, d)
-    await ensure_sync_consumer(js._nc, SyncConsumer(
-        cmd, naming.sync_consumer_name(naming.CMD_STREAM),
-        naming.sync_deliver_subject(d, "cmd"), (naming.cmd_subject(d),)))
+    await ensure_sync_consumer(
+        js._nc,
+        SyncConsumer(
+            cmd,
+            naming.sync_consumer_name(naming.CMD_STREAM),
+            naming.sync_deliver_subject(d, "cmd"),
+            (naming.cmd_subject(d),),
+        ),
+    )
     log.info("provisioned device %s on the hub", device)
-    return {"device": device, "streams": [i.config.name for i in infos],
-            "user": cred.device if cred else None, "password": cred.password if cred else None}
+    return {
+        "device": device,
+        "streams": [i.config.name for i in infos],
+        "user": cred.device if cred else None,
+        "password": cred.password if cred else None,
+    }
 
 
-async def provision_fleet(js: JetStreamContext, devices: list[str],
-                          opts: ProvisionOptions | None = None,
-                          hub: HubServer | None = None) -> list[dict[str, Any]]:
+async def provision_fleet(
+    js: JetStreamContext,
+    devices: list[str],
+    opts: ProvisionOptions | None = None,
+    hub: HubServer | None = None,
+) -> list[dict[str, Any]]:
     return [await provision_device(js, d, opts, hub) for d in devices]
 
 
@@ -159,11 +191,17 @@ async def deprovision_device(js: JetStreamContext, device: str) -> None:
             pass
 
 
-async def send_command(js: JetStreamContext, device: str, name: str, payload: bytes, *,
-                       ttl_s: float = DEFAULT_CMD_TTL_S, msg_id: str | None = None) -> PubAck:
+async def send_command(
+    js: JetStreamContext,
+    device: str,
+    name: str,
+    payload: bytes,
+    *,
+    ttl_s: float = DEFAULT_CMD_TTL_S,
+    msg_id: str | None = None,
+) -> PubAck:
     """Queue a command for ``device``; it is void ``ttl_s`` seconds from now."""
-    headers = {"Nats-Msg-Id": msg_id or secrets.token_hex(8),
-               EXPIRES_HEADER: f"{time.time() + ttl_s:.3f}"}
+    headers = {"Nats-Msg-Id": msg_id or secrets.token_hex(8), EXPIRES_HEADER: f"{time.time() + ttl_s:.3f}"}
     return await js.publish(naming.cmd_subject(device, name), payload, headers=headers)
 
 
@@ -204,11 +242,12 @@ def _source_view(info: StreamInfo) -> tuple[float | None, int, list[str]]:
 async def list_devices(js: JetStreamContext) -> list[str]:
     prefix = naming.TELE_STREAM + "_"
     names = [si.config.name for si in await js.streams_info()]
-    return sorted(n[len(prefix):] for n in names if n and n.startswith(prefix))
+    return sorted(n[len(prefix) :] for n in names if n and n.startswith(prefix))
 
 
-async def fleet_status(js: JetStreamContext, devices: list[str] | None = None, *,
-                       down_after_s: float = DEFAULT_LINK_DOWN_AFTER_S) -> list[DeviceStatus]:
+async def fleet_status(
+    js: JetStreamContext, devices: list[str] | None = None, *, down_after_s: float = DEFAULT_LINK_DOWN_AFTER_S
+) -> list[DeviceStatus]:
     """Per device: link state, last seen, sourcing lag and stream sizes."""
     out: list[DeviceStatus] = []
     for d in devices if devices is not None else await list_devices(js):
@@ -223,18 +262,33 @@ async def fleet_status(js: JetStreamContext, devices: list[str] | None = None, *
         seen = [s for s in (t_seen, e_seen) if s is not None]
         last = min(seen) if seen else None
         link = "never" if last is None else ("up" if last <= down_after_s else "down")
-        out.append(DeviceStatus(
-            device=d, link=link, last_seen_s=last, lag=t_lag + e_lag,
-            tele_messages=tele.state.messages, tele_bytes=tele.state.bytes,
-            evt_messages=evt.state.messages, evt_bytes=evt.state.bytes,
-            cmd_pending=cmd.state.messages, errors=t_err + e_err))
+        out.append(
+            DeviceStatus(
+                device=d,
+                link=link,
+                last_seen_s=last,
+                lag=t_lag + e_lag,
+                tele_messages=tele.state.messages,
+                tele_bytes=tele.state.bytes,
+                evt_messages=evt.state.messages,
+                evt_bytes=evt.state.bytes,
+                cmd_pending=cmd.state.messages,
+                errors=t_err + e_err,
+            )
+        )
     return out
 
 
-async def run_hub(store_dir: Path, devices: list[str] | None = None, *,
-                  opts: ProvisionOptions | None = None, secure: bool = True,
-                  port: int = 0, leaf_port: int = 0, stop: asyncio.Event | None = None
-                  ) -> HubServer:
+async def run_hub(
+    store_dir: Path,
+    devices: list[str] | None = None,
+    *,
+    opts: ProvisionOptions | None = None,
+    secure: bool = True,
+    port: int = 0,
+    leaf_port: int = 0,
+    stop: asyncio.Event | None = None,
+) -> HubServer:
     """Start a supervised embedded hub and provision ``devices``.
 
     Without ``stop`` it returns the running hub (the caller stops it); with ``stop`` it serves

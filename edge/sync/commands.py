@@ -45,8 +45,14 @@ class Command:
 class CommandReceiver:
     """Durable, ordered reader of the device's ``CMD`` stream."""
 
-    def __init__(self, js: JetStreamContext, device: str, *, durable: str = DEFAULT_DURABLE,
-                 ack_wait_s: float = DEFAULT_ACK_WAIT_S) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        device: str,
+        *,
+        durable: str = DEFAULT_DURABLE,
+        ack_wait_s: float = DEFAULT_ACK_WAIT_S,
+    ) -> None:
         self.js = js
         self.device = naming.check_device_id(device)
         self.durable = durable
@@ -59,13 +65,16 @@ class CommandReceiver:
         if self._sub is not None:
             return
         cfg = ConsumerConfig(
-            durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL, max_ack_pending=1, ack_wait=self.ack_wait_s,
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            max_ack_pending=1,
+            ack_wait=self.ack_wait_s,
             filter_subject=naming.cmd_subject(self.device),
         )
         self._sub = await self.js.pull_subscribe(
-            naming.cmd_subject(self.device), durable=self.durable, stream=naming.CMD_STREAM,
-            config=cfg)
+            naming.cmd_subject(self.device), durable=self.durable, stream=naming.CMD_STREAM, config=cfg
+        )
 
     async def close(self) -> None:
         if self._sub is not None:
@@ -96,9 +105,14 @@ class CommandReceiver:
                 continue
             self.stats["delivered"] += 1
             return Command(
-                name=msg.subject[len(self._prefix):], subject=msg.subject, payload=msg.data,
+                name=msg.subject[len(self._prefix) :],
+                subject=msg.subject,
+                payload=msg.data,
                 command_id=hdrs.get(MSG_ID_HEADER) or f"seq-{msg.metadata.sequence.stream}",
-                expires_at=expires, delivered=msg.metadata.num_delivered or 1, msg=msg)
+                expires_at=expires,
+                delivered=msg.metadata.num_delivered or 1,
+                msg=msg,
+            )
 
     async def ack(self, cmd: Command) -> None:
         await cmd.msg.ack_sync()
@@ -106,8 +120,10 @@ class CommandReceiver:
     async def reply(self, cmd: Command, payload: bytes) -> PubAck:
         """Publish the command's result (deduplicated by command id), then ack the command."""
         ack = await self.js.publish(
-            naming.ack_subject(self.device, _token(cmd.command_id)), payload,
-            headers={MSG_ID_HEADER: f"result-{cmd.command_id}"})
+            naming.ack_subject(self.device, _token(cmd.command_id)),
+            payload,
+            headers={MSG_ID_HEADER: f"result-{cmd.command_id}"},
+        )
         await cmd.msg.ack_sync()
         self.stats["replied"] += 1
         return ack

@@ -40,10 +40,14 @@ class SyncConsumer:
         return {
             "stream_name": self.stream,
             "config": {
-                "durable_name": self.name, "name": self.name,
-                "deliver_subject": self.deliver_subject, "deliver_policy": "all",
-                "ack_policy": "flow_control", "flow_control": True,
-                "idle_heartbeat": SOURCE_HEARTBEAT_NS, "max_ack_pending": self.max_ack_pending,
+                "durable_name": self.name,
+                "name": self.name,
+                "deliver_subject": self.deliver_subject,
+                "deliver_policy": "all",
+                "ack_policy": "flow_control",
+                "flow_control": True,
+                "idle_heartbeat": SOURCE_HEARTBEAT_NS,
+                "max_ack_pending": self.max_ack_pending,
                 "filter_subjects": list(self.filter_subjects),
                 "description": "durable sourcing consumer for the other side of the link",
             },
@@ -54,16 +58,21 @@ async def ensure_sync_consumer(nc: NATS, consumer: SyncConsumer, *, api: str = "
     """Create the durable sourcing consumer if missing (idempotent for the same config)."""
     subject = f"{api}.CONSUMER.CREATE.{consumer.stream}.{consumer.name}"
     try:
-        msg = await nc.request(subject, json.dumps(consumer.request()).encode(),
-                               timeout=API_TIMEOUT_S)
+        msg = await nc.request(subject, json.dumps(consumer.request()).encode(), timeout=API_TIMEOUT_S)
     except Exception as exc:
-        raise NatsError(f"Could not create sourcing consumer {consumer.name} on "
-                        f"{consumer.stream}: {exc!r}.", stream=consumer.stream,
-                        consumer=consumer.name) from exc
+        raise NatsError(
+            f"Could not create sourcing consumer {consumer.name} on {consumer.stream}: {exc!r}.",
+            stream=consumer.stream,
+            consumer=consumer.name,
+        ) from exc
     resp = json.loads(msg.data)
     err = resp.get("error")
     if err:
-        raise NatsError(f"Could not create sourcing consumer {consumer.name} on "
-                        f"{consumer.stream}: {err.get('description')}.", stream=consumer.stream,
-                        consumer=consumer.name, code=err.get("err_code"))
+        raise NatsError(
+            f"Could not create sourcing consumer {consumer.name} on "
+            f"{consumer.stream}: {err.get('description')}.",
+            stream=consumer.stream,
+            consumer=consumer.name,
+            code=err.get("err_code"),
+        )
     log.debug("sourcing consumer %s on %s ready", consumer.name, consumer.stream)

@@ -43,35 +43,45 @@ def device_permissions(device: str, hub_domain: str = naming.HUB_DOMAIN) -> dict
     hub_api = naming.js_api(hub_domain)
     cmd = naming.hub_stream(naming.CMD_STREAM, d)
     return {
-        "publish": {"allow": [
-            f"{naming.ROOT}.{d}.>",              # its own subjects and its sourcing deliveries
-            "$JSC.R.>",                          # answers to the hub's consumer requests
-            f"{hub_api}.CONSUMER.CREATE.{cmd}",  # sourcing its command stream from the hub
-            f"{hub_api}.CONSUMER.CREATE.{cmd}.>",
-            f"{hub_api}.CONSUMER.DELETE.{cmd}.>",
-            f"{hub_api}.CONSUMER.RESET.{cmd}.>",  # attach to its durable sourcing consumer
-            f"{hub_api}.CONSUMER.INFO.{cmd}.>",
-            f"{hub_api}.STREAM.INFO.{cmd}",
-            f"$JS.FC.{cmd}.>",                   # flow-control replies for that consumer
-        ]},
-        "subscribe": {"allow": [
-            f"{naming.ROOT}.{d}.>",
-            f"{naming.js_api(d)}.>",             # the hub calls the device's JetStream API
-            "$JSC.R.>",                          # answers to its own requests to the hub API
-            f"$JS.FC.{naming.TELE_STREAM}.>",    # flow control of the hub's sourcing consumers
-            f"$JS.FC.{naming.EVT_STREAM}.>",
-            f"$JS.FC.KV_{naming.STATE_BUCKET}.>",
-        ]},
+        "publish": {
+            "allow": [
+                f"{naming.ROOT}.{d}.>",  # its own subjects and its sourcing deliveries
+                "$JSC.R.>",  # answers to the hub's consumer requests
+                f"{hub_api}.CONSUMER.CREATE.{cmd}",  # sourcing its command stream from the hub
+                f"{hub_api}.CONSUMER.CREATE.{cmd}.>",
+                f"{hub_api}.CONSUMER.DELETE.{cmd}.>",
+                f"{hub_api}.CONSUMER.RESET.{cmd}.>",  # attach to its durable sourcing consumer
+                f"{hub_api}.CONSUMER.INFO.{cmd}.>",
+                f"{hub_api}.STREAM.INFO.{cmd}",
+                f"$JS.FC.{cmd}.>",  # flow-control replies for that consumer
+            ]
+        },
+        "subscribe": {
+            "allow": [
+                f"{naming.ROOT}.{d}.>",
+                f"{naming.js_api(d)}.>",  # the hub calls the device's JetStream API
+                "$JSC.R.>",  # answers to its own requests to the hub API
+                f"$JS.FC.{naming.TELE_STREAM}.>",  # flow control of the hub's sourcing consumers
+                f"$JS.FC.{naming.EVT_STREAM}.>",
+                f"$JS.FC.KV_{naming.STATE_BUCKET}.>",
+            ]
+        },
     }
 
 
-def render_users(devices: list[DeviceCredential], cloud_password: str,
-                 hub_domain: str = naming.HUB_DOMAIN) -> str:
+def render_users(
+    devices: list[DeviceCredential], cloud_password: str, hub_domain: str = naming.HUB_DOMAIN
+) -> str:
     """The body of the hub's ``authorization { }`` block: one cloud user + one user a device."""
     users: list[dict[str, object]] = [{"user": CLOUD_USER, "password": cloud_password}]
     for cred in devices:
-        users.append({"user": cred.device, "password": cred.password,
-                      "permissions": device_permissions(cred.device, hub_domain)})
+        users.append(
+            {
+                "user": cred.device,
+                "password": cred.password,
+                "permissions": device_permissions(cred.device, hub_domain),
+            }
+        )
     return "users: " + json.dumps(users)
 
 
@@ -82,21 +92,40 @@ class HubServer(NatsServer):
     (the ``cloud`` user); devices use their :class:`DeviceCredential` on the leaf port.
     """
 
-    def __init__(self, store_dir: Path, *, devices: list[DeviceCredential] | None = None,
-                 secure: bool = True, cloud_password: str | None = None,
-                 domain: str = naming.HUB_DOMAIN, host: str = "127.0.0.1", port: int = 0,
-                 leaf_host: str = "127.0.0.1", leaf_port: int = 0,
-                 leaf_tls: TlsFiles | None = None, monitor_port: int | None = None,
-                 max_store_bytes: int | None = None, server_name: str = "hub",
-                 binary: str | None = None) -> None:
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        devices: list[DeviceCredential] | None = None,
+        secure: bool = True,
+        cloud_password: str | None = None,
+        domain: str = naming.HUB_DOMAIN,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        leaf_host: str = "127.0.0.1",
+        leaf_port: int = 0,
+        leaf_tls: TlsFiles | None = None,
+        monitor_port: int | None = None,
+        max_store_bytes: int | None = None,
+        server_name: str = "hub",
+        leaf_advertise: bool = False,
+        binary: str | None = None,
+    ) -> None:
         self.devices: dict[str, DeviceCredential] = {c.device: c for c in devices or []}
         self.secure = secure
         self.cloud_password = cloud_password or secrets.token_urlsafe(18)
         self.domain = domain
         opts = ServerOptions(
-            store_dir=Path(store_dir), host=host, port=port, server_name=server_name,
-            jetstream_domain=domain, leaf_listen=(leaf_host, leaf_port), leaf_tls=leaf_tls,
-            monitor_port=monitor_port, max_store_bytes=max_store_bytes,
+            store_dir=Path(store_dir),
+            host=host,
+            port=port,
+            server_name=server_name,
+            jetstream_domain=domain,
+            leaf_listen=(leaf_host, leaf_port),
+            leaf_tls=leaf_tls,
+            monitor_port=monitor_port,
+            max_store_bytes=max_store_bytes,
+            leaf_advertise=leaf_advertise,
         )
         super().__init__(opts, binary=binary)
         self._render_auth()
@@ -104,15 +133,15 @@ class HubServer(NatsServer):
     def _render_auth(self) -> None:
         if self.secure:
             self.options.authorization = render_users(
-                list(self.devices.values()), self.cloud_password, self.domain)
+                list(self.devices.values()), self.cloud_password, self.domain
+            )
 
     @property
     def client_url(self) -> str:
         """Client URL for back-end services, with the cloud user's login when secure."""
         if not self.secure:
             return self.url
-        return (f"nats://{CLOUD_USER}:{quote(self.cloud_password, safe='')}"
-                f"@{self.options.host}:{self.port}")
+        return f"nats://{CLOUD_USER}:{quote(self.cloud_password, safe='')}@{self.options.host}:{self.port}"
 
     async def add_device(self, device: str, password: str | None = None) -> DeviceCredential:
         """Register (or return) a device's leaf login; reloads a running server's config."""

@@ -17,11 +17,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Self
+from dataclasses import dataclass
+from typing import Self
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -43,10 +44,16 @@ RETRY_SCAN_INTERVAL_S = 0.1
 class PublishRejected(NatsError):
     """The stream refused the message (full with discard=new, wrong subject, ...)."""
 
-    def __init__(self, message: str, *, subject: str, msg_id: str, code: int | None = None,
-                 description: str | None = None) -> None:
-        super().__init__(message, subject=subject, msg_id=msg_id, code=code,
-                         description=description)
+    def __init__(
+        self,
+        message: str,
+        *,
+        subject: str,
+        msg_id: str,
+        code: int | None = None,
+        description: str | None = None,
+    ) -> None:
+        super().__init__(message, subject=subject, msg_id=msg_id, code=code, description=description)
         self.subject = subject
         self.msg_id = msg_id
         self.code = code
@@ -88,7 +95,7 @@ class Downsampler:
         return True
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     subject: str
     payload: bytes
@@ -97,7 +104,35 @@ class _Pending:
     future: asyncio.Future[PubAck]
     sent_at: float = 0.0
     attempts: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_DUPLICATE_RE = re.compile(rb'"duplicate":\s*true')
+
+
+def _parse_ack(data: bytes) -> PubAck | None:
+    """Parse ``{"stream":"S","seq":N[,"domain":"D"][,"duplicate":true]}`` without json."""
+    i = data.find(b'"seq":')
+    j = data.find(b'"stream":"')
+    if i < 0 or j < 0:
+        return None
+    end = i + 6
+    while end < len(data) and data[end] in b"0123456789":
+        end += 1
+    k = data.find(b'"', j + 10)
+    domain = None
+    d = data.find(b'"domain":"')
+    if d >= 0:
+        domain = data[d + 10 : data.find(b'"', d + 10)].decode()
+    try:
+        seq = int(data[i + 6 : end])
+    except ValueError:
+        return None
+    return PubAck(
+        stream=data[j + 10 : k].decode(),
+        seq=seq,
+        domain=domain,
+        duplicate=True if _DUPLICATE_RE.search(data) else None,
+    )
 
 
 class Publisher:
@@ -108,10 +143,16 @@ class Publisher:
     waits for every outstanding ack.
     """
 
-    def __init__(self, nc: NATS, *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                 ack_timeout_s: float = DEFAULT_ACK_TIMEOUT_S,
-                 max_attempts: int = DEFAULT_MAX_ATTEMPTS, id_prefix: str | None = None,
-                 downsampler: Downsampler | None = None) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        ack_timeout_s: float = DEFAULT_ACK_TIMEOUT_S,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        id_prefix: str | None = None,
+        downsampler: Downsampler | None = None,
+    ) -> None:
         self.nc = nc
         self.max_in_flight = max_in_flight
         self.ack_timeout_s = ack_timeout_s
@@ -124,6 +165,7 @@ class Publisher:
         self._counter = 0
         self._inbox = ""
         self._reconnects = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._sub: Subscription | None = None
         self._retrier: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -139,6 +181,7 @@ class Publisher:
     async def start(self) -> None:
         if self._sub is not None:
             return
+        self._loop = asyncio.get_running_loop()
         self._reconnects = int(self.nc.stats.get("reconnects", 0))
         self._inbox = self.nc.new_inbox()
         self._sub = await self.nc.subscribe(self._inbox + ".*", cb=self._on_ack)
@@ -156,8 +199,9 @@ class Publisher:
             self._sub = None
         for p in list(self._pending.values()):
             if not p.future.done():
-                p.future.set_exception(NatsError("Publisher closed before the ack arrived.",
-                                                 subject=p.subject, msg_id=p.msg_id))
+                p.future.set_exception(
+                    NatsError("Publisher closed before the ack arrived.", subject=p.subject, msg_id=p.msg_id)
+                )
                 p.future.exception()  # mark retrieved
         self._pending.clear()
 
@@ -165,19 +209,25 @@ class Publisher:
     def in_flight(self) -> int:
         return len(self._pending)
 
-    async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None,
-                      headers: dict[str, str] | None = None) -> asyncio.Future[PubAck]:
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        msg_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> asyncio.Future[PubAck]:
         """Send one message; the returned future resolves with its ack."""
         if self._sub is None:
             await self.start()
-        await self._slots.acquire()
+        await self._slots.acquire()  # waits only when max_in_flight acks are outstanding
         self._counter += 1
-        mid = msg_id or f"{self.id_prefix}-{self._counter}"
         token = str(self._counter)
-        hdrs = dict(headers or {})
-        hdrs[MSG_ID_HEADER] = mid
-        fut: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
-        p = _Pending(subject=subject, payload=payload, headers=hdrs, msg_id=mid, future=fut)
+        mid = msg_id or f"{self.id_prefix}-{token}"
+        hdrs = {**headers, MSG_ID_HEADER: mid} if headers else {MSG_ID_HEADER: mid}
+        assert self._loop is not None
+        fut: asyncio.Future[PubAck] = self._loop.create_future()
+        p = _Pending(subject, payload, hdrs, mid, fut)
         self._pending[token] = p
         self._idle.clear()
         if self.nc.is_connected:
@@ -188,8 +238,9 @@ class Publisher:
             p.sent_at = time.monotonic()  # held back; sent in order once reconnected
         return fut
 
-    async def publish_telemetry(self, subject: str, payload: bytes, *,
-                                msg_id: str | None = None) -> asyncio.Future[PubAck] | None:
+    async def publish_telemetry(
+        self, subject: str, payload: bytes, *, msg_id: str | None = None
+    ) -> asyncio.Future[PubAck] | None:
         """Like :meth:`publish` but subject to the downsampler; ``None`` when downsampled."""
         if self.downsampler is not None and not self.downsampler.allow(subject):
             self.stats.downsampled += 1
@@ -201,8 +252,9 @@ class Publisher:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError as exc:
-            raise NatsError(f"{self.in_flight} messages still unacknowledged after {timeout} s.",
-                            in_flight=self.in_flight) from exc
+            raise NatsError(
+                f"{self.in_flight} messages still unacknowledged after {timeout} s.", in_flight=self.in_flight
+            ) from exc
 
     # -- internals ------------------------------------------------------------------------
     def _link_changed(self) -> bool:
@@ -224,8 +276,7 @@ class Publisher:
         p.sent_at = time.monotonic()
         self.stats.sent += 1
         try:
-            await self.nc.publish(p.subject, p.payload, reply=f"{self._inbox}.{token}",
-                                  headers=p.headers)
+            await self.nc.publish(p.subject, p.payload, reply=f"{self._inbox}.{token}", headers=p.headers)
         except Exception as exc:  # noqa: BLE001 - connection trouble: the retry loop resends
             log.debug("publish of %s failed (%s); will retry", p.msg_id, exc)
 
@@ -245,8 +296,17 @@ class Publisher:
         p = self._pending.get(token)
         if p is None:
             return
+        data = msg.data
+        if b'"error"' not in data and (fast := _parse_ack(data)) is not None:
+            self._finish(token)
+            if not p.future.done():
+                self.stats.acked += 1
+                if fast.duplicate:
+                    self.stats.duplicates += 1
+                p.future.set_result(fast)
+            return
         try:
-            resp = json.loads(msg.data)
+            resp = json.loads(data)
         except ValueError:
             return
         err = resp.get("error")
@@ -257,15 +317,27 @@ class Publisher:
             self.stats.rejected += 1
             desc = str(err.get("description", "refused"))
             log.warning("stream refused %s (%s): %s", p.subject, p.msg_id, desc)
-            p.future.set_exception(PublishRejected(
-                f"The stream refused the message on {p.subject}: {desc}.", subject=p.subject,
-                msg_id=p.msg_id, code=err.get("err_code"), description=desc))
+            p.future.set_exception(
+                PublishRejected(
+                    f"The stream refused the message on {p.subject}: {desc}.",
+                    subject=p.subject,
+                    msg_id=p.msg_id,
+                    code=err.get("err_code"),
+                    description=desc,
+                )
+            )
             return
         self.stats.acked += 1
         if resp.get("duplicate"):
             self.stats.duplicates += 1
-        p.future.set_result(PubAck(stream=resp.get("stream", ""), seq=int(resp.get("seq", 0)),
-                                   domain=resp.get("domain"), duplicate=resp.get("duplicate")))
+        p.future.set_result(
+            PubAck(
+                stream=resp.get("stream", ""),
+                seq=int(resp.get("seq", 0)),
+                domain=resp.get("domain"),
+                duplicate=resp.get("duplicate"),
+            )
+        )
 
     async def _retry_loop(self) -> None:
         while True:
@@ -283,9 +355,13 @@ class Publisher:
                     self._finish(token)
                     self.stats.timed_out += 1
                     if not p.future.done():
-                        p.future.set_exception(NatsError(
-                            f"No ack for {p.subject} after {p.attempts} attempts.",
-                            subject=p.subject, msg_id=p.msg_id))
+                        p.future.set_exception(
+                            NatsError(
+                                f"No ack for {p.subject} after {p.attempts} attempts.",
+                                subject=p.subject,
+                                msg_id=p.msg_id,
+                            )
+                        )
                     continue
                 self.stats.retries += 1
                 await self._send(token, p)

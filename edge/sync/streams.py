@@ -67,35 +67,51 @@ class DeviceStreamConfig:
         d = naming.check_device_id(self.device)
         dup = self.duplicate_window_s
         tele = StreamConfig(
-            name=naming.TELE_STREAM, subjects=[naming.tele_subject(d)],
-            retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD,
-            max_bytes=self.tele_max_bytes, max_age=self.tele_max_age_s or None,
-            duplicate_window=_dup_window(dup, self.tele_max_age_s), storage=self.storage,
+            name=naming.TELE_STREAM,
+            subjects=[naming.tele_subject(d)],
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            max_bytes=self.tele_max_bytes,
+            max_age=self.tele_max_age_s or None,
+            duplicate_window=_dup_window(dup, self.tele_max_age_s),
+            storage=self.storage,
             description=f"telemetry of {d}: oldest evicted first",
         )
         evt = StreamConfig(
-            name=naming.EVT_STREAM, subjects=[naming.evt_subject(d), naming.ack_subject(d)],
-            retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.NEW,
-            max_bytes=self.evt_max_bytes, max_age=self.evt_max_age_s or None,
-            duplicate_window=_dup_window(dup, self.evt_max_age_s), storage=self.storage,
+            name=naming.EVT_STREAM,
+            subjects=[naming.evt_subject(d), naming.ack_subject(d)],
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.NEW,
+            max_bytes=self.evt_max_bytes,
+            max_age=self.evt_max_age_s or None,
+            duplicate_window=_dup_window(dup, self.evt_max_age_s),
+            storage=self.storage,
             description=f"events and command results of {d}: never evicted, refused when full",
         )
         out = [tele, evt]
         if self.hub_domain:
-            out.append(StreamConfig(
-                name=naming.CMD_STREAM, subjects=[],
-                retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD,
-                max_age=self.cmd_max_age_s or None, storage=self.storage,
-                duplicate_window=_dup_window(dup, self.cmd_max_age_s),
-                sources=[StreamSource(
-                    name=naming.hub_stream(naming.CMD_STREAM, d),
-                    external=ExternalStream(api=naming.js_api(self.hub_domain)),
-                    consumer=StreamConsumerSource(
-                        name=naming.sync_consumer_name(naming.CMD_STREAM),
-                        deliver_subject=naming.sync_deliver_subject(d, "cmd")),
-                )],
-                description=f"commands for {d}, sourced from the hub",
-            ))
+            out.append(
+                StreamConfig(
+                    name=naming.CMD_STREAM,
+                    subjects=[],
+                    retention=RetentionPolicy.LIMITS,
+                    discard=DiscardPolicy.OLD,
+                    max_age=self.cmd_max_age_s or None,
+                    storage=self.storage,
+                    duplicate_window=_dup_window(dup, self.cmd_max_age_s),
+                    sources=[
+                        StreamSource(
+                            name=naming.hub_stream(naming.CMD_STREAM, d),
+                            external=ExternalStream(api=naming.js_api(self.hub_domain)),
+                            consumer=StreamConsumerSource(
+                                name=naming.sync_consumer_name(naming.CMD_STREAM),
+                                deliver_subject=naming.sync_deliver_subject(d, "cmd"),
+                            ),
+                        )
+                    ],
+                    description=f"commands for {d}, sourced from the hub",
+                )
+            )
         return out
 
 
@@ -110,13 +126,15 @@ async def ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> StreamInfo:
         return await js.add_stream(cfg)
     except APIError as exc:
         if exc.err_code != ERR_STREAM_NAME_IN_USE:
-            raise NatsError(f"Could not create stream {cfg.name}: {exc.description}.",
-                            stream=cfg.name, code=exc.err_code) from exc
+            raise NatsError(
+                f"Could not create stream {cfg.name}: {exc.description}.", stream=cfg.name, code=exc.err_code
+            ) from exc
     try:
         info = await js.update_stream(cfg)
     except APIError as exc:
-        raise NatsError(f"Could not update stream {cfg.name}: {exc.description}.",
-                        stream=cfg.name, code=exc.err_code) from exc
+        raise NatsError(
+            f"Could not update stream {cfg.name}: {exc.description}.", stream=cfg.name, code=exc.err_code
+        ) from exc
     log.info("stream %s updated to the configured limits", cfg.name)
     return info
 
@@ -126,15 +144,31 @@ def device_sync_consumers(device: str, state: bool = True) -> list[SyncConsumer]
     entity-state bucket) through."""
     d = naming.check_device_id(device)
     kv = f"KV_{naming.STATE_BUCKET}"
-    state_consumer = [SyncConsumer(kv, naming.sync_consumer_name(kv),
-                                   naming.sync_deliver_subject(d, "kv"),
-                                   (f"$KV.{naming.STATE_BUCKET}.>",))] if state else []
+    state_consumer = (
+        [
+            SyncConsumer(
+                kv,
+                naming.sync_consumer_name(kv),
+                naming.sync_deliver_subject(d, "kv"),
+                (f"$KV.{naming.STATE_BUCKET}.>",),
+            )
+        ]
+        if state
+        else []
+    )
     return state_consumer + [
-        SyncConsumer(naming.TELE_STREAM, naming.sync_consumer_name(naming.TELE_STREAM),
-                     naming.sync_deliver_subject(d, "tele"), (naming.tele_subject(d),)),
-        SyncConsumer(naming.EVT_STREAM, naming.sync_consumer_name(naming.EVT_STREAM),
-                     naming.sync_deliver_subject(d, "evt"),
-                     (naming.evt_subject(d), naming.ack_subject(d))),
+        SyncConsumer(
+            naming.TELE_STREAM,
+            naming.sync_consumer_name(naming.TELE_STREAM),
+            naming.sync_deliver_subject(d, "tele"),
+            (naming.tele_subject(d),),
+        ),
+        SyncConsumer(
+            naming.EVT_STREAM,
+            naming.sync_consumer_name(naming.EVT_STREAM),
+            naming.sync_deliver_subject(d, "evt"),
+            (naming.evt_subject(d), naming.ack_subject(d)),
+        ),
     ]
 
 
@@ -179,8 +213,15 @@ async def stream_usage(js: JetStreamContext, name: str) -> StreamUsage:
     st = info.state
     first = st.first_seq or 0
     removed = max(first - 1, 0) + (st.num_deleted or 0)
-    return StreamUsage(name=name, messages=st.messages, bytes=st.bytes, first_seq=first,
-                       last_seq=st.last_seq, removed=removed, max_bytes=info.config.max_bytes)
+    return StreamUsage(
+        name=name,
+        messages=st.messages,
+        bytes=st.bytes,
+        first_seq=first,
+        last_seq=st.last_seq,
+        removed=removed,
+        max_bytes=info.config.max_bytes,
+    )
 
 
 class DropMonitor:
@@ -190,8 +231,9 @@ class DropMonitor:
     what it returns; the counts survive server restarts because they derive from stream state.
     """
 
-    def __init__(self, js: JetStreamContext, streams: tuple[str, ...] = (naming.TELE_STREAM,
-                                                                        naming.EVT_STREAM)) -> None:
+    def __init__(
+        self, js: JetStreamContext, streams: tuple[str, ...] = (naming.TELE_STREAM, naming.EVT_STREAM)
+    ) -> None:
         self.js = js
         self.streams = streams
         self._last: dict[str, int] = {}

@@ -40,7 +40,7 @@ class LinkProxy:
         self.target = (target_host, target_port)
         self.host = host
         self.port = pick_free_port(host)
-        self.up_bytes = 0    # device -> hub
+        self.up_bytes = 0  # device -> hub
         self.down_bytes = 0  # hub -> device
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -56,8 +56,7 @@ class LinkProxy:
 
     async def restore(self) -> None:
         if self._server is None:
-            self._server = await asyncio.start_server(self._accept, self.host, self.port,
-                                                      reuse_address=True)
+            self._server = await asyncio.start_server(self._accept, self.host, self.port, reuse_address=True)
 
     async def cut(self) -> None:
         srv, self._server = self._server, None
@@ -101,15 +100,23 @@ class LinkProxy:
 class SyncRig:
     """Hub + devices (leaf nodes through :class:`LinkProxy` links) with connected clients."""
 
-    def __init__(self, base: Path, devices: tuple[str, ...] = ("dev1",), *,
-                 stream_cfg: dict[str, Any] | None = None,
-                 provision: ProvisionOptions | None = None,
-                 device_store_bytes: int | None = None, hub_monitor: bool = False) -> None:
+    def __init__(
+        self,
+        base: Path,
+        devices: tuple[str, ...] = ("dev1",),
+        *,
+        stream_cfg: dict[str, Any] | None = None,
+        provision: ProvisionOptions | None = None,
+        device_store_bytes: int | None = None,
+        hub_monitor: bool = False,
+        compression: str | None = "s2_auto",
+    ) -> None:
         self.base = Path(base)
         self.device_ids = devices
         self.stream_cfg = stream_cfg or {}
         self.provision = provision
         self.device_store_bytes = device_store_bytes
+        self.compression = compression
         self.hub = HubServer(self.base / "hub", monitor_port=0 if hub_monitor else None)
         self.links: dict[str, LinkProxy] = {}
         self.devices: dict[str, NatsServer] = {}
@@ -142,32 +149,34 @@ class SyncRig:
         self.links[device] = link
         if link_up:
             await link.restore()
-        srv = NatsServer(device_server_options(
-            device, self.base / device,
-            HubLink(url=link.url, user=device, password=cred.password),
-            max_store_bytes=self.device_store_bytes))
+        srv = NatsServer(
+            device_server_options(
+                device,
+                self.base / device,
+                HubLink(url=link.url, user=device, password=cred.password, compression=self.compression),
+                max_store_bytes=self.device_store_bytes,
+                monitor_port=0,
+            )
+        )
         await srv.start()
         self.devices[device] = srv
         self.dev_nc[device] = await _connect(srv.url)
         if link_up:
             await self.wait_linked(device)
-        await ensure_device_streams(self.dev_js(device), DeviceStreamConfig(
-            device, hub_domain=self.hub.domain, **self.stream_cfg))
+        await ensure_device_streams(
+            self.dev_js(device), DeviceStreamConfig(device, hub_domain=self.hub.domain, **self.stream_cfg)
+        )
         await provision_device(self.hub_js, device, self.provision)
         return srv
 
     async def wait_linked(self, device: str, timeout: float = 10.0) -> None:
-        """Wait until the hub can reach the device's JetStream API over the leaf link."""
-        assert self.hub_nc is not None
+        """Wait until the device's server reports its leaf connection to the hub."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
-            try:
-                await self.hub_nc.request(f"{naming.js_api(device)}.INFO", b"", timeout=0.5)
+            if (await self.devices[device].monitor("leafz")).get("leafnodes", 0) > 0:
                 return
-            except Exception:  # noqa: BLE001 - not linked yet
-                await asyncio.sleep(0.05)
-        raise NatsError(f"Device {device} did not link to the hub within {timeout} s.",
-                        device=device)
+            await asyncio.sleep(0.05)
+        raise NatsError(f"Device {device} did not link to the hub within {timeout} s.", device=device)
 
     async def restart_device_server(self, device: str = "dev1", *, kill: bool = True) -> None:
         srv = self.devices[device]
@@ -181,8 +190,7 @@ class SyncRig:
         info = await self.hub_js.stream_info(naming.hub_stream(kind, device))
         return int(info.state.messages)
 
-    async def wait_hub_count(self, kind: str, n: int, device: str = "dev1",
-                             timeout: float = 20.0) -> float:
+    async def wait_hub_count(self, kind: str, n: int, device: str = "dev1", timeout: float = 20.0) -> float:
         """Wait until the hub's ``kind`` stream for ``device`` holds ``n`` messages; return the
         seconds it took. Raises NatsError with the count reached on timeout."""
         t0 = time.monotonic()
@@ -193,8 +201,12 @@ class SyncRig:
                 if got >= n:
                     return time.monotonic() - t0
             await asyncio.sleep(0.05)
-        raise NatsError(f"Hub {kind}_{device} holds {got} messages, expected {n}, after "
-                        f"{timeout} s.", device=device, got=got, expected=n)
+        raise NatsError(
+            f"Hub {kind}_{device} holds {got} messages, expected {n}, after {timeout} s.",
+            device=device,
+            got=got,
+            expected=n,
+        )
 
     async def close(self) -> None:
         for nc in [*self.dev_nc.values(), self.hub_nc]:
@@ -209,12 +221,12 @@ class SyncRig:
 
 
 async def _connect(url: str) -> NATS:
-    return await nats.connect(url, reconnect_time_wait=0.1, max_reconnect_attempts=-1,
-                              connect_timeout=2)
+    return await nats.connect(url, reconnect_time_wait=0.1, max_reconnect_attempts=-1, connect_timeout=2)
 
 
-async def read_stream(js: JetStreamContext, stream: str, subject: str = ">",
-                      batch: int = 1000) -> list[tuple[str, bytes, dict[str, str]]]:
+async def read_stream(
+    js: JetStreamContext, stream: str, subject: str = ">", batch: int = 1000
+) -> list[tuple[str, bytes, dict[str, str]]]:
     """Every message of ``stream`` (subject, data, headers) in stream order."""
     sub = await js.pull_subscribe(subject, stream=stream)
     out: list[tuple[str, bytes, dict[str, str]]] = []
@@ -233,11 +245,65 @@ async def read_stream(js: JetStreamContext, stream: str, subject: str = ">",
 
 
 @contextlib.asynccontextmanager
-async def sync_rig(base: Path, devices: tuple[str, ...] = ("dev1",),
-                   **kw: Any) -> AsyncIterator[SyncRig]:
+async def sync_rig(base: Path, devices: tuple[str, ...] = ("dev1",), **kw: Any) -> AsyncIterator[SyncRig]:
     rig = SyncRig(base, devices, **kw)
     try:
         await rig.start()
         yield rig
     finally:
         await rig.close()
+
+
+async def make_test_pki(directory: Path, host_ip: str = "127.0.0.1") -> dict[str, Path]:
+    """A throwaway CA and a server certificate for ``host_ip`` (openssl CLI), for TLS tests.
+    Returns paths ``ca``, ``cert``, ``key``."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (
+        d / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem")
+    )
+    ext = d / "san.cnf"
+    ext.write_text(f"subjectAltName=IP:{host_ip},DNS:localhost\n")
+    steps = [
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(ca_key),
+            "-out",
+            str(ca),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=edge test CA",
+        ],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=hub"],
+        [
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(ca),
+            "-CAkey",
+            str(ca_key),
+            "-CAcreateserial",
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-extfile",
+            str(ext),
+        ],
+    ]
+    for args in steps:
+        proc = await asyncio.create_subprocess_exec(
+            "openssl", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise NatsError(f"openssl {args[0]} failed: {err.decode(errors='replace')[-300:]}")
+    return {"ca": ca, "cert": cert, "key": key}

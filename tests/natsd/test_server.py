@@ -128,9 +128,7 @@ async def test_env_binary_not_executable(tmp_path: Path, monkeypatch: pytest.Mon
         find_nats_server()
 
 
-async def test_no_binary_anywhere_says_pip_install(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_no_binary_anywhere_says_pip_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EDGE_NATS_SERVER", raising=False)
     monkeypatch.setattr("sys.executable", str(tmp_path / "python"))
     monkeypatch.setenv("PATH", str(tmp_path))
@@ -158,8 +156,7 @@ async def test_port_in_use_fails_with_log(tmp_path: Path) -> None:
 
 async def test_hub_and_leaf_configs_connect(tmp_path: Path) -> None:
     async with server_factory(tmp_path) as make:
-        hub = await make("hub", jetstream_domain="hub", leaf_listen=("127.0.0.1", 0),
-                         monitor_port=0)
+        hub = await make("hub", jetstream_domain="hub", leaf_listen=("127.0.0.1", 0), monitor_port=0)
         assert hub.leaf_url is not None and hub.monitor_url is not None
         leaf = await make("dev1", jetstream_domain="dev1", leaf=LeafRemote(url=hub.leaf_url))
         # A subscription on the hub sees a publish on the leaf once the leaf link is up.
@@ -190,12 +187,28 @@ async def test_hub_and_leaf_configs_connect(tmp_path: Path) -> None:
 
 def test_render_config_escapes_and_options(tmp_path: Path) -> None:
     opts = ServerOptions(
-        store_dir=tmp_path / 'we"ird', jetstream_domain="d1", max_store_bytes=1000,
-        max_mem_bytes=10, leaf=LeafRemote(url="nats-leaf://h:7422", user="dev 1", password="p@ss",
-                                          tls=TlsFiles(ca=tmp_path / "ca.pem")),
-        extra="# tail")
+        store_dir=tmp_path / 'we"ird',
+        jetstream_domain="d1",
+        max_store_bytes=1000,
+        max_mem_bytes=10,
+        leaf=LeafRemote(
+            url="nats-leaf://h:7422", user="dev 1", password="p@ss", tls=TlsFiles(ca=tmp_path / "ca.pem")
+        ),
+        extra="# tail",
+    )
     text = render_config(opts, port=4222, leaf_port=None, monitor_port=None)
     assert 'we\\"ird' in text
     assert "max_file_store: 1000" in text and "max_memory_store: 10" in text
     assert "nats-leaf://dev%201:p%40ss@h:7422" in text
     assert "ca_file" in text and text.rstrip().endswith("# tail")
+
+
+async def test_monitor_endpoint(tmp_path: Path) -> None:
+    async with running_server(tmp_path, monitor_port=0) as srv:
+        varz = await srv.monitor("varz")
+        assert varz["port"] == srv.port and "in_bytes" in varz
+        with pytest.raises(NatsError, match="answered"):
+            await srv.monitor("no-such-endpoint")
+    async with running_server(tmp_path / "b") as srv:
+        with pytest.raises(NatsError, match="no monitoring port"):
+            await srv.monitor("varz")

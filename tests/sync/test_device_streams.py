@@ -58,8 +58,9 @@ async def test_batched_publish_dedupes_same_msg_id(tmp_path: Path) -> None:
         js = nc.jetstream()
         await ensure_device_streams(js, DeviceStreamConfig("dev1"))
         async with Publisher(nc, max_in_flight=64) as pub:
-            futs = [await pub.publish(f"edge.dev1.tele.t{i % 3}", b"x" * 10, msg_id=f"m{i}")
-                    for i in range(500)]
+            futs = [
+                await pub.publish(f"edge.dev1.tele.t{i % 3}", b"x" * 10, msg_id=f"m{i}") for i in range(500)
+            ]
             await pub.flush(timeout=10)
             acks = [f.result() for f in futs]
             assert [a.seq for a in acks] == list(range(1, 501))
@@ -76,14 +77,15 @@ async def test_telemetry_evicted_and_counted_events_refused_not_evicted(tmp_path
     async with running_server(tmp_path) as srv:
         nc = await nats.connect(srv.url)
         js = nc.jetstream()
-        await ensure_device_streams(js, DeviceStreamConfig(
-            "dev1", tele_max_bytes=20_000, evt_max_bytes=10_000))
+        await ensure_device_streams(
+            js, DeviceStreamConfig("dev1", tele_max_bytes=20_000, evt_max_bytes=10_000)
+        )
         drops = DropMonitor(js)
         assert await drops.poll() == {}
         async with Publisher(nc) as pub:
             for i in range(20):
                 await pub.publish("edge.dev1.evt.alarm", b"e" * 100, msg_id=f"e{i}")
-            for i in range(1000):
+            for _ in range(1000):
                 await pub.publish("edge.dev1.tele.imu", b"t" * 100)
             await pub.flush(timeout=10)
             assert pub.stats.rejected == 0

@@ -11,10 +11,18 @@ from nats.aio.msg import Msg
 
 from edge.natsd import NatsServer
 from edge.sync import naming
-from edge.sync.cloud import fleet_status, provision_device, send_command
+from edge.errors import NatsError
+from edge.sync.cloud import (
+    deprovision_device,
+    fleet_status,
+    list_devices,
+    provision_device,
+    run_hub,
+    send_command,
+)
 from edge.sync.commands import CommandReceiver
 from edge.sync.leaf import HubLink, device_server_options
-from edge.sync.publisher import Publisher
+from edge.sync.publisher import Publisher, _parse_ack
 from edge.sync.streams import DeviceStreamConfig, ensure_device_streams
 from edge.sync.testing import read_stream, sync_rig
 
@@ -70,12 +78,13 @@ async def test_commands_offline_delivered_in_order_once_and_expire(tmp_path: Pat
         assert await rx.next(timeout=0.5) is None  # offline: nothing arrives
         await asyncio.sleep(0.5)  # "stale" expires meanwhile
         await rig.links["dev1"].restore()
-        got = []
-        while (cmd := await rx.next(timeout=5)) is not None:
+        got: list[tuple[str, bytes]] = []
+        while len(got) < 7 and (cmd := await rx.next(timeout=5)) is not None:
             got.append((cmd.name, cmd.payload))
             if cmd.name == "goto" and cmd.payload == b"2" and cmd.delivered == 1:
                 continue  # not acked: must come again (after ack_wait), before anything else
             await rx.reply(cmd, b"done")
+        assert await rx.next(timeout=0.3) is None  # nothing more, nothing twice
         names = [n for n, _ in got]
         assert names == ["goto", "goto", "goto", "goto", "goto", "goto", "after"]
         assert [p for _, p in got[:6]] == [b"0", b"1", b"2", b"2", b"3", b"4"]
@@ -102,7 +111,7 @@ async def test_device_cannot_touch_other_devices_subjects(tmp_path: Path) -> Non
 
         await rig.hub_nc.subscribe("edge.>", cb=on_hub)
         await rig.hub_nc.flush()
-        a, b = rig.dev_nc["devA"], rig.dev_nc["devB"]
+        a = rig.dev_nc["devA"]
         a_rx: list[str] = []
 
         async def on_a(msg: Msg) -> None:
@@ -134,11 +143,13 @@ async def test_device_cannot_touch_other_devices_subjects(tmp_path: Path) -> Non
         hub_from_a = a2.jetstream(domain="hub", timeout=1.0)
         info = await hub_from_a.stream_info("CMD_devA")
         assert info.config.name == "CMD_devA"
-        with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError,
-                            nats.js.errors.ServiceUnavailableError)):
+        with pytest.raises(
+            (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError)
+        ):
             await hub_from_a.stream_info("CMD_devB")
-        with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError,
-                            nats.js.errors.ServiceUnavailableError)):
+        with pytest.raises(
+            (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError)
+        ):
             await hub_from_a.stream_info("TELE_devB")
         await a2.close()
 
@@ -147,8 +158,13 @@ async def test_wrong_password_never_links(tmp_path: Path) -> None:
     async with sync_rig(tmp_path) as rig:
         await provision_device(rig.hub_js, "intruder", hub=rig.hub)
         assert rig.hub.leaf_url is not None
-        srv = NatsServer(device_server_options("intruder", tmp_path / "intruder", HubLink(
-            url=rig.hub.leaf_url, user="intruder", password="wrong")))
+        srv = NatsServer(
+            device_server_options(
+                "intruder",
+                tmp_path / "intruder",
+                HubLink(url=rig.hub.leaf_url, user="intruder", password="wrong"),
+            )
+        )
         await srv.start()
         try:
             nc = await nats.connect(srv.url)
@@ -162,8 +178,9 @@ async def test_wrong_password_never_links(tmp_path: Path) -> None:
             await nc.close()
         finally:
             await srv.stop()
-        assert "Authorization Violation" in rig.hub.log_tail(200) or \
-            "authorization" in srv.log_tail(200).lower()
+        assert (
+            "Authorization Violation" in rig.hub.log_tail(200) or "authorization" in srv.log_tail(200).lower()
+        )
 
 
 async def test_standalone_device_without_hub(tmp_path: Path) -> None:
@@ -180,3 +197,49 @@ async def test_standalone_device_without_hub(tmp_path: Path) -> None:
         await nc.close()
     finally:
         await srv.stop()
+
+
+async def test_run_hub_fleet_status_down_and_deprovision(tmp_path: Path) -> None:
+    hub = await run_hub(tmp_path / "hub", ["d1"])
+    try:
+        assert hub.health()["supervised"] is True and hub.leaf_url is not None
+        cred = hub.devices["d1"]
+        dev = NatsServer(
+            device_server_options(
+                "d1", tmp_path / "d1", HubLink(url=hub.leaf_url, user="d1", password=cred.password)
+            )
+        )
+        await dev.start()
+        nc = await nats.connect(dev.url)
+        await ensure_device_streams(nc.jetstream(), DeviceStreamConfig("d1", hub_domain="hub"))
+        async with Publisher(nc) as pub:
+            await pub.publish("edge.d1.evt.boot", b"1")
+            await pub.flush(5)
+        hc = await nats.connect(hub.client_url)
+        js = hc.jetstream()
+        for _ in range(300):
+            [st] = await fleet_status(js)
+            if st.evt_messages == 1 and st.link == "up":
+                break
+            await asyncio.sleep(0.05)
+        assert st.link == "up" and st.last_seen_s is not None and st.last_seen_s < 5
+        await nc.close()
+        await dev.stop()  # the device goes away: no heartbeats any more
+        await asyncio.sleep(1.5)
+        [st] = await fleet_status(js, down_after_s=1.0)
+        assert st.link == "down" and st.last_seen_s is not None and st.last_seen_s > 1.0
+        await deprovision_device(js, "d1")
+        assert await list_devices(js) == []
+        with pytest.raises(NatsError, match="not provisioned"):
+            await fleet_status(js, ["d1"])
+        await hc.close()
+    finally:
+        await hub.stop()
+
+
+def test_fast_ack_parser() -> None:
+    ack = _parse_ack(b'{"stream":"EVT","seq":42,"domain":"dev1","duplicate": true}')
+    assert ack is not None and (ack.stream, ack.seq, ack.domain, ack.duplicate) == ("EVT", 42, "dev1", True)
+    ack = _parse_ack(b'{"stream":"S","seq":7}')
+    assert ack is not None and (ack.seq, ack.domain, ack.duplicate) == (7, None, None)
+    assert _parse_ack(b'{"nothing":1}') is None
