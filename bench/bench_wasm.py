@@ -1,8 +1,13 @@
 """Sandbox benchmarks: run as ``python bench/bench_wasm.py [--entities N] [--rounds R]``.
 
 (a) Physics tick over N entities (position += velocity * dt), entity-updates per second:
-    * pool: world arrays -> np.take into the shared-memory batch -> edge_tick in the worker
-      (col_read / kernel / col_write) -> write columns copied back into the world;
+    * full path: a real World + TickLoop + WasmTickRunner -> worker -> World, in shared mode (the
+      worker copies between the world's shared columns and linear memory) with the matching
+      entities in slots 0..N-1 ("contiguous") or spread over N + N/5 slots ("sparse"), and in
+      copy mode (private world columns, gather -> batch file -> worker -> scatter);
+    * pool tick alone (compact pipe round trip + col_read/kernel/col_write in the worker);
+    * breakdown: pipe round trip of an empty tick, the worker's tick in this process (shared,
+      contiguous / sparse) against the kernel alone;
     * pure Python loop over a dict of lists;
     * esper 3 processor over Position/Velocity components;
     * raw wasm3 kernel call in this process, data already in linear memory, on the plain module
@@ -32,6 +37,10 @@ from edge.errors import SandboxError  # noqa: E402
 from edge.wasm.abi import IMPORTS_V1, prepare_module  # noqa: E402
 from edge.wasm.manifest import load_manifest  # noqa: E402
 from edge.wasm.pool import SandboxPool  # noqa: E402
+from edge.wasm.protocol import BindSpec, LoadSpec  # noqa: E402
+from edge.wasm.worker import Instance  # noqa: E402
+from edge.world.scheduler import TickLoop  # noqa: E402
+from edge.world.store import World  # noqa: E402
 
 DEVICE = "bench"
 DT = 0.01
@@ -153,34 +162,89 @@ def esper_bench(n: int, rounds: int) -> float:
     return t
 
 
-async def pool_physics(n: int, rounds: int) -> tuple[float, float]:
-    """Returns (median full world->wasm->world tick, median pool.tick alone)."""
-    m = load_manifest(ROOT / "components" / "physics" / "manifest.toml", DEVICE)
-    fields = list(m.columns)
-    total = n + n // 5  # the world has more entities than match the query
+def physics_world(n: int, extra: int, *, shared: bool) -> World:
+    """N entities with position + velocity; ``extra`` more with position only, interleaved."""
+    w = World(shared=shared, capacity=n + extra)
     rng = np.random.default_rng(0)
-    world = {f: rng.normal(size=total) for f in fields}
-    idx = np.sort(rng.choice(total, size=n, replace=False))
-    writes = [(m.columns.index(f), f) for f in m.write]
+    total = n + extra
+    moving = set(rng.choice(total, size=n, replace=False).tolist()) if extra else set(range(n))
+    for i in range(total):
+        comps: dict[str, dict[str, float]] = {"position": {"x": 1.0, "y": 2.0, "z": 3.0}}
+        if i in moving:
+            comps["velocity"] = {"x": 1.0, "y": 1.0, "z": 1.0}
+        w.spawn(f"e{i}", components=comps)
+    return w
+
+
+async def pool_physics(n: int, rounds: int) -> dict[str, float]:
+    """Median ms of the full world->wasm->world tick per mode, the pool tick alone, the round trip."""
+    from edge.runtime import WasmTickRunner
+
+    m = load_manifest(ROOT / "components" / "physics" / "manifest.toml", DEVICE)
+    out: dict[str, float] = {}
     async with SandboxPool(DEVICE, Sink(), workers=1) as pool:
         await pool.load(m)
-        full, tick_only = [], []
-        for r in range(rounds + 1):
-            t0 = time.perf_counter()
-            cols = pool.batch("physics", n)
-            for c, f in enumerate(fields):
-                np.take(world[f], idx, out=cols[c], mode="clip")
-            t1 = time.perf_counter()
-            ok = await pool.tick("physics", n, DT)
-            t2 = time.perf_counter()
-            for c, f in writes:
-                world[f][idx] = cols[c]
-            t3 = time.perf_counter()
-            assert ok
-            if r:
-                full.append(t3 - t0)
-                tick_only.append(t2 - t1)
-    return statistics.median(full), statistics.median(tick_only)
+        for label, extra, shared in (("shared, contiguous", 0, True),
+                                     ("shared, sparse", n // 5, True),
+                                     ("copy, sparse", n // 5, False)):
+            w = physics_world(n, extra, shared=shared)
+            loop = TickLoop(w, WasmTickRunner(pool, "physics"), read=m.read, write=m.write, hz=20)
+            assert loop.mode == label.split(",")[0]
+
+            async def tick(loop: TickLoop = loop) -> None:
+                assert await loop.tick_once(DT)
+
+            out[f"full path ({label})"] = await amedian(tick, rounds)
+            w.close()
+        cols = pool.batch("physics", n)
+        for c in cols:
+            c[:] = 1.0
+
+        async def tick_only() -> None:
+            assert await pool.tick("physics", n, DT)
+
+        async def empty() -> None:
+            await pool.tick("physics", 0, DT)
+
+        out["pool tick only (copy mode)"] = await amedian(tick_only, rounds)
+        out["pipe round trip (empty tick)"] = await amedian(empty, rounds)
+    return out
+
+
+async def amedian(fn: Callable[[], Any], rounds: int) -> float:
+    await fn()
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        await fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def worker_breakdown(wasm: bytes, n: int, rounds: int) -> dict[str, float]:
+    """The worker's side of a shared tick, run in this process: col_read + kernel + col_write."""
+    m = load_manifest(ROOT / "components" / "physics" / "manifest.toml", DEVICE)
+    spec = LoadSpec(name="physics", wasm=wasm, device=DEVICE, ncols=len(m.columns),
+                    writable=m.writable, publish=(), gas=m.limits.gas, publish_per_call=1,
+                    kv={}, stack_bytes=64 * 1024)
+    inst = Instance(spec)
+    out = {}
+    for label, extra in (("contiguous", 0), ("sparse", n // 5)):
+        w = physics_world(n, extra, shared=True)
+        q = w.query(["position", "velocity"])
+        refs = w.shared_refs(m.columns)
+        assert refs is not None
+        inst.bind(BindSpec(n, tuple((r.path, r.ino, r.nbytes) for r in refs),
+                           None if q.contiguous else q.index.tobytes(), None))
+
+        def call() -> None:
+            inst.result.reset()
+            inst.tick(n, DT, True)
+
+        out[f"worker tick, in process ({label})"] = median_time(call, rounds)
+        inst.unbind()
+        w.close()
+    return out
 
 
 # -- (b) echo -------------------------------------------------------------------------------
@@ -220,20 +284,24 @@ def main() -> None:
     results: dict[str, float] = {}
     results["raw wasm3 kernel (plain)"] = raw_kernel(plain, n, args.rounds, metered=False)
     results["raw wasm3 kernel (metered)"] = raw_kernel(metered, n, args.rounds, metered=True)
-    full, tick_only = asyncio.run(pool_physics(n, args.rounds))
-    results["pool tick only (shm + pipe)"] = tick_only
-    results["pool world->wasm->world"] = full
+    results.update(asyncio.run(pool_physics(n, args.rounds)))
+    results.update(worker_breakdown(metered, n, args.rounds))
     results["esper 3 processor"] = esper_bench(n, max(5, args.rounds // 5))
     results["pure Python dict-of-lists"] = pure_python(n, max(5, args.rounds // 5))
 
     base = results["raw wasm3 kernel (metered)"]
-    print(f"(a) physics tick, {n} entities, median of {args.rounds} rounds")
-    print(f"    {'variant':32} {'ms/tick':>9} {'M updates/s':>12} {'vs raw metered':>15}")
+    print(f"(a) physics tick, {n} entities, median of {args.rounds} rounds "
+          "(raw kernels: the module the pool runs, before/after metering)")
+    print(f"    {'variant':40} {'ms/tick':>9} {'M updates/s':>12} {'vs raw metered':>15}")
     for name, t in results.items():
-        print(f"    {name:32} {t * 1e3:9.3f} {n / t / 1e6:12.2f} {t / base:14.2f}x")
+        print(f"    {name:40} {t * 1e3:9.3f} {n / t / 1e6:12.2f} {t / base:14.2f}x")
     plain_t = results["raw wasm3 kernel (plain)"]
-    print(f"    pool world->wasm->world / raw plain kernel = {full / plain_t:.2f}x; "
-          f"/ raw metered kernel = {full / base:.2f}x")
+    print(f"    metering overhead: metered / plain kernel = {base / plain_t:.2f}x")
+    for label in ("shared, contiguous", "shared, sparse", "copy, sparse"):
+        full = results[f"full path ({label})"]
+        print(f"    full path ({label}): {full / base:.2f}x raw metered, {full / plain_t:.2f}x raw "
+              f"plain; esper / it = {results['esper 3 processor'] / full:.2f}x, pure Python / it "
+              f"= {results['pure Python dict-of-lists'] / full:.2f}x")
 
     rate = asyncio.run(echo(args.messages, args.batch))
     print(f"(b) echo deliver->wasm->publish callback, batches of {args.batch}: "

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +27,12 @@ from nats.js.kv import KeyValue
 from edge import subjects
 from edge.config import DeviceConfig
 from edge.errors import ComponentLoadError, EdgeError, NatsError, SandboxError
-from edge.natsd.server import NatsServer, ServerOptions
+from edge.natsd.server import NatsServer
 from edge.services.api import DeviceApi
 from edge.wasm.manifest import Manifest, load_manifest
 from edge.wasm.pool import SandboxPool
 from edge.world.persist import Persister
-from edge.world.scheduler import MessagePump, TickLoop
+from edge.world.scheduler import MessagePump, SharedBatch, TickLoop
 from edge.world.schema import SchemaRegistry
 from edge.world.store import F64Array, World
 
@@ -56,6 +56,15 @@ class WasmTickRunner:
 
     async def run(self, n: int, dt: float, ids: Any) -> bool:
         return await self.pool.tick(self.name, n, dt, ids)
+
+    # [shared world columns] the scheduler's optional SharedTickRunner method: the worker reads
+    # and writes the world's shared columns in place (see edge.world.scheduler, docs/sandbox.md).
+    async def run_shared(self, batch: SharedBatch, dt: float, on_done: Callable[[], None]) -> bool | None:
+        return await self.pool.tick_shared(
+            self.name, batch.n, dt, version=batch.version,
+            columns=[(r.path, r.ino, r.nbytes) for r in batch.refs],
+            index=batch.index, ids=batch.ids, on_done=on_done,
+        )
 
 
 @dataclass
@@ -168,13 +177,19 @@ class Runtime:
         cfg = self.config
         if cfg.nats.url:
             return cfg.nats.url
-        opts = ServerOptions(
-            store_dir=cfg.data_dir / "nats",
+        from edge.sync.leaf import device_server_options
+        from edge.uplink import hub_link
+
+        hub = hub_link(cfg.hub, file=cfg.file, base=_config_base(cfg))
+        opts = device_server_options(
+            self.device,
+            cfg.data_dir / "nats",
+            hub,
             port=cfg.nats.port,
-            server_name=f"edge-{self.device}",
+            max_store_bytes=cfg.nats.max_store_bytes,
+            sync_interval=None,  # the server's default fsync interval; see docs/sync.md
+            monitor_port=0 if hub else None,  # the uplink watches the leaf link through it
         )
-        if cfg.nats.max_store_bytes:
-            opts.max_store_bytes = cfg.nats.max_store_bytes
         self.server = NatsServer(opts)
         await self.server.start(supervise=True)
         return self.server.url
@@ -367,7 +382,15 @@ def build_layers(cfg: DeviceConfig) -> list[Any]:
         from edge.perception import PerceptionLayer
 
         layers.append(PerceptionLayer.from_config(cfg.models, cfg.vision, file=cfg.file))
+    from edge.uplink import UplinkLayer, hub_link, stream_config
+
+    hub = hub_link(cfg.hub, file=cfg.file, base=_config_base(cfg))
+    layers.append(UplinkLayer(stream_config(cfg.device, cfg.sync, file=cfg.file, bucket=cfg.state.bucket, hub=hub is not None), hub))
     return layers
+
+
+def _config_base(cfg: DeviceConfig) -> Path:
+    return Path(cfg.file).resolve().parent if cfg.file else Path.cwd()
 
 
 async def run_until_signal(runtime: Runtime, stop: asyncio.Event) -> None:

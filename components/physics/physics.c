@@ -5,10 +5,13 @@
 enum { PX, PY, PZ, VX, VY, VZ, NCOL };
 
 /* The kernel works on NCOL consecutive columns of n doubles at `cols`. Exported so a benchmark can
- * time the pure update on data already in linear memory. */
+ * time the pure update on data already in linear memory.
+ * Unrolled by 4: the host's gas metering charges at every loop head (a host call per iteration),
+ * so four entities per iteration cut that overhead to a quarter (metered/plain ~1.3x -> ~1.05x). */
 EDGE_EXPORT("physics_kernel") void physics_kernel(double *cols, int32_t n, double dt) {
     double *px = cols + PX * n, *py = cols + PY * n, *pz = cols + PZ * n;
     const double *vx = cols + VX * n, *vy = cols + VY * n, *vz = cols + VZ * n;
+#pragma clang loop unroll_count(4)
     for (int32_t i = 0; i < n; i++) {
         px[i] += vx[i] * dt;
         py[i] += vy[i] * dt;

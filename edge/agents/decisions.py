@@ -129,6 +129,7 @@ class DecisionLog:
         self.recorded = 0
         self.published = 0
         self.publish_errors = 0
+        self.ingested = 0
         self.last_error: str | None = None
         self.stream_mode: str | None = None
         self._nc: Client | None = None
@@ -162,6 +163,12 @@ class DecisionLog:
             self.last_error = f"{type(err).__name__}: {err}"
             log.warning("decision record not stored: %s", self.last_error)
 
+    def ingest(self, record: dict[str, Any]) -> None:
+        """Keep a record published by someone else (a wasm agent) in the ring, without publishing."""
+        self.ring.append(record)
+        self.recorded += 1
+        self.ingested += 1
+
     def query(
         self, entity: str | None = None, agent: str | None = None, limit: int = DEFAULT_QUERY_LIMIT
     ) -> list[dict[str, Any]]:
@@ -185,6 +192,7 @@ class DecisionLog:
             "recorded": self.recorded,
             "published": self.published,
             "publish_errors": self.publish_errors,
+            "ingested": self.ingested,
             "in_memory": len(self.ring),
             "last_error": self.last_error,
         }

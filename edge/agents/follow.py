@@ -141,14 +141,6 @@ class FollowAgent(Agent):
         elif self.state != FOLLOWING:
             self._hits = 0
 
-    def _freshest(self, keys: Sequence[str], now: float) -> tuple[str, Any, float] | None:
-        best: tuple[str, Any, float] | None = None
-        for key in keys:
-            age = self.context.age(key, now)
-            if age is not None and (best is None or age < best[2]):
-                best = (key, self.context.get(key), age)
-        return best
-
     def battery_level(self, now: float) -> tuple[float | None, str | None]:
         """The lowest level among sources heard within ``BATTERY_STALE_S`` (safety first)."""
         best: tuple[float, str] | None = None

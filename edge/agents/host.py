@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -32,9 +32,9 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from edge import subjects
-from edge.agents.base import Agent, Decision
+from edge.agents.base import Agent, Decision, RuntimeView
 from edge.agents.config import AgentSpec
-from edge.agents.decisions import DEFAULT_QUERY_LIMIT, DecisionLog
+from edge.agents.decisions import DEFAULT_QUERY_LIMIT, DecisionLog, decision_filter
 from edge.errors import EdgeError
 from edge.world.store import World
 
@@ -47,6 +47,7 @@ DEFAULT_BACKOFF_MAX_S = 30.0  # longest restart delay
 STABLE_AFTER_S = 30.0  # an agent running this long without a fault resets its backoff
 DEFAULT_DECIDE_DEADLINE_S = 1.0  # a decide() running longer is a fault
 MAX_QUERY_LIMIT = 1000
+STOP_TIMEOUT_S = 2.0  # stop() waits this long for an agent task to end
 READY_TIMEOUT_S = 5.0  # start() waits this long for each agent to subscribe
 FAULT_KIND = "agent_fault"
 
@@ -62,14 +63,6 @@ class AgentFault(EdgeError):
         super().__init__(message, agent=agent, phase=phase, cause=cause)
         self.agent = agent
         self.phase = phase
-
-
-class HostRuntime(Protocol):
-    """What the host needs from the runtime (``edge.runtime.Runtime`` has all of it)."""
-
-    device: str
-    world: World
-    nc: Client | None
 
 
 class AgentRunner:
@@ -90,6 +83,7 @@ class AgentRunner:
         self._fault: AgentFault | None = None
         self._subs: list[Subscription] = []
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.ready = asyncio.Event()  # set once the first instance is subscribed (or has failed)
 
     @property
@@ -100,22 +94,30 @@ class AgentRunner:
         self._task = asyncio.create_task(self._supervise(), name=f"edge.agent.{self.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._stopping = True
+        task = self._task
+        if task is not None:
+            # cancel until it ends: a cancellation can be swallowed by a wait_for deep in a client
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while not task.done() and time.monotonic() < deadline:
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.05)
+            if not task.done():
+                log.error("agent %s did not stop within %.1f s", self.name, STOP_TIMEOUT_S)
         await self._unsubscribe()
         self.state = "stopped"
 
     async def _supervise(self) -> None:
         backoff = self.host.backoff_initial
-        while True:
+        while not self._stopping:
             started = time.monotonic()
             try:
                 await self._run_once()
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # noqa: BLE001  an agent's bug must not take the host down
+                if self._stopping:
+                    return
                 fault = err if isinstance(err, AgentFault) else AgentFault(
                     f"agent {self.name} failed: {type(err).__name__}: {err}",
                     agent=self.name, phase="run", cause=type(err).__name__)
@@ -141,9 +143,11 @@ class AgentRunner:
         self.state = "running"
         self.ready.set()
         try:
-            while True:
+            while not self._stopping:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), agent.interval)
+                    async with asyncio.timeout(agent.interval):
+                        await self._wake.wait()
                 self._wake.clear()
                 if self._fault is not None:
                     raise self._fault
@@ -153,7 +157,8 @@ class AgentRunner:
                 except Exception as err:
                     raise self._fault_of(err, "read_world") from err
                 try:
-                    decisions = await asyncio.wait_for(agent.decide(now), self.host.decide_deadline)
+                    async with asyncio.timeout(self.host.decide_deadline):
+                        decisions = await agent.decide(now)
                 except TimeoutError as err:
                     raise AgentFault(
                         f"agent {self.name}: decide() took longer than {self.host.decide_deadline} s",
@@ -255,8 +260,9 @@ class AgentHost:
         self.backoff_max = backoff_max
         self.decide_deadline = decide_deadline
         self.runners: dict[str, AgentRunner] = {}
-        self._runtime: HostRuntime | None = None
+        self._runtime: RuntimeView | None = None
         self._service: Service | None = None
+        self._decision_sub: Subscription | None = None
 
     # -- wiring -------------------------------------------------------------------------------
 
@@ -282,7 +288,7 @@ class AgentHost:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def start(self, runtime: HostRuntime) -> None:
+    async def start(self, runtime: RuntimeView) -> None:
         if runtime.nc is None:
             raise EdgeError("AgentHost needs a NATS connection; start it after the runtime's NATS")
         self._runtime = runtime
@@ -290,6 +296,7 @@ class AgentHost:
             self._decisions = DecisionLog(runtime.device)
         await self._decisions.start(runtime.nc)
         await self._start_service(runtime.nc)
+        self._decision_sub = await runtime.nc.subscribe(decision_filter(runtime.device), cb=self._on_decision)
         seen: set[str] = set()
         for spec in self.specs:
             if spec.name in seen:
@@ -299,8 +306,7 @@ class AgentHost:
             self.runners[spec.name] = runner
             runner.start()
         for runner in self.runners.values():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(runner.ready.wait(), READY_TIMEOUT_S)
+            await asyncio.wait({asyncio.ensure_future(runner.ready.wait())}, timeout=READY_TIMEOUT_S)
         log.info("agent host started %d agent(s)", len(self.runners))
 
     async def stop(self) -> None:
@@ -309,6 +315,20 @@ class AgentHost:
         if self._service is not None:
             await self._service.stop()
             self._service = None
+        if self._decision_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._decision_sub.unsubscribe()
+            self._decision_sub = None
+
+    async def _on_decision(self, msg: Msg) -> None:
+        """Decision records of agents this host does not run (wasm agents) join the ring."""
+        try:
+            record = json.loads(msg.data)
+        except ValueError:
+            return
+        if isinstance(record, dict) and record.get("agent") not in self.runners:
+            record.setdefault("entity", msg.subject.split(".")[3])
+            self.decisions.ingest(record)
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {

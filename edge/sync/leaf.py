@@ -73,6 +73,15 @@ def device_server_options(
         jetstream_domain=device,
         max_store_bytes=max_store_bytes,
         sync_interval=sync_interval,
-        leaf=hub.remote() if hub else None,
+        leaf=_device_remote(device, hub) if hub else None,
         monitor_port=monitor_port,
     )
+
+
+def _device_remote(device: str, hub: HubLink) -> LeafRemote:
+    """The leaf remote of a device. Commands are played onto the device's local command subjects
+    (edge.uplink); they must never travel back up the link, where the hub's command stream would
+    store them again, so the device does not export them."""
+    remote = hub.remote()
+    remote.deny_exports = [*(remote.deny_exports or []), naming.cmd_subject(device)]
+    return remote

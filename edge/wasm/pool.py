@@ -4,8 +4,11 @@ The pool lives in the runtime process (asyncio). It checks, memory-pins and inst
 module (:func:`edge.wasm.abi.prepare_module`), instantiates it in a worker process
 (:mod:`edge.wasm.worker`), and exposes three hot-path calls:
 
+* :meth:`SandboxPool.tick_shared` runs ``edge_tick`` directly on the world's shared column
+  files (the worker maps them; only the slot index travels, and only when it changed).
 * :meth:`SandboxPool.batch` returns float64 column views backed by shared memory; the caller
-  fills them from the world, calls :meth:`SandboxPool.tick`, and copies the write columns back.
+  fills them from the world, calls :meth:`SandboxPool.tick`, and copies the write columns back
+  (the *copy* mode, for worlds without shared columns).
 * :meth:`SandboxPool.tick` runs ``edge_tick`` on the batch (one pipe round trip).
 * :meth:`SandboxPool.deliver` hands a batch of messages to ``edge_on_message``; several batches
   may be in flight (``max_in_flight`` per worker), and it returns once the batch is sent.
@@ -35,7 +38,7 @@ import signal
 import tempfile
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Self
@@ -46,7 +49,7 @@ from edge.errors import ComponentLoadError, SandboxError
 from edge.wasm.abi import ModuleInfo, prepare_module
 from edge.wasm.manifest import Manifest
 from edge.wasm.procs import Pending, WorkerGone, WorkerProcess
-from edge.wasm.protocol import CallResult, LoadSpec
+from edge.wasm.protocol import FLAG_SHARED, BindSpec, CallResult, LoadSpec, encode_tick
 
 log = logging.getLogger("edge.wasm.pool")
 component_log = logging.getLogger("edge.wasm.component")
@@ -150,6 +153,9 @@ class _Component:
     batch_sent: bool = False
     ids: list[str] | None = None
     ids_sent: bool = False
+    handle: int = 0
+    bound: tuple[object, ...] | None = None  # what the worker has bound (shared mode)
+    shared_refused: bool = False
     timer: asyncio.TimerHandle | None = None
     denied_logged_at: float = 0.0
 
@@ -191,6 +197,7 @@ class SandboxPool:
         self._prepared: dict[tuple[bytes, Manifest], tuple[bytes, ModuleInfo]] = {}
         self._shm_dir: Path | None = None
         self._started = False
+        self._handles = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -260,7 +267,9 @@ class SandboxPool:
             old = self._comps.get(manifest.name)
             if old is not None:
                 await self._unload_locked(old)
-            comp = _Component(manifest=manifest, wasm=wasm, info=info, kv=dict(kv or {}))
+            self._handles += 1
+            comp = _Component(manifest=manifest, wasm=wasm, info=info, kv=dict(kv or {}),
+                              handle=self._handles)
             self._comps[manifest.name] = comp
             try:
                 await self._instantiate(comp, self._pick_worker())
@@ -304,13 +313,14 @@ class SandboxPool:
             name=m.name, wasm=comp.wasm, device=self.device, ncols=len(m.columns),
             writable=m.writable, publish=m.publish, gas=m.limits.gas,
             publish_per_call=m.limits.publish_per_call, kv=dict(comp.kv),
-            stack_bytes=self.stack_bytes,
+            stack_bytes=self.stack_bytes, handle=comp.handle,
         )
         comp.generation += 1
         comp.state = "starting"
         comp.worker = worker
         comp.batch_sent = False
         comp.ids_sent = False
+        comp.bound = None
         worker.hosted.add(m.name)
         worker.instances += 1
         worker.reserved_bytes += _instance_bytes(m)
@@ -379,15 +389,81 @@ class SandboxPool:
             shm = (str(b.path), b.capacity)
         send_ids = comp.ids if not comp.ids_sent else None
         gen = comp.generation
-        fut = worker.send(("tick", name, n, float(dt), send_ids, shm), name, "edge_tick")
+        if shm is not None or send_ids is not None:
+            worker.send(("setup", name, send_ids, shm), name, "edge_tick")  # answered in order
+        fut = worker.send(encode_tick(comp.handle, n, float(dt)), name, "edge_tick")
         comp.batch_sent = True
         comp.ids_sent = True
+        comp.bound = None
         try:
             status, payload = await fut
         except WorkerGone:
             return False
         return self._finish_call(comp, status, payload, "edge_tick", 0,
                                  current=comp.generation == gen)
+
+    async def tick_shared(self, name: str, n: int, dt: float, *, version: object,
+                          columns: Sequence[tuple[str, int, int]],
+                          index: np.ndarray | None, ids: Sequence[str],
+                          on_done: Callable[[], None]) -> bool | None:
+        """Run ``edge_tick`` directly on the world's shared column files (shared mode).
+
+        ``columns`` are ``(path, inode, nbytes)`` per manifest column; row ``i`` is slot
+        ``index[i]`` (or ``i`` when ``index`` is None). The binding is sent to the worker only
+        when ``version`` differs from the last one it got. ``on_done`` is called exactly once,
+        when the worker can no longer touch the columns for this tick (it answered or died),
+        also if this coroutine is cancelled. Returns like :meth:`tick`, or None if the worker
+        cannot map the columns (use the copy mode instead).
+        """
+        fut: asyncio.Future[tuple[str, Any]] | None = None
+        called = False
+
+        def finish(_f: object = None) -> None:
+            nonlocal called
+            if not called:
+                called = True
+                on_done()
+
+        try:
+            comp = self._get(name)
+            worker = comp.worker
+            if comp.shared_refused:
+                return None
+            if comp.state != "running" or worker is None or not comp.info.ticks:
+                return False
+            gen = comp.generation
+            bind: asyncio.Future[tuple[str, Any]] | None = None
+            key = (version, worker.pid)
+            if comp.bound != key:
+                spec = BindSpec(n, tuple(columns),
+                                None if index is None else np.ascontiguousarray(index, np.intp).tobytes(),
+                                tuple(ids))
+                bind = worker.send(("bind", name, spec), name, "edge_tick")
+                comp.bound = key
+            fut = worker.send(encode_tick(comp.handle, n, float(dt), FLAG_SHARED), name, "edge_tick")
+            fut.add_done_callback(finish)
+            try:
+                if bind is not None:
+                    bstatus, bpayload = await asyncio.shield(bind)
+                    if bstatus == "error":
+                        comp.bound = None
+                        comp.shared_refused = True
+                        log.warning("component '%s': the worker cannot map the world's columns "
+                                    "(%s); ticks use copies", name, bpayload)
+                        with contextlib.suppress(WorkerGone):
+                            await asyncio.shield(fut)  # its tick fails: nothing was bound
+                        return None
+                status, payload = await asyncio.shield(fut)
+            except WorkerGone:
+                comp.bound = None
+                return False
+            if status != "ok":
+                comp.bound = None
+            return self._finish_call(comp, status, payload, "edge_tick", 0,
+                                     current=comp.generation == gen)
+        finally:
+            if fut is None or fut.done():  # (its callback may not have run yet)
+                finish()
 
     async def deliver(self, name: str, messages: Sequence[tuple[str, bytes]]) -> None:
         """Hand ``messages`` (subject, payload) to ``edge_on_message``, one round trip for all.

@@ -5,6 +5,10 @@ one future per request in first-in first-out order, logs the worker's stderr (wa
 backtraces) at DEBUG with a rate limit, and kills the process with SIGKILL when the request at
 the head of the queue runs past the wall-clock deadline. It reports the process's end through
 the ``on_exit`` callback; supervision (what to restart) is the pool's job.
+
+The worker runs in its own session (a Ctrl-C or ``timeout`` aimed at the runtime's process group
+does not reach it: the runtime stops it in order) and dies with the runtime (it asks the kernel
+for SIGKILL when its parent exits, and exits at the end of its input).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import os
 import pickle
 import signal
+import struct
 import sys
 import time
 from collections import deque
@@ -24,7 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import SandboxError
-from edge.wasm.protocol import HEADER, MAX_FRAME, encode
+from edge.wasm.protocol import (
+    HEADER,
+    KIND_REPLY,
+    MAX_FRAME,
+    REPLY_BODY_SIZE,
+    REPLY_FRAME,
+    STATUS_NAMES,
+    CallResult,
+    encode,
+)
 
 log = logging.getLogger("edge.wasm.pool")
 stderr_log = logging.getLogger("edge.wasm.worker")
@@ -37,6 +51,11 @@ STDERR_LINES_PER_S = 50.0
 START_TIMEOUT_S = 15.0
 #: How long a worker may take to exit after its stdin is closed (seconds).
 STOP_TIMEOUT_S = 2.0
+#: Bytes read from the reply pipe per call (a larger os.read allocates that much every time).
+READ_CHUNK_BYTES = 64 * 1024
+#: Environment variable telling the worker its parent's pid (see edge.wasm.worker).
+PARENT_PID_ENV = "EDGE_SANDBOX_PARENT"
+_REPLY_BODY = struct.Struct("<" + REPLY_FRAME.format[2:])
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -90,6 +109,7 @@ class WorkerProcess:
     async def start(self, max_in_flight: int) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = _PACKAGE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        env[PARENT_PID_ENV] = str(os.getpid())
         # Replies come through a pipe we read with loop.add_reader: one callback parses every
         # complete frame and resolves futures directly (far fewer loop round trips than a
         # StreamReader, which matters on the tick path).
@@ -98,7 +118,7 @@ class WorkerProcess:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "edge.wasm.worker",
                 stdin=asyncio.subprocess.PIPE, stdout=wfd,
-                stderr=asyncio.subprocess.PIPE, env=env,
+                stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True,
             )
         except BaseException:
             os.close(rfd)
@@ -122,19 +142,21 @@ class WorkerProcess:
         log.debug("sandbox worker %d started", self.pid)
 
     def send(
-        self, request: tuple[Any, ...], component: str | None, export: str
+        self, request: tuple[Any, ...] | bytes, component: str | None, export: str
     ) -> asyncio.Future[tuple[str, Any]]:
-        """Write one request; the future resolves to the worker's ``(status, payload)`` reply or
-        fails with :class:`WorkerGone`."""
+        """Write one request (a tuple to pickle, or a ready frame such as
+        :func:`~edge.wasm.protocol.encode_tick`); the future resolves to the worker's
+        ``(status, payload)`` reply or fails with :class:`WorkerGone`."""
         fut: asyncio.Future[tuple[str, Any]] = asyncio.get_running_loop().create_future()
         if not self.alive or self.proc is None or self.proc.stdin is None:
             fut.set_exception(WorkerGone(self.pid))
             return fut
+        now = time.monotonic()
         if not self.pending:
-            self.last_done = time.monotonic()
-        self.pending.append(Pending(component, export, fut))
+            self.last_done = now
+        self.pending.append(Pending(component, export, fut, now))
         try:
-            self.proc.stdin.write(encode(request))
+            self.proc.stdin.write(request if isinstance(request, bytes) else encode(request))
         except (BrokenPipeError, ConnectionResetError, RuntimeError):
             pass  # the reader sees the end of the process and fails every pending future
         return fut
@@ -185,7 +207,7 @@ class WorkerProcess:
 
     def _on_readable(self) -> None:
         try:
-            data = os.read(self._rfd, 1 << 20)
+            data = os.read(self._rfd, READ_CHUNK_BYTES)
         except BlockingIOError:
             return
         except OSError:
@@ -206,10 +228,16 @@ class WorkerProcess:
                 if end - pos - HEADER.size < size:
                     break
                 start = pos + HEADER.size
-                reply = pickle.loads(bytes(buf[start:start + size]))
+                if buf[start] == KIND_REPLY and size == REPLY_BODY_SIZE:
+                    _, status, errors, logs_dropped, gas = _REPLY_BODY.unpack_from(buf, start)
+                    reply: tuple[str, Any] = (STATUS_NAMES.get(status, "gone"), CallResult(
+                        gas_used=gas, errors=errors, logs_dropped=logs_dropped))
+                else:
+                    with memoryview(buf) as view:
+                        reply = pickle.loads(view[start:start + size])
                 pos = start + size
                 self._resolve(reply)
-        except (ValueError, pickle.UnpicklingError, EOFError) as exc:
+        except (ValueError, IndexError, pickle.UnpicklingError, EOFError) as exc:
             log.error("sandbox worker %d: bad reply stream: %s", self.pid, exc)
             self.kill()
             pos = end

@@ -1,19 +1,29 @@
 """Framing and message shapes between the runtime and a sandbox worker process.
 
-Both ends are ours, so frames are pickles: a 4-byte little-endian length, then the pickled
-object. The runtime writes requests to the worker's stdin; the worker answers every request, in
-order, on its stdout (so the runtime matches answers to requests first-in first-out).
+Both ends are ours. A frame is a 4-byte little-endian length, then a body. The runtime writes
+requests to the worker's stdin; the worker answers every request, in order, on its stdout (so
+the runtime matches answers to requests first-in first-out).
 
-Requests (tuples, first item the op):
+Bodies are pickles (their first byte is 0x80), except on the tick hot path, where a fixed
+struct avoids pickling: a tick request body starts with ``b"T"`` (:data:`TICK_FRAME`), a compact
+tick reply with ``b"R"`` (:data:`REPLY_FRAME`). A tick reply is compact when the call had no
+effect besides counters (no publish, KV put, log line, denial or fault); otherwise it is the
+pickled ``(status, CallResult)``.
+
+Requests (pickled tuples, first item the op; the tick is a struct):
 
 * ``("load", spec: LoadSpec)`` -> ``("ok", CallResult)`` | ``("refused", text)`` | ``("fault", CallResult)``
 * ``("unload", name)`` -> ``("ok", None)``
-* ``("tick", name, n, dt, ids | None, shm | None)`` -> ``("ok" | "fault", CallResult)``
+* ``("setup", name, ids | None, shm | None)`` -> ``("ok", None)``: the copy-mode batch.
+  ``shm`` is ``(path, capacity)``: the worker maps the file ``path`` holding ``ncols * capacity``
+  float64 values, column-major (column ``c`` starts at byte ``8 * c * capacity``).
+* ``("bind", name, BindSpec)`` -> ``("ok", None)`` | ``("error", text)``: the shared-mode batch
+  (the world's own column files and the slots of the rows).
+* tick ``T``: ``(flags, handle, n, dt)`` -> ``R (status, errors, logs_dropped, gas_used)`` or a
+  pickled ``("ok" | "fault", CallResult)``; ``("gone", None)`` if the handle is not loaded.
+  ``flags & FLAG_SHARED`` runs on the bound world columns instead of the copy-mode batch.
 * ``("deliver", name, [(subject, data), ...])`` -> ``("ok" | "fault", CallResult)``
 * ``("ping",)`` -> ``("ok", {"pid": ..., "instances": ..., "rss_kb": ...})``
-
-``shm`` is ``(path, capacity)``: the worker maps the file ``path`` holding ``ncols * capacity``
-float64 values, column-major (column ``c`` starts at byte ``8 * c * capacity``).
 """
 
 from __future__ import annotations
@@ -26,6 +36,26 @@ from typing import Any, BinaryIO
 HEADER = struct.Struct("<I")
 #: Largest frame either side accepts (bytes).
 MAX_FRAME = 256 * 1024 * 1024
+
+#: Tick request frame: length, b"T", flags, pad, handle, n, dt.
+TICK_FRAME = struct.Struct("<IBBxxIId")
+TICK_BODY_SIZE = TICK_FRAME.size - HEADER.size
+#: Compact tick reply frame: length, b"R", status, pad, errors, logs_dropped, gas_used.
+REPLY_FRAME = struct.Struct("<IBBxxIIQ")
+REPLY_BODY_SIZE = REPLY_FRAME.size - HEADER.size
+KIND_TICK = 0x54  # "T"
+KIND_REPLY = 0x52  # "R"
+#: Tick flag: run on the world columns bound with "bind" (shared mode).
+FLAG_SHARED = 1
+#: Compact reply status codes.
+STATUS_OK = 0
+STATUS_GONE = 1
+STATUS_NAMES = {STATUS_OK: "ok", STATUS_GONE: "gone"}
+
+
+def encode_tick(handle: int, n: int, dt: float, flags: int = 0) -> bytes:
+    """The frame of a tick request."""
+    return TICK_FRAME.pack(TICK_BODY_SIZE, KIND_TICK, flags, handle, n, dt)
 
 
 @dataclass(frozen=True)
@@ -43,6 +73,22 @@ class LoadSpec:
     kv: dict[str, bytes]
     stack_bytes: int
     call_init: bool = True
+    handle: int = 0  # the number tick requests use to name this component
+
+
+@dataclass(frozen=True)
+class BindSpec:
+    """The world's columns of a shared-mode batch, for the worker to map.
+
+    ``columns`` are ``(path, inode, nbytes)`` per batch column (manifest order); row ``i`` is the
+    float64 at byte ``8 * index[i]`` of each file, or at ``8 * i`` when ``index`` is None.
+    ``index`` is the native-endian intp array of slots as bytes.
+    """
+
+    n: int
+    columns: tuple[tuple[str, int, int], ...]
+    index: bytes | None
+    ids: tuple[str, ...] | None
 
 
 @dataclass
@@ -59,6 +105,24 @@ class CallResult:
     dropped: int = 0  # messages not handled (no room, or after a fault)
     errors: int = 0  # exports that returned non-zero
     fault: tuple[str, str, str] | None = None  # (reason, export, text)
+
+    def has_effects(self) -> bool:
+        """True if the result carries more than counters (it then travels as a pickle)."""
+        return bool(self.publishes or self.kv_puts or self.logs or self.denied
+                    or self.fault is not None or self.messages or self.dropped)
+
+    def reset(self) -> None:
+        """Empty it for the next call (the worker reuses one per instance)."""
+        self.gas_used = self.logs_dropped = self.messages = self.dropped = self.errors = 0
+        self.fault = None
+        if self.publishes:
+            self.publishes = []
+        if self.kv_puts:
+            self.kv_puts = []
+        if self.logs:
+            self.logs = []
+        if self.denied:
+            self.denied = []
 
 
 def encode(obj: Any) -> bytes:

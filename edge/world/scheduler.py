@@ -1,9 +1,18 @@
 """Runs systems: at a tick rate over every entity matching their query, or on messages.
 
 A *tick system* declares the numeric fields it reads and writes. Each tick the scheduler asks the
-world for the matching entities, gathers the columns into the system's batch buffers, runs the
-system once for the whole batch and scatters the written columns back. A *message system* gets
-the messages of its subscriptions in batches, in order, through a bounded inbox.
+world for the matching entities and runs the system once for the whole batch, in one of two ways:
+
+* **shared** (the world's columns are in shared memory and the runner has ``run_shared``): the
+  runner gets where the columns live and the batch's slots, and the system reads and writes the
+  world's columns in place. The batch holds a :class:`~edge.world.store.BatchLease` until the
+  runner says the other side is done, so freed slots are not reused meanwhile. Fields the system
+  writes are last-writer-wins against other writers (API, drivers) of the same fields.
+* **copy**: gather the columns into the runner's batch buffers, run, scatter the written columns
+  back; if the world's structure changed meanwhile, the result is discarded (``stale``).
+
+A *message system* gets the messages of its subscriptions in batches, in order, through a
+bounded inbox.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edge.world.store import F64Array, Query, World
+from edge.world.store import ColumnRef, F64Array, IndexArray, Query, World
 
 log = logging.getLogger("edge.world.scheduler")
 
@@ -38,6 +47,36 @@ class TickRunner(Protocol):
 
     async def run(self, n: int, dt: float, ids: Sequence[str] | None) -> bool:
         """Run one tick over the filled buffers; False if the system could not run."""
+        ...
+
+
+@dataclass(frozen=True)
+class SharedBatch:
+    """A tick batch on the world's shared columns (no copy of the data on the runtime side).
+
+    ``refs`` are the batch columns in column order (reads, then writes not read); row ``i`` of
+    the batch is slot ``index[i]``, or slot ``i`` when ``index`` is None (contiguous).
+    ``version`` changes whenever ``n``, ``index``, ``ids`` or ``refs`` may have changed.
+    """
+
+    n: int
+    version: int
+    refs: tuple[ColumnRef, ...]
+    index: IndexArray | None
+    ids: Sequence[str]
+
+
+class SharedTickRunner(TickRunner, Protocol):
+    """A TickRunner that can also run directly on shared world columns."""
+
+    async def run_shared(self, batch: SharedBatch, dt: float, on_done: Callable[[], None]) -> bool | None:
+        """Run one tick reading and writing the world's columns in place.
+
+        Must call ``on_done`` exactly once, when nothing can touch the batch any more (the
+        other side answered or is dead), even if this coroutine is cancelled or raises.
+        Returns True if the tick ran, False if the system could not run, None if shared
+        batches are not supported (the loop then uses ``buffers``/``run`` from now on).
+        """
         ...
 
 
@@ -90,14 +129,26 @@ class TickLoop:
         self.stats = TickStats()
         self._task: asyncio.Task[None] | None = None
         self._sent_version = -1
+        self._shared: SharedTickRunner | None = runner if hasattr(runner, "run_shared") else None  # type: ignore[assignment]
         for name in self.columns:
             world.column(name)  # fail early on an unknown or non-numeric field
+
+    @property
+    def mode(self) -> str:
+        """``shared`` (in place on the world's columns) or ``copy`` (gather / scatter)."""
+        return "shared" if self._shared is not None and self.world.shared else "copy"
 
     async def tick_once(self, dt: float) -> bool:
         world = self.world
         q: Query = world.query(self.components)
         n = len(q)
         self.stats.entities = n
+        if self._shared is not None and world.shared:
+            ok = await self._tick_shared(self._shared, q, dt)
+            if ok is not None:
+                return ok
+            log.info("system %s cannot run on shared columns; using copies", self.runner.name)
+            self._shared = None
         buffers = self.runner.buffers(n)
         world.gather(q, self.columns, buffers)
         ids = q.ids if q.version != self._sent_version else None
@@ -115,6 +166,28 @@ class TickLoop:
             self.stats.stale += 1
             return False
         world.scatter(q, self.write, [buffers[i] for i in self._write_pos])
+        self.stats.ticks += 1
+        return True
+
+    async def _tick_shared(self, runner: SharedTickRunner, q: Query, dt: float) -> bool | None:
+        world = self.world
+        refs = world.shared_refs(self.columns)
+        assert refs is not None
+        batch = SharedBatch(len(q), q.version, refs, None if q.contiguous else q.index, q.ids)
+        lease = world.lease()
+        started = time.perf_counter()
+        ok = await runner.run_shared(batch, dt, lease.release)
+        elapsed = time.perf_counter() - started
+        if ok is None:
+            return None
+        self.stats.last_ms = elapsed * 1000
+        self.stats.durations.append(elapsed)
+        if not ok:
+            self.stats.skipped += 1
+            return False
+        # The slots of the batch kept their entities (quarantine) and their place (growth is in
+        # place), so the results are valid even if the world changed shape meanwhile.
+        world.mark_written(q, self.write)
         self.stats.ticks += 1
         return True
 

@@ -6,11 +6,27 @@ float64 numpy array (so a batch for a WebAssembly system is a gather of a few co
 mask per component records what the persister must write.
 
 The store is not thread-safe: it is owned by the event loop.
+
+Shared columns: when the platform has ``memfd_create`` (Linux), every numeric column lives in its
+own anonymous memory file instead of private memory, so a sandbox worker process can map the
+world's columns (``/proc/<pid>/fd/<fd>``) and copy straight between them and a component's
+linear memory (see docs/sandbox.md). Growing the store extends each file in place (ftruncate +
+a larger mapping): a slot never moves, so a mapping taken before a growth stays valid for every
+slot it covers. Without ``memfd_create`` (or with ``shared=False``) the columns are plain
+private numpy arrays and systems get batches through gather/scatter copies.
+
+While a batch is *in flight* (a :class:`BatchLease` is held: a worker may be reading or writing
+the columns of its slots), slots freed by :meth:`World.remove` are quarantined, not reused, and
+slots whose component is removed are cleared again when the last lease is released.
 """
 
 from __future__ import annotations
 
+import logging
+import mmap
+import os
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +37,11 @@ import numpy.typing as npt
 from edge.errors import EntityError, SchemaError
 from edge.world.schema import NUMERIC_TYPES, ComponentSchema, SchemaRegistry
 
+log = logging.getLogger("edge.world.store")
+
 ENTITY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 INITIAL_CAPACITY = 64  # slots; doubles when full
+F64_BYTES = 8
 
 F64Array = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.intp]
@@ -58,6 +77,68 @@ class Query:
         return len(self.ids)
 
 
+@dataclass(frozen=True)
+class ColumnRef:
+    """Where a shared numeric column lives, for another process to map it.
+
+    ``path`` opens the column's memory file (``/proc/<pid>/fd/<fd>`` of this process), ``ino``
+    identifies it (a reader must check it: the fd number may be reused after the world is
+    closed), ``nbytes`` is its current size (``8 * capacity``; it only grows). Slot ``s`` is
+    the float64 at byte ``8 * s``.
+    """
+
+    path: str
+    ino: int
+    nbytes: int
+
+
+class _SharedColumn:
+    """One float64 column in its own anonymous memory file, grown in place."""
+
+    def __init__(self, name: str, capacity: int) -> None:
+        fd = os.memfd_create(f"edge-col-{name}", os.MFD_CLOEXEC)
+        self.fd = fd
+        self.ino = os.fstat(fd).st_ino
+        self.path = f"/proc/{os.getpid()}/fd/{fd}"
+        self._finalizer = weakref.finalize(self, os.close, fd)
+        self.capacity = 0
+        self.array: F64Array = np.zeros(0, dtype=np.float64)
+        self.resize(capacity)
+
+    def resize(self, capacity: int) -> None:
+        """Extend the file (new slots read as 0.0) and map it again; old mappings stay valid."""
+        os.ftruncate(self.fd, capacity * F64_BYTES)
+        self.array = np.frombuffer(mmap.mmap(self.fd, capacity * F64_BYTES), dtype=np.float64)
+        self.capacity = capacity
+
+    def ref(self) -> ColumnRef:
+        return ColumnRef(self.path, self.ino, self.capacity * F64_BYTES)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _shared_memory_available() -> bool:
+    return hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd")
+
+
+class BatchLease:
+    """A batch in flight: until :meth:`release`, freed slots are quarantined (see World)."""
+
+    def __init__(self, world: World) -> None:
+        self._world: World | None = world
+
+    def release(self) -> None:
+        """End the flight (idempotent). Call it only once no other process can touch the batch."""
+        world, self._world = self._world, None
+        if world is not None:
+            world._end_lease()
+
+    @property
+    def active(self) -> bool:
+        return self._world is not None
+
+
 def check_entity_id(entity: str) -> None:
     if not isinstance(entity, str) or not ENTITY_ID_RE.match(entity):
         raise EntityError(
@@ -69,8 +150,20 @@ def check_entity_id(entity: str) -> None:
 class World:
     """Entities, their metadata and their component columns."""
 
-    def __init__(self, schemas: SchemaRegistry | None = None, capacity: int = INITIAL_CAPACITY) -> None:
+    def __init__(
+        self,
+        schemas: SchemaRegistry | None = None,
+        capacity: int = INITIAL_CAPACITY,
+        *,
+        shared: bool | None = None,
+    ) -> None:
+        """``shared``: keep numeric columns in shared memory files (None = when available)."""
         self.schemas = schemas or SchemaRegistry()
+        self.shared = _shared_memory_available() if shared is None else bool(shared)
+        self._shm: dict[str, _SharedColumn] = {}
+        self._leases = 0
+        self._quarantine: list[int] = []  # freed slots waiting for the last lease to end
+        self._reclear: list[tuple[int, str]] = []  # (slot, component) cleared during a flight
         self._capacity = max(1, capacity)
         self._ids: list[str | None] = [None] * self._capacity
         self._slot: dict[str, int] = {}
@@ -137,7 +230,10 @@ class World:
         del self._slot[entity]
         del self._meta[entity]
         self._ids[slot] = None
-        self._free.append(slot)
+        if self._leases:
+            self._quarantine.append(slot)  # a worker may still read or write it
+        else:
+            self._free.append(slot)
         self._meta_dirty.discard(entity)
         self._removed[entity] = comps
         self._bump_structure()
@@ -195,6 +291,8 @@ class World:
         self._has[component][slot] = False
         self._dirty[component][slot] = False
         self._clear_slot(component, slot)
+        if self._leases:
+            self._reclear.append((slot, component))
         self._unset.add((entity, component))
         self._bump_structure()
 
@@ -266,6 +364,60 @@ class World:
                 self._dirty[comp][q.index] = True
         self.changes += 1
 
+    # -- shared columns and batches in flight ---------------------------------------------------
+
+    def shared_refs(self, fields: Sequence[str]) -> tuple[ColumnRef, ...] | None:
+        """Where the numeric columns ``fields`` live, or None if this world's columns are private."""
+        if not self.shared:
+            return None
+        for name in fields:
+            self.column(name)
+        return tuple(self._shm[name].ref() for name in fields)
+
+    def lease(self) -> BatchLease:
+        """Mark a batch in flight: until the lease is released, freed slots are not reused."""
+        self._leases += 1
+        return BatchLease(self)
+
+    @property
+    def in_flight(self) -> int:
+        return self._leases
+
+    def _end_lease(self) -> None:
+        self._leases -= 1
+        if self._leases:
+            return
+        # A worker may have written into these slots after they were cleared: clear again.
+        for slot in self._quarantine:
+            for comp in self._has:
+                self._clear_slot(comp, slot)
+        self._free.extend(reversed(self._quarantine))
+        self._quarantine.clear()
+        for slot, comp in self._reclear:
+            if not self._has[comp][slot]:
+                self._clear_slot(comp, slot)
+        self._reclear.clear()
+
+    def mark_written(self, q: Query, fields: Sequence[str]) -> None:
+        """Record that a system wrote ``fields`` of the batch ``q`` in place (shared columns):
+        marks the components dirty where the entity still has them."""
+        n = len(q)
+        for comp in {name.partition(".")[0] for name in fields}:
+            has = self._has[comp]
+            if q.contiguous:
+                self._dirty[comp][:n] |= has[:n]
+            else:
+                self._dirty[comp][q.index] |= has[q.index]
+        self.changes += 1
+
+    def close(self) -> None:
+        """Release the shared memory files (the world keeps working on private copies)."""
+        for key, col in self._shm.items():
+            self._cols[key] = np.array(col.array)
+            col.close()
+        self._shm.clear()
+        self.shared = False
+
     # -- persistence hooks --------------------------------------------------------------------
 
     def take_changes(
@@ -329,7 +481,9 @@ class World:
             return
         for name, kind in schema.fields.items():
             key = f"{schema.name}.{name}"
-            if kind in NUMERIC_TYPES:
+            if kind in NUMERIC_TYPES and self.shared:
+                self._cols[key] = self._new_shared(key)
+            elif kind in NUMERIC_TYPES:
                 self._cols[key] = np.zeros(self._capacity, dtype=np.float64)
             else:
                 self._cols[key] = np.full(self._capacity, None, dtype=object)
@@ -362,10 +516,25 @@ class World:
         for name, kind in schema.fields.items():
             self._cols[f"{component}.{name}"][slot] = 0.0 if kind in NUMERIC_TYPES else None
 
+    def _new_shared(self, key: str) -> F64Array:
+        try:
+            col = _SharedColumn(key, self._capacity)
+        except OSError as err:
+            log.warning("shared memory unavailable (%s); world columns stay private", err)
+            self.close()
+            return np.zeros(self._capacity, dtype=np.float64)
+        self._shm[key] = col
+        return col.array
+
     def _grow(self) -> None:
         old = self._capacity
         new = old * 2
         for key, col in self._cols.items():
+            shm = self._shm.get(key)
+            if shm is not None:
+                shm.resize(new)  # in place: slots keep their address in the file
+                self._cols[key] = shm.array
+                continue
             grown = np.zeros(new, dtype=col.dtype) if col.dtype != object else np.full(new, None, dtype=object)
             grown[:old] = col
             self._cols[key] = grown

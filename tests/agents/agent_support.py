@@ -23,7 +23,7 @@ class FakeRuntime:
 
     device: str
     world: World
-    nc: Client
+    nc: Client | None
     components: dict[str, Any] = field(default_factory=dict)
 
 

@@ -193,8 +193,9 @@ class Flaky(Agent):
 
 async def test_faulty_agent_is_isolated_and_restarted(nc: Client, host_factory: Any,
                                                       collector: Collector) -> None:
+    spec = AgentSpec.of(Flaky)  # builds one probe instance
     Flaky.built, Flaky.mode = 0, "raise"
-    host = await host_factory(follow(), AgentSpec.of(Flaky), backoff_initial=0.05)
+    host = await host_factory(follow(), spec, backoff_initial=0.05)
     for _ in range(2):
         await detections(nc, RIGHT_UP)
     await collector.wait_for(lambda: len(collector.on(CMD_VEL)) == 1)  # the healthy one works
@@ -204,6 +205,7 @@ async def test_faulty_agent_is_isolated_and_restarted(nc: Client, host_factory: 
     assert "ZeroDivisionError" in (flaky.last_error or "")
     faults = collector.on(f"edge.{DEVICE}.evt.drone-2.agent_fault")
     assert len(faults) == 2 and faults[0]["phase"] == "decide" and faults[1]["restart_in_s"] == 0.1
+    await collector.wait_for(lambda: len(collector.on(f"edge.{DEVICE}.cmd.drone-2.ping")) >= 1)
     assert collector.on(f"edge.{DEVICE}.cmd.drone-2.ping")[0] == {"n": 3}
     status = host.status()
     by_name = {a["name"]: a for a in status["agents"]}
@@ -212,9 +214,10 @@ async def test_faulty_agent_is_isolated_and_restarted(nc: Client, host_factory: 
 
 
 async def test_decide_deadline_is_a_fault(host_factory: Any) -> None:
+    spec = AgentSpec.of(Flaky)
     Flaky.built, Flaky.mode, Flaky.fail_first = 0, "hang", 1
     try:
-        host = await host_factory(AgentSpec.of(Flaky), backoff_initial=0.05, decide_deadline=0.1)
+        host = await host_factory(spec, backoff_initial=0.05, decide_deadline=0.1)
         flaky = host.runners["flaky-drone-2"]
         await wait_until(lambda: flaky.decisions >= 1)
         assert flaky.faults == 1 and "longer than 0.1 s" in (flaky.last_error or "")
@@ -268,7 +271,7 @@ async def test_decisions_api_and_stream(nc: Client, host_factory: Any, collector
     assert info.config.subjects == [f"edge.{DEVICE}.evt.*.decision"]
     assert info.config.max_msgs == 100_000 and info.state.messages == 1
     stored = await js.get_last_msg(DECISION_STREAM, f"edge.{DEVICE}.evt.drone-1.decision")
-    assert json.loads(stored.data)["decision"] == "follow"
+    assert json.loads(stored.data or b"")["decision"] == "follow"
     listing = json.loads((await nc.request(f"edge.{DEVICE}.api.agent.list", b"", timeout=2)).data)
     assert listing["result"][0]["name"] == "follow-drone-1"
 
@@ -320,7 +323,7 @@ def test_status_lists_wasm_agents(world: World) -> None:
         manifest = Manifest()
 
     host = AgentHost([])
-    host._runtime = FakeRuntime(DEVICE, world, None, {"follow_agent": Loaded()})  # type: ignore[arg-type]
+    host._runtime = FakeRuntime(DEVICE, world, None, {"follow_agent": Loaded()})
     assert host.status()["wasm"] == ["follow_agent"]
 
 

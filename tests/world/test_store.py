@@ -124,3 +124,47 @@ def test_custom_schema_and_non_numeric_column_refused() -> None:
     assert w.get("s", "wind") == {"speed": 3.0, "label": ""}
     with pytest.raises(SchemaError, match="only numeric"):
         w.column("wind.label")
+
+
+def test_shared_columns_grow_in_place_and_private_fallback() -> None:
+    w = World(capacity=2)
+    assert w.shared  # Linux: memfd columns
+    w.spawn("a", components={"position": {"x": 1}})
+    early = w.column("position.x")
+    (ref,) = w.shared_refs(["position.x"]) or ()
+    for i in range(5):
+        w.spawn(f"b{i}", components={"position": {"x": 2}})
+    (grown,) = w.shared_refs(["position.x"]) or ()
+    assert (grown.path, grown.ino) == (ref.path, ref.ino) and grown.nbytes == 8 * 8 > ref.nbytes
+    early[0] = 5.0  # a mapping from before the growth still reaches the same slot
+    assert w.get("a", "position")["x"] == 5.0
+    w.close()
+    assert not w.shared and w.shared_refs(["position.x"]) is None
+    assert w.get("a", "position")["x"] == 5.0
+    p = World(shared=False)
+    p.spawn("a", components={"position": {"x": 1}})
+    assert p.shared_refs(["position.x"]) is None and p.get("a", "position")["x"] == 1.0
+
+
+def test_freed_slots_quarantined_while_a_lease_is_held() -> None:
+    w = World(capacity=4)
+    for e in "abcd":
+        w.spawn(e, components={"position": {"x": 1}})
+    lease = w.lease()
+    slot_a = int(w.query(["position"]).index[0])
+    w.remove("a")
+    w.column("position.x")[slot_a] = 42.0  # a worker writing late into the freed slot
+    w.spawn("e", components={"position": {}})
+    assert w.query(["position"]).index.tolist() == [1, 2, 3, 4]  # slot 0 not reused
+    lease.release()
+    lease.release()  # idempotent
+    assert w.in_flight == 0 and w.column("position.x")[slot_a] == 0.0
+    w.spawn("f")
+    w.set("f", "velocity", {})
+    assert w.query(["velocity"]).index.tolist() == [slot_a]  # reused only after the flight
+    q = w.query(["position"])
+    w.unset("b", "position")
+    w.take_changes()
+    w.mark_written(q, ["position.x"])
+    writes, *_ = w.take_changes()  # "b" lost position: not marked dirty
+    assert sorted(e for e, _, _ in writes) == ["c", "d", "e"]

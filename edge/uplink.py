@@ -1,0 +1,207 @@
+"""The device's side of edge-to-cloud sync, as a runtime layer (``edge status`` section ``sync``).
+
+* ``[hub]`` makes the embedded nats-server a leaf node of the hub (see :func:`hub_link`).
+* The device streams (telemetry, events, commands) are created at start, with the limits of
+  ``[sync]``; they exist standalone too, so the device records offline and the hub catches up.
+* Commands the cloud queued for this device (the ``CMD`` stream, sourced from the hub) are played
+  onto the local command subjects, in order and once; the first acknowledgement a driver or agent
+  publishes on ``edge.<device>.ack.<entity>.<verb>`` becomes the command's result.
+
+Details and the picture: docs/sync.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge.errors import ConfigError, EdgeError
+from edge.sync.commands import Command, CommandReceiver
+from edge.sync.leaf import HubLink
+from edge.sync.streams import DeviceStreamConfig, DropMonitor, ensure_device_streams, stream_usage
+
+if TYPE_CHECKING:
+    from edge.runtime import Runtime
+
+log = logging.getLogger("edge.uplink")
+
+COMMAND_ACK_TIMEOUT = 10.0  # seconds a cloud command waits for the local acknowledgement
+POLL_INTERVAL = 5.0  # seconds between stream-usage polls (drops are counted then)
+LINK_POLL_INTERVAL = 1.0  # seconds between checks of the leaf link
+RESYNC_AFTER = (0.0, 3.0, 10.0)  # seconds after a link-up at which the whole state is re-written
+HUB_PATH_KEYS = {"credentials", "nkey_seed", "tls_ca", "tls_cert", "tls_key"}
+
+
+def hub_link(table: dict[str, Any], *, file: str | None, base: Path) -> HubLink | None:
+    """``[hub]`` → HubLink (None without ``url``). Paths are relative to the config file."""
+    if not table:
+        return None
+    known = {f.name for f in dataclasses.fields(HubLink)}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError("unknown setting", key=f"hub.{key}", file=file)
+        if not isinstance(value, str):
+            raise ConfigError("expected a string", key=f"hub.{key}", file=file)
+    if not table.get("url"):
+        raise ConfigError("the hub needs a url (nats-leaf://host:7422)", key="hub.url", file=file)
+    args: dict[str, Any] = {k: (base / v if k in HUB_PATH_KEYS else v) for k, v in table.items()}
+    return HubLink(**args)
+
+
+def stream_config(device: str, table: dict[str, Any], *, file: str | None, bucket: str, hub: bool) -> DeviceStreamConfig:
+    """``[sync]`` → DeviceStreamConfig (limits in bytes and seconds)."""
+    numeric = {"tele_max_bytes", "tele_max_age_s", "evt_max_bytes", "evt_max_age_s", "cmd_max_age_s",
+               "duplicate_window_s"}
+    args: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in numeric:
+            raise ConfigError("unknown setting", key=f"sync.{key}", file=file)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError("expected a number >= 0", key=f"sync.{key}", file=file)
+        args[key] = int(value) if key.endswith("_bytes") else float(value)
+    cfg = DeviceStreamConfig(device=device, **args)
+    if hub:
+        cfg.hub_domain = cfg.hub_domain or "hub"
+    if bucket != "edge-state":  # the sync layer mirrors only the default bucket
+        cfg.state_bucket = False
+    return cfg
+
+
+class UplinkLayer:
+    """Creates the device streams, plays cloud commands locally, reports stream usage and drops."""
+
+    status_section = "sync"
+
+    def __init__(self, streams: DeviceStreamConfig, hub: HubLink | None) -> None:
+        self.streams = streams
+        self.hub = hub
+        self._tasks: list[asyncio.Task[None]] = []
+        self._receiver: CommandReceiver | None = None
+        self._usage: dict[str, dict[str, Any]] = {}
+        self.dropped: dict[str, int] = {}
+        self.commands = {"played": 0, "acked": 0, "unanswered": 0, "errors": 0}
+        self.link_up = False
+        self.link_ups = 0
+
+    async def start(self, runtime: Runtime) -> None:
+        assert runtime.js is not None
+        await ensure_device_streams(runtime.js, self.streams)
+        self._tasks.append(asyncio.create_task(self._poll(runtime), name="edge.uplink.poll"))
+        if self.hub is not None:
+            self._receiver = CommandReceiver(runtime.js, runtime.device)
+            self._tasks.append(asyncio.create_task(self._commands(runtime), name="edge.uplink.commands"))
+            if runtime.server is not None:
+                self._tasks.append(asyncio.create_task(self._watch_link(runtime), name="edge.uplink.link"))
+        log.info("device streams ready%s", f", leaf of {self.hub.url}" if self.hub else " (standalone)")
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+        if self._receiver is not None:
+            await self._receiver.close()
+
+    async def _poll(self, runtime: Runtime) -> None:
+        assert runtime.js is not None
+        monitor = DropMonitor(runtime.js)
+        names = [str(c.name) for c in self.streams.stream_configs()]
+        while True:
+            try:
+                for name, new in (await monitor.poll()).items():
+                    if new:
+                        self.dropped[name] = self.dropped.get(name, 0) + new
+                        log.warning("stream %s evicted %d messages (store limit)", name, new)
+                for name in names:
+                    u = await stream_usage(runtime.js, name)
+                    self._usage[name] = {"messages": u.messages, "bytes": u.bytes, "fill": round(u.fill, 3),
+                                         "removed": u.removed}
+            except EdgeError as err:
+                log.debug("stream poll: %s", err)
+            except Exception as err:  # NATS briefly away: try again next round
+                log.debug("stream poll failed: %s", err)
+            await asyncio.sleep(POLL_INTERVAL)
+
+    async def _watch_link(self, runtime: Runtime) -> None:
+        """On every link-up, rewrite the whole entity state once.
+
+        The hub mirrors the state bucket through a consumer-based mirror; with nats-server 2.15 we
+        saw it miss keys written before the link's first connection while later writes arrive. The
+        state is latest-value, so re-writing every key after a link-up makes the mirror complete
+        (telemetry and events are sourced streams and arrive in full; see docs/sync.md).
+        """
+        assert runtime.server is not None
+        up_since = 0.0
+        pending: list[float] = []
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                leafz = await runtime.server.monitor("leafz")
+                up = int(leafz.get("leafnodes", 0)) > 0
+            except Exception:
+                up = False
+            if up and not self.link_up:
+                self.link_ups += 1
+                up_since = loop.time()
+                pending = list(RESYNC_AFTER)
+                log.info("leaf link to %s up; state resync queued", self.hub.url if self.hub else "?")
+            if up and pending and loop.time() - up_since >= pending[0]:
+                pending.pop(0)
+                runtime.world.mark_all_dirty()
+            elif self.link_up and not up:
+                log.warning("leaf link down; recording locally until it returns")
+            self.link_up = up
+            await asyncio.sleep(LINK_POLL_INTERVAL)
+
+    async def _commands(self, runtime: Runtime) -> None:
+        assert self._receiver is not None
+        while True:
+            try:
+                cmd = await self._receiver.next(timeout=1.0)
+                if cmd is not None:
+                    await self._play(runtime, cmd)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                self.commands["errors"] += 1
+                log.warning("cloud command handling failed: %s", err)
+                await asyncio.sleep(1.0)
+
+    async def _play(self, runtime: Runtime, cmd: Command) -> None:
+        """Publish the command locally and wait for the first ack on its ack subject."""
+        assert runtime.nc is not None and self._receiver is not None
+        ack_subject = cmd.subject.replace(".cmd.", ".ack.", 1)
+        sub = await runtime.nc.subscribe(ack_subject, max_msgs=1)
+        await runtime.nc.publish(cmd.subject, cmd.payload)
+        self.commands["played"] += 1
+        try:
+            msg = await sub.next_msg(timeout=COMMAND_ACK_TIMEOUT)
+            result = msg.data
+            self.commands["acked"] += 1
+        except Exception:
+            self.commands["unanswered"] += 1
+            result = json.dumps({"ok": False, "error": f"no acknowledgement on {ack_subject}"}).encode()
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+        await self._receiver.reply(cmd, result)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "hub": self.hub.url if self.hub else None,
+            "link": ("up" if self.link_up else "down") if self.hub else "standalone",
+            "link_ups": self.link_ups,
+            "streams": self._usage,
+            "dropped": self.dropped,
+            "commands": {**self.commands, **(self._receiver.stats if self._receiver else {})},
+        }
