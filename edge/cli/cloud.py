@@ -1,16 +1,164 @@
-"""``edge cloud`` and ``edge fleet``: hub-side commands (filled in by the sync layer)."""
+"""``edge cloud`` (hub side) and ``edge fleet`` (what the hub knows about its devices).
+
+``edge cloud run`` starts an embedded JetStream hub for development: it keeps its store and the
+devices' leaf logins under ``--store`` (default ``~/.local/state/edge-hub``), writes ``hub.json``
+there so the other commands find it, and prints the ``[hub]`` table each device needs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
 from typing import Any
 
-from edge.errors import EdgeError
+from edge.errors import EdgeError, NatsError
+
+HUB_FILE = "hub.json"
+CREDS_FILE = "devices.json"
+
+
+def default_store() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(os.environ.get("EDGE_HUB_DIR") or Path(base) / "edge-hub")
 
 
 def register(sub: Any) -> None:
-    """Add ``cloud`` and ``fleet`` command groups."""
+    cloud = sub.add_parser("cloud", help="the cloud hub: run one, provision devices, send commands")
+    csub = cloud.add_subparsers(dest="verb", required=True)
+    run = csub.add_parser("run", help="run an embedded JetStream hub (development)")
+    run.add_argument("--store", type=Path, default=None, help="hub data directory")
+    run.add_argument("--device", action="append", default=[], help="device to provision (repeat)")
+    run.add_argument("--port", type=int, default=4222, help="client port on 127.0.0.1")
+    run.add_argument("--leaf-port", type=int, default=7422, help="leaf-node port on 127.0.0.1")
+    run.add_argument("--insecure", action="store_true", help="no logins (loopback experiments only)")
+    for name, text in (("provision", "create the hub streams for devices"), ("deprovision", "delete them")):
+        p = csub.add_parser(name, help=text)
+        _hub_args(p)
+        p.add_argument("devices", nargs="+")
+    send = csub.add_parser("send", help="queue a command for a device (delivered when it is online)")
+    _hub_args(send)
+    send.add_argument("device")
+    send.add_argument("name", help="command subject tail, e.g. drone-0.rtl (entity.verb)")
+    send.add_argument("payload", nargs="?", default="{}", help="JSON payload")
+    send.add_argument("--ttl", type=float, default=3600.0, help="seconds until the command expires")
+
+    fleet = sub.add_parser("fleet", help="devices as the hub sees them")
+    fsub = fleet.add_subparsers(dest="verb", required=True)
+    status = fsub.add_parser("status", help="link state, last seen, lag, stream sizes")
+    _hub_args(status)
+    status.add_argument("--json", action="store_true")
+
+
+def _hub_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hub-url", help="client URL of the hub (default: from the store's hub.json)")
+    p.add_argument("--store", type=Path, default=None, help="hub data directory of `edge cloud run`")
+
+
+def _hub_url(args: argparse.Namespace) -> str:
+    if args.hub_url:
+        return str(args.hub_url)
+    path = (args.store or default_store()) / HUB_FILE
+    try:
+        return str(json.loads(path.read_text())["client_url"])
+    except (OSError, ValueError, KeyError):
+        raise NatsError(f"no hub found ({path} missing); start one with `edge cloud run` or pass --hub-url") from None
 
 
 async def dispatch(args: argparse.Namespace) -> int:
-    raise EdgeError(f"unknown command {args.command!r}")
+    if args.command == "cloud" and args.verb == "run":
+        return await run_hub(args)
+    import nats
+
+    url = _hub_url(args)
+    try:
+        nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0, allow_reconnect=False)
+    except Exception as err:
+        raise NatsError(f"cannot reach the hub at {url.split('@')[-1]}: {err}") from None
+    try:
+        js = nc.jetstream()
+        from edge.sync import cloud as hubops
+
+        if args.command == "fleet":
+            rows = [s.as_dict() for s in await hubops.fleet_status(js)]
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                from edge.cli.status import table
+
+                cols = ["device", "link", "last_seen_s", "lag", "tele_messages", "evt_messages", "cmd_pending"]
+                print(table([c.upper() for c in cols], [[_fmt(r[c]) for c in cols] for r in rows]))
+        elif args.verb == "provision":
+            for device in args.devices:
+                print(json.dumps(await hubops.provision_device(js, device)))
+        elif args.verb == "deprovision":
+            for device in args.devices:
+                await hubops.deprovision_device(js, device)
+                print(f"deprovisioned {device}")
+        elif args.verb == "send":
+            try:
+                payload = json.dumps(json.loads(args.payload)).encode()
+            except ValueError as err:
+                raise EdgeError(f"payload is not JSON: {err}") from None
+            ack = await hubops.send_command(js, args.device, args.name, payload, ttl_s=args.ttl)
+            print(f"queued for {args.device} (stream {ack.stream}, seq {ack.seq}), expires in {args.ttl:.0f} s")
+    finally:
+        await nc.close()
+    return 0
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return "-" if value is None else str(value)
+
+
+async def run_hub(args: argparse.Namespace) -> int:
+    from edge import logs
+    from edge.sync.cloud import provision_device
+    from edge.sync.hub import DeviceCredential, HubServer
+
+    logs.configure("info")
+    store: Path = args.store or default_store()
+    store.mkdir(parents=True, exist_ok=True)
+    creds_path = store / CREDS_FILE
+    saved: dict[str, str] = json.loads(creds_path.read_text()) if creds_path.exists() else {}
+    hub = HubServer(
+        store / "nats",
+        devices=[DeviceCredential(d, p) for d, p in saved.items()],
+        secure=not args.insecure,
+        port=args.port,
+        leaf_port=args.leaf_port,
+    )
+    await hub.start(supervise=True)
+    import nats
+
+    nc = await nats.connect(hub.client_url)
+    try:
+        for device in args.device:
+            cred = await hub.add_device(device)
+            saved[device] = cred.password
+            await provision_device(nc.jetstream(), device)
+    finally:
+        await nc.close()
+    creds_path.write_text(json.dumps(saved))
+    creds_path.chmod(0o600)
+    hub_file = store / HUB_FILE
+    hub_file.write_text(json.dumps({"client_url": hub.client_url, "leaf_url": hub.leaf_url}))
+    hub_file.chmod(0o600)
+    print(f"hub running: clients {hub.url}, leaf nodes {hub.leaf_url}, store {store}")
+    for device in args.device:
+        print(f"\n# device {device}: add to its config\n[hub]\nurl = \"{hub.leaf_url}\"")
+        if not args.insecure:
+            print(f"user = \"{device}\"\npassword = \"{saved[device]}\"")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await hub.stop()
+    hub_file.unlink(missing_ok=True)
+    return 0
