@@ -385,7 +385,22 @@ def build_layers(cfg: DeviceConfig) -> list[Any]:
     from edge.uplink import UplinkLayer, hub_link, stream_config
 
     hub = hub_link(cfg.hub, file=cfg.file, base=_config_base(cfg))
-    layers.append(UplinkLayer(stream_config(cfg.device, cfg.sync, file=cfg.file, bucket=cfg.state.bucket, hub=hub is not None), hub))
+    streams = stream_config(cfg.device, cfg.sync, file=cfg.file, bucket=cfg.state.bucket, hub=hub is not None)
+    layers.append(UplinkLayer(streams, hub))
+    # after the uplink: the decision stream copies records out of the EVT stream it creates
+    from edge.agents.config import parse_agents
+    from edge.agents.host import AgentHost
+    from edge.services.tools import ToolsService, parse_tools_config
+
+    layers.append(ToolsService(parse_tools_config(cfg.tools or None, file=cfg.file)))
+    agents = cfg.agents
+    if cfg.demo and not agents:
+        agents = [{"kind": "follow", "entity": DEMO_HW_ENTITY}]
+    layers.append(AgentHost(parse_agents(agents, file=cfg.file)))
+    if cfg.demo:
+        from edge.agents.actuator import SimActuator
+
+        layers.append(SimActuator())
     return layers
 
 

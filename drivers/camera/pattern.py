@@ -49,4 +49,5 @@ def face_sprite(s: float) -> tuple[Image, npt.NDArray[np.bool_]]:
     size = int(2.4 * s)
     patch = np.zeros((size, size, 3), np.uint8)
     draw_face(patch, size / 2, size / 2, s)
-    return patch, patch.any(axis=2)
+    mask: npt.NDArray[np.bool_] = np.asarray(patch.any(axis=2), dtype=bool)
+    return patch, mask

@@ -45,7 +45,7 @@ from edge.agents.base import RuntimeView
 from edge.agents.jsonschema import validate
 from edge.errors import ConfigError, EdgeError, EntityError
 from edge.inference.registry import ModelRegistry
-from edge.inference.vision import Detector, resize
+from edge.inference.vision import DetectionPipeline, Detector, resize
 from edge.world.store import World
 
 log = logging.getLogger("edge.services.tools")
@@ -261,7 +261,9 @@ class ToolsService:
     """Serves the tools of one device (a runtime extra: ``start(runtime)``/``stop()``/``status()``).
 
     ``frames`` and ``detector`` enable ``capture_frame`` (e.g. a camera driver's LatestFrame and a
-    DetectionPipeline's detector); ``models`` enables ``run_model``.
+    DetectionPipeline's detector); ``models`` enables ``run_model``. Those not given are looked up
+    on the runtime at call time (its extras' ``registry`` and ``pipelines``, then
+    ``runtime.camera_frames()``), so the service can start before the perception layer is up.
     """
 
     status_section = "tools"
@@ -304,6 +306,26 @@ class ToolsService:
         assert self._runtime is not None and self._runtime.nc is not None, "ToolsService is not started"
         return self._runtime.nc
 
+    def resolve_models(self) -> ModelRegistry | None:
+        if self.models is not None:
+            return self.models
+        for extra in getattr(self._runtime, "extras", None) or ():
+            registry = getattr(extra, "registry", None)
+            if isinstance(registry, ModelRegistry):
+                return registry
+        return None
+
+    def resolve_camera(self) -> tuple[LatestFrame | None, Detector | None]:
+        if self.frames is not None:
+            return self.frames, self.detector
+        for extra in getattr(self._runtime, "extras", None) or ():
+            for pipeline in getattr(extra, "pipelines", None) or ():
+                if isinstance(pipeline, DetectionPipeline):
+                    return pipeline.source, self.detector or pipeline.detector
+        finder = getattr(self._runtime, "camera_frames", None)
+        frames = finder(None) if callable(finder) else None
+        return (frames, self.detector) if isinstance(frames, LatestFrame) else (None, None)
+
     def subject(self, name: str) -> str:
         return f"{subjects.PREFIX}.{self.device}.tools.{name}"
 
@@ -343,12 +365,14 @@ class ToolsService:
             self._tele_sub = None
 
     def status(self) -> dict[str, Any]:
+        frames, detector = self.resolve_camera()
+        models = self.resolve_models()
         return {
             "enabled": self.config.enabled, "open": self.config.permissions.open,
             "calls": dict(self.calls), "errors": dict(self.errors), "denied": dict(self.denied),
             "last_denied": self.last_denied, "sensors_seen": len(self._sensors),
-            "camera": self.frames is not None, "detector": self.detector is not None,
-            "models": self.models.names() if self.models is not None else None,
+            "camera": frames is not None, "detector": detector is not None,
+            "models": models.names() if models is not None else None,
         }
 
     def schemas(self, caller: str | None = None) -> list[dict[str, Any]]:
@@ -495,18 +519,19 @@ class ToolsService:
                            entity=entity, sensor=sensor)
 
     async def capture_frame(self, body: dict[str, Any], caller: str) -> dict[str, Any]:
-        if self.frames is None:
+        frames, detector = self.resolve_camera()
+        if frames is None:
             raise ToolUnavailable("no camera: this device has no frame source", reason="no-camera")
-        frame = self.frames.latest()
+        frame = frames.latest()
         if frame is None:
             raise ToolUnavailable("the camera has not produced a frame yet", reason="no-frame")
         out: dict[str, Any] = {"seq": frame.seq, "width": frame.width, "height": frame.height,
                                "age_s": round(max(0.0, time.monotonic() - frame.t), 3),
                                "source": frame.source, "detections": None}
-        if body.get("detect", True) and self.detector is not None:
+        if body.get("detect", True) and detector is not None:
             try:
                 async with asyncio.timeout(DETECT_TIMEOUT_S):
-                    found = await self.detector.detect(frame.image)
+                    found = await detector.detect(frame.image)
             except TimeoutError as err:
                 raise ToolTimeout(f"the detector took longer than {DETECT_TIMEOUT_S} s") from err
             floor = float(body.get("min_score", 0.0))
@@ -524,17 +549,18 @@ class ToolsService:
         return out
 
     async def run_model(self, body: dict[str, Any], caller: str) -> dict[str, Any]:
-        if self.models is None:
+        models = self.resolve_models()
+        if models is None:
             raise ToolUnavailable("no models: this device has no inference registry", reason="no-models")
         name = body["model"]
-        model = self.models.get(name)  # InferenceError (400) names the loaded models
+        model = models.get(name)  # InferenceError (400) names the loaded models
         arrays = []
         for i, spec in enumerate(body["inputs"]):
             info = model.inputs[i] if i < len(model.inputs) else None
             default = np.dtype(np.float32) if info is None or info.quantized else info.dtype
             arrays.append(_tensor_in(spec, default, f"inputs[{i}]"))
         t0 = time.perf_counter()
-        outputs = await self.models.infer(name, arrays)
+        outputs = await models.infer(name, arrays)
         latency = (time.perf_counter() - t0) * 1e3
         encoding = body.get("output_encoding", "json")
         return {"model": name, "outputs": [_tensor_out(np.asarray(o), encoding) for o in outputs],

@@ -25,6 +25,7 @@ class FakeRuntime:
     world: World
     nc: Client | None
     components: dict[str, Any] = field(default_factory=dict)
+    extras: list[Any] = field(default_factory=list)
 
 
 class Collector:

@@ -26,6 +26,7 @@ from edge.agents.jsonschema import SchemaViolation, validate
 from edge.errors import ConfigError
 from edge.inference.blazeface import FaceDetector, face_model_path
 from edge.inference.registry import ModelRegistry, ModelSpec
+from edge.inference.vision import DetectionPipeline
 from edge.services.tools import (
     TOOL_NAMES,
     ToolPermissions,
@@ -142,6 +143,35 @@ async def test_capture_frame_with_real_detector(nc: Client, start_tools: Any) ->
         assert res["detections"] == []
     finally:
         await registry.close()
+
+
+async def test_camera_and_models_found_on_the_runtime(nc: Client, world: World, fc_registry: Any) -> None:
+    """Started before perception is up: the pipeline and registry are looked up at call time."""
+    registry, _, _ = fc_registry
+    frames = LatestFrame()
+    pipeline = DetectionPipeline(frames, FaceDetector(registry, "face"), lambda *a: None)
+
+    class Perception:  # what the runtime's perception layer exposes once started
+        def __init__(self) -> None:
+            self.registry: ModelRegistry | None = None
+            self.pipelines: list[DetectionPipeline] = []
+
+    perception = Perception()
+    rt = FakeRuntime(DEVICE, world, nc, extras=[perception])
+    svc = ToolsService()
+    await svc.start(rt)
+    try:
+        _, code = await call(nc, "capture_frame", {})
+        assert code == "503"
+        perception.registry, perception.pipelines = registry, [pipeline]
+        await frames.put(Frame(seq=1, t=time.monotonic(), image=face_image(64, 48, ())))
+        res = await ok(nc, svc, "capture_frame", {"detect": False})
+        assert (res["seq"], res["width"]) == (1, 64)
+        res = await ok(nc, svc, "run_model", {"model": "fc", "inputs": [{"data": [[0, 0, 0, 0]]}]})
+        assert res["outputs"][0]["shape"] == [1, 3]
+        assert svc.status()["camera"] and svc.status()["models"] == ["fc"]
+    finally:
+        await svc.stop()
 
 
 # -- models -----------------------------------------------------------------------------------
