@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edge.tasks import cancel_and_wait
 from edge.config import DeviceConfig, EntitySpec
 from edge.errors import ConfigError, EdgeError
 
@@ -99,12 +100,8 @@ class FleetView:
         self._task = asyncio.create_task(self._run(runtime), name="edge.demo.view")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def status(self) -> dict[str, Any]:
         return {}

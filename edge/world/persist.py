@@ -28,6 +28,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
+from edge.tasks import cancel_and_wait
 from edge.errors import EdgeError, SchemaError
 from edge.world.store import World
 
@@ -192,13 +193,8 @@ class Persister:
             await self.flush()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self.flush()
 
     def status(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edge.tasks import cancel_and_wait
 from edge.world.store import ColumnRef, F64Array, IndexArray, Query, World
 
 log = logging.getLogger("edge.world.scheduler")
@@ -195,13 +196,8 @@ class TickLoop:
         self._task = asyncio.create_task(self._run(), name=f"edge.tick.{self.runner.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -257,13 +253,8 @@ class MessagePump:
         self._task = asyncio.create_task(self._run(), name=f"edge.pump.{self.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:
