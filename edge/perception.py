@@ -109,6 +109,7 @@ class PerceptionLayer:
             )
             if kept and runtime.nc is not None:
                 body = {"entity": spec.entity, "model": spec.model, "frame": frame.seq,
+                        "captured": frame.t,  # time.monotonic() at capture, on this device
                         "latency_ms": round(latency * 1000, 2), "items": items}
                 await runtime.nc.publish(subject, json.dumps(body).encode())
 

@@ -309,6 +309,38 @@ class Runtime:
         kv = await self._component_bucket()
         await kv.put(f"{component}.{key}", value)
 
+    async def infer(self, component: str, model: str, data: bytes) -> bytes:
+        """Run ``model`` for a wasm component's ``infer`` import (the pool checked the grant).
+
+        ``data`` is every input tensor's bytes, in input order, each in the tensor's dtype and
+        shape; the result is every output's bytes in output order (float32 for float and
+        dequantized models). Raises InferenceError: reason ``unknown-model`` (no such model, or
+        no perception layer), ``input-size`` (``expected`` = bytes wanted), or the model's own.
+        """
+        import numpy as np
+
+        from edge.inference.errors import InferenceError
+
+        registry = next((r for e in self.extras if (r := getattr(e, "registry", None)) is not None), None)
+        if registry is None:
+            raise InferenceError(
+                f"component '{component}' asked for model '{model}', but this device loads no models",
+                model=model, reason="unknown-model",
+            )
+        spec = registry.get(model)
+        sizes = [int(np.prod(t.shape, dtype=np.int64)) * t.dtype.itemsize for t in spec.inputs]
+        if len(data) != sum(sizes):
+            raise InferenceError(
+                f"component '{component}': model '{model}' takes {sum(sizes)} input bytes, got {len(data)}",
+                model=model, reason="input-size", expected=str(sum(sizes)), got=str(len(data)),
+            )
+        arrays, pos = [], 0
+        for t, size in zip(spec.inputs, sizes, strict=True):
+            arrays.append(np.frombuffer(data, dtype=t.dtype, count=size // t.dtype.itemsize, offset=pos).reshape(t.shape))
+            pos += size
+        outputs = await registry.infer(model, arrays)
+        return b"".join(np.ascontiguousarray(o).tobytes() for o in outputs)
+
     def on_fault(self, component: str, fault: SandboxError) -> None:
         log.warning("component %s fault: %s", component, fault.message)
         self._record_fault(component, fault.reason or "fault", fault.message, export=fault.export)

@@ -31,9 +31,23 @@ EDGE_IMPORT("col_read") int32_t edge_col_read(int32_t column, double *ptr, int32
 EDGE_IMPORT("col_write") int32_t edge_col_write(int32_t column, const double *ptr, int32_t len_bytes);
 EDGE_IMPORT("entity_id") int32_t edge_entity_id(int32_t index, char *buf, int32_t cap);
 EDGE_IMPORT("device_id") int32_t edge_device_id(char *buf, int32_t cap);
+/* Run model `model` (granted in the manifest's run.models) on `in` (every input tensor's bytes, in
+ * input order, in the tensor's dtype); the outputs' bytes (in output order; float32 for float and
+ * quantized models) land in `out`. Returns the bytes written, or an EDGE_INFER_* code. On
+ * EDGE_INFER_BAD_INPUT / EDGE_INFER_SMALL_OUTPUT with out_cap >= 4, the first 4 bytes of `out` hold
+ * the size expected (input / output bytes, little-endian u32). */
+EDGE_IMPORT("infer") int32_t edge_infer(const char *model, int32_t model_len, const void *in, int32_t in_len,
+                                       void *out, int32_t out_cap);
 
 enum { EDGE_DEBUG = 0, EDGE_INFO = 1, EDGE_WARNING = 2, EDGE_ERROR = 3 };
 enum { EDGE_OK = 0, EDGE_DENIED = -1, EDGE_BAD_SUBJECT = -2, EDGE_QUOTA = -3 };
+enum {
+    EDGE_INFER_DENIED = -1,       /* model not granted by run.models (counted as denied_infer) */
+    EDGE_INFER_UNKNOWN = -2,      /* no such model loaded on the device */
+    EDGE_INFER_BAD_INPUT = -3,    /* in_len is not the size of the model's inputs */
+    EDGE_INFER_SMALL_OUTPUT = -4, /* out_cap is smaller than the model's outputs */
+    EDGE_INFER_FAILED = -5        /* the model failed or ran past the host's infer timeout */
+};
 
 /* ---- no-libc helpers --------------------------------------------------------------------- */
 static inline void *edge_memcpy(void *dst, const void *src, size_t n) {
@@ -124,6 +138,32 @@ static inline int32_t edge_read_column(int32_t column, double *dst, int32_t n) {
 
 static inline int32_t edge_write_column(int32_t column, const double *src, int32_t n) {
     return edge_col_write(column, src, n * (int32_t)sizeof(double));
+}
+
+/* Inference helpers. edge_infer_str names the model with a C string. */
+static inline int32_t edge_infer_str(const char *model, const void *in, int32_t in_len, void *out,
+                                     int32_t out_cap) {
+    return edge_infer(model, (int32_t)edge_strlen(model), in, in_len, out, out_cap);
+}
+
+/* Learn a model's input and output sizes (bytes): asks with an empty input (-> the input size),
+ * then runs the model once on zeros written into `work` (`cap` bytes, must hold the input) with a
+ * 4-byte output buffer (-> the output size). Returns 0, or an EDGE_INFER_* code (EDGE_INFER_BAD_INPUT
+ * also when `work` cannot hold the input, with *in_bytes set). Call it from edge_init, not per tick. */
+static inline int32_t edge_infer_sizes(const char *model, void *work, int32_t cap, int32_t *in_bytes,
+                                       int32_t *out_bytes) {
+    int32_t ml = (int32_t)edge_strlen(model);
+    uint32_t hint = 0;
+    int32_t rc = edge_infer(model, ml, work, 0, &hint, 4);
+    if (rc >= 0) { *in_bytes = 0; *out_bytes = rc; return 0; }
+    if (rc != EDGE_INFER_BAD_INPUT) return rc;
+    *in_bytes = (int32_t)hint;
+    if ((int32_t)hint > cap) return EDGE_INFER_BAD_INPUT;
+    edge_memset(work, 0, hint);
+    rc = edge_infer(model, ml, work, (int32_t)hint, &hint, 4);
+    if (rc == EDGE_INFER_SMALL_OUTPUT) { *out_bytes = (int32_t)hint; return 0; }
+    if (rc >= 0) { *out_bytes = rc; return 0; }
+    return rc;
 }
 
 /* ---- exports ------------------------------------------------------------------------------ */

@@ -140,7 +140,7 @@ def _source(t: Table) -> FrameSource:
     if t.emulated and kind not in ("synthetic", "file"):
         raise t.error("source", f"backend 'emulated' needs source 'synthetic' or 'file', not {kind!r}")
     if kind == "synthetic":
-        return SyntheticSource(width, height, fps)
+        return SyntheticSource(width, height, fps, face=t.flag("face", False))
     if kind == "file":
         return FileSource(t.text("path", None) or _missing(t, "path"), fps)
     if kind == "picamera2":

@@ -49,6 +49,7 @@ IMPORTS_V1: dict[str, str] = {
     "col_write": "i(iii)",
     "entity_id": "i(iii)",
     "device_id": "i(ii)",
+    "infer": "i(iiiiii)",
 }
 
 #: Function exports the host calls: name -> wasm3 signature.
@@ -69,6 +70,16 @@ WASM_PAGE_BYTES = 65_536
 #: Limits of the kv_put import (bytes).
 KV_MAX_KEY = 128
 KV_MAX_VALUE = 64 * 1024
+
+#: Gas charged for each ``infer`` call, before the model runs (metering units; the model's own
+#: time is bounded by the infer timeout, not by gas).
+INFER_GAS = 1_000_000
+#: Return codes of the ``infer`` import (a result >= 0 is the number of output bytes written).
+INFER_DENIED = -1  # the manifest does not grant the model (counted as denied_infer)
+INFER_UNKNOWN = -2  # no such model is loaded on the device (or the host has no models)
+INFER_BAD_INPUT = -3  # in_len differs from the size of the model's inputs
+INFER_SMALL_OUTPUT = -4  # out_cap is smaller than the model's outputs
+INFER_FAILED = -5  # the model failed, or took longer than the infer timeout
 
 
 @dataclass(frozen=True)

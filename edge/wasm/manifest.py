@@ -31,11 +31,13 @@ NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
 FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*\.[A-Za-z_][A-Za-z0-9_]*$")
 #: Subject pattern tokens: NATS tokens, ``*``, a final ``>``; ``{device}`` is substituted first.
 SUBJECT_TOKEN_RE = re.compile(r"^[^\s.*>]+$")
+#: Model names a manifest may grant (the same rule as a ``[[models]]`` name in the device config).
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 _TOP_KEYS = {"name", "version", "contract", "module", "query", "run", "limits", "description"}
 _SECTION_KEYS = {
     "query": {"read", "write"},
-    "run": {"tick_hz", "subscribe", "publish"},
+    "run": {"tick_hz", "subscribe", "publish", "models"},
     "limits": {"gas", "memory_pages", "publish_per_call"},
 }
 
@@ -62,6 +64,7 @@ class Manifest:
     tick_hz: float = 0.0
     subscribe: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()  # model names the component may run with the infer import
     limits: Limits = field(default_factory=Limits)
     path: Path | None = None
 
@@ -243,6 +246,14 @@ def parse_manifest(doc: dict[str, Any], path: Path, device: str) -> Manifest:
         _str_list(run, "publish", "run.publish", path, name), device, "run.publish", path, name
     )
 
+    models = _str_list(run, "models", "run.models", path, name)
+    for model in models:
+        if not MODEL_NAME_RE.match(model):
+            raise _err(f"invalid model name '{model}' (use [A-Za-z0-9_.-], at most 64, "
+                       "starting with a letter or digit)", "run.models", path, name)
+    if len(set(models)) != len(models):
+        raise _err("duplicate model name", "run.models", path, name)
+
     gas = _get(limits_t, "gas", int, DEFAULT_GAS, "limits.gas", path, name)
     if gas <= 0:
         raise _err("gas must be positive", "limits.gas", path, name)
@@ -278,6 +289,7 @@ def parse_manifest(doc: dict[str, Any], path: Path, device: str) -> Manifest:
         tick_hz=tick_hz,
         subscribe=subscribe,
         publish=publish,
+        models=models,
         limits=Limits(gas=gas, memory_pages=pages, publish_per_call=ppc),
         path=path,
     )

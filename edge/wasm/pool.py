@@ -23,6 +23,11 @@ after ``recycle_after`` instantiations, because wasm3 never frees a runtime.
 
 A component's linear memory does not survive a restart, crash or recycle: ``edge_init`` runs
 again and durable state belongs in its KV.
+
+Inference: workers hold no models. A component's ``infer`` import sends a nested request to the
+pool during the call; the pool runs ``HostCallbacks.infer`` (bounded by ``infer_timeout_s``; the
+call's deadline clock is paused meanwhile, and one call may wait at most ``infer_budget_s`` in
+total) and answers the worker, which then returns to the component.
 """
 
 from __future__ import annotations
@@ -45,10 +50,17 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 
-from edge.errors import ComponentLoadError, SandboxError
-from edge.wasm.abi import ModuleInfo, prepare_module
+from edge.errors import ComponentLoadError, EdgeError, SandboxError
+from edge.wasm.abi import (
+    INFER_BAD_INPUT,
+    INFER_FAILED,
+    INFER_SMALL_OUTPUT,
+    INFER_UNKNOWN,
+    ModuleInfo,
+    prepare_module,
+)
 from edge.wasm.manifest import Manifest
-from edge.wasm.procs import Pending, WorkerGone, WorkerProcess
+from edge.wasm.procs import HostRequest, Pending, WorkerGone, WorkerProcess
 from edge.wasm.protocol import FLAG_SHARED, BindSpec, CallResult, LoadSpec, encode_tick
 
 log = logging.getLogger("edge.wasm.pool")
@@ -81,9 +93,17 @@ MIN_BATCH_CAPACITY = 64
 PREPARED_CACHE_SIZE = 32
 #: Seconds between two "publish denied" warnings of one component.
 DENIED_LOG_INTERVAL_S = 5.0
+#: Longest one ``infer`` import call may wait for the host's model (seconds); then it returns -5.
+DEFAULT_INFER_TIMEOUT_S = 2.0
+#: Total time one export call may spend waiting for ``infer`` (seconds): the deadline clock is
+#: paused while an infer runs, so this bounds how long a call can hold its worker through it.
+DEFAULT_INFER_BUDGET_S = 10.0
+#: Reasons of an EdgeError raised by ``HostCallbacks.infer`` -> infer return code.
+INFER_REASON_CODES = {"unknown-model": INFER_UNKNOWN, "input-size": INFER_BAD_INPUT}
 
 COUNTERS = ("ticks", "messages", "published", "denied", "dropped", "errors", "logs_dropped",
-            "traps", "out_of_gas", "deadlines", "crashes")
+            "traps", "out_of_gas", "deadlines", "crashes", "infers", "infer_errors",
+            "denied_infer")
 _FAULT_COUNTER = {"trap": "traps", "init_failed": "traps", "out_of_gas": "out_of_gas",
                   "deadline": "deadlines", "crashed": "crashes"}
 _LOG_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
@@ -96,6 +116,14 @@ class HostCallbacks(Protocol):
     ``kv_put`` persists one key of the component's private KV; both are awaited in order from
     one task, so they should not block for long. ``on_fault`` is called (synchronously, in the
     event loop) for every fault; it must not raise.
+
+    Optional: ``async def infer(self, component: str, model: str, data: bytes) -> bytes`` runs
+    ``model`` (already checked against the component's ``run.models`` grant) on ``data``, the
+    bytes of every input tensor in order, and returns the bytes of every output in order. It
+    raises an :class:`~edge.errors.EdgeError` whose ``reason`` is ``unknown-model`` (-> -2),
+    ``input-size`` (-> -3; ``expected`` = the input size in bytes), anything else -> -5. It runs
+    while the component's worker waits, bounded by the pool's ``infer_timeout_s``. A host
+    without it answers every infer with -2.
     """
 
     async def publish(self, component: str, subject: str, data: bytes) -> None: ...
@@ -175,7 +203,9 @@ class SandboxPool:
                  backoff_base_s: float = DEFAULT_BACKOFF_BASE_S,
                  backoff_max_s: float = DEFAULT_BACKOFF_MAX_S,
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                 stack_bytes: int = DEFAULT_STACK_BYTES) -> None:
+                 stack_bytes: int = DEFAULT_STACK_BYTES,
+                 infer_timeout_s: float = DEFAULT_INFER_TIMEOUT_S,
+                 infer_budget_s: float = DEFAULT_INFER_BUDGET_S) -> None:
         if recycle_after < 1 or workers < 1 or deadline_s <= 0:
             raise ValueError("recycle_after and workers must be >= 1, deadline_s > 0")
         self.device = device
@@ -188,6 +218,8 @@ class SandboxPool:
         self.backoff_max_s = backoff_max_s
         self.max_in_flight = max_in_flight
         self.stack_bytes = stack_bytes
+        self.infer_timeout_s = infer_timeout_s
+        self.infer_budget_s = infer_budget_s
         self._workers: list[WorkerProcess] = []
         self._comps: dict[str, _Component] = {}
         self._lock = asyncio.Lock()
@@ -313,7 +345,7 @@ class SandboxPool:
             name=m.name, wasm=comp.wasm, device=self.device, ncols=len(m.columns),
             writable=m.writable, publish=m.publish, gas=m.limits.gas,
             publish_per_call=m.limits.publish_per_call, kv=dict(comp.kv),
-            stack_bytes=self.stack_bytes, handle=comp.handle,
+            stack_bytes=self.stack_bytes, handle=comp.handle, models=m.models,
         )
         comp.generation += 1
         comp.state = "starting"
@@ -550,6 +582,15 @@ class SandboxPool:
                 log.warning("component '%s' was denied publishing to %s (not granted by its "
                             "manifest; %d denied so far)", comp.name, ", ".join(named),
                             c["denied"])
+        if res.denied_models:
+            c["denied_infer"] += len(res.denied_models)
+            now = time.monotonic()
+            if now - comp.denied_logged_at >= DENIED_LOG_INTERVAL_S:
+                comp.denied_logged_at = now
+                named = sorted({repr(s) for s in res.denied_models if s})
+                log.warning("component '%s' was denied running model %s (not granted by its "
+                            "manifest's run.models; %d denied so far)", comp.name,
+                            ", ".join(named), c["denied_infer"])
         for level, text in res.logs:
             component_log.log(_LOG_LEVELS.get(level, logging.INFO), "[%s] %s", comp.name, text)
         if res.kv_puts:
@@ -643,6 +684,57 @@ class SandboxPool:
                 comp.state = "failed"
                 log.error("%s", err)
 
+    # -- nested host requests (infer) -------------------------------------------------------
+
+    def _on_host_request(self, req: HostRequest) -> None:
+        self._spawn(self._serve_infer(req))
+
+    async def _serve_infer(self, req: HostRequest) -> None:
+        """Run one ``infer`` for the component whose call is waiting, and answer its worker."""
+        code, hint, out = INFER_UNKNOWN, 0, b""
+        call = req.call
+        name = call.component if call is not None else None
+        comp = self._comps.get(name) if name is not None else None
+        infer = getattr(self._host, "infer", None)
+        try:
+            if comp is None or comp.worker is not req.worker or not callable(infer):
+                return
+            if call is not None and call.host_s >= self.infer_budget_s:
+                code = INFER_FAILED
+                log.warning("component '%s': infer refused, the call already waited %.1f s for "
+                            "models (infer_budget_s)", comp.name, call.host_s)
+                return
+            try:
+                out = bytes(await asyncio.wait_for(infer(comp.name, req.model, req.data),
+                                                   self.infer_timeout_s))
+            except TimeoutError:
+                code = INFER_FAILED
+                log.warning("component '%s': model '%s' took longer than %.1f s", comp.name,
+                            req.model, self.infer_timeout_s)
+                return
+            except EdgeError as err:
+                reason = err.fields.get("reason")
+                code = INFER_REASON_CODES.get(str(reason), INFER_FAILED)
+                if code == INFER_BAD_INPUT:
+                    with contextlib.suppress(TypeError, ValueError):
+                        hint = int(err.fields.get("expected", 0))
+                elif code == INFER_FAILED:
+                    log.warning("component '%s': model '%s' failed: %s", comp.name, req.model,
+                                err.message)
+                return
+            except Exception:
+                code = INFER_FAILED
+                log.exception("component '%s': infer of model '%s' failed", comp.name, req.model)
+                return
+            if len(out) > req.out_cap:
+                code, hint, out = INFER_SMALL_OUTPUT, len(out), b""
+            else:
+                code = len(out)
+        finally:
+            if comp is not None:
+                comp.counters["infers" if code >= 0 else "infer_errors"] += 1
+            req.worker.reply_host(code, hint, out if code >= 0 else b"")
+
     # -- workers -----------------------------------------------------------------------------
 
     def _recycle_due(self, worker: WorkerProcess) -> bool:
@@ -655,7 +747,7 @@ class SandboxPool:
         return worker.reserved_bytes - live >= self.recycle_leak_bytes
 
     async def _new_worker(self, index: int) -> WorkerProcess:
-        w = WorkerProcess(self.deadline_s, self._on_worker_exit, index)
+        w = WorkerProcess(self.deadline_s, self._on_worker_exit, index, self._on_host_request)
         await w.start(self.max_in_flight)
         return w
 

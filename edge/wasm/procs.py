@@ -3,7 +3,9 @@
 :class:`WorkerProcess` starts ``python -m edge.wasm.worker``, sends request frames, resolves
 one future per request in first-in first-out order, logs the worker's stderr (wasm3 trap
 backtraces) at DEBUG with a rate limit, and kills the process with SIGKILL when the request at
-the head of the queue runs past the wall-clock deadline. It reports the process's end through
+the head of the queue runs past the wall-clock deadline. Nested host requests the worker makes
+during a call (``infer``) go to the ``on_host_request`` callback; the deadline clock of the
+running call is paused while one is outstanding (the host bounds it with its own timeout). It reports the process's end through
 the ``on_exit`` callback; supervision (what to restart) is the pool's job.
 
 The worker runs in its own session (a Ctrl-C or ``timeout`` aimed at the runtime's process group
@@ -31,6 +33,8 @@ from typing import Any
 from edge.errors import SandboxError
 from edge.wasm.protocol import (
     HEADER,
+    HOST_REQUEST,
+    KIND_HOST_REQUEST,
     KIND_REPLY,
     MAX_FRAME,
     REPLY_BODY_SIZE,
@@ -38,6 +42,7 @@ from edge.wasm.protocol import (
     STATUS_NAMES,
     CallResult,
     encode,
+    encode_host_reply,
 )
 
 log = logging.getLogger("edge.wasm.pool")
@@ -56,6 +61,7 @@ READ_CHUNK_BYTES = 64 * 1024
 #: Environment variable telling the worker its parent's pid (see edge.wasm.worker).
 PARENT_PID_ENV = "EDGE_SANDBOX_PARENT"
 _REPLY_BODY = struct.Struct("<" + REPLY_FRAME.format[2:])
+_HOST_REQUEST_BODY = struct.Struct("<" + HOST_REQUEST.format[2:])
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -76,17 +82,38 @@ class Pending:
     export: str
     future: asyncio.Future[tuple[str, Any]]
     sent_at: float = field(default_factory=time.monotonic)
+    host_s: float = 0.0  # time spent waiting for the host on nested requests (seconds)
 
 
 ExitCallback = Callable[["WorkerProcess", "Pending | None", str, int | None], None]
 
 
+@dataclass(frozen=True)
+class HostRequest:
+    """A nested request the worker made during a call (see :mod:`edge.wasm.protocol`)."""
+
+    worker: WorkerProcess
+    call: Pending | None  # the call that made it (the head of the queue)
+    op: int
+    out_cap: int
+    model: str
+    data: bytes
+
+
+#: Called (synchronously, in the event loop) for each nested host request; it must arrange for
+#: exactly one :meth:`WorkerProcess.reply_host` (the worker blocks until then).
+HostRequestCallback = Callable[[HostRequest], None]
+
+
 class WorkerProcess:
     """A worker process and its request queue."""
 
-    def __init__(self, deadline_s: float, on_exit: ExitCallback, index: int = 0) -> None:
+    def __init__(self, deadline_s: float, on_exit: ExitCallback, index: int = 0,
+                 on_host_request: HostRequestCallback | None = None) -> None:
         self.deadline_s = deadline_s
         self.on_exit = on_exit
+        self.on_host_request = on_host_request
+        self.host_since: float | None = None  # a nested host request is outstanding since
         self.index = index
         self.proc: asyncio.subprocess.Process | None = None
         self.pending: deque[Pending] = deque()
@@ -161,6 +188,38 @@ class WorkerProcess:
             pass  # the reader sees the end of the process and fails every pending future
         return fut
 
+    def reply_host(self, code: int, hint: int = 0, payload: bytes = b"") -> None:
+        """Answer the outstanding nested host request; resumes the deadline clock."""
+        since = self.host_since
+        self.host_since = None
+        if since is not None:
+            waited = time.monotonic() - since
+            if self.pending:  # the call's deadline does not count the host's time
+                head = self.pending[0]
+                head.sent_at += waited
+                head.host_s += waited
+            self.last_done += waited
+        if not self.alive or self.proc is None or self.proc.stdin is None:
+            return
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
+            self.proc.stdin.write(encode_host_reply(code, hint, payload))
+
+    def _host_request(self, view: memoryview) -> None:
+        _, op, out_cap, mlen = _HOST_REQUEST_BODY.unpack_from(view, 0)
+        off = _HOST_REQUEST_BODY.size
+        model = bytes(view[off:off + mlen]).decode("utf-8", "replace")
+        req = HostRequest(self, self.pending[0] if self.pending else None, op, out_cap, model,
+                          bytes(view[off + mlen:]))
+        self.host_since = time.monotonic()
+        if self.on_host_request is None:
+            self.reply_host(-2)
+            return
+        try:
+            self.on_host_request(req)
+        except Exception:
+            log.exception("sandbox worker %d: host request failed", self.pid)
+            self.reply_host(-5)
+
     async def ping(self) -> dict[str, Any]:
         status, payload = await self.send(("ping",), None, "ping")
         return dict(payload) if status == "ok" else {}
@@ -228,6 +287,11 @@ class WorkerProcess:
                 if end - pos - HEADER.size < size:
                     break
                 start = pos + HEADER.size
+                if buf[start] == KIND_HOST_REQUEST:
+                    with memoryview(buf) as view:
+                        self._host_request(view[start:start + size])
+                    pos = start + size
+                    continue
                 if buf[start] == KIND_REPLY and size == REPLY_BODY_SIZE:
                     _, status, errors, logs_dropped, gas = _REPLY_BODY.unpack_from(buf, start)
                     reply: tuple[str, Any] = (STATUS_NAMES.get(status, "gone"), CallResult(
@@ -301,7 +365,8 @@ class WorkerProcess:
     async def _watchdog(self) -> None:
         while self.alive:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
-            if not self.pending or self.killed_for_deadline is not None:
+            if (not self.pending or self.killed_for_deadline is not None
+                    or self.host_since is not None):
                 continue
             head = self.pending[0]
             started = max(head.sent_at, self.last_done)

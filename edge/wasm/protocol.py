@@ -24,6 +24,16 @@ Requests (pickled tuples, first item the op; the tick is a struct):
   ``flags & FLAG_SHARED`` runs on the bound world columns instead of the copy-mode batch.
 * ``("deliver", name, [(subject, data), ...])`` -> ``("ok" | "fault", CallResult)``
 * ``("ping",)`` -> ``("ok", {"pid": ..., "instances": ..., "rss_kb": ...})``
+
+Nested host requests. While a call runs, a host import that needs the runtime (``infer``) writes
+a host request frame (``b"Q"``, :data:`HOST_REQUEST`) on the reply pipe and blocks until the
+runtime writes a host reply frame (``b"A"``, :data:`HOST_REPLY`) on the request pipe. The runtime
+reads the request out of band (it does not resolve a pending future) and answers it for the
+component whose call is at the head of that worker's queue. Request frames the runtime sent
+meanwhile (pipelined ticks, message batches) are kept by the worker and served after the call.
+
+* ``Q``: ``(op, out_cap, model_len)`` then the model name and the input bytes ->
+  ``A``: ``(code, hint)`` then the output bytes (``code`` >= 0: their length).
 """
 
 from __future__ import annotations
@@ -52,6 +62,29 @@ STATUS_OK = 0
 STATUS_GONE = 1
 STATUS_NAMES = {STATUS_OK: "ok", STATUS_GONE: "gone"}
 
+#: Host request frame (worker -> runtime during a call): length, b"Q", op, pad, out_cap,
+#: model_len; then the model name and the data.
+HOST_REQUEST = struct.Struct("<IBBxxiI")
+#: Host reply frame (runtime -> worker): length, b"A", pad, code, hint; then the payload.
+HOST_REPLY = struct.Struct("<IBxxxiI")
+KIND_HOST_REQUEST = 0x51  # "Q"
+KIND_HOST_REPLY = 0x41  # "A"
+#: Host request operations.
+OP_INFER = 0
+
+
+def encode_host_request(op: int, out_cap: int, model: bytes, data: bytes) -> bytes:
+    """The frame of a nested host request (worker side)."""
+    size = HOST_REQUEST.size - HEADER.size + len(model) + len(data)
+    return b"".join((HOST_REQUEST.pack(size, KIND_HOST_REQUEST, op, out_cap, len(model)),
+                     model, data))
+
+
+def encode_host_reply(code: int, hint: int, payload: bytes = b"") -> bytes:
+    """The frame answering a host request (runtime side)."""
+    size = HOST_REPLY.size - HEADER.size + len(payload)
+    return HOST_REPLY.pack(size, KIND_HOST_REPLY, code, hint) + payload
+
 
 def encode_tick(handle: int, n: int, dt: float, flags: int = 0) -> bytes:
     """The frame of a tick request."""
@@ -74,6 +107,7 @@ class LoadSpec:
     stack_bytes: int
     call_init: bool = True
     handle: int = 0  # the number tick requests use to name this component
+    models: tuple[str, ...] = ()  # model names the manifest grants (run.models)
 
 
 @dataclass(frozen=True)
@@ -100,6 +134,7 @@ class CallResult:
     kv_puts: list[tuple[str, bytes]] = field(default_factory=list)
     logs: list[tuple[int, str]] = field(default_factory=list)
     denied: list[str] = field(default_factory=list)  # subjects refused by the grants
+    denied_models: list[str] = field(default_factory=list)  # infer calls refused by the grants
     logs_dropped: int = 0
     messages: int = 0  # messages handed to edge_on_message
     dropped: int = 0  # messages not handled (no room, or after a fault)
@@ -109,7 +144,7 @@ class CallResult:
     def has_effects(self) -> bool:
         """True if the result carries more than counters (it then travels as a pickle)."""
         return bool(self.publishes or self.kv_puts or self.logs or self.denied
-                    or self.fault is not None or self.messages or self.dropped)
+                    or self.denied_models or self.fault is not None or self.messages or self.dropped)
 
     def reset(self) -> None:
         """Empty it for the next call (the worker reuses one per instance)."""
@@ -123,6 +158,8 @@ class CallResult:
             self.logs = []
         if self.denied:
             self.denied = []
+        if self.denied_models:
+            self.denied_models = []
 
 
 def encode(obj: Any) -> bytes:

@@ -27,16 +27,27 @@ import signal
 import struct
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 
-from edge.wasm.abi import IMPORT_MODULE, IMPORTS_V1, KV_MAX_KEY, KV_MAX_VALUE
+from edge.wasm.abi import (
+    IMPORT_MODULE,
+    IMPORTS_V1,
+    INFER_BAD_INPUT,
+    INFER_DENIED,
+    INFER_GAS,
+    KV_MAX_KEY,
+    KV_MAX_VALUE,
+)
 from edge.wasm.protocol import (
     FLAG_SHARED,
     HEADER,
+    HOST_REPLY,
+    KIND_HOST_REPLY,
     KIND_REPLY,
     KIND_TICK,
     MAX_FRAME,
@@ -44,16 +55,20 @@ from edge.wasm.protocol import (
     REPLY_FRAME,
     STATUS_GONE,
     STATUS_OK,
+    OP_INFER,
     TICK_FRAME,
     BindSpec,
     CallResult,
     LoadSpec,
     encode,
+    encode_host_request,
 )
 
 F64 = npt.NDArray[np.float64]
 #: Tick request body (the frame minus its length header).
 _TICK_BODY = struct.Struct("<" + TICK_FRAME.format[2:])
+#: Host reply body (the frame minus its length header).
+_HOST_REPLY_BODY = struct.Struct("<" + HOST_REPLY.format[2:])
 #: Request bodies up to this size are read into a reused buffer (bytes).
 READ_BUFFER_BYTES = 64 * 1024
 #: Environment variable carrying the runtime's pid (the worker exits if its parent differs).
@@ -74,6 +89,10 @@ SUBJECT_MAX_BYTES = 256
 DENIED_REPORT_MAX = 8
 #: Cached grant decisions per component.
 GRANT_CACHE_MAX = 1024
+#: Longest model name the infer import looks at (bytes); longer names are not granted.
+MODEL_NAME_MAX_BYTES = 64
+#: Largest infer input (bytes).
+INFER_MAX_INPUT_BYTES = 64 * 1024 * 1024
 
 _SUBJECT_RE = re.compile(r"^[^\s.*>]+(\.[^\s.*>]+)*$")
 _KV_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -81,6 +100,15 @@ _KV_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 class GuestFault(Exception):
     """A host import was called with arguments that violate the contract (bad pointer, ...)."""
+
+
+class HostOutOfGas(GuestFault):
+    """A host import charged more gas than the call had left."""
+
+
+#: Sends a nested host request ``(op, out_cap, model, data)`` to the runtime and returns its
+#: ``(code, hint, payload)`` answer (see :meth:`Worker.host_request`).
+HostChannel = Callable[[int, int, bytes, bytes], tuple[int, int, bytes]]
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -100,7 +128,7 @@ def subject_matches(pattern: str, subject: str) -> bool:
 class Instance:
     """One component: a wasm3 environment + runtime + module and the host imports it calls."""
 
-    def __init__(self, spec: LoadSpec) -> None:
+    def __init__(self, spec: LoadSpec, channel: HostChannel | None = None) -> None:
         import wasm3
 
         self.name = spec.name
@@ -132,6 +160,9 @@ class Instance:
         self.tokens_at = time.monotonic()
         self.result = CallResult()
         self.published = 0
+        self.channel = channel
+        self.models = frozenset(m.encode() for m in spec.models)
+        self.gas_spent = 0.0  # gas charged by host imports in this call (gasLimit units)
 
         self.env = wasm3.Environment()
         self.rt = self.env.new_runtime(spec.stack_bytes)
@@ -143,6 +174,7 @@ class Instance:
             "monotonic_ns": self.h_monotonic_ns, "batch_len": self.h_batch_len,
             "col_read": self.h_col_read, "col_write": self.h_col_write,
             "entity_id": self.h_entity_id, "device_id": self.h_device_id,
+            "infer": self.h_infer,
         }
         for name, sig in IMPORTS_V1.items():
             self.mod.link_function(IMPORT_MODULE, name, sig, host[name])
@@ -239,9 +271,13 @@ class Instance:
         (recorded in ``self.result.fault``)."""
         fn = self.exports[export]
         self.mod.gasLimit = self.gas_limit
+        self.gas_spent = 0.0
         self.published = 0
         try:
             rc = fn(*args)
+        except HostOutOfGas as exc:
+            self.result.fault = ("out_of_gas", export, f"[trap] Out of gas ({exc})")
+            return None
         except GuestFault as exc:
             self.result.fault = ("trap", export, f"[trap] {exc}")
             return None
@@ -254,7 +290,7 @@ class Instance:
             self.result.fault = ("trap", export, f"{type(exc).__name__}: {exc}")
             return None
         finally:
-            self.result.gas_used = int(self.mod.gasUsed * GAS_UNIT)
+            self.result.gas_used = int((self.gas_spent + self.mod.gasUsed) * GAS_UNIT)
         return int(rc) if rc is not None else 0
 
     def tick(self, n: int, dt: float, shared: bool = False) -> None:
@@ -436,6 +472,49 @@ class Instance:
     def h_device_id(self, ptr: int, cap: int) -> int:
         return self._copy_out(self.device, ptr, cap, "device_id")
 
+    def charge(self, gas: int, what: str) -> None:
+        """Spend ``gas`` of the running call's budget from a host import.
+
+        pywasm3 keeps ``gasUsed`` relative to the last ``gasLimit`` assignment, so the budget
+        left is set again and what was used so far is kept in ``gas_spent``.
+        """
+        mod = self.mod
+        used = float(mod.gasUsed)
+        cost = gas / GAS_UNIT
+        left = float(mod.gasLimit) - used - cost
+        self.gas_spent += used + cost
+        if left <= 0:
+            mod.gasLimit = 0.0
+            raise HostOutOfGas(f"{what} costs {gas} gas, more than the call had left")
+        mod.gasLimit = left
+
+    def h_infer(self, mptr: int, mlen: int, iptr: int, ilen: int, optr: int, ocap: int) -> int:
+        # bounds first: a bad pointer traps whatever the grants say
+        if ocap < 0 or optr < 0 or optr + ocap > self.memlen:
+            raise GuestFault(f"infer: buffer ({optr}, {ocap}) is outside linear memory")
+        if iptr < 0 or ilen < 0 or iptr + ilen > self.memlen:
+            raise GuestFault(f"infer: range ({iptr}, {ilen}) is outside linear memory")
+        model = self._bytes(mptr, min(mlen, MODEL_NAME_MAX_BYTES + 1), "infer")
+        self.charge(INFER_GAS, "infer")
+        if len(model) > MODEL_NAME_MAX_BYTES or model not in self.models:
+            res = self.result
+            named = model[:MODEL_NAME_MAX_BYTES].decode("utf-8", "replace")
+            res.denied_models.append(named if len(res.denied_models) < DENIED_REPORT_MAX else "")
+            return INFER_DENIED
+        if ilen > INFER_MAX_INPUT_BYTES:
+            return INFER_BAD_INPUT
+        data = self._bytes(iptr, ilen, "infer")
+        if self.channel is None:
+            raise GuestFault("infer: the worker has no channel to the runtime")
+        code, hint, payload = self.channel(OP_INFER, ocap, model, data)
+        if code >= 0:
+            k = min(len(payload), ocap)
+            self.mem[optr:optr + k] = payload[:k]
+            return k
+        if hint and ocap >= 4:  # -3 / -4: the size that was expected, for the component to adapt
+            self.mem[optr:optr + 4] = struct.pack("<I", hint)
+        return code
+
 
 class Worker:
     """The request loop: one instance per component name."""
@@ -445,6 +524,36 @@ class Worker:
         self.by_handle: dict[int, Instance] = {}
         self.loaded = 0  # instances created over the process lifetime (wasm3 never frees them)
         self.reply = bytearray(REPLY_FRAME.size)  # reused for every compact tick reply
+        self.inp: BinaryIO | None = None
+        self.out: BinaryIO | None = None
+        # request bodies read while a call waited for a host reply, served after it
+        self.backlog: deque[bytes] = deque()
+
+    def host_request(self, op: int, out_cap: int, model: bytes, data: bytes
+                     ) -> tuple[int, int, bytes]:
+        """Ask the runtime for something during a call and block until it answers.
+
+        Requests the runtime pipelined meanwhile are kept in :attr:`backlog`, in order.
+        """
+        inp, out = self.inp, self.out
+        if inp is None or out is None:
+            raise GuestFault("no runtime connection for a host request")
+        out.write(encode_host_request(op, out_cap, model, data))
+        out.flush()
+        head = memoryview(bytearray(HEADER.size))
+        while True:
+            if not _read_exact(inp, head):
+                raise GuestFault("the runtime closed the pipe during a host request")
+            (size,) = HEADER.unpack(head)
+            if size > MAX_FRAME or size == 0:
+                raise ValueError(f"request frame of {size} bytes")
+            body = bytearray(size)
+            if not _read_exact(inp, memoryview(body)):
+                raise GuestFault("the runtime closed the pipe during a host request")
+            if body[0] == KIND_HOST_REPLY:
+                _, code, hint = _HOST_REPLY_BODY.unpack_from(body, 0)
+                return code, hint, bytes(body[_HOST_REPLY_BODY.size:])
+            self.backlog.append(bytes(body))
 
     def tick(self, flags: int, handle: int, n: int, dt: float) -> bytes | bytearray:
         """Run a tick request; the reply frame (compact when the call only counted)."""
@@ -525,7 +634,7 @@ class Worker:
             self._drop(old)
         self.loaded += 1
         try:
-            inst = Instance(spec)
+            inst = Instance(spec, self.host_request)
         except (RuntimeError, SystemError, ValueError) as exc:
             return ("refused", str(exc))
         self.instances[spec.name] = inst
@@ -579,17 +688,24 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
     unpacked with a precompiled struct and answered from a reused reply buffer.
     """
     worker = Worker()
+    worker.inp, worker.out = inp, out
     head = memoryview(bytearray(HEADER.size))
     buf = memoryview(bytearray(READ_BUFFER_BYTES))
+    backlog = worker.backlog
     while True:
-        if not _read_exact(inp, head):
-            return
-        (size,) = HEADER.unpack(head)
-        if size > MAX_FRAME or size == 0:
-            raise ValueError(f"request frame of {size} bytes")
-        body = buf[:size] if size <= len(buf) else memoryview(bytearray(size))
-        if not _read_exact(inp, body):
-            return
+        if backlog:
+            body = memoryview(backlog.popleft())
+        else:
+            if not _read_exact(inp, head):
+                return
+            (size,) = HEADER.unpack(head)
+            if size > MAX_FRAME or size == 0:
+                raise ValueError(f"request frame of {size} bytes")
+            body = buf[:size] if size <= len(buf) else memoryview(bytearray(size))
+            if not _read_exact(inp, body):
+                return
+        if body[0] == KIND_HOST_REPLY:
+            continue  # a host reply outside a call answers nothing: no reply of our own
         try:
             if body[0] == KIND_TICK:
                 _, flags, handle, n, dt = _TICK_BODY.unpack(body)
