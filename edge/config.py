@@ -23,6 +23,7 @@ DEFAULT_PERSIST_INTERVAL = 1.0  # seconds
 DEFAULT_BUCKET = "edge-state"
 DEFAULT_DEADLINE = 2.0  # seconds a wasm call may run before its worker is killed
 DEFAULT_RECYCLE_AFTER = 64  # component loads before a sandbox worker is replaced
+DEFAULT_WORKERS = 1  # sandbox worker processes (each ~30 MB RSS); components are spread over them
 DEVICE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -47,6 +48,7 @@ class StateConfig:
 class SandboxConfig:
     deadline: float = DEFAULT_DEADLINE
     recycle_after: int = DEFAULT_RECYCLE_AFTER
+    workers: int = DEFAULT_WORKERS
 
 
 @dataclass
@@ -193,6 +195,9 @@ def parse_config(
     cfg.sandbox.recycle_after = sandbox.get("recycle_after", int, DEFAULT_RECYCLE_AFTER)
     if cfg.sandbox.recycle_after < 1:
         raise ConfigError("recycle_after must be at least 1", key="sandbox.recycle_after", file=file)
+    cfg.sandbox.workers = sandbox.get("workers", int, DEFAULT_WORKERS)
+    if not 1 <= cfg.sandbox.workers <= 64:
+        raise ConfigError("workers must be 1..64", key="sandbox.workers", file=file)
     sandbox.done()
 
     logt = top.sub("log")

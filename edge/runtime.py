@@ -125,19 +125,23 @@ class Runtime:
             if spec.id not in self.world:
                 self.world.spawn(spec.id, spec.kind, spec.labels, spec.components)
         self.pool = SandboxPool(
-            self.device, self, recycle_after=cfg.sandbox.recycle_after, deadline_s=cfg.sandbox.deadline
+            self.device,
+            self,
+            recycle_after=cfg.sandbox.recycle_after,
+            deadline_s=cfg.sandbox.deadline,
+            workers=cfg.sandbox.workers,
         )
         await self.pool.start()
+        self.api = DeviceApi(self.device, self.world, self)
+        await self.api.start(self.nc)
+        for extra in self.extras:  # before the components: their edge_init may already infer
+            await extra.start(self)
         for manifest_path in cfg.components:
             try:
                 await self.load_component(str(manifest_path))
             except EdgeError as err:  # a bad component is reported; the device still comes up
                 log.error("component %s not loaded: %s", manifest_path, err)
                 self._record_fault(str(manifest_path), "load", err.message)
-        self.api = DeviceApi(self.device, self.world, self)
-        await self.api.start(self.nc)
-        for extra in self.extras:
-            await extra.start(self)
         await self.persister.start()
         self.started_at = time.time()
         self.ready_s = time.monotonic() - t0

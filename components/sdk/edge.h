@@ -50,14 +50,18 @@ enum {
 };
 
 /* ---- no-libc helpers --------------------------------------------------------------------- */
-static inline void *edge_memcpy(void *dst, const void *src, size_t n) {
+/* no_builtin: without it clang -O2 turns these loops back into calls to memcpy/memset, which the
+ * weak definitions below route here again: infinite recursion (a wasm3 stack-overflow trap). */
+#define EDGE_NO_BUILTIN __attribute__((no_builtin("memcpy", "memset", "memmove")))
+
+EDGE_NO_BUILTIN static inline void *edge_memcpy(void *dst, const void *src, size_t n) {
     unsigned char *d = (unsigned char *)dst;
     const unsigned char *s = (const unsigned char *)src;
     while (n--) *d++ = *s++;
     return dst;
 }
 
-static inline void *edge_memset(void *dst, int c, size_t n) {
+EDGE_NO_BUILTIN static inline void *edge_memset(void *dst, int c, size_t n) {
     unsigned char *d = (unsigned char *)dst;
     while (n--) *d++ = (unsigned char)c;
     return dst;
@@ -79,7 +83,7 @@ static inline int edge_memeq(const void *a, const void *b, size_t n) {
  * per component (weak, so a component may provide its own). */
 __attribute__((weak)) void *memcpy(void *dst, const void *src, size_t n) { return edge_memcpy(dst, src, n); }
 __attribute__((weak)) void *memset(void *dst, int c, size_t n) { return edge_memset(dst, c, n); }
-__attribute__((weak)) void *memmove(void *dst, const void *src, size_t n) {
+EDGE_NO_BUILTIN __attribute__((weak)) void *memmove(void *dst, const void *src, size_t n) {
     unsigned char *d = (unsigned char *)dst;
     const unsigned char *s = (const unsigned char *)src;
     if (d < s) while (n--) *d++ = *s++;
@@ -159,7 +163,9 @@ static inline int32_t edge_infer_sizes(const char *model, void *work, int32_t ca
     if (rc != EDGE_INFER_BAD_INPUT) return rc;
     *in_bytes = (int32_t)hint;
     if ((int32_t)hint > cap) return EDGE_INFER_BAD_INPUT;
-    edge_memset(work, 0, hint);
+    /* a plain zeroing loop: clang may turn edge_memset into a call to memset, which is fine, but
+     * keep this helper free of library calls */
+    for (uint32_t i = 0; i < hint; i++) ((volatile uint8_t *)work)[i] = 0;
     rc = edge_infer(model, ml, work, (int32_t)hint, &hint, 4);
     if (rc == EDGE_INFER_SMALL_OUTPUT) { *out_bytes = (int32_t)hint; return 0; }
     if (rc >= 0) { *out_bytes = rc; return 0; }

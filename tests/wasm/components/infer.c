@@ -43,7 +43,7 @@ EDGE_ON_MESSAGE {
     if (in_len < 0) in_len = data_len - 16 - mlen;
     int32_t rc = 0;
     for (int32_t i = 0; i < repeat; i++) {
-        edge_memset(out_buf + 4, 0, (size_t)out_cap);
+        for (int32_t k = 0; k < out_cap; k++) ((volatile uint8_t *)out_buf)[4 + k] = 0;
         rc = edge_infer(model, mlen, in, in_len, out_buf + 4, out_cap);
     }
     out_buf[0] = (uint8_t)rc; out_buf[1] = (uint8_t)(rc >> 8);
