@@ -441,9 +441,10 @@ async def test_runtime_tick_runs_a_configured_model(
         status = {c["name"]: c for c in rt.components_status()}["inf"]
         assert status["state"] == "running" and status["counters"]["infers"] >= 2
         assert status["counters"]["errors"] == 0
-        # the runtime starts components before its models: edge_init saw -2 (unavailable yet)
+        # the runtime loads its models before its components, so edge_init can already infer:
+        # edge_infer_sizes found the model's input (4 float32) and output (3 float32) sizes
         assert rt.pool is not None
-        assert struct.unpack("<iii", rt.pool._comps["inf"].kv["sizes"]) == (-2, -1, -1)
+        assert struct.unpack("<iii", rt.pool._comps["inf"].kv["sizes"]) == (0, 16, 12)
     finally:
         await rt.stop()
 
