@@ -66,7 +66,7 @@ def render(status: dict[str, Any]) -> str:
         "",
         entity_table(status.get("entities", [])),
     ]
-    for section in ("drivers", "inference", "sync", "agents"):
+    for section in ("drivers", "inference", "sync", "agents", "tools"):
         if status.get(section):
             head += ["", f"{section}:", _section(status[section])]
     faults = status.get("faults") or []
@@ -82,6 +82,10 @@ SECTION_COLUMNS = 9  # widest table a section prints; --json has everything
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.2f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items() if v not in (None, "", [], {}))
+    if isinstance(value, list):
+        return ", ".join(_fmt(v) for v in value)
     return "" if value is None else str(value)
 
 
@@ -93,7 +97,8 @@ def _section(value: Any) -> str:
         parts = []
         for key, sub in value.items():
             if isinstance(sub, dict) and sub and all(isinstance(v, dict) for v in sub.values()):
-                parts.append(f"  {key}:\n" + _section(list(sub.values())))
+                rows = [{"name": name, **{k: v for k, v in row.items() if k != "name"}} for name, row in sub.items()]
+                parts.append(f"  {key}:\n" + _section(rows))
             elif isinstance(sub, list) and sub and isinstance(sub[0], dict):
                 parts.append(f"  {key}:\n" + _section(sub))
             elif sub not in (None, {}, []):
