@@ -31,6 +31,7 @@ from typing import Any
 
 from drivers.serial.link import link_pty, open_pty
 from drivers.serial.mavcodec import COPTER_MODE_NAMES, COPTER_MODES, MavCodec, mavlink
+from edge.tasks import cancel_and_wait
 
 log = logging.getLogger("edge.drivers.sim_fc")
 
@@ -105,11 +106,8 @@ class SimFlightController:
         return self.port
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self.disconnect()
         if self._slave >= 0:
             os.close(self._slave)

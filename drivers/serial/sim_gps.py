@@ -18,6 +18,7 @@ from collections.abc import Callable
 from functools import reduce
 
 from drivers.serial.link import link_pty, open_pty
+from edge.tasks import cancel_and_wait
 
 log = logging.getLogger("edge.drivers.sim_gps")
 
@@ -68,11 +69,8 @@ class SimGPS:
         return self.port
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self.disconnect()
 
     def disconnect(self) -> None:

@@ -15,7 +15,6 @@ boxes and keypoints normalised to the image it was given (0..1, origin top-left)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import time
@@ -28,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from drivers.camera.frames import Frame, LatestFrame
+from edge.tasks import cancel_and_wait
 
 log = logging.getLogger("edge.inference.vision")
 
@@ -241,11 +241,8 @@ class DetectionPipeline:
         return self._task
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
 
 def to_pixels(d: Detection, width: int, height: int) -> tuple[int, int, int, int]:
