@@ -3,6 +3,12 @@
 ``edge cloud run`` starts an embedded JetStream hub for development: it keeps its store and the
 devices' leaf logins under ``--store`` (default ``~/.local/state/edge-hub``), writes ``hub.json``
 there so the other commands find it, and prints the ``[hub]`` table each device needs.
+
+Device logins are kept in ``devices.json`` (mode 0600): a password per device, or, for devices
+run with ``--nkeys``, only the device's public nkey; the matching seed is written to
+``devices/<device>.nk`` (mode 0600) for the operator to copy to the device, and the printed
+``[hub]`` table points ``nkey_seed`` at it. A device already on nkeys stays on nkeys; ``--nkeys``
+switches a password device to an nkey (its password stops working).
 """
 
 from __future__ import annotations
@@ -13,12 +19,17 @@ import json
 import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.errors import EdgeError, NatsError
 
+if TYPE_CHECKING:
+    from edge.sync.hub import DeviceCredential
+
 HUB_FILE = "hub.json"
 CREDS_FILE = "devices.json"
+SEED_DIR = "devices"
+SEED_SUFFIX = ".nk"
 
 
 def default_store() -> Path:
@@ -35,6 +46,11 @@ def register(sub: Any) -> None:
     run.add_argument("--port", type=int, default=4222, help="client port on 127.0.0.1")
     run.add_argument("--leaf-port", type=int, default=7422, help="leaf-node port on 127.0.0.1")
     run.add_argument("--insecure", action="store_true", help="no logins (loopback experiments only)")
+    run.add_argument(
+        "--nkeys",
+        action="store_true",
+        help="devices log in with nkeys (seeds written to <store>/devices/<device>.nk) instead of passwords",
+    )
     for name, text in (("provision", "create the hub streams for devices"), ("deprovision", "delete them")):
         p = csub.add_parser(name, help=text)
         _hub_args(p)
@@ -116,19 +132,42 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _load_logins(path: Path) -> list[DeviceCredential]:
+    """``devices.json``: ``{device: password}`` or ``{device: {"nkey": "U..."}}``."""
+    from edge.sync.hub import DeviceCredential  # noqa: F811 (runtime import; CLI starts fast)
+
+    if not path.exists():
+        return []
+    try:
+        saved = json.loads(path.read_text())
+        return [
+            DeviceCredential(d, nkey=str(v["nkey"])) if isinstance(v, dict) else DeviceCredential(d, str(v))
+            for d, v in saved.items()
+        ]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise EdgeError(f"{path} is not a device login file: {err}", file=str(path)) from None
+
+
+def _save_logins(path: Path, creds: list[DeviceCredential]) -> None:
+    data = {c.device: ({"nkey": c.nkey} if c.nkey is not None else c.password) for c in creds}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)
+        f.write(json.dumps(data))
+
+
 async def run_hub(args: argparse.Namespace) -> int:
     from edge import logs
     from edge.sync.cloud import provision_device
-    from edge.sync.hub import DeviceCredential, HubServer
+    from edge.sync.hub import HubServer, generate_nkey, write_seed
 
     logs.configure("info")
     store: Path = args.store or default_store()
     store.mkdir(parents=True, exist_ok=True)
     creds_path = store / CREDS_FILE
-    saved: dict[str, str] = json.loads(creds_path.read_text()) if creds_path.exists() else {}
     hub = HubServer(
         store / "nats",
-        devices=[DeviceCredential(d, p) for d, p in saved.items()],
+        devices=_load_logins(creds_path),
         secure=not args.insecure,
         port=args.port,
         leaf_port=args.leaf_port,
@@ -136,24 +175,36 @@ async def run_hub(args: argparse.Namespace) -> int:
     await hub.start(supervise=True)
     import nats
 
+    seed_paths: dict[str, Path] = {}
     nc = await nats.connect(hub.client_url)
     try:
         for device in args.device:
-            cred = await hub.add_device(device)
-            saved[device] = cred.password
+            known = hub.devices.get(device)
+            seed_path = store / SEED_DIR / f"{device}{SEED_SUFFIX}"
+            if args.nkeys or (known is not None and known.nkey is not None):
+                if known is None or known.nkey is None or not seed_path.exists():
+                    seed, public = await asyncio.to_thread(generate_nkey)
+                    await asyncio.to_thread(write_seed, seed_path, seed)
+                    await hub.add_device(device, nkey=public)
+                seed_paths[device] = seed_path
+            else:
+                await hub.add_device(device)
             await provision_device(nc.jetstream(), device)
     finally:
         await nc.close()
-    creds_path.write_text(json.dumps(saved))
-    creds_path.chmod(0o600)
+    await asyncio.to_thread(_save_logins, creds_path, list(hub.devices.values()))
     hub_file = store / HUB_FILE
     hub_file.write_text(json.dumps({"client_url": hub.client_url, "leaf_url": hub.leaf_url}))
     hub_file.chmod(0o600)
     print(f"hub running: clients {hub.url}, leaf nodes {hub.leaf_url}, store {store}")
     for device in args.device:
         print(f"\n# device {device}: add to its config\n[hub]\nurl = \"{hub.leaf_url}\"")
-        if not args.insecure:
-            print(f"user = \"{device}\"\npassword = \"{saved[device]}\"")
+        if args.insecure:
+            continue
+        if device in seed_paths:
+            print(f"nkey_seed = \"{seed_paths[device]}\"  # copy to the device, keep mode 0600")
+        else:
+            print(f"user = \"{device}\"\npassword = \"{hub.devices[device].password}\"")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

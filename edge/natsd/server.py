@@ -143,7 +143,13 @@ class LeafRemote:
         if self.credentials:
             parts.append(f"credentials: {_q(self.credentials)}")
         if self.nkey_seed:
-            parts.append(f"nkey: {_q(Path(self.nkey_seed).read_text().strip())}")
+            # nats-server takes the seed itself (not a path) in a leaf remote; the device's
+            # server signs the hub's nonce with it. Re-read at every render (key rotation).
+            try:
+                seed = Path(self.nkey_seed).read_text().strip()
+            except OSError as err:
+                raise NatsError(f"cannot read leaf nkey seed {self.nkey_seed}: {err}") from None
+            parts.append(f"nkey: {_q(seed)}")
         if self.account:
             parts.append(f"account: {_q(self.account)}")
         if self.compression:
@@ -399,7 +405,13 @@ class NatsServer:
         text = render_config(
             self.options, port=self.port, leaf_port=self.leaf_port, monitor_port=self.monitor_port
         )
-        self.config_path.write_text(text)
+        # the config may hold leaf logins (passwords, nkey seeds): owner-only, written atomically
+        tmp = self.config_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o600)
+        tmp.replace(self.config_path)
 
     async def _launch(self, timeout: float) -> None:
         binary = self.binary or find_nats_server()

@@ -169,7 +169,8 @@ async def provision_device(
         "device": device,
         "streams": [i.config.name for i in infos],
         "user": cred.device if cred else None,
-        "password": cred.password if cred else None,
+        "auth": cred.auth if cred else None,
+        "password": cred.password if cred and cred.auth == "password" else None,
     }
 
 

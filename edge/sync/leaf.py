@@ -7,18 +7,46 @@ server runs standalone and everything still lands in the local streams.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.errors import ConfigError
 from edge.natsd.server import LeafRemote, ServerOptions, TlsFiles
 from edge.sync import naming
+
+SEED_FILE_MODE = 0o600  # an nkey seed file must be readable by its owner only
+USER_SEED_RE = re.compile(r"SU[A-Z2-7]{56}")  # a user nkey seed: "SU" + 56 base32 characters
+
+
+def read_seed(path: Path) -> str:
+    """Read and check an nkey seed file: a user seed (``SU...``), not readable by group/others."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode & 0o777
+        text = path.read_text().strip()
+    except OSError as err:
+        raise ConfigError(f"cannot read nkey seed: {err}", key="nkey_seed", file=str(path)) from None
+    if mode & 0o077:
+        raise ConfigError(
+            f"nkey seed file is readable by group or others (mode {mode:o}); chmod 600 it",
+            key="nkey_seed",
+            file=str(path),
+        )
+    if not USER_SEED_RE.fullmatch(text):
+        raise ConfigError("file does not hold a user nkey seed (SU...)", key="nkey_seed", file=str(path))
+    return text
 
 
 @dataclass
 class HubLink:
     """How to reach the hub. Give ``user``/``password`` (per-device login), or a ``credentials``
     (.creds) file, or an ``nkey_seed`` file. ``tls_ca`` verifies the hub's certificate; use a
-    ``nats-leaf+tls://`` or plain ``nats-leaf://`` URL with ``tls_ca`` set to require TLS."""
+    ``nats-leaf+tls://`` or plain ``nats-leaf://`` URL with ``tls_ca`` set to require TLS.
+
+    ``nkey_seed`` is a file (mode 0600) holding the device's user nkey seed; the hub knows only
+    the public key. :meth:`remote` checks it (:func:`read_seed`) and raises ``ConfigError`` for a
+    missing, malformed or group/world-readable file, or when more than one login is given."""
 
     url: str
     user: str | None = None
@@ -34,6 +62,11 @@ class HubLink:
     compression: str | None = "s2_auto"
 
     def remote(self) -> LeafRemote:
+        logins = [self.user is not None, self.credentials is not None, self.nkey_seed is not None]
+        if sum(logins) > 1:
+            raise ConfigError("give only one of user/password, credentials, nkey_seed", key="hub")
+        if self.nkey_seed is not None:
+            read_seed(self.nkey_seed)
         tls = None
         if self.tls_ca or self.tls_cert:
             tls = TlsFiles(ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key)
