@@ -41,11 +41,10 @@ from edge.errors import NatsError
 from edge.sync import naming
 from edge.sync.durable import SyncConsumer, ensure_sync_consumer
 from edge.sync.hub import DeviceCredential, HubServer
-from edge.sync.streams import ensure_stream
+from edge.sync.streams import MIB, ensure_stream
 
 log = logging.getLogger("edge.sync")
 
-MIB = 1024 * 1024
 DEFAULT_HUB_TELE_MAX_BYTES = 256 * MIB
 DEFAULT_HUB_TELE_MAX_AGE_S = 30 * 24 * 3600.0
 DEFAULT_HUB_EVT_MAX_BYTES = 256 * MIB

@@ -1,0 +1,64 @@
+"""The checks that a device is confined to its own subjects on the hub, whatever its login kind."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+REFUSED = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError)
+
+
+async def assert_confined(hub_nc: Client, dev_nc: Client, dev_url: str, own: str, other: str) -> None:
+    """Device ``own`` (connected as ``dev_nc`` to its leaf server at ``dev_url``) reaches the hub on
+    its own subjects, in both directions, and is refused ``other``'s: publishing, commands, and the
+    hub's JetStream API. Positive controls come first so a dead link cannot pass for isolation."""
+    seen: list[str] = []
+    dev_rx: list[str] = []
+
+    async def on_hub(msg: Msg) -> None:
+        seen.append(msg.subject)
+
+    async def on_dev(msg: Msg) -> None:
+        dev_rx.append(msg.subject)
+
+    await hub_nc.subscribe("edge.>", cb=on_hub)
+    await hub_nc.flush()
+    await dev_nc.subscribe(f"edge.{other}.>", cb=on_dev)
+    await dev_nc.subscribe(f"edge.{own}.cmd.>", cb=on_dev)
+    await dev_nc.flush()
+    for _ in range(100):  # upward: the device's own subject reaches the hub once the link is up
+        await dev_nc.publish(f"edge.{own}.evt.ping", b"1")
+        await dev_nc.flush()
+        await asyncio.sleep(0.05)
+        if f"edge.{own}.evt.ping" in seen:
+            break
+    assert f"edge.{own}.evt.ping" in seen
+    for _ in range(5):
+        await dev_nc.publish(f"edge.{other}.evt.spoof", b"x")
+    await dev_nc.flush()
+    for _ in range(100):  # downward: the device's own commands come down its link, the other's never
+        await hub_nc.publish(f"edge.{own}.cmd.mine", b"m")
+        await hub_nc.publish(f"edge.{other}.cmd.secret", b"s")
+        await hub_nc.flush()
+        await asyncio.sleep(0.05)
+        if f"edge.{own}.cmd.mine" in dev_rx:
+            break
+    assert f"edge.{own}.cmd.mine" in dev_rx
+    await asyncio.sleep(0.3)
+    assert f"edge.{other}.evt.spoof" not in seen
+    assert not [s for s in dev_rx if s.startswith(f"edge.{other}.cmd")]
+    # the hub's JetStream API: its own streams only (a client whose reply inbox lies in the
+    # device's namespace, so the answer may flow down its link)
+    api = await nats.connect(dev_url, inbox_prefix=f"edge.{own}.inbox")
+    try:
+        hub_js = api.jetstream(domain="hub", timeout=1.0)
+        assert (await hub_js.stream_info(f"CMD_{own}")).config.name == f"CMD_{own}"
+        for stream in (f"CMD_{other}", f"TELE_{other}"):
+            with pytest.raises(REFUSED):
+                await hub_js.stream_info(stream)
+    finally:
+        await api.close()
