@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge.agents import AgentSpec, FollowAgent, FollowParams  # noqa: E402
 from edge.agents.host import AgentHost  # noqa: E402
-from edge.natsd.testing import running_server  # noqa: E402
-from edge.services.tools import ToolsService  # noqa: E402
+from rigs.nats import running_server  # noqa: E402
+from edge.agents.tools.service import ToolsService  # noqa: E402
 from edge.world.store import World  # noqa: E402
 
 DEVICE = "bench"

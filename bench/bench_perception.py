@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge.config import DeviceConfig, EntitySpec, NatsConfig  # noqa: E402
 from edge.inference.blazeface import face_model_path  # noqa: E402
-from edge.natsd.server import NatsServer, ServerOptions  # noqa: E402
+from edge.nats.server import NatsServer, ServerOptions  # noqa: E402
 from edge.runtime import Runtime  # noqa: E402
 
 

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge.config import DeviceConfig, NatsConfig
-from edge.natsd.server import NatsServer, ServerOptions
+from edge.nats.server import NatsServer, ServerOptions
 from edge.runtime import Runtime
 
 PAYLOAD = b"x" * 64
@@ -138,7 +138,7 @@ manifest = "{root}/components/battery/manifest.toml"
 
 def idle_footprint(settle_s: float, *, core: bool) -> dict[str, Any]:
     """``edge run`` as a subprocess: the full embedded demo, or the core (the wasm fleet only)."""
-    from edge.demo import demo_entities
+    from edge.demo.fleet import demo_entities
 
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, EDGE_DATA_DIR=tmp)

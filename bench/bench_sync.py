@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.sync.publisher import Publisher  # noqa: E402
-from edge.sync.testing import SyncRig  # noqa: E402
+from rigs.link import SyncRig  # noqa: E402
 
 DEFAULT_DURATION_S = 600
 DEFAULT_RATE_HZ = 100

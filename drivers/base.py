@@ -31,9 +31,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from edge.errors import DriverError
+
+if TYPE_CHECKING:
+    from drivers.camera.frames import LatestFrame
 
 Value = float | int | bool | str
 Handler = Callable[[str, bytes], Awaitable[None]]
@@ -262,6 +265,10 @@ class Driver(ABC):
         if self._failure is None:
             raise RuntimeError(f"driver {self.name!r} was never started")
         return await asyncio.shield(self._failure)
+
+    def frame_slot(self) -> LatestFrame | None:
+        """The latest-frame slot of a frame source (a camera); None for every other driver."""
+        return None
 
     def health(self) -> DriverHealth:
         return DriverHealth(

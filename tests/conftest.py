@@ -9,8 +9,8 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from edge.natsd.server import NatsServer
-from edge.natsd.testing import ServerFactory, server_factory
+from edge.nats.server import NatsServer
+from rigs.nats import ServerFactory, server_factory
 
 
 @pytest.fixture

@@ -83,6 +83,9 @@ class CameraDriver(Driver):
     def where(self) -> str:
         return self.source.where
 
+    def frame_slot(self) -> LatestFrame:
+        return self.frames
+
     async def _open(self) -> None:
         await asyncio.to_thread(self.source.open)
 

@@ -23,28 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
-from nats.aio.client import Client
 
-from edge import subjects
+from edge.nats import subjects
 from edge.world.store import World
 
 DEFAULT_DECIDE_INTERVAL_S = 0.5  # seconds between scheduled decisions
 DECISION_KIND = "decision"  # evt.<entity>.decision carries the decision records
-
-
-class RuntimeView(Protocol):
-    """What agent-side extras read from the runtime (``edge.runtime.Runtime`` has all of it)."""
-
-    @property
-    def device(self) -> str: ...
-
-    @property
-    def world(self) -> World: ...
-
-    @property
-    def nc(self) -> Client | None: ...
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,9 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
-from edge import subjects
+from edge.nats import subjects
 from edge.errors import NatsError
+from edge.layer import Events
 
 log = logging.getLogger("edge.agents.decisions")
 
@@ -134,9 +135,13 @@ class DecisionLog:
         self.stream_mode: str | None = None
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._events: Events | None = None
 
-    async def start(self, nc: Client) -> None:
+    async def start(self, nc: Client, events: Events | None = None) -> None:
+        """Ensure the decision stream; records then go through ``events`` (the device's
+        acknowledged publisher) if given, else are published and awaited one by one."""
         self._nc = nc
+        self._events = events
         self._js = nc.jetstream()
         try:
             self.stream_mode = await ensure_decision_stream(self._js, self.device, self.limits)
@@ -148,10 +153,14 @@ class DecisionLog:
         """Add ``record`` to the ring and publish it (publish failures are counted, not raised)."""
         self.ring.append(record)
         self.recorded += 1
-        if self._nc is None or not self._nc.is_connected:
-            return
         subject = decision_subject(self.device, str(record["entity"]))
         data = json.dumps(record, separators=(",", ":"), default=str).encode()
+        if self._events is not None:  # acknowledged, retried across outages, drops counted there
+            self._events.emit(subject, data)
+            self.published += 1
+            return
+        if self._nc is None or not self._nc.is_connected:
+            return
         try:
             if self.stream_mode is not None and self._js is not None:
                 await self._js.publish(subject, data, timeout=PUBLISH_TIMEOUT_S)

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from edge import subjects
+from edge.nats import subjects
 from edge.agents.base import Agent, Command, Decision, subject_key
 from edge.world.store import World
 

@@ -1,6 +1,6 @@
 """``AgentHost``: runs the configured native agents of a device, each isolated from the others.
 
-It is a runtime extra (``start(runtime)`` / ``stop()`` / ``status()``, section ``agents``). Per
+It is a layer (``start(ctx)`` / ``stop()`` / ``status()``, section ``agents``). Per
 agent a supervisor task builds the agent from its factory, subscribes to its subjects, and loops:
 wait for input or the agent's interval, ``read_world``, ``decide`` (under a deadline), publish the
 commands, record the decisions. An exception (or a deadline overrun) in ``observe``, ``read_world``
@@ -31,11 +31,12 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from edge import subjects
-from edge.agents.base import Agent, Decision, RuntimeView
+from edge.nats import subjects
+from edge.agents.base import Agent, Decision
 from edge.agents.config import AgentSpec
 from edge.agents.decisions import DEFAULT_QUERY_LIMIT, DecisionLog, decision_filter
 from edge.errors import EdgeError
+from edge.layer import DeviceContext, LifecycleError
 from edge.world.store import World
 
 log = logging.getLogger("edge.agents")
@@ -241,9 +242,13 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
 class AgentHost:
-    """Runs :class:`AgentSpec` agents and records their decisions (a runtime extra)."""
+    """Runs :class:`AgentSpec` agents and records their decisions (a layer).
 
-    status_section = "agents"
+    ``wasm_agents`` (given by the composition root) lists the loaded wasm components that act as
+    agents (they subscribe and publish), shown in the status.
+    """
+
+    name = "agents"
 
     def __init__(
         self,
@@ -253,50 +258,54 @@ class AgentHost:
         backoff_initial: float = DEFAULT_BACKOFF_INITIAL_S,
         backoff_max: float = DEFAULT_BACKOFF_MAX_S,
         decide_deadline: float = DEFAULT_DECIDE_DEADLINE_S,
+        wasm_agents: Callable[[], list[str]] | None = None,
     ) -> None:
+        self.wasm_agents = wasm_agents
         self.specs = list(specs)
         self._decisions = decisions
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.decide_deadline = decide_deadline
         self.runners: dict[str, AgentRunner] = {}
-        self._runtime: RuntimeView | None = None
+        self._ctx: DeviceContext | None = None
         self._service: Service | None = None
         self._decision_sub: Subscription | None = None
 
     # -- wiring -------------------------------------------------------------------------------
 
     @property
+    def ctx(self) -> DeviceContext:
+        if self._ctx is None:
+            raise LifecycleError("the agent host is not started; call start(ctx) first")
+        return self._ctx
+
+    @property
     def device(self) -> str:
-        assert self._runtime is not None, "AgentHost is not started"
-        return self._runtime.device
+        return self.ctx.device
 
     @property
     def world(self) -> World:
-        assert self._runtime is not None, "AgentHost is not started"
-        return self._runtime.world
+        return self.ctx.world
 
     @property
     def nc(self) -> Client:
-        assert self._runtime is not None and self._runtime.nc is not None, "AgentHost is not started"
-        return self._runtime.nc
+        return self.ctx.nc
 
     @property
     def decisions(self) -> DecisionLog:
-        assert self._decisions is not None, "AgentHost is not started"
+        if self._decisions is None:
+            raise LifecycleError("the agent host is not started; call start(ctx) first")
         return self._decisions
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def start(self, runtime: RuntimeView) -> None:
-        if runtime.nc is None:
-            raise EdgeError("AgentHost needs a NATS connection; start it after the runtime's NATS")
-        self._runtime = runtime
+    async def start(self, ctx: DeviceContext) -> None:
+        self._ctx = ctx
         if self._decisions is None:
-            self._decisions = DecisionLog(runtime.device)
-        await self._decisions.start(runtime.nc)
-        await self._start_service(runtime.nc)
-        self._decision_sub = await runtime.nc.subscribe(decision_filter(runtime.device), cb=self._on_decision)
+            self._decisions = DecisionLog(ctx.device)
+        await self._decisions.start(ctx.nc, ctx.events)
+        await self._start_service(ctx.nc)
+        self._decision_sub = await ctx.nc.subscribe(decision_filter(ctx.device), cb=self._on_decision)
         seen: set[str] = set()
         for spec in self.specs:
             if spec.name in seen:
@@ -335,12 +344,8 @@ class AgentHost:
             "agents": [r.status() for r in self.runners.values()],
             "decisions": self._decisions.status() if self._decisions else {},
         }
-        components = getattr(self._runtime, "components", None)
-        if isinstance(components, dict):  # wasm components with message grants are wasm agents
-            out["wasm"] = sorted(
-                name for name, loaded in components.items()
-                if getattr(loaded.manifest, "subscribe", ()) and getattr(loaded.manifest, "publish", ())
-            )
+        if self.wasm_agents is not None:  # wasm components with message grants are wasm agents
+            out["wasm"] = sorted(self.wasm_agents())
         return out
 
     # -- API ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 
-from edge import subjects
+from edge.nats import subjects
 from edge.config import default_data_dir
 from edge.errors import EdgeError, NatsError
 from edge.runtime import RUNTIME_FILE

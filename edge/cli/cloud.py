@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from edge.errors import EdgeError, NatsError
 
 if TYPE_CHECKING:
-    from edge.sync.hub import DeviceCredential
+    from edge.sync.hub.server import DeviceCredential
 
 HUB_FILE = "hub.json"
 CREDS_FILE = "devices.json"
@@ -96,7 +96,7 @@ async def dispatch(args: argparse.Namespace) -> int:
         raise NatsError(f"cannot reach the hub at {url.split('@')[-1]}: {err}") from None
     try:
         js = nc.jetstream()
-        from edge.sync import cloud as hubops
+        from edge.sync.hub import fleet as hubops
 
         if args.command == "fleet":
             rows = [s.as_dict() for s in await hubops.fleet_status(js)]
@@ -134,7 +134,7 @@ def _fmt(value: Any) -> str:
 
 def _load_logins(path: Path) -> list[DeviceCredential]:
     """``devices.json``: ``{device: password}`` or ``{device: {"nkey": "U..."}}``."""
-    from edge.sync.hub import DeviceCredential  # noqa: F811 (runtime import; CLI starts fast)
+    from edge.sync.hub.server import DeviceCredential  # noqa: F811 (runtime import; CLI starts fast)
 
     if not path.exists():
         return []
@@ -158,8 +158,8 @@ def _save_logins(path: Path, creds: list[DeviceCredential]) -> None:
 
 async def run_hub(args: argparse.Namespace) -> int:
     from edge import logs
-    from edge.sync.cloud import provision_device
-    from edge.sync.hub import HubServer, generate_nkey, write_seed
+    from edge.sync.hub.fleet import provision_device
+    from edge.sync.hub.server import HubServer, generate_nkey, write_seed
 
     logs.configure("info")
     store: Path = args.store or default_store()

@@ -9,11 +9,21 @@ import signal
 from pathlib import Path
 
 from edge import logs
-from edge.config import embedded_default, load_config
-from edge.demo import FleetView, apply_demo
+from edge.config import DeviceConfig, embedded_default, load_config
 from edge.runtime import Runtime, run_until_signal
 
 log = logging.getLogger("edge.cli.run")
+
+
+def demo_runtime(cfg: DeviceConfig, *, view: bool) -> Runtime:
+    """The embedded demo: the demo fleet added to ``cfg``, and the console view."""
+    from edge.demo.fleet import apply_demo
+    from edge.demo.view import FleetView
+
+    runtime = Runtime(apply_demo(cfg))
+    if view:
+        runtime.add_layer(FleetView(runtime.components_status))
+    return runtime
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -23,11 +33,7 @@ async def run(args: argparse.Namespace) -> int:
     else:
         cfg = embedded_default(data_dir=data_dir, drones=args.drones)
     logs.configure(args.log_level or cfg.log_level, json_lines=args.json_logs or cfg.log_json)
-    if cfg.demo:
-        apply_demo(cfg)
-    runtime = Runtime(cfg)
-    if cfg.demo and not args.quiet:
-        runtime.extras.append(FleetView())
+    runtime = demo_runtime(cfg, view=not args.quiet) if cfg.demo else Runtime(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -214,6 +214,10 @@ class ModelRegistry:
         self._entries: dict[str, _Entry] = {}
         self._watchers: list[asyncio.Task[None]] = []
 
+    def use_store(self, js: Any) -> None:
+        """Give the registry its JetStream context (object store models), before loading."""
+        self._js = js
+
     # -- backend ------------------------------------------------------------------------------
 
     async def start(self) -> Backend:

@@ -1,8 +1,9 @@
 """Edge-to-cloud sync through a NATS leaf node (see docs/sync.md).
 
-Modules: ``naming`` (subjects, streams, domains), ``streams`` (device streams, drop counting),
-``durable`` (durable sourcing consumers), ``publisher`` (message ids, batched acks, downsampling),
-``commands`` (cloud commands on the device), ``leaf`` (device server options), ``hub`` (per-device
-credentials and permissions, embedded hub), ``cloud`` (provisioning, commands, fleet status),
-``testing`` (hub + devices + cuttable link for tests and benchmarks).
+Key components
+- :mod:`edge.sync.device`: the device side (streams with drop counting, leaf-link options, cloud
+  commands played locally, the uplink layer).
+- :mod:`edge.sync.hub`: the hub side (hub server, per-device credentials and permissions,
+  provisioning, fleet status).
+- :mod:`edge.sync.durable`: the durable sourcing consumers both sides use.
 """

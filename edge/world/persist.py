@@ -183,7 +183,11 @@ class Persister:
             self.last_error = None
             return done
 
-    async def start(self) -> None:
+    name = "state"  # a layer: its status is the ``state`` section of ``edge status``
+
+    async def start(self, ctx: object = None) -> None:
+        """Start the write-behind flush loop (``ctx``, the device context, is not needed: the
+        persister was built over the world and JetStream before the world was restored)."""
         await self.open()
         self._task = asyncio.create_task(self._run(), name="edge.world.persist")
 

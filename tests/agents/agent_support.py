@@ -6,26 +6,40 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from edge.layer import DeviceContext
 from edge.world.store import World
 
 DEVICE = "dev1"
 
 
-@dataclass
-class FakeRuntime:
-    """The attributes extras read from a runtime: device id, world, NATS connection."""
+class CoreEvents:
+    """A test event sink: core publishes, no JetStream needed."""
 
-    device: str
-    world: World
-    nc: Client | None
-    components: dict[str, Any] = field(default_factory=dict)
-    extras: list[Any] = field(default_factory=list)
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def emit(self, subject: str, data: bytes, *, msg_id: str | None = None,
+             headers: Mapping[str, str] | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(self.nc.publish(subject, data))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def telemetry(self, subject: str, data: bytes) -> None:
+        self.emit(subject, data)
+
+
+def device_context(device: str, world: World, nc: Client, tmp: Path | None = None) -> DeviceContext:
+    """A device context over a test server's connection (what a layer gets from the runtime)."""
+    return DeviceContext(device=device, nc=nc, js=nc.jetstream(), world=world,
+                         data_dir=tmp or Path("/nonexistent"), events=CoreEvents(nc))
 
 
 class Collector:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
 import pytest
-from agent_support import DEVICE, Collector, FakeRuntime, wait_until
+from agent_support import DEVICE, Collector, device_context, wait_until
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
 
@@ -17,6 +17,7 @@ from edge.agents import Agent, AgentSpec, Decision, build_agent, parse_agents
 from edge.agents.base import Command
 from edge.agents.decisions import DECISION_STREAM, DecisionLog, DecisionStreamLimits
 from edge.agents.follow import FollowAgent, FollowParams
+from edge.wasm.layer import LoadedComponent, SandboxLayer, SandboxSettings
 from edge.agents.host import AgentHost
 from edge.errors import ConfigError
 from edge.world.store import World
@@ -39,7 +40,7 @@ async def host_factory(nc: Client, world: World) -> AsyncIterator[Any]:
 
     async def make(*specs: AgentSpec, **kw: Any) -> AgentHost:
         host = AgentHost(list(specs), **kw)
-        await host.start(FakeRuntime(DEVICE, world, nc))
+        await host.start(device_context(DEVICE, world, nc))
         hosts.append(host)
         return host
 
@@ -316,14 +317,14 @@ async def test_ring_is_bounded() -> None:
 
 def test_status_lists_wasm_agents(world: World) -> None:
     class Manifest:
-        subscribe = ("edge.d.tele.x.>",)
-        publish = ("edge.d.cmd.x.go",)
+        def __init__(self, subscribe: tuple[str, ...], publish: tuple[str, ...]) -> None:
+            self.subscribe, self.publish = subscribe, publish
 
-    class Loaded:
-        manifest = Manifest()
-
-    host = AgentHost([])
-    host._runtime = FakeRuntime(DEVICE, world, None, {"follow_agent": Loaded()})
+    sandbox = SandboxLayer([], SandboxSettings(1.0, 1, 1))
+    sandbox.components["follow_agent"] = LoadedComponent(
+        Manifest(("edge.d.tele.x.>",), ("edge.d.cmd.x.go",)))  # type: ignore[arg-type]
+    sandbox.components["physics"] = LoadedComponent(Manifest((), ()))  # type: ignore[arg-type]
+    host = AgentHost([], wasm_agents=sandbox.wasm_agents)
     assert host.status()["wasm"] == ["follow_agent"]
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_support import DEVICE, Collector, FakeRuntime
+from agent_support import DEVICE, Collector, device_context
 from nats.aio.client import Client
 
-from edge.agents.actuator import SimActuator
-from edge.services.tools import ToolsService, parse_tools_config
+from edge.demo.actuator import SimActuator
+from edge.agents.tools.service import ToolsService, parse_tools_config
 from edge.world.store import World
 
 pytestmark = pytest.mark.timeout(60)
@@ -29,7 +29,7 @@ async def device(nc: Client, world: World) -> AsyncIterator[Any]:
     parts: list[Any] = []
 
     async def start(tools_config: Any = None) -> None:
-        rt = FakeRuntime(DEVICE, world, nc)
+        rt = device_context(DEVICE, world, nc)
         for part in (SimActuator(), ToolsService(parse_tools_config(tools_config))):
             await part.start(rt)
             parts.append(part)
@@ -93,7 +93,7 @@ async def test_sim_actuator_applies_and_acks(nc: Client, world: World, collector
     world.spawn("drone-3", "drone", components={"patrol": {"cx": 0, "cy": 0, "half": 5, "speed": 1, "leg": 0}})
     world.spawn("lamp", "light")
     act = SimActuator()
-    await act.start(FakeRuntime(DEVICE, world, nc))
+    await act.start(device_context(DEVICE, world, nc))
     try:
         async def send(entity: str, verb: str, args: Any) -> Any:
             await nc.publish(f"edge.{DEVICE}.cmd.{entity}.{verb}", json.dumps(args).encode())

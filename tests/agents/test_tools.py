@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from agent_support import DEVICE, FakeRuntime
+from agent_support import DEVICE, device_context
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -27,7 +27,7 @@ from edge.errors import ConfigError
 from edge.inference.blazeface import FaceDetector, face_model_path
 from edge.inference.registry import ModelRegistry, ModelSpec
 from edge.inference.vision import DetectionPipeline
-from edge.services.tools import (
+from edge.agents.tools.service import (
     TOOL_NAMES,
     ToolPermissions,
     ToolsConfig,
@@ -48,7 +48,7 @@ async def start_tools(nc: Client, world: World) -> AsyncIterator[Any]:
 
     async def start(config: ToolsConfig | None = None, **kw: Any) -> ToolsService:
         svc = ToolsService(config or ToolsConfig(), **kw)
-        await svc.start(FakeRuntime(DEVICE, world, nc))
+        await svc.start(device_context(DEVICE, world, nc))
         services.append(svc)
         return svc
 
@@ -151,19 +151,17 @@ async def test_camera_and_models_found_on_the_runtime(nc: Client, world: World, 
     frames = LatestFrame()
     pipeline = DetectionPipeline(frames, FaceDetector(registry, "face"), lambda *a: None)
 
-    class Perception:  # what the runtime's perception layer exposes once started
-        def __init__(self) -> None:
-            self.registry: ModelRegistry | None = None
-            self.pipelines: list[DetectionPipeline] = []
+    pipelines: list[DetectionPipeline] = []  # the inference layer's, filled once it has started
 
-    perception = Perception()
-    rt = FakeRuntime(DEVICE, world, nc, extras=[perception])
-    svc = ToolsService()
-    await svc.start(rt)
+    def camera() -> tuple[LatestFrame | None, Any]:
+        return (pipelines[0].source, pipelines[0].detector) if pipelines else (None, None)
+
+    svc = ToolsService(models=registry, camera=camera)  # given explicitly, before anything starts
+    await svc.start(device_context(DEVICE, world, nc))
     try:
         _, code = await call(nc, "capture_frame", {})
         assert code == "503"
-        perception.registry, perception.pipelines = registry, [pipeline]
+        pipelines.append(pipeline)
         await frames.put(Frame(seq=1, t=time.monotonic(), image=face_image(64, 48, ())))
         res = await ok(nc, svc, "capture_frame", {"detect": False})
         assert (res["seq"], res["width"]) == (1, 64)

@@ -20,15 +20,15 @@ async def test_wasm_follow_agent(tmp_path: Path, nats_url: str, components_dir: 
     cfg = DeviceConfig(device="wdev", data_dir=tmp_path / "wdev", nats=NatsConfig(url=nats_url),
                        components=[components_dir / "follow_agent" / "manifest.toml"])
     rt = Runtime(cfg)
-    host = AgentHost([])
-    rt.extras.append(host)
     await rt.start()
+    assert rt.layers is not None
+    host = next(layer for layer in rt.layers if isinstance(layer, AgentHost))  # the runtime's own
     try:
         assert rt.nc is not None
         seen = Collector()
         await rt.nc.subscribe("edge.wdev.>", cb=seen.on_msg)
         await rt.nc.flush()
-        assert host.status()["wasm"] == ["follow_agent"]
+        assert rt.status()["agents"]["wasm"] == ["follow_agent"]
         items = [{"label": "face", "score": 0.9, "box": [0.7, 0.1, 0.9, 0.3]},
                  {"label": "face", "score": 0.6, "box": [0.0, 0.0, 0.1, 0.1]}]
         await rt.nc.publish("edge.wdev.evt.drone-7.detections", json.dumps({"items": items}).encode())

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from drivers.camera.driver import CameraDriver
-from drivers.demo import EmulatorsDriver, demo_hardware
+from edge.demo.hardware import EmulatorsDriver, demo_hardware
 from drivers.supervisor import DriverSupervisor
 from drivers.testing import RecordingContext
 

@@ -10,7 +10,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from drivers.demo import EmulatorsDriver, demo_hardware
+from edge.demo.hardware import EmulatorsDriver, demo_hardware
 from drivers.supervisor import DriverSupervisor
 
 pytestmark = pytest.mark.timeout(30)

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from edge.natsd.server import pick_free_port
+from edge.nats.server import pick_free_port
 
 DEVICE = """
 [device]

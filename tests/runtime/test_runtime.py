@@ -11,7 +11,7 @@ import pytest
 
 from edge.cli.client import ApiError, DeviceClient
 from edge.config import DeviceConfig, EntitySpec, embedded_default
-from edge.demo import apply_demo
+from edge.demo.fleet import apply_demo
 from edge.runtime import Runtime
 
 

@@ -14,8 +14,8 @@ import pytest
 from edge.config import load_config
 from edge.errors import ConfigError
 from edge.runtime import Runtime, build_layers
-from edge.sync.cloud import fleet_status, provision_device, send_command
-from edge.sync.hub import HubServer
+from edge.sync.hub.fleet import fleet_status, provision_device, send_command
+from edge.sync.hub.server import HubServer
 
 DEVICE = """
 [device]

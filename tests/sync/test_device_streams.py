@@ -9,10 +9,10 @@ import nats
 import pytest
 
 from edge.errors import ConfigError, NatsError
-from edge.natsd.testing import running_server
-from edge.sync import naming
+from rigs.nats import running_server
+from edge.nats import subjects as naming
 from edge.sync.publisher import Downsampler, Publisher, PublishRejected
-from edge.sync.streams import (
+from edge.sync.device.streams import (
     DeviceStreamConfig,
     DropMonitor,
     ensure_device_streams,
@@ -40,7 +40,7 @@ async def test_streams_are_idempotent_and_updated(tmp_path: Path) -> None:
 
 def test_bad_device_id() -> None:
     with pytest.raises(ConfigError, match="Device id"):
-        naming.tele_subject("a.b")
+        naming.device_prefix("a.b")
 
 
 async def test_budgets_that_do_not_fit_fail_loudly(tmp_path: Path) -> None:

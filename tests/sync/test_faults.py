@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.sync import naming
+from edge.nats import subjects as naming
 from edge.sync.publisher import Publisher
-from edge.sync.streams import DeviceStreamConfig, DropMonitor, ensure_device_streams, stream_usage
-from edge.sync.testing import SyncRig, read_stream, sync_rig
+from edge.sync.device.streams import DeviceStreamConfig, DropMonitor, ensure_device_streams, stream_usage
+from rigs.link import SyncRig, read_stream, sync_rig
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import nats
 import pytest
 
-from edge.natsd import NatsServer
-from edge.sync import naming
+from edge.nats.server import NatsServer
+from edge.nats import subjects as naming
 from edge.errors import NatsError
-from edge.sync.cloud import (
+from edge.sync.hub.fleet import (
     deprovision_device,
     fleet_status,
     list_devices,
@@ -19,11 +19,11 @@ from edge.sync.cloud import (
     run_hub,
     send_command,
 )
-from edge.sync.commands import CommandReceiver
-from edge.sync.leaf import HubLink, device_server_options
+from edge.sync.device.commands import CommandReceiver
+from edge.sync.device.leaf import HubLink, device_server_options
 from edge.sync.publisher import Publisher, _parse_ack
-from edge.sync.streams import DeviceStreamConfig, ensure_device_streams
-from edge.sync.testing import read_stream, sync_rig
+from edge.sync.device.streams import DeviceStreamConfig, ensure_device_streams
+from rigs.link import read_stream, sync_rig
 from isolation_support import assert_confined
 
 pytestmark = pytest.mark.timeout(60)

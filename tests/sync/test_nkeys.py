@@ -17,14 +17,14 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from edge.errors import ConfigError, NatsError
-from edge.natsd import NatsServer
-from edge.natsd.server import pick_free_port
-from edge.sync.cloud import fleet_status, provision_device
-from edge.sync.hub import HubServer, generate_nkey, write_seed
-from edge.sync.leaf import HubLink, device_server_options, read_seed
+from edge.nats.server import NatsServer
+from edge.nats.server import pick_free_port
+from edge.sync.hub.fleet import fleet_status, provision_device
+from edge.sync.hub.server import HubServer, generate_nkey, write_seed
+from edge.sync.device.leaf import HubLink, device_server_options, read_seed
 from edge.sync.publisher import Publisher
-from edge.sync.streams import DeviceStreamConfig, ensure_device_streams
-from edge.sync.testing import read_stream
+from edge.sync.device.streams import DeviceStreamConfig, ensure_device_streams
+from rigs.link import read_stream
 from isolation_support import assert_confined
 
 pytestmark = pytest.mark.timeout(60)

@@ -10,13 +10,13 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from edge.natsd import NatsServer, TlsFiles
-from edge.sync.cloud import fleet_status, provision_device
-from edge.sync.hub import HubServer
-from edge.sync.leaf import HubLink, device_server_options
+from edge.nats.server import NatsServer, TlsFiles
+from edge.sync.hub.fleet import fleet_status, provision_device
+from edge.sync.hub.server import HubServer
+from edge.sync.device.leaf import HubLink, device_server_options
 from edge.sync.publisher import Publisher
-from edge.sync.streams import DeviceStreamConfig, ensure_device_streams
-from edge.sync.testing import make_test_pki
+from edge.sync.device.streams import DeviceStreamConfig, ensure_device_streams
+from rigs.link import make_test_pki
 
 pytestmark = [
     pytest.mark.timeout(60),

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from sandbox_support import DEVICE, ROOT, Recorder, build_module, compile_test_components, wait_for, write_manifest
 
-from edge.runtime import WasmTickRunner
+from edge.wasm.layer import WasmTickRunner
 from edge.wasm.manifest import Manifest, load_manifest
 from edge.wasm.pool import SandboxPool
 from edge.wasm.protocol import KIND_REPLY, REPLY_FRAME, STATUS_GONE

@@ -6,7 +6,7 @@ import json
 import nats
 from nats.aio.client import Client
 
-from edge.natsd.server import NatsServer
+from edge.nats.server import NatsServer
 from edge.world.persist import Persister
 from edge.world.store import World
 

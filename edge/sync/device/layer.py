@@ -17,17 +17,15 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edge.errors import ConfigError, EdgeError
-from edge.sync.commands import Command, CommandReceiver
-from edge.sync.leaf import HubLink
-from edge.sync.streams import DeviceStreamConfig, DropMonitor, ensure_device_streams, stream_usage
+from edge.layer import DeviceContext
+from edge.sync.device.commands import Command, CommandReceiver
+from edge.sync.device.leaf import HubLink
+from edge.sync.device.streams import DeviceStreamConfig, DropMonitor, ensure_device_streams, stream_usage
 
-if TYPE_CHECKING:
-    from edge.runtime import Runtime
-
-log = logging.getLogger("edge.uplink")
+log = logging.getLogger("edge.sync.device")
 
 COMMAND_ACK_TIMEOUT = 10.0  # seconds a cloud command waits for the local acknowledgement
 POLL_INTERVAL = 5.0  # seconds between stream-usage polls (drops are counted then)
@@ -74,7 +72,7 @@ def stream_config(device: str, table: dict[str, Any], *, file: str | None, bucke
 class UplinkLayer:
     """Creates the device streams, plays cloud commands locally, reports stream usage and drops."""
 
-    status_section = "sync"
+    name = "sync"
 
     def __init__(self, streams: DeviceStreamConfig, hub: HubLink | None) -> None:
         self.streams = streams
@@ -87,15 +85,14 @@ class UplinkLayer:
         self.link_up = False
         self.link_ups = 0
 
-    async def start(self, runtime: Runtime) -> None:
-        assert runtime.js is not None
-        await ensure_device_streams(runtime.js, self.streams)
-        self._tasks.append(asyncio.create_task(self._poll(runtime), name="edge.uplink.poll"))
+    async def start(self, ctx: DeviceContext) -> None:
+        await ensure_device_streams(ctx.js, self.streams)
+        self._tasks.append(asyncio.create_task(self._poll(ctx), name="edge.uplink.poll"))
         if self.hub is not None:
-            self._receiver = CommandReceiver(runtime.js, runtime.device)
-            self._tasks.append(asyncio.create_task(self._commands(runtime), name="edge.uplink.commands"))
-            if runtime.server is not None:
-                self._tasks.append(asyncio.create_task(self._watch_link(runtime), name="edge.uplink.link"))
+            self._receiver = CommandReceiver(ctx.js, ctx.device)
+            self._tasks.append(asyncio.create_task(self._commands(ctx), name="edge.uplink.commands"))
+            if ctx.server is not None:
+                self._tasks.append(asyncio.create_task(self._watch_link(ctx), name="edge.uplink.link"))
         log.info("device streams ready%s", f", leaf of {self.hub.url}" if self.hub else " (standalone)")
 
     async def stop(self) -> None:
@@ -110,9 +107,8 @@ class UplinkLayer:
         if self._receiver is not None:
             await self._receiver.close()
 
-    async def _poll(self, runtime: Runtime) -> None:
-        assert runtime.js is not None
-        monitor = DropMonitor(runtime.js)
+    async def _poll(self, ctx: DeviceContext) -> None:
+        monitor = DropMonitor(ctx.js)
         names = [str(c.name) for c in self.streams.stream_configs()]
         while True:
             try:
@@ -121,7 +117,7 @@ class UplinkLayer:
                         self.dropped[name] = self.dropped.get(name, 0) + new
                         log.warning("stream %s evicted %d messages (store limit)", name, new)
                 for name in names:
-                    u = await stream_usage(runtime.js, name)
+                    u = await stream_usage(ctx.js, name)
                     self._usage[name] = {"messages": u.messages, "bytes": u.bytes, "fill": round(u.fill, 3),
                                          "removed": u.removed}
             except EdgeError as err:
@@ -130,7 +126,7 @@ class UplinkLayer:
                 log.debug("stream poll failed: %s", err)
             await asyncio.sleep(POLL_INTERVAL)
 
-    async def _watch_link(self, runtime: Runtime) -> None:
+    async def _watch_link(self, ctx: DeviceContext) -> None:
         """On every link-up, rewrite the whole entity state once.
 
         The hub mirrors the state bucket through a consumer-based mirror; with nats-server 2.15 we
@@ -138,13 +134,15 @@ class UplinkLayer:
         state is latest-value, so re-writing every key after a link-up makes the mirror complete
         (telemetry and events are sourced streams and arrive in full; see docs/sync.md).
         """
-        assert runtime.server is not None
+        server = ctx.server
+        if server is None:
+            return
         up_since = 0.0
         pending: list[float] = []
         loop = asyncio.get_running_loop()
         while True:
             try:
-                leafz = await runtime.server.monitor("leafz")
+                leafz = await server.monitor("leafz")
                 up = int(leafz.get("leafnodes", 0)) > 0
             except Exception:
                 up = False
@@ -155,19 +153,19 @@ class UplinkLayer:
                 log.info("leaf link to %s up; state resync queued", self.hub.url if self.hub else "?")
             if up and pending and loop.time() - up_since >= pending[0]:
                 pending.pop(0)
-                runtime.world.mark_all_dirty()
+                ctx.world.mark_all_dirty()
             elif self.link_up and not up:
                 log.warning("leaf link down; recording locally until it returns")
             self.link_up = up
             await asyncio.sleep(LINK_POLL_INTERVAL)
 
-    async def _commands(self, runtime: Runtime) -> None:
+    async def _commands(self, ctx: DeviceContext) -> None:
         assert self._receiver is not None
         while True:
             try:
                 cmd = await self._receiver.next(timeout=1.0)
                 if cmd is not None:
-                    await self._play(runtime, cmd)
+                    await self._play(ctx, cmd)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
@@ -175,12 +173,13 @@ class UplinkLayer:
                 log.warning("cloud command handling failed: %s", err)
                 await asyncio.sleep(1.0)
 
-    async def _play(self, runtime: Runtime, cmd: Command) -> None:
+    async def _play(self, ctx: DeviceContext, cmd: Command) -> None:
         """Publish the command locally and wait for the first ack on its ack subject."""
-        assert runtime.nc is not None and self._receiver is not None
+        if self._receiver is None:
+            return
         ack_subject = cmd.subject.replace(".cmd.", ".ack.", 1)
-        sub = await runtime.nc.subscribe(ack_subject, max_msgs=1)
-        await runtime.nc.publish(cmd.subject, cmd.payload)
+        sub = await ctx.nc.subscribe(ack_subject, max_msgs=1)
+        await ctx.nc.publish(cmd.subject, cmd.payload)
         self.commands["played"] += 1
         try:
             msg = await sub.next_msg(timeout=COMMAND_ACK_TIMEOUT)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from edge.natsd.server import NatsServer, ServerOptions
+from edge.nats.server import NatsServer, ServerOptions
 
 
 class ServerFactory:

@@ -33,7 +33,7 @@ from nats.js.api import (
 from nats.js.errors import APIError, NotFoundError
 
 from edge.errors import NatsError
-from edge.sync import naming
+from edge.nats import subjects as naming
 from edge.sync.durable import SyncConsumer, ensure_sync_consumer
 
 log = logging.getLogger("edge.sync")
@@ -68,7 +68,7 @@ class DeviceStreamConfig:
         dup = self.duplicate_window_s
         tele = StreamConfig(
             name=naming.TELE_STREAM,
-            subjects=[naming.tele_subject(d)],
+            subjects=[naming.telemetry(d)],
             retention=RetentionPolicy.LIMITS,
             discard=DiscardPolicy.OLD,
             max_bytes=self.tele_max_bytes,
@@ -79,7 +79,7 @@ class DeviceStreamConfig:
         )
         evt = StreamConfig(
             name=naming.EVT_STREAM,
-            subjects=[naming.evt_subject(d), naming.ack_subject(d)],
+            subjects=[naming.event(d), naming.ack(d)],
             retention=RetentionPolicy.LIMITS,
             discard=DiscardPolicy.NEW,
             max_bytes=self.evt_max_bytes,
@@ -161,13 +161,13 @@ def device_sync_consumers(device: str, state: bool = True) -> list[SyncConsumer]
             naming.TELE_STREAM,
             naming.sync_consumer_name(naming.TELE_STREAM),
             naming.sync_deliver_subject(d, "tele"),
-            (naming.tele_subject(d),),
+            (naming.telemetry(d),),
         ),
         SyncConsumer(
             naming.EVT_STREAM,
             naming.sync_consumer_name(naming.EVT_STREAM),
             naming.sync_deliver_subject(d, "evt"),
-            (naming.evt_subject(d), naming.ack_subject(d)),
+            (naming.event(d), naming.ack(d)),
         ),
     ]
 

@@ -25,12 +25,12 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from edge import subjects
-from edge.agents.base import RuntimeView
+from edge.nats import subjects
 from edge.errors import EdgeError
+from edge.layer import DeviceContext
 from edge.world.store import World
 
-log = logging.getLogger("edge.agents.actuator")
+log = logging.getLogger("edge.demo.actuator")
 
 DEFAULT_RTL_SPEED = 3.0  # m/s
 DEFAULT_MAX_SPEED = 15.0  # m/s per axis; larger velocity commands are refused
@@ -42,9 +42,9 @@ class CommandRefused(EdgeError):
 
 
 class SimActuator:
-    """Applies ``velocity`` / ``hold`` / ``rtl`` commands to the world (a runtime extra)."""
+    """Applies ``velocity`` / ``hold`` / ``rtl`` commands to the world (a demo layer)."""
 
-    status_section = "actuator"
+    name = "actuator"
 
     def __init__(self, *, kind: str | None = "drone", rtl_speed: float = DEFAULT_RTL_SPEED,
                  max_speed: float = DEFAULT_MAX_SPEED) -> None:
@@ -54,16 +54,14 @@ class SimActuator:
         self.applied = 0
         self.refused = 0
         self.last_error: str | None = None
-        self._runtime: RuntimeView | None = None
+        self._ctx: DeviceContext | None = None
         self._subs: list[Subscription] = []
 
-    async def start(self, runtime: RuntimeView) -> None:
-        if runtime.nc is None:
-            raise EdgeError("SimActuator needs a NATS connection")
-        self._runtime = runtime
+    async def start(self, ctx: DeviceContext) -> None:
+        self._ctx = ctx
         for verb in VERBS:
-            subject = subjects.command(runtime.device, "*", verb)
-            self._subs.append(await runtime.nc.subscribe(subject, cb=self._on_cmd))
+            subject = subjects.command(ctx.device, "*", verb)
+            self._subs.append(await ctx.nc.subscribe(subject, cb=self._on_cmd))
 
     async def stop(self) -> None:
         subs, self._subs = self._subs, []
@@ -77,8 +75,8 @@ class SimActuator:
         return {"applied": self.applied, "refused": self.refused, "last_error": self.last_error}
 
     async def _on_cmd(self, msg: Msg) -> None:
-        rt = self._runtime
-        if rt is None or rt.nc is None:
+        rt = self._ctx
+        if rt is None:
             return
         parts = msg.subject.split(".")
         entity, verb = parts[3], parts[4]
@@ -93,7 +91,7 @@ class SimActuator:
             self.refused += 1
             self.last_error = str(err)
             ack = {"ok": False, "error": str(err)}
-        await rt.nc.publish(subjects.ack(rt.device, entity, verb), json.dumps(ack).encode())
+        rt.events.emit(subjects.ack(rt.device, entity, verb), json.dumps(ack).encode())
 
     def apply(self, world: World, entity: str, verb: str, args: Mapping[str, Any]) -> dict[str, Any]:
         """Apply one command to ``world``; returns the ack fields."""

@@ -1,4 +1,4 @@
-"""Local inference as a runtime layer: the model registry and the vision pipelines.
+"""Local inference as a runtime layer (``edge status`` section ``inference``).
 
 ``[[models]]`` tables load models (files or the JetStream object store, hot-reloaded);
 ``[[vision]]`` tables connect a camera driver's latest frame to a detection model and write the
@@ -11,19 +11,21 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from drivers.camera.frames import Frame
-from edge import subjects
+from drivers.camera.frames import Frame, LatestFrame
 from edge.errors import ConfigError
 from edge.inference.blazeface import FaceDetector
 from edge.inference.registry import ModelRegistry, ModelSpec, parse_model_specs
-from edge.inference.vision import Detection, DetectionPipeline
+from edge.inference.vision import Detection, DetectionPipeline, Detector
+from edge.layer import DeviceContext
+from edge.nats import subjects
 
-if TYPE_CHECKING:
-    from edge.runtime import Runtime
+#: Finds a camera's latest-frame slot by driver name (None = the first camera); None if absent.
+FrameFinder = Callable[[str | None], LatestFrame | None]
 
-log = logging.getLogger("edge.perception")
+log = logging.getLogger("edge.inference.layer")
 
 VISION_KEYS = {"model", "camera", "entity", "min_score"}
 DEFAULT_MIN_SCORE = 0.6
@@ -59,70 +61,88 @@ def parse_vision(tables: list[dict[str, Any]], *, file: str | None) -> list[Visi
     return out
 
 
-class PerceptionLayer:
-    """Owns the model registry and the vision pipelines of the device."""
+class InferenceLayer:
+    """Owns the model registry and the vision pipelines of the device.
 
-    status_section = "inference"
+    ``frames`` finds camera frame slots (the hardware layer's); the registry exists from
+    construction, so other layers (the tools service, the wasm ``infer`` bridge) are given it
+    before anything starts.
+    """
 
-    def __init__(self, models: list[ModelSpec], vision: list[VisionSpec]) -> None:
+    name = "inference"
+
+    def __init__(self, models: list[ModelSpec], vision: list[VisionSpec], *,
+                 frames: FrameFinder | None = None) -> None:
         self.models = models
         self.vision = vision
-        self.registry: ModelRegistry | None = None
+        self.frames = frames
+        self.registry = ModelRegistry()
         self.pipelines: list[DetectionPipeline] = []
         self.load_errors: dict[str, str] = {}
+        self._started = False
 
     @classmethod
-    def from_config(cls, models: list[dict[str, Any]], vision: list[dict[str, Any]], *, file: str | None) -> PerceptionLayer:
-        return cls(parse_model_specs(models, file=file), parse_vision(vision, file=file))
+    def from_config(cls, models: list[dict[str, Any]], vision: list[dict[str, Any]], *, file: str | None,
+                    frames: FrameFinder | None = None) -> InferenceLayer:
+        return cls(parse_model_specs(models, file=file), parse_vision(vision, file=file), frames=frames)
 
-    async def start(self, runtime: Runtime) -> None:
-        self.registry = ModelRegistry(js=runtime.js)
+    def camera(self) -> tuple[LatestFrame | None, Detector | None]:
+        """The frames and detector of the first vision pipeline, else the first camera alone."""
+        if self.pipelines:
+            return self.pipelines[0].source, self.pipelines[0].detector
+        frames = self.frames(None) if self.frames is not None else None
+        return frames, None
+
+    async def start(self, ctx: DeviceContext) -> None:
+        self.registry.use_store(ctx.js)
         backend = await self.registry.start()
+        self._started = True
         errors = await self.registry.load_all(self.models)
         for name, err in errors.items():  # a model that fails is reported; the rest serve
             self.load_errors[name] = err.message
             log.error("model %s not loaded: %s", name, err.message)
         log.info("inference backend %s, %d models", backend.label, len(self.registry.names()))
         for spec in self.vision:
-            frames = runtime.camera_frames(spec.camera)
+            frames = self.frames(spec.camera) if self.frames is not None else None
             if frames is None:
                 self.load_errors[f"vision:{spec.entity}"] = f"no camera {spec.camera or ''} for vision on {spec.entity}"
                 log.error("vision for %s: no camera driver %s", spec.entity, spec.camera or "")
                 continue
             detector = FaceDetector(self.registry, spec.model)
-            pipeline = DetectionPipeline(frames, detector, self._sink(runtime, spec), name=f"{spec.entity}:{spec.model}")
+            pipeline = DetectionPipeline(frames, detector, self._sink(ctx, spec), name=f"{spec.entity}:{spec.model}")
             pipeline.start()
             self.pipelines.append(pipeline)
 
-    def _sink(self, runtime: Runtime, spec: VisionSpec) -> Any:
-        subject = subjects.event(runtime.device, spec.entity, "detection")
+    def _sink(self, ctx: DeviceContext, spec: VisionSpec) -> Callable[[Frame, list[Detection], float], Awaitable[None]]:
+        subject = subjects.event(ctx.device, spec.entity, "detection")
+        world = ctx.world
 
         async def on_detections(frame: Frame, detections: list[Detection], latency: float) -> None:
             kept = [d for d in detections if d.score >= spec.min_score]
             items = [
                 {"label": d.label, "score": round(d.score, 3), "box": [round(v, 4) for v in d.box]} for d in kept
             ]
-            if spec.entity not in runtime.world:
-                runtime.world.spawn(spec.entity, "device")
-            runtime.world.set(
+            if spec.entity not in world:
+                world.spawn(spec.entity, "device")
+            world.set(
                 spec.entity, "detections", {"items": items, "count": len(items), "model": spec.model, "t": time.time()}
             )
-            if kept and runtime.nc is not None:
+            if kept:
                 body = {"entity": spec.entity, "model": spec.model, "frame": frame.seq,
                         "captured": frame.t,  # time.monotonic() at capture, on this device
                         "latency_ms": round(latency * 1000, 2), "items": items}
-                await runtime.nc.publish(subject, json.dumps(body).encode())
+                ctx.events.emit(subject, json.dumps(body).encode())
 
         return on_detections
 
     async def stop(self) -> None:
         for p in self.pipelines:
             await p.stop()
-        if self.registry is not None:
-            await self.registry.close()
+        self.pipelines.clear()
+        await self.registry.close()
 
     def status(self) -> dict[str, Any]:
-        if self.registry is None:
+        if not self._started:
             return {}
         return {
             "backend": self.registry.backend.label if self.registry.backend else None,

@@ -38,10 +38,10 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from edge.errors import NatsError
-from edge.sync import naming
+from edge.nats import subjects as naming
 from edge.sync.durable import SyncConsumer, ensure_sync_consumer
-from edge.sync.hub import DeviceCredential, HubServer
-from edge.sync.streams import MIB, ensure_stream
+from edge.sync.hub.server import DeviceCredential, HubServer
+from edge.sync.device.streams import MIB, ensure_stream
 
 log = logging.getLogger("edge.sync")
 
@@ -79,7 +79,7 @@ def _device_source(
             name=naming.sync_consumer_name(stream), deliver_subject=naming.sync_deliver_subject(device, kind)
         )
     else:
-        external.deliver = naming.sync_deliver_prefix(device, kind)
+        external.deliver = naming.sync_deliver_subject(device, kind)
     return StreamSource(
         name=stream,
         external=external,
@@ -92,8 +92,8 @@ def hub_stream_configs(device: str, opts: ProvisionOptions | None = None) -> lis
     """The hub-side stream configs for one device (see module docstring)."""
     o = opts or ProvisionOptions()
     d = naming.check_device_id(device)
-    tele = naming.tele_subject(d)
-    evt, ack = naming.evt_subject(d), naming.ack_subject(d)
+    tele = naming.telemetry(d)
+    evt, ack = naming.event(d), naming.ack(d)
     out = [
         StreamConfig(
             name=naming.hub_stream(naming.TELE_STREAM, d),
@@ -116,7 +116,7 @@ def hub_stream_configs(device: str, opts: ProvisionOptions | None = None) -> lis
         ),
         StreamConfig(
             name=naming.hub_stream(naming.CMD_STREAM, d),
-            subjects=[naming.cmd_subject(d)],
+            subjects=[naming.command(d)],
             max_age=o.cmd_ttl_s or None,
             discard=DiscardPolicy.OLD,
             duplicate_window=min(o.duplicate_window_s, o.cmd_ttl_s or o.duplicate_window_s),
@@ -160,7 +160,7 @@ async def provision_device(
             cmd,
             naming.sync_consumer_name(naming.CMD_STREAM),
             naming.sync_deliver_subject(d, "cmd"),
-            (naming.cmd_subject(d),),
+            (naming.command(d),),
         ),
     )
     log.info("provisioned device %s on the hub", device)
@@ -202,7 +202,7 @@ async def send_command(
 ) -> PubAck:
     """Queue a command for ``device``; it is void ``ttl_s`` seconds from now."""
     headers = {"Nats-Msg-Id": msg_id or secrets.token_hex(8), EXPIRES_HEADER: f"{time.time() + ttl_s:.3f}"}
-    return await js.publish(naming.cmd_subject(device, name), payload, headers=headers)
+    return await js.publish(naming.command(device, name), payload, headers=headers)
 
 
 @dataclass

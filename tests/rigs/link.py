@@ -21,12 +21,12 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from edge.errors import NatsError
-from edge.natsd.server import NatsServer, pick_free_port
-from edge.sync import naming
-from edge.sync.cloud import ProvisionOptions, provision_device
-from edge.sync.hub import HubServer
-from edge.sync.leaf import HubLink, device_server_options
-from edge.sync.streams import DeviceStreamConfig, ensure_device_streams
+from edge.nats.server import NatsServer, pick_free_port
+from edge.nats import subjects as naming
+from edge.sync.hub.fleet import ProvisionOptions, provision_device
+from edge.sync.hub.server import HubServer
+from edge.sync.device.leaf import HubLink, device_server_options
+from edge.sync.device.streams import DeviceStreamConfig, ensure_device_streams
 
 log = logging.getLogger("edge.sync")
 

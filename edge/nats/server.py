@@ -26,7 +26,7 @@ from typing import Any
 
 from edge.errors import NatsError
 
-log = logging.getLogger("edge.natsd")
+log = logging.getLogger("edge.nats.server")
 
 ENV_BINARY = "EDGE_NATS_SERVER"
 BINARY_NAME = "nats-server"

@@ -13,9 +13,9 @@ import pytest
 from nats.aio.msg import Msg
 
 from edge.errors import NatsError
-from edge.natsd import NatsServer, ServerOptions, find_nats_server
-from edge.natsd.server import LeafRemote, TlsFiles, render_config
-from edge.natsd.testing import running_server, server_factory
+from edge.nats.server import NatsServer, ServerOptions, find_nats_server
+from edge.nats.server import LeafRemote, TlsFiles, render_config
+from rigs.nats import running_server, server_factory
 
 pytestmark = pytest.mark.timeout(30)
 

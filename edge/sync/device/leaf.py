@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import ConfigError
-from edge.natsd.server import LeafRemote, ServerOptions, TlsFiles
-from edge.sync import naming
+from edge.nats.server import LeafRemote, ServerOptions, TlsFiles
+from edge.nats import subjects as naming
 
 SEED_FILE_MODE = 0o600  # an nkey seed file must be readable by its owner only
 USER_SEED_RE = re.compile(r"SU[A-Z2-7]{56}")  # a user nkey seed: "SU" + 56 base32 characters
@@ -116,5 +116,5 @@ def _device_remote(device: str, hub: HubLink) -> LeafRemote:
     (edge.uplink); they must never travel back up the link, where the hub's command stream would
     store them again, so the device does not export them."""
     remote = hub.remote()
-    remote.deny_exports = [*(remote.deny_exports or []), naming.cmd_subject(device)]
+    remote.deny_exports = [*(remote.deny_exports or []), naming.command(device)]
     return remote

@@ -8,22 +8,22 @@ Every endpoint lives under ``edge.<device>.api.`` and takes and returns JSON. A 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from nats.aio.client import Client
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from edge import subjects
+from edge.nats import subjects
 from edge.errors import EdgeError
+from edge.nats.service import RequestError, endpoint
+from edge.layer import DeviceContext, LifecycleError
 from edge.world.store import World
 
-log = logging.getLogger("edge.services.api")
+log = logging.getLogger("edge.api.service")
 
 SERVICE_NAME = "edge-device"
 SERVICE_VERSION = "1.0.0"
@@ -31,17 +31,17 @@ SERVICE_VERSION = "1.0.0"
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
-class RequestError(EdgeError):
-    """A request to the device API is malformed."""
 
 
-class RuntimeOps(Protocol):
-    """What the API needs from the running runtime besides the world."""
+class ComponentOps(Protocol):
+    """The component operations the API serves (the sandbox layer has them)."""
 
     async def load_component(self, manifest: str) -> dict[str, Any]: ...
     async def unload_component(self, name: str) -> None: ...
     def components_status(self) -> list[dict[str, Any]]: ...
-    def status(self) -> dict[str, Any]: ...
+
+
+StatusFn = Callable[[], dict[str, Any]]
 
 
 @dataclass
@@ -60,13 +60,19 @@ def _need(body: dict[str, Any], key: str, kind: type = str) -> Any:
 
 
 class DeviceApi:
-    """Builds the endpoints over a world and the runtime's operations and serves them."""
+    """The device API as a layer: endpoints over the world, the component operations and the
+    device status, each given explicitly by the composition root."""
 
-    def __init__(self, device: str, world: World, ops: RuntimeOps) -> None:
-        self.device = device
-        self.world = world
-        self.ops = ops
+    name = "api"
+
+    def __init__(self, components: ComponentOps, status: StatusFn) -> None:
+        self.ops = components
+        self.status_fn = status
+        self._world: World | None = None
+        self._device = ""
         self._service: Service | None = None
+        self.requests = 0
+        self.errors = 0
         self.endpoints = [
             Endpoint("entity", "list", self.entity_list, "List entities; filter by kind and labels."),
             Endpoint("entity", "get", self.entity_get, "One entity with all its components."),
@@ -78,12 +84,24 @@ class DeviceApi:
             Endpoint("component", "load", self.component_load, "Load a component from a manifest path."),
             Endpoint("component", "unload", self.component_unload, "Unload a component by name."),
             Endpoint("schema", "list", self.schema_list, "Component types known on the device."),
-            Endpoint("status", "get", self.status, "Runtime status (same as `edge status --json`)."),
+            Endpoint("status", "get", self.device_status, "Runtime status (same as `edge status --json`)."),
         ]
 
-    async def start(self, nc: Client) -> None:
+    @property
+    def world(self) -> World:
+        if self._world is None:
+            raise LifecycleError("the device API is not started; start it with the device context")
+        return self._world
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    async def start(self, ctx: DeviceContext) -> None:
+        self._world = ctx.world
+        self._device = ctx.device
         svc = await add_service(
-            nc,
+            ctx.nc,
             name=SERVICE_NAME,
             version=SERVICE_VERSION,
             description=f"edge runtime API of device {self.device}",
@@ -103,30 +121,20 @@ class DeviceApi:
             await self._service.stop()
             self._service = None
 
+    def status(self) -> dict[str, Any]:
+        return {"endpoints": len(self.endpoints), "requests": self.requests, "errors": self.errors}
+
     def _wrap(self, ep: Endpoint) -> Callable[[Request], Awaitable[None]]:
+        inner = endpoint(ep.handler, name=f"{ep.group}.{ep.name}", on_error=self._count_error)
+
         async def handle(req: Request) -> None:
-            try:
-                body = json.loads(req.data) if req.data else {}
-                if not isinstance(body, dict):
-                    raise RequestError("request body must be a JSON object")
-                result = await ep.handler(body)
-            except ValueError as err:
-                await self._error(req, "400", RequestError(f"request body is not JSON: {err}"))
-                return
-            except EdgeError as err:
-                await self._error(req, "400", err)
-                return
-            except Exception as err:  # never let a handler kill the service
-                log.exception("endpoint %s.%s failed", ep.group, ep.name)
-                await self._error(req, "500", EdgeError(f"internal error: {type(err).__name__}: {err}"))
-                return
-            await req.respond(json.dumps({"ok": True, "result": result}).encode())
+            self.requests += 1
+            await inner(req)
 
         return handle
 
-    @staticmethod
-    async def _error(req: Request, code: str, err: EdgeError) -> None:
-        await req.respond_error(code, err.message, data=json.dumps({"ok": False, "error": err.to_dict()}).encode())
+    def _count_error(self, err: EdgeError) -> None:
+        self.errors += 1
 
     # -- endpoints ---------------------------------------------------------------------------
 
@@ -174,5 +182,5 @@ class DeviceApi:
     async def schema_list(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         return [self.world.schemas.get(n).to_dict() for n in self.world.schemas.names()]
 
-    async def status(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.ops.status()
+    async def device_status(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.status_fn()

@@ -23,16 +23,12 @@ import asyncio
 import base64
 import json
 import logging
-import re
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.micro import add_service
@@ -40,309 +36,130 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from drivers.camera.frames import LatestFrame
-from edge import subjects
-from edge.agents.base import RuntimeView
 from edge.agents.jsonschema import validate
-from edge.errors import ConfigError, EdgeError, EntityError
+from edge.agents.tools.errors import ToolDenied, ToolError, ToolNotFound, ToolTimeout, ToolUnavailable
+from edge.agents.tools.permissions import (
+    ANONYMOUS,
+    CALLER_HEADER,
+    MAX_ACK_TIMEOUT_S,
+    ToolPermissions,
+    ToolsConfig,
+    parse_tools_config,
+)
+from edge.agents.tools.schemas import (
+    ANY_OBJ,
+    DETECTION_OUT,
+    ENTITY,
+    ENTITY_OUT,
+    MAX_THUMBNAIL_PX,
+    STR,
+    TENSOR_IN,
+    TENSOR_OUT,
+    TOOL_NAMES,
+    Tool,
+    _obj,
+)
+from edge.agents.tools.tensors import tensor_in, tensor_out
+from edge.errors import EdgeError, EntityError
 from edge.inference.registry import ModelRegistry
-from edge.inference.vision import DetectionPipeline, Detector, resize
+from edge.inference.vision import Detector, resize
+from edge.layer import DeviceContext, LifecycleError
+from edge.nats import subjects
+from edge.nats.service import code_of, respond_error, respond_ok
 from edge.world.store import World
 
-log = logging.getLogger("edge.services.tools")
+log = logging.getLogger("edge.agents.tools")
 
 SERVICE_NAME = "edge-tools"
 SERVICE_VERSION = "1.0.0"
-CALLER_HEADER = "Edge-Caller"
-ANONYMOUS = "anonymous"
-WILDCARD = "*"
-DEFAULT_ACK_TIMEOUT_S = 2.0  # send_command waits this long for the ack unless told otherwise
-MAX_ACK_TIMEOUT_S = 30.0
 DETECT_TIMEOUT_S = 5.0  # capture_frame's detector run
-MAX_JSON_ELEMENTS = 100_000  # larger model outputs must be asked for as base64
 MAX_SENSOR_KEYS = 4096  # (entity, component) telemetry entries remembered
-MAX_THUMBNAIL_PX = 128
-TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-DTYPES = ["float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"]
 
+#: The camera the tools use: its frames and a detector (either may be None).
+CameraFinder = Callable[[], tuple[LatestFrame | None, Detector | None]]
 
-# -- errors -----------------------------------------------------------------------------------
-
-
-class ToolError(EdgeError):
-    """A tool call was refused; ``code`` is the HTTP-like status sent in the service headers."""
-
-    code = "400"
-
-    def __init__(self, message: str, *, tool: str | None = None, **fields: Any) -> None:
-        super().__init__(message, tool=tool, **fields)
-        self.tool = tool
-
-
-class ToolDenied(ToolError):
-    code = "403"
-
-
-class ToolNotFound(ToolError):
-    code = "404"
-
-
-class ToolUnavailable(ToolError):
-    code = "503"
-
-
-class ToolTimeout(ToolError):
-    code = "504"
-
-
-# -- permissions ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ToolPermissions:
-    """Caller -> allowed tool names. ``"*"`` as a caller is everyone (including callers without the
-    header); ``"*"`` as a tool is every tool. ``open`` (no table configured) allows everything."""
-
-    callers: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    open: bool = True
-
-    def allowed(self, caller: str, tool: str) -> bool:
-        if self.open:
-            return True
-        for who in (caller, WILDCARD):
-            tools = self.callers.get(who)
-            if tools is not None and (tool in tools or WILDCARD in tools):
-                return True
-        return False
-
-    def nats_permissions(self, device: str, tools: Sequence[str]) -> str:
-        """A nats-server ``authorization { users = [...] }`` snippet matching these permissions."""
-        lines = ["# edge-tools callers of device " + device + "; '*' tools must be granted to every user",
-                 "authorization {", "  users = ["]
-        for caller, allowed in sorted(self.callers.items()):
-            if caller == WILDCARD:
-                continue
-            names = sorted(tools) if WILDCARD in allowed else sorted(set(allowed) | set(self.callers.get(WILDCARD, ())))
-            subs = [f'"edge.{device}.tools.schema"'] + [f'"edge.{device}.tools.{n}"' for n in names if n != WILDCARD]
-            lines += [
-                f'    {{ user = "{caller}", password = "CHANGE-ME-{caller}",',
-                f"      permissions = {{ publish = {{ allow = [{', '.join(subs)}] }},",
-                '                      subscribe = { allow = ["_INBOX.>"] } } }',
-            ]
-        lines += ["  ]", "}"]
-        return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class ToolsConfig:
-    """The ``[tools]`` table: ``enabled``, ``ack_timeout`` (s), ``[tools.callers]`` name = [tools]."""
-
-    enabled: bool = True
-    ack_timeout: float = DEFAULT_ACK_TIMEOUT_S
-    permissions: ToolPermissions = field(default_factory=ToolPermissions)
-
-
-def parse_tools_config(raw: Any, *, file: str | None = None) -> ToolsConfig:
-    """Validate a ``[tools]`` table (None -> defaults: enabled, open permissions)."""
-    if raw is None:
-        return ToolsConfig()
-    if not isinstance(raw, Mapping):
-        raise ConfigError("expected a table", key="tools", file=file)
-    unknown = sorted(set(raw) - {"enabled", "ack_timeout", "callers"})
-    if unknown:
-        raise ConfigError("unknown setting", key=f"tools.{unknown[0]}", file=file)
-    enabled = raw.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise ConfigError("expected true or false", key="tools.enabled", file=file)
-    ack = raw.get("ack_timeout", DEFAULT_ACK_TIMEOUT_S)
-    if isinstance(ack, bool) or not isinstance(ack, (int, float)) or not 0 < ack <= MAX_ACK_TIMEOUT_S:
-        raise ConfigError(f"expected seconds in (0, {MAX_ACK_TIMEOUT_S}]", key="tools.ack_timeout", file=file)
-    if "callers" not in raw:
-        return ToolsConfig(enabled, float(ack))
-    callers = raw["callers"]
-    if not isinstance(callers, Mapping):
-        raise ConfigError("expected a table of caller = [tool names]", key="tools.callers", file=file)
-    known = set(TOOL_NAMES) | {WILDCARD}
-    table: dict[str, frozenset[str]] = {}
-    for caller, tools in callers.items():
-        key = f"tools.callers.{caller}"
-        if caller != WILDCARD and not TOKEN_RE.match(caller):
-            raise ConfigError("caller names are 1-64 characters of A-Z a-z 0-9 _ -", key=key, file=file)
-        if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
-            raise ConfigError("expected a list of tool names", key=key, file=file)
-        bad = sorted(set(tools) - known)
-        if bad:
-            raise ConfigError(f"unknown tool '{bad[0]}'; tools: {', '.join(TOOL_NAMES)}", key=key, file=file)
-        table[caller] = frozenset(tools)
-    return ToolsConfig(enabled, float(ack), ToolPermissions(table, open=False))
-
-
-# -- tools ------------------------------------------------------------------------------------
-
-
-Handler = Callable[[dict[str, Any], str], Awaitable[Any]]
-
-
-@dataclass
-class Tool:
-    name: str
-    description: str
-    input_schema: dict[str, Any]
-    output_schema: dict[str, Any]
-    handler: Handler
-
-    def spec(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "input_schema": self.input_schema,
-                "output_schema": self.output_schema}
-
-
-def _obj(props: dict[str, Any], required: Sequence[str] = (), **extra: Any) -> dict[str, Any]:
-    return {"type": "object", "properties": props, "required": list(required),
-            "additionalProperties": False, **extra}
-
-
-STR = {"type": "string", "minLength": 1}
-ENTITY = {"type": "string", "minLength": 1, "maxLength": 64, "description": "entity id, e.g. drone-1"}
-ANY_OBJ: dict[str, Any] = {"type": "object"}
-ENTITY_OUT = _obj({"id": STR, "kind": {"type": "string"}, "labels": ANY_OBJ,
-                   "components": {"type": "array", "items": STR}}, ["id", "kind", "labels", "components"])
-DETECTION_OUT = _obj({"label": {"type": "string"}, "score": {"type": "number"},
-                      "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
-                      "keypoints": {"type": "array"}}, ["label", "score", "box"])
-TENSOR_IN = _obj({
-    "data": {"type": "array", "description": "nested lists of numbers (row-major)"},
-    "b64": {"type": "string", "description": "raw little-endian bytes, base64; needs shape and dtype"},
-    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-    "dtype": {"type": "string", "enum": DTYPES},
-})
-TENSOR_OUT = _obj({"shape": {"type": "array", "items": {"type": "integer"}}, "dtype": {"type": "string"},
-                   "data": {"type": "array"}, "b64": {"type": "string"}}, ["shape", "dtype"])
-TOOL_NAMES = ("list_entities", "read_component", "read_sensor", "capture_frame", "run_model", "send_command")
-
-
-def _tensor_in(spec: Mapping[str, Any], default_dtype: np.dtype[Any], where: str) -> npt.NDArray[Any]:
-    dtype = np.dtype(spec["dtype"]) if "dtype" in spec else default_dtype
-    if "b64" in spec:
-        if "shape" not in spec or "dtype" not in spec:
-            raise ToolError(f"{where}: 'b64' needs 'shape' and 'dtype'", tool="run_model")
-        try:
-            raw = base64.b64decode(spec["b64"], validate=True)
-        except ValueError as err:
-            raise ToolError(f"{where}: 'b64' is not base64: {err}", tool="run_model") from err
-        shape = tuple(int(d) for d in spec["shape"])
-        want = int(np.prod(shape)) * dtype.itemsize
-        if len(raw) != want:
-            raise ToolError(f"{where}: {len(raw)} bytes do not fill shape {list(shape)} of {dtype} "
-                            f"({want} bytes)", tool="run_model")
-        return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
-    if "data" not in spec:
-        raise ToolError(f"{where}: give 'data' (nested lists) or 'b64' + 'shape' + 'dtype'", tool="run_model")
-    try:
-        arr = np.asarray(spec["data"], dtype=dtype)
-    except (ValueError, TypeError) as err:
-        raise ToolError(f"{where}: 'data' is not a regular array of numbers: {err}", tool="run_model") from err
-    if "shape" in spec and list(arr.shape) != [int(d) for d in spec["shape"]]:
-        raise ToolError(f"{where}: data has shape {list(arr.shape)}, not {spec['shape']}", tool="run_model")
-    return arr
-
-
-def _tensor_out(arr: npt.NDArray[Any], encoding: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
-    if encoding == "b64":
-        out["b64"] = base64.b64encode(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()).decode()
-    elif arr.size > MAX_JSON_ELEMENTS:
-        raise ToolError(f"output of {arr.size} elements is too large for JSON; ask for output_encoding 'b64'",
-                        tool="run_model")
-    else:
-        out["data"] = arr.tolist()
-    return out
+__all__ = [
+    "CALLER_HEADER", "SERVICE_NAME", "TOOL_NAMES", "ToolDenied", "ToolError", "ToolNotFound", "ToolPermissions",
+    "ToolTimeout", "ToolUnavailable", "ToolsConfig", "ToolsService", "parse_tools_config",
+]
 
 
 class ToolsService:
-    """Serves the tools of one device (a runtime extra: ``start(runtime)``/``stop()``/``status()``).
+    """Serves the tools of one device as a layer (section ``tools``).
 
-    ``frames`` and ``detector`` enable ``capture_frame`` (e.g. a camera driver's LatestFrame and a
-    DetectionPipeline's detector); ``models`` enables ``run_model``. Those not given are looked up
-    on the runtime at call time (its extras' ``registry`` and ``pipelines``, then
-    ``runtime.camera_frames()``), so the service can start before the perception layer is up.
+    Its providers are given explicitly: ``models`` (the model registry) enables ``run_model``;
+    ``camera`` (called per request: the frames and the detector, e.g. the inference layer's
+    first vision pipeline) enables ``capture_frame``. ``frames``/``detector`` are a fixed camera
+    for callers without a finder.
     """
 
-    status_section = "tools"
+    name = "tools"
 
     def __init__(
         self,
-        config: ToolsConfig = ToolsConfig(),
+        config: ToolsConfig | None = None,
         *,
         models: ModelRegistry | None = None,
+        camera: CameraFinder | None = None,
         frames: LatestFrame | None = None,
         detector: Detector | None = None,
     ) -> None:
-        self.config = config
+        self.config = config or ToolsConfig()
         self.models = models
+        self.camera = camera
         self.frames = frames
         self.detector = detector
         self.calls: dict[str, int] = defaultdict(int)
         self.errors: dict[str, int] = defaultdict(int)
         self.denied: dict[str, int] = defaultdict(int)  # by caller
         self.last_denied: dict[str, Any] | None = None
-        self._runtime: RuntimeView | None = None
+        self._ctx: DeviceContext | None = None
         self._service: Service | None = None
         self._tele_sub: Subscription | None = None
         self._sensors: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
-        self._cmd_locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self.tools = self._tools()
+        self._cmd_locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    @property
+    def ctx(self) -> DeviceContext:
+        if self._ctx is None:
+            raise LifecycleError("the tools service is not started; call start(ctx) first")
+        return self._ctx
 
     @property
     def device(self) -> str:
-        assert self._runtime is not None, "ToolsService is not started"
-        return self._runtime.device
+        return self.ctx.device
 
     @property
     def world(self) -> World:
-        assert self._runtime is not None, "ToolsService is not started"
-        return self._runtime.world
-
-    @property
-    def nc(self) -> Client:
-        assert self._runtime is not None and self._runtime.nc is not None, "ToolsService is not started"
-        return self._runtime.nc
+        return self.ctx.world
 
     def resolve_models(self) -> ModelRegistry | None:
-        if self.models is not None:
-            return self.models
-        for extra in getattr(self._runtime, "extras", None) or ():
-            registry = getattr(extra, "registry", None)
-            if isinstance(registry, ModelRegistry):
-                return registry
-        return None
+        return self.models
 
     def resolve_camera(self) -> tuple[LatestFrame | None, Detector | None]:
         if self.frames is not None:
             return self.frames, self.detector
-        for extra in getattr(self._runtime, "extras", None) or ():
-            for pipeline in getattr(extra, "pipelines", None) or ():
-                if isinstance(pipeline, DetectionPipeline):
-                    return pipeline.source, self.detector or pipeline.detector
-        finder = getattr(self._runtime, "camera_frames", None)
-        frames = finder(None) if callable(finder) else None
-        return (frames, self.detector) if isinstance(frames, LatestFrame) else (None, None)
+        if self.camera is not None:
+            frames, detector = self.camera()
+            return frames, self.detector or detector
+        return None, None
 
     def subject(self, name: str) -> str:
-        return f"{subjects.PREFIX}.{self.device}.tools.{name}"
+        return subjects.tools(self.device, name)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def start(self, runtime: RuntimeView) -> None:
-        if runtime.nc is None:
-            raise EdgeError("ToolsService needs a NATS connection")
-        self._runtime = runtime
+    async def start(self, ctx: DeviceContext) -> None:
+        self._ctx = ctx
         if not self.config.enabled:
             log.info("tools service disabled by config")
             return
-        nc = runtime.nc
-        self._tele_sub = await nc.subscribe(f"{subjects.PREFIX}.{runtime.device}.tele.>", cb=self._on_tele)
+        nc = ctx.nc
+        self._tele_sub = await nc.subscribe(subjects.telemetry(ctx.device), cb=self._on_tele)
         svc = await add_service(nc, name=SERVICE_NAME, version=SERVICE_VERSION,
-                                description=f"tools of device {runtime.device} for external agents",
-                                metadata={"device": runtime.device, "caller_header": CALLER_HEADER})
+                                description=f"tools of device {ctx.device} for external agents",
+                                metadata={"device": ctx.device, "caller_header": CALLER_HEADER})
         await svc.add_endpoint(name="schema", subject=self.subject("schema"), handler=self._schema_endpoint,
                                metadata={"description": "List the tools this caller may use."})
         for tool in self.tools.values():
@@ -400,15 +217,9 @@ class ToolsService:
         headers = req.headers or {}
         return headers.get(CALLER_HEADER) or ANONYMOUS
 
-    @staticmethod
-    async def _reply_error(req: Request, err: EdgeError, code: str) -> None:
-        body = json.dumps({"ok": False, "error": err.to_dict()}, default=str).encode()
-        await req.respond_error(code, err.message, data=body)
-
     async def _schema_endpoint(self, req: Request) -> None:
         caller = self._caller(req)
-        body = {"ok": True, "result": {"device": self.device, "caller": caller, "tools": self.schemas(caller)}}
-        await req.respond(json.dumps(body).encode())
+        await respond_ok(req, {"device": self.device, "caller": caller, "tools": self.schemas(caller)})
 
     def _wrap(self, tool: Tool) -> Callable[[Request], Awaitable[None]]:
         async def handle(req: Request) -> None:
@@ -419,7 +230,7 @@ class ToolsService:
                 self.last_denied = {"t": time.time(), "caller": caller, "tool": tool.name}
                 log.warning("tool %s denied to caller %s", tool.name, caller)
                 err = ToolDenied(f"caller '{caller}' may not use tool '{tool.name}'", tool=tool.name, caller=caller)
-                await self._reply_error(req, err, err.code)
+                await respond_error(req, err)
                 return
             try:
                 try:
@@ -430,17 +241,17 @@ class ToolsService:
                 result = await tool.handler(body, caller)
             except EdgeError as err:
                 self.errors[tool.name] += 1
-                code = err.code if isinstance(err, ToolError) else "404" if isinstance(err, EntityError) else "400"
+                code = "404" if isinstance(err, EntityError) else code_of(err)
                 err.fields.setdefault("tool", tool.name)
-                await self._reply_error(req, err, code)
+                await respond_error(req, err, code)
                 return
             except Exception as exc:  # noqa: BLE001  never let a tool kill the service
                 self.errors[tool.name] += 1
                 log.exception("tool %s failed", tool.name)
-                await self._reply_error(req, EdgeError(f"internal error: {type(exc).__name__}: {exc}",
-                                                       tool=tool.name), "500")
+                await respond_error(req, EdgeError(f"internal error: {type(exc).__name__}: {exc}",
+                                                   tool=tool.name), "500")
                 return
-            await req.respond(json.dumps({"ok": True, "result": result}, default=str).encode())
+            await respond_ok(req, result)
 
         return handle
 
@@ -558,28 +369,28 @@ class ToolsService:
         for i, spec in enumerate(body["inputs"]):
             info = model.inputs[i] if i < len(model.inputs) else None
             default = np.dtype(np.float32) if info is None or info.quantized else info.dtype
-            arrays.append(_tensor_in(spec, default, f"inputs[{i}]"))
+            arrays.append(tensor_in(spec, default, f"inputs[{i}]"))
         t0 = time.perf_counter()
         outputs = await models.infer(name, arrays)
         latency = (time.perf_counter() - t0) * 1e3
         encoding = body.get("output_encoding", "json")
-        return {"model": name, "outputs": [_tensor_out(np.asarray(o), encoding) for o in outputs],
+        return {"model": name, "outputs": [tensor_out(np.asarray(o), encoding) for o in outputs],
                 "latency_ms": round(latency, 3)}
 
     async def send_command(self, body: dict[str, Any], caller: str) -> dict[str, Any]:
         entity, verb = body["entity"], body["verb"]
         for key, value in (("entity", entity), ("verb", verb)):
-            if not TOKEN_RE.match(value):
-                raise ToolError(f"$.{key}: use 1-64 characters of A-Z a-z 0-9 _ -", path=f"$.{key}")
+            if not subjects.is_id(value):
+                raise ToolError(f"$.{key}: use {subjects.ID_RULE}", path=f"$.{key}")
         timeout = float(body.get("timeout_s", self.config.ack_timeout))
         cmd = subjects.command(self.device, entity, verb)
         ack_subject = subjects.ack(self.device, entity, verb)
         payload = json.dumps(body.get("args", {}), separators=(",", ":")).encode()
         async with self._cmd_locks[(entity, verb)]:  # acks carry no id: one command in flight per verb
-            sub = await self.nc.subscribe(ack_subject, max_msgs=1)
+            sub = await self.ctx.nc.subscribe(ack_subject, max_msgs=1)
             try:
                 t0 = time.perf_counter()
-                await self.nc.publish(cmd, payload, headers={CALLER_HEADER: caller})
+                await self.ctx.nc.publish(cmd, payload, headers={CALLER_HEADER: caller})
                 try:
                     msg = await sub.next_msg(timeout=timeout)
                 except TimeoutError as err:

@@ -21,8 +21,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 
-from edge.sync import naming
-from edge.sync.cloud import EXPIRES_HEADER
+from edge.nats import subjects as naming
+from edge.sync.hub.fleet import EXPIRES_HEADER
 
 log = logging.getLogger("edge.sync")
 
@@ -59,7 +59,7 @@ class CommandReceiver:
         self.ack_wait_s = ack_wait_s
         self.stats = {"delivered": 0, "expired": 0, "replied": 0}
         self._sub: JetStreamContext.PullSubscription | None = None
-        self._prefix = naming.cmd_subject(device, "")
+        self._prefix = naming.command(device, "")
 
     async def start(self) -> None:
         if self._sub is not None:
@@ -70,10 +70,10 @@ class CommandReceiver:
             deliver_policy=DeliverPolicy.ALL,
             max_ack_pending=1,
             ack_wait=self.ack_wait_s,
-            filter_subject=naming.cmd_subject(self.device),
+            filter_subject=naming.command(self.device),
         )
         self._sub = await self.js.pull_subscribe(
-            naming.cmd_subject(self.device), durable=self.durable, stream=naming.CMD_STREAM, config=cfg
+            naming.command(self.device), durable=self.durable, stream=naming.CMD_STREAM, config=cfg
         )
 
     async def close(self) -> None:
@@ -120,7 +120,7 @@ class CommandReceiver:
     async def reply(self, cmd: Command, payload: bytes) -> PubAck:
         """Publish the command's result (deduplicated by command id), then ack the command."""
         ack = await self.js.publish(
-            naming.ack_subject(self.device, _token(cmd.command_id)),
+            naming.ack(self.device, _token(cmd.command_id)),
             payload,
             headers={MSG_ID_HEADER: f"result-{cmd.command_id}"},
         )

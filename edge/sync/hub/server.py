@@ -32,9 +32,9 @@ from typing import Literal
 from urllib.parse import quote
 
 from edge.errors import ConfigError
-from edge.natsd.server import NatsServer, ServerOptions, TlsFiles
-from edge.sync import naming
-from edge.sync.leaf import SEED_FILE_MODE, USER_SEED_RE
+from edge.nats.server import NatsServer, ServerOptions, TlsFiles
+from edge.nats import subjects as naming
+from edge.sync.device.leaf import SEED_FILE_MODE, USER_SEED_RE
 
 CLOUD_USER = "cloud"
 NKEY_SEED_BYTES = 32  # Ed25519 seed length

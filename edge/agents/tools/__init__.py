@@ -1,0 +1,1 @@
+"""``edge-tools``: the device's capabilities as tools for external (LLM) agents, over NATS."""

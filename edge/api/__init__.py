@@ -1,0 +1,1 @@
+"""The device API: entities, components and status as a NATS micro service (``edge-device``)."""

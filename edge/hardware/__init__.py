@@ -1,0 +1,1 @@
+"""Hardware as a runtime layer: the drivers of ``drivers/`` wired to the world and NATS."""

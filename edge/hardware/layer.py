@@ -1,0 +1,76 @@
+"""The drivers as a runtime layer (``edge status`` section ``drivers``).
+
+Key components
+- :func:`build_drivers`: drivers from the config's ``[[drivers]]`` tables (lazily importing only
+  the kinds used, so a device without a flight controller never imports pymavlink).
+- :class:`HardwareLayer`: starts, supervises and stops the drivers; exposes camera frame slots to
+  the composition root (which hands them to inference and the tools service).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from drivers.base import Driver
+from drivers.supervisor import DriverSupervisor
+from edge.errors import ConfigError
+from edge.hardware.context import RuntimeDriverContext
+from edge.layer import DeviceContext
+
+if TYPE_CHECKING:
+    from drivers.camera.frames import LatestFrame
+
+log = logging.getLogger("edge.hardware")
+
+
+def build_drivers(tables: Sequence[dict[str, Any]], *, file: str | None) -> list[Driver]:
+    """Drivers from the config's ``[[drivers]]`` tables (each needs a unique ``name``)."""
+    from drivers.config import build_driver
+
+    out: list[Driver] = []
+    seen: set[str] = set()
+    for i, table in enumerate(tables):
+        name = table.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError("every driver needs a name", key=f"drivers[{i}].name", file=file)
+        if name in seen:
+            raise ConfigError(f"driver name {name!r} is used twice", key=f"drivers[{i}].name", file=file)
+        seen.add(name)
+        out.append(build_driver(name, table, file=file))
+    return out
+
+
+class HardwareLayer:
+    """Starts, supervises and stops the device's drivers."""
+
+    name = "drivers"
+
+    def __init__(self, drivers: Sequence[Driver]) -> None:
+        self.drivers = list(drivers)
+        self.supervisor: DriverSupervisor | None = None
+        self.context: RuntimeDriverContext | None = None
+
+    async def start(self, ctx: DeviceContext) -> None:
+        self.context = RuntimeDriverContext(ctx.device, ctx.world, ctx.nc, ctx.events)
+        self.supervisor = DriverSupervisor(self.context, self.drivers)
+        await self.supervisor.start()
+        log.info("%d drivers started", len(self.drivers))
+
+    async def stop(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+
+    def status(self) -> list[dict[str, Any]]:
+        if self.supervisor is None:
+            return []
+        return [s.to_dict() for s in self.supervisor.status()]
+
+    def frames(self, camera: str | None = None) -> LatestFrame | None:
+        """The latest-frame slot of a camera driver (the first camera if no name is given)."""
+        for d in self.drivers:
+            slot = d.frame_slot()
+            if slot is not None and (camera is None or d.name == camera):
+                return slot
+        return None

@@ -1,1 +1,0 @@
-"""NATS request/reply services of the device (nats-py ``micro``)."""

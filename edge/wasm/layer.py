@@ -1,0 +1,275 @@
+"""The WebAssembly systems as a layer (``edge status`` section ``components``).
+
+Key components
+- :class:`SandboxLayer`: owns the sandbox pool, loads the configured components (manifest ->
+  pool -> tick loop and/or message pump), serves load/unload to the device API, and is the
+  pool's host: component publishes go to NATS (events through the device's acknowledged
+  publisher), private KV writes to the ``edge-components`` bucket, faults into the status and
+  onto ``edge.<device>.evt.runtime.fault``.
+- The ``infer`` import is served by the inference bridge the composition root hands in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
+
+from edge.errors import ComponentLoadError, EdgeError, SandboxError
+from edge.layer import DeviceContext, LifecycleError
+from edge.nats import subjects
+from edge.wasm.manifest import Manifest, load_manifest
+from edge.wasm.pool import SandboxPool
+from edge.world.scheduler import MessagePump, SharedBatch, TickLoop
+from edge.world.store import F64Array
+
+log = logging.getLogger("edge.wasm.layer")
+
+COMPONENT_KV_BUCKET = "edge-components"  # private key-value state of wasm components
+STATE_READ_TIMEOUT_S = 5.0  # seconds to read a component's KV snapshot at load
+MAX_FAULTS_KEPT = 50
+PUMP_PENDING_MSGS = 100_000  # NATS client-side buffer per subscription of a component
+
+
+class InferBridge(Protocol):
+    """Runs a model for a component's ``infer`` import (see :mod:`edge.inference.bridge`)."""
+
+    async def infer(self, component: str, model: str, data: bytes) -> bytes: ...
+
+
+class WasmTickRunner:
+    """Adapts a component in the sandbox pool to the scheduler's TickRunner protocol."""
+
+    def __init__(self, pool: SandboxPool, name: str) -> None:
+        self.pool = pool
+        self.name = name
+
+    def buffers(self, n: int) -> list[F64Array]:
+        return self.pool.batch(self.name, n)
+
+    async def run(self, n: int, dt: float, ids: Any) -> bool:
+        return await self.pool.tick(self.name, n, dt, ids)
+
+    # [shared world columns] the scheduler's SharedTickRunner method: the worker reads and writes
+    # the world's shared columns in place (see edge.world.scheduler, docs/sandbox.md).
+    async def run_shared(self, batch: SharedBatch, dt: float, on_done: Callable[[], None]) -> bool | None:
+        return await self.pool.tick_shared(
+            self.name, batch.n, dt, version=batch.version,
+            columns=[(r.path, r.ino, r.nbytes) for r in batch.refs],
+            index=batch.index, ids=batch.ids, on_done=on_done,
+        )
+
+
+@dataclass
+class LoadedComponent:
+    manifest: Manifest
+    tick: TickLoop | None = None
+    pump: MessagePump | None = None
+    subs: list[Subscription] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    deadline_s: float
+    recycle_after: int
+    workers: int
+
+
+class SandboxLayer:
+    """Runs the device's WebAssembly components in the sandbox."""
+
+    name = "components"
+
+    def __init__(self, manifests: Sequence[Path], settings: SandboxSettings, *,
+                 infer: InferBridge | None = None) -> None:
+        self.manifests = list(manifests)
+        self.settings = settings
+        self.bridge = infer
+        self.components: dict[str, LoadedComponent] = {}
+        self.faults: list[dict[str, Any]] = []
+        self.pool: SandboxPool | None = None
+        self._ctx: DeviceContext | None = None
+        self._kv: KeyValue | None = None
+
+    @property
+    def ctx(self) -> DeviceContext:
+        if self._ctx is None:
+            raise LifecycleError("the sandbox layer is not started; components load after start(ctx)")
+        return self._ctx
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self, ctx: DeviceContext) -> None:
+        self._ctx = ctx
+        s = self.settings
+        self.pool = SandboxPool(ctx.device, self, recycle_after=s.recycle_after, deadline_s=s.deadline_s,
+                                workers=s.workers)
+        await self.pool.start()
+        for manifest_path in self.manifests:
+            try:
+                await self.load_component(str(manifest_path))
+            except EdgeError as err:  # a bad component is reported; the device still comes up
+                log.error("component %s not loaded: %s", manifest_path, err)
+                self._record_fault(str(manifest_path), "load", err.message)
+
+    async def stop(self) -> None:
+        errors: list[str] = []
+        for name in list(self.components):
+            try:
+                await self._stop_component(name)
+            except Exception as err:  # noqa: BLE001  every component gets its stop
+                errors.append(f"component {name}: {type(err).__name__}: {err}")
+        if self.pool is not None:
+            await self.pool.stop()
+            self.pool = None
+        if errors:
+            raise EdgeError("; ".join(errors))
+
+    def status(self) -> list[dict[str, Any]]:
+        return self.components_status()
+
+    # -- components ---------------------------------------------------------------------------
+
+    async def load_component(self, manifest_path: str) -> dict[str, Any]:
+        ctx = self.ctx
+        pool = self.pool
+        if pool is None:
+            raise LifecycleError("the sandbox is stopped; no component can be loaded")
+        manifest = load_manifest(Path(manifest_path), ctx.device)
+        if manifest.name in self.components:
+            raise ComponentLoadError(
+                f"component '{manifest.name}' is already loaded; unload it first", component=manifest.name
+            )
+        for column in manifest.columns:
+            try:
+                ctx.world.column(column)
+            except EdgeError as err:
+                raise ComponentLoadError(
+                    f"component '{manifest.name}' queries {column}: {err.message}", component=manifest.name
+                ) from err
+        kv = await self._component_state(manifest.name)
+        await pool.load(manifest, kv)
+        loaded = LoadedComponent(manifest)
+        if manifest.tick_hz > 0:
+            loaded.tick = TickLoop(ctx.world, WasmTickRunner(pool, manifest.name), read=manifest.read,
+                                   write=manifest.write, hz=manifest.tick_hz)
+            loaded.tick.start()
+        if manifest.subscribe:
+            name = manifest.name
+
+            async def deliver(batch: Sequence[tuple[str, bytes]]) -> None:
+                await pool.deliver(name, batch)
+
+            pump = MessagePump(manifest.name, deliver)
+            pump.start()
+            loaded.pump = pump
+            for subject in manifest.subscribe:
+
+                async def on_msg(msg: Msg, pump: MessagePump = pump) -> None:
+                    pump.put(msg.subject, msg.data)
+
+                loaded.subs.append(await ctx.nc.subscribe(subject, cb=on_msg, pending_msgs_limit=PUMP_PENDING_MSGS))
+        self.components[manifest.name] = loaded
+        log.info("component %s %s loaded", manifest.name, manifest.version)
+        return {"name": manifest.name, "version": manifest.version}
+
+    async def unload_component(self, name: str) -> None:
+        if name not in self.components:
+            raise ComponentLoadError(f"no component '{name}' is loaded", component=name)
+        await self._stop_component(name)
+        log.info("component %s unloaded", name)
+
+    async def _stop_component(self, name: str) -> None:
+        loaded = self.components.pop(name)
+        for sub in loaded.subs:
+            await sub.unsubscribe()
+        if loaded.tick is not None:
+            await loaded.tick.stop()
+        if loaded.pump is not None:
+            await loaded.pump.stop()
+        if self.pool is not None:
+            await self.pool.unload(name)
+
+    def wasm_agents(self) -> list[str]:
+        """Loaded components that both subscribe and publish: they act as agents."""
+        return [n for n, c in self.components.items() if c.manifest.subscribe and c.manifest.publish]
+
+    def components_status(self) -> list[dict[str, Any]]:
+        pool_status = {s["name"]: s for s in (self.pool.status() if self.pool else [])}
+        out = []
+        for name, loaded in sorted(self.components.items()):
+            entry = dict(pool_status.get(name, {"name": name, "state": "unknown"}))
+            entry["version"] = loaded.manifest.version
+            if loaded.tick is not None:
+                entry["tick_hz"] = loaded.manifest.tick_hz
+                entry["tick"] = loaded.tick.stats.to_dict()
+            if loaded.pump is not None:
+                entry["inbox"] = loaded.pump.to_dict()
+            out.append(entry)
+        return out
+
+    # -- component KV ---------------------------------------------------------------------------
+
+    async def _bucket(self) -> KeyValue:
+        if self._kv is None:
+            js = self.ctx.js
+            try:
+                self._kv = await js.key_value(COMPONENT_KV_BUCKET)
+            except BucketNotFoundError:
+                self._kv = await js.create_key_value(bucket=COMPONENT_KV_BUCKET, history=1)
+        return self._kv
+
+    async def _component_state(self, component: str) -> dict[str, bytes]:
+        kv = await self._bucket()
+        out: dict[str, bytes] = {}
+        watcher = await kv.watch(f"{component}.>", ignore_deletes=True)
+        try:
+            while (entry := await watcher.updates(timeout=STATE_READ_TIMEOUT_S)) is not None:
+                out[entry.key[len(component) + 1 :]] = entry.value or b""
+        finally:
+            await watcher.stop()
+        return out
+
+    # -- the pool's host callbacks ----------------------------------------------------------------
+
+    async def publish(self, component: str, subject: str, data: bytes) -> None:
+        ctx = self.ctx
+        if subject.startswith(f"{subjects.PREFIX}.{ctx.device}.evt."):
+            ctx.events.emit(subject, data)  # events are acknowledged, like every other event
+        else:
+            await ctx.nc.publish(subject, data)
+
+    async def kv_put(self, component: str, key: str, value: bytes) -> None:
+        kv = await self._bucket()
+        await kv.put(f"{component}.{key}", value)
+
+    async def infer(self, component: str, model: str, data: bytes) -> bytes:
+        if self.bridge is None:
+            from edge.inference.errors import InferenceError
+
+            raise InferenceError(
+                f"component '{component}' asked for model '{model}', but this device loads no models",
+                model=model, reason="unknown-model",
+            )
+        return await self.bridge.infer(component, model, data)
+
+    def on_fault(self, component: str, fault: SandboxError) -> None:
+        log.warning("component %s fault: %s", component, fault.message)
+        self._record_fault(component, fault.reason or "fault", fault.message, export=fault.export)
+        ctx = self._ctx
+        if ctx is not None:
+            body = json.dumps({"component": component, **fault.to_dict()}).encode()
+            ctx.events.emit(subjects.event(ctx.device, "runtime", "fault"), body)
+
+    def _record_fault(self, component: str, kind: str, message: str, **extra: Any) -> None:
+        self.faults.append({"t": time.time(), "component": component, "kind": kind, "message": message, **extra})
+        del self.faults[:-MAX_FAULTS_KEPT]
