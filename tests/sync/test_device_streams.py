@@ -11,7 +11,7 @@ import pytest
 from edge.errors import ConfigError, NatsError
 from edge.natsd.testing import running_server
 from edge.sync import naming
-from edge.sync.publisher import Downsampler, Publisher, PublishRejected
+from edge.nats.publisher import Downsampler, Publisher, PublishRejected
 from edge.sync.streams import (
     DeviceStreamConfig,
     DropMonitor,

@@ -21,7 +21,7 @@ from edge.sync.cloud import (
 )
 from edge.sync.commands import CommandReceiver
 from edge.sync.leaf import HubLink, device_server_options
-from edge.sync.publisher import Publisher, _parse_ack
+from edge.nats.publisher import Publisher, _parse_ack
 from edge.sync.streams import DeviceStreamConfig, ensure_device_streams
 from edge.sync.testing import read_stream, sync_rig
 from isolation_support import assert_confined

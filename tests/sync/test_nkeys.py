@@ -22,7 +22,7 @@ from edge.natsd.server import pick_free_port
 from edge.sync.cloud import fleet_status, provision_device
 from edge.sync.hub import HubServer, generate_nkey, write_seed
 from edge.sync.leaf import HubLink, device_server_options, read_seed
-from edge.sync.publisher import Publisher
+from edge.nats.publisher import Publisher
 from edge.sync.streams import DeviceStreamConfig, ensure_device_streams
 from edge.sync.testing import read_stream
 from isolation_support import assert_confined

@@ -14,7 +14,7 @@ from edge.natsd import NatsServer, TlsFiles
 from edge.sync.cloud import fleet_status, provision_device
 from edge.sync.hub import HubServer
 from edge.sync.leaf import HubLink, device_server_options
-from edge.sync.publisher import Publisher
+from edge.nats.publisher import Publisher
 from edge.sync.streams import DeviceStreamConfig, ensure_device_streams
 from edge.sync.testing import make_test_pki
 
