@@ -557,7 +557,8 @@ class EventPublisher:
         """Queue one message for acknowledged delivery; returns at once.
 
         A full outbox or a stopped publisher drops the message and counts it (``dropped``).
-        Raises ``ValueError`` only for a malformed subject (a programming error).
+        Raises ``ValueError`` only for a malformed subject (a programming error). Call it from
+        the event loop's thread (from a worker thread: ``loop.call_soon_threadsafe(pub.emit, ...)``).
         """
         _check_subject(subject)
         self._seq += 1
