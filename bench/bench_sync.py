@@ -1,7 +1,7 @@
 """Benchmark of the edge-to-cloud link with real nats-server processes on loopback.
 
 Measures, in one run:
-1. JetStream publish on the device: batched acks (edge.sync.publisher.Publisher) vs awaiting
+1. JetStream publish on the device: batched acks (edge.nats.publisher.Publisher) vs awaiting
    each ack (``js.publish``), in msg/s.
 2. Bytes on the wire per telemetry message over the leaf link (counted by the relay between
    device and hub, both directions), and the hub's own in_bytes from /varz.
@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge.sync.publisher import Publisher  # noqa: E402
+from edge.nats.publisher import Publisher  # noqa: E402
 from rigs.link import SyncRig  # noqa: E402
 
 DEFAULT_DURATION_S = 600

@@ -11,7 +11,7 @@ import pytest
 from edge.errors import ConfigError, NatsError
 from rigs.nats import running_server
 from edge.nats import subjects as naming
-from edge.sync.publisher import Downsampler, Publisher, PublishRejected
+from edge.nats.publisher import Downsampler, Publisher, PublishRejected
 from edge.sync.device.streams import (
     DeviceStreamConfig,
     DropMonitor,

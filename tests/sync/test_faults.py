@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from edge.nats import subjects as naming
-from edge.sync.publisher import Publisher
+from edge.nats.publisher import Publisher
 from edge.sync.device.streams import DeviceStreamConfig, DropMonitor, ensure_device_streams, stream_usage
 from rigs.link import SyncRig, read_stream, sync_rig
 
@@ -88,7 +88,7 @@ async def test_leaf_server_kill9_and_restart(tmp_path: Path) -> None:
 CHILD = r"""
 import asyncio, sys
 import nats
-from edge.sync.publisher import Publisher
+from edge.nats.publisher import Publisher
 async def main(url, n):
     nc = await nats.connect(url)
     async with Publisher(nc, max_in_flight=64) as pub:

@@ -21,7 +21,7 @@ from edge.sync.hub.fleet import (
 )
 from edge.sync.device.commands import CommandReceiver
 from edge.sync.device.leaf import HubLink, device_server_options
-from edge.sync.publisher import Publisher, _parse_ack
+from edge.nats.publisher import Publisher, _parse_ack
 from edge.sync.device.streams import DeviceStreamConfig, ensure_device_streams
 from rigs.link import read_stream, sync_rig
 from isolation_support import assert_confined

@@ -22,7 +22,7 @@ from edge.nats.server import pick_free_port
 from edge.sync.hub.fleet import fleet_status, provision_device
 from edge.sync.hub.server import HubServer, generate_nkey, write_seed
 from edge.sync.device.leaf import HubLink, device_server_options, read_seed
-from edge.sync.publisher import Publisher
+from edge.nats.publisher import Publisher
 from edge.sync.device.streams import DeviceStreamConfig, ensure_device_streams
 from rigs.link import read_stream
 from isolation_support import assert_confined

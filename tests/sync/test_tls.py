@@ -14,7 +14,7 @@ from edge.nats.server import NatsServer, TlsFiles
 from edge.sync.hub.fleet import fleet_status, provision_device
 from edge.sync.hub.server import HubServer
 from edge.sync.device.leaf import HubLink, device_server_options
-from edge.sync.publisher import Publisher
+from edge.nats.publisher import Publisher
 from edge.sync.device.streams import DeviceStreamConfig, ensure_device_streams
 from rigs.link import make_test_pki
 
