@@ -43,17 +43,18 @@ DEFAULT_STOP_TIMEOUT_S = 10.0
 
 
 class Events(Protocol):
-    """The device's acknowledged publisher: events, detections, command acks and decisions.
+    """The device's publishing path (:class:`edge.nats.events.DeviceEvents`).
 
-    ``emit`` never blocks and never raises for a full outbox: it queues the message for
-    JetStream with a message id (deduplicated by the stream), retried until acknowledged;
-    overflow is counted. ``telemetry`` is best effort (a core publish), its drops counted.
+    ``emit`` (events, detections, command answers, decisions) never blocks and never raises for
+    a full outbox: it queues the message for JetStream with a message id (deduplicated by the
+    stream), retried until acknowledged; overflow is counted. ``telemetry`` is best effort (a
+    core publish captured by the ``TELE`` stream), its drops counted.
     """
 
     def emit(self, subject: str, data: bytes, *, msg_id: str | None = None,
              headers: Mapping[str, str] | None = None) -> None: ...
 
-    def telemetry(self, subject: str, data: bytes) -> None: ...
+    async def telemetry(self, subject: str, data: bytes) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from nats.js.client import JetStreamContext
 from edge.config import DeviceConfig
 from edge.errors import EdgeError, NatsError
 from edge.layer import DeviceContext, Layer, LayerStack, LifecycleError
+from edge.nats.events import DeviceEvents
 from edge.nats.server import NatsServer
 from edge.wasm.layer import SandboxLayer, SandboxSettings
 from edge.wasm.pool import SandboxPool
@@ -43,29 +44,7 @@ log = logging.getLogger("edge.runtime")
 RUNTIME_FILE = "runtime.json"  # written into the data dir so the CLI can find a running device
 CONNECT_TIMEOUT = 5.0  # seconds
 STOP_STEP_TIMEOUT_S = 10.0  # seconds each shutdown step may take
-
-
-class _CoreEvents:
-    """Event sink over core publishes (until the acknowledged publisher is wired)."""
-
-    def __init__(self, nc: Client) -> None:
-        self.nc = nc
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def _send(self, subject: str, data: bytes, headers: Mapping[str, str] | None = None) -> None:
-        if not self.nc.is_connected:
-            return
-        task = asyncio.get_running_loop().create_task(
-            self.nc.publish(subject, data, headers=dict(headers) if headers else None))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    def emit(self, subject: str, data: bytes, *, msg_id: str | None = None,
-             headers: Mapping[str, str] | None = None) -> None:
-        self._send(subject, data, headers)
-
-    def telemetry(self, subject: str, data: bytes) -> None:
-        self._send(subject, data)
+EVENT_FLUSH_TIMEOUT_S = 5.0  # seconds the outbox gets at shutdown to deliver what it holds
 
 
 class Runtime:
@@ -83,6 +62,7 @@ class Runtime:
         self.world = World(schemas)
         self.persister: Persister | None = None
         self.context: DeviceContext | None = None
+        self.events: DeviceEvents | None = None
         self.sandbox = sandbox_layer(config)
         self._extra: list[Layer] = list(layers or [])
         self.layers: LayerStack | None = None
@@ -125,6 +105,8 @@ class Runtime:
             error_cb=self._nats_error,
         )
         self.js = self.nc.jetstream()
+        self.events = DeviceEvents(self.nc, self.device)
+        await self.events.start()
         self.persister = Persister(self.world, self.js, bucket=cfg.state.bucket, interval=cfg.state.persist_interval)
         restored = await self.persister.restore()
         log.info("restored %d entities from bucket %s", restored, cfg.state.bucket)
@@ -133,7 +115,7 @@ class Runtime:
                 self.world.spawn(spec.id, spec.kind, spec.labels, spec.components)
         self.context = DeviceContext(
             device=self.device, nc=self.nc, js=self.js, world=self.world, data_dir=cfg.data_dir,
-            events=_CoreEvents(self.nc), server=self.server,
+            events=self.events, server=self.server,
         )
         self.layers = LayerStack([self.persister, *built, *self._extra], stop_timeout=STOP_STEP_TIMEOUT_S)
         await self.layers.start(self.context)
@@ -155,6 +137,8 @@ class Runtime:
 
         if self.persister is not None and self.layers is None:
             await step("state flush", self.persister.stop())  # start failed before the layers
+        if self.events is not None:
+            await step("event flush", self.events.stop(EVENT_FLUSH_TIMEOUT_S))
         if self.nc is not None:
             await step("nats connection", self.nc.drain())
         if self.server is not None:
@@ -226,6 +210,7 @@ class Runtime:
             "nats": nats_health,
             "entities": entities,
             "faults": self.sandbox.faults[-10:],
+            "events": self.events.status() if self.events is not None else {},
         }
         if self.layers is not None:
             out.update(self.layers.status())

@@ -219,12 +219,9 @@ class AgentRunner:
         self.faults += 1
         self.last_error = fault.message
         log.warning("%s; restarting in %.1f s", fault.message, backoff)
-        nc = self.host.nc
-        if nc.is_connected:
-            body = {**fault.to_dict(), "faults": self.faults, "restart_in_s": backoff}
-            with contextlib.suppress(Exception):
-                await nc.publish(subjects.event(self.host.device, self.spec.entity, FAULT_KIND),
-                                 json.dumps(body).encode())
+        body = {**fault.to_dict(), "faults": self.faults, "restart_in_s": backoff}
+        self.host.ctx.events.emit(subjects.event(self.host.device, self.spec.entity, FAULT_KIND),
+                                  json.dumps(body).encode())
 
     def status(self) -> dict[str, Any]:
         out = {

@@ -47,7 +47,7 @@ class RuntimeDriverContext:
 
     async def publish(self, subject: str, payload: bytes) -> None:
         if subject.startswith(self._tele):
-            self.events.telemetry(subject, payload)
+            await self.events.telemetry(subject, payload)
         else:
             self.events.emit(subject, payload)
 

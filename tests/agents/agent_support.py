@@ -32,8 +32,8 @@ class CoreEvents:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def telemetry(self, subject: str, data: bytes) -> None:
-        self.emit(subject, data)
+    async def telemetry(self, subject: str, data: bytes) -> None:
+        await self.nc.publish(subject, data)
 
 
 def device_context(device: str, world: World, nc: Client, tmp: Path | None = None) -> DeviceContext:

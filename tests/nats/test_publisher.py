@@ -16,8 +16,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StreamConfig
 
-from edge.natsd.server import NatsServer
-from edge.natsd.testing import ServerFactory
+from edge.nats.server import NatsServer
+from rigs.nats import ServerFactory
 from edge.nats.publisher import NO_STREAM_REASON, EventPublisher, TelemetryPublisher
 
 pytestmark = pytest.mark.timeout(90)
