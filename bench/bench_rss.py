@@ -170,6 +170,23 @@ from edge.cli.main import main
 sys.exit(main())
 """
 
+MODEL = r"""
+import sys
+from edge.inference.backend import select_backend
+from edge.inference.blazeface import face_model_path
+def rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+backend = select_backend()
+content = face_model_path().read_bytes()
+r0 = rss()
+interp, _ = backend.make_interpreter(content, num_threads=1)
+interp.invoke()
+print(rss() - r0)
+"""
+
 MEASURE = r"""
 import importlib, json, sys
 def rss():
@@ -294,14 +311,17 @@ def import_costs(settle_s: float, repeat: int) -> tuple[dict[str, Package], dict
     for name in CANDIDATES:
         if name.split(".")[0] not in pkgs:
             res = measure([], [name], env, 1)
-            absent[name] = "not installed" if res["error"] and "ModuleNotFound" in str(res["error"]) \
+            absent[name] = f"import fails ({res['error']})" if res["error"] \
                 else f"{res['delta'] / MIB:.1f} MB alone"
+    res = subprocess.run([sys.executable, "-c", MODEL], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    model_mb = int(res.stdout.split()[-1]) / MIB if res.returncode == 0 and res.stdout.split() else -1.0
     worker = measure([], ["edge.wasm.worker"], env, repeat)
     worker_tops = sorted({m.split(".")[0] for m in worker["new"]
                           if is_third_party(m.split(".")[0])})
     summary = {"interpreter_mb": base["base"] / MIB, "third_party_mb": all_third,
                "stdlib_mb": stdlib_mb, "stdlib_modules": len(stdlib),
-               "absent": absent, "worker_import_mb": worker["delta"] / MIB,
+               "absent": absent, "model_mb": model_mb, "worker_import_mb": worker["delta"] / MIB,
                "worker_third_party": worker_tops,
                "all_modules_mb": all_loaded, "edge_modules": len(own_mods),
                "modules": len(loaded)}
@@ -363,6 +383,8 @@ def main() -> None:
           f"{summary['third_party_mb']:.1f} MB; stdlib + third-party + every edge/drivers module "
           f"loaded at idle: {summary['all_modules_mb']:.1f} MB over a bare interpreter "
           "(the rest of the idle RSS is heap: world, model, buffers, tasks)")
+    print(f"    the face model's interpreter, created and invoked once (after its imports): "
+          f"{summary['model_mb']:.1f} MB")
     print("    not loaded at idle: " + "; ".join(f"{k} {v}" for k, v in summary["absent"].items()))
     print(f"    sandbox worker (`edge.wasm.worker`): its imports cost {summary['worker_import_mb']:.1f} MB "
           f"over a bare interpreter; third-party: {', '.join(summary['worker_third_party']) or 'none'}")
@@ -379,6 +401,8 @@ def main() -> None:
                          f"({summary['stdlib_mb']:.1f} MB)",
                          f"stdlib + third-party + edge/drivers modules: {summary['all_modules_mb']:.1f} MB "
                          f"over a bare interpreter ({summary['interpreter_mb']:.1f} MB)"))
+    rows.append(Absolute("face model interpreter (created, invoked once)", f"{summary['model_mb']:.1f} MB",
+                         "heap of the runtime process, on top of the LiteRT import"))
     rows.append(Absolute("import cost: sandbox worker (`edge.wasm.worker`)",
                          f"{summary['worker_import_mb']:.1f} MB",
                          f"third-party: {', '.join(summary['worker_third_party']) or 'none'}"))
