@@ -39,8 +39,10 @@ check: setup
 	$(BIN)/mypy
 	$(BIN)/ruff check edge drivers components bench tests
 
+# Every benchmark, then one markdown summary table; `make bench BENCH_ARGS=--quick` for a short run.
+BENCH_ARGS ?=
 bench: setup
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) components/build

@@ -1,11 +1,12 @@
 """Driver benchmarks.
 
-1. Per-sample overhead of the driver pipeline (bus read -> decode -> component update -> subject
-   publish) against a bare read loop on the same emulated I2C bus, in the same run; publishing
-   to an in-memory context and to a real nats-server (nats-py client).
+1. Per-sample cost of the driver pipeline (bus read -> decode -> component update -> subject
+   publish) against a bare read loop on the same emulated I2C bus, interleaved round by round
+   (bench/harness.py); publishing to an in-memory context and to a real nats-server (nats-py).
 2. MAVLink telemetry: messages/s the driver sustains from the flight-controller emulator (run in
    its own process, like real hardware) with no backlog growth, at increasing stream rates.
 3. Synthetic camera at 640x480: frames/s unpaced, and CPU % of this process at a paced 30 fps.
+2 and 3 run in real time against an external rate: absolute figures, labelled so.
 
 Run: .venv/bin/python bench/bench_drivers.py [--quick] [--json]
 """
@@ -17,15 +18,18 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the test rigs (tests/rigs/)
 
 from drivers.camera.driver import CameraDriver  # noqa: E402
 from drivers.camera.sources import SyntheticSource  # noqa: E402
@@ -37,6 +41,8 @@ from drivers.i2c.sim_mpu6050 import MPU6050Model  # noqa: E402
 from drivers.serial.link import DEFAULT_MAX_BACKLOG  # noqa: E402
 from drivers.serial.mavlink import MAVLinkDriver  # noqa: E402
 from drivers.testing import RecordingContext  # noqa: E402
+from rigs.nats import running_server  # noqa: E402
+from harness import Absolute, Comparison, Row, ainterleave, report  # noqa: E402
 
 
 class _NatsCtx:
@@ -60,38 +66,19 @@ class _NatsCtx:
 
 
 async def _with_nats(fn: Any) -> Any:
-    import socket
-
     import nats
 
-    server = ROOT / ".venv" / "bin" / "nats-server"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as d:
-        proc = subprocess.Popen([str(server), "-js", "-sd", d, "-p", str(port), "-a", "127.0.0.1"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(200):
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.2).close()
-                    break
-                except OSError:  # server still starting
-                    await asyncio.sleep(0.02)
-            else:
-                raise RuntimeError("nats-server did not start")
-            nc = await nats.connect(f"nats://127.0.0.1:{port}", connect_timeout=2)
+        async with running_server(Path(d)) as srv:
+            nc = await nats.connect(srv.url, connect_timeout=2)
             try:
                 return await fn(_NatsCtx(nc, "dev1"))
             finally:
                 await nc.drain()
-        finally:
-            proc.terminate()
-            proc.wait()
 
 
-async def bench_pipeline(n: int, nats_ctx: Any = None) -> list[dict[str, Any]]:
-    out = []
+async def bench_pipeline(per_round: int, rounds: int, nats_ctx: Any = None) -> list[Row]:
+    rows: list[Row] = []
     for chip in ("mpu6050", "bme280"):
         bus = EmulatedBus(1)
         drv: MPU6050Driver | BME280Driver
@@ -108,26 +95,21 @@ async def bench_pipeline(n: int, nats_ctx: Any = None) -> list[dict[str, Any]]:
         await drv.stop()  # configured chip, no polling task: we drive _poll ourselves
         drv._ctx = ctx
         ctx.publish_count = ctx.update_count = 0
-        best_bare = best_pipe = float("inf")
-        for _ in range(3):  # interleaved, best of 3
-            t = time.perf_counter()
-            for _ in range(n):
-                await bus.read_block(addr, reg, length)
-            best_bare = min(best_bare, (time.perf_counter() - t) / n)
-            t = time.perf_counter()
-            for _ in range(n):
-                await drv._poll()
-            best_pipe = min(best_pipe, (time.perf_counter() - t) / n)
-        assert ctx.publish_count >= n and ctx.update_count >= n
-        out.append({
-            "chip": chip,
-            "context": "nats" if nats_ctx is not None else "in-memory",
-            "bare_read_us": round(best_bare * 1e6, 2),
-            "pipeline_us": round(best_pipe * 1e6, 2),
-            "overhead_us": round((best_pipe - best_bare) * 1e6, 2),
-            "pipeline_samples_per_s": round(1 / best_pipe),
-        })
-    return out
+
+        async def bare(bus: EmulatedBus = bus, addr: int = addr, reg: int = reg,
+                       length: int = length) -> None:
+            await bus.read_block(addr, reg, length)
+
+        s = await ainterleave({"pipeline": drv._poll, "bare read": bare}, rounds=rounds,
+                              inner=per_round)
+        assert ctx.publish_count >= rounds * per_round and ctx.update_count >= rounds * per_round
+        extra = [p - b for p, b in zip(s["pipeline"], s["bare read"], strict=True)]
+        context = "nats-server" if nats_ctx is not None else "in-memory context"
+        rows.append(Comparison.of(f"I2C {chip} read → decode → update → publish ({context})", s,
+                                  "pipeline", "bare read", op="samples",
+                                  note=f"+{statistics.median(extra) * 1e6:.1f} µs a sample (median "
+                                       f"of per-round differences); {per_round} samples a round"))
+    return rows
 
 
 async def bench_mavlink(rates: list[float], seconds: float) -> list[dict[str, Any]]:
@@ -236,16 +218,39 @@ async def bench_camera(seconds: float) -> dict[str, Any]:
     return res
 
 
+def mavlink_rows(result: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for r in result["mavlink"]:
+        rows.append(Absolute(
+            f"MAVLink telemetry into components, {r['stream_msgs_per_s']:,.0f} msg/s offered",
+            f"received {r['received_msgs_per_s']:,} msg/s",
+            f"emulator's own rate (separate process); backlog max {r['backlog_bytes_first_half_max']}"
+            f"→{r['backlog_bytes_second_half_max']} B (1st→2nd half), dropped "
+            f"{r['emulator_dropped']}, bad bytes {r['bad_bytes']}"))
+    f = result["mavlink_firehose"]
+    rows.append(Absolute("MAVLink driver ceiling (pre-encoded frames as fast as the pty takes them)",
+                         f"{f['received_msgs_per_s']:,} msg/s",
+                         f"backlog peak {f['backlog_peak_bytes']} B (cap {f['backlog_cap_bytes']}), "
+                         f"reader pauses {f['reader_pauses']}, bad bytes {f['bad_bytes']}"))
+    c = result["camera_640x480"]
+    rows.append(Absolute("synthetic camera 640×480",
+                         f"paced 30 fps: {c['paced_30fps']['fps']} fps at "
+                         f"{c['paced_30fps']['cpu_percent_of_one_core']} % of a core; unpaced "
+                         f"{c['unpaced']['fps']} fps", "real time, one run"))
+    return rows
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    n = 2000 if a.quick else 20000
+    per_round, rounds = (200, 10) if a.quick else (500, 30)
     secs = 1.5 if a.quick else 4.0
     rates = [100.0, 400.0] if a.quick else [100.0, 400.0, 1000.0, 2000.0]
+    pipeline = await bench_pipeline(per_round, rounds)
+    pipeline += await _with_nats(lambda c: bench_pipeline(per_round, rounds, c))
     result: dict[str, Any] = {
-        "pipeline": await bench_pipeline(n) + await _with_nats(lambda c: bench_pipeline(n, c)),
         "mavlink": await bench_mavlink(rates, secs),
         "mavlink_firehose": await bench_firehose(secs),
         "camera_640x480": await bench_camera(secs),
@@ -253,24 +258,10 @@ async def main() -> None:
         "python": sys.version.split()[0],
     }
     if a.json:
+        result["pipeline"] = [asdict(r) for r in pipeline]
         print(json.dumps(result, indent=2))
         return
-    print("I2C pipeline (per sample, best of 3):")
-    for r in result["pipeline"]:
-        print(f"  {r['chip']:8s} {r['context']:9s} bare read {r['bare_read_us']:7.1f} us   pipeline {r['pipeline_us']:7.1f} us"
-              f"   overhead {r['overhead_us']:6.1f} us   ({r['pipeline_samples_per_s']}/s)")
-    print("MAVLink telemetry (emulator in its own process):")
-    for r in result["mavlink"]:
-        print(f"  stream {r['stream_msgs_per_s']:7.0f}/s  received {r['received_msgs_per_s']:6d}/s  backlog max "
-              f"{r['backlog_bytes_first_half_max']}->{r['backlog_bytes_second_half_max']} B  "
-              f"emulator dropped {r['emulator_dropped']}  bad bytes {r['bad_bytes']}")
-    f = result["mavlink_firehose"]
-    print(f"  firehose (driver ceiling): {f['received_msgs_per_s']}/s, backlog peak {f['backlog_peak_bytes']} B"
-          f" (cap {f['backlog_cap_bytes']}), reader pauses {f['reader_pauses']}, bad bytes {f['bad_bytes']}")
-    c = result["camera_640x480"]
-    print(f"Synthetic camera 640x480: unpaced {c['unpaced']['fps']} fps "
-          f"({c['unpaced']['cpu_percent_of_one_core']} % CPU); paced 30 fps: "
-          f"{c['paced_30fps']['fps']} fps at {c['paced_30fps']['cpu_percent_of_one_core']} % CPU")
+    report(pipeline + mavlink_rows(result), command="bench/bench_drivers.py")
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@
     python bench/bench_inference.py [--n 500] [--seconds 5] [--threads 1] [--json]
 
 (a) The face model run through ``ModelRegistry.infer`` (async, own worker thread) against a direct
-    ``interpreter.invoke`` of the same model bytes in the same process: median and p99 per call and
-    the ratio (target: provider within 10 % of direct).
+    ``interpreter.invoke`` of the same model bytes in the same process, alternating call by call
+    (bench/harness.py, one call a round): medians, p99 over all calls, and the median of per-call
+    ratios (target: provider within 10 % of direct).
 (b) A synthetic 640x480 camera (a loop putting frames into a ``LatestFrame`` at 15 and 30 fps)
     feeding a ``DetectionPipeline`` with the real face detector: capture -> detections latency
-    p50 / p99, frames processed and dropped.
+    p50 / p99, frames processed and dropped. Real time at a fixed frame rate: absolute figures.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from edge.inference.backend import select_backend
 from edge.inference.blazeface import FaceDetector, face_model_path, preprocess
 from edge.inference.registry import ModelRegistry, ModelSpec
 from edge.inference.vision import Detection, DetectionPipeline
+from harness import Absolute, Comparison, Row, ainterleave, report
 
 FRAME_W, FRAME_H = 640, 480
 WARMUP = 50
@@ -87,15 +89,9 @@ async def bench_provider(n: int, threads: int) -> dict[str, Any]:
         await reg.infer("face", [tensor])
         return time.perf_counter() - t0
 
-    for _ in range(WARMUP):
-        direct_once()
-        await provider_once()
-    direct: list[float] = []
-    provider: list[float] = []
-    # alternate call by call so both paths see the same machine load
-    for _ in range(n):
-        direct.append(direct_once())
-        provider.append(await provider_once())
+    samples = await ainterleave({"registry.infer": provider_once, "direct invoke": direct_once},
+                                rounds=n, warmup=WARMUP, measure="value")
+    direct, provider = samples["direct invoke"], samples["registry.infer"]
     worker_p50 = reg.status()["face"].p50_ms
     await reg.close()
     d50, p50 = pct(direct, 50), pct(provider, 50)
@@ -105,6 +101,10 @@ async def bench_provider(n: int, threads: int) -> dict[str, Any]:
         "provider_p50_ms": p50, "provider_p99_ms": pct(provider, 99),
         "provider_worker_p50_ms": worker_p50, "overhead_p50_ms": p50 - d50,
         "ratio_p50": p50 / d50, "ratio_p99": pct(provider, 99) / pct(direct, 99),
+        "row": Comparison.of(f"face model through the inference provider ({backend.label})",
+                             samples, "registry.infer", "direct invoke", op="calls",
+                             note=f"p99 {pct(provider, 99):.2f} ms vs {pct(direct, 99):.2f} ms; "
+                                  "target ≤ 1.10×"),
     }
 
 
@@ -151,28 +151,31 @@ async def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=5.0, help="duration per rate for (b)")
     ap.add_argument("--threads", type=int, default=1, help="interpreter threads")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--quick", action="store_true", help="200 calls, 2 s per rate")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.n, args.seconds = min(args.n, 200), min(args.seconds, 2.0)
     logging.basicConfig(level=logging.WARNING)
 
     provider = await bench_provider(args.n, args.threads)
     pipelines = [await bench_pipeline(fps, args.seconds, args.threads) for fps in (15.0, 30.0)]
+    rows: list[Row] = [provider.pop("row")]
+    for r in pipelines:
+        rows.append(Absolute(f"frame → detections at {r['fps']:.0f} fps ({FRAME_W}×{FRAME_H})",
+                             f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms",
+                             f"{r['processed']}/{r['frames']} processed, {r['dropped']} dropped, "
+                             f"{args.seconds:.0f} s"))
     if args.json:
         print(json.dumps({"provider": provider, "pipeline": pipelines}, indent=2))
         return 0
     p = provider
     print(f"(a) face model, {p['backend']}, {p['threads']} thread(s), {p['calls']} calls each")
-    print(f"    direct interpreter : p50 {p['direct_p50_ms']:.3f} ms  p99 {p['direct_p99_ms']:.3f} ms")
-    print(f"    registry.infer     : p50 {p['provider_p50_ms']:.3f} ms  "
-          f"p99 {p['provider_p99_ms']:.3f} ms")
     print(f"    (interpreter time on the model thread p50 {p['provider_worker_p50_ms']:.3f} ms; "
           f"overhead p50 {p['overhead_p50_ms']:.3f} ms)")
-    print(f"    ratio provider/direct: p50 {p['ratio_p50']:.3f}  p99 {p['ratio_p99']:.3f} "
-          f"(target <= 1.10 at p50)")
-    print(f"(b) frame -> detections, {FRAME_W}x{FRAME_H} synthetic frames, {args.seconds:.0f} s each")
     for r in pipelines:
-        print(f"    {r['fps']:>4.0f} fps: p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
-              f"processed {r['processed']}/{r['frames']}  dropped {r['dropped']}  "
-              f"face found in {r['frames_with_face']}  producer late {r['producer_late']}")
+        print(f"(b) {r['fps']:>4.0f} fps: processed {r['processed']}/{r['frames']}  dropped "
+              f"{r['dropped']}  face found in {r['frames_with_face']}  producer late {r['producer_late']}")
+    report(rows, command="bench/bench_inference.py")
     return 0
 
 

@@ -5,7 +5,9 @@ Run: ``.venv/bin/python bench/bench_perception.py`` (``--seconds N`` per rate, d
 
 Latency of one decision = time the velocity command is received on NATS minus the capture time of
 the frame whose detection event triggered it (both ``time.monotonic()`` on this machine). Frames
-dropped by the pipeline while the model was busy are reported from its counters.
+dropped by the pipeline while the model was busy are reported from its counters. Real time at a
+fixed frame rate through the whole runtime: absolute figures (the provider's own overhead against
+a direct invoke is interleaved in bench/bench_inference.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from edge.config import DeviceConfig, EntitySpec, NatsConfig  # noqa: E402
 from edge.inference.blazeface import face_model_path  # noqa: E402
 from edge.nats.server import NatsServer, ServerOptions  # noqa: E402
 from edge.runtime import Runtime  # noqa: E402
+from harness import Absolute, Row, report  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -80,10 +83,16 @@ def main() -> None:
     args = ap.parse_args()
     seconds = 6.0 if args.quick else args.seconds
     print(f"frame -> face model -> follow agent -> command, synthetic 640x480 camera, {seconds:.0f} s per rate")
+    rows: list[Row] = []
     for fps in (15.0, 30.0):
         r = asyncio.run(run_rate(fps, seconds))
         print(f"    {fps:>4.0f} fps: {r['decisions']} decisions, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; "
               f"frames processed {r['processed']}, dropped {r['dropped']}")
+        rows.append(Absolute(f"frame → face model → follow agent → command at {fps:.0f} fps",
+                             f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms",
+                             f"{r['decisions']} decisions; {r['processed']} frames processed, "
+                             f"{r['dropped']} dropped; {seconds:.0f} s"))
+    report(rows, command="bench/bench_perception.py")
 
 
 if __name__ == "__main__":

@@ -1,23 +1,21 @@
-"""Runtime benchmarks: (b) the message path through a wasm system, (c) idle RSS and time to ready.
+"""Runtime benchmark: the message path through a wasm system, against raw nats-py in the same loop.
 
-Run: ``.venv/bin/python bench/bench_runtime.py`` (``--quick`` for a short run).
+Run: ``python bench/bench_runtime.py`` (``--quick`` for a short run). Idle RSS and start time
+moved to ``bench/bench_rss.py``.
 
-(b) NATS message in -> MessagePump -> sandbox worker -> wasm ``echo`` -> publish out, against a raw
-nats-py echo (one connection republishing what another sends) in the same run and process.
-Throughput: a burst of N messages, time until every echo is back. Latency: one message at a time,
-publish to echo received, p50/p99.
-
-(c) ``edge run`` (the embedded demo) as a subprocess: seconds until the device API answers, then the
-idle RSS of the runtime and its sandbox worker (nats-server reported separately) after settling.
+NATS message in -> MessagePump -> sandbox worker -> wasm ``echo`` -> publish out, against a raw
+nats-py echo (one connection republishing what another sends), both on one nats-server and one
+event loop, interleaved round by round (bench/harness.py):
+* throughput: a burst of N messages, time until every echo is back (time per message);
+* latency: K messages one at a time, publish to echo received; a round's sample is its median,
+  and p99 is over every message of a side.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
-import psutil
+from harness import Comparison, Row, ainterleave, fmt_time, pct, report
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -58,7 +56,7 @@ async def _burst(nc_pub: Any, nc_sub: Any, subj_in: str, subj_out: str, n: int) 
     await asyncio.wait_for(done.wait(), 60)
     elapsed = time.perf_counter() - t0
     await sub.unsubscribe()
-    return n / elapsed
+    return elapsed / n
 
 
 async def _latency(nc_pub: Any, nc_sub: Any, subj_in: str, subj_out: str, n: int) -> list[float]:
@@ -75,17 +73,12 @@ async def _latency(nc_pub: Any, nc_sub: Any, subj_in: str, subj_out: str, n: int
         await nc_pub.publish(subj_in, PAYLOAD)
         await nc_pub.flush()
         t1 = await asyncio.wait_for(queue.get(), 5)
-        out.append((t1 - t0) * 1000)
+        out.append(t1 - t0)
     await sub.unsubscribe()
     return out
 
 
-def _pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(len(s) * q))]
-
-
-async def message_path(n: int, lat_n: int, rounds: int) -> dict[str, Any]:
+async def message_path(n: int, lat_n: int, rounds: int) -> list[Row]:
     with tempfile.TemporaryDirectory() as tmp:
         srv = NatsServer(ServerOptions(store_dir=Path(tmp) / "nats"))
         await srv.start()
@@ -102,109 +95,45 @@ async def message_path(n: int, lat_n: int, rounds: int) -> dict[str, Any]:
 
         await raw.subscribe("raw.in", cb=raw_echo, pending_msgs_limit=1_000_000)
         await raw.flush()
-        res: dict[str, list[float]] = {"wasm": [], "raw": []}
-        for _ in range(rounds):  # interleave so both see the same machine noise
-            res["raw"].append(await _burst(pub, sub, "raw.in", "raw.out", n))
-            res["wasm"].append(await _burst(pub, sub, "edge.bench.cmd.echo", "edge.bench.evt.echo", n))
-        lat_raw = await _latency(pub, sub, "raw.in", "raw.out", lat_n)
-        lat_wasm = await _latency(pub, sub, "edge.bench.cmd.echo", "edge.bench.evt.echo", lat_n)
+        paths = {"wasm echo": ("edge.bench.cmd.echo", "edge.bench.evt.echo"),
+                 "raw nats-py echo": ("raw.in", "raw.out")}
+        burst = await ainterleave(
+            {k: (lambda i=i, o=o: _burst(pub, sub, i, o, n)) for k, (i, o) in paths.items()},
+            rounds=rounds, measure="value")
+        every: dict[str, list[float]] = {k: [] for k in paths}
+
+        async def lat_round(key: str) -> float:
+            i, o = paths[key]
+            lat = await _latency(pub, sub, i, o, lat_n)
+            every[key].extend(lat)
+            return statistics.median(lat)
+
+        lat = await ainterleave({k: (lambda k=k: lat_round(k)) for k in paths},
+                                rounds=rounds * 4, measure="value")
         for c in (pub, sub, raw):
             await c.close()
         await rt.stop()
         await srv.stop()
-    out = {
-        "raw_msgs_per_s": statistics.median(res["raw"]),
-        "wasm_msgs_per_s": statistics.median(res["wasm"]),
-        "raw_p50_ms": _pct(lat_raw, 0.5),
-        "raw_p99_ms": _pct(lat_raw, 0.99),
-        "wasm_p50_ms": _pct(lat_wasm, 0.5),
-        "wasm_p99_ms": _pct(lat_wasm, 0.99),
-    }
-    out["ratio"] = out["wasm_msgs_per_s"] / out["raw_msgs_per_s"]
-    return out
-
-
-CORE_CONFIG = """
-[device]
-id = "core"
-[[components]]
-manifest = "{root}/components/physics/manifest.toml"
-[[components]]
-manifest = "{root}/components/patrol/manifest.toml"
-[[components]]
-manifest = "{root}/components/battery/manifest.toml"
-"""
-
-
-def idle_footprint(settle_s: float, *, core: bool) -> dict[str, Any]:
-    """``edge run`` as a subprocess: the full embedded demo, or the core (the wasm fleet only)."""
-    from edge.demo.fleet import demo_entities
-
-    with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, EDGE_DATA_DIR=tmp)
-        args = [sys.executable, "-m", "edge.cli.main", "run", "--quiet", "--log-level", "warning"]
-        if core:
-            text = CORE_CONFIG.format(root=ROOT)
-            for e in demo_entities(5):
-                comps = ", ".join(
-                    f"{name} = {{ {', '.join(f'{k} = {float(v)}' for k, v in fields.items())} }}"
-                    for name, fields in e.components.items()
-                )
-                text += f'[[entities]]\nid = "{e.id}"\nkind = "drone"\ncomponents = {{ {comps} }}\n'
-            cfg = Path(tmp) / "core.toml"
-            cfg.write_text(text)
-            args += ["--config", str(cfg)]
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(args, env=env, cwd=ROOT)
-        try:
-            runtime_file = Path(tmp) / "runtime.json"
-            while not runtime_file.exists():
-                if proc.poll() is not None:
-                    raise RuntimeError("edge run exited early")
-                time.sleep(0.01)
-            ready = time.perf_counter() - t0
-            time.sleep(settle_s)
-            main = psutil.Process(proc.pid)
-            main_rss = main.memory_info().rss
-            nats_rss = 0
-            workers: list[float] = []
-            for child in main.children(recursive=True):
-                rss = child.memory_info().rss
-                if "nats-server" in " ".join(child.cmdline()):
-                    nats_rss += rss
-                else:
-                    workers.append(rss / 2**20)
-            return {
-                "ready_s": ready,
-                "main_rss_mb": main_rss / 2**20,
-                "workers_rss_mb": workers,
-                "runtime_rss_mb": main_rss / 2**20 + sum(workers),
-                "nats_server_rss_mb": nats_rss / 2**20,
-            }
-        finally:
-            proc.terminate()
-            proc.wait(15)
+    p99 = {k: pct(v, 99) for k, v in every.items()}
+    return [
+        Comparison.of("message path NATS → wasm echo → NATS, burst throughput", burst,
+                      "wasm echo", "raw nats-py echo", op="msg",
+                      note=f"bursts of {n:,}; target ≤ 2× (≥ 0.5 of raw throughput)"),
+        Comparison.of("message path NATS → wasm echo → NATS, one at a time: p50 latency", lat,
+                      "wasm echo", "raw nats-py echo",
+                      note=f"{lat_n} msgs a round; p99 wasm {fmt_time(p99['wasm echo'])}, "
+                           f"raw {fmt_time(p99['raw nats-py echo'])}"),
+    ]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    n, lat_n, rounds = (5_000, 300, 2) if args.quick else (20_000, 2_000, 3)
-    mp = asyncio.run(message_path(n, lat_n, rounds))
-    print("(b) message path, NATS in -> wasm echo -> NATS out, vs raw nats-py echo (same run)")
-    print(f"    raw echo   {mp['raw_msgs_per_s']:>9,.0f} msg/s   p50 {mp['raw_p50_ms']:.3f} ms  p99 {mp['raw_p99_ms']:.3f} ms")
-    print(f"    wasm echo  {mp['wasm_msgs_per_s']:>9,.0f} msg/s   p50 {mp['wasm_p50_ms']:.3f} ms  p99 {mp['wasm_p99_ms']:.3f} ms")
-    print(f"    ratio wasm/raw throughput {mp['ratio']:.2f} (target >= 0.5)")
-    settle = 3.0 if args.quick else 10.0
-    print("(c) idle RSS after start (nats-server separate), and time from `edge run` to ready")
-    for label, core in (("core: wasm fleet (3 components, 5 drones)", True),
-                        ("full embedded demo (+ emulated hardware, face model, agent, tools)", False)):
-        fp = idle_footprint(settle, core=core)
-        workers = " + ".join(f"{w:.1f}" for w in fp["workers_rss_mb"])
-        print(f"    {label}: ready in {fp['ready_s']:.2f} s; runtime {fp['runtime_rss_mb']:.1f} MB "
-              f"(main {fp['main_rss_mb']:.1f} + workers {workers}); nats-server {fp['nats_server_rss_mb']:.1f} MB")
-    print("    targets: ready <= 3 s, runtime RSS <= 100 MB")
+    n, lat_n, rounds = (3_000, 50, 4) if args.quick else (10_000, 100, 8)
+    rows = asyncio.run(message_path(n, lat_n, rounds))
+    report(rows, command="bench/bench_runtime.py")
+
 
 if __name__ == "__main__":
     main()

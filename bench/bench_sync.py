@@ -1,17 +1,20 @@
 """Benchmark of the edge-to-cloud link with real nats-server processes on loopback.
 
 Measures, in one run:
-1. JetStream publish on the device: batched acks (edge.nats.publisher.Publisher) vs awaiting
-   each ack (``js.publish``), in msg/s.
+1. JetStream publish on the device, interleaved round by round (bench/harness.py): batched acks
+   (edge.nats.publisher.Publisher) against awaiting each ack (``js.publish``) and against nats
+   core publish (no ack, the ceiling), time per message.
 2. Bytes on the wire per telemetry message over the leaf link (counted by the relay between
    device and hub, both directions), and the hub's own in_bytes from /varz.
 3. Catch-up after an outage: the link is cut, ``rate * duration`` telemetry messages are
    published (a backlog of ``duration`` seconds at ``rate`` msg/s, generated as fast as possible),
    the link returns, and we time until the hub holds all of them.
 
-Targets: hub complete within 60 s of link return; batched >= 10x one-at-a-time.
+2 and 3 are single timed runs: absolute figures, labelled so.
+Targets: hub complete within 60 s of link return; batched >= 10x one-at-a-time. A missed target
+is reported in the rows; ``--strict`` makes it the exit status.
 
-    python bench/bench_sync.py [--duration-s 600] [--rate 100] [--payload 64] [--json]
+    python bench/bench_sync.py [--quick] [--duration-s 600] [--rate 100] [--payload 64] [--json]
 """
 
 from __future__ import annotations
@@ -26,45 +29,68 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test rigs (tests/rigs/)
 
 from edge.nats.publisher import Publisher  # noqa: E402
 from rigs.link import SyncRig  # noqa: E402
+from harness import Absolute, Comparison, Row, ainterleave, report  # noqa: E402
 
 DEFAULT_DURATION_S = 600
 DEFAULT_RATE_HZ = 100
 DEFAULT_PAYLOAD_BYTES = 64
-BATCHED_N = 10_000
-ONE_BY_ONE_N = 1_000
-PUBLISH_ROUNDS = 3  # interleaved rounds; the best of each is reported (noisy shared machines)
+BATCHED_N = 5_000  # messages a round, batched acks and core publish
+ONE_BY_ONE_N = 500  # messages a round, one ack at a time
+PUBLISH_ROUNDS = 7  # interleaved rounds (3 with --quick)
+QUICK_DURATION_S = 60
 WIRE_N = 5_000
 CATCH_UP_TARGET_S = 60.0
 SPEEDUP_TARGET = 10.0
 
 
-async def bench_publish(rig: SyncRig, payload: bytes) -> dict[str, float]:
-    """Same server, subject shape, payload and Msg-Id header for both ways of publishing."""
+async def bench_publish(rig: SyncRig, payload: bytes, rounds: int) -> tuple[dict[str, float], Row, Row]:
+    """Same server, subject shape, payload and Msg-Id header for the JetStream ways of publishing."""
     nc = rig.dev_nc["dev1"]
     js = nc.jetstream()
-    ones: list[float] = []
-    batches: list[float] = []
+    r = 0
     async with Publisher(nc) as pub:
-        for r in range(PUBLISH_ROUNDS):
+
+        async def one_by_one() -> float:
             t0 = time.perf_counter()
             for i in range(ONE_BY_ONE_N):
                 await js.publish("edge.dev1.tele.one", payload, headers={"Nats-Msg-Id": f"o{r}-{i}"})
-            ones.append(ONE_BY_ONE_N / (time.perf_counter() - t0))
+            return (time.perf_counter() - t0) / ONE_BY_ONE_N
+
+        async def batched() -> float:
+            nonlocal r
+            r += 1
             t0 = time.perf_counter()
             for i in range(BATCHED_N):
                 await pub.publish("edge.dev1.tele.batch", payload, msg_id=f"b{r}-{i}")
             await pub.flush(60)
-            batches.append(BATCHED_N / (time.perf_counter() - t0))
-    one, batched = max(ones), max(batches)
+            return (time.perf_counter() - t0) / BATCHED_N
+
+        async def core() -> float:  # a subject no stream captures: no ack, no storage
+            t0 = time.perf_counter()
+            for _ in range(BATCHED_N):
+                await nc.publish("bench.core.publish", payload)
+            await nc.flush()
+            return (time.perf_counter() - t0) / BATCHED_N
+
+        s = await ainterleave({"batched acks (Publisher)": batched, "one ack at a time": one_by_one,
+                               "core publish (no ack)": core}, rounds=rounds, measure="value")
+    vs_one = Comparison.of("JetStream publish on the device, 64-byte payload", s,
+                           "batched acks (Publisher)", "one ack at a time", op="msg",
+                           note=f"target ≤ {1 / SPEEDUP_TARGET:.2f}× ({SPEEDUP_TARGET:.0f}× faster)")
+    vs_core = Comparison.of("JetStream publish on the device vs nats core publish", s,
+                            "batched acks (Publisher)", "core publish (no ack)", op="msg")
     return {
-        "one_at_a_time_msg_s": one,
-        "batched_msg_s": batched,
-        "speedup": batched / one,
-        "speedup_median": sorted(batches)[len(batches) // 2] / sorted(ones)[len(ones) // 2],
-    }
+        "one_at_a_time_msg_s": 1 / vs_one.baseline_median_s,
+        "batched_msg_s": 1 / vs_one.candidate_median_s,
+        "core_publish_msg_s": 1 / vs_core.baseline_median_s,
+        "speedup": 1 / vs_one.ratio_median,
+        "speedup_min": 1 / vs_one.ratio_max,
+        "speedup_max": 1 / vs_one.ratio_min,
+    }, vs_one, vs_core
 
 
 async def settle(rig: SyncRig) -> int:
@@ -143,12 +169,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         )
         try:
             await rig.start()
-            result: dict[str, Any] = {"publish": await bench_publish(rig, payload)}
+            publish, vs_one, vs_core = await bench_publish(rig, payload, args.rounds)
+            result: dict[str, Any] = {"publish": publish}
             result["wire"] = await bench_wire(rig, payload)
             result["catch_up"] = await bench_catch_up(rig, payload, n)
         finally:
             await rig.close()
     result["wire"]["compression"] = args.compression
+    result["rows"] = [vs_one, vs_core]
     result["targets"] = {
         "hub_complete_within_60s": result["catch_up"]["hub_complete_after_link_s"] <= CATCH_UP_TARGET_S,
         "batched_10x": result["publish"]["speedup"] >= SPEEDUP_TARGET,
@@ -156,8 +184,27 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def rows_of(result: dict[str, Any], args: argparse.Namespace) -> list[Row]:
+    w, c, t = result["wire"], result["catch_up"], result["targets"]
+    rows: list[Row] = list(result["rows"])
+    rows.append(Absolute(
+        f"bytes on the wire per {w['payload_bytes']}-byte telemetry message (leaf link, {w['compression']})",
+        f"{w['wire_up_bytes_per_msg']:.1f} B up, {w['wire_down_bytes_per_msg']:.1f} B down",
+        f"hub in_bytes {w['hub_in_bytes_per_msg']:.1f} B a message; one run of {WIRE_N:,}"))
+    rows.append(Absolute(
+        f"hub catch-up after a {args.duration_s:.0f} s outage at {args.rate:.0f} msg/s "
+        f"({c['backlog_messages']:,} messages)",
+        f"hub complete {c['hub_complete_after_link_s']:.2f} s after the link returns "
+        f"({c['catch_up_msg_s']:,.0f} msg/s)",
+        f"target ≤ {CATCH_UP_TARGET_S:.0f} s: {'met' if t['hub_complete_within_60s'] else 'MISSED'}; "
+        f"{c['catch_up_wire_bytes_per_msg']:.1f} B a message on the wire; one run"))
+    return rows
+
+
 def _print(result: dict[str, Any]) -> None:
     for section, values in result.items():
+        if section == "rows":
+            continue
         print(f"[{section}]")
         for k, v in values.items():
             print(f"  {k:34s} {v:,.2f}" if isinstance(v, float) else f"  {k:34s} {v}")
@@ -165,24 +212,35 @@ def _print(result: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help=f"a {QUICK_DURATION_S} s outage and 3 publish rounds")
     ap.add_argument(
         "--duration-s",
         type=float,
-        default=DEFAULT_DURATION_S,
-        help="outage length to simulate, seconds (backlog = rate * duration)",
+        default=None,
+        help=f"outage length to simulate, seconds (backlog = rate * duration; default {DEFAULT_DURATION_S})",
     )
     ap.add_argument("--rate", type=float, default=DEFAULT_RATE_HZ, help="telemetry msg/s")
     ap.add_argument("--payload", type=int, default=DEFAULT_PAYLOAD_BYTES, help="payload bytes")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved publish rounds")
     ap.add_argument(
         "--compression",
         default="s2_auto",
         help="leaf link compression: off, s2_auto, s2_fast, s2_better, s2_best",
     )
     ap.add_argument("--json", action="store_true", help="print JSON only")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     ns = ap.parse_args()
+    if ns.duration_s is None:
+        ns.duration_s = QUICK_DURATION_S if ns.quick else DEFAULT_DURATION_S
+    if ns.rounds is None:
+        ns.rounds = 3 if ns.quick else PUBLISH_ROUNDS
     res = asyncio.run(main(ns))
+    rows = rows_of(res, ns)
     if ns.json:
+        res["rows"] = [r.cells() for r in rows]
         print(json.dumps(res, indent=2))
     else:
         _print(res)
-    sys.exit(0 if all(res["targets"].values()) else 1)
+        report(rows, command="bench/bench_sync.py")
+    sys.exit(1 if ns.strict and not all(res["targets"].values()) else 0)

@@ -1,34 +1,37 @@
-"""Sandbox benchmarks: run as ``python bench/bench_wasm.py [--entities N] [--rounds R]``.
+"""Sandbox benchmarks: ``python bench/bench_wasm.py [--quick] [--entities N] [--rounds R]``.
 
-(a) Physics tick over N entities (position += velocity * dt), entity-updates per second:
-    * full path: a real World + TickLoop + WasmTickRunner -> worker -> World, in shared mode (the
-      worker copies between the world's shared columns and linear memory) with the matching
-      entities in slots 0..N-1 ("contiguous") or spread over N + N/5 slots ("sparse"), and in
-      copy mode (private world columns, gather -> batch file -> worker -> scatter);
-    * pool tick alone (compact pipe round trip + col_read/kernel/col_write in the worker);
-    * breakdown: pipe round trip of an empty tick, the worker's tick in this process (shared,
-      contiguous / sparse) against the kernel alone;
-    * pure Python loop over a dict of lists;
-    * esper 3 processor over Position/Velocity components;
-    * raw wasm3 kernel call in this process, data already in linear memory, on the plain module
-      and on the instrumented (metered) one.
-(b) Echo without NATS: messages per second through deliver -> wasm edge_on_message -> publish ->
-    host callback.
+Every figure is interleaved with its baseline in one loop (see bench/harness.py); ratios are
+candidate time / baseline time per tick, the median of per-round ratios.
+
+(a) Physics tick over N entities (position += velocity * dt):
+    * full path: a real World + TickLoop + WasmTickRunner -> sandbox worker -> World, in shared
+      mode with the matching entities in slots 0..N-1 ("contiguous"), against, in the same
+      rounds: the raw wasm3 kernel call in this process (data already in linear memory) on the
+      metered module the pool runs and on the plain one, esper 3, a pure Python loop over a dict
+      of lists, and numpy (``pos += vel * dt`` on float64 columns);
+    * shared mode with the entities spread over N + N/5 slots ("sparse"), and copy mode (private
+      world columns, gather -> batch file -> worker -> scatter), each against the raw metered
+      kernel (one loop per mode: alternating two worlds on one component would rebind every tick);
+    * breakdown, against the raw metered kernel: the pool tick alone (copy mode: pipe round trip +
+      col_read/kernel/col_write in the worker), the pipe round trip of an empty tick, and the
+      worker's shared tick run in this process (contiguous / sparse);
+    * metering overhead: raw metered kernel against raw plain kernel.
+(b) Echo without NATS: deliver -> wasm edge_on_message -> publish -> host callback, time per
+    message over bursts of batches (absolute: no baseline without the sandbox exists).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from harness import Absolute, Comparison, Row, ainterleave, report
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -57,16 +60,6 @@ def build_components() -> None:
     mod.build()
 
 
-def median_time(fn: Callable[[], Any], rounds: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 class Sink:
     """HostCallbacks that count."""
 
@@ -86,7 +79,8 @@ class Sink:
 # -- (a) physics ---------------------------------------------------------------------------
 
 
-def raw_kernel(wasm: bytes, n: int, rounds: int, metered: bool) -> float:
+def raw_kernel(wasm: bytes, n: int, metered: bool) -> Callable[[], None]:
+    """A callable running the physics kernel once on N entities already in linear memory."""
     import wasm3
 
     env = wasm3.Environment()
@@ -110,12 +104,13 @@ def raw_kernel(wasm: bytes, n: int, rounds: int, metered: bool) -> float:
             mod.gasLimit = 200_000_000 / 10_000
         kernel(ptr, n, DT)
 
-    t = median_time(call, rounds)
+    call()
     assert arr[0, 0] > 1.0
-    return t
+    call.keep = (env, rt, mod)  # type: ignore[attr-defined]  # the runtime must outlive the call
+    return call
 
 
-def pure_python(n: int, rounds: int) -> float:
+def pure_python(n: int) -> Callable[[], None]:
     world: dict[str, list[float]] = {k: [1.0] * n for k in ("px", "py", "pz", "vx", "vy", "vz")}
 
     def step() -> None:
@@ -126,10 +121,21 @@ def pure_python(n: int, rounds: int) -> float:
             py[i] += vy[i] * DT
             pz[i] += vz[i] * DT
 
-    return median_time(step, rounds)
+    return step
 
 
-def esper_bench(n: int, rounds: int) -> float:
+def numpy_step(n: int) -> Callable[[], None]:
+    pos = np.ones((3, n))
+    vel = np.ones((3, n))
+
+    def step() -> None:
+        pos[:] += vel * DT
+
+    return step
+
+
+def esper_step(n: int) -> tuple[Callable[[], None], Callable[[], None]]:
+    """esper's processor over Position/Velocity, and a callable that deletes its world."""
     import esper
 
     @dataclass
@@ -156,10 +162,16 @@ def esper_bench(n: int, rounds: int) -> float:
     for _ in range(n):
         esper.create_entity(Position(), Velocity())
     esper.add_processor(Movement())
-    t = median_time(lambda: esper.process(DT), rounds)
-    esper.switch_world("default")
-    esper.delete_world("bench")
-    return t
+
+    def step() -> None:
+        esper.switch_world("bench")
+        esper.process(DT)
+
+    def close() -> None:
+        esper.switch_world("default")
+        esper.delete_world("bench")
+
+    return step, close
 
 
 def physics_world(n: int, extra: int, *, shared: bool) -> World:
@@ -176,26 +188,72 @@ def physics_world(n: int, extra: int, *, shared: bool) -> World:
     return w
 
 
-async def pool_physics(n: int, rounds: int) -> dict[str, float]:
-    """Median ms of the full world->wasm->world tick per mode, the pool tick alone, the round trip."""
-    from edge.runtime import WasmTickRunner
+def worker_tick(inst: Instance, w: World, n: int, columns: list[str]) -> Callable[[], None]:
+    """The worker's side of a shared tick (col_read + kernel + col_write), in this process."""
+    q = w.query(["position", "velocity"])
+    refs = w.shared_refs(columns)
+    assert refs is not None
+    inst.bind(BindSpec(n, tuple((r.path, r.ino, r.nbytes) for r in refs),
+                       None if q.contiguous else q.index.tobytes(), None))
+
+    def call() -> None:
+        inst.result.reset()
+        inst.tick(n, DT, True)
+
+    return call
+
+
+async def physics(n: int, rounds: int, inner: int) -> list[Row]:
+    from edge.wasm.layer import WasmTickRunner
 
     m = load_manifest(ROOT / "components" / "physics" / "manifest.toml", DEVICE)
-    out: dict[str, float] = {}
+    plain = m.module.read_bytes()
+    metered_wasm, _ = prepare_module(plain, m)
+    raw_metered = raw_kernel(metered_wasm, n, metered=True)
+    raw_plain = raw_kernel(plain, n, metered=False)
+    what = f"physics tick, {n:,} entities"
+    kw: dict[str, Any] = {"ops": n, "op": "updates"}
+    rows: list[Row] = []
+
+    def cmp(samples: dict[str, list[float]], cand: str, base: str, label: str = "") -> None:
+        rows.append(Comparison.of(label or what, samples, cand, base, **kw))
+
     async with SandboxPool(DEVICE, Sink(), workers=1) as pool:
         await pool.load(m)
-        for label, extra, shared in (("shared, contiguous", 0, True),
-                                     ("shared, sparse", n // 5, True),
-                                     ("copy, sparse", n // 5, False)):
+
+        def full_path(extra: int, shared: bool) -> tuple[World, Callable[[], Any]]:
             w = physics_world(n, extra, shared=shared)
             loop = TickLoop(w, WasmTickRunner(pool, "physics"), read=m.read, write=m.write, hz=20)
-            assert loop.mode == label.split(",")[0]
+            assert loop.mode == ("shared" if shared else "copy")
 
-            async def tick(loop: TickLoop = loop) -> None:
+            async def tick() -> None:
                 assert await loop.tick_once(DT)
 
-            out[f"full path ({label})"] = await amedian(tick, rounds)
+            return w, tick
+
+        # 1. the headline row: the full path against every baseline, all in one loop
+        w, tick = full_path(0, True)
+        esper_tick, esper_close = esper_step(n)
+        s = await ainterleave({
+            "full path": tick, "raw kernel (metered)": raw_metered,
+            "raw kernel (plain)": raw_plain, "esper": esper_tick,
+            "pure Python": pure_python(n), "numpy": numpy_step(n),
+        }, rounds=rounds, inner=inner)
+        esper_close()
+        w.close()
+        for base in ("raw kernel (metered)", "raw kernel (plain)", "esper", "pure Python", "numpy"):
+            cmp(s, "full path", base, f"{what}, world → wasm → world (shared, contiguous)")
+        cmp(s, "raw kernel (metered)", "raw kernel (plain)", f"metering overhead, {what}")
+
+        # 2. the other world layouts, one loop each
+        for label, extra, shared in (("shared, sparse", n // 5, True), ("copy, sparse", n // 5, False)):
+            w, tick = full_path(extra, shared)
+            s = await ainterleave({"full path": tick, "raw kernel (metered)": raw_metered},
+                                  rounds=rounds, inner=inner)
             w.close()
+            cmp(s, "full path", "raw kernel (metered)", f"{what}, world → wasm → world ({label})")
+
+        # 3. breakdown: the pool's copy-mode tick and an empty tick (the pipe round trip)
         cols = pool.batch("physics", n)
         for c in cols:
             c[:] = 1.0
@@ -206,106 +264,64 @@ async def pool_physics(n: int, rounds: int) -> dict[str, float]:
         async def empty() -> None:
             await pool.tick("physics", 0, DT)
 
-        out["pool tick only (copy mode)"] = await amedian(tick_only, rounds)
-        out["pipe round trip (empty tick)"] = await amedian(empty, rounds)
-    return out
+        s = await ainterleave({"pool tick": tick_only, "empty tick": empty,
+                               "raw kernel (metered)": raw_metered}, rounds=rounds, inner=inner)
+        cmp(s, "pool tick", "raw kernel (metered)", f"{what}, pool tick only (copy batch)")
+        rows.append(Comparison.of("pipe round trip (empty tick) vs the kernel", s, "empty tick",
+                                  "raw kernel (metered)"))
 
-
-async def amedian(fn: Callable[[], Any], rounds: int) -> float:
-    await fn()
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        await fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def worker_breakdown(wasm: bytes, n: int, rounds: int) -> dict[str, float]:
-    """The worker's side of a shared tick, run in this process: col_read + kernel + col_write."""
-    m = load_manifest(ROOT / "components" / "physics" / "manifest.toml", DEVICE)
-    spec = LoadSpec(name="physics", wasm=wasm, device=DEVICE, ncols=len(m.columns),
+    # 4. breakdown: the worker's shared tick in this process
+    spec = LoadSpec(name="physics", wasm=metered_wasm, device=DEVICE, ncols=len(m.columns),
                     writable=m.writable, publish=(), gas=m.limits.gas, publish_per_call=1,
                     kv={}, stack_bytes=64 * 1024)
     inst = Instance(spec)
-    out = {}
     for label, extra in (("contiguous", 0), ("sparse", n // 5)):
         w = physics_world(n, extra, shared=True)
-        q = w.query(["position", "velocity"])
-        refs = w.shared_refs(m.columns)
-        assert refs is not None
-        inst.bind(BindSpec(n, tuple((r.path, r.ino, r.nbytes) for r in refs),
-                           None if q.contiguous else q.index.tobytes(), None))
-
-        def call() -> None:
-            inst.result.reset()
-            inst.tick(n, DT, True)
-
-        out[f"worker tick, in process ({label})"] = median_time(call, rounds)
+        s = await ainterleave({"worker tick": worker_tick(inst, w, n, list(m.columns)),
+                               "raw kernel (metered)": raw_metered}, rounds=rounds, inner=inner)
         inst.unbind()
         w.close()
-    return out
+        cmp(s, "worker tick", "raw kernel (metered)",
+            f"{what}, worker tick in process ({label})")
+    return rows
 
 
 # -- (b) echo -------------------------------------------------------------------------------
 
 
-async def echo(total: int, batch: int) -> float:
+async def echo(rounds: int, batches: int, batch: int) -> Row:
     m = load_manifest(ROOT / "components" / "echo" / "manifest.toml", DEVICE)
     sink = Sink()
     async with SandboxPool(DEVICE, sink, workers=1) as pool:
         await pool.load(m)
         msgs = [(f"edge.{DEVICE}.cmd.echo", b"x" * 64)] * batch
-        await pool.deliver("echo", msgs)
-        await pool.flush()
-        sink.published = 0
-        t = time.perf_counter()
-        for _ in range(total // batch):
-            await pool.deliver("echo", msgs)
-        await pool.flush()
-        elapsed = time.perf_counter() - t
-        assert sink.published == (total // batch) * batch, sink.published
-    return (total // batch) * batch / elapsed
+
+        async def burst() -> None:
+            before = sink.published
+            for _ in range(batches):
+                await pool.deliver("echo", msgs)
+            await pool.flush()
+            assert sink.published - before == batches * batch, sink.published
+
+        s = await ainterleave({"echo": burst}, rounds=rounds)
+    per_msg = [t / (batches * batch) for t in s["echo"]]
+    return Absolute.of(f"echo without NATS: deliver → wasm → publish callback, batches of {batch}",
+                       per_msg, ops=1, op="msg", note="no baseline without the sandbox")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="sandbox benchmarks")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds")
     ap.add_argument("--entities", type=int, default=10_000)
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--messages", type=int, default=200_000)
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 40, quick 12)")
+    ap.add_argument("--inner", type=int, default=3, help="calls of each side per round")
     ap.add_argument("--batch", type=int, default=256)
     args = ap.parse_args()
-    n = args.entities
+    rounds = args.rounds or (12 if args.quick else 40)
     build_components()
-    m = load_manifest(ROOT / "components" / "physics" / "manifest.toml", DEVICE)
-    plain = m.module.read_bytes()
-    metered, _ = prepare_module(plain, m)
-
-    results: dict[str, float] = {}
-    results["raw wasm3 kernel (plain)"] = raw_kernel(plain, n, args.rounds, metered=False)
-    results["raw wasm3 kernel (metered)"] = raw_kernel(metered, n, args.rounds, metered=True)
-    results.update(asyncio.run(pool_physics(n, args.rounds)))
-    results.update(worker_breakdown(metered, n, args.rounds))
-    results["esper 3 processor"] = esper_bench(n, max(5, args.rounds // 5))
-    results["pure Python dict-of-lists"] = pure_python(n, max(5, args.rounds // 5))
-
-    base = results["raw wasm3 kernel (metered)"]
-    print(f"(a) physics tick, {n} entities, median of {args.rounds} rounds "
-          "(raw kernels: the module the pool runs, before/after metering)")
-    print(f"    {'variant':40} {'ms/tick':>9} {'M updates/s':>12} {'vs raw metered':>15}")
-    for name, t in results.items():
-        print(f"    {name:40} {t * 1e3:9.3f} {n / t / 1e6:12.2f} {t / base:14.2f}x")
-    plain_t = results["raw wasm3 kernel (plain)"]
-    print(f"    metering overhead: metered / plain kernel = {base / plain_t:.2f}x")
-    for label in ("shared, contiguous", "shared, sparse", "copy, sparse"):
-        full = results[f"full path ({label})"]
-        print(f"    full path ({label}): {full / base:.2f}x raw metered, {full / plain_t:.2f}x raw "
-              f"plain; esper / it = {results['esper 3 processor'] / full:.2f}x, pure Python / it "
-              f"= {results['pure Python dict-of-lists'] / full:.2f}x")
-
-    rate = asyncio.run(echo(args.messages, args.batch))
-    print(f"(b) echo deliver->wasm->publish callback, batches of {args.batch}: "
-          f"{rate:,.0f} msg/s")
+    rows = asyncio.run(physics(args.entities, rounds, args.inner))
+    rows.append(asyncio.run(echo(max(5, rounds // 2), 40 if args.quick else 160, args.batch)))
+    report(rows, command="bench/bench_wasm.py")
 
 
 if __name__ == "__main__":
