@@ -81,6 +81,10 @@ class SandboxError(EdgeError):
         self.reason = reason
 
 
+class LifecycleError(EdgeError):
+    """A lifecycle was misused: used before start, started twice, used after stop."""
+
+
 class NatsError(EdgeError):
     """The embedded nats-server or the connection to NATS failed."""
 

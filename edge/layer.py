@@ -30,11 +30,13 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
-from edge.errors import EdgeError
+from edge.errors import LifecycleError
 from edge.world.store import World
 
 if TYPE_CHECKING:
     from edge.nats.server import NatsServer
+
+__all__ = ["DEFAULT_STOP_TIMEOUT_S", "DeviceContext", "Events", "Layer", "LayerStack", "LifecycleError"]
 
 log = logging.getLogger("edge.layer")
 
@@ -88,10 +90,6 @@ class Layer(Protocol):
     async def stop(self) -> None: ...
 
     def status(self) -> Any: ...
-
-
-class LifecycleError(EdgeError):
-    """A lifecycle was misused (started twice, used before start, ...)."""
 
 
 class LayerStack:

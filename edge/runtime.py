@@ -30,7 +30,8 @@ from nats.js.client import JetStreamContext
 
 from edge.config import DeviceConfig
 from edge.errors import EdgeError, NatsError
-from edge.layer import DeviceContext, Layer, LayerStack, LifecycleError
+from edge.layer import DeviceContext, Layer, LayerStack
+from edge.errors import LifecycleError
 from edge.nats.events import DeviceEvents
 from edge.nats.server import NatsServer
 from edge.wasm.layer import SandboxLayer, SandboxSettings

@@ -36,7 +36,8 @@ from edge.agents.base import Agent, Decision
 from edge.agents.config import AgentSpec
 from edge.agents.decisions import DEFAULT_QUERY_LIMIT, DecisionLog, decision_filter
 from edge.errors import EdgeError
-from edge.layer import DeviceContext, LifecycleError
+from edge.layer import DeviceContext
+from edge.errors import LifecycleError
 from edge.world.store import World
 
 log = logging.getLogger("edge.agents")

@@ -20,7 +20,8 @@ from nats.micro.service import Service
 from edge.nats import subjects
 from edge.errors import EdgeError
 from edge.nats.service import RequestError, endpoint
-from edge.layer import DeviceContext, LifecycleError
+from edge.layer import DeviceContext
+from edge.errors import LifecycleError
 from edge.world.store import World
 
 log = logging.getLogger("edge.api.service")

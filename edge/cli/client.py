@@ -14,7 +14,7 @@ from nats.aio.client import Client
 
 from edge.nats import subjects
 from edge.config import default_data_dir
-from edge.errors import EdgeError, NatsError
+from edge.errors import EdgeError, LifecycleError, NatsError
 from edge.runtime import RUNTIME_FILE
 
 REQUEST_TIMEOUT = 5.0  # seconds
@@ -92,7 +92,8 @@ class DeviceClient:
             await self.nc.close()
 
     async def _discover(self) -> str:
-        assert self.nc is not None
+        if self.nc is None:
+            raise LifecycleError("DeviceClient is not connected; use `async with DeviceClient(url)`")
         try:
             msg = await self.nc.request("$SRV.INFO.edge-device", b"", timeout=REQUEST_TIMEOUT)
         except Exception:
@@ -100,7 +101,8 @@ class DeviceClient:
         return str(json.loads(msg.data)["metadata"]["device"])
 
     async def call(self, group: str, verb: str, body: dict[str, Any] | None = None) -> Any:
-        assert self.nc is not None and self.device is not None
+        if self.nc is None or self.device is None:
+            raise LifecycleError("DeviceClient is not connected; use `async with DeviceClient(url)`")
         subject = subjects.api(self.device, group, verb)
         try:
             msg = await self.nc.request(subject, json.dumps(body or {}).encode(), timeout=REQUEST_TIMEOUT)

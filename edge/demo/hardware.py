@@ -26,7 +26,9 @@ import math
 import os
 import shutil
 import tempfile
-from typing import ClassVar
+import importlib.util
+import logging
+from typing import TYPE_CHECKING, ClassVar
 
 from drivers.base import Driver
 from drivers.camera.driver import CameraDriver
@@ -36,11 +38,14 @@ from drivers.i2c.ina219 import INA219Driver
 from drivers.i2c.mpu6050 import STANDARD_GRAVITY, MPU6050Driver
 from drivers.i2c.sim_ina219 import INA219Model
 from drivers.i2c.sim_mpu6050 import MPU6050Model
-from drivers.serial.mavlink import MAVLinkDriver
-from drivers.serial.nmea import NMEAGPSDriver
-from drivers.serial.sim_fc import SimFlightController
-from drivers.serial.sim_gps import SimGPS
 
+if TYPE_CHECKING:
+    from drivers.serial.sim_fc import SimFlightController
+
+log = logging.getLogger("edge.demo")
+
+#: What the emulated flight controller and GPS need: the ``hw`` extra.
+SERIAL_LIBRARIES = ("pymavlink", "serial", "pynmea2")
 DEMO_FC_RATE_HZ = 10.0
 DEMO_GPS_RATE_HZ = 5.0
 DEMO_IMU_RATE_HZ = 50.0
@@ -49,6 +54,8 @@ DEMO_CAMERA_FPS = 15.0
 DEMO_SHUNT_OHMS = 0.01  # a 0.01 ohm shunt reads up to 32 A on the ±320 mV range
 DEMO_MAX_CURRENT_A = 30.0
 DEMO_CAPACITY_MAH = 5000.0
+DEMO_IDLE_VOLTS = 16.8  # a full 4S pack, when there is no emulated flight controller to drain it
+DEMO_IDLE_AMPS = 0.4
 
 
 class EmulatorsDriver(Driver):
@@ -57,6 +64,9 @@ class EmulatorsDriver(Driver):
     kind: ClassVar[str] = "emulator"
 
     def __init__(self, name: str, entity: str, *, rundir: str) -> None:
+        from drivers.serial.sim_fc import SimFlightController
+        from drivers.serial.sim_gps import SimGPS
+
         super().__init__(name, entity, publish_telemetry=False)
         self.rundir = rundir
         self.fc_port = os.path.join(rundir, "fc")
@@ -92,22 +102,44 @@ class EmulatorsDriver(Driver):
         shutil.rmtree(self.rundir, ignore_errors=True)
 
 
+def serial_available() -> bool:
+    """True if the libraries of the emulated serial devices are installed (the ``hw`` extra)."""
+    return all(importlib.util.find_spec(name) is not None for name in SERIAL_LIBRARIES)
+
+
 def demo_hardware(device: str, entity: str, *, rundir: str | None = None) -> list[Driver]:
-    """The emulated drone's drivers; the first one (``emulators``) runs the emulators."""
+    """The emulated drone's drivers; the first one (``emulators``) runs the emulators.
+
+    Without the ``hw`` extra (pymavlink, pyserial, pynmea2) the drone has no flight controller
+    and no GPS: its IMU reads level and its power monitor a full battery, and a line in the log
+    says what to install.
+    """
     rundir = rundir or tempfile.mkdtemp(prefix=f"edge-demo-{device}-")
-    emu = EmulatorsDriver("emulators", entity, rundir=rundir)
-    fc = emu.fc
+    fc: SimFlightController | None = None
+    serial: list[Driver] = []
+    if serial_available():
+        from drivers.serial.mavlink import MAVLinkDriver
+        from drivers.serial.nmea import NMEAGPSDriver
+
+        emu = EmulatorsDriver("emulators", entity, rundir=rundir)
+        fc = emu.fc
+        serial = [emu, MAVLinkDriver("fc", entity, port=emu.fc_port, telemetry_hz=DEMO_FC_RATE_HZ),
+                  NMEAGPSDriver("gps", entity, port=emu.gps_port)]
+    else:
+        log.info("demo drone %s runs without flight controller and GPS: install edge-runtime[hw]", entity)
 
     def imu_script(t: float) -> dict[str, float]:
-        s = fc.state
+        pitch, roll = (fc.state.pitch, fc.state.roll) if fc is not None else (0.0, 0.0)
         return {
-            "ax": -STANDARD_GRAVITY * math.sin(s.pitch),
-            "ay": STANDARD_GRAVITY * math.sin(s.roll),
-            "az": STANDARD_GRAVITY * math.cos(s.pitch) * math.cos(s.roll),
+            "ax": -STANDARD_GRAVITY * math.sin(pitch),
+            "ay": STANDARD_GRAVITY * math.sin(roll),
+            "az": STANDARD_GRAVITY * math.cos(pitch) * math.cos(roll),
             "gx": 0.0, "gy": 0.0, "gz": 0.0, "temperature": 30.0 + 0.01 * t,
         }
 
     def power_script(t: float) -> dict[str, float]:
+        if fc is None:
+            return {"voltage": DEMO_IDLE_VOLTS, "current": DEMO_IDLE_AMPS}
         volts, amps, _ = fc.battery()
         return {"voltage": volts, "current": amps}
 
@@ -115,9 +147,7 @@ def demo_hardware(device: str, entity: str, *, rundir: str | None = None) -> lis
     bus.attach(0x68, MPU6050Model(script=imu_script))
     bus.attach(0x40, INA219Model(shunt_ohms=DEMO_SHUNT_OHMS, script=power_script))
     return [
-        emu,
-        MAVLinkDriver("fc", entity, port=emu.fc_port, telemetry_hz=DEMO_FC_RATE_HZ),
-        NMEAGPSDriver("gps", entity, port=emu.gps_port),
+        *serial,
         MPU6050Driver("imu", entity, bus=bus, address=0x68, rate_hz=DEMO_IMU_RATE_HZ, stuck_after=50),
         INA219Driver("power", entity, bus=bus, address=0x40, rate_hz=DEMO_POWER_RATE_HZ,
                      shunt_ohms=DEMO_SHUNT_OHMS, max_current_a=DEMO_MAX_CURRENT_A,

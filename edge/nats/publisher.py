@@ -279,7 +279,8 @@ class Publisher:
         token = str(self._counter)
         mid = msg_id or f"{self.id_prefix}-{token}"
         hdrs = {**headers, MSG_ID_HEADER: mid} if headers else {MSG_ID_HEADER: mid}
-        assert self._loop is not None
+        if self._loop is None:
+            raise NatsError("This Publisher is not started; use `async with Publisher(nc)` or call start().")
         fut: asyncio.Future[PubAck] = self._loop.create_future()
         p = _Pending(subject, payload, hdrs, mid, fut)
         self._pending[token] = p

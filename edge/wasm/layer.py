@@ -25,7 +25,8 @@ from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
 from edge.errors import ComponentLoadError, EdgeError, SandboxError
-from edge.layer import DeviceContext, LifecycleError
+from edge.layer import DeviceContext
+from edge.errors import LifecycleError
 from edge.nats import subjects
 from edge.wasm.manifest import Manifest, load_manifest
 from edge.wasm.pool import SandboxPool

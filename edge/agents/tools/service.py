@@ -63,7 +63,8 @@ from edge.agents.tools.tensors import tensor_in, tensor_out
 from edge.errors import EdgeError, EntityError
 from edge.inference.registry import ModelRegistry
 from edge.inference.vision import Detector, resize
-from edge.layer import DeviceContext, LifecycleError
+from edge.layer import DeviceContext
+from edge.errors import LifecycleError
 from edge.nats import subjects
 from edge.nats.service import code_of, respond_error, respond_ok
 from edge.world.store import World

@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 
+from edge.errors import LifecycleError
 from edge.nats import subjects as naming
 from edge.sync.hub.fleet import EXPIRES_HEADER
 
@@ -84,7 +85,8 @@ class CommandReceiver:
     async def next(self, timeout: float = 1.0) -> Command | None:
         """The next live command, or ``None`` if none arrived within ``timeout`` seconds."""
         await self.start()
-        assert self._sub is not None
+        if self._sub is None:
+            raise LifecycleError("the command receiver has no subscription; it was closed")
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
