@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers.base import Driver, DriverContext, DriverHealth, DriverState
+from edge.backoff import Backoff
 from edge.errors import DriverError
 
 log = logging.getLogger("edge.drivers.supervisor")
@@ -154,7 +155,7 @@ class DriverSupervisor:
 
     async def _supervise(self, slot: _Slot, first: asyncio.Future[None] | None = None) -> None:
         d = slot.driver
-        backoff = self.backoff_initial_s
+        backoff = Backoff(self.backoff_initial_s, self.backoff_max_s, stable_after_s=self.stable_after_s)
         attempt = 0
         try:
             while True:
@@ -172,18 +173,16 @@ class DriverSupervisor:
                 if first is not None and not first.done():
                     first.set_result(None)
                 slot.last_failure = err
+                delay = backoff.next(ran_s=time.monotonic() - started_at)
                 log.warning(
                     "driver %s failed (device %s, cause %s); retrying in %.1f s",
-                    d.name, err.device, err.cause, backoff,
+                    d.name, err.device, err.cause, delay,
                 )
                 await d.stop()
-                if time.monotonic() - started_at >= self.stable_after_s:
-                    backoff = self.backoff_initial_s
                 d.set_state(DriverState.BACKOFF)
-                slot.retry_at = time.monotonic() + backoff
-                await asyncio.sleep(backoff)
+                slot.retry_at = time.monotonic() + delay
+                await asyncio.sleep(delay)
                 slot.retry_at = None
-                backoff = min(backoff * 2, self.backoff_max_s)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug in a driver must not kill the supervisor

@@ -35,6 +35,7 @@ from edge.nats import subjects
 from edge.agents.base import Agent, Decision
 from edge.agents.config import AgentSpec
 from edge.agents.decisions import DEFAULT_QUERY_LIMIT, DecisionLog, decision_filter
+from edge.backoff import Backoff
 from edge.errors import EdgeError
 from edge.layer import DeviceContext
 from edge.errors import LifecycleError
@@ -110,7 +111,7 @@ class AgentRunner:
         self.state = "stopped"
 
     async def _supervise(self) -> None:
-        backoff = self.host.backoff_initial
+        backoff = Backoff(self.host.backoff_initial, self.host.backoff_max, stable_after_s=STABLE_AFTER_S)
         while not self._stopping:
             started = time.monotonic()
             try:
@@ -123,13 +124,11 @@ class AgentRunner:
                 fault = err if isinstance(err, AgentFault) else AgentFault(
                     f"agent {self.name} failed: {type(err).__name__}: {err}",
                     agent=self.name, phase="run", cause=type(err).__name__)
-                if time.monotonic() - started >= STABLE_AFTER_S:
-                    backoff = self.host.backoff_initial
-                await self._on_fault(fault, backoff)
+                delay = backoff.next(ran_s=time.monotonic() - started)
+                await self._on_fault(fault, delay)
                 self.state = "backoff"
                 self.ready.set()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2.0, self.host.backoff_max)
+                await asyncio.sleep(delay)
                 self.restarts += 1
 
     async def _run_once(self) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.backoff import Backoff
 from edge.errors import NatsError
 
 log = logging.getLogger("edge.nats.server")
@@ -512,22 +513,23 @@ class NatsServer:
         return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
     async def _supervise_loop(self) -> None:
-        backoff = RESTART_BACKOFF_MIN_S
+        backoff = Backoff(RESTART_BACKOFF_MIN_S, RESTART_BACKOFF_MAX_S, stable_after_s=RESTART_BACKOFF_RESET_S)
         while not self._stopping:
             if self.running and self._proc is not None:
                 code = await self._proc.wait()
                 if self._stopping:
                     return
                 lived = time.monotonic() - (self._started_at or time.monotonic())
-                if lived > RESTART_BACKOFF_RESET_S:
-                    backoff = RESTART_BACKOFF_MIN_S
+                delay = backoff.next(ran_s=lived)
                 log.warning(
                     "nats-server %s exited with code %s; restarting in %.1f s",
                     self.options.server_name,
                     code,
-                    backoff,
+                    delay,
                 )
-            await asyncio.sleep(backoff)
+            else:  # the last restart failed
+                delay = backoff.next()
+            await asyncio.sleep(delay)
             if self._stopping:
                 return
             try:
@@ -536,6 +538,3 @@ class NatsServer:
                         await self._launch(START_TIMEOUT_S)
             except NatsError as exc:
                 log.error("nats-server restart failed: %s", exc.message)
-                backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
-            else:
-                backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
