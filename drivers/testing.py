@@ -21,19 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers.base import Handler, Unsubscribe, Value, ack_subject, cmd_subject
+from edge.nats.subjects import subject_matches
 
 DEFAULT_WAIT_S = 5.0  # seconds
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: ``*`` matches one token, ``>`` the rest (at least one token)."""
-    p, s = pattern.split("."), subject.split(".")
-    for i, tok in enumerate(p):
-        if tok == ">":
-            return len(s) > i
-        if i >= len(s) or (tok != "*" and tok != s[i]):
-            return False
-    return len(p) == len(s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,25 +16,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edge.errors import EdgeError, NatsError
 
-if TYPE_CHECKING:
-    from edge.sync.hub.server import DeviceCredential
-
+# the store layout lives with the hub it belongs to (importing it pulls no hub libraries)
 HUB_FILE = "hub.json"
-CREDS_FILE = "devices.json"
-SEED_DIR = "devices"
-SEED_SUFFIX = ".nk"
 
 
 def default_store() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(os.environ.get("EDGE_HUB_DIR") or Path(base) / "edge-hub")
+    from edge.sync.hub.dev import default_store as store
+
+    return store()
 
 
 def register(sub: Any) -> None:
@@ -132,84 +127,24 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def _load_logins(path: Path) -> list[DeviceCredential]:
-    """``devices.json``: ``{device: password}`` or ``{device: {"nkey": "U..."}}``."""
-    from edge.sync.hub.server import DeviceCredential  # noqa: F811 (runtime import; CLI starts fast)
-
-    if not path.exists():
-        return []
-    try:
-        saved = json.loads(path.read_text())
-        return [
-            DeviceCredential(d, nkey=str(v["nkey"])) if isinstance(v, dict) else DeviceCredential(d, str(v))
-            for d, v in saved.items()
-        ]
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise EdgeError(f"{path} is not a device login file: {err}", file=str(path)) from None
-
-
-def _save_logins(path: Path, creds: list[DeviceCredential]) -> None:
-    data = {c.device: ({"nkey": c.nkey} if c.nkey is not None else c.password) for c in creds}
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(fd, 0o600)
-        f.write(json.dumps(data))
-
-
 async def run_hub(args: argparse.Namespace) -> int:
     from edge import logs
-    from edge.sync.hub.fleet import provision_device
-    from edge.sync.hub.server import HubServer, generate_nkey, write_seed
+    from edge.sync.hub.dev import DevHub
 
     logs.configure("info")
-    store: Path = args.store or default_store()
-    store.mkdir(parents=True, exist_ok=True)
-    creds_path = store / CREDS_FILE
-    hub = HubServer(
-        store / "nats",
-        devices=_load_logins(creds_path),
-        secure=not args.insecure,
-        port=args.port,
-        leaf_port=args.leaf_port,
-    )
-    await hub.start(supervise=True)
-    import nats
-
-    seed_paths: dict[str, Path] = {}
-    nc = await nats.connect(hub.client_url)
-    try:
-        for device in args.device:
-            known = hub.devices.get(device)
-            seed_path = store / SEED_DIR / f"{device}{SEED_SUFFIX}"
-            if args.nkeys or (known is not None and known.nkey is not None):
-                if known is None or known.nkey is None or not seed_path.exists():
-                    seed, public = await asyncio.to_thread(generate_nkey)
-                    await asyncio.to_thread(write_seed, seed_path, seed)
-                    await hub.add_device(device, nkey=public)
-                seed_paths[device] = seed_path
-            else:
-                await hub.add_device(device)
-            await provision_device(nc.jetstream(), device)
-    finally:
-        await nc.close()
-    await asyncio.to_thread(_save_logins, creds_path, list(hub.devices.values()))
-    hub_file = store / HUB_FILE
-    hub_file.write_text(json.dumps({"client_url": hub.client_url, "leaf_url": hub.leaf_url}))
-    hub_file.chmod(0o600)
-    print(f"hub running: clients {hub.url}, leaf nodes {hub.leaf_url}, store {store}")
+    hub = DevHub(args.store or default_store(), devices=args.device, secure=not args.insecure, nkeys=args.nkeys,
+                 port=args.port, leaf_port=args.leaf_port)
+    await hub.start()
+    server = hub.server
+    if server is None:
+        raise EdgeError("the hub did not start")
+    print(f"hub running: clients {server.url}, leaf nodes {server.leaf_url}, store {hub.store}")
     for device in args.device:
-        print(f"\n# device {device}: add to its config\n[hub]\nurl = \"{hub.leaf_url}\"")
-        if args.insecure:
-            continue
-        if device in seed_paths:
-            print(f"nkey_seed = \"{seed_paths[device]}\"  # copy to the device, keep mode 0600")
-        else:
-            print(f"user = \"{device}\"\npassword = \"{hub.devices[device].password}\"")
+        print("\n" + hub.device_table(device))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await hub.stop()
-    hub_file.unlink(missing_ok=True)
     return 0

@@ -33,6 +33,9 @@ TELE_STREAM = "TELE"
 EVT_STREAM = "EVT"
 CMD_STREAM = "CMD"
 
+#: Header of a queued cloud command: absolute unix time (s) after which the command is void.
+EXPIRES_HEADER = "Edge-Expires"
+
 #: The one ID rule: a subject token, a JetStream domain and a stream-name part.
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ID_RULE = "1-64 characters of A-Z a-z 0-9 _ -"

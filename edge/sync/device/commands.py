@@ -23,7 +23,6 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 
 from edge.errors import LifecycleError
 from edge.nats import subjects as naming
-from edge.sync.hub.fleet import EXPIRES_HEADER
 
 log = logging.getLogger("edge.sync")
 
@@ -98,7 +97,7 @@ class CommandReceiver:
                 return None
             msg = msgs[0]
             hdrs = msg.headers or {}
-            exp_raw = hdrs.get(EXPIRES_HEADER)
+            exp_raw = hdrs.get(naming.EXPIRES_HEADER)
             expires = float(exp_raw) if exp_raw else None
             if expires is not None and time.time() > expires:
                 self.stats["expired"] += 1

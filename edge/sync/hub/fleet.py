@@ -51,7 +51,7 @@ DEFAULT_HUB_EVT_MAX_BYTES = 256 * MIB
 DEFAULT_CMD_TTL_S = 3600.0
 DEFAULT_DUPLICATE_WINDOW_S = 600.0
 DEFAULT_LINK_DOWN_AFTER_S = 10.0  # a source inactive this long counts as a link down
-EXPIRES_HEADER = "Edge-Expires"  # absolute unix time (s) after which a command is void
+EXPIRES_HEADER = naming.EXPIRES_HEADER
 STATE_HISTORY = 1
 
 
