@@ -120,6 +120,7 @@ class WorkerProcess:
         self.deadline_s = deadline_s
         self.command = tuple(command)
         self.violation: str | None = None  # the protocol violation it was killed for
+        self.starting = False
         self.on_exit = on_exit
         self.on_host_request = on_host_request
         self.host_since: float | None = None  # a nested host request is outstanding since
@@ -170,11 +171,14 @@ class WorkerProcess:
             asyncio.create_task(self._read_stderr(), name=f"sandbox-stderr-{self.pid}"),
             asyncio.create_task(self._watchdog(), name=f"sandbox-watchdog-{self.pid}"),
         ]
+        self.starting = True  # the first ping is bounded by START_TIMEOUT_S, not the deadline
         try:
             await asyncio.wait_for(self.send(("ping",), None, "ping"), START_TIMEOUT_S)
         except (TimeoutError, SandboxError) as exc:
             await self.stop()
             raise SandboxError(f"sandbox worker did not start: {exc}", reason="start") from exc
+        finally:
+            self.starting = False
         log.debug("sandbox worker %d started", self.pid)
 
     def send(
@@ -389,7 +393,7 @@ class WorkerProcess:
     async def _watchdog(self) -> None:
         while self.alive:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
-            if (not self.pending or self.killed_for_deadline is not None
+            if (not self.pending or self.killed_for_deadline is not None or self.starting
                     or self.host_since is not None):
                 continue
             head = self.pending[0]
