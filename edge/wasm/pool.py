@@ -3,6 +3,7 @@
 Key components:
 
 * :class:`SandboxPool` (here): load / unload, the hot-path calls, status;
+* :mod:`edge.wasm.calls`: the hot-path requests (ticks in both modes, message batches);
 * :mod:`edge.wasm.supervision`: workers, faults, backoff, restarts, recycling;
 * :mod:`edge.wasm.effects`: effects re-checked against the grants, handed to the host in order;
 * :mod:`edge.wasm.columns`: batch storage and the checked copy-back of shared ticks;
@@ -57,7 +58,7 @@ import numpy as np
 
 from edge.errors import ComponentLoadError, SandboxError
 from edge.wasm.abi import ModuleInfo, prepare_module
-from edge.wasm.columns import CopyBatch, OutputArea, WorldColumns
+from edge.wasm import calls
 from edge.wasm.component import COUNTERS, Component
 from edge.wasm.effects import Effects
 from edge.wasm.host import (
@@ -69,9 +70,7 @@ from edge.wasm.host import (
 )
 from edge.wasm.manifest import Manifest
 from edge.wasm.procs import DEFAULT_WORKER_COMMAND, HostRequest, WorkerGone
-from edge.wasm.protocol import FLAG_SHARED, BindSpec, encode_tick
 from edge.wasm.supervision import FAIL_LIMIT, FAIL_WINDOW_S, SupervisionConfig, Supervisor
-from edge.wasm.worker.columns import MAX_SHARED_WRITE_COLUMNS
 
 __all__ = ["COUNTERS", "FAIL_LIMIT", "FAIL_WINDOW_S", "HostCallbacks", "InferBridge",
            "SandboxPool"]
@@ -94,8 +93,6 @@ DEFAULT_STACK_BYTES = 64 * 1024
 DEFAULT_MAX_IN_FLIGHT = 8
 #: Worker processes in a pool.
 DEFAULT_WORKERS = 2
-#: Smallest batch capacity allocated (entities).
-MIN_BATCH_CAPACITY = 64
 #: Prepared modules kept (check + pin + instrument is pure Python: cache it).
 PREPARED_CACHE_SIZE = 32
 
@@ -264,21 +261,7 @@ class SandboxPool:
         Call it before each tick: growing the batch maps new storage, and views from earlier
         calls then no longer reach the worker.
         """
-        comp = self._get(name)
-        if n < 0:
-            raise ValueError(f"batch size must be >= 0 (got {n})")
-        b = comp.batch
-        if b is None or n > b.capacity:
-            shm = self._shm("make a batch")
-            cap = max(n, MIN_BATCH_CAPACITY, 2 * b.capacity if b is not None else 0)
-            comp.batch_gen += 1
-            new = CopyBatch(shm / f"{name}.{comp.batch_gen}.cols", len(comp.manifest.columns),
-                            cap)
-            if b is not None:
-                b.discard()
-            comp.batch = b = new
-            comp.batch_sent = False
-        return b.views(n)
+        return calls.batch(self._get(name), self._shm, n)
 
     async def tick(self, name: str, n: int, dt: float,
                    ids: Sequence[str] | None = None) -> bool:
@@ -286,34 +269,7 @@ class SandboxPool:
         place. ``ids`` are the entity IDs of the rows (None = unchanged since the last tick).
         Returns False if the component is not running (backoff, failed, restarting) or the call
         faulted (the fault is reported through ``on_fault``)."""
-        comp = self._get(name)
-        if ids is not None:
-            comp.ids = list(ids)
-            comp.ids_sent = False
-        worker = comp.worker
-        if comp.state != "running" or worker is None or not comp.info.ticks:
-            return False
-        b = comp.batch
-        if comp.manifest.columns and (b is None or n > b.capacity):
-            raise SandboxError(f"tick of component '{name}' with {n} entities: call batch() "
-                               "first", component=name, export="edge_tick", reason="usage")
-        shm = None
-        if b is not None and not comp.batch_sent:
-            shm = (str(b.path), b.capacity)
-        send_ids = comp.ids if not comp.ids_sent else None
-        gen = comp.generation
-        if shm is not None or send_ids is not None:
-            worker.send(("setup", name, send_ids, shm), name, "edge_tick")  # answered in order
-        fut = worker.send(encode_tick(comp.handle, n, float(dt)), name, "edge_tick")
-        comp.batch_sent = True
-        comp.ids_sent = True
-        comp.bound = None
-        try:
-            status, payload = await fut
-        except WorkerGone:
-            return False
-        return self._sup.finish_call(comp, worker, status, payload, "edge_tick", 0,
-                                     current=comp.generation == gen)
+        return await calls.tick(self._sup, self._get(name), n, dt, ids)
 
     async def tick_shared(self, name: str, n: int, dt: float, *, version: object,
                           columns: Sequence[tuple[str, int, int]],
@@ -324,94 +280,20 @@ class SandboxPool:
         ``columns`` are ``(path, inode, nbytes)`` per manifest column; row ``i`` is slot
         ``index[i]`` (or ``i`` when ``index`` is None). The worker maps them read-only and
         writes into the component's output area; when it answers, the write columns it wrote
-        are copied into the world for the batch's slots. The binding is sent to the worker only
-        when ``version`` differs from the last one it got. ``on_done`` is called exactly once,
-        when the batch's slots are no longer touched for this tick (the results are copied, or
-        the worker answered or died), also if this coroutine is cancelled. Returns like
-        :meth:`tick`, or None if the columns cannot be mapped (use the copy mode instead).
+        are copied into the world for the batch's slots (and no others). The binding is sent to
+        the worker only when ``version`` differs from the last one it got. ``on_done`` is called
+        exactly once, when the batch's slots are no longer touched for this tick (the results
+        are copied, or the worker answered or died), also if this coroutine is cancelled.
+        Returns like :meth:`tick`, or None if the columns cannot be mapped (use the copy mode
+        instead).
         """
-        fut: asyncio.Future[tuple[str, Any]] | None = None
-        called = False
-
-        def finish(_f: object = None) -> None:
-            nonlocal called
-            if not called:
-                called = True
-                on_done()
-
         try:
             comp = self._get(name)
-            worker = comp.worker
-            if comp.shared_refused:
-                return None
-            if comp.state != "running" or worker is None or not comp.info.ticks:
-                return False
-            gen = comp.generation
-            bind: asyncio.Future[tuple[str, Any]] | None = None
-            key = (version, worker.pid)
-            if comp.bound != key:
-                spec = self._bind_spec(comp, n, columns, index, ids)
-                if spec is None:
-                    return None
-                bind = worker.send(("bind", name, spec), name, "edge_tick")
-                comp.bound = key
-            fut = worker.send(encode_tick(comp.handle, n, float(dt), FLAG_SHARED), name,
-                              "edge_tick")
-            try:
-                if bind is not None:
-                    bstatus, bpayload = await asyncio.shield(bind)
-                    if bstatus != "ok":
-                        comp.bound = None
-                        comp.shared_refused = True
-                        log.warning("component '%s': the worker cannot map the world's columns "
-                                    "(%s); ticks use copies", name, bpayload)
-                        with contextlib.suppress(WorkerGone):
-                            await asyncio.shield(fut)  # its tick fails: nothing was bound
-                        return None
-                status, payload = await asyncio.shield(fut)
-            except WorkerGone:
-                comp.bound = None
-                return False
-            if status != "ok":
-                comp.bound = None
-            ok = self._sup.finish_call(comp, worker, status, payload, "edge_tick", 0,
-                                       current=comp.generation == gen, shared=True)
-            if ok and comp.output is not None and comp.world is not None:
-                comp.world.scatter(comp.output, payload.written, n, index)
-            return ok
-        finally:
-            if fut is None or fut.done():
-                finish()
-            else:  # cancelled: the worker may still touch the slots until it answers
-                fut.add_done_callback(finish)
-
-    def _bind_spec(self, comp: Component, n: int, columns: Sequence[tuple[str, int, int]],
-                   index: np.ndarray | None, ids: Sequence[str]) -> BindSpec | None:
-        """What the worker maps for a shared batch; None (copy mode from now on) if the
-        runtime cannot map the write columns itself."""
-        writable = comp.manifest.writable
-        if len(writable) > MAX_SHARED_WRITE_COLUMNS or len(columns) != len(comp.manifest.columns):
-            comp.shared_refused = True
-            return None
-        cols = tuple(columns)
-        try:
-            if comp.world is None or comp.world.key != cols:
-                comp.world = WorldColumns(cols, writable)
-        except SandboxError as err:
-            comp.shared_refused = True
-            log.warning("component '%s': %s; ticks use copies", comp.name, err.message)
-            return None
-        out = comp.output
-        if out is None or n > out.capacity:
-            shm = self._shm("bind a shared batch")
-            cap = max(n, MIN_BATCH_CAPACITY, 2 * out.capacity if out is not None else 0)
-            comp.batch_gen += 1
-            new = OutputArea(shm / f"{comp.name}.{comp.batch_gen}.out", len(writable), cap)
-            if out is not None:
-                out.discard()
-            comp.output = out = new
-        idx = None if index is None else np.ascontiguousarray(index, np.intp).tobytes()
-        return BindSpec(n, cols, idx, tuple(ids), (str(out.path), out.capacity))
+        except SandboxError:
+            on_done()
+            raise
+        return await calls.tick_shared(self._sup, comp, self._shm, n, dt, version=version,
+                                       columns=columns, index=index, ids=ids, on_done=on_done)
 
     async def deliver(self, name: str, messages: Sequence[tuple[str, bytes]]) -> None:
         """Hand ``messages`` (subject, payload) to ``edge_on_message``, one round trip for all.
@@ -420,36 +302,7 @@ class SandboxPool:
         outstanding (this call waits for room). Messages for a component that is not running
         are dropped and counted. Use :meth:`flush` to wait for the results.
         """
-        comp = self._get(name)
-        if not messages:
-            return
-        worker = comp.worker
-        if comp.state != "running" or worker is None or not comp.info.handles_messages:
-            comp.counters["dropped"] += len(messages)
-            return
-        window = worker.window
-        if window is None:
-            raise SandboxError(f"the worker of component '{name}' is not started",
-                               component=name, reason="usage")
-        await window.acquire()
-        if comp.worker is not worker or comp.state != "running":
-            window.release()
-            comp.counters["dropped"] += len(messages)
-            return
-        gen = comp.generation
-        count = len(messages)
-        fut = worker.send(("deliver", name, list(messages)), name, "edge_on_message")
-
-        def done(f: asyncio.Future[tuple[str, Any]]) -> None:
-            window.release()
-            if f.cancelled() or f.exception() is not None:
-                comp.counters["dropped"] += count
-                return
-            status, payload = f.result()
-            self._sup.finish_call(comp, worker, status, payload, "edge_on_message", count,
-                                  current=comp.generation == gen)
-
-        fut.add_done_callback(done)
+        await calls.deliver(self._sup, self._get(name), messages)
 
     async def flush(self) -> None:
         """Wait until every sent request is answered and every effect is handed to the host."""
@@ -480,10 +333,10 @@ class SandboxPool:
                                "start() (or use 'async with SandboxPool(...)') first",
                                reason="stopped")
 
-    def _shm(self, what: str) -> Path:
-        self._check_started(what)
+    def _shm(self) -> Path:
+        self._check_started("make a batch")
         if self._shm_dir is None:  # pragma: no cover - set by start()
-            raise SandboxError(f"cannot {what}: the pool has no shared memory directory",
+            raise SandboxError("cannot make a batch: the pool has no shared memory directory",
                                reason="stopped")
         return self._shm_dir
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import SandboxError
-from edge.wasm.protocol import HEADER, MAX_FRAME, encode, encode_host_reply
+from edge.wasm.protocol import HEADER, MAX_FRAME, PARENT_PID_ENV, encode, encode_host_reply
 from edge.wasm.wire import (
     EXPECT_PING,
     EXPECT_RESULT,
@@ -61,8 +61,6 @@ START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 2.0
 #: Bytes read from the reply pipe per call (a larger os.read allocates that much every time).
 READ_CHUNK_BYTES = 64 * 1024
-#: Environment variable telling the worker its parent's pid (see edge.wasm.worker).
-PARENT_PID_ENV = "EDGE_SANDBOX_PARENT"
 #: Largest reply frame the runtime accepts from a worker (bytes).
 MAX_REPLY_FRAME = MAX_FRAME
 
@@ -144,6 +142,9 @@ class WorkerProcess:
         return self.proc.pid if self.proc is not None else None
 
     async def start(self, max_in_flight: int) -> None:
+        if self.proc is not None:
+            raise SandboxError("this sandbox worker was already started; a WorkerProcess runs "
+                               "one process, make a new one to start another", reason="usage")
         env = dict(os.environ)
         env["PYTHONPATH"] = _PACKAGE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
         env[PARENT_PID_ENV] = str(os.getpid())
@@ -167,8 +168,11 @@ class WorkerProcess:
         self.alive = True
         self.window = asyncio.Semaphore(max_in_flight)
         asyncio.get_running_loop().add_reader(rfd, self._on_readable)
+        proc = self.proc
+        if proc.stderr is None:  # pragma: no cover - stderr=PIPE above
+            raise SandboxError("sandbox worker started without a stderr pipe", reason="start")
         self._tasks = [
-            asyncio.create_task(self._read_stderr(), name=f"sandbox-stderr-{self.pid}"),
+            asyncio.create_task(self._read_stderr(proc.stderr), name=f"sandbox-stderr-{self.pid}"),
             asyncio.create_task(self._watchdog(), name=f"sandbox-watchdog-{self.pid}"),
         ]
         self.starting = True  # the first ping is bounded by START_TIMEOUT_S, not the deadline
@@ -298,7 +302,8 @@ class WorkerProcess:
             data = b""
         if not data:
             self._close_reader()
-            self._tasks.append(asyncio.create_task(self._finish_exit()))
+            if self.proc is not None:
+                self._tasks.append(asyncio.create_task(self._finish_exit(self.proc)))
             return
         if self.violation is not None:
             return  # killed for a violation: nothing more it writes is read
@@ -349,11 +354,10 @@ class WorkerProcess:
             os.close(self._rfd)
             self._rfd = -1
 
-    async def _finish_exit(self) -> None:
-        assert self.proc is not None
+    async def _finish_exit(self, proc: asyncio.subprocess.Process) -> None:
         self.alive = False
         culprit = self.pending[0] if self.pending else None
-        code = await self.proc.wait()
+        code = await proc.wait()
         reason = "deadline" if self.killed_for_deadline is not None else "crashed"
         if self.killed_for_deadline is not None:
             culprit = self.killed_for_deadline
@@ -363,9 +367,7 @@ class WorkerProcess:
             self.on_exit(self, culprit, reason, code)  # before callers see their requests fail
         self._fail_pending()
 
-    async def _read_stderr(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        stream = self.proc.stderr
+    async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
         tokens = STDERR_LINES_PER_S
         at = time.monotonic()
         suppressed = 0

@@ -42,6 +42,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+#: Environment variable telling a worker its runtime's pid (it exits if its parent differs).
+PARENT_PID_ENV = "EDGE_SANDBOX_PARENT"
+
 HEADER = struct.Struct("<I")
 #: Largest frame either side accepts (bytes).
 MAX_FRAME = 256 * 1024 * 1024

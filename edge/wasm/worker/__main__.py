@@ -11,10 +11,9 @@ import os
 import signal
 import sys
 
+from edge.wasm.protocol import PARENT_PID_ENV
 from edge.wasm.worker.dispatch import serve
 
-#: Environment variable carrying the runtime's pid (the worker exits if its parent differs).
-PARENT_PID_ENV = "EDGE_SANDBOX_PARENT"
 PR_SET_PDEATHSIG = 1
 
 
