@@ -48,6 +48,7 @@ from edge.wasm.protocol import (
     encode,
     encode_host_reply,
 )
+from edge.wasm.stderr import log_stderr
 from edge.wasm.wire import (
     EXPECT_PING,
     EXPECT_RESULT,
@@ -60,12 +61,9 @@ from edge.wasm.wire import (
 )
 
 log = logging.getLogger("edge.wasm.pool")
-stderr_log = logging.getLogger("edge.wasm.worker")
 
 #: How often the deadline watchdog looks at the head request (seconds).
 WATCHDOG_INTERVAL_S = 0.05
-#: Worker stderr lines logged per second (burst of the same size); the rest are counted.
-STDERR_LINES_PER_S = 50.0
 #: How long a worker may take to start and answer its first ping (seconds).
 START_TIMEOUT_S = 15.0
 #: How long a worker may take to exit after its stdin is closed (seconds).
@@ -185,7 +183,7 @@ class WorkerProcess:
         if proc.stderr is None:  # pragma: no cover - stderr=PIPE above
             raise SandboxError("sandbox worker started without a stderr pipe", reason="start")
         self._tasks = [
-            asyncio.create_task(self._read_stderr(proc.stderr), name=f"sandbox-stderr-{self.pid}"),
+            asyncio.create_task(log_stderr(proc.stderr, proc.pid), name=f"sandbox-stderr-{self.pid}"),
             asyncio.create_task(self._watchdog(), name=f"sandbox-watchdog-{self.pid}"),
         ]
         self.starting = True  # the first ping is bounded by START_TIMEOUT_S, not the deadline
@@ -400,31 +398,6 @@ class WorkerProcess:
         if not self.stopping:
             self.on_exit(self, culprit, reason, code)  # before callers see their requests fail
         self._fail_pending()
-
-    async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
-        tokens = STDERR_LINES_PER_S
-        at = time.monotonic()
-        suppressed = 0
-        while True:
-            try:
-                line = await stream.readline()
-            except ValueError:  # a line longer than the stream limit
-                line = b"<long line>\n"
-            if not line:
-                break
-            now = time.monotonic()
-            tokens = min(STDERR_LINES_PER_S, tokens + (now - at) * STDERR_LINES_PER_S)
-            at = now
-            if tokens < 1.0:
-                suppressed += 1
-                continue
-            tokens -= 1.0
-            if suppressed:
-                stderr_log.debug("worker %d: (%d lines suppressed)", self.pid, suppressed)
-                suppressed = 0
-            stderr_log.debug("worker %d: %s", self.pid, line.decode(errors="replace").rstrip())
-        if suppressed:
-            stderr_log.debug("worker %d: (%d lines suppressed)", self.pid, suppressed)
 
     async def _watchdog(self) -> None:
         while self.alive:
