@@ -117,6 +117,9 @@ class Supervisor:
             comp.worker = None
             raise ComponentLoadError(f"wasm3 refused component '{m.name}': {payload}",
                                      component=m.name, path=str(m.module))
+        if status == "gone":  # an intact worker answers a load with ok, fault or refused
+            worker.violate(f"a 'gone' reply to the load of component '{m.name}'")
+            return
         if self.finish_call(comp, worker, status, payload, "edge_init", 0, current=True):
             comp.state = "running"
 
