@@ -70,6 +70,14 @@ WASM_PAGE_BYTES = 65_536
 #: Limits of the kv_put import (bytes).
 KV_MAX_KEY = 128
 KV_MAX_VALUE = 64 * 1024
+#: Largest message payload ``publish`` accepts (bytes), like nats-server's default max_payload.
+PUBLISH_MAX_BYTES = 1024 * 1024
+#: Longest subject ``publish`` accepts (bytes).
+SUBJECT_MAX_BYTES = 256
+#: Longest log line kept (bytes); longer lines are cut.
+LOG_MAX_BYTES = 1024
+#: Longest model name the infer import looks at (bytes); longer names are not granted.
+MODEL_NAME_MAX_BYTES = 64
 
 #: Gas charged for each ``infer`` call, before the model runs (metering units; the model's own
 #: time is bounded by the infer timeout, not by gas).

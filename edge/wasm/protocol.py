@@ -1,36 +1,35 @@
 """Framing and message shapes between the runtime and a sandbox worker process.
 
-Both ends are ours. A frame is a 4-byte little-endian length, then a body. The runtime writes
-requests to the worker's stdin; the worker answers every request, in order, on its stdout (so
-the runtime matches answers to requests first-in first-out).
+A frame is a 4-byte little-endian length, then a body. The runtime writes requests to the
+worker's stdin; the worker answers every request, in order, on its stdout (so the runtime
+matches answers to requests first-in first-out).
 
-Bodies are pickles (their first byte is 0x80), except on the tick hot path, where a fixed
-struct avoids pickling: a tick request body starts with ``b"T"`` (:data:`TICK_FRAME`), a compact
-tick reply with ``b"R"`` (:data:`REPLY_FRAME`). A tick reply is compact when the call had no
-effect besides counters (no publish, KV put, log line, denial or fault); otherwise it is the
-pickled ``(status, CallResult)``.
+Only the runtime is trusted. Worker -> runtime frames (replies, host requests) use the fixed,
+length-checked binary format of :mod:`edge.wasm.wire`; the runtime never unpickles them.
+Runtime -> worker request bodies are pickles (first byte 0x80: the worker trusts its runtime),
+except the tick (``b"T"``, :data:`TICK_FRAME`) and the host reply (``b"A"``), which are structs.
 
-Requests (pickled tuples, first item the op; the tick is a struct):
+Requests (pickled tuples, first item the op; the tick is a struct) and their answers:
 
-* ``("load", spec: LoadSpec)`` -> ``("ok", CallResult)`` | ``("refused", text)`` | ``("fault", CallResult)``
-* ``("unload", name)`` -> ``("ok", None)``
-* ``("setup", name, ids | None, shm | None)`` -> ``("ok", None)``: the copy-mode batch.
+* ``("load", spec: LoadSpec)`` -> ok | refused (text) | fault (``C`` frames)
+* ``("unload", name)`` -> ok
+* ``("setup", name, ids | None, shm | None)`` -> ok | gone: the copy-mode batch.
   ``shm`` is ``(path, capacity)``: the worker maps the file ``path`` holding ``ncols * capacity``
   float64 values, column-major (column ``c`` starts at byte ``8 * c * capacity``).
-* ``("bind", name, BindSpec)`` -> ``("ok", None)`` | ``("error", text)``: the shared-mode batch
-  (the world's own column files and the slots of the rows).
-* tick ``T``: ``(flags, handle, n, dt)`` -> ``R (status, errors, logs_dropped, gas_used)`` or a
-  pickled ``("ok" | "fault", CallResult)``; ``("gone", None)`` if the handle is not loaded.
+* ``("bind", name, BindSpec)`` -> ok | error (text) | gone: the shared-mode batch (the world's
+  column files, mapped read-only, the slots of the rows, and the component's output area).
+* tick ``T``: ``(flags, handle, n, dt)`` -> a compact ``R`` reply when the call only counted,
+  else a ``C`` frame (ok | fault | error); ``gone`` if the handle is not loaded.
   ``flags & FLAG_SHARED`` runs on the bound world columns instead of the copy-mode batch.
-* ``("deliver", name, [(subject, data), ...])`` -> ``("ok" | "fault", CallResult)``
-* ``("ping",)`` -> ``("ok", {"pid": ..., "instances": ..., "rss_kb": ...})``
+* ``("deliver", name, [(subject, data), ...])`` -> ok | fault | gone (``C``)
+* ``("ping",)`` -> a ``P`` frame (pid, instances, rss_kb)
 
 Nested host requests. While a call runs, a host import that needs the runtime (``infer``) writes
-a host request frame (``b"Q"``, :data:`HOST_REQUEST`) on the reply pipe and blocks until the
-runtime writes a host reply frame (``b"A"``, :data:`HOST_REPLY`) on the request pipe. The runtime
-reads the request out of band (it does not resolve a pending future) and answers it for the
-component whose call is at the head of that worker's queue. Request frames the runtime sent
-meanwhile (pipelined ticks, message batches) are kept by the worker and served after the call.
+a host request frame (``b"Q"``) on the reply pipe and blocks until the runtime writes a host
+reply frame (``b"A"``, :data:`HOST_REPLY`) on the request pipe. The runtime reads the request
+out of band (it does not resolve a pending future) and answers it for the component whose call
+is at the head of that worker's queue. Request frames the runtime sent meanwhile (pipelined
+ticks, message batches) are kept by the worker and served after the call.
 
 * ``Q``: ``(op, out_cap, model_len)`` then the model name and the input bytes ->
   ``A``: ``(code, hint)`` then the output bytes (``code`` >= 0: their length).
@@ -41,7 +40,10 @@ from __future__ import annotations
 import pickle
 import struct
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
+
+#: Environment variable telling a worker its runtime's pid (it exits if its parent differs).
+PARENT_PID_ENV = "EDGE_SANDBOX_PARENT"
 
 HEADER = struct.Struct("<I")
 #: Largest frame either side accepts (bytes).
@@ -50,34 +52,20 @@ MAX_FRAME = 256 * 1024 * 1024
 #: Tick request frame: length, b"T", flags, pad, handle, n, dt.
 TICK_FRAME = struct.Struct("<IBBxxIId")
 TICK_BODY_SIZE = TICK_FRAME.size - HEADER.size
-#: Compact tick reply frame: length, b"R", status, pad, errors, logs_dropped, gas_used.
-REPLY_FRAME = struct.Struct("<IBBxxIIQ")
+#: Compact tick reply frame: length, b"R", status, pad, errors, logs_dropped, gas_used, written.
+REPLY_FRAME = struct.Struct("<IBBxxIIQQ")
 REPLY_BODY_SIZE = REPLY_FRAME.size - HEADER.size
 KIND_TICK = 0x54  # "T"
 KIND_REPLY = 0x52  # "R"
 #: Tick flag: run on the world columns bound with "bind" (shared mode).
 FLAG_SHARED = 1
-#: Compact reply status codes.
+#: Compact reply status codes (see :mod:`edge.wasm.wire` for all of them).
 STATUS_OK = 0
 STATUS_GONE = 1
-STATUS_NAMES = {STATUS_OK: "ok", STATUS_GONE: "gone"}
 
-#: Host request frame (worker -> runtime during a call): length, b"Q", op, pad, out_cap,
-#: model_len; then the model name and the data.
-HOST_REQUEST = struct.Struct("<IBBxxiI")
 #: Host reply frame (runtime -> worker): length, b"A", pad, code, hint; then the payload.
 HOST_REPLY = struct.Struct("<IBxxxiI")
-KIND_HOST_REQUEST = 0x51  # "Q"
 KIND_HOST_REPLY = 0x41  # "A"
-#: Host request operations.
-OP_INFER = 0
-
-
-def encode_host_request(op: int, out_cap: int, model: bytes, data: bytes) -> bytes:
-    """The frame of a nested host request (worker side)."""
-    size = HOST_REQUEST.size - HEADER.size + len(model) + len(data)
-    return b"".join((HOST_REQUEST.pack(size, KIND_HOST_REQUEST, op, out_cap, len(model)),
-                     model, data))
 
 
 def encode_host_reply(code: int, hint: int, payload: bytes = b"") -> bytes:
@@ -116,13 +104,19 @@ class BindSpec:
 
     ``columns`` are ``(path, inode, nbytes)`` per batch column (manifest order); row ``i`` is the
     float64 at byte ``8 * index[i]`` of each file, or at ``8 * i`` when ``index`` is None.
-    ``index`` is the native-endian intp array of slots as bytes.
+    ``index`` is the native-endian intp array of slots as bytes. The worker maps the columns
+    read-only; what the component writes goes to ``output`` ``(path, capacity)``: a file of
+    ``len(writable) * capacity`` float64, column ``k`` (the ``k``-th write column) at byte
+    ``8 * k * capacity``, row ``i`` at ``i`` (batch order). The runtime copies the rows back
+    into the world's write columns (only those, only the batch's slots). Without ``output``
+    the worker keeps the rows in private memory (benchmarks, tests).
     """
 
     n: int
     columns: tuple[tuple[str, int, int], ...]
     index: bytes | None
     ids: tuple[str, ...] | None
+    output: tuple[str, int] | None = None
 
 
 @dataclass
@@ -135,6 +129,9 @@ class CallResult:
     logs: list[tuple[int, str]] = field(default_factory=list)
     denied: list[str] = field(default_factory=list)  # subjects refused by the grants
     denied_models: list[str] = field(default_factory=list)  # infer calls refused by the grants
+    denied_extra: int = 0  # denied subjects counted, not named
+    denied_models_extra: int = 0  # denied models counted, not named
+    written: int = 0  # bitmask of the write columns a shared tick wrote (writable order)
     logs_dropped: int = 0
     messages: int = 0  # messages handed to edge_on_message
     dropped: int = 0  # messages not handled (no room, or after a fault)
@@ -142,13 +139,15 @@ class CallResult:
     fault: tuple[str, str, str] | None = None  # (reason, export, text)
 
     def has_effects(self) -> bool:
-        """True if the result carries more than counters (it then travels as a pickle)."""
+        """True if the result carries more than counters (it then travels as a ``C`` frame)."""
         return bool(self.publishes or self.kv_puts or self.logs or self.denied
-                    or self.denied_models or self.fault is not None or self.messages or self.dropped)
+                    or self.denied_models or self.denied_extra or self.denied_models_extra
+                    or self.fault is not None or self.messages or self.dropped)
 
     def reset(self) -> None:
         """Empty it for the next call (the worker reuses one per instance)."""
         self.gas_used = self.logs_dropped = self.messages = self.dropped = self.errors = 0
+        self.denied_extra = self.denied_models_extra = self.written = 0
         self.fault = None
         if self.publishes:
             self.publishes = []
@@ -163,20 +162,6 @@ class CallResult:
 
 
 def encode(obj: Any) -> bytes:
-    """One frame: length header + pickle."""
+    """One request frame (runtime -> worker only): length header + pickle."""
     body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return HEADER.pack(len(body)) + body
-
-
-def read_frame(stream: BinaryIO) -> Any | None:
-    """Blocking read of one frame (worker side); None at end of stream."""
-    head = stream.read(HEADER.size)
-    if len(head) < HEADER.size:
-        return None
-    (size,) = HEADER.unpack(head)
-    if size > MAX_FRAME:
-        raise ValueError(f"frame of {size} bytes exceeds the limit")
-    body = stream.read(size)
-    if len(body) < size:
-        return None
-    return pickle.loads(body)

@@ -11,7 +11,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from edge.errors import SandboxError
+from edge.wasm.manifest import Manifest, load_manifest
+from edge.wasm.pool import SandboxPool
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_COMPONENTS = Path(__file__).resolve().parent / "components"
@@ -90,3 +94,25 @@ async def wait_for(pred: Callable[[], Any], timeout: float = 5.0, step: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(step)
+
+
+def demo(name: str) -> Manifest:
+    return load_manifest(ROOT / "components" / name / "manifest.toml", DEVICE)
+
+
+def manifest(tmp: Path, name: str, module: Path, **kw: object) -> Manifest:
+    return load_manifest(write_manifest(tmp, name, module, **kw), DEVICE)  # type: ignore[arg-type]
+
+
+def entry(p: SandboxPool, name: str) -> dict[str, object]:
+    return next(s for s in p.status() if s["name"] == name)
+
+
+async def physics_tick(p: SandboxPool, n: int = 4) -> np.ndarray:
+    cols = p.batch("physics", n)
+    for c in cols[:3]:
+        c[:] = 0.0
+    for c in cols[3:]:
+        c[:] = 1.0
+    assert await p.tick("physics", n, 0.5)
+    return np.array(cols[0])

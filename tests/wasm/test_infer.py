@@ -34,6 +34,7 @@ from edge.errors import ComponentLoadError
 from edge.inference.errors import InferenceError
 from edge.inference.registry import ModelRegistry, ModelSpec
 from edge.wasm.abi import INFER_GAS
+from edge.wasm.host import InferBridge
 from edge.wasm.manifest import Manifest, load_manifest
 from edge.wasm.pool import SandboxPool
 
@@ -80,7 +81,7 @@ def expected(x: np.ndarray, weights: tuple[np.ndarray, np.ndarray]) -> np.ndarra
 
 
 class InferHost(Recorder):
-    """Recorder plus the optional infer callback, over a real ModelRegistry.
+    """Recorder that is also an InferBridge (passed as ``infer=``), over a real ModelRegistry.
 
     ``delay_s`` waits before each inference (to exercise timeouts and the deadline pause).
     """
@@ -120,15 +121,15 @@ def host(registry: ModelRegistry) -> InferHost:
     return InferHost(registry)
 
 
-async def started(host: Any, **kw: Any) -> SandboxPool:
-    p = SandboxPool(DEVICE, host, backoff_base_s=0.05, workers=1, **kw)
+async def started(host: Recorder, infer: InferBridge | None = None, **kw: Any) -> SandboxPool:
+    p = SandboxPool(DEVICE, host, infer=infer, backoff_base_s=0.05, workers=1, **kw)
     await p.start()
     return p
 
 
 @pytest.fixture
 async def pool(host: InferHost) -> AsyncIterator[SandboxPool]:
-    p = await started(host)
+    p = await started(host, host)
     try:
         yield p
     finally:
@@ -269,7 +270,7 @@ async def test_failing_model_returns_minus_5(
 
 async def test_slow_model_times_out_with_minus_5(
         host: InferHost, tmp_path: Path, modules: dict[str, Path]) -> None:
-    p = await started(host, infer_timeout_s=0.1)
+    p = await started(host, host, infer_timeout_s=0.1)
     try:
         await p.load(manifest(tmp_path, modules["infer"]))
         host.delay_s = 0.4
@@ -285,7 +286,7 @@ async def test_slow_model_times_out_with_minus_5(
 
 async def test_deadline_pauses_during_infer_but_the_budget_bounds_it(
         host: InferHost, tmp_path: Path, modules: dict[str, Path]) -> None:
-    p = await started(host, deadline_s=0.3, infer_budget_s=0.5)
+    p = await started(host, host, deadline_s=0.3, infer_budget_s=0.5)
     try:
         await p.load(manifest(tmp_path, modules["infer"]))
         host.delay_s = 0.2

@@ -1,0 +1,65 @@
+"""The runtime's record of one loaded component: state, counters, worker, batch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+
+from edge.errors import SandboxError
+from edge.wasm.abi import ModuleInfo
+from edge.wasm.columns import CopyBatch, OutputArea, WorldColumns
+from edge.wasm.grants import PublishGrant
+from edge.wasm.manifest import Manifest
+from edge.wasm.procs import WorkerProcess
+
+#: Counters of each component (see docs/sandbox.md, "Status").
+COUNTERS = ("ticks", "messages", "published", "denied", "dropped", "errors", "logs_dropped",
+            "traps", "out_of_gas", "deadlines", "crashes", "infers", "infer_errors",
+            "denied_infer", "protocol_errors")
+
+
+@dataclass
+class Component:
+    manifest: Manifest
+    wasm: bytes
+    info: ModuleInfo
+    kv: dict[str, bytes]
+    handle: int = 0
+    state: str = "starting"
+    worker: WorkerProcess | None = None
+    generation: int = 0
+    restarts: int = 0
+    failures: deque[float] = field(default_factory=deque)
+    last_fault: SandboxError | None = None
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    gas_last: int = 0
+    batch: CopyBatch | None = None
+    batch_gen: int = 0
+    batch_sent: bool = False
+    ids: list[str] | None = None
+    ids_sent: bool = False
+    bound: tuple[object, ...] | None = None  # what the worker has bound (shared mode)
+    shared_refused: bool = False
+    output: OutputArea | None = None  # shared mode: where the worker writes
+    world: WorldColumns | None = None  # shared mode: the runtime's own view of the columns
+    timer: asyncio.TimerHandle | None = None
+    denied_logged_at: float = 0.0
+    grant: PublishGrant = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.grant = PublishGrant(self.manifest.publish)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def discard_storage(self) -> None:
+        """Forget the batch files (copy mode and output area)."""
+        if self.batch is not None:
+            self.batch.discard()
+            self.batch = None
+        if self.output is not None:
+            self.output.discard()
+            self.output = None
+        self.world = None

@@ -1,0 +1,87 @@
+"""Effects (edge.wasm.effects, edge.wasm.grants): denials in the worker, and the runtime's own
+check of what a worker reports."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from sandbox_support import DEVICE, Recorder, demo, entry, manifest
+
+from edge.wasm.abi import KV_MAX_VALUE, PUBLISH_MAX_BYTES
+from edge.wasm.component import Component
+from edge.wasm.effects import check
+from edge.wasm.grants import PublishGrant, kv_put_allowed, subject_matches
+from edge.wasm.pool import SandboxPool
+from edge.wasm.protocol import CallResult
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_publish_outside_grants_is_denied_counted_and_logged(
+        pool: SandboxPool, rec: Recorder, tmp_path: Path, modules: dict[str, Path],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="edge.wasm")
+    await pool.load(manifest(tmp_path, "forbidden", modules["forbidden"], read=("a.b",),
+                             tick_hz=1, publish=("edge.{device}.evt.forbidden.>",)))
+    pool.batch("forbidden", 1)
+    for _ in range(3):
+        assert await pool.tick("forbidden", 1, 0.1)
+    await pool.flush()
+    assert [s for _, s, _ in rec.published] == ["edge.dev1.evt.forbidden.ok"] * 3
+    counters = entry(pool, "forbidden")["counters"]
+    assert counters["denied"] == 3 and counters["published"] == 3  # type: ignore[index]
+    assert any("denied publishing to edge.dev1.cmd.motors.arm" in r.message
+               for r in caplog.records)
+    # the component saw 0 (ok), -1 (denied), -2 (wildcard subject is invalid)
+    assert any(r.message == "[forbidden] 0 -1 -2" for r in caplog.records)
+
+
+
+def component(tmp_path: Path, name: str = "c", **kw: object) -> Component:
+    m = manifest(tmp_path, name, demo("physics").module, read=("position.x",),
+                 write=("position.x", "position.y"), **kw)
+    return Component(manifest=m, wasm=b"", info=None, kv={})  # type: ignore[arg-type]
+
+
+def test_an_intact_reply_passes(tmp_path: Path) -> None:
+    comp = component(tmp_path, publish=(f"edge.{DEVICE}.evt.>",), publish_per_call=2)
+    res = CallResult(publishes=[(f"edge.{DEVICE}.evt.a", b"x")] * 2, kv_puts=[("k.1", b"v")],
+                     written=0b11)
+    assert check(comp, res, calls=1, messages=0, shared=True) is None
+    assert check(comp, CallResult(messages=3, dropped=1), calls=6, messages=3) is None
+
+
+@pytest.mark.parametrize(("res", "why"), [
+    (CallResult(publishes=[("edge.other.cmd.arm", b"x")]), "the grants refuse"),
+    (CallResult(publishes=[(f"edge.{DEVICE}.evt.*", b"x")]), "the grants refuse"),
+    (CallResult(publishes=[(f"edge.{DEVICE}.evt.a", b"x" * (PUBLISH_MAX_BYTES + 1))]),
+     "the grants refuse"),
+    (CallResult(publishes=[(f"edge.{DEVICE}.evt.a", b"")] * 3), "3 publishes, at most 2"),
+    (CallResult(kv_puts=[("../x", b"")]), "outside the limits"),
+    (CallResult(kv_puts=[("k", b"v" * (KV_MAX_VALUE + 1))]), "outside the limits"),
+    (CallResult(messages=1), "1 messages handled"),
+    (CallResult(written=0b100), "outside the write set"),
+])
+def test_a_reply_no_intact_worker_sends_is_refused(tmp_path: Path, res: CallResult,
+                                                   why: str) -> None:
+    comp = component(tmp_path, publish=(f"edge.{DEVICE}.evt.>",), publish_per_call=2)
+    got = check(comp, res, calls=1, messages=0, shared=True)
+    assert got is not None and why in got
+
+
+def test_write_bits_only_for_shared_ticks(tmp_path: Path) -> None:
+    comp = component(tmp_path)
+    assert check(comp, CallResult(written=1), calls=1, messages=0) is not None
+
+
+def test_grants_rules() -> None:
+    assert subject_matches("a.*.c", "a.b.c") and not subject_matches("a.*", "a.b.c")
+    assert subject_matches("a.>", "a.b.c") and not subject_matches("a.>", "a")
+    g = PublishGrant(("edge.d.evt.>",))
+    assert g.allows("edge.d.evt.x") and not g.allows("edge.d.cmd.x")
+    assert not g.allows("edge.d.evt.>") and not g.allows("edge.d.evt..x")
+    assert not g.allows_message("edge.d.evt.x", bytes(PUBLISH_MAX_BYTES + 1))
+    assert kv_put_allowed("a-b_c.1", b"") and not kv_put_allowed("a/b", b"")
+    assert not kv_put_allowed("k" * 129, b"")
