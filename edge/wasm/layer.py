@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -29,6 +29,7 @@ from edge.layer import DeviceContext
 from edge.errors import LifecycleError
 from edge.nats import subjects
 from edge.wasm.manifest import Manifest, load_manifest
+from edge.wasm.host import InferBridge
 from edge.wasm.pool import SandboxPool
 from edge.world.scheduler import MessagePump, SharedBatch, TickLoop
 from edge.world.store import F64Array
@@ -39,12 +40,6 @@ COMPONENT_KV_BUCKET = "edge-components"  # private key-value state of wasm compo
 STATE_READ_TIMEOUT_S = 5.0  # seconds to read a component's KV snapshot at load
 MAX_FAULTS_KEPT = 50
 PUMP_PENDING_MSGS = 100_000  # NATS client-side buffer per subscription of a component
-
-
-class InferBridge(Protocol):
-    """Runs a model for a component's ``infer`` import (see :mod:`edge.inference.bridge`)."""
-
-    async def infer(self, component: str, model: str, data: bytes) -> bytes: ...
 
 
 class WasmTickRunner:
@@ -112,8 +107,8 @@ class SandboxLayer:
     async def start(self, ctx: DeviceContext) -> None:
         self._ctx = ctx
         s = self.settings
-        self.pool = SandboxPool(ctx.device, self, recycle_after=s.recycle_after, deadline_s=s.deadline_s,
-                                workers=s.workers)
+        self.pool = SandboxPool(ctx.device, self, infer=self.bridge, recycle_after=s.recycle_after,
+                                deadline_s=s.deadline_s, workers=s.workers)
         await self.pool.start()
         for manifest_path in self.manifests:
             try:
@@ -252,16 +247,6 @@ class SandboxLayer:
     async def kv_put(self, component: str, key: str, value: bytes) -> None:
         kv = await self._bucket()
         await kv.put(f"{component}.{key}", value)
-
-    async def infer(self, component: str, model: str, data: bytes) -> bytes:
-        if self.bridge is None:
-            from edge.inference.errors import InferenceError
-
-            raise InferenceError(
-                f"component '{component}' asked for model '{model}', but this device loads no models",
-                model=model, reason="unknown-model",
-            )
-        return await self.bridge.infer(component, model, data)
 
     def on_fault(self, component: str, fault: SandboxError) -> None:
         log.warning("component %s fault: %s", component, fault.message)

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -67,6 +67,7 @@ class SharedBatch:
     ids: Sequence[str]
 
 
+@runtime_checkable
 class SharedTickRunner(TickRunner, Protocol):
     """A TickRunner that can also run directly on shared world columns."""
 
@@ -130,7 +131,7 @@ class TickLoop:
         self.stats = TickStats()
         self._task: asyncio.Task[None] | None = None
         self._sent_version = -1
-        self._shared: SharedTickRunner | None = runner if hasattr(runner, "run_shared") else None  # type: ignore[assignment]
+        self._shared: SharedTickRunner | None = runner if isinstance(runner, SharedTickRunner) else None
         for name in self.columns:
             world.column(name)  # fail early on an unknown or non-numeric field
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from sandbox_support import DEVICE, Recorder, wait_for, write_manifest
 
-from edge.runtime import WasmTickRunner
+from edge.wasm.layer import WasmTickRunner
 from edge.wasm.manifest import Manifest, load_manifest
 from edge.wasm.pool import SandboxPool
 from edge.wasm.procs import DEFAULT_WORKER_COMMAND
