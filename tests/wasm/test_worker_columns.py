@@ -45,7 +45,13 @@ def test_world_columns_are_mapped_read_only(physics: Instance, tmp_path: Path) -
                           (str(out), 4)))
     cols = physics.columns
     assert all(v.readonly for v in cols.wviews)
-    assert not any(a.flags.writeable for a in cols.wcols)
+    assert cols.wcols == []  # contiguous slots: no numpy views (nor numpy) in the worker
+    with pytest.raises(TypeError):
+        cols.wviews[3][0:8] = bytes(8)
+    index = np.arange(4, dtype=np.intp).tobytes()  # a sparse bind reads through numpy views
+    physics.bind(BindSpec(4, tuple((r.path, r.ino, r.nbytes) for r in refs), index, None, (str(out), 4)))
+    cols = physics.columns
+    assert cols.wcols and not any(a.flags.writeable for a in cols.wcols)
     with pytest.raises(ValueError):
         cols.wcols[3][0] = 9.0
     fd = os.open(refs[3].path, os.O_RDONLY)
