@@ -18,7 +18,7 @@ section         type                                   reader
 ``vision``      ``list[VisionSpec]``                   :func:`edge.inference.config.read_vision`
 ``agents``      ``list[AgentSpec]``                    :func:`edge.agents.config.read_agents`
 ``drivers``     ``list[DriverSpec]``                   :func:`drivers.config.read_drivers`
-``schemas``     ``list[ComponentSchema]``              :func:`edge.world.schema.schema_from_config`
+``schemas``     ``list[ComponentSchema]``              :func:`edge.world.schema.read_schema`
 ==============  =====================================  ==========================================
 
 Paths in the file are relative to the file (``base``): ``device.data_dir``, ``nats.credentials``,
@@ -38,9 +38,6 @@ from typing import TYPE_CHECKING, Any
 
 from edge.config.table import REQUIRED, Table
 from edge.errors import ConfigError
-from edge.world.schema import ComponentSchema, schema_from_config
-from edge.world.store import ENTITY_ID_RE
-
 if TYPE_CHECKING:  # the section modules import the reader (edge.config.table): imported when used
     from drivers.config import DriverSpec
     from edge.agents.config import AgentSpec
@@ -48,6 +45,7 @@ if TYPE_CHECKING:  # the section modules import the reader (edge.config.table): 
     from edge.inference.config import ModelSpec, VisionSpec
     from edge.sync.device.config import SyncConfig
     from edge.sync.device.leaf import HubLink
+    from edge.world.schema import ComponentSchema
 
 DEFAULT_PERSIST_INTERVAL = 1.0  # seconds
 DEFAULT_BUCKET = "edge-state"
@@ -158,6 +156,8 @@ def parse_config(
     from edge.agents.tools.permissions import read_tools
     from edge.inference.config import read_models, read_vision
     from edge.sync.device.config import read_hub, read_sync
+    from edge.world.schema import read_schema
+    from edge.world.store import ENTITY_ID_RE
 
     base = base or Path.cwd()
     top = Table(raw, file=file, base=base)
@@ -201,7 +201,7 @@ def parse_config(
 
     schemas = top.table("schemas")
     for name in schemas.names():
-        cfg.schemas.append(schema_from_config(name, schemas.data[name], file=file))
+        cfg.schemas.append(read_schema(name, schemas.table(name)))
 
     for t in top.tables("components"):
         manifest = t.path("manifest", None)
