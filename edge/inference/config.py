@@ -75,7 +75,7 @@ class ModelSpec:
             raise t.error("path", "expected a non-empty path")
         obj = t.text("object", None, nonempty=True)
         bucket = t.text("bucket", DEFAULT_MODEL_BUCKET, nonempty=True)
-        sha = t.text("sha256", None)
+        sha = t.text("sha256", None) or None  # "" = not given (the README's sample writes it so)
         if sha is not None and not SHA256_RE.match(sha.lower()):
             raise t.error("sha256", "expected 64 hex digits (the SHA-256 of the file)")
         threads = t.integer("threads", DEFAULT_NUM_THREADS, lo=1, hi=64)
