@@ -86,6 +86,9 @@ class EntitySpec:
 
 @dataclass
 class DeviceConfig:
+    """A validated device config: every section typed (see the module docstring for where each
+    section's type and reader live). Build one with :func:`load_config` or :func:`parse_config`."""
+
     device: str
     data_dir: Path
     file: str | None = None
