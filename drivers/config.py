@@ -112,7 +112,7 @@ def _load(location: str) -> Callable[[Table], Any]:
 
 def _common(t: Table, name: str) -> str:
     if "name" in t.data and t.data["name"] != name:
-        raise t.error("name", f"'name' = {t.data['name']!r} does not match {name!r}")
+        raise t.error("name", f"name {t.data['name']!r} does not match {name!r}")
     kind = t.kind
     if kind not in KINDS:
         raise t.error("kind", f"unknown driver kind {kind!r}; known: {', '.join(sorted(KINDS))}")

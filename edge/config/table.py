@@ -149,16 +149,20 @@ class Table:
 
     @overload
     def integer(self, name: str, default: int = ..., *, lo: int | None = None, hi: int | None = None,
-                unit: str = "") -> int: ...
+                choices: Sequence[int] | None = None, unit: str = "") -> int: ...
     @overload
     def integer(self, name: str, default: None, *, lo: int | None = None, hi: int | None = None,
-                unit: str = "") -> int | None: ...
+                choices: Sequence[int] | None = None, unit: str = "") -> int | None: ...
     def integer(self, name: str, default: Any = REQUIRED, *, lo: int | None = None, hi: int | None = None,
-                unit: str = "") -> Any:
-        """An integer within ``lo..hi`` (either bound optional); ``unit`` is named in errors."""
+                choices: Sequence[int] | None = None, unit: str = "") -> Any:
+        """An integer within ``lo..hi`` (either bound optional) or one of ``choices``; ``unit``
+        is named in errors."""
         value = self._get(name, (int,), default, "an integer")
         if name in self.data:
             self._range(name, value, lo, hi, unit)
+            if choices is not None and value not in choices:
+                u = f" {unit}" if unit else ""
+                raise self.error(name, f"must be one of {', '.join(map(str, choices))}{u}; got {value}")
         return value
 
     @overload

@@ -114,6 +114,16 @@ def test_defaults_without_sections(tmp_path: Path) -> None:
     assert dflt.hub is None and dflt.sync == SyncConfig() and dflt.tools.permissions.open
 
 
+def test_the_demo_adds_typed_entries(tmp_path: Path) -> None:
+    from edge.demo.fleet import DEMO_HW_ENTITY, apply_demo
+
+    cfg = apply_demo(embedded_default(data_dir=tmp_path, drones=2))
+    assert [(type(a), a.entity) for a in cfg.agents] == [(AgentSpec, DEMO_HW_ENTITY)]
+    assert all(isinstance(m, ModelSpec) for m in cfg.models)
+    assert all(isinstance(v, VisionSpec) and v.model == "face" for v in cfg.vision)
+    assert len(cfg.models) == len(cfg.vision) <= 1  # the face model only with the demo extra
+
+
 def test_every_path_is_relative_to_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     conf = tmp_path / "conf"
     conf.mkdir()

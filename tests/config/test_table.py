@@ -88,6 +88,12 @@ def test_defaults_are_not_range_checked() -> None:
     assert table({}).number("x", None, lo=1.0) is None
 
 
+def test_integer_choices() -> None:
+    t = table({"g": 3, "ok": 4})
+    assert t.integer("ok", choices=(2, 4, 8)) == 4
+    refused(lambda: t.integer("g", 2, choices=(2, 4, 8), unit="g"), "sec.g", "must be one of 2, 4, 8 g; got 3")
+
+
 def test_choices() -> None:
     t = table({"backend": "fake", "mode": "esc"})
     assert t.choice("mode", ("servo", "esc")) == "esc"

@@ -31,8 +31,7 @@ from edge.sync.device.streams import (
     DeviceStreamConfig,
 )
 
-HUB_PATH_KEYS = ("credentials", "nkey_seed", "tls_ca", "tls_cert", "tls_key")
-HUB_TEXT_KEYS = ("user", "password", "hub_domain", "compression")
+HUB_PATH_KEYS = ("credentials", "nkey_seed", "tls_ca", "tls_cert", "tls_key")  # relative to the file
 DEFAULT_STATE_BUCKET = "edge-state"  # the only bucket the sync layer mirrors
 
 
@@ -64,16 +63,23 @@ def read_hub(t: Table) -> HubLink | None:
     url = t.text("url", None)
     if not url:
         raise t.error("url", "the hub needs a url (nats-leaf://host:7422)")
-    texts = {k: t.text(k, None) for k in HUB_TEXT_KEYS}
-    paths = {k: t.path(k, None) for k in HUB_PATH_KEYS}
-    logins = [k for k in ("user", "credentials", "nkey_seed") if (texts | paths).get(k) is not None]
+    d = HubLink(url)
+    hub = HubLink(
+        url=url,
+        user=t.text("user", None),
+        password=t.text("password", None),
+        credentials=t.path("credentials", None),
+        nkey_seed=t.path("nkey_seed", None),
+        tls_ca=t.path("tls_ca", None),
+        tls_cert=t.path("tls_cert", None),
+        tls_key=t.path("tls_key", None),
+        hub_domain=t.text("hub_domain", d.hub_domain),
+        compression=t.text("compression", d.compression),
+    )
+    t.finish()
+    logins = [k for k in ("user", "credentials", "nkey_seed") if getattr(hub, k) is not None]
     if len(logins) > 1:
         raise t.error(logins[1], f"give only one of user/password, credentials, nkey_seed (got {', '.join(logins)})")
-    t.finish()
-    hub = HubLink(url=url, **paths)  # type: ignore[arg-type]
-    for k, v in texts.items():
-        if v is not None:
-            setattr(hub, k, v)
     return hub
 
 
