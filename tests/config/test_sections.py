@@ -21,6 +21,8 @@ from edge.sync.device.config import SyncConfig
 from edge.sync.device.leaf import HubLink
 
 ROOT = Path(__file__).resolve().parents[2]
+#: The one message form: ["<what> '<name>': "]<lower-case sentence, no final period> (key '<key>' in <file>)
+STYLE = re.compile(r"^(\w+ '[^']+': )?[a-z].*[^.] \(key '[^']+' in .+\)$")
 
 # section -> (a minimal valid TOML for it, the key prefix its unknown key gets)
 SECTIONS = {
@@ -90,6 +92,7 @@ def test_section_errors_surface_at_load(tmp_path: Path, text: str, key: str) -> 
     with pytest.raises(ConfigError) as ei:
         load_config(path)
     assert ei.value.key == key and ei.value.file == str(path)
+    assert STYLE.match(str(ei.value)), str(ei.value)
     assert str(ei.value).endswith(f"(key '{key}' in {path})")
 
 
@@ -221,9 +224,8 @@ def test_load_checks_mavlink_keys_without_importing_pymavlink(tmp_path: Path) ->
 
 def test_one_message_style(tmp_path: Path) -> None:
     """Every message: lower-case start, no trailing period, then (key '<key>' in <file>)."""
-    style = re.compile(r"^(\w+ '[^']+': )?[a-z].*[^.] \(key '[^']+' in .+\)$")
     for text, _ in SECTIONS.values():
         path = write(tmp_path, (text + "bogus_key = 1\n") if text else "bogus_key = 1\n")
         with pytest.raises(ConfigError) as ei:
             load_config(path)
-        assert style.match(str(ei.value)), str(ei.value)
+        assert STYLE.match(str(ei.value)), str(ei.value)
