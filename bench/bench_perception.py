@@ -26,7 +26,7 @@ import nats
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge.config import DeviceConfig, EntitySpec, NatsConfig  # noqa: E402
+from edge.config import parse_config  # noqa: E402
 from edge.inference.blazeface import face_model_path  # noqa: E402
 from edge.nats.server import NatsServer, ServerOptions  # noqa: E402
 from edge.runtime import Runtime  # noqa: E402
@@ -42,14 +42,17 @@ async def run_rate(fps: float, seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         srv = NatsServer(ServerOptions(store_dir=Path(tmp) / "nats"))
         await srv.start()
-        cfg = DeviceConfig(device="bench", data_dir=Path(tmp) / "dev", nats=NatsConfig(url=srv.url))
-        cfg.entities = [EntitySpec("cam", kind="drone", components={"battery": {"level": 1.0}})]
-        cfg.drivers = [{"name": "camera", "kind": "camera", "entity": "cam", "backend": "emulated",
-                        "source": "synthetic", "face": True, "fps": fps, "width": 640, "height": 480}]
-        cfg.models = [{"name": "face", "path": str(face_model_path())}]
-        cfg.vision = [{"model": "face", "entity": "cam"}]
-        cfg.agents = [{"kind": "follow", "entity": "cam"}]
-        cfg.tools = {"enabled": False}
+        cfg = parse_config({
+            "device": {"id": "bench"},
+            "nats": {"url": srv.url},
+            "entities": [{"id": "cam", "kind": "drone", "components": {"battery": {"level": 1.0}}}],
+            "drivers": [{"name": "camera", "kind": "camera", "entity": "cam", "backend": "emulated",
+                         "source": "synthetic", "face": True, "fps": fps, "width": 640, "height": 480}],
+            "models": [{"name": "face", "path": str(face_model_path())}],
+            "vision": [{"model": "face", "entity": "cam"}],
+            "agents": [{"kind": "follow", "entity": "cam"}],
+            "tools": {"enabled": False},
+        }, data_dir=Path(tmp) / "dev")
         rt = Runtime(cfg)
         await rt.start()
         nc = await nats.connect(srv.url)

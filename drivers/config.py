@@ -1,10 +1,21 @@
 """Building drivers from device-config tables (``[[drivers]]`` in the device's TOML).
 
 Key components
-- :func:`build_driver`: ``kind`` selects a factory; the factory reads its keys through a
-  :class:`Table`, which checks types and units and refuses unknown keys, naming the key and file.
+- :class:`Table`: the config reader (:class:`edge.config.table.Table`) for one ``[[drivers]]``
+  table, plus the driver's common keys (``name``, ``entity``, ``backend``, ``publish``). A
+  factory reads its keys through it; a key no factory read is refused, naming the key and file.
+- :class:`DriverSpec` / :func:`read_drivers`: the validated ``[[drivers]]`` entries of a config,
+  checked when the config loads; :meth:`DriverSpec.build` makes the driver.
+- :func:`build_driver`: ``kind`` selects a factory and runs it.
 - :data:`KINDS`: kind -> factory location. Factories are imported only when their kind is used,
   so a device without a camera never imports camera code.
+
+Validation at load (``load_config``): the common keys, and every kind-specific key. For that the
+kind's factory runs against the table at load and the driver it returns is dropped (constructors
+touch no hardware: buses, ports and pins open in ``start``). A kind whose factory module imports
+a heavy library (pymavlink) names a light *check* in :data:`CHECKS` instead, which reads every
+key through the same :class:`Table` and builds nothing; its module is imported only when the
+hardware layer builds the driver.
 
 Example
     [[drivers]]
@@ -21,12 +32,17 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, cast
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
 
 from drivers.base import Driver
+from edge.config.table import REQUIRED
+from edge.config.table import Table as ConfigTable
 from edge.errors import ConfigError
 
-T = TypeVar("T")
+__all__ = ["BACKENDS", "CHECKS", "COMMON_KEYS", "KINDS", "REQUIRED", "DriverSpec", "Table", "build_driver",
+           "read_drivers"]
 
 BACKENDS = ("real", "emulated")
 COMMON_KEYS = frozenset({"name", "kind", "entity", "backend", "publish"})
@@ -45,74 +61,35 @@ KINDS: dict[str, str] = {
     "camera": "drivers.camera.driver:from_config",
 }
 
+# kind -> "module:function" reading every key of the kind without building (or importing) the
+# driver; for kinds whose factory module is heavy to import. Other kinds are checked by building.
+CHECKS: dict[str, str] = {
+    "mavlink": "drivers.serial.params:mavlink_params",
+}
 
-class Table:
-    """Typed, checked access to one ``[[drivers]]`` table. Every read key is remembered so that
-    :meth:`finish` can refuse keys nobody read (typos)."""
 
-    def __init__(self, name: str, data: Mapping[str, Any], file: str | None) -> None:
+class Table(ConfigTable):
+    """One ``[[drivers]]`` table: the config reader with the drivers' common keys. Keys are
+    ``drivers[<index>].<key>``; messages start with ``driver '<name>': ``."""
+
+    def __init__(self, name: str, data: Mapping[str, Any], file: str | None, *, index: int = 0,
+                 base: Path | None = None) -> None:
+        super().__init__(data, key=f"drivers[{index}]", file=file, base=base, label=f"driver {name!r}")
         self.name = name
-        self.data = data
-        self.file = file
-        self._seen: set[str] = set(COMMON_KEYS)
+        self.index = index
+        self.mark(*COMMON_KEYS)
 
-    def key(self, key: str) -> str:
-        return f"drivers.{self.name}.{key}"
-
-    def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"driver {self.name!r}: {message}", key=self.key(key), file=self.file)
-
-    def _get(self, key: str, types: tuple[type, ...], default: Any, what: str) -> Any:
-        self._seen.add(key)
-        if key not in self.data:
-            if default is _REQUIRED:
-                raise self.error(key, f"missing required key '{key}' ({what})")
-            return default
-        value = self.data[key]
-        if isinstance(value, bool) and bool not in types:
-            raise self.error(key, f"'{key}' must be {what}, not a boolean")
-        if not isinstance(value, types):
-            raise self.error(key, f"'{key}' must be {what}, got {value!r}")
-        return value
-
-    def text(self, key: str, default: Any = None) -> Any:
-        return self._get(key, (str,), default, "a string")
-
-    def integer(self, key: str, default: Any = None, *, lo: int | None = None, hi: int | None = None) -> Any:
-        v = self._get(key, (int,), default, "an integer")
-        if isinstance(v, int) and ((lo is not None and v < lo) or (hi is not None and v > hi)):
-            raise self.error(key, f"'{key}' = {v} is out of range [{lo}, {hi}]")
-        return v
-
-    def number(self, key: str, default: Any = None, *, lo: float | None = None,
-              hi: float | None = None) -> Any:
-        v = self._get(key, (int, float), default, "a number")
-        if v is None:
-            return None
-        v = float(v)
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise self.error(key, f"'{key}' = {v} is out of range [{lo}, {hi}]")
-        return v
-
-    def flag(self, key: str, default: Any = None) -> Any:
-        return self._get(key, (bool,), default, "true or false")
-
-    def choice(self, key: str, choices: tuple[str, ...], default: Any = None) -> Any:
-        v = self.text(key, default)
-        if v is not None and v not in choices:
-            raise self.error(key, f"'{key}' must be one of {', '.join(choices)}; got {v!r}")
-        return v
-
-    def items(self, key: str, default: Any = None) -> Any:
-        return self._get(key, (list, tuple), default, "a list")
+    @property
+    def kind(self) -> str:
+        return str(self.text("kind", REQUIRED))
 
     @property
     def entity(self) -> str:
-        return cast(str, self.text("entity", _REQUIRED))
+        return str(self.text("entity", REQUIRED))
 
     @property
     def backend(self) -> str:
-        return cast(str, self.choice("backend", BACKENDS, "real"))
+        return self.choice("backend", BACKENDS, "real")
 
     @property
     def emulated(self) -> bool:
@@ -120,46 +97,99 @@ class Table:
 
     @property
     def publish(self) -> bool:
-        return cast(bool, self.flag("publish", True))
+        return self.flag("publish", True)
 
     def finish(self) -> None:
-        unknown = sorted(set(self.data) - self._seen)
+        unknown = self.unread()
         if unknown:
             raise self.error(unknown[0], f"unknown key '{unknown[0]}' for kind {self.data.get('kind')!r}")
 
 
-class _Required:
-    def __repr__(self) -> str:
-        return "<required>"
+def _load(location: str) -> Callable[[Table], Any]:
+    module_name, func_name = location.split(":")
+    return cast(Callable[[Table], Any], getattr(importlib.import_module(module_name), func_name))
 
 
-_REQUIRED: Any = _Required()
-REQUIRED: Any = _REQUIRED
-
-
-def build_driver(name: str, table: Mapping[str, Any], *, file: str | None = None) -> Driver:
-    """Build (not start) the driver described by ``table``.
-
-    Common keys: ``kind`` (required), ``entity`` (required), ``backend`` ("real" | "emulated",
-    default "real"), ``publish`` (publish telemetry on subjects, default true), ``name`` (if
-    present it must equal ``name``). Each kind's keys are in docs/drivers/. Raises
-    :class:`~edge.errors.ConfigError` naming the key and file.
-    """
-    t = Table(name, table, file)
-    if "name" in table and table["name"] != name:
-        raise t.error("name", f"'name' = {table['name']!r} does not match {name!r}")
-    kind = t.text("kind", REQUIRED)
+def _common(t: Table, name: str) -> str:
+    if "name" in t.data and t.data["name"] != name:
+        raise t.error("name", f"name {t.data['name']!r} does not match {name!r}")
+    kind = t.kind
     if kind not in KINDS:
         raise t.error("kind", f"unknown driver kind {kind!r}; known: {', '.join(sorted(KINDS))}")
     t.entity  # noqa: B018 - check presence early, with a clear message
     t.backend  # noqa: B018
-    module_name, func_name = KINDS[kind].split(":")
-    factory = cast(Callable[[Table], Driver], getattr(importlib.import_module(module_name), func_name))
+    t.publish  # noqa: B018
+    return kind
+
+
+def _run(t: Table, location: str) -> Any:
     try:
-        driver = factory(t)
+        out = _load(location)(t)
     except ConfigError:
         raise
     except ValueError as exc:
-        raise ConfigError(f"driver {name!r}: {exc}", key=t.key("kind"), file=file) from exc
+        raise t.error("kind", str(exc)) from exc
     t.finish()
-    return driver
+    return out
+
+
+def build_driver(name: str, table: Mapping[str, Any], *, file: str | None = None, index: int = 0,
+                 base: Path | None = None) -> Driver:
+    """Build (not start) the driver described by ``table``.
+
+    Common keys: ``kind`` (required), ``entity`` (required), ``backend`` ("real" | "emulated",
+    default "real"), ``publish`` (publish telemetry on subjects, default true), ``name`` (if
+    present it must equal ``name``). Each kind's keys are in docs/drivers/. Paths are relative
+    to ``base`` (the config file's directory). Raises :class:`~edge.errors.ConfigError` naming
+    the key (``drivers[<index>].<key>``) and file.
+    """
+    t = Table(name, table, file, index=index, base=base)
+    kind = _common(t, name)
+    return cast(Driver, _run(t, KINDS[kind]))
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    """One validated ``[[drivers]]`` entry. The table is kept so that the hardware layer builds
+    the driver (importing its module) only when the device is assembled."""
+
+    name: str
+    kind: str
+    entity: str
+    backend: str
+    table: Mapping[str, Any]
+    file: str | None = None
+    index: int = 0
+    base: Path | None = None
+
+    def build(self) -> Driver:
+        return build_driver(self.name, self.table, file=self.file, index=self.index, base=self.base)
+
+    def check(self) -> None:
+        """Validate every key of the table (see the module docstring: light kinds are built)."""
+        check = CHECKS.get(self.kind)
+        if check is None:
+            self.build()
+            return
+        t = Table(self.name, self.table, self.file, index=self.index, base=self.base)
+        _common(t, self.name)
+        _run(t, check)
+
+
+def read_drivers(tables: list[ConfigTable]) -> list[DriverSpec]:
+    """The ``[[drivers]]`` array: every table validated (names unique), nothing started."""
+    out: list[DriverSpec] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(tables):
+        name = raw.data.get("name")
+        if not isinstance(name, str) or not name:
+            raise raw.error("name", "every driver needs a name (a non-empty string)")
+        if name in seen:
+            raise raw.error("name", f"driver name {name!r} is used twice")
+        seen.add(name)
+        t = Table(name, raw.data, raw.file, index=i, base=raw.base)
+        kind = _common(t, name)
+        spec = DriverSpec(name, kind, t.entity, t.backend, dict(raw.data), raw.file, i, raw.base)
+        spec.check()
+        out.append(spec)
+    return out

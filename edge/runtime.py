@@ -1,6 +1,6 @@
 """The composition root: builds a running device from its :class:`~edge.config.DeviceConfig`.
 
-Start: layers built from the config (config errors surface here, before anything runs) -> data
+Start: layers built from the (already validated) config -> data
 dir -> NATS (embedded server or external URL) -> world restored from KV -> the device context ->
 the layers in order::
 
@@ -21,7 +21,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import nats
@@ -93,7 +92,7 @@ class Runtime:
             raise LifecycleError("the runtime is already started; stop it before starting it again")
         t0 = time.monotonic()
         cfg = self.config
-        built = build_layers(cfg, sandbox=self.sandbox, status=self.status)  # config errors surface before anything starts
+        built = build_layers(cfg, sandbox=self.sandbox, status=self.status)  # before anything starts
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         url = await self._start_nats()
         self.nc = await nats.connect(
@@ -153,10 +152,9 @@ class Runtime:
         cfg = self.config
         if cfg.nats.url:
             return cfg.nats.url
-        from edge.sync.device.layer import hub_link
         from edge.sync.device.leaf import device_server_options
 
-        hub = hub_link(cfg.hub, file=cfg.file, base=_config_base(cfg))
+        hub = cfg.hub
         opts = device_server_options(
             self.device,
             cfg.data_dir / "nats",
@@ -230,19 +228,20 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
                  status: Callable[[], dict[str, Any]] | None = None) -> list[Layer]:
     """The layers the config asks for, in start order, each given its collaborators.
 
+    The config is already validated (:func:`edge.config.load_config` reads every section into its
+    typed form), so nothing here parses; building a driver imports its module only now.
+
     ``sandbox`` is the device's sandbox layer (built from ``cfg`` if not given); ``status`` is
     what the device API answers for ``status.get`` (the runtime's :meth:`Runtime.status`).
     """
     sandbox = sandbox or sandbox_layer(cfg)
-    from edge.agents.config import parse_agents
     from edge.agents.host import AgentHost
-    from edge.agents.tools.service import ToolsService, parse_tools_config
+    from edge.agents.tools.service import ToolsService
     from edge.api.service import DeviceApi
-    from edge.sync.device.layer import UplinkLayer, hub_link, stream_config
+    from edge.sync.device.layer import UplinkLayer
 
-    hub = hub_link(cfg.hub, file=cfg.file, base=_config_base(cfg))
-    streams = stream_config(cfg.device, cfg.sync, file=cfg.file, bucket=cfg.state.bucket, hub=hub is not None)
-    layers: list[Layer] = [UplinkLayer(streams, hub)]
+    streams = cfg.sync.streams(cfg.device, bucket=cfg.state.bucket, hub=cfg.hub is not None)
+    layers: list[Layer] = [UplinkLayer(streams, cfg.hub)]
     extra_drivers: list[Any] = []
     extra_layers: list[Layer] = []
     if cfg.demo:
@@ -253,14 +252,13 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
     if cfg.drivers or extra_drivers:
         from edge.hardware.layer import HardwareLayer, build_drivers
 
-        hardware = HardwareLayer([*build_drivers(cfg.drivers, file=cfg.file), *extra_drivers])
+        hardware = HardwareLayer([*build_drivers(cfg.drivers), *extra_drivers])
     inference = None
     if cfg.models or cfg.vision:
         from edge.inference.bridge import RegistryInferBridge
         from edge.inference.layer import InferenceLayer
 
-        inference = InferenceLayer.from_config(cfg.models, cfg.vision, file=cfg.file,
-                                               frames=hardware.frames if hardware else None)
+        inference = InferenceLayer(cfg.models, cfg.vision, frames=hardware.frames if hardware else None)
         sandbox.bridge = RegistryInferBridge(inference.registry)
     api = DeviceApi(sandbox, status=status or dict)
     layers.append(api)
@@ -275,17 +273,12 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
         def camera() -> tuple[Any, Any]:
             return (finder(None) if finder is not None else None), None
 
-    layers.append(ToolsService(parse_tools_config(cfg.tools or None, file=cfg.file),
-                               models=inference.registry if inference else None, camera=camera))
+    layers.append(ToolsService(cfg.tools, models=inference.registry if inference else None, camera=camera))
     # after the uplink: the decision stream copies records out of the EVT stream it creates
-    layers.append(AgentHost(parse_agents(cfg.agents, file=cfg.file), wasm_agents=sandbox.wasm_agents))
+    layers.append(AgentHost(cfg.agents, wasm_agents=sandbox.wasm_agents))
     layers.extend(extra_layers)
     layers.append(sandbox)
     return layers
-
-
-def _config_base(cfg: DeviceConfig) -> Path:
-    return Path(cfg.file).resolve().parent if cfg.file else Path.cwd()
 
 
 async def run_until_signal(runtime: Runtime, stop: asyncio.Event) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -145,14 +146,14 @@ def _source(t: Table) -> FrameSource:
     if kind == "synthetic":
         return SyntheticSource(width, height, fps, face=t.flag("face", False))
     if kind == "file":
-        return FileSource(t.text("path", None) or _missing(t, "path"), fps)
+        return FileSource(str(t.path("path", None) or _missing(t, "path")), fps)
     if kind == "picamera2":
         from drivers.camera.picam import Picamera2Source
 
         return Picamera2Source(width, height, fps, camera_num=t.integer("camera_num", 0, lo=0))
     from drivers.camera.v4l2 import V4L2Source
 
-    return V4L2Source(t.text("device", "/dev/video0"), width, height, fps)
+    return V4L2Source(str(t.path("device", Path("/dev/video0"))), width, height, fps)
 
 
 def _missing(t: Table, key: str) -> str:

@@ -190,7 +190,7 @@ def _curve(t: Table) -> VoltageCurve:
         points = tuple((float(p[0]), float(p[1])) for p in pts)  # type: ignore[index]
         return VoltageCurve(points, cells)
     except (TypeError, ValueError, IndexError) as exc:
-        raise t.error("curve", f"'curve' must be a list of [volts_per_cell, level] pairs ({exc})") from exc
+        raise t.error("curve", f"expected a list of [volts_per_cell, level] pairs ({exc})") from exc
 
 
 def from_config(t: Table) -> INA219Driver:

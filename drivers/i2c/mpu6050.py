@@ -139,12 +139,8 @@ def from_config(t: Table) -> MPU6050Driver:
         from drivers.i2c.sim_mpu6050 import MPU6050Model
 
         ensure_model(bus, address, MPU6050Model)
-    accel = t.integer("accel_range_g", DEFAULT_ACCEL_RANGE_G)
-    gyro = t.integer("gyro_range_dps", DEFAULT_GYRO_RANGE_DPS)
-    if accel not in ACCEL_RANGES_G:
-        raise t.error("accel_range_g", f"'accel_range_g' must be one of {sorted(ACCEL_RANGES_G)}")
-    if gyro not in GYRO_RANGES_DPS:
-        raise t.error("gyro_range_dps", f"'gyro_range_dps' must be one of {sorted(GYRO_RANGES_DPS)}")
+    accel = t.integer("accel_range_g", DEFAULT_ACCEL_RANGE_G, choices=sorted(ACCEL_RANGES_G), unit="g")
+    gyro = t.integer("gyro_range_dps", DEFAULT_GYRO_RANGE_DPS, choices=sorted(GYRO_RANGES_DPS), unit="deg/s")
     return MPU6050Driver(
         t.name, t.entity, bus=bus, address=address,
         rate_hz=t.number("rate_hz", DEFAULT_RATE_HZ, lo=0.01, hi=1000.0),

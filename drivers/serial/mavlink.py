@@ -32,7 +32,7 @@ import time
 from typing import Any, ClassVar
 
 from drivers.base import CommandHandler, Driver
-from drivers.config import REQUIRED, Table
+from drivers.config import Table
 from drivers.serial.link import DEFAULT_BAUD, SerialLink
 from drivers.serial.mavcodec import COPTER_MODE_NAMES, COPTER_MODES, MavCodec, enum_name, mavlink
 from edge.errors import DriverError
@@ -289,15 +289,6 @@ class MAVLinkDriver(Driver):
 
 
 def from_config(t: Table) -> MAVLinkDriver:
-    return MAVLinkDriver(
-        t.name, t.entity,
-        port=t.text("port", REQUIRED),
-        baudrate=t.integer("baud", DEFAULT_BAUD, lo=1200, hi=4_000_000),
-        target_system=t.integer("target_system", 1, lo=1, hi=255),
-        target_component=t.integer("target_component", 1, lo=0, hi=255),
-        telemetry_hz=t.number("telemetry_hz", DEFAULT_TELEMETRY_HZ, lo=0.1, hi=400.0),
-        heartbeat_s=t.number("heartbeat_s", DEFAULT_HEARTBEAT_S, lo=0.1, hi=10.0),
-        link_timeout_s=t.number("link_timeout_s", DEFAULT_LINK_TIMEOUT_S, lo=0.5, hi=120.0),
-        command_timeout_s=t.number("command_timeout_s", DEFAULT_COMMAND_TIMEOUT_S, lo=0.1, hi=60.0),
-        publish_telemetry=t.publish,
-    )
+    from drivers.serial.params import mavlink_params  # the keys, read where the load-time check reads them
+
+    return MAVLinkDriver(t.name, t.entity, publish_telemetry=t.publish, **mavlink_params(t))

@@ -136,7 +136,7 @@ class NMEAGPSDriver(Driver):
 
 def from_config(t: Table) -> NMEAGPSDriver:
     return NMEAGPSDriver(
-        t.name, t.entity, port=t.text("port", REQUIRED),
+        t.name, t.entity, port=str(t.path("port", REQUIRED)),
         baudrate=t.integer("baud", DEFAULT_BAUD, lo=1200, hi=921600),
         timeout_s=t.number("timeout_s", DEFAULT_TIMEOUT_S, lo=0.5, hi=600.0),
         velocity=t.flag("velocity", False), publish_telemetry=t.publish,

@@ -9,9 +9,10 @@
     interval = 0.2           # optional; seconds between scheduled decisions
     target_label = "face"    # kind-specific parameters (FollowAgent: see FollowParams)
 
-Every error is a :class:`~edge.errors.ConfigError` naming the key (``agents[i].<key>``) and the file.
-A kind's builder gets an :class:`AgentTable` and must read every parameter it accepts through it,
-so unknown keys are refused.
+Read when the config loads (every agent is built once to check it). Every error is a
+:class:`~edge.errors.ConfigError` naming the key (``agents[<i>].<key>``) and the file, in the config
+reader's style (:mod:`edge.config.table`). A kind's builder gets an :class:`AgentTable` and must
+read every parameter it accepts through it, so unknown keys are refused.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from edge.agents.base import Agent
 from edge.agents.follow import DEFAULT_INTERVAL_S, FollowAgent, FollowParams
-from edge.errors import ConfigError
+from edge.config.table import Table, array
 from edge.world.store import ENTITY_ID_RE
 
 MIN_INTERVAL_S = 0.01
@@ -31,45 +32,17 @@ MAX_INTERVAL_S = 3600.0
 COMMON_KEYS = frozenset({"kind", "entity", "name", "interval"})
 
 
-class AgentTable:
-    """One ``[[agents]]`` table with typed getters that name the key in errors."""
+class AgentTable(Table):
+    """One ``[[agents]]`` table: the config reader (:class:`edge.config.table.Table`), keys
+    ``agents[<i>].<key>``, with the common keys already accounted for."""
 
     def __init__(self, raw: Mapping[str, Any], *, file: str | None, index: int) -> None:
-        self.raw = raw
-        self.file = file
-        self.where = f"agents[{index}]"
-        self.used: set[str] = set(COMMON_KEYS)
-
-    def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(message, key=f"{self.where}.{key}", file=self.file)
-
-    def number(self, key: str, default: float, *, lo: float | None = None, hi: float | None = None) -> float:
-        self.used.add(key)
-        value = self.raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(key, f"expected a number, got {value!r}")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise self.error(key, f"must be within {lo}..{hi}, got {value!r}")
-        return float(value)
-
-    def integer(self, key: str, default: int, *, lo: int = 0, hi: int = 1_000_000) -> int:
-        self.used.add(key)
-        value = self.raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise self.error(key, f"expected an integer {lo}..{hi}, got {value!r}")
-        return value
+        super().__init__(raw, key=f"agents[{index}]", file=file)
+        self.mark(*COMMON_KEYS)
 
     def string(self, key: str, default: str) -> str:
-        self.used.add(key)
-        value = self.raw.get(key, default)
-        if not isinstance(value, str):
-            raise self.error(key, f"expected a string, got {value!r}")
-        return value
-
-    def done(self) -> None:
-        unknown = sorted(set(self.raw) - self.used)
-        if unknown:
-            raise self.error(unknown[0], "unknown agent setting")
+        """A string (the name agent builders have always used for :meth:`Table.text`)."""
+        return self.text(key, default)
 
 
 AgentBuilder = Callable[[str, AgentTable, str | None, float], Agent]
@@ -111,8 +84,6 @@ def agent_kinds() -> list[str]:
 
 def build_agent(table: Mapping[str, Any], *, file: str | None = None, index: int = 0) -> Agent:
     """Validate one ``[[agents]]`` table and build its agent."""
-    if not isinstance(table, Mapping):
-        raise ConfigError("expected a table", key=f"agents[{index}]", file=file)
     t = AgentTable(table, file=file, index=index)
     kind = table.get("kind")
     if not isinstance(kind, str) or kind not in _KINDS:
@@ -120,13 +91,13 @@ def build_agent(table: Mapping[str, Any], *, file: str | None = None, index: int
     builder, default_interval = _KINDS[kind]
     entity = table.get("entity")
     if not isinstance(entity, str) or not ENTITY_ID_RE.match(entity):
-        raise t.error("entity", "expected an entity id (1-64 characters of A-Z a-z 0-9 _ -)")
+        raise t.error("entity", f"expected an entity id (1-64 characters of A-Z a-z 0-9 _ -), got {entity!r}")
     name = table.get("name")
     if name is not None and (not isinstance(name, str) or not ENTITY_ID_RE.match(name)):
-        raise t.error("name", "agent names are 1-64 characters of A-Z a-z 0-9 _ -")
-    interval = t.number("interval", default_interval, lo=MIN_INTERVAL_S, hi=MAX_INTERVAL_S)
+        raise t.error("name", f"agent names are 1-64 characters of A-Z a-z 0-9 _ -, got {name!r}")
+    interval = t.number("interval", default_interval, lo=MIN_INTERVAL_S, hi=MAX_INTERVAL_S, unit="s")
     agent = builder(entity, t, name, interval)
-    t.done()
+    t.finish()
     return agent
 
 
@@ -154,18 +125,19 @@ class AgentSpec:
         return cls(kind=probe.kind, entity=probe.entity, name=probe.name, table={}, builder=build)
 
 
-def parse_agents(raw: Any, *, file: str | None = None) -> list[AgentSpec]:
-    """Validate the ``agents`` array of tables of a parsed config (None -> no agents)."""
-    if raw is None:
-        return []
-    if not isinstance(raw, list) or not all(isinstance(r, Mapping) for r in raw):
-        raise ConfigError("expected an array of tables ([[agents]])", key="agents", file=file)
+def read_agents(tables: list[Table]) -> list[AgentSpec]:
+    """The ``[[agents]]`` array: each table validated by building its agent once (names unique)."""
     specs: list[AgentSpec] = []
     names: set[str] = set()
-    for i, table in enumerate(raw):
-        agent = build_agent(table, file=file, index=i)
+    for i, t in enumerate(tables):
+        agent = build_agent(t.data, file=t.file, index=i)
         if agent.name in names:
-            raise ConfigError(f"agent name '{agent.name}' is used twice", key=f"agents[{i}].name", file=file)
+            raise t.error("name", f"agent name '{agent.name}' is used twice")
         names.add(agent.name)
-        specs.append(AgentSpec(agent.kind, agent.entity, agent.name, dict(table), file, i))
+        specs.append(AgentSpec(agent.kind, agent.entity, agent.name, dict(t.data), t.file, i))
     return specs
+
+
+def parse_agents(raw: Any, *, file: str | None = None) -> list[AgentSpec]:
+    """:func:`read_agents` over a parsed ``agents`` value (None -> no agents)."""
+    return read_agents(array("agents", raw, file=file))

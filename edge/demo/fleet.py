@@ -12,7 +12,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge.agents.config import parse_agents
 from edge.config import DeviceConfig, EntitySpec
+from edge.inference.config import ModelSpec, VisionSpec
 from edge.errors import ConfigError, EdgeError
 
 if TYPE_CHECKING:
@@ -71,11 +73,11 @@ def apply_demo(cfg: DeviceConfig) -> DeviceConfig:
     if DEMO_HW_ENTITY not in known:
         cfg.entities.append(EntitySpec(id=DEMO_HW_ENTITY, kind="drone", labels={"fleet": "demo", "hardware": "emulated"}))
     if not cfg.agents:
-        cfg.agents.append({"kind": "follow", "entity": DEMO_HW_ENTITY})
+        cfg.agents.extend(parse_agents([{"kind": "follow", "entity": DEMO_HW_ENTITY}]))
     face = _face_model()
     if face is not None and not cfg.models:
-        cfg.models.append({"name": "face", "path": str(face)})
-        cfg.vision.append({"model": "face", "entity": DEMO_HW_ENTITY})
+        cfg.models.append(ModelSpec(name="face", path=str(face)))
+        cfg.vision.append(VisionSpec(model="face", camera=None, entity=DEMO_HW_ENTITY))
     return cfg
 
 

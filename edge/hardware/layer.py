@@ -1,7 +1,7 @@
 """The drivers as a runtime layer (``edge status`` section ``drivers``).
 
 Key components
-- :func:`build_drivers`: drivers from the config's ``[[drivers]]`` tables (lazily importing only
+- :func:`build_drivers`: drivers from the config's ``[[drivers]]`` entries (lazily importing only
   the kinds used, so a device without a flight controller never imports pymavlink).
 - :class:`HardwareLayer`: starts, supervises and stops the drivers; exposes camera frame slots to
   the composition root (which hands them to inference and the tools service).
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from drivers.base import Driver
+from drivers.config import DriverSpec
 from drivers.supervisor import DriverSupervisor
-from edge.errors import ConfigError
 from edge.hardware.context import RuntimeDriverContext
 from edge.layer import DeviceContext
 
@@ -25,21 +25,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge.hardware")
 
 
-def build_drivers(tables: Sequence[dict[str, Any]], *, file: str | None) -> list[Driver]:
-    """Drivers from the config's ``[[drivers]]`` tables (each needs a unique ``name``)."""
-    from drivers.config import build_driver
-
-    out: list[Driver] = []
-    seen: set[str] = set()
-    for i, table in enumerate(tables):
-        name = table.get("name")
-        if not isinstance(name, str) or not name:
-            raise ConfigError("every driver needs a name", key=f"drivers[{i}].name", file=file)
-        if name in seen:
-            raise ConfigError(f"driver name {name!r} is used twice", key=f"drivers[{i}].name", file=file)
-        seen.add(name)
-        out.append(build_driver(name, table, file=file))
-    return out
+def build_drivers(specs: Sequence[DriverSpec]) -> list[Driver]:
+    """Drivers from the config's validated ``[[drivers]]`` entries (importing each kind's module now)."""
+    return [spec.build() for spec in specs]
 
 
 class HardwareLayer:

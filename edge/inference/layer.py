@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from drivers.camera.frames import Frame, LatestFrame
-from edge.errors import ConfigError
 from edge.inference.blazeface import FaceDetector
-from edge.inference.registry import ModelRegistry, ModelSpec, parse_model_specs
+from edge.inference.config import ModelSpec, VisionSpec
+from edge.inference.config import parse_vision as parse_vision  # re-exported
+from edge.inference.registry import ModelRegistry
 from edge.inference.vision import Detection, DetectionPipeline, Detector
 from edge.layer import DeviceContext
 from edge.nats import subjects
@@ -26,40 +27,6 @@ from edge.nats import subjects
 FrameFinder = Callable[[str | None], LatestFrame | None]
 
 log = logging.getLogger("edge.inference.layer")
-
-VISION_KEYS = {"model", "camera", "entity", "min_score"}
-DEFAULT_MIN_SCORE = 0.6
-
-
-class VisionSpec:
-    def __init__(self, model: str, camera: str | None, entity: str, min_score: float) -> None:
-        self.model = model
-        self.camera = camera
-        self.entity = entity
-        self.min_score = min_score
-
-
-def parse_vision(tables: list[dict[str, Any]], *, file: str | None) -> list[VisionSpec]:
-    out = []
-    for i, t in enumerate(tables):
-        key = f"vision[{i}]"
-        unknown = sorted(set(t) - VISION_KEYS)
-        if unknown:
-            raise ConfigError("unknown setting", key=f"{key}.{unknown[0]}", file=file)
-        model, entity = t.get("model"), t.get("entity")
-        if not isinstance(model, str) or not model:
-            raise ConfigError("name the model to run", key=f"{key}.model", file=file)
-        if not isinstance(entity, str) or not entity:
-            raise ConfigError("name the entity that gets the detections", key=f"{key}.entity", file=file)
-        camera = t.get("camera")
-        if camera is not None and not isinstance(camera, str):
-            raise ConfigError("expected a camera driver name", key=f"{key}.camera", file=file)
-        score = t.get("min_score", DEFAULT_MIN_SCORE)
-        if not isinstance(score, (int, float)) or not 0 <= score <= 1:
-            raise ConfigError("expected a score between 0 and 1", key=f"{key}.min_score", file=file)
-        out.append(VisionSpec(model, camera, entity, float(score)))
-    return out
-
 
 class InferenceLayer:
     """Owns the model registry and the vision pipelines of the device.
@@ -80,11 +47,6 @@ class InferenceLayer:
         self.pipelines: list[DetectionPipeline] = []
         self.load_errors: dict[str, str] = {}
         self._started = False
-
-    @classmethod
-    def from_config(cls, models: list[dict[str, Any]], vision: list[dict[str, Any]], *, file: str | None,
-                    frames: FrameFinder | None = None) -> InferenceLayer:
-        return cls(parse_model_specs(models, file=file), parse_vision(vision, file=file), frames=frames)
 
     def camera(self) -> tuple[LatestFrame | None, Detector | None]:
         """The frames and detector of the first vision pipeline, else the first camera alone."""

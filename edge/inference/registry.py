@@ -17,30 +17,25 @@ import base64
 import contextlib
 import hashlib
 import logging
-import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy.typing as npt
 
-from edge.errors import ConfigError
 from edge.inference.backend import (
     BACKEND_AUTO,
-    DEFAULT_NUM_THREADS,
     Backend,
-    DelegateSpec,
     select_backend,
 )
+from edge.inference.config import DEFAULT_MODEL_BUCKET, ModelSpec
+from edge.inference.config import parse_model_specs as parse_model_specs  # re-exported
 from edge.inference.errors import InferenceError
-from edge.inference.model import Inputs, LoadOptions, Model
+from edge.inference.model import Inputs, Model
 
 log = logging.getLogger("edge.inference")
-
-DEFAULT_MODEL_BUCKET = "models"
-"""Object store bucket used when a ``[[models]]`` entry names an ``object`` but no ``bucket``."""
 
 DIGEST_HEADER = "Edge-Sha256"
 """Object header carrying the hex SHA-256 of the model file."""
@@ -50,96 +45,6 @@ DEFAULT_FETCH_TIMEOUT = 30.0
 
 DIGEST_METADATA_KEY = "sha256"
 STORE_DIGEST_PREFIX = "SHA-256="
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-MODEL_KEYS = frozenset({"name", "path", "object", "bucket", "sha256", "threads", "delegate",
-                        "delegate_options", "delegate_optional", "dequantize"})
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
-    """One ``[[models]]`` entry: exactly one of ``path`` (file) or ``object`` (object store)."""
-
-    name: str
-    path: str | None = None
-    object: str | None = None
-    bucket: str = DEFAULT_MODEL_BUCKET
-    sha256: str | None = None
-    threads: int = DEFAULT_NUM_THREADS
-    delegate: str | None = None
-    delegate_options: Mapping[str, str] = field(default_factory=dict)
-    delegate_optional: bool = False
-    dequantize: bool = True
-
-    @property
-    def source(self) -> str:
-        return self.path if self.path is not None else f"object://{self.bucket}/{self.object}"
-
-    def load_options(self) -> LoadOptions:
-        delegate = None
-        if self.delegate:
-            delegate = DelegateSpec(self.delegate, dict(self.delegate_options),
-                                    self.delegate_optional)
-        return LoadOptions(num_threads=self.threads, delegate=delegate, dequantize=self.dequantize)
-
-    @classmethod
-    def from_config(cls, raw: Mapping[str, Any], *, file: str | None = None,
-                    index: int = 0) -> ModelSpec:
-        """Validate one ``[[models]]`` table; errors are :class:`ConfigError` naming the key."""
-        where = f"models[{index}]"
-
-        def bad(key: str, msg: str) -> ConfigError:
-            return ConfigError(msg, key=f"{where}.{key}", file=file)
-
-        unknown = sorted(set(raw) - MODEL_KEYS)
-        if unknown:
-            raise bad(unknown[0], f"Unknown model key '{unknown[0]}'; known keys: "
-                      + ", ".join(sorted(MODEL_KEYS)) + ".")
-        name = raw.get("name")
-        if not isinstance(name, str) or not MODEL_NAME_RE.match(name):
-            raise bad("name", f"Model name must match {MODEL_NAME_RE.pattern}, got {name!r}.")
-        path, obj = raw.get("path"), raw.get("object")
-        if (path is None) == (obj is None):
-            raise bad("path", f"Model '{name}' needs exactly one of 'path' or 'object'.")
-        for key in ("path", "object", "bucket", "delegate"):
-            if key in raw and not (isinstance(raw[key], str) and raw[key]):
-                raise bad(key, f"Model '{name}': '{key}' must be a non-empty string.")
-        sha = raw.get("sha256")
-        if sha is not None and (not isinstance(sha, str) or not SHA256_RE.match(sha.lower())):
-            raise bad("sha256", f"Model '{name}': 'sha256' must be 64 hex digits.")
-        threads = raw.get("threads", DEFAULT_NUM_THREADS)
-        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64:
-            raise bad("threads", f"Model '{name}': 'threads' must be an integer 1..64.")
-        dopts = raw.get("delegate_options", {})
-        if not isinstance(dopts, Mapping):
-            raise bad("delegate_options", f"Model '{name}': 'delegate_options' must be a table.")
-        for key in ("delegate_optional", "dequantize"):
-            if key in raw and not isinstance(raw[key], bool):
-                raise bad(key, f"Model '{name}': '{key}' must be true or false.")
-        return cls(
-            name=name, path=path, object=obj, bucket=raw.get("bucket", DEFAULT_MODEL_BUCKET),
-            sha256=sha.lower() if sha else None, threads=threads, delegate=raw.get("delegate"),
-            delegate_options={str(k): str(v) for k, v in dopts.items()},
-            delegate_optional=raw.get("delegate_optional", False),
-            dequantize=raw.get("dequantize", True),
-        )
-
-
-def parse_model_specs(raw: Any, *, file: str | None = None) -> list[ModelSpec]:
-    """Validate the ``models`` array of tables from a parsed TOML config."""
-    if raw is None:
-        return []
-    if not isinstance(raw, list) or not all(isinstance(r, Mapping) for r in raw):
-        raise ConfigError("'models' must be an array of tables ([[models]]).", key="models",
-                          file=file)
-    specs = [ModelSpec.from_config(r, file=file, index=i) for i, r in enumerate(raw)]
-    seen: set[str] = set()
-    for i, s in enumerate(specs):
-        if s.name in seen:
-            raise ConfigError(f"Model name '{s.name}' is used twice.", key=f"models[{i}].name",
-                              file=file)
-        seen.add(s.name)
-    return specs
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,12 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-from edge.errors import ConfigError, SchemaError
+from edge.errors import SchemaError
+
+if TYPE_CHECKING:
+    from edge.config.table import Table
 
 FieldType = Literal["f64", "i64", "bool", "str", "json"]
 FIELD_TYPES: tuple[str, ...] = ("f64", "i64", "bool", "str", "json")
@@ -193,28 +196,28 @@ class SchemaRegistry:
         return schema.fields[name]
 
 
-def schema_from_config(name: str, table: Any, *, file: str | None) -> ComponentSchema:
-    """Build a schema from a ``[schemas.<name>]`` config table: ``fields = {x = "f64", ...}``."""
-    key = f"schemas.{name}"
+def read_schema(name: str, t: Table) -> ComponentSchema:
+    """A schema from a ``[schemas.<name>]`` table: ``fields = {x = "f64", ...}``, optional
+    ``units = {x = "m"}`` and ``doc``; unknown keys are refused."""
     if not NAME_RE.match(name):
-        raise ConfigError(f"component name '{name}' must match [a-z][a-z0-9_]*", key=key, file=file)
-    if not isinstance(table, Mapping):
-        raise ConfigError("expected a table", key=key, file=file)
-    fields = table.get("fields")
-    if not isinstance(fields, Mapping) or not fields:
-        raise ConfigError("expected a non-empty table of field = type", key=f"{key}.fields", file=file)
+        raise t.error(None, f"component name '{name}' must match [a-z][a-z0-9_]*")
+    fields = t.table("fields")
+    if not fields.data:
+        raise t.error("fields", "expected a non-empty table of field = type")
     types: dict[str, FieldType] = {}
-    for fname, ftype in fields.items():
+    for fname in fields.names():
         if not NAME_RE.match(fname):
-            raise ConfigError("field names must match [a-z][a-z0-9_]*", key=f"{key}.fields.{fname}", file=file)
-        if ftype not in FIELD_TYPES:
-            raise ConfigError(
-                f"unknown type {ftype!r}; use one of {', '.join(FIELD_TYPES)}",
-                key=f"{key}.fields.{fname}",
-                file=file,
-            )
-        types[fname] = cast(FieldType, ftype)
-    units = table.get("units", {})
-    if not isinstance(units, Mapping):
-        raise ConfigError("expected a table of field = unit", key=f"{key}.units", file=file)
-    return ComponentSchema(name=name, fields=types, doc=str(table.get("doc", "")), units=dict(units))
+            raise fields.error(fname, "field names must match [a-z][a-z0-9_]*")
+        types[fname] = cast(FieldType, fields.choice(fname, FIELD_TYPES))
+    units = t.table("units")
+    unit_map = {u: units.text(u) for u in units.names()}
+    doc = t.text("doc", "")
+    t.finish()
+    return ComponentSchema(name=name, fields=types, doc=doc, units=unit_map)
+
+
+def schema_from_config(name: str, table: Any, *, file: str | None) -> ComponentSchema:
+    """:func:`read_schema` over a parsed ``[schemas.<name>]`` value."""
+    from edge.config.table import Table
+
+    return read_schema(name, Table(table, key=f"schemas.{name}", file=file))

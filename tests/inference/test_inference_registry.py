@@ -155,6 +155,24 @@ async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
     await asyncio.wait_for(poll(), timeout)
 
 
+async def test_relative_model_path_is_relative_to_the_config_file(
+        registry: ModelRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge.config import load_config
+
+    content, expected = fc(0.1)
+    (tmp_path / "dev" / "models").mkdir(parents=True)
+    (tmp_path / "dev" / "models" / "a.tflite").write_bytes(content)
+    conf = tmp_path / "dev" / "device.toml"
+    conf.write_text('[[models]]\nname = "a"\npath = "models/a.tflite"\n')
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")  # not where the config is
+    (spec,) = load_config(conf).models
+    assert spec.path == str(tmp_path / "dev" / "models" / "a.tflite")
+    await registry.load(spec)
+    (y,) = await registry.infer("a", [X])
+    np.testing.assert_allclose(y, expected, rtol=1e-5)
+
+
 # -- object store ---------------------------------------------------------------------------------
 
 
@@ -295,8 +313,8 @@ def test_parse_model_specs() -> None:
         ({"name": "a b", "path": "x"}, "models[0].name", "must match"),
         ({"name": "a", "path": "x", "sha256": "xyz"}, "models[0].sha256", "64 hex"),
         ({"name": "a", "path": "x", "threads": 0}, "models[0].threads", "1..64"),
-        ({"name": "a", "path": "x", "threads": True}, "models[0].threads", "1..64"),
-        ({"name": "a", "path": "x", "delegat": "edgetpu"}, "models[0].delegat", "Unknown"),
+        ({"name": "a", "path": "x", "threads": True}, "models[0].threads", "expected an integer"),
+        ({"name": "a", "path": "x", "delegat": "edgetpu"}, "models[0].delegat", "unknown key 'delegat'"),
         ({"name": "a", "path": ""}, "models[0].path", "non-empty"),
         ({"name": "a", "path": "x", "delegate_optional": "yes"},
          "models[0].delegate_optional", "true or false"),

@@ -12,7 +12,7 @@ import pytest
 
 from edge.config import load_config
 from edge.errors import ConfigError
-from edge.runtime import Runtime, build_layers
+from edge.runtime import Runtime
 
 CONFIG = """
 [device]
@@ -102,7 +102,6 @@ async def test_missing_device_is_reported_and_the_rest_keeps_running(device: Run
 def test_bad_driver_config_names_key_and_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text('[[drivers]]\nname = "baro"\nkind = "bme280"\nentity = "pod"\nrate_hz = "fast"\n')
-    cfg = load_config(path)
-    with pytest.raises(ConfigError) as err:
-        build_layers(cfg)
+    with pytest.raises(ConfigError) as err:  # at load, before anything is built
+        load_config(path)
     assert err.value.file == str(path) and "rate_hz" in (err.value.key or "")

@@ -13,7 +13,7 @@ import pytest
 
 from edge.config import load_config
 from edge.errors import ConfigError
-from edge.runtime import Runtime, build_layers
+from edge.runtime import Runtime
 from edge.sync.hub.fleet import fleet_status, provision_device, send_command
 from edge.sync.hub.server import HubServer
 
@@ -136,5 +136,5 @@ def test_hub_and_sync_config_errors_name_key_and_file(tmp_path: Path) -> None:
         path = tmp_path / "c.toml"
         path.write_text(text)
         with pytest.raises(ConfigError) as err:
-            build_layers(load_config(path))
+            load_config(path)  # refused at load
         assert err.value.key == key and err.value.file == str(path)

@@ -131,11 +131,15 @@ async def test_retry_after_server_restart_keeps_exactly_once(tmp_path: Path) -> 
 
 
 async def _read_all(js: nats.js.JetStreamContext, stream: str, subject: str) -> list[bytes]:
+    """Every message of ``subject`` in ``stream``: fetched until the stream's count is read (a
+    slow fetch on a loaded machine must not end the read early)."""
+    state = (await js.stream_info(stream, subjects_filter=subject)).state
+    total = (state.subjects or {}).get(subject, state.messages)
     sub = await js.pull_subscribe(subject, stream=stream)
     out: list[bytes] = []
-    while True:
+    while len(out) < total:
         try:
-            batch = await sub.fetch(500, timeout=0.5)
+            batch = await sub.fetch(500, timeout=5)
         except nats.errors.TimeoutError:
             break
         out += [m.data for m in batch]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.agents.tools.schemas import TOOL_NAMES
-from edge.errors import ConfigError
+from edge.config.table import Table
 from edge.nats.subjects import ID_RULE, is_id
 
 CALLER_HEADER = "Edge-Caller"
@@ -21,6 +21,7 @@ ANONYMOUS = "anonymous"
 WILDCARD = "*"
 DEFAULT_ACK_TIMEOUT_S = 2.0  # send_command waits this long for the answer unless told otherwise
 MAX_ACK_TIMEOUT_S = 30.0
+
 
 @dataclass(frozen=True)
 class ToolPermissions:
@@ -66,36 +67,28 @@ class ToolsConfig:
     permissions: ToolPermissions = field(default_factory=ToolPermissions)
 
 
-def parse_tools_config(raw: Any, *, file: str | None = None) -> ToolsConfig:
-    """Validate a ``[tools]`` table (None -> defaults: enabled, open permissions)."""
-    if raw is None:
-        return ToolsConfig()
-    if not isinstance(raw, Mapping):
-        raise ConfigError("expected a table", key="tools", file=file)
-    unknown = sorted(set(raw) - {"enabled", "ack_timeout", "callers"})
-    if unknown:
-        raise ConfigError("unknown setting", key=f"tools.{unknown[0]}", file=file)
-    enabled = raw.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise ConfigError("expected true or false", key="tools.enabled", file=file)
-    ack = raw.get("ack_timeout", DEFAULT_ACK_TIMEOUT_S)
-    if isinstance(ack, bool) or not isinstance(ack, (int, float)) or not 0 < ack <= MAX_ACK_TIMEOUT_S:
-        raise ConfigError(f"expected seconds in (0, {MAX_ACK_TIMEOUT_S}]", key="tools.ack_timeout", file=file)
-    if "callers" not in raw:
-        return ToolsConfig(enabled, float(ack))
-    callers = raw["callers"]
-    if not isinstance(callers, Mapping):
-        raise ConfigError("expected a table of caller = [tool names]", key="tools.callers", file=file)
+def read_tools(t: Table) -> ToolsConfig:
+    """The ``[tools]`` table (absent -> defaults: enabled, open permissions)."""
+    enabled = t.flag("enabled", True)
+    ack = t.number("ack_timeout", DEFAULT_ACK_TIMEOUT_S, lo=0.001, hi=MAX_ACK_TIMEOUT_S, unit="s")
+    if not t.has("callers"):
+        t.finish()
+        return ToolsConfig(enabled, ack)
+    callers = t.table("callers")
     known = set(TOOL_NAMES) | {WILDCARD}
     table: dict[str, frozenset[str]] = {}
-    for caller, tools in callers.items():
-        key = f"tools.callers.{caller}"
+    for caller in callers.names():
         if caller != WILDCARD and not is_id(caller):
-            raise ConfigError(f"caller names are {ID_RULE}", key=key, file=file)
-        if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
-            raise ConfigError("expected a list of tool names", key=key, file=file)
+            raise callers.error(caller, f"caller names are {ID_RULE}")
+        tools = callers.strings(caller)
         bad = sorted(set(tools) - known)
         if bad:
-            raise ConfigError(f"unknown tool '{bad[0]}'; tools: {', '.join(TOOL_NAMES)}", key=key, file=file)
+            raise callers.error(caller, f"unknown tool '{bad[0]}'; tools: {', '.join(TOOL_NAMES)}")
         table[caller] = frozenset(tools)
-    return ToolsConfig(enabled, float(ack), ToolPermissions(table, open=False))
+    t.finish()
+    return ToolsConfig(enabled, ack, ToolPermissions(table, open=False))
+
+
+def parse_tools_config(raw: Any, *, file: str | None = None) -> ToolsConfig:
+    """:func:`read_tools` over a parsed ``[tools]`` value (None -> defaults)."""
+    return read_tools(Table(raw if raw is not None else {}, key="tools", file=file))

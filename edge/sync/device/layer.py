@@ -1,6 +1,7 @@
 """The device's side of edge-to-cloud sync, as a runtime layer (``edge status`` section ``sync``).
 
-* ``[hub]`` makes the embedded nats-server a leaf node of the hub (see :func:`hub_link`).
+* ``[hub]`` makes the embedded nats-server a leaf node of the hub (read by
+  :func:`edge.sync.device.config.read_hub`).
 * The device streams (telemetry, events, commands) are created at start, with the limits of
   ``[sync]``; they exist standalone too, so the device records offline and the hub catches up.
 * Commands the cloud queued for this device (the ``CMD`` stream, sourced from the hub) are played
@@ -13,13 +14,11 @@ Details and the picture: docs/sync.md.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
-from edge.errors import ConfigError, EdgeError
+from edge.errors import EdgeError
 from edge.layer import DeviceContext
 from edge.sync.device.commands import Command, CommandReceiver
 from edge.sync.device.leaf import HubLink
@@ -31,42 +30,6 @@ COMMAND_ACK_TIMEOUT = 10.0  # seconds a cloud command waits for the local acknow
 POLL_INTERVAL = 5.0  # seconds between stream-usage polls (drops are counted then)
 LINK_POLL_INTERVAL = 1.0  # seconds between checks of the leaf link
 RESYNC_AFTER = (0.0, 3.0, 10.0)  # seconds after a link-up at which the whole state is re-written
-HUB_PATH_KEYS = {"credentials", "nkey_seed", "tls_ca", "tls_cert", "tls_key"}
-
-
-def hub_link(table: dict[str, Any], *, file: str | None, base: Path) -> HubLink | None:
-    """``[hub]`` → HubLink (None without ``url``). Paths are relative to the config file."""
-    if not table:
-        return None
-    known = {f.name for f in dataclasses.fields(HubLink)}
-    for key, value in table.items():
-        if key not in known:
-            raise ConfigError("unknown setting", key=f"hub.{key}", file=file)
-        if not isinstance(value, str):
-            raise ConfigError("expected a string", key=f"hub.{key}", file=file)
-    if not table.get("url"):
-        raise ConfigError("the hub needs a url (nats-leaf://host:7422)", key="hub.url", file=file)
-    args: dict[str, Any] = {k: (base / v if k in HUB_PATH_KEYS else v) for k, v in table.items()}
-    return HubLink(**args)
-
-
-def stream_config(device: str, table: dict[str, Any], *, file: str | None, bucket: str, hub: bool) -> DeviceStreamConfig:
-    """``[sync]`` → DeviceStreamConfig (limits in bytes and seconds)."""
-    numeric = {"tele_max_bytes", "tele_max_age_s", "evt_max_bytes", "evt_max_age_s", "cmd_max_age_s",
-               "duplicate_window_s"}
-    args: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in numeric:
-            raise ConfigError("unknown setting", key=f"sync.{key}", file=file)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError("expected a number >= 0", key=f"sync.{key}", file=file)
-        args[key] = int(value) if key.endswith("_bytes") else float(value)
-    cfg = DeviceStreamConfig(device=device, **args)
-    if hub:
-        cfg.hub_domain = cfg.hub_domain or "hub"
-    if bucket != "edge-state":  # the sync layer mirrors only the default bucket
-        cfg.state_bucket = False
-    return cfg
 
 
 class UplinkLayer:

@@ -39,7 +39,9 @@ kind = "drone"
 labels = { fleet = "n" }
 components = { position = { x = 1.0 } }
 [[drivers]]
+name = "baro"
 kind = "bme280"
+entity = "d1"
 """,
     )
     cfg = load_config(path)
@@ -52,7 +54,8 @@ kind = "bme280"
     assert cfg.schemas[0].name == "wind" and cfg.schemas[0].fields["source"] == "str"
     assert cfg.components == [tmp_path / "c/physics/manifest.toml"]
     assert cfg.entities[0].components == {"position": {"x": 1.0}}
-    assert cfg.drivers == [{"kind": "bme280"}]
+    assert [(d.name, d.kind, d.entity, d.backend) for d in cfg.drivers] == [("baro", "bme280", "d1", "real")]
+    assert cfg.drivers[0].table == {"name": "baro", "kind": "bme280", "entity": "d1"}
     assert not cfg.demo
 
 

@@ -1,0 +1,250 @@
+"""The device config: a TOML file, read into typed sections and validated as it loads.
+
+Key components
+- :func:`load_config` / :func:`parse_config`: a file (or a parsed mapping) -> :class:`DeviceConfig`.
+  Every section is read with the one config reader (:class:`edge.config.table.Table`) and every
+  error names the key and the file; nothing is left to validate when the runtime is built.
+- :func:`embedded_default`: the demo device that ``edge run`` starts without a file.
+
+Each section's dataclass and reader live with their concern; this module only orchestrates:
+
+==============  =====================================  ==========================================
+section         type                                   reader
+==============  =====================================  ==========================================
+``hub``         ``HubLink | None``                     :func:`edge.sync.device.config.read_hub`
+``sync``        ``SyncConfig``                         :func:`edge.sync.device.config.read_sync`
+``tools``       ``ToolsConfig``                        :func:`edge.agents.tools.permissions.read_tools`
+``models``      ``list[ModelSpec]``                    :func:`edge.inference.config.read_models`
+``vision``      ``list[VisionSpec]``                   :func:`edge.inference.config.read_vision`
+``agents``      ``list[AgentSpec]``                    :func:`edge.agents.config.read_agents`
+``drivers``     ``list[DriverSpec]``                   :func:`drivers.config.read_drivers`
+``schemas``     ``list[ComponentSchema]``              :func:`edge.world.schema.read_schema`
+==============  =====================================  ==========================================
+
+Paths in the file are relative to the file (``base``): ``device.data_dir``, ``nats.credentials``,
+``components[].manifest``, ``models[].path``, the ``[hub]`` files, driver ports and files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge.config.table import REQUIRED, Table
+from edge.errors import ConfigError
+if TYPE_CHECKING:  # the section modules import the reader (edge.config.table): imported when used
+    from drivers.config import DriverSpec
+    from edge.agents.config import AgentSpec
+    from edge.agents.tools.permissions import ToolsConfig
+    from edge.inference.config import ModelSpec, VisionSpec
+    from edge.sync.device.config import SyncConfig
+    from edge.sync.device.leaf import HubLink
+    from edge.world.schema import ComponentSchema
+
+DEFAULT_PERSIST_INTERVAL = 1.0  # seconds
+DEFAULT_BUCKET = "edge-state"
+DEFAULT_DEADLINE = 2.0  # seconds a wasm call may run before its worker is killed
+DEFAULT_RECYCLE_AFTER = 64  # component loads before a sandbox worker is replaced
+DEFAULT_WORKERS = 1  # sandbox worker processes (each ~30 MB RSS); components are spread over them
+DEVICE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+@dataclass
+class NatsConfig:
+    url: str = ""  # external NATS server; empty = run the embedded one
+    port: int = 0  # embedded server's client port on 127.0.0.1; 0 = any free port
+    max_store_bytes: int | None = None
+    credentials: str | None = None  # creds file for an external server
+
+
+@dataclass
+class StateConfig:
+    bucket: str = DEFAULT_BUCKET
+    persist_interval: float = DEFAULT_PERSIST_INTERVAL
+
+
+@dataclass
+class SandboxConfig:
+    deadline: float = DEFAULT_DEADLINE
+    recycle_after: int = DEFAULT_RECYCLE_AFTER
+    workers: int = DEFAULT_WORKERS
+
+
+@dataclass
+class EntitySpec:
+    id: str
+    kind: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class DeviceConfig:
+    """A validated device config: every section typed (see the module docstring for where each
+    section's type and reader live). Build one with :func:`load_config` or :func:`parse_config`."""
+
+    device: str
+    data_dir: Path
+    file: str | None = None
+    nats: NatsConfig = field(default_factory=NatsConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    log_level: str = "info"
+    log_json: bool = False
+    schemas: list[ComponentSchema] = field(default_factory=list)
+    components: list[Path] = field(default_factory=list)  # manifest paths
+    entities: list[EntitySpec] = field(default_factory=list)
+    drivers: list[DriverSpec] = field(default_factory=list)
+    models: list[ModelSpec] = field(default_factory=list)
+    vision: list[VisionSpec] = field(default_factory=list)  # camera -> model -> detections
+    agents: list[AgentSpec] = field(default_factory=list)
+    tools: ToolsConfig = field(default_factory=lambda: _tools_default())  # the tools service and its permissions
+    hub: HubLink | None = None  # leaf-node uplink; None = standalone
+    sync: SyncConfig = field(default_factory=lambda: _sync_default())  # device stream limits
+    demo: bool = False
+    demo_drones: int = 0
+
+
+def _tools_default() -> ToolsConfig:
+    from edge.agents.tools.permissions import ToolsConfig
+
+    return ToolsConfig()
+
+
+def _sync_default() -> SyncConfig:
+    from edge.sync.device.config import SyncConfig
+
+    return SyncConfig()
+
+
+def default_device_id() -> str:
+    host = re.sub(r"[^a-z0-9_-]", "-", socket.gethostname().lower()).strip("-")
+    return host[:63] or "edge"
+
+
+def default_data_dir(device: str) -> Path:
+    env = os.environ.get("EDGE_DATA_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "edge" / device
+
+
+def load_config(path: str | Path, *, data_dir: Path | None = None) -> DeviceConfig:
+    """Read and validate a device config file."""
+    file = str(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("config file not found", file=file) from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"invalid TOML: {err}", file=file) from None
+    return parse_config(raw, file=file, base=Path(path).resolve().parent, data_dir=data_dir)
+
+
+def parse_config(
+    raw: Mapping[str, Any], *, file: str | None = None, base: Path | None = None, data_dir: Path | None = None
+) -> DeviceConfig:
+    """Validate a parsed config. Relative paths are relative to ``base`` (the file's directory;
+    the working directory when not given)."""
+    from drivers.config import read_drivers
+    from edge.agents.config import read_agents
+    from edge.agents.tools.permissions import read_tools
+    from edge.inference.config import read_models, read_vision
+    from edge.sync.device.config import read_hub, read_sync
+    from edge.world.schema import read_schema
+    from edge.world.store import ENTITY_ID_RE
+
+    base = base or Path.cwd()
+    top = Table(raw, file=file, base=base)
+
+    dev = top.table("device")
+    device = dev.text("id", "") or default_device_id()
+    if not DEVICE_ID_RE.match(device):
+        raise dev.error("id", f"device id {device!r} must be 1-63 characters of a-z 0-9 _ - (it names NATS subjects)")
+    data = dev.path("data_dir", None)
+    dev.finish()
+    cfg = DeviceConfig(device=device, data_dir=data_dir or data or default_data_dir(device), file=file)
+
+    nats = top.table("nats")
+    cfg.nats.url = nats.text("url", "")
+    cfg.nats.port = nats.integer("port", 0, lo=0, hi=65535)
+    cfg.nats.max_store_bytes = nats.integer("max_store_bytes", 0, lo=0, unit="bytes") or None
+    creds = nats.path("credentials", None)
+    cfg.nats.credentials = str(creds) if creds else None
+    nats.finish()
+
+    state = top.table("state")
+    cfg.state.bucket = state.text("bucket", DEFAULT_BUCKET)
+    if not re.match(r"^[A-Za-z0-9_-]+$", cfg.state.bucket):
+        raise state.error("bucket", "bucket names use A-Z a-z 0-9 _ -")
+    cfg.state.persist_interval = state.number("persist_interval", DEFAULT_PERSIST_INTERVAL, lo=0.05, hi=3600,
+                                              unit="s")
+    state.finish()
+
+    sandbox = top.table("sandbox")
+    cfg.sandbox.deadline = sandbox.number("deadline", DEFAULT_DEADLINE, lo=0.001, unit="s")
+    cfg.sandbox.recycle_after = sandbox.integer("recycle_after", DEFAULT_RECYCLE_AFTER, lo=1, unit="loads")
+    cfg.sandbox.workers = sandbox.integer("workers", DEFAULT_WORKERS, lo=1, hi=64)
+    sandbox.finish()
+
+    logt = top.table("log")
+    cfg.log_level = logt.text("level", "info").lower()
+    if cfg.log_level not in LOG_LEVELS:
+        raise logt.error("level", f"must be one of {', '.join(LOG_LEVELS)}; got {cfg.log_level!r}")
+    cfg.log_json = logt.flag("json", False)
+    logt.finish()
+
+    schemas = top.table("schemas")
+    for name in schemas.names():
+        cfg.schemas.append(read_schema(name, schemas.table(name)))
+
+    for t in top.tables("components"):
+        manifest = t.path("manifest", None)
+        t.finish()  # a misspelt key is named before the missing one
+        if manifest is None:
+            raise t.error("manifest", "missing required key 'manifest' (a path)")
+        cfg.components.append(manifest)
+
+    for t in top.tables("entities"):
+        eid = t.text("id", REQUIRED)
+        if not ENTITY_ID_RE.match(eid):
+            raise t.error("id", f"entity ids are 1-64 characters of A-Z a-z 0-9 _ -, got {eid!r}")
+        labels = t.mapping("labels", {})
+        spec = EntitySpec(eid, t.text("kind", ""), {str(k): str(v) for k, v in labels.items()},
+                          t.mapping("components", {}))
+        t.finish()
+        cfg.entities.append(spec)
+
+    cfg.drivers = read_drivers(top.tables("drivers"))
+    cfg.models = read_models(top.tables("models"))
+    cfg.vision = read_vision(top.tables("vision"))
+    cfg.agents = read_agents(top.tables("agents"))
+    cfg.tools = read_tools(top.table("tools"))
+    cfg.hub = read_hub(top.table("hub"))
+    cfg.sync = read_sync(top.table("sync"))
+
+    demo = top.table("demo")
+    cfg.demo_drones = demo.integer("drones", 0, lo=0)
+    cfg.demo = cfg.demo_drones > 0
+    demo.finish()
+    top.finish()
+    return cfg
+
+
+def embedded_default(*, data_dir: Path | None = None, drones: int = 5) -> DeviceConfig:
+    """The demo device that ``edge run`` starts when no config is given."""
+    device = "demo"
+    return DeviceConfig(
+        device=device,
+        data_dir=data_dir or default_data_dir(device),
+        demo=True,
+        demo_drones=drones,
+    )
