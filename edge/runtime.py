@@ -1,14 +1,14 @@
 """The composition root: builds a running device from its :class:`~edge.config.DeviceConfig`.
 
 Start: layers built from the config (config errors surface here, before anything runs) -> data
-dir -> NATS (embedded server or external URL) -> world restored from KV -> the device context ->
-the layers in order::
+dir -> NATS (embedded server or external URL) -> world restored from KV -> the command router
+(the one subscriber of ``edge.<d>.cmd.>``) -> the device context -> the layers in order::
 
     state (write-behind persister) -> sync (device streams, leaf link) -> api -> drivers
     -> inference -> tools -> agents -> [demo actuator] -> components (wasm) -> [extra layers]
 
-Stop runs the layers in reverse (each under a timeout, every error collected), then the event
-publisher's flush, the NATS connection and nats-server. The state layer stops last of the layers,
+Stop runs the layers in reverse (each under a timeout, every error collected), then the command
+router, the event publisher's flush, the NATS connection and nats-server. The state layer stops last of the layers,
 so its final flush sees every write. This is the only module that knows every layer: layers are
 given their collaborators here, typed, and never look each other up.
 """
@@ -31,6 +31,7 @@ from nats.js.client import JetStreamContext
 from edge.config import DeviceConfig
 from edge.errors import EdgeError, NatsError
 from edge.layer import DeviceContext, Layer, LayerStack, LifecycleError
+from edge.nats.commands import CommandRouter
 from edge.nats.server import NatsServer
 from edge.wasm.layer import SandboxLayer, SandboxSettings
 from edge.wasm.pool import SandboxPool
@@ -83,6 +84,7 @@ class Runtime:
         self.world = World(schemas)
         self.persister: Persister | None = None
         self.context: DeviceContext | None = None
+        self.commands: CommandRouter | None = None
         self.sandbox = sandbox_layer(config)
         self._extra: list[Layer] = list(layers or [])
         self.layers: LayerStack | None = None
@@ -131,9 +133,13 @@ class Runtime:
         for spec in cfg.entities:
             if spec.id not in self.world:
                 self.world.spawn(spec.id, spec.kind, spec.labels, spec.components)
+        events = _CoreEvents(self.nc)
+        # the one subscriber of edge.<d>.cmd.>: serving before any layer registers, stopped after them
+        self.commands = CommandRouter(self.nc, self.device, events)
+        await self.commands.start()
         self.context = DeviceContext(
             device=self.device, nc=self.nc, js=self.js, world=self.world, data_dir=cfg.data_dir,
-            events=_CoreEvents(self.nc), server=self.server,
+            events=events, commands=self.commands, server=self.server,
         )
         self.layers = LayerStack([self.persister, *built, *self._extra], stop_timeout=STOP_STEP_TIMEOUT_S)
         await self.layers.start(self.context)
@@ -152,6 +158,9 @@ class Runtime:
                 await asyncio.wait_for(coro, STOP_STEP_TIMEOUT_S)
             except Exception as err:  # noqa: BLE001  collected, not raised
                 errors.append(f"{name}: {type(err).__name__}: {err}")
+
+        if self.commands is not None:
+            await step("command router", self.commands.stop())
 
         if self.persister is not None and self.layers is None:
             await step("state flush", self.persister.stop())  # start failed before the layers
@@ -226,6 +235,7 @@ class Runtime:
             "nats": nats_health,
             "entities": entities,
             "faults": self.sandbox.faults[-10:],
+            "commands": self.commands.status() if self.commands is not None else {},
         }
         if self.layers is not None:
             out.update(self.layers.status())
