@@ -1,8 +1,9 @@
 """The contract between hardware drivers and the runtime.
 
 Key components
-- :class:`DriverContext`: what the runtime gives a driver (component updates, NATS publish/subscribe).
-  The runtime implements it over its ECS world and NATS; :mod:`drivers.testing` has an in-memory one.
+- :class:`DriverContext`: what the runtime gives a driver (component updates, NATS publish/subscribe,
+  serving command verbs). The runtime implements it over its ECS world, NATS and the device's
+  command router; :mod:`drivers.testing` has an in-memory one.
 - :class:`Driver`: the base class of every driver. It owns the driver's tasks, counts samples and
   errors, and reports failures to whoever supervises it (:mod:`drivers.supervisor`).
 - Subject helpers: ``edge.<device>.tele|evt|cmd|ack.<entity>.<name>``.
