@@ -4,7 +4,6 @@ real nats-server with a World), and the SimActuator that acknowledges the demo's
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import sys
 from collections.abc import AsyncIterator

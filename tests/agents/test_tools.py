@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from agent_support import DEVICE, device_context
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from drivers.camera.frames import Frame, LatestFrame
 from drivers.camera.pattern import face_image
