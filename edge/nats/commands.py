@@ -317,7 +317,7 @@ class CommandRouter:
             # no ack subject to record on: the command is not <entity>.<verb>
             answer = answer_error(headers.get(COMMAND_ID_HEADER), Reason.BAD_REQUEST,
                                   f"{msg.subject} is not a command subject edge.{self.device}.cmd.<entity>.<verb>")
-            self.answers[Reason.BAD_REQUEST] += 1
+            self.answers[str(Reason.BAD_REQUEST)] += 1
             await self._respond(reply, answer)
             return
         entity, verb = tail
@@ -340,6 +340,11 @@ class CommandRouter:
         running = self._inflight.get(key)
         if running is not None:  # a retry while the first is still running: share its answer
             self.duplicates += 1
+            if self._digests.get(key) != msg.data:
+                await self._respond(reply, answer_error(
+                    command_id, Reason.BAD_REQUEST,
+                    f"command id {command_id} is already used by a running {verb} command with other arguments"))
+                return
             if reply:
                 task = asyncio.get_running_loop().create_task(self._respond_when(running, reply))
                 self._waiting.add(task)
@@ -406,11 +411,12 @@ class CommandRouter:
                 await self._finish(item.request.entity, item.request.verb, item.request.id, answer,
                                    item.reply, ran=ran)
         except asyncio.CancelledError:
-            for item in lane:
+            pending = list(lane)
+            lane.clear()
+            for item in pending:
                 stopping = answer_error(item.request.id, Reason.FAILED, "the device is stopping")
                 await self._finish(item.request.entity, item.request.verb, item.request.id, stopping,
                                    item.reply, ran=False)
-            lane.clear()
             raise
         finally:
             self._workers.pop(lane_key, None)

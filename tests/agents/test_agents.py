@@ -83,7 +83,7 @@ async def test_follow_steers_toward_target(nc: Client, host_factory: Any, collec
 
 
 async def test_decision_records_carry_each_command_answer(nc: Client, host_factory: Any) -> None:
-    host = await host_factory(follow(), command_timeout=0.3)
+    host = await host_factory(follow(), command_timeout=0.5)
     slow = asyncio.Event()
 
     async def actuator(cmd: CommandRequest) -> dict[str, Any]:
@@ -108,7 +108,7 @@ async def test_decision_records_carry_each_command_answer(nc: Client, host_facto
     await wait_until(lambda: len(commanded()) == 2)
     late = commanded()[1]
     assert late["answer"]["ok"] is False and late["answer"]["reason"] == "timeout"
-    assert late["answer"]["id"] == late["id"] and "within 0.3 s" in late["answer"]["error"]
+    assert late["answer"]["id"] == late["id"] and "within 0.5 s" in late["answer"]["error"]
 
 
 async def test_follow_ignores_low_scores_and_other_labels(nc: Client, host_factory: Any,

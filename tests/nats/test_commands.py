@@ -267,3 +267,25 @@ async def test_registration_rules(device: Any) -> None:
 async def test_no_router_means_unanswered(nc: Client) -> None:
     with pytest.raises(CommandUnanswered, match="is device dev1 running"):
         await CommandClient(nc, DEVICE).send("drone1", "rtl", {}, timeout=1.0)
+
+
+async def test_stopping_answers_the_running_and_queued_commands(device: Any, client: CommandClient) -> None:
+    router, events = device
+    started = asyncio.Event()
+
+    async def forever(req: CommandRequest) -> dict[str, Any]:
+        started.set()
+        await asyncio.Event().wait()
+        return {}
+
+    router.register("drone1", "orbit", forever, owner="driver 'fc'", timeout=20.0)
+    running = asyncio.ensure_future(client.send("drone1", "orbit", {}, timeout=5, command_id="o-1"))
+    await started.wait()
+    queued = asyncio.ensure_future(client.send("drone1", "orbit", {"r": 2}, timeout=5))
+    await until(lambda: router.status()["queued"] == 2)
+    other = await client.send("drone1", "orbit", {"r": 9}, timeout=5, command_id="o-1")  # same id, other args
+    assert other.reason == Reason.BAD_REQUEST and "other arguments" in other.answer["error"]
+    await router.stop()
+    for res in await asyncio.gather(running, queued):
+        assert res.answer["ok"] is False and res.answer["error"] == "the device is stopping"
+    assert router.status()["serving"] is False and router.status()["in_flight"] == 0
