@@ -310,6 +310,16 @@ class CommandRouter:
 
     async def _on_msg(self, msg: Msg) -> None:
         self.commands += 1
+        try:
+            await self._handle(msg)
+        except Exception as err:  # noqa: BLE001  a bug here must still answer, and keep the router up
+            log.exception("command on %s could not be handled", msg.subject)
+            self.answers[str(Reason.FAILED)] += 1
+            await self._respond(msg.reply or None, answer_error(
+                (msg.headers or {}).get(COMMAND_ID_HEADER), Reason.FAILED,
+                f"internal error: {type(err).__name__}: {err}"))
+
+    async def _handle(self, msg: Msg) -> None:
         headers = msg.headers or {}
         reply = msg.reply or None
         tail = msg.subject[len(self._prefix):].split(".") if msg.subject.startswith(self._prefix) else []

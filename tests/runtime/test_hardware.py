@@ -170,3 +170,25 @@ async def test_rtl_during_a_serial_outage_is_answered_at_once(tmp_path: Path) ->
     finally:
         await rt.stop()
         await sim.stop()
+
+
+async def test_a_command_to_a_missing_driver_is_answered_with_its_state(tmp_path: Path) -> None:
+    path = tmp_path / "gone.toml"
+    path.write_text(FC_CONFIG.format(port=tmp_path / "no-such-port").replace('"fly1"', '"gone1"'))
+    rt = Runtime(load_config(path, data_dir=tmp_path / "data"))
+    await rt.start()
+    try:
+        assert rt.nc is not None
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        reply = await rt.nc.request("edge.gone1.cmd.drone1.arm", b"{}", timeout=5,
+                                    headers={"Edge-Command-Id": "arm-1"})
+        assert loop.time() - t0 < 1.0
+        answer = json.loads(reply.data)
+        assert answer["ok"] is False and answer["id"] == "arm-1" and answer["driver"] == "fc"
+        assert answer["reason"] in ("backoff", "driver-down") and "no-such-port" in answer["last_error"]
+        # a verb no driver has is a different answer
+        other = json.loads((await rt.nc.request("edge.gone1.cmd.drone1.fly", b"{}", timeout=5)).data)
+        assert other["reason"] == "no-handler"
+    finally:
+        await rt.stop()
