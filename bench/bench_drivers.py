@@ -64,6 +64,12 @@ class _NatsCtx:
     async def subscribe(self, subject: str, handler: Any) -> Any:
         raise NotImplementedError
 
+    async def serve(self, entity: str, verb: str, handler: Any) -> Any:
+        async def unserve() -> None:  # commands are not benchmarked here: nothing to stop serving
+            return None
+
+        return unserve
+
 
 async def _with_nats(fn: Any) -> Any:
     import nats

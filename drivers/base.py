@@ -1,8 +1,9 @@
 """The contract between hardware drivers and the runtime.
 
 Key components
-- :class:`DriverContext`: what the runtime gives a driver (component updates, NATS publish/subscribe).
-  The runtime implements it over its ECS world and NATS; :mod:`drivers.testing` has an in-memory one.
+- :class:`DriverContext`: what the runtime gives a driver (component updates, NATS publish/subscribe,
+  serving command verbs). The runtime implements it over its ECS world, NATS and the device's
+  command router; :mod:`drivers.testing` has an in-memory one.
 - :class:`Driver`: the base class of every driver. It owns the driver's tasks, counts samples and
   errors, and reports failures to whoever supervises it (:mod:`drivers.supervisor`).
 - Subject helpers: ``edge.<device>.tele|evt|cmd|ack.<entity>.<name>``.
@@ -54,7 +55,17 @@ class DriverContext(Protocol):
 
     ``device`` is the edge device id used in subjects ``edge.<device>.…``. ``update`` merges fields
     into an entity's component; it is cheap and must be called from the event loop. ``subscribe``
-    returns an coroutine function that unsubscribes.
+    returns a coroutine function that unsubscribes.
+
+    ``serve(entity, verb, handler)`` makes the driver the one that answers command ``verb`` for
+    ``entity`` (``edge.<device>.cmd.<entity>.<verb>``). The context decodes the command (a JSON
+    object, else refused without calling the handler), calls ``handler(args)`` and answers the
+    caller exactly once with ``{"ok": true, **returned fields}`` (a returned ``"ok": false`` stays
+    false), or ``{"ok": false, "error": "<the exception's message>"}`` if the handler raised; the
+    answer is also recorded on ``edge.<device>.ack.<entity>.<verb>``. The runtime's context adds
+    the command id and a ``reason`` (docs/subjects.md). Drivers never subscribe to command
+    subjects themselves: while a driver is stopped or in backoff, the runtime answers its commands
+    with that state instead. Returns the coroutine function that stops serving.
     """
 
     device: str
@@ -64,6 +75,8 @@ class DriverContext(Protocol):
     async def publish(self, subject: str, payload: bytes) -> None: ...
 
     async def subscribe(self, subject: str, handler: Handler) -> Unsubscribe: ...
+
+    async def serve(self, entity: str, verb: str, handler: CommandHandler) -> Unsubscribe: ...
 
 
 def tele_subject(device: str, entity: str, component: str) -> str:
@@ -77,12 +90,12 @@ def evt_subject(device: str, entity: str, kind: str) -> str:
 
 
 def cmd_subject(device: str, entity: str, verb: str) -> str:
-    """Commands to a driver (JSON)."""
+    """Commands to a driver (a JSON object; a request answered once, see DriverContext.serve)."""
     return f"edge.{device}.cmd.{entity}.{verb}"
 
 
 def ack_subject(device: str, entity: str, verb: str) -> str:
-    """Acknowledgements of commands (JSON ``{"ok": bool, ...}``)."""
+    """The record of each command's answer (JSON ``{"ok": bool, ...}``)."""
     return f"edge.{device}.ack.{entity}.{verb}"
 
 
@@ -195,8 +208,10 @@ class Driver(ABC):
         """Release the hardware. Called after the tasks are cancelled, also after a failed open."""
 
     def commands(self) -> Mapping[str, CommandHandler]:
-        """Verbs this driver accepts on ``edge.<device>.cmd.<entity>.<verb>``; subscribed by
-        ``start()`` once the hardware is open, before ``start()`` returns."""
+        """Verbs this driver accepts on ``edge.<device>.cmd.<entity>.<verb>``; served (through
+        ``DriverContext.serve``) by ``start()`` once the hardware is open, before ``start()``
+        returns. Must not depend on the hardware: the runtime asks before the driver starts, so
+        that the verbs of a driver that is down are answered with its state."""
         return {}
 
     # ----- lifecycle -----------------------------------------------------------------------------
@@ -340,33 +355,26 @@ class Driver(ABC):
         await ctx.publish(evt_subject(ctx.device, self.entity, kind), encode_json(payload))
 
     async def _serve_commands(self, handlers: Mapping[str, CommandHandler]) -> None:
-        """Subscribe to ``edge.<device>.cmd.<entity>.<verb>`` for each verb.
+        """Serve ``edge.<device>.cmd.<entity>.<verb>`` for each verb through the context.
 
-        A handler gets the decoded JSON object and returns the ack fields; the ack goes to
-        ``edge.<device>.ack.<entity>.<verb>`` as ``{"ok": true, ...}``. A handler that raises gives
-        ``{"ok": false, "error": "..."}`` and counts as an error, not a failure.
+        A handler gets the decoded JSON object and returns the ack fields; the context answers
+        ``{"ok": true, ...}``. A handler that raises gives ``{"ok": false, "error": "..."}`` and
+        counts as an error, not a failure.
         """
         ctx = self.ctx
         for verb, handler in handlers.items():
-            self._unsubs.append(
-                await ctx.subscribe(cmd_subject(ctx.device, self.entity, verb), self._cmd(verb, handler))
-            )
+            self._unsubs.append(await ctx.serve(self.entity, verb, self._cmd(verb, handler)))
 
-    def _cmd(self, verb: str, handler: CommandHandler) -> Handler:
-        async def on_message(subject: str, payload: bytes) -> None:
-            ctx = self.ctx
+    def _cmd(self, verb: str, handler: CommandHandler) -> CommandHandler:
+        async def counted(args: dict[str, Any]) -> dict[str, Any]:
             try:
-                args = json.loads(payload) if payload.strip() else {}
-                if not isinstance(args, dict):
-                    raise TypeError("command payload must be a JSON object")
-                ack: dict[str, Any] = {"ok": True, **await handler(args)}
-            except Exception as exc:  # noqa: BLE001 - reported on the ack subject
+                return await handler(args)
+            except Exception as exc:  # re-raised: the context answers the refusal
                 self._error(exc)
                 self.log.info("driver %s: command %s refused: %s", self.name, verb, exc)
-                ack = {"ok": False, "error": str(exc)}
-            await ctx.publish(ack_subject(ctx.device, self.entity, verb), encode_json(ack))
+                raise
 
-        return on_message
+        return counted
 
 
 class PollingDriver(Driver):

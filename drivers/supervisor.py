@@ -134,24 +134,27 @@ class DriverSupervisor:
             slot.driver.set_state(DriverState.STOPPED)
 
     def status(self) -> list[DriverStatus]:
-        now = time.monotonic()
-        out = []
-        for slot in self._slots.values():
-            d = slot.driver
-            f = slot.last_failure
-            out.append(
-                DriverStatus(
-                    name=d.name,
-                    kind=d.kind,
-                    entity=d.entity,
-                    where=d.where,
-                    health=d.health(),
-                    failure_device=None if f is None else f.device,
-                    failure_cause=None if f is None else f.cause or f.message,
-                    retry_in_s=None if slot.retry_at is None else max(0.0, slot.retry_at - now),
-                )
-            )
-        return out
+        return [self._status(slot, time.monotonic()) for slot in self._slots.values()]
+
+    def status_of(self, name: str) -> DriverStatus | None:
+        """One driver's status (None if no driver of that name is supervised)."""
+        slot = self._slots.get(name)
+        return None if slot is None else self._status(slot, time.monotonic())
+
+    @staticmethod
+    def _status(slot: _Slot, now: float) -> DriverStatus:
+        d = slot.driver
+        f = slot.last_failure
+        return DriverStatus(
+            name=d.name,
+            kind=d.kind,
+            entity=d.entity,
+            where=d.where,
+            health=d.health(),
+            failure_device=None if f is None else f.device,
+            failure_cause=None if f is None else f.cause or f.message,
+            retry_in_s=None if slot.retry_at is None else max(0.0, slot.retry_at - now),
+        )
 
     async def _supervise(self, slot: _Slot, first: asyncio.Future[None] | None = None) -> None:
         d = slot.driver

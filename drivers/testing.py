@@ -1,8 +1,11 @@
 """An in-memory :class:`~drivers.base.DriverContext` for unit tests and tools.
 
 ``RecordingContext`` records every component update and publish, merges updates into a dict of
-component state, and delivers injected messages to subscribers (NATS-style ``*`` / ``>`` wildcards),
-so a test can send a command and read the ack without a NATS server.
+component state, delivers injected messages to subscribers (NATS-style ``*`` / ``>`` wildcards)
+and serves commands the way :meth:`~drivers.base.DriverContext.serve` promises, so a test can send
+a command and read its answer without a NATS server. The answer is the driver-level one
+(``{"ok": true, **fields}`` or ``{"ok": false, "error": ...}``, also published on the ack subject);
+the runtime's router adds a command id and a reason to it.
 
 Example
     ctx = RecordingContext("dev1")
@@ -20,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.base import Handler, Unsubscribe, Value, ack_subject, cmd_subject
+from drivers.base import CommandHandler, Handler, Unsubscribe, Value, ack_subject, cmd_subject, encode_json
 from edge.nats.subjects import subject_matches
 
 DEFAULT_WAIT_S = 5.0  # seconds
@@ -56,6 +59,7 @@ class RecordingContext:
         self.publish_count = 0
         self._keep = keep
         self._subs: dict[int, tuple[str, Handler]] = {}
+        self._served: dict[tuple[str, str], CommandHandler] = {}
         self._next_sid = 0
         self._changed: asyncio.Event | None = None
 
@@ -95,14 +99,56 @@ class RecordingContext:
 
         return unsubscribe
 
+    async def serve(self, entity: str, verb: str, handler: CommandHandler) -> Unsubscribe:
+        key = (entity, verb)
+        if key in self._served:
+            raise ValueError(f"command {verb!r} for {entity!r} is already served")
+        self._served[key] = handler
+
+        async def unserve() -> None:
+            if self._served.get(key) is handler:
+                del self._served[key]
+
+        return unserve
+
+    async def _answer(self, entity: str, verb: str, payload: bytes, timeout: float) -> dict[str, Any]:
+        """Run the served handler on ``payload``; publish and return the answer."""
+        handler = self._served[(entity, verb)]
+        try:
+            args = json.loads(payload) if payload.strip() else {}
+            if not isinstance(args, dict):
+                raise TypeError("command payload must be a JSON object")
+        except ValueError as exc:
+            ack: dict[str, Any] = {"ok": False, "error": f"command payload is not JSON: {exc}"}
+        except TypeError as exc:
+            ack = {"ok": False, "error": str(exc)}
+        else:
+            limit = asyncio.timeout(timeout)
+            try:
+                async with limit:
+                    ack = {"ok": True, **await handler(args)}
+            except TimeoutError as exc:
+                late = limit.expired()  # ours, or the handler's own timeout
+                ack = {"ok": False, "error": f"the handler did not answer within {timeout:g} s" if late else str(exc)}
+            except Exception as exc:  # noqa: BLE001 - a refusal is an answer
+                ack = {"ok": False, "error": str(exc)}
+        await self.publish(ack_subject(self.device, entity, verb), encode_json(ack))
+        return ack
+
     # ----- test helpers ----------------------------------------------------------------------------
     @property
     def subscriptions(self) -> list[str]:
-        return [p for p, _ in self._subs.values()]
+        """Subscribed patterns and served command subjects."""
+        return [p for p, _ in self._subs.values()] + [cmd_subject(self.device, e, v) for e, v in self._served]
 
     async def inject(self, subject: str, payload: bytes) -> int:
-        """Deliver a message to matching subscribers (as if it came from NATS); returns how many."""
+        """Deliver a message to matching subscribers and to the served command of ``subject`` (as
+        if it came from NATS); returns how many received it."""
         n = 0
+        parts = subject.split(".")
+        if len(parts) == 5 and parts[:3] == ["edge", self.device, "cmd"] and (parts[3], parts[4]) in self._served:
+            await self._answer(parts[3], parts[4], payload, DEFAULT_WAIT_S)
+            n += 1
         for pattern, handler in list(self._subs.values()):
             if subject_matches(pattern, subject):
                 await handler(subject, payload)
@@ -112,15 +158,10 @@ class RecordingContext:
     async def command(
         self, entity: str, verb: str, args: Mapping[str, Any], *, timeout: float = DEFAULT_WAIT_S
     ) -> dict[str, Any]:
-        """Send a command and wait for its ack; returns the decoded ack."""
-        ack_subj = ack_subject(self.device, entity, verb)
-        start = len(self.published)
-        delivered = await self.inject(cmd_subject(self.device, entity, verb), json.dumps(args).encode())
-        if delivered == 0:
-            raise LookupError(f"nobody subscribes to commands {verb!r} for {entity!r}")
-        msg = await self.wait_published(ack_subj, timeout=timeout, after=start)
-        result: dict[str, Any] = msg.json()
-        return result
+        """Send a command and return its answer (also published on the ack subject)."""
+        if (entity, verb) not in self._served:
+            raise LookupError(f"nobody serves command {verb!r} for {entity!r}")
+        return await self._answer(entity, verb, json.dumps(args).encode(), timeout)
 
     def published_on(self, subject: str) -> list[Published]:
         return [p for p in self.published if subject_matches(subject, p.subject)]

@@ -3,7 +3,8 @@
 Key components
 - :class:`DeviceContext`: what every layer is handed at start (frozen): the device id, its NATS
   connection and JetStream context, the world, the embedded server (or None), the data dir, and
-  the device's acknowledged event publisher.
+  the device's acknowledged event publisher, and its command router (where a layer registers the
+  commands it serves; :mod:`edge.nats.commands`).
 - :class:`Layer`: ``name`` (also its section in ``edge status``), ``start(ctx)``, ``stop()``,
   ``status()``. A layer gets its collaborators at construction, typed, from the composition root
   (:mod:`edge.runtime`); it never imports the runtime and never looks anything up on it.
@@ -34,6 +35,7 @@ from edge.errors import LifecycleError
 from edge.world.store import World
 
 if TYPE_CHECKING:
+    from edge.nats.commands import CommandRouter
     from edge.nats.server import NatsServer
 
 __all__ = ["DEFAULT_STOP_TIMEOUT_S", "DeviceContext", "Events", "Layer", "LayerStack", "LifecycleError"]
@@ -70,6 +72,7 @@ class DeviceContext:
     world: World
     data_dir: Path
     events: Events
+    commands: CommandRouter
     server: NatsServer | None = None
 
 

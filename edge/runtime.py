@@ -1,14 +1,14 @@
 """The composition root: builds a running device from its :class:`~edge.config.DeviceConfig`.
 
-Start: layers built from the (already validated) config -> data
-dir -> NATS (embedded server or external URL) -> world restored from KV -> the device context ->
-the layers in order::
+Start: layers built from the (already validated) config -> data dir -> NATS (embedded server or
+external URL) -> the event publisher -> world restored from KV -> the command router (the one
+subscriber of ``edge.<d>.cmd.>``) -> the device context -> the layers in order::
 
     state (write-behind persister) -> sync (device streams, leaf link) -> api -> drivers
     -> inference -> tools -> agents -> [demo actuator] -> components (wasm) -> [extra layers]
 
-Stop runs the layers in reverse (each under a timeout, every error collected), then the event
-publisher's flush, the NATS connection and nats-server. The state layer stops last of the layers,
+Stop runs the layers in reverse (each under a timeout, every error collected), then the command
+router, the event publisher's flush, the NATS connection and nats-server. The state layer stops last of the layers,
 so its final flush sees every write. This is the only module that knows every layer: layers are
 given their collaborators here, typed, and never look each other up.
 """
@@ -31,6 +31,7 @@ from edge.config import DeviceConfig
 from edge.errors import EdgeError, NatsError
 from edge.layer import DeviceContext, Layer, LayerStack
 from edge.errors import LifecycleError
+from edge.nats.commands import CommandRouter
 from edge.nats.events import DeviceEvents
 from edge.nats.server import NatsServer
 from edge.wasm.layer import SandboxLayer, SandboxSettings
@@ -63,6 +64,7 @@ class Runtime:
         self.persister: Persister | None = None
         self.context: DeviceContext | None = None
         self.events: DeviceEvents | None = None
+        self.commands: CommandRouter | None = None
         self.sandbox = sandbox_layer(config)
         self._extra: list[Layer] = list(layers or [])
         self.layers: LayerStack | None = None
@@ -113,9 +115,12 @@ class Runtime:
         for spec in cfg.entities:
             if spec.id not in self.world:
                 self.world.spawn(spec.id, spec.kind, spec.labels, spec.components)
+        # the one subscriber of edge.<d>.cmd.>: serving before any layer registers, stopped after them
+        self.commands = CommandRouter(self.nc, self.device, self.events)
+        await self.commands.start()
         self.context = DeviceContext(
             device=self.device, nc=self.nc, js=self.js, world=self.world, data_dir=cfg.data_dir,
-            events=self.events, server=self.server,
+            events=self.events, commands=self.commands, server=self.server,
         )
         self.layers = LayerStack([self.persister, *built, *self._extra], stop_timeout=STOP_STEP_TIMEOUT_S)
         await self.layers.start(self.context)
@@ -135,6 +140,8 @@ class Runtime:
             except Exception as err:  # noqa: BLE001  collected, not raised
                 errors.append(f"{name}: {type(err).__name__}: {err}")
 
+        if self.commands is not None:
+            await step("command router", self.commands.stop())
         if self.persister is not None and self.layers is None:
             await step("state flush", self.persister.stop())  # start failed before the layers
         if self.events is not None:
@@ -210,6 +217,7 @@ class Runtime:
             "entities": entities,
             "faults": self.sandbox.faults[-10:],
             "events": self.events.status() if self.events is not None else {},
+            "commands": self.commands.status() if self.commands is not None else {},
         }
         if self.layers is not None:
             out.update(self.layers.status())

@@ -9,8 +9,8 @@ Key components
   throttle (the pulse ESCs need to arm). ``failsafe_s`` > 0 returns an ESC to zero throttle (a
   servo to its ``neutral``) when no command arrived for that long. Stopping the driver does the same
   before releasing the pin.
-Both report the output in a component named after the driver (``{"value": float}``) and ack each
-command on ``edge.<device>.ack.<entity>.<verb>``.
+Both report the output in a component named after the driver (``{"value": float}``) and answer
+each command (``DriverContext.serve``; recorded on ``edge.<device>.ack.<entity>.<verb>``).
 
 The backend is gpiozero's pin factory (``pin_factory=``; see :mod:`drivers.gpio.pins`).
 """

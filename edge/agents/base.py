@@ -9,9 +9,10 @@ An agent is a system that watches one entity and decides what it should do. The
 * before each decision the host calls :meth:`Agent.read_world` (the components named in
   ``world_components`` land in the context as ``world.<component>``);
 * :meth:`Agent.decide` runs on input and every ``interval`` seconds and returns
-  :class:`Decision` records; a decision may carry a :class:`Command`, which the host publishes on
-  ``edge.<device>.cmd.<entity>.<verb>`` as JSON. Every returned decision is recorded with its
-  inputs (see :mod:`edge.agents.decisions`).
+  :class:`Decision` records; a decision may carry a :class:`Command`, which the host sends as a
+  request on ``edge.<device>.cmd.<entity>.<verb>`` (JSON args) and waits a short time for its
+  answer. Every returned decision is recorded with its inputs and its command's answer (see
+  :mod:`edge.agents.decisions`).
 
 A subclass MUST implement ``async decide(now)`` and set ``kind``. It MAY override ``observe``,
 ``subjects`` and ``read_world``. An exception raised by any of them is a fault: the host counts
@@ -35,7 +36,7 @@ DECISION_KIND = "decision"  # evt.<entity>.decision carries the decision records
 
 @dataclass(frozen=True)
 class Command:
-    """A command for an entity: published as JSON ``args`` on ``cmd.<entity>.<verb>``.
+    """A command for an entity: sent as JSON ``args`` on ``cmd.<entity>.<verb>`` (a request).
 
     ``entity`` defaults to the agent's own entity.
     """

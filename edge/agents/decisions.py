@@ -1,7 +1,8 @@
 """Decision records: a bounded in-memory ring plus the JetStream stream ``EDGE_DECISIONS``.
 
 A record is ``{t, entity, agent, decision, reason, inputs, command?}`` (``t`` is wall-clock Unix
-seconds). It is published on ``edge.<device>.evt.<entity>.decision`` and kept in a ring so
+seconds; ``command`` is ``{entity, verb, subject, args, id, answer, rtt_ms?}`` where ``answer`` is
+the command's answer, or the caller's own ``{"ok": false, "reason": "timeout" | "unanswered"}``). It is published on ``edge.<device>.evt.<entity>.decision`` and kept in a ring so
 ``edge.<device>.api.agent.decisions`` can answer "why did the drone turn?" without touching disk.
 
 The stream is created idempotently with limits (messages, bytes, age; oldest evicted first). The

@@ -2,8 +2,10 @@
 
 It is a layer (``start(ctx)`` / ``stop()`` / ``status()``, section ``agents``). Per
 agent a supervisor task builds the agent from its factory, subscribes to its subjects, and loops:
-wait for input or the agent's interval, ``read_world``, ``decide`` (under a deadline), publish the
-commands, record the decisions. An exception (or a deadline overrun) in ``observe``, ``read_world``
+wait for input or the agent's interval, ``read_world``, ``decide`` (under a deadline), send the
+commands (each a request answered by the device's command router, waited for at most
+``command_timeout`` seconds), record the decisions with each command's answer (or why there was
+none). An exception (or a deadline overrun) in ``observe``, ``read_world``
 or ``decide`` is a fault: counted, logged, published on ``edge.<d>.evt.<entity>.agent_fault`` and
 shown in ``edge status``; the agent is then rebuilt after an exponential backoff while the other
 agents keep running.
@@ -39,6 +41,7 @@ from edge.backoff import Backoff
 from edge.errors import EdgeError
 from edge.layer import DeviceContext
 from edge.errors import LifecycleError
+from edge.nats.commands import CommandClient, CommandError
 from edge.world.store import World
 
 log = logging.getLogger("edge.agents")
@@ -49,6 +52,7 @@ DEFAULT_BACKOFF_INITIAL_S = 0.5  # first restart delay after a fault
 DEFAULT_BACKOFF_MAX_S = 30.0  # longest restart delay
 STABLE_AFTER_S = 30.0  # an agent running this long without a fault resets its backoff
 DEFAULT_DECIDE_DEADLINE_S = 1.0  # a decide() running longer is a fault
+DEFAULT_COMMAND_TIMEOUT_S = 1.0  # a decision's command waits this long for its answer
 MAX_QUERY_LIMIT = 1000
 STOP_TIMEOUT_S = 2.0  # stop() waits this long for an agent task to end
 READY_TIMEOUT_S = 5.0  # start() waits this long for each agent to subscribe
@@ -208,9 +212,18 @@ class AgentRunner:
                 target = d.command.entity or agent.entity
                 subject = subjects.command(self.host.device, target, d.command.verb)
                 args = dict(d.command.args)
-                await self.host.nc.publish(subject, json.dumps(args, separators=(",", ":")).encode())
+                entry: dict[str, Any] = {"entity": target, "verb": d.command.verb, "subject": subject, "args": args}
+                try:
+                    res = await self.host.commands.send(target, d.command.verb, args,
+                                                        timeout=self.host.command_timeout, caller=self.name)
+                except CommandError as err:  # no answer in time (the command may still run), or none at all
+                    entry["id"] = err.id
+                    entry["answer"] = err.to_answer()
+                    log.debug("agent %s: %s", self.name, err.message)
+                else:
+                    entry.update(id=res.id, answer=res.answer, rtt_ms=res.rtt_ms)
                 self.commands += 1
-                record["command"] = {"entity": target, "verb": d.command.verb, "subject": subject, "args": args}
+                record["command"] = entry
             self.decisions += 1
             self.last_decision = record
             await self.host.decisions.record(record)
@@ -255,6 +268,7 @@ class AgentHost:
         backoff_initial: float = DEFAULT_BACKOFF_INITIAL_S,
         backoff_max: float = DEFAULT_BACKOFF_MAX_S,
         decide_deadline: float = DEFAULT_DECIDE_DEADLINE_S,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT_S,
         wasm_agents: Callable[[], list[str]] | None = None,
     ) -> None:
         self.wasm_agents = wasm_agents
@@ -263,6 +277,8 @@ class AgentHost:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.decide_deadline = decide_deadline
+        self.command_timeout = command_timeout
+        self._commands: CommandClient | None = None
         self.runners: dict[str, AgentRunner] = {}
         self._ctx: DeviceContext | None = None
         self._service: Service | None = None
@@ -289,6 +305,12 @@ class AgentHost:
         return self.ctx.nc
 
     @property
+    def commands(self) -> CommandClient:
+        if self._commands is None:
+            raise LifecycleError("the agent host is not started; call start(ctx) first")
+        return self._commands
+
+    @property
     def decisions(self) -> DecisionLog:
         if self._decisions is None:
             raise LifecycleError("the agent host is not started; call start(ctx) first")
@@ -298,6 +320,7 @@ class AgentHost:
 
     async def start(self, ctx: DeviceContext) -> None:
         self._ctx = ctx
+        self._commands = CommandClient(ctx.nc, ctx.device)
         if self._decisions is None:
             self._decisions = DecisionLog(ctx.device)
         await self._decisions.start(ctx.nc, ctx.events)

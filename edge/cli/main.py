@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p = csub.add_parser("contracts", help="host ABI contract versions this runtime supports")
 
+    cmd = sub.add_parser("cmd", help="send a command to an entity and print its answer")
+    _common(cmd)
+    cmd.add_argument("entity")
+    cmd.add_argument("verb")
+    cmd.add_argument("args", nargs="?", default="{}", help="the command's arguments as a JSON object")
+    cmd.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    cmd.add_argument("--id", help="command id (a retry with the same id is not run twice)")
+    cmd.add_argument("--caller", default="cli", help="who sends it (the Edge-Caller header)")
+
     from edge.cli import extra
 
     extra.register(sub)
@@ -154,9 +163,34 @@ async def dispatch(args: argparse.Namespace) -> int:
             await _call(args, "component", "unload", {"name": args.name})
             print(f"unloaded {args.name}")
         return 0
+    if cmd == "cmd":
+        return await send_command(args)
     from edge.cli import extra
 
     return await extra.dispatch(args)
+
+
+async def send_command(args: argparse.Namespace) -> int:
+    """``edge cmd <entity> <verb> [json]``: a command request; prints the answer, exit 1 if refused."""
+    from edge.cli.client import DeviceClient, locate
+    from edge.nats.commands import CommandClient
+
+    try:
+        body = json.loads(args.args)
+    except ValueError as err:
+        raise EdgeError(f"the command's arguments are not JSON: {err}") from None
+    if not isinstance(body, dict):
+        raise EdgeError("the command's arguments must be a JSON object, e.g. '{\"alt\": 5}'")
+    device, url = locate(args)
+    async with DeviceClient(url, device) as client:
+        assert client.nc is not None and client.device is not None
+        res = await CommandClient(client.nc, client.device).send(
+            args.entity, args.verb, body, timeout=args.timeout, caller=args.caller, command_id=args.id)
+    _print(res.answer)
+    if not res.ok:
+        print(f"edge: {res.answer.get('error', 'the command was refused')} ({res.reason})", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,24 +10,23 @@ fleet has none, so this extra stands in for it on entities of the world (by defa
   at ``rtl_speed`` m/s, horizontal only.
 
 A command takes the entity off its demo patrol (the ``patrol`` component is removed), as a pilot
-taking over would. Every command is acknowledged on ``edge.<d>.ack.<entity>.<verb>`` with
-``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+taking over would. The actuator registers with the device's command router for any entity
+(``"*"``) of its verbs, so an entity with its own driver for a verb (the demo's ``drone-0`` and its
+flight controller's ``rtl``) is served by that driver. Every command is answered (and recorded on
+``edge.<d>.ack.<entity>.<verb>``) with ``{"ok": true, "id": ..., "velocity": ...}`` or
+``{"ok": false, "id": ..., "error": "...", "reason": "failed"}``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-
-from edge.nats import subjects
 from edge.errors import EdgeError
 from edge.layer import DeviceContext
+from edge.nats.commands import CommandRequest
 from edge.world.store import World
 
 log = logging.getLogger("edge.demo.actuator")
@@ -55,43 +54,33 @@ class SimActuator:
         self.refused = 0
         self.last_error: str | None = None
         self._ctx: DeviceContext | None = None
-        self._subs: list[Subscription] = []
+        self._unregister: list[Callable[[], None]] = []
 
     async def start(self, ctx: DeviceContext) -> None:
         self._ctx = ctx
         for verb in VERBS:
-            subject = subjects.command(ctx.device, "*", verb)
-            self._subs.append(await ctx.nc.subscribe(subject, cb=self._on_cmd))
+            self._unregister.append(ctx.commands.register("*", verb, self._on_cmd, owner="the demo actuator"))
 
     async def stop(self) -> None:
-        subs, self._subs = self._subs, []
-        for sub in subs:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # noqa: BLE001  connection already closed
-                pass
+        regs, self._unregister = self._unregister, []
+        for unregister in regs:
+            unregister()
 
     def status(self) -> dict[str, Any]:
         return {"applied": self.applied, "refused": self.refused, "last_error": self.last_error}
 
-    async def _on_cmd(self, msg: Msg) -> None:
+    async def _on_cmd(self, cmd: CommandRequest) -> dict[str, Any]:
         rt = self._ctx
         if rt is None:
-            return
-        parts = msg.subject.split(".")
-        entity, verb = parts[3], parts[4]
+            raise CommandRefused("the demo actuator is not started")
         try:
-            args = json.loads(msg.data) if msg.data.strip() else {}
-            if not isinstance(args, Mapping):
-                raise CommandRefused("command arguments must be a JSON object")
-            result = self.apply(rt.world, entity, verb, args)
-            ack: dict[str, Any] = {"ok": True, **result}
-            self.applied += 1
+            result = self.apply(rt.world, cmd.entity, cmd.verb, cmd.args)
         except (EdgeError, ValueError) as err:
             self.refused += 1
             self.last_error = str(err)
-            ack = {"ok": False, "error": str(err)}
-        rt.events.emit(subjects.ack(rt.device, entity, verb), json.dumps(ack).encode())
+            raise
+        self.applied += 1
+        return result
 
     def apply(self, world: World, entity: str, verb: str, args: Mapping[str, Any]) -> dict[str, Any]:
         """Apply one command to ``world``; returns the ack fields."""

@@ -3,8 +3,9 @@
 Key components
 - :func:`build_drivers`: drivers from the config's ``[[drivers]]`` entries (lazily importing only
   the kinds used, so a device without a flight controller never imports pymavlink).
-- :class:`HardwareLayer`: starts, supervises and stops the drivers; exposes camera frame slots to
-  the composition root (which hands them to inference and the tools service).
+- :class:`HardwareLayer`: starts, supervises and stops the drivers; registers each driver's verbs
+  with the device's command router (answered with the driver's state while it is down);
+  exposes camera frame slots to the composition root (which hands them to inference and tools).
 """
 
 from __future__ import annotations
@@ -41,14 +42,18 @@ class HardwareLayer:
         self.context: RuntimeDriverContext | None = None
 
     async def start(self, ctx: DeviceContext) -> None:
-        self.context = RuntimeDriverContext(ctx.device, ctx.world, ctx.nc, ctx.events)
+        self.context = RuntimeDriverContext(ctx.device, ctx.world, ctx.nc, ctx.events, ctx.commands)
         self.supervisor = DriverSupervisor(self.context, self.drivers)
+        for driver in self.drivers:  # every verb answered from now on: by the driver or with its state
+            self.context.own(driver, self.supervisor.status_of)
         await self.supervisor.start()
         log.info("%d drivers started", len(self.drivers))
 
     async def stop(self) -> None:
         if self.supervisor is not None:
             await self.supervisor.stop()
+        if self.context is not None:
+            self.context.disown_all()
 
     def status(self) -> list[dict[str, Any]]:
         if self.supervisor is None:

@@ -14,6 +14,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from edge.layer import DeviceContext
+from edge.nats.commands import CommandRouter
 from edge.world.store import World
 
 DEVICE = "dev1"
@@ -36,10 +37,14 @@ class CoreEvents:
         await self.nc.publish(subject, data)
 
 
-def device_context(device: str, world: World, nc: Client, tmp: Path | None = None) -> DeviceContext:
-    """A device context over a test server's connection (what a layer gets from the runtime)."""
+async def device_context(device: str, world: World, nc: Client, tmp: Path | None = None) -> DeviceContext:
+    """A device context over a test server's connection (what a layer gets from the runtime),
+    with a started command router (stopped with the connection)."""
+    events = CoreEvents(nc)
+    router = CommandRouter(nc, device, events)
+    await router.start()
     return DeviceContext(device=device, nc=nc, js=nc.jetstream(), world=world,
-                         data_dir=tmp or Path("/nonexistent"), events=CoreEvents(nc))
+                         data_dir=tmp or Path("/nonexistent"), events=events, commands=router)
 
 
 class Collector:

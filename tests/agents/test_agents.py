@@ -20,6 +20,7 @@ from edge.agents.follow import FollowAgent, FollowParams
 from edge.wasm.layer import LoadedComponent, SandboxLayer, SandboxSettings
 from edge.agents.host import AgentHost
 from edge.errors import ConfigError
+from edge.nats.commands import CommandRequest
 from edge.world.store import World
 
 pytestmark = pytest.mark.timeout(30)
@@ -40,7 +41,7 @@ async def host_factory(nc: Client, world: World) -> AsyncIterator[Any]:
 
     async def make(*specs: AgentSpec, **kw: Any) -> AgentHost:
         host = AgentHost(list(specs), **kw)
-        await host.start(device_context(DEVICE, world, nc))
+        await host.start(await device_context(DEVICE, world, nc))
         hosts.append(host)
         return host
 
@@ -77,6 +78,37 @@ async def test_follow_steers_toward_target(nc: Client, host_factory: Any, collec
     assert rec["decision"] == "follow" and rec["agent"] == "follow-drone-1"
     assert rec["inputs"]["target"]["box"] == list(RIGHT_UP)
     assert rec["command"]["subject"] == CMD_VEL
+    # nothing serves velocity in this test: the record says so (answered at once, not dropped)
+    assert rec["command"]["answer"]["reason"] == "no-handler" and rec["command"]["id"]
+
+
+async def test_decision_records_carry_each_command_answer(nc: Client, host_factory: Any) -> None:
+    host = await host_factory(follow(), command_timeout=0.5)
+    slow = asyncio.Event()
+
+    async def actuator(cmd: CommandRequest) -> dict[str, Any]:
+        if slow.is_set():
+            await asyncio.sleep(2)
+        return {"velocity": cmd.args}
+
+    host.ctx.commands.register("drone-1", "velocity", actuator, owner="a test actuator")
+    for _ in range(2):
+        await detections(nc, RIGHT_UP)
+
+    def commanded() -> list[dict[str, Any]]:
+        return [r["command"] for r in host.decisions.query(entity="drone-1") if "command" in r]
+
+    await wait_until(lambda: len(commanded()) == 1)
+    entry = commanded()[0]
+    assert entry["answer"] == {"ok": True, "id": entry["id"], "velocity": entry["args"]}
+    assert entry["rtt_ms"] > 0
+    slow.set()
+    for _ in range(2):  # the target moves: a new command, whose answer comes too late
+        await detections(nc, (0.0, 0.4, 0.2, 0.6))
+    await wait_until(lambda: len(commanded()) == 2)
+    late = commanded()[1]
+    assert late["answer"]["ok"] is False and late["answer"]["reason"] == "timeout"
+    assert late["answer"]["id"] == late["id"] and "within 0.5 s" in late["answer"]["error"]
 
 
 async def test_follow_ignores_low_scores_and_other_labels(nc: Client, host_factory: Any,

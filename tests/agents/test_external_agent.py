@@ -4,7 +4,6 @@ real nats-server with a World), and the SimActuator that acknowledges the demo's
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -17,6 +16,7 @@ from nats.aio.client import Client
 
 from edge.demo.actuator import SimActuator
 from edge.agents.tools.service import ToolsService, parse_tools_config
+from edge.nats.commands import CommandClient
 from edge.world.store import World
 
 pytestmark = pytest.mark.timeout(60)
@@ -29,7 +29,7 @@ async def device(nc: Client, world: World) -> AsyncIterator[Any]:
     parts: list[Any] = []
 
     async def start(tools_config: Any = None) -> None:
-        rt = device_context(DEVICE, world, nc)
+        rt = await device_context(DEVICE, world, nc)
         for part in (SimActuator(), ToolsService(parse_tools_config(tools_config))):
             await part.start(rt)
             parts.append(part)
@@ -93,14 +93,17 @@ async def test_sim_actuator_applies_and_acks(nc: Client, world: World, collector
     world.spawn("drone-3", "drone", components={"patrol": {"cx": 0, "cy": 0, "half": 5, "speed": 1, "leg": 0}})
     world.spawn("lamp", "light")
     act = SimActuator()
-    await act.start(device_context(DEVICE, world, nc))
+    await act.start(await device_context(DEVICE, world, nc))
     try:
+        client = CommandClient(nc, DEVICE)
+
         async def send(entity: str, verb: str, args: Any) -> Any:
-            await nc.publish(f"edge.{DEVICE}.cmd.{entity}.{verb}", json.dumps(args).encode())
             subject = f"edge.{DEVICE}.ack.{entity}.{verb}"
             n = len(collector.on(subject))
-            await collector.wait_for(lambda: len(collector.on(subject)) > n)
-            return collector.on(subject)[-1]
+            res = await client.send(entity, verb, args, timeout=2.0)
+            await collector.wait_for(lambda: len(collector.on(subject)) > n)  # recorded, once
+            assert collector.on(subject)[n:] == [res.answer]
+            return {k: v for k, v in res.answer.items() if k != "id"}
 
         ack = await send("drone-3", "velocity", {"x": 1.0, "y": -2.0})
         assert ack == {"ok": True, "velocity": {"x": 1.0, "y": -2.0, "z": 0.0}}

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from agent_support import DEVICE, device_context
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from drivers.camera.frames import Frame, LatestFrame
 from drivers.camera.pattern import face_image
 from edge.agents.jsonschema import SchemaViolation, validate
 from edge.errors import ConfigError
+from edge.nats.commands import CommandRequest
 from edge.inference.blazeface import FaceDetector, face_model_path
 from edge.inference.registry import ModelRegistry, ModelSpec
 from edge.inference.vision import DetectionPipeline
@@ -48,7 +48,7 @@ async def start_tools(nc: Client, world: World) -> AsyncIterator[Any]:
 
     async def start(config: ToolsConfig | None = None, **kw: Any) -> ToolsService:
         svc = ToolsService(config or ToolsConfig(), **kw)
-        await svc.start(device_context(DEVICE, world, nc))
+        await svc.start(await device_context(DEVICE, world, nc))
         services.append(svc)
         return svc
 
@@ -157,7 +157,7 @@ async def test_camera_and_models_found_on_the_runtime(nc: Client, world: World, 
         return (pipelines[0].source, pipelines[0].detector) if pipelines else (None, None)
 
     svc = ToolsService(models=registry, camera=camera)  # given explicitly, before anything starts
-    await svc.start(device_context(DEVICE, world, nc))
+    await svc.start(await device_context(DEVICE, world, nc))
     try:
         _, code = await call(nc, "capture_frame", {})
         assert code == "503"
@@ -237,24 +237,40 @@ async def test_send_command_waits_for_ack(nc: Client, start_tools: Any) -> None:
     svc = await start_tools()
     seen: list[tuple[dict[str, Any], str | None]] = []
 
-    async def actuator(msg: Msg) -> None:
-        args = json.loads(msg.data)
-        seen.append((args, msg.headers.get("Edge-Caller") if msg.headers else None))
-        await nc.publish(f"edge.{DEVICE}.ack.drone-1.velocity", json.dumps({"ok": True, "applied": args}).encode())
+    async def actuator(cmd: CommandRequest) -> dict[str, Any]:
+        seen.append((cmd.args, cmd.caller))
+        if not isinstance(cmd.args.get("x", 0), (int, float)):
+            raise ValueError("velocity.x must be a number (m/s)")
+        return {"applied": cmd.args}
 
-    await nc.subscribe(f"edge.{DEVICE}.cmd.drone-1.velocity", cb=actuator)
+    svc.ctx.commands.register("drone-1", "velocity", actuator, owner="a test actuator")
     res = await ok(nc, svc, "send_command", {"entity": "drone-1", "verb": "velocity",
                                              "args": {"x": 1.5, "y": 0, "z": 0}})
-    assert res["ack"] == {"ok": True, "applied": {"x": 1.5, "y": 0, "z": 0}}
+    assert res["ack"] == {"ok": True, "id": res["ack"]["id"], "applied": {"x": 1.5, "y": 0, "z": 0}}
     assert res["subject"] == f"edge.{DEVICE}.cmd.drone-1.velocity" and res["rtt_ms"] > 0
     assert seen == [({"x": 1.5, "y": 0, "z": 0}, "anonymous")]
+    seen.clear()
+    # a refused command is a successful tool call whose ack says why; nothing serving it, too
+    res = await ok(nc, svc, "send_command", {"entity": "drone-1", "verb": "velocity", "args": {"x": "fast"}})
+    assert res["ack"] == {"ok": False, "id": res["ack"]["id"], "error": "velocity.x must be a number (m/s)",
+                          "reason": "failed", "owner": "a test actuator"}
+    res = await ok(nc, svc, "send_command", {"entity": "drone-9", "verb": "rtl"})
+    assert res["ack"]["ok"] is False and res["ack"]["reason"] == "no-handler"
+    assert "serves 'rtl' for 'drone-9'" in res["ack"]["error"]
 
 
 async def test_send_command_timeout_and_bad_verb(nc: Client, start_tools: Any) -> None:
     svc = await start_tools()
+
+    async def stuck(cmd: CommandRequest) -> dict[str, Any]:
+        await asyncio.sleep(5)
+        return {}
+
+    svc.ctx.commands.register("drone-1", "rtl", stuck, owner="a stuck actuator")
     t0 = time.monotonic()
     reply, code = await call(nc, "send_command", {"entity": "drone-1", "verb": "rtl", "timeout_s": 0.2})
-    assert code == "504" and "no acknowledgement on edge.dev1.ack.drone-1.rtl within 0.2 s" in reply["error"]["message"]
+    assert code == "504" and "no answer to edge.dev1.cmd.drone-1.rtl within 0.2 s" in reply["error"]["message"]
+    assert reply["error"]["id"]  # the command id, to find its answer on the ack subject later
     assert time.monotonic() - t0 < 2
     reply, code = await call(nc, "send_command", {"entity": "drone-1", "verb": "fly.away"})
     assert code == "400" and reply["error"]["path"] == "$.verb"

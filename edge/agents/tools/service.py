@@ -8,7 +8,10 @@ caller may use in the form LLM tool-calling APIs take (``name``, ``description``
 Requests are JSON objects checked against the tool's input schema (:mod:`edge.agents.jsonschema`);
 replies are ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {"error", "message", ...}}``
 with the ``Nats-Service-Error``/``-Code`` headers: 400 invalid request, 403 denied, 404 unknown
-entity/sensor, 503 capability missing on this device (no camera, no models), 504 no ack in time.
+entity/sensor, 503 capability missing on this device (no camera, no models, nothing serving
+commands), 504 no answer to a command in time. ``send_command`` is a command request
+(:class:`~edge.nats.commands.CommandClient`): its ``ack`` is the command's own answer, so a
+refused command is a successful tool call whose ``ack`` says ``"ok": false`` and why.
 
 Permissions: the caller names itself in the ``Edge-Caller`` request header. :class:`ToolPermissions`
 maps callers to the tools they may call; a denied call is counted and refused with 403. The header
@@ -66,6 +69,7 @@ from edge.inference.vision import Detector, resize
 from edge.layer import DeviceContext
 from edge.errors import LifecycleError
 from edge.nats import subjects
+from edge.nats.commands import CommandClient, CommandTimeout, CommandUnanswered
 from edge.nats.service import code_of, respond_error, respond_ok
 from edge.world.store import World
 
@@ -119,7 +123,7 @@ class ToolsService:
         self._tele_sub: Subscription | None = None
         self._sensors: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
         self.tools = self._tools()
-        self._cmd_locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._commands: CommandClient | None = None
 
     @property
     def ctx(self) -> DeviceContext:
@@ -153,6 +157,7 @@ class ToolsService:
 
     async def start(self, ctx: DeviceContext) -> None:
         self._ctx = ctx
+        self._commands = CommandClient(ctx.nc, ctx.device)
         if not self.config.enabled:
             log.info("tools service disabled by config")
             return
@@ -296,7 +301,8 @@ class ToolsService:
                       ["model", "outputs"]),
                  self.run_model),
             Tool("send_command", "Send a command to an entity (e.g. verb 'velocity' with args {x, y, z} in "
-                 "m/s, 'rtl', 'hold') and wait for its acknowledgement.",
+                 "m/s, 'rtl', 'hold') and wait for its answer. ack.ok is false (with ack.error and ack.reason) "
+                 "when the command was refused, e.g. its driver is down or in backoff.",
                  _obj({"entity": ENTITY, "verb": {"type": "string", "minLength": 1, "maxLength": 64},
                        "args": ANY_OBJ,
                        "timeout_s": {"type": "number", "minimum": 0.01, "maximum": MAX_ACK_TIMEOUT_S}},
@@ -385,28 +391,13 @@ class ToolsService:
                 raise ToolError(f"$.{key}: use {subjects.ID_RULE}", path=f"$.{key}")
         timeout = float(body.get("timeout_s", self.config.ack_timeout))
         cmd = subjects.command(self.device, entity, verb)
-        ack_subject = subjects.ack(self.device, entity, verb)
-        payload = json.dumps(body.get("args", {}), separators=(",", ":")).encode()
-        async with self._cmd_locks[(entity, verb)]:  # acks carry no id: one command in flight per verb
-            sub = await self.ctx.nc.subscribe(ack_subject, max_msgs=1)
-            try:
-                t0 = time.perf_counter()
-                await self.ctx.nc.publish(cmd, payload, headers={CALLER_HEADER: caller})
-                try:
-                    msg = await sub.next_msg(timeout=timeout)
-                except TimeoutError as err:
-                    raise ToolTimeout(f"no acknowledgement on {ack_subject} within {timeout} s",
-                                      subject=cmd, entity=entity, verb=verb) from err
-                rtt = (time.perf_counter() - t0) * 1e3
-            finally:
-                try:
-                    await sub.unsubscribe()
-                except Exception:  # noqa: BLE001  already removed after max_msgs
-                    pass
-        try:
-            ack = json.loads(msg.data) if msg.data else {}
-        except ValueError:
-            ack = {"raw": msg.data.decode(errors="replace")}
-        if not isinstance(ack, dict):
-            ack = {"value": ack}
-        return {"entity": entity, "verb": verb, "subject": cmd, "ack": ack, "rtt_ms": round(rtt, 3)}
+        client = self._commands or CommandClient(self.ctx.nc, self.device)
+        try:  # a request: the answer is correlated by its command id, so callers never share acks
+            res = await client.send(entity, verb, body.get("args", {}), timeout=timeout, caller=caller)
+        except CommandTimeout as err:
+            raise ToolTimeout(f"no answer to {cmd} within {timeout} s", subject=cmd, entity=entity,
+                              verb=verb, id=err.id) from err
+        except CommandUnanswered as err:
+            raise ToolUnavailable(err.message, reason="unanswered", subject=cmd, entity=entity,
+                                  verb=verb) from err
+        return {"entity": entity, "verb": verb, "subject": cmd, "ack": res.answer, "rtt_ms": res.rtt_ms}

@@ -5,8 +5,10 @@
 * The device streams (telemetry, events, commands) are created at start, with the limits of
   ``[sync]``; they exist standalone too, so the device records offline and the hub catches up.
 * Commands the cloud queued for this device (the ``CMD`` stream, sourced from the hub) are played
-  onto the local command subjects, in order and once; the first acknowledgement a driver or agent
-  publishes on ``edge.<device>.ack.<entity>.<verb>`` becomes the command's result.
+  onto the local command subjects as requests (:class:`~edge.nats.commands.CommandClient`), in
+  order and once, with the cloud command's id as the command id (so a redelivered command is
+  answered from the router's memory instead of running twice); the answer (or the reason there
+  was none) becomes the command's result on ``edge.<device>.ack.<command id>``.
 
 Details and the picture: docs/sync.md.
 """
@@ -14,19 +16,19 @@ Details and the picture: docs/sync.md.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
 from edge.errors import EdgeError
 from edge.layer import DeviceContext
+from edge.nats.commands import CommandClient, CommandError, encode_answer
 from edge.sync.device.commands import Command, CommandReceiver
 from edge.sync.device.leaf import HubLink
 from edge.sync.device.streams import DeviceStreamConfig, DropMonitor, ensure_device_streams, stream_usage
 
 log = logging.getLogger("edge.sync.device")
 
-COMMAND_ACK_TIMEOUT = 10.0  # seconds a cloud command waits for the local acknowledgement
+COMMAND_ANSWER_TIMEOUT = 15.0  # seconds a cloud command waits for the local answer (> the router's 10 s handler bound)
 POLL_INTERVAL = 5.0  # seconds between stream-usage polls (drops are counted then)
 LINK_POLL_INTERVAL = 1.0  # seconds between checks of the leaf link
 RESYNC_AFTER = (0.0, 3.0, 10.0)  # seconds after a link-up at which the whole state is re-written
@@ -44,7 +46,7 @@ class UplinkLayer:
         self._receiver: CommandReceiver | None = None
         self._usage: dict[str, dict[str, Any]] = {}
         self.dropped: dict[str, int] = {}
-        self.commands = {"played": 0, "acked": 0, "unanswered": 0, "errors": 0}
+        self.commands = {"played": 0, "answered": 0, "refused": 0, "unanswered": 0, "errors": 0}
         self.link_up = False
         self.link_ups = 0
 
@@ -137,26 +139,23 @@ class UplinkLayer:
                 await asyncio.sleep(1.0)
 
     async def _play(self, ctx: DeviceContext, cmd: Command) -> None:
-        """Publish the command locally and wait for the first ack on its ack subject."""
+        """Send the command locally as a request; its answer is the command's result."""
         if self._receiver is None:
             return
-        ack_subject = cmd.subject.replace(".cmd.", ".ack.", 1)
-        sub = await ctx.nc.subscribe(ack_subject, max_msgs=1)
-        await ctx.nc.publish(cmd.subject, cmd.payload)
+        client = CommandClient(ctx.nc, ctx.device)
         self.commands["played"] += 1
         try:
-            msg = await sub.next_msg(timeout=COMMAND_ACK_TIMEOUT)
-            result = msg.data
-            self.commands["acked"] += 1
-        except Exception:
+            res = await client.request(cmd.subject, cmd.payload, timeout=COMMAND_ANSWER_TIMEOUT,
+                                       caller="cloud", command_id=cmd.command_id)
+        except CommandError as err:
             self.commands["unanswered"] += 1
-            result = json.dumps({"ok": False, "error": f"no acknowledgement on {ack_subject}"}).encode()
-        finally:
-            try:
-                await sub.unsubscribe()
-            except Exception:
-                pass
-        await self._receiver.reply(cmd, result)
+            answer = err.to_answer()
+        else:
+            self.commands["answered"] += 1
+            if not res.ok:
+                self.commands["refused"] += 1
+            answer = res.answer
+        await self._receiver.reply(cmd, encode_answer(answer))
 
     def status(self) -> dict[str, Any]:
         return {
