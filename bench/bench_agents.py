@@ -30,6 +30,7 @@ from edge.agents.host import AgentHost  # noqa: E402
 from rigs.nats import running_server  # noqa: E402
 from edge.agents.tools.service import ToolsService  # noqa: E402
 from edge.layer import DeviceContext  # noqa: E402
+from edge.nats.commands import CommandRouter  # noqa: E402
 from edge.nats.events import DeviceEvents  # noqa: E402
 from edge.world.store import World  # noqa: E402
 from harness import Comparison, Row, ainterleave, pct, report  # noqa: E402
@@ -39,8 +40,10 @@ DEVICE = "bench"
 
 def device_context(nc: Client, world: World, data_dir: Path) -> DeviceContext:
     """What the runtime hands its layers: here over a bench server, events through the real publisher."""
+    events = DeviceEvents(nc, DEVICE)
+    # the router is not started: the bench's own subscriber answers the agent's commands (below)
     return DeviceContext(device=DEVICE, nc=nc, js=nc.jetstream(), world=world, data_dir=data_dir,
-                         events=DeviceEvents(nc, DEVICE))
+                         events=events, commands=CommandRouter(nc, DEVICE, events))
 
 
 async def follow_round(nc: Client, k: int) -> Any:
@@ -49,6 +52,8 @@ async def follow_round(nc: Client, k: int) -> Any:
 
     async def on_cmd(msg: Msg) -> None:
         got.put_nowait(time.perf_counter())
+        if msg.reply:  # stand in for the actuator: the agent's command is a request
+            await msg.respond(b'{"ok":true}')
 
     await nc.subscribe(f"edge.{DEVICE}.cmd.drone-1.velocity", cb=on_cmd)
     await nc.flush()
