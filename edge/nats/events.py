@@ -16,7 +16,8 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from edge.nats.publisher import DEFAULT_MAX_PENDING, DEFAULT_STOP_TIMEOUT_S, EventPublisher, TelemetryPublisher
+from edge.nats.outbox import EventPublisher, TelemetryPublisher
+from edge.nats.publisher import DEFAULT_MAX_PENDING, DEFAULT_STOP_TIMEOUT_S
 
 
 class DeviceEvents:

@@ -18,7 +18,8 @@ from nats.js.api import DiscardPolicy, StreamConfig
 
 from edge.nats.server import NatsServer
 from rigs.nats import ServerFactory
-from edge.nats.publisher import NO_STREAM_REASON, EventPublisher, TelemetryPublisher
+from edge.nats.outbox import EventPublisher, TelemetryPublisher
+from edge.nats.publisher import NO_STREAM_REASON
 
 pytestmark = pytest.mark.timeout(90)
 
