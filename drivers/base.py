@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from edge.errors import DriverError
+from edge.nats import subjects
 
 if TYPE_CHECKING:
     from drivers.camera.frames import LatestFrame
@@ -77,26 +78,6 @@ class DriverContext(Protocol):
     async def subscribe(self, subject: str, handler: Handler) -> Unsubscribe: ...
 
     async def serve(self, entity: str, verb: str, handler: CommandHandler) -> Unsubscribe: ...
-
-
-def tele_subject(device: str, entity: str, component: str) -> str:
-    """Telemetry (JSON component values)."""
-    return f"edge.{device}.tele.{entity}.{component}"
-
-
-def evt_subject(device: str, entity: str, kind: str) -> str:
-    """Events (JSON) such as a button press."""
-    return f"edge.{device}.evt.{entity}.{kind}"
-
-
-def cmd_subject(device: str, entity: str, verb: str) -> str:
-    """Commands to a driver (a JSON object; a request answered once, see DriverContext.serve)."""
-    return f"edge.{device}.cmd.{entity}.{verb}"
-
-
-def ack_subject(device: str, entity: str, verb: str) -> str:
-    """The record of each command's answer (JSON ``{"ok": bool, ...}``)."""
-    return f"edge.{device}.ack.{entity}.{verb}"
 
 
 def encode_json(values: Mapping[str, Any]) -> bytes:
@@ -348,11 +329,11 @@ class Driver(ABC):
         ctx = self.ctx
         ctx.update(self.entity, component, values)
         if publish and self.publish_telemetry:
-            await ctx.publish(tele_subject(ctx.device, self.entity, component), encode_json(values))
+            await ctx.publish(subjects.telemetry(ctx.device, self.entity, component), encode_json(values))
 
     async def _event(self, kind: str, payload: Mapping[str, Any]) -> None:
         ctx = self.ctx
-        await ctx.publish(evt_subject(ctx.device, self.entity, kind), encode_json(payload))
+        await ctx.publish(subjects.event(ctx.device, self.entity, kind), encode_json(payload))
 
     async def _serve_commands(self, handlers: Mapping[str, CommandHandler]) -> None:
         """Serve ``edge.<device>.cmd.<entity>.<verb>`` for each verb through the context.

@@ -23,7 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.base import CommandHandler, Handler, Unsubscribe, Value, ack_subject, cmd_subject, encode_json
+from drivers.base import CommandHandler, Handler, Unsubscribe, Value, encode_json
+from edge.nats import subjects
 from edge.nats.subjects import subject_matches
 
 DEFAULT_WAIT_S = 5.0  # seconds
@@ -132,14 +133,14 @@ class RecordingContext:
                 ack = {"ok": False, "error": f"the handler did not answer within {timeout:g} s" if late else str(exc)}
             except Exception as exc:  # noqa: BLE001 - a refusal is an answer
                 ack = {"ok": False, "error": str(exc)}
-        await self.publish(ack_subject(self.device, entity, verb), encode_json(ack))
+        await self.publish(subjects.ack(self.device, entity, verb), encode_json(ack))
         return ack
 
     # ----- test helpers ----------------------------------------------------------------------------
     @property
     def subscriptions(self) -> list[str]:
         """Subscribed patterns and served command subjects."""
-        return [p for p, _ in self._subs.values()] + [cmd_subject(self.device, e, v) for e, v in self._served]
+        return [p for p, _ in self._subs.values()] + [subjects.command(self.device, e, v) for e, v in self._served]
 
     async def inject(self, subject: str, payload: bytes) -> int:
         """Deliver a message to matching subscribers and to the served command of ``subject`` (as

