@@ -52,12 +52,12 @@ class UplinkLayer:
 
     async def start(self, ctx: DeviceContext) -> None:
         await ensure_device_streams(ctx.js, self.streams)
-        self._tasks.append(asyncio.create_task(self._poll(ctx), name="edge.uplink.poll"))
+        self._tasks.append(asyncio.create_task(self._poll(ctx), name="edge.sync.device.poll"))
         if self.hub is not None:
             self._receiver = CommandReceiver(ctx.js, ctx.device)
-            self._tasks.append(asyncio.create_task(self._commands(ctx), name="edge.uplink.commands"))
+            self._tasks.append(asyncio.create_task(self._commands(ctx), name="edge.sync.device.commands"))
             if ctx.server is not None:
-                self._tasks.append(asyncio.create_task(self._watch_link(ctx), name="edge.uplink.link"))
+                self._tasks.append(asyncio.create_task(self._watch_link(ctx), name="edge.sync.device.link"))
         log.info("device streams ready%s", f", leaf of {self.hub.url}" if self.hub else " (standalone)")
 
     async def stop(self) -> None:

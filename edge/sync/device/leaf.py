@@ -113,7 +113,7 @@ def device_server_options(
 
 def _device_remote(device: str, hub: HubLink) -> LeafRemote:
     """The leaf remote of a device. Commands are played onto the device's local command subjects
-    (edge.uplink); they must never travel back up the link, where the hub's command stream would
+    (the uplink layer, edge.sync.device.layer); they must never travel back up the link, where the hub's command stream would
     store them again, so the device does not export them."""
     remote = hub.remote()
     remote.deny_exports = [*(remote.deny_exports or []), naming.command(device)]

@@ -7,7 +7,7 @@ its own domain (for the hub's sourcing consumers), and the hub API calls needed 
 command stream. Device A therefore cannot publish ``edge.B.*``, receive B's commands, or read B's
 streams on the hub.
 
-:class:`HubServer` is a :class:`~edge.natsd.NatsServer` configured as a hub: JetStream domain
+:class:`HubServer` is a :class:`~edge.nats.server.NatsServer` configured as a hub: JetStream domain
 ``hub``, a leaf-node listener, client users (``cloud`` for back-end services and tools) and the
 per-device leaf users.
 
