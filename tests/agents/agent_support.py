@@ -6,11 +6,11 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
+from rigs.events import CoreEvents
 from nats.aio.msg import Msg
 
 from edge.layer import DeviceContext
@@ -18,23 +18,6 @@ from edge.nats.commands import CommandRouter
 from edge.world.store import World
 
 DEVICE = "dev1"
-
-
-class CoreEvents:
-    """A test event sink: core publishes, no JetStream needed."""
-
-    def __init__(self, nc: Client) -> None:
-        self.nc = nc
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def emit(self, subject: str, data: bytes, *, msg_id: str | None = None,
-             headers: Mapping[str, str] | None = None) -> None:
-        task = asyncio.get_running_loop().create_task(self.nc.publish(subject, data))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def telemetry(self, subject: str, data: bytes) -> None:
-        await self.nc.publish(subject, data)
 
 
 async def device_context(device: str, world: World, nc: Client, tmp: Path | None = None) -> DeviceContext:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 import nats
 import pytest
 from nats.aio.client import Client
+from rigs.events import CoreEvents
 from nats.aio.msg import Msg
 
 from drivers.base import CommandHandler, Handler, Unsubscribe, Value
@@ -18,23 +19,6 @@ from edge.nats.commands import CommandRequest, CommandRouter
 def drv_nats_url(nats_url: str) -> str:
     """A fresh nats-server with JetStream (the suite's one server fixture, tests/conftest.py)."""
     return nats_url
-
-
-class CoreEvents:
-    """Events as core publishes (no JetStream streams in these tests)."""
-
-    def __init__(self, nc: Client) -> None:
-        self.nc = nc
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def emit(self, subject: str, data: bytes, *, msg_id: str | None = None,
-             headers: Mapping[str, str] | None = None) -> None:
-        task = asyncio.get_running_loop().create_task(self.nc.publish(subject, data))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    def telemetry(self, subject: str, data: bytes) -> None:
-        self.emit(subject, data)
 
 
 class NatsContext:
