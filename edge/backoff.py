@@ -32,17 +32,22 @@ class Backoff:
         if not 0 < self.initial_s <= self.max_s:
             raise ValueError(f"backoff needs 0 < initial_s <= max_s, got {self.initial_s} and {self.max_s}")
 
+    def delay(self, failures: int) -> float:
+        """The delay after ``failures`` earlier failures (0 = the first): for supervisors that
+        count failures themselves (the sandbox counts those within a window)."""
+        return min(self.initial_s * FACTOR ** max(0, failures), self.max_s)
+
     def next(self, ran_s: float = 0.0) -> float:
         """The delay before the next restart, after a run of ``ran_s`` seconds that failed."""
         if ran_s >= self.stable_after_s:
             self.failures = 0
-        delay = min(self.initial_s * FACTOR ** self.failures, self.max_s)
+        delay = self.delay(self.failures)
         self.failures += 1
         return delay
 
     def peek(self) -> float:
         """The delay :meth:`next` would give now (without counting a failure)."""
-        return min(self.initial_s * FACTOR ** self.failures, self.max_s)
+        return self.delay(self.failures)
 
     def reset(self) -> None:
         self.failures = 0

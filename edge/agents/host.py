@@ -42,6 +42,7 @@ from edge.errors import EdgeError
 from edge.layer import DeviceContext
 from edge.errors import LifecycleError
 from edge.nats.commands import CommandClient, CommandError
+from edge.nats.service import RequestError, endpoint
 from edge.world.store import World
 
 log = logging.getLogger("edge.agents")
@@ -59,7 +60,7 @@ READY_TIMEOUT_S = 5.0  # start() waits this long for each agent to subscribe
 FAULT_KIND = "agent_fault"
 
 
-class AgentRequestError(EdgeError):
+class AgentRequestError(RequestError):
     """A request to the agents API is malformed."""
 
 
@@ -385,22 +386,7 @@ class AgentHost:
 
     @staticmethod
     def _wrap(handler: Handler) -> Callable[[Request], Awaitable[None]]:
-        async def handle(req: Request) -> None:
-            try:
-                body = json.loads(req.data) if req.data else {}
-                if not isinstance(body, dict):
-                    raise AgentRequestError("request body must be a JSON object")
-                result = await handler(body)
-            except ValueError as err:
-                bad = AgentRequestError(f"request body is not JSON: {err}")
-                await req.respond_error("400", bad.message, data=json.dumps({"ok": False, "error": bad.to_dict()}).encode())
-                return
-            except EdgeError as err:
-                await req.respond_error("400", err.message, data=json.dumps({"ok": False, "error": err.to_dict()}).encode())
-                return
-            await req.respond(json.dumps({"ok": True, "result": result}, default=str).encode())
-
-        return handle
+        return endpoint(handler, name="edge-agents")
 
     async def _api_decisions(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         entity, agent, limit = body.get("entity"), body.get("agent"), body.get("limit", DEFAULT_QUERY_LIMIT)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from edge.nats.subjects import subject_matches
 from edge.wasm.abi import KV_MAX_KEY, KV_MAX_VALUE, PUBLISH_MAX_BYTES, SUBJECT_MAX_BYTES
 
 #: Cached grant decisions per component.
@@ -17,20 +18,6 @@ GRANT_CACHE_MAX = 1024
 
 SUBJECT_RE = re.compile(r"^[^\s.*>]+(\.[^\s.*>]+)*$")
 KV_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS wildcard match: ``*`` matches one token, a final ``>`` matches one or more."""
-    p = pattern.split(".")
-    s = subject.split(".")
-    for i, tok in enumerate(p):
-        if tok == ">":
-            return len(s) > i
-        if i >= len(s):
-            return False
-        if tok != "*" and tok != s[i]:
-            return False
-    return len(p) == len(s)
 
 
 class PublishGrant:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from edge.backoff import Backoff
 from edge.errors import ComponentLoadError, SandboxError
 from edge.wasm.component import Component
 from edge.wasm.effects import Effects, check
@@ -188,8 +189,7 @@ class Supervisor:
                 log.error("%s; %d failures within %g s: component stays failed", msg,
                           len(comp.failures), FAIL_WINDOW_S)
             else:
-                delay = min(self.cfg.backoff_base_s * 2 ** (len(comp.failures) - 1),
-                            self.cfg.backoff_max_s)
+                delay = Backoff(self.cfg.backoff_base_s, self.cfg.backoff_max_s).delay(len(comp.failures) - 1)
                 comp.state = "backoff"
                 log.warning("%s; restarting in %.2f s", msg, delay)
                 self.schedule_restart(comp, delay)

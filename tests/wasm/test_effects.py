@@ -12,7 +12,8 @@ from sandbox_support import DEVICE, Recorder, demo, entry, manifest
 from edge.wasm.abi import KV_MAX_VALUE, PUBLISH_MAX_BYTES
 from edge.wasm.component import Component
 from edge.wasm.effects import check
-from edge.wasm.grants import PublishGrant, kv_put_allowed, subject_matches
+from edge.nats.subjects import subject_matches
+from edge.wasm.grants import PublishGrant, kv_put_allowed
 from edge.wasm.pool import SandboxPool
 from edge.wasm.protocol import CallResult
 

@@ -20,7 +20,7 @@ instance and reports; the runtime decides when to load it again. The runtime tru
 it writes (docs/sandbox.md, "Threat model").
 """
 
-from edge.wasm.grants import subject_matches
+from edge.nats.subjects import subject_matches
 from edge.wasm.worker.dispatch import Worker, serve
 from edge.wasm.worker.imports import GuestFault, HostOutOfGas
 from edge.wasm.worker.instance import Instance
