@@ -2,7 +2,7 @@
 
 Start: layers built from the (already validated) config -> data dir -> NATS (embedded server or
 external URL) -> the event publisher -> world restored from KV -> the command router (the one
-subscriber of ``edge.<d>.cmd.>``) -> the device context -> the layers in order::
+subscriber of ``edge.<d>.cmd.*.*``) -> the device context -> the layers in order::
 
     state (write-behind persister) -> sync (device streams, leaf link) -> api -> drivers
     -> inference -> tools -> agents -> [demo actuator] -> components (wasm) -> [extra layers]
@@ -115,7 +115,7 @@ class Runtime:
         for spec in cfg.entities:
             if spec.id not in self.world:
                 self.world.spawn(spec.id, spec.kind, spec.labels, spec.components)
-        # the one subscriber of edge.<d>.cmd.>: serving before any layer registers, stopped after them
+        # the one subscriber of edge.<d>.cmd.*.*: serving before any layer registers, stopped after them
         self.commands = CommandRouter(self.nc, self.device, self.events)
         await self.commands.start()
         self.context = DeviceContext(

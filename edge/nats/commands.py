@@ -1,7 +1,7 @@
 """Commands as requests: every command gets exactly one answer, correlated by a command id.
 
 Key components
-- :class:`CommandRouter`: the one subscriber of ``edge.<device>.cmd.>`` on a device. Owners (a
+- :class:`CommandRouter`: the one subscriber of ``edge.<device>.cmd.<entity>.<verb>`` (``cmd.*.*``; longer subjects are answered as not commands) on a device. Owners (a
   driver through the hardware layer, the demo actuator, ...) register a handler for
   ``(entity, verb)`` or ``("*", verb)``; the router decodes each command, finds its handler, runs
   it (commands to one entity+verb in arrival order, each under a timeout) and answers exactly
@@ -202,7 +202,7 @@ class _Pending:
 
 
 class CommandRouter:
-    """Serves ``edge.<device>.cmd.>``: one answer per command, recorded on the ack subject."""
+    """Serves ``edge.<device>.cmd.*.*``: one answer per command, recorded on the ack subject."""
 
     def __init__(
         self,
@@ -232,6 +232,7 @@ class CommandRouter:
         self._lanes: dict[tuple[str, str], collections.deque[_Pending]] = {}
         self._workers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._sub: Subscription | None = None
+        self._long: Subscription | None = None
         self._boot = secrets.token_hex(4)
         self._seq = 0
         self._prefix = subjects.command(self.device, "")  # "edge.<d>.cmd."
@@ -242,14 +243,20 @@ class CommandRouter:
         """Subscribe to the device's command subjects (before any layer registers)."""
         if self._sub is not None:
             return
-        self._sub = await self.nc.subscribe(subjects.command(self.device), cb=self._on_msg)
-        log.info("command router serving %s", subjects.command(self.device))
+        # cmd.<entity>.<verb>, and longer subjects (answered: not a command); a single token
+        # under cmd. is no command either and is left to whoever uses it for plain messages (the
+        # echo component's cmd.echo): a request on one gets NATS's own "no responders"
+        subject = subjects.command(self.device, "*", "*")
+        self._sub = await self.nc.subscribe(subject, cb=self._on_msg)
+        self._long = await self.nc.subscribe(subjects.command(self.device, "*", "*", ">"), cb=self._on_msg)
+        log.info("command router serving %s", subject)
 
     async def stop(self) -> None:
         """Unsubscribe, then cancel the queued and running commands (each is answered ``failed``
         with "the device is stopping")."""
-        sub, self._sub = self._sub, None
-        if sub is not None:
+        subs = [s for s in (self._sub, self._long) if s is not None]
+        self._sub = self._long = None
+        for sub in subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         workers = [*self._workers.values(), *self._waiting]

@@ -238,11 +238,10 @@ class SandboxLayer:
     # -- the pool's host callbacks ----------------------------------------------------------------
 
     async def publish(self, component: str, subject: str, data: bytes) -> None:
-        ctx = self.ctx
-        if subject.startswith(f"{subjects.PREFIX}.{ctx.device}.evt."):
-            ctx.events.emit(subject, data)  # events are acknowledged, like every other event
-        else:
-            await ctx.nc.publish(subject, data)
+        # A component's publish is a core NATS publish (docs/abi.md): its messages can be a
+        # high-rate stream, and the device streams capture those on evt/tele subjects. The
+        # runtime's own records about components (faults) go through the acknowledged publisher.
+        await self.ctx.nc.publish(subject, data)
 
     async def kv_put(self, component: str, key: str, value: bytes) -> None:
         kv = await self._bucket()
