@@ -51,7 +51,7 @@ DEFAULT_PERSIST_INTERVAL = 1.0  # seconds
 DEFAULT_BUCKET = "edge-state"
 DEFAULT_DEADLINE = 2.0  # seconds a wasm call may run before its worker is killed
 DEFAULT_RECYCLE_AFTER = 64  # component loads before a sandbox worker is replaced
-DEFAULT_WORKERS = 1  # sandbox worker processes (each ~30 MB RSS); components are spread over them
+DEFAULT_WORKERS = 1  # sandbox worker processes (each ~24 MB RSS); components are spread over them
 DEVICE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
