@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 from edge import logs
+from edge.cli import memory
 from edge.config import DeviceConfig, embedded_default, load_config
 from edge.runtime import Runtime, run_until_signal
 
@@ -27,6 +28,7 @@ def demo_runtime(cfg: DeviceConfig, *, view: bool) -> Runtime:
 
 
 async def run(args: argparse.Namespace) -> int:
+    memory.tune_allocator()  # before any thread starts: see edge/cli/memory.py
     data_dir = Path(args.data_dir) if args.data_dir else None
     if args.config:
         cfg = load_config(args.config, data_dir=data_dir)
@@ -38,5 +40,17 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await run_until_signal(runtime, stop)
+    trim = loop.create_task(_trim_when_settled(runtime), name="edge.cli.trim")
+    try:
+        await run_until_signal(runtime, stop)
+    finally:
+        trim.cancel()
     return 0
+
+
+async def _trim_when_settled(runtime: Runtime) -> None:
+    """Once the device is ready and its start-up garbage is freed, give the pages back."""
+    while runtime.started_at is None:
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(memory.TRIM_AFTER_S)
+    memory.trim()

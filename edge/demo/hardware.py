@@ -4,7 +4,7 @@ Key components
 - :func:`demo_hardware`: the drivers of a small quadcopter, all on emulated backends:
   ``emulators`` (runs the flight controller and GPS emulators), ``fc`` (MAVLink on a pty),
   ``gps`` (NMEA on a pty), ``imu`` (MPU-6050 on an emulated I2C bus), ``power`` (INA219) and
-  ``camera`` (synthetic 640x480). Start them with a :class:`~drivers.supervisor.DriverSupervisor`
+  ``camera`` (synthetic 320x240). Start them with a :class:`~drivers.supervisor.DriverSupervisor`
   (or one by one, ``emulators`` first); stop them in reverse order.
 - :class:`EmulatorsDriver`: a driver whose "hardware" is the emulators. Starting it creates the
   ptys behind stable symlinks (``<rundir>/fc``, ``<rundir>/gps``) and starts streaming; stopping
@@ -51,6 +51,8 @@ DEMO_GPS_RATE_HZ = 5.0
 DEMO_IMU_RATE_HZ = 50.0
 DEMO_POWER_RATE_HZ = 5.0
 DEMO_CAMERA_FPS = 15.0
+DEMO_CAMERA_WIDTH = 320  # pixels: the face model looks at 128x128; a VGA frame costs memory, not accuracy
+DEMO_CAMERA_HEIGHT = 240
 DEMO_SHUNT_OHMS = 0.01  # a 0.01 ohm shunt reads up to 32 A on the ±320 mV range
 DEMO_MAX_CURRENT_A = 30.0
 DEMO_CAPACITY_MAH = 5000.0
@@ -152,5 +154,5 @@ def demo_hardware(device: str, entity: str, *, rundir: str | None = None) -> lis
         INA219Driver("power", entity, bus=bus, address=0x40, rate_hz=DEMO_POWER_RATE_HZ,
                      shunt_ohms=DEMO_SHUNT_OHMS, max_current_a=DEMO_MAX_CURRENT_A,
                      capacity_mah=DEMO_CAPACITY_MAH),
-        CameraDriver("camera", entity, source=SyntheticSource(640, 480, DEMO_CAMERA_FPS, face=True)),
+        CameraDriver("camera", entity, source=SyntheticSource(DEMO_CAMERA_WIDTH, DEMO_CAMERA_HEIGHT, DEMO_CAMERA_FPS, face=True)),
     ]

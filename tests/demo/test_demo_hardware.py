@@ -7,7 +7,7 @@ import os
 import pytest
 
 from drivers.camera.driver import CameraDriver
-from edge.demo.hardware import EmulatorsDriver, demo_hardware
+from edge.demo.hardware import DEMO_CAMERA_HEIGHT, DEMO_CAMERA_WIDTH, EmulatorsDriver, demo_hardware
 from drivers.supervisor import DriverSupervisor
 from drivers.testing import RecordingContext
 
@@ -28,7 +28,7 @@ async def test_demo_hardware_runs_and_recovers(tmp_path: str) -> None:
         wanted = ("geo", "gps", "imu", "battery", "camera", "flight", "attitude")
         await ctx.wait_for(lambda: all(ctx.component("drone1", c) for c in wanted), timeout=10)
         frame = await cam.frames.get_newer(0)
-        assert frame.image.shape == (480, 640, 3)
+        assert frame.image.shape == (DEMO_CAMERA_HEIGHT, DEMO_CAMERA_WIDTH, 3)
         # GPS reports the emulated FC's position
         assert abs(float(ctx.component("drone1", "geo")["lat"]) - emu.fc.geo()[0]) < 1e-5
         # the emulators crash: the supervisor restarts them; the serial drivers lose their
