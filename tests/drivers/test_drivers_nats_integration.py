@@ -10,7 +10,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from edge.demo.hardware import EmulatorsDriver, demo_hardware
+from edge.demo.hardware import DEMO_CAMERA_WIDTH, EmulatorsDriver, demo_hardware
 from drivers.supervisor import DriverSupervisor
 
 pytestmark = pytest.mark.timeout(30)
@@ -35,7 +35,7 @@ async def test_demo_drone_over_nats(nats_ctx: Any, nats_client: Client) -> None:
         await asyncio.wait_for(got.wait(), 10)
         comps = {s.rsplit(".", 1)[1] for s in seen}
         assert {"geo", "velocity", "attitude", "battery", "flight", "imu", "gps", "camera"} <= comps
-        assert seen["edge.dev1.tele.drone1.camera"]["width"] == 640
+        assert seen["edge.dev1.tele.drone1.camera"]["width"] == DEMO_CAMERA_WIDTH
 
         async def command(verb: str, args: dict[str, object]) -> dict[str, object]:
             fut: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
