@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge.nats.subjects import STATE_BUCKET
 from edge.config.table import REQUIRED, Table
 from edge.errors import ConfigError
 if TYPE_CHECKING:  # the section modules import the reader (edge.config.table): imported when used
@@ -48,7 +49,7 @@ if TYPE_CHECKING:  # the section modules import the reader (edge.config.table): 
     from edge.world.schema import ComponentSchema
 
 DEFAULT_PERSIST_INTERVAL = 1.0  # seconds
-DEFAULT_BUCKET = "edge-state"
+DEFAULT_BUCKET = STATE_BUCKET
 DEFAULT_DEADLINE = 2.0  # seconds a wasm call may run before its worker is killed
 DEFAULT_RECYCLE_AFTER = 64  # component loads before a sandbox worker is replaced
 DEFAULT_WORKERS = 1  # sandbox worker processes (each ~24 MB RSS); components are spread over them

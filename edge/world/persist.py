@@ -28,13 +28,14 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
+from edge.nats.subjects import STATE_BUCKET
 from edge.tasks import cancel_and_wait
 from edge.errors import EdgeError, SchemaError
 from edge.world.store import World
 
 log = logging.getLogger("edge.world.persist")
 
-DEFAULT_BUCKET = "edge-state"
+DEFAULT_BUCKET = STATE_BUCKET
 DEFAULT_INTERVAL = 1.0  # seconds between flushes
 ACK_TIMEOUT = 5.0  # seconds to wait for the acknowledgements of one flush
 META = "_meta"

@@ -32,7 +32,7 @@ from edge.sync.device.streams import (
 )
 
 HUB_PATH_KEYS = ("credentials", "nkey_seed", "tls_ca", "tls_cert", "tls_key")  # relative to the file
-DEFAULT_STATE_BUCKET = "edge-state"  # the only bucket the sync layer mirrors
+DEFAULT_STATE_BUCKET = naming.STATE_BUCKET  # the only bucket the sync layer mirrors
 
 
 @dataclass(frozen=True)
