@@ -16,7 +16,7 @@ from edge.wasm.procs import WorkerProcess
 #: Counters of each component (see docs/sandbox.md, "Status").
 COUNTERS = ("ticks", "messages", "published", "denied", "dropped", "errors", "logs_dropped",
             "traps", "out_of_gas", "deadlines", "crashes", "infers", "infer_errors",
-            "denied_infer", "protocol_errors")
+            "denied_infer", "protocol_errors", "effects_dropped")
 
 
 @dataclass

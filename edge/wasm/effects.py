@@ -8,8 +8,9 @@ export call, counters consistent with what was sent, write bits inside the write
 worker never reports anything these rules refuse, so a refusal means the worker is compromised:
 none of the reply's effects run and the worker is killed (reason ``protocol``).
 
-Checked effects go to the :class:`~edge.wasm.host.HostCallbacks` from one background task, in
-order (:meth:`Effects.run`).
+Checked effects go to the :class:`~edge.wasm.host.HostCallbacks` fairly: one lane per component
+(publishes in order, KV puts coalesced per key, a byte bound), drained round robin, publishes
+and KV writes by separate tasks (:class:`Effects`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 
 from edge.wasm.component import Component
 from edge.wasm.grants import kv_put_allowed
@@ -26,6 +28,10 @@ from edge.wasm.protocol import CallResult
 log = logging.getLogger("edge.wasm.pool")
 component_log = logging.getLogger("edge.wasm.component")
 
+#: Bytes of effects one component may have waiting for the host; more are dropped and counted.
+DEFAULT_LANE_BYTES = 4 * 2**20
+#: Effects of one component handed to the host before the next component's turn.
+DEFAULT_BURST = 64
 #: Seconds between two "publish denied" warnings of one component.
 DENIED_LOG_INTERVAL_S = 5.0
 _LOG_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
@@ -57,12 +63,52 @@ def check(comp: Component, res: CallResult, *, calls: int, messages: int,
     return None
 
 
-class Effects:
-    """Accounts for replies and runs their effects through the host, in order."""
+class _Lane:
+    """One component's pending effects: publishes in order, KV puts coalesced per key."""
 
-    def __init__(self, host: HostCallbacks) -> None:
+    __slots__ = ("kv", "publishes", "queued_bytes")
+
+    def __init__(self) -> None:
+        self.publishes: deque[tuple[str, bytes]] = deque()
+        self.kv: dict[str, bytes] = {}  # the newest value of each key waiting to be written
+        self.queued_bytes = 0
+
+    def empty(self) -> bool:
+        return not self.publishes and not self.kv
+
+
+class Effects:
+    """Accounts for replies and hands their effects to the host, fairly between components.
+
+    Each component has its own lane: its publishes keep their order, its KV puts are coalesced
+    per key (the newest value wins, so 100,000 puts to one key are one write when the store is
+    slower than the component) and its queued bytes are bounded by ``lane_bytes``: what does
+    not fit is dropped and counted (``effects_dropped``), never another component's turn. Two
+    tasks drain the lanes round robin, at most ``burst`` items of one component per turn:
+    publishes (core NATS, fast) and KV writes (acknowledged, slower) apart, so a component's
+    KV flood never holds back anyone's publishes.
+    """
+
+    def __init__(self, host: HostCallbacks, *, lane_bytes: int = DEFAULT_LANE_BYTES,
+                 burst: int = DEFAULT_BURST) -> None:
         self._host = host
-        self._queue: asyncio.Queue[tuple[str, CallResult]] = asyncio.Queue()
+        self.lane_bytes = lane_bytes
+        self.burst = burst
+        self._lanes: dict[str, _Lane] = {}
+        self._pub_ready: deque[str] = deque()  # components with publishes waiting, in turn order
+        self._kv_ready: deque[str] = deque()
+        self._pub_wake = asyncio.Event()
+        self._kv_wake = asyncio.Event()
+        self._busy = 0  # items being handed to the host right now
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.dropped = 0
+
+    def _lane(self, name: str) -> _Lane:
+        lane = self._lanes.get(name)
+        if lane is None:
+            lane = self._lanes[name] = _Lane()
+        return lane
 
     def apply(self, comp: Component, res: CallResult) -> None:
         """Count a checked reply, log its lines and queue its publishes and KV puts."""
@@ -93,26 +139,105 @@ class Effects:
                             ", ".join(named), c["denied_infer"])
         for level, text in res.logs:
             component_log.log(_LOG_LEVELS.get(level, logging.INFO), "[%s] %s", comp.name, text)
-        if res.kv_puts:
-            for key, value in res.kv_puts:
-                comp.kv[key] = value
-        if res.publishes or res.kv_puts:
-            self._queue.put_nowait((comp.name, res))
+        if not res.publishes and not res.kv_puts:
+            return
+        lane = self._lane(comp.name)
+        had_pub, had_kv = bool(lane.publishes), bool(lane.kv)
+        dropped = 0
+        for key, value in res.kv_puts:
+            comp.kv[key] = value  # the component's view is current at once
+            old = lane.kv.get(key)
+            grow = len(value) - (len(old) if old is not None else -len(key))
+            if old is None and lane.queued_bytes + grow > self.lane_bytes:
+                dropped += 1
+                continue
+            lane.kv[key] = value
+            lane.queued_bytes += grow
+        for subject, data in res.publishes:
+            size = len(subject) + len(data)
+            if lane.queued_bytes + size > self.lane_bytes:
+                dropped += 1
+                continue
+            lane.publishes.append((subject, data))
+            lane.queued_bytes += size
+        if dropped:
+            c["effects_dropped"] += dropped
+            self.dropped += dropped
+            log.warning("component '%s': %d effects dropped, its queue holds %d bytes (bound %d)",
+                        comp.name, dropped, lane.queued_bytes, self.lane_bytes)
+        if lane.publishes and not had_pub:
+            self._pub_ready.append(comp.name)
+            self._pub_wake.set()
+        if lane.kv and not had_kv:
+            self._kv_ready.append(comp.name)
+            self._kv_wake.set()
+        if not lane.empty():
+            self._idle.clear()
+
+    def _check_idle(self) -> None:
+        if self._busy == 0 and all(lane.empty() for lane in self._lanes.values()):
+            self._idle.set()
 
     async def run(self) -> None:
-        """Hand queued effects to the host until cancelled."""
+        """Hand queued effects to the host until cancelled (publishes and KV writes apart)."""
+        await asyncio.gather(self._drain_publishes(), self._drain_kv())
+
+    async def _drain_publishes(self) -> None:
         while True:
-            name, res = await self._queue.get()
+            if not self._pub_ready:
+                self._pub_wake.clear()
+                await self._pub_wake.wait()
+                continue
+            name = self._pub_ready.popleft()
+            lane = self._lanes.get(name)
+            if lane is None:
+                continue
+            batch = [lane.publishes.popleft() for _ in range(min(self.burst, len(lane.publishes)))]
+            lane.queued_bytes -= sum(len(s) + len(d) for s, d in batch)
+            if lane.publishes:
+                self._pub_ready.append(name)  # back of the line: everyone else goes first
+            elif lane.empty() and self._lanes.get(name) is lane:
+                del self._lanes[name]  # nothing left in either queue: no lane kept per load
+            self._busy += 1
             try:
-                for key, value in res.kv_puts:
-                    await self._host.kv_put(name, key, value)
-                for subject, data in res.publishes:
+                for subject, data in batch:
                     await self._host.publish(name, subject, data)
             except Exception:
                 log.exception("host callback failed for component '%s'", name)
             finally:
-                self._queue.task_done()
+                self._busy -= 1
+                self._check_idle()
+
+    async def _drain_kv(self) -> None:
+        while True:
+            if not self._kv_ready:
+                self._kv_wake.clear()
+                await self._kv_wake.wait()
+                continue
+            name = self._kv_ready.popleft()
+            lane = self._lanes.get(name)
+            if lane is None:
+                continue
+            batch = []
+            for _ in range(min(self.burst, len(lane.kv))):
+                key = next(iter(lane.kv))
+                value = lane.kv.pop(key)
+                lane.queued_bytes -= len(key) + len(value)
+                batch.append((key, value))
+            if lane.kv:
+                self._kv_ready.append(name)
+            elif lane.empty() and self._lanes.get(name) is lane:
+                del self._lanes[name]
+            self._busy += 1
+            try:
+                for key, value in batch:
+                    await self._host.kv_put(name, key, value)
+            except Exception:
+                log.exception("host callback failed for component '%s'", name)
+            finally:
+                self._busy -= 1
+                self._check_idle()
 
     async def join(self) -> None:
         """Wait until every queued effect is handed to the host."""
-        await self._queue.join()
+        await self._idle.wait()

@@ -3,7 +3,9 @@ check of what a worker reports."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from sandbox_support import DEVICE, Recorder, demo, entry, manifest
 
 from edge.wasm.abi import KV_MAX_VALUE, PUBLISH_MAX_BYTES
 from edge.wasm.component import Component
-from edge.wasm.effects import check
+from edge.wasm.effects import Effects, check
 from edge.nats.subjects import subject_matches
 from edge.wasm.grants import PublishGrant, kv_put_allowed
 from edge.wasm.pool import SandboxPool
@@ -86,3 +88,63 @@ def test_grants_rules() -> None:
     assert not g.allows_message("edge.d.evt.x", bytes(PUBLISH_MAX_BYTES + 1))
     assert kv_put_allowed("a-b_c.1", b"") and not kv_put_allowed("a/b", b"")
     assert not kv_put_allowed("k" * 129, b"")
+
+
+# -- fairness: one component's flood never holds back another's effects -------------------------
+
+
+class SlowHost:
+    """A host whose KV writes take a millisecond (an acknowledged store) and whose publishes
+    are recorded with the time they were handed over."""
+
+    def __init__(self) -> None:
+        self.kv_puts: list[tuple[str, str, bytes]] = []
+        self.published: list[tuple[str, str, float]] = []
+
+    async def publish(self, component: str, subject: str, data: bytes) -> None:
+        self.published.append((component, subject, time.monotonic()))
+
+    async def kv_put(self, component: str, key: str, value: bytes) -> None:
+        await asyncio.sleep(0.001)
+        self.kv_puts.append((component, key, value))
+
+    def on_fault(self, component: str, fault: object) -> None:
+        pass
+
+
+async def test_a_kv_flood_is_coalesced_and_never_delays_another_components_publish(tmp_path: Path) -> None:
+    host = SlowHost()
+    effects = Effects(host)  # type: ignore[arg-type]
+    task = asyncio.create_task(effects.run())
+    try:
+        flood, quiet = component(tmp_path, "flood"), component(tmp_path, "quiet")
+        for i in range(100):  # 100 replies of 1,000 puts to one key and 100 publishes each
+            effects.apply(flood, CallResult(kv_puts=[("k.1", b"%d" % j) for j in range(i * 1000, (i + 1) * 1000)],
+                                            publishes=[(f"edge.{DEVICE}.evt.flood", b"x")] * 100))
+        sent = time.monotonic()
+        effects.apply(quiet, CallResult(publishes=[(f"edge.{DEVICE}.evt.quiet", b"q")]))
+        await asyncio.wait_for(effects.join(), 30)
+        quiet_at = next(t for c, _, t in host.published if c == "quiet")
+        flood_pubs = [t for c, _, t in host.published if c == "flood"]
+        assert quiet_at - sent < 0.5  # its turn came within a round of the flood's bursts
+        assert sum(1 for t in flood_pubs if t > quiet_at) > 0  # ... not after the whole flood
+        assert len(host.kv_puts) < 100  # 100,000 puts to one key coalesced into a few writes
+        assert host.kv_puts[-1] == ("flood", "k.1", b"99999")  # the newest value wins
+        assert flood.kv["k.1"] == b"99999"
+    finally:
+        task.cancel()
+
+
+async def test_a_components_queue_is_bounded_and_the_drop_counted(tmp_path: Path) -> None:
+    host = SlowHost()
+    effects = Effects(host, lane_bytes=10_000)  # type: ignore[arg-type]
+    comp = component(tmp_path, "big")
+    effects.apply(comp, CallResult(publishes=[(f"edge.{DEVICE}.evt.big", b"x" * 1000)] * 50))
+    kept = 10_000 // (1000 + len(f"edge.{DEVICE}.evt.big"))
+    assert comp.counters["effects_dropped"] == 50 - kept and effects.dropped == 50 - kept
+    task = asyncio.create_task(effects.run())
+    try:
+        await asyncio.wait_for(effects.join(), 10)
+        assert len(host.published) == kept
+    finally:
+        task.cancel()
