@@ -78,6 +78,7 @@ class SandboxSettings:
     deadline_s: float
     recycle_after: int
     workers: int
+    max_worker_rss_mb: int = 96  # a worker past this RSS is replaced (MiB); 0 = never
 
 
 class SandboxLayer:
@@ -107,8 +108,9 @@ class SandboxLayer:
     async def start(self, ctx: DeviceContext) -> None:
         self._ctx = ctx
         s = self.settings
+        rss = s.max_worker_rss_mb * 2**20 if s.max_worker_rss_mb > 0 else None
         self.pool = SandboxPool(ctx.device, self, infer=self.bridge, recycle_after=s.recycle_after,
-                                deadline_s=s.deadline_s, workers=s.workers)
+                                recycle_rss_bytes=rss, deadline_s=s.deadline_s, workers=s.workers)
         await self.pool.start()
         for manifest_path in self.manifests:
             try:
