@@ -45,7 +45,7 @@ INSTANCE_OVERHEAD_BYTES = 256 * 1024
 FAIL_LIMIT = 5
 FAIL_WINDOW_S = 60.0
 #: How often the pool measures each worker's resident memory (seconds).
-DEFAULT_RSS_CHECK_S = 1.0
+DEFAULT_RSS_CHECK_S = 0.1
 #: A worker whose live components alone already pass the RSS limit is recycled again only once it
 #: has grown this much past its size right after the move (bytes): no replacement every check.
 RSS_REGROWTH_BYTES = 16 * 2**20
