@@ -3,10 +3,9 @@
 (a) Worker RSS after 1,000,000 host calls of one kind (tests/wasm/components/hostcalls.c: 10,000
     calls a tick), recycling by RSS off: what each call leaks. pywasm3 0.5.0 never releases the
     argument tuple nor the result of a host call (docs/sandbox.md, *Memory*).
-(b) The same calls of the leakiest kind under the pool's default RSS limit (96 MiB, checked every
-    0.1 s), and
-    5,000,000 of them (full run): the peak and final RSS of the worker and how often it was
-    replaced. Bounded, not flat: flat needs a pywasm3 that releases them.
+(b) The same calls of the leakiest kind under the pool's default RSS limit (96 MiB, checked
+    every 0.1 s), and 5,000,000 of them (full run): the peak and final RSS of the worker and how
+    often it was replaced. Bounded, not flat: flat needs a pywasm3 that releases them.
 (c) 2,000 load/unload cycles (500 with ``--quick``) of echo and battery, alternately, through a
     real Runtime (embedded nats-server): the runtime process's RSS after the first 100 cycles and
     at the end, the JetStream consumers on the components' KV bucket, the asyncio tasks.
