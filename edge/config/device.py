@@ -52,6 +52,7 @@ DEFAULT_PERSIST_INTERVAL = 1.0  # seconds
 DEFAULT_BUCKET = STATE_BUCKET
 DEFAULT_DEADLINE = 2.0  # seconds a wasm call may run before its worker is killed
 DEFAULT_RECYCLE_AFTER = 64  # component loads before a sandbox worker is replaced
+DEFAULT_MAX_WORKER_RSS_MB = 96  # MiB of RSS past which a sandbox worker is replaced; 0 = never
 DEFAULT_WORKERS = 1  # sandbox worker processes (each ~24 MB RSS); components are spread over them
 DEVICE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -75,6 +76,7 @@ class SandboxConfig:
     deadline: float = DEFAULT_DEADLINE
     recycle_after: int = DEFAULT_RECYCLE_AFTER
     workers: int = DEFAULT_WORKERS
+    max_worker_rss_mb: int = DEFAULT_MAX_WORKER_RSS_MB
 
 
 @dataclass
@@ -194,6 +196,8 @@ def parse_config(
     cfg.sandbox.deadline = sandbox.number("deadline", DEFAULT_DEADLINE, lo=0.001, unit="s")
     cfg.sandbox.recycle_after = sandbox.integer("recycle_after", DEFAULT_RECYCLE_AFTER, lo=1, unit="loads")
     cfg.sandbox.workers = sandbox.integer("workers", DEFAULT_WORKERS, lo=1, hi=64)
+    cfg.sandbox.max_worker_rss_mb = sandbox.integer("max_worker_rss_mb", DEFAULT_MAX_WORKER_RSS_MB,
+                                                    lo=0, unit="MiB")
     sandbox.finish()
 
     logt = top.table("log")

@@ -11,6 +11,7 @@ Key components
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from edge.errors import ComponentLoadError, EdgeError, SandboxError
@@ -37,7 +38,9 @@ from edge.world.store import F64Array
 log = logging.getLogger("edge.wasm.layer")
 
 COMPONENT_KV_BUCKET = "edge-components"  # private key-value state of wasm components
-STATE_READ_TIMEOUT_S = 5.0  # seconds to read a component's KV snapshot at load
+COMPONENT_KV_STREAM = f"KV_{COMPONENT_KV_BUCKET}"  # the JetStream stream behind the bucket
+KV_SUBJECT_PREFIX = f"$KV.{COMPONENT_KV_BUCKET}."  # subject of key k: prefix + k
+STATE_READ_TIMEOUT_S = 5.0  # seconds to read one key of a component's KV snapshot at load
 MAX_FAULTS_KEPT = 50
 PUMP_PENDING_MSGS = 100_000  # NATS client-side buffer per subscription of a component
 
@@ -78,6 +81,7 @@ class SandboxSettings:
     deadline_s: float
     recycle_after: int
     workers: int
+    max_worker_rss_mb: int = 96  # a worker past this RSS is replaced (MiB); 0 = never
 
 
 class SandboxLayer:
@@ -107,8 +111,9 @@ class SandboxLayer:
     async def start(self, ctx: DeviceContext) -> None:
         self._ctx = ctx
         s = self.settings
+        rss = s.max_worker_rss_mb * 2**20 if s.max_worker_rss_mb > 0 else None
         self.pool = SandboxPool(ctx.device, self, infer=self.bridge, recycle_after=s.recycle_after,
-                                deadline_s=s.deadline_s, workers=s.workers)
+                                recycle_rss_bytes=rss, deadline_s=s.deadline_s, workers=s.workers)
         await self.pool.start()
         for manifest_path in self.manifests:
             try:
@@ -225,14 +230,26 @@ class SandboxLayer:
         return self._kv
 
     async def _component_state(self, component: str) -> dict[str, bytes]:
+        """The component's private keys, read without a consumer.
+
+        A ``kv.watch`` here left one ephemeral consumer per load on the bucket's stream (nats-py
+        unsubscribes but does not delete it; the server drops it after 5 min of inactivity):
+        2,000 load/unload cycles made 2,000 consumers. Instead the keys come from the stream's
+        per-subject state (one ``STREAM.INFO`` with a subject filter) and each value from a
+        direct get.
+        """
         kv = await self._bucket()
+        prefix = f"{component}."
+        info = await self.ctx.js.stream_info(COMPONENT_KV_STREAM,
+                                             subjects_filter=f"{KV_SUBJECT_PREFIX}{prefix}>")
         out: dict[str, bytes] = {}
-        watcher = await kv.watch(f"{component}.>", ignore_deletes=True)
-        try:
-            while (entry := await watcher.updates(timeout=STATE_READ_TIMEOUT_S)) is not None:
-                out[entry.key[len(component) + 1 :]] = entry.value or b""
-        finally:
-            await watcher.stop()
+        for subject in sorted(info.state.subjects or {}):
+            key = subject[len(KV_SUBJECT_PREFIX):]
+            try:
+                entry = await asyncio.wait_for(kv.get(key), STATE_READ_TIMEOUT_S)
+            except KeyNotFoundError:  # deleted or purged: its last message is a marker
+                continue
+            out[key[len(prefix):]] = entry.value or b""
         return out
 
     # -- the pool's host callbacks ----------------------------------------------------------------

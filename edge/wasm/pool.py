@@ -70,7 +70,13 @@ from edge.wasm.host import (
 )
 from edge.wasm.manifest import Manifest
 from edge.wasm.procs import DEFAULT_WORKER_COMMAND, HostRequest, WorkerGone
-from edge.wasm.supervision import FAIL_LIMIT, FAIL_WINDOW_S, SupervisionConfig, Supervisor
+from edge.wasm.supervision import (
+    DEFAULT_RSS_CHECK_S,
+    FAIL_LIMIT,
+    FAIL_WINDOW_S,
+    SupervisionConfig,
+    Supervisor,
+)
 
 __all__ = ["COUNTERS", "FAIL_LIMIT", "FAIL_WINDOW_S", "HostCallbacks", "InferBridge",
            "SandboxPool"]
@@ -81,6 +87,8 @@ log = logging.getLogger("edge.wasm.pool")
 DEFAULT_RECYCLE_AFTER = 200
 #: Memory a worker may have leaked (instances it no longer runs) before it is replaced (bytes).
 DEFAULT_RECYCLE_LEAK_BYTES = 64 * 2**20
+#: Resident memory past which a worker is replaced (bytes): pywasm3 leaks on every host call.
+DEFAULT_RECYCLE_RSS_BYTES = 96 * 2**20
 #: Wall-clock limit of one call into a worker before the worker is SIGKILLed (seconds).
 DEFAULT_DEADLINE_S = 5.0
 #: First restart delay after a fault (seconds); doubles per failure in the window.
@@ -109,6 +117,8 @@ class SandboxPool:
                  infer: InferBridge | None = None,
                  recycle_after: int = DEFAULT_RECYCLE_AFTER,
                  recycle_leak_bytes: int = DEFAULT_RECYCLE_LEAK_BYTES,
+                 recycle_rss_bytes: int | None = DEFAULT_RECYCLE_RSS_BYTES,
+                 rss_check_s: float = DEFAULT_RSS_CHECK_S,
                  deadline_s: float = DEFAULT_DEADLINE_S,
                  workers: int = DEFAULT_WORKERS,
                  backoff_base_s: float = DEFAULT_BACKOFF_BASE_S,
@@ -123,6 +133,11 @@ class SandboxPool:
             raise ValueError(f"recycle_after must be at least 1 (got {recycle_after})")
         if workers < 1:
             raise ValueError(f"workers must be at least 1 (got {workers})")
+        if recycle_rss_bytes is not None and recycle_rss_bytes <= 0:
+            raise ValueError(f"recycle_rss_bytes must be a positive number of bytes or None "
+                             f"(got {recycle_rss_bytes})")
+        if rss_check_s <= 0:
+            raise ValueError(f"rss_check_s must be a positive number of seconds (got {rss_check_s})")
         if deadline_s <= 0:
             raise ValueError(f"deadline_s must be a positive number of seconds (got {deadline_s})")
         self.device = device
@@ -136,7 +151,7 @@ class SandboxPool:
         self._sup = Supervisor(
             SupervisionConfig(device, recycle_after, recycle_leak_bytes, deadline_s,
                               backoff_base_s, backoff_max_s, max_in_flight, stack_bytes,
-                              command),
+                              command, recycle_rss_bytes, rss_check_s),
             host, self._effects, self._comps, self._on_host_request)
         self._prepared: dict[tuple[bytes, Manifest], tuple[bytes, ModuleInfo]] = {}
         self._shm_dir: Path | None = None
@@ -164,6 +179,7 @@ class SandboxPool:
         for i in range(self.n_workers):
             sup.workers.append(await sup.new_worker(i))
         sup.running = True
+        sup.spawn(sup.watch_rss())
 
     async def stop(self) -> None:
         """Flush effects, stop every worker and remove the shared memory files."""

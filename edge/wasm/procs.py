@@ -139,6 +139,7 @@ class WorkerProcess:
         self.hosted: set[str] = set()
         self.instances = 0  # instantiations sent to this process (wasm3 never frees them)
         self.reserved_bytes = 0  # memory those instantiations took, live or leaked
+        self.rss_floor = 0  # its RSS at start, or after it took over a recycled worker's components
         self.alive = False
         self.stopping = False
         self.killed_for_deadline: Pending | None = None

@@ -6,7 +6,9 @@ faults), reports faults to ``on_fault`` and restarts with exponential backoff; a
 ``FAIL_LIMIT`` failures within ``FAIL_WINDOW_S`` a component stays ``failed`` until loaded
 again. A dead worker is replaced and every component it hosted is reloaded with its KV state;
 a worker is also replaced after ``recycle_after`` instantiations or ``recycle_leak_bytes`` of
-leaked memory, because wasm3 never frees a runtime.
+leaked memory, because wasm3 never frees a runtime, and when its resident memory, measured by
+the runtime in ``/proc`` every ``rss_check_s``, passes ``recycle_rss_bytes``: pywasm3 0.5 leaks
+the argument tuple and the result of every host call (docs/sandbox.md, *Memory*).
 
 A worker that breaks the protocol (:mod:`edge.wasm.wire`, or an effect the grants refuse) is
 killed; since any component it hosted may have taken it over, each of them gets a fault with
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -41,6 +44,11 @@ INSTANCE_OVERHEAD_BYTES = 256 * 1024
 #: Failures within FAIL_WINDOW_S after which a component stays failed.
 FAIL_LIMIT = 5
 FAIL_WINDOW_S = 60.0
+#: How often the pool measures each worker's resident memory (seconds).
+DEFAULT_RSS_CHECK_S = 0.1
+#: A worker whose live components alone already pass the RSS limit is recycled again only once it
+#: has grown this much past its size right after the move (bytes): no replacement every check.
+RSS_REGROWTH_BYTES = 16 * 2**20
 
 _FAULT_COUNTER = {"trap": "traps", "init_failed": "traps", "out_of_gas": "out_of_gas",
                   "deadline": "deadlines", "crashed": "crashes", "protocol": "protocol_errors"}
@@ -59,6 +67,8 @@ class SupervisionConfig:
     max_in_flight: int
     stack_bytes: int
     worker_command: Callable[[int], Sequence[str]]  # slot -> argv of a worker process
+    recycle_rss_bytes: int | None = None  # replace a worker whose RSS passes this; None = never
+    rss_check_s: float = DEFAULT_RSS_CHECK_S
 
 
 class Supervisor:
@@ -238,6 +248,7 @@ class Supervisor:
         w = WorkerProcess(self.cfg.deadline_s, self.on_worker_exit, index, self.on_host_request,
                           self.cfg.worker_command(index))
         await w.start(self.cfg.max_in_flight)
+        w.rss_floor = process_rss_bytes(w.pid) or 0
         return w
 
     async def replace_worker(self, old: WorkerProcess, why: str) -> WorkerProcess:
@@ -253,9 +264,58 @@ class Supervisor:
             if comp.state == "running":
                 await self.instantiate(comp, new, allow_recycle=False)
         old.hosted.clear()
-        if why == "recycle":
+        if why in ("recycle", "rss"):
             self.spawn(old.stop())
         return new
+
+    # -- resident memory -----------------------------------------------------------------------
+
+    def rss_due(self, worker: WorkerProcess) -> int | None:
+        """The worker's RSS (bytes) if it is past ``recycle_rss_bytes`` and past its floor (its
+        size when it started, or right after it took over a recycled worker's components, plus
+        ``RSS_REGROWTH_BYTES``), else None."""
+        limit = self.cfg.recycle_rss_bytes
+        if limit is None or not worker.alive or worker.stopping:
+            return None
+        rss = process_rss_bytes(worker.pid)
+        if rss is None or rss < max(limit, worker.rss_floor + RSS_REGROWTH_BYTES):
+            return None
+        return rss
+
+    async def watch_rss(self) -> None:
+        """Every ``rss_check_s``, replace each worker whose RSS is due (see :meth:`rss_due`),
+        moving its running components over with their KV, as the load-count recycling does.
+
+        The RSS is read by the runtime from ``/proc/<pid>/statm``, never taken from the
+        worker's own ping (a hostile worker could under-report it).
+        """
+        limit = self.cfg.recycle_rss_bytes
+        if limit is None:
+            return
+        while True:
+            await asyncio.sleep(self.cfg.rss_check_s)
+            for worker in list(self.workers):
+                if self.rss_due(worker) is None:
+                    continue
+                async with self.lock:
+                    rss = self.rss_due(worker) if self.running and worker in self.workers else None
+                    if rss is None:
+                        continue
+                    log.info("sandbox worker %s uses %.0f MiB, more than the %.0f MiB limit: "
+                             "replacing it", worker.pid, rss / 2**20, limit / 2**20)
+                    try:
+                        new = await self.replace_worker(worker, "rss")
+                    except SandboxError as err:
+                        log.error("cannot replace sandbox worker %s: %s", worker.pid, err)
+                        continue
+                    after = process_rss_bytes(new.pid) or 0
+                    new.rss_floor = after
+                    if after >= limit:
+                        log.warning("sandbox worker %s uses %.0f MiB just for the components it "
+                                    "hosts, more than the %.0f MiB limit (max_worker_rss_mb); "
+                                    "it is replaced again only after it grows by %d MiB",
+                                    new.pid, after / 2**20, limit / 2**20,
+                                    RSS_REGROWTH_BYTES // 2**20)
 
     def on_worker_exit(self, worker: WorkerProcess, culprit: Pending | None, reason: str,
                        code: int | None) -> None:
@@ -300,6 +360,20 @@ class Supervisor:
             for comp in hosted:
                 if comp.state == "starting" and self.comps.get(comp.name) is comp:
                     await self.instantiate(comp, new, allow_recycle=False)
+
+
+def process_rss_bytes(pid: int | None) -> int | None:
+    """Resident memory of process ``pid`` (bytes) from ``/proc/<pid>/statm``; None if unknown."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_BYTES
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def instance_bytes(manifest: Manifest) -> int:

@@ -27,6 +27,7 @@ port = 4333
 persist_interval = 0.5
 [sandbox]
 deadline = 1.5
+max_worker_rss_mb = 64
 [log]
 level = "DEBUG"
 [schemas.wind]
@@ -50,6 +51,7 @@ entity = "d1"
     assert cfg.nats.port == 4333 and cfg.nats.url == ""
     assert cfg.state.persist_interval == 0.5
     assert cfg.sandbox.deadline == 1.5
+    assert cfg.sandbox.max_worker_rss_mb == 64
     assert cfg.log_level == "debug"
     assert cfg.schemas[0].name == "wind" and cfg.schemas[0].fields["source"] == "str"
     assert cfg.components == [tmp_path / "c/physics/manifest.toml"]
