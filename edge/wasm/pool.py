@@ -68,7 +68,7 @@ from edge.wasm.host import (
     InferBridge,
     InferServer,
 )
-from edge.wasm.manifest import Manifest
+from edge.wasm.manifest import Manifest, read_module
 from edge.wasm.procs import DEFAULT_WORKER_COMMAND, HostRequest, WorkerGone
 from edge.wasm.supervision import FAIL_LIMIT, FAIL_WINDOW_S, SupervisionConfig, Supervisor
 
@@ -208,7 +208,7 @@ class SandboxPool:
         restarts with backoff. Loading a name that is already loaded replaces it.
         """
         self._check_started("load a component")
-        wasm_src = await asyncio.to_thread(_read_module, manifest)
+        wasm_src = await asyncio.to_thread(read_module, manifest)  # size-capped
         key = (hashlib.sha256(wasm_src).digest(), manifest)
         prepared = self._prepared.get(key)
         if prepared is None:
@@ -373,11 +373,3 @@ class SandboxPool:
 def _fixed(command: tuple[str, ...]) -> Callable[[int], Sequence[str]]:
     return lambda _slot: command
 
-
-def _read_module(manifest: Manifest) -> bytes:
-    try:
-        return manifest.module.read_bytes()
-    except OSError as exc:
-        raise ComponentLoadError(
-            f"cannot read module of component '{manifest.name}': {exc.strerror}",
-            component=manifest.name, path=str(manifest.module)) from exc

@@ -3,6 +3,7 @@ refusals, usage errors."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,21 @@ async def test_unknown_component_and_usage_errors(pool: SandboxPool) -> None:
     await pool.unload("physics")
     assert pool.state("physics") == "unloaded"
     assert await pool.tick("physics", 0, 0.1) is False
+
+
+async def test_module_file_is_size_capped_at_load_without_reading_it(
+        pool: SandboxPool, tmp_path: Path, modules: dict[str, Path]) -> None:
+    module = tmp_path / "big.wasm"
+    module.write_bytes(modules["loop"].read_bytes())
+    m = manifest(tmp_path, "big", module, read=("a.b",), tick_hz=1)
+    os.truncate(module, 64 * 2**30)  # grew after the manifest was checked; sparse, never read
+    with pytest.raises(ComponentLoadError) as exc:
+        await pool.load(m)
+    assert str(exc.value) == (f"component 'big': module file {module} is {64 * 2**30} bytes, "
+                              "larger than the 16 MiB limit")
+    assert exc.value.path == str(module) and exc.value.component == "big"
+    module.unlink()
+    os.mkfifo(module)  # a FIFO is refused at once, not waited on
+    with pytest.raises(ComponentLoadError, match=f"module file {module} is not a regular file"):
+        await pool.load(m)
+    assert [s["name"] for s in pool.status()] == []
