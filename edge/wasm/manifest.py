@@ -32,9 +32,9 @@ from edge.errors import ComponentLoadError, ConfigError
 #: Default metering budget per call (gas units; about 1 s of wasm3 time on a small board at most).
 DEFAULT_GAS = 200_000_000
 #: Upper bound of ``limits.gas`` (gas units): 2**53, the largest integer a float64 holds exactly
-#: (pywasm3's ``gasLimit`` is a float; it keeps the budget as a signed 64-bit count of 1/10,000
-#: units, which wraps into a negative budget above ~9.2e18). Far beyond what a call can spend
-#: before the wall-clock deadline stops it.
+#: (pywasm3's ``gasLimit`` is a float in units of 10,000 gas; it keeps the budget as a signed
+#: 64-bit count of gas, which wraps into a negative budget above 2**63). Far beyond what a call
+#: can spend before the wall-clock deadline stops it.
 MAX_GAS = 2**53
 #: Default (and fixed) linear memory size, in 64 KiB pages.
 DEFAULT_MEMORY_PAGES = 64
