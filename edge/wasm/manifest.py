@@ -111,19 +111,16 @@ class Manifest:
 # -- files ----------------------------------------------------------------------------------------
 
 
-def _read_capped(path: Path, cap: int, what: str, component: str | None,
-                 key: str | None = None, manifest: Path | None = None) -> bytes:
+def _read_capped(path: Path, cap: int, what: str, component: str | None) -> bytes:
     """Read at most ``cap`` bytes of the regular file ``path``; refuse a larger or growing one.
 
     The size is checked on the open file before anything is read, and at most ``cap + 1`` bytes
     are read, so a file that grows meanwhile is refused too.
     """
-    where = f" (key '{key}' in {manifest})" if key is not None else ""
     lead = f"component '{component}': " if component else ""
 
     def refuse(msg: str) -> ComponentLoadError:
-        return ComponentLoadError(f"{lead}{msg}{where}", component=component,
-                                  path=str(manifest if manifest is not None else path))
+        return ComponentLoadError(f"{lead}{msg}", component=component, path=str(path))
 
     def too_big(size: str) -> ComponentLoadError:
         return refuse(f"{what} {path} is {size}, larger than the {_mib(cap)} limit")
@@ -146,7 +143,9 @@ def _read_capped(path: Path, cap: int, what: str, component: str | None,
 
 
 def _mib(n: int) -> str:
-    return f"{n // 2**20} MiB" if n % 2**20 == 0 else f"{n} bytes"
+    if n % 2**20 == 0:
+        return f"{n // 2**20} MiB"
+    return f"{n // 1024} KiB" if n % 1024 == 0 else f"{n} bytes"
 
 
 def read_module(manifest: Manifest) -> bytes:

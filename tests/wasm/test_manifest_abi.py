@@ -210,7 +210,7 @@ def test_manifest_file_is_bounded_and_must_be_regular(tmp_path: Path) -> None:
     big.write_text(_M)
     os.truncate(big, 2**30)
     with pytest.raises(ComponentLoadError, match=r"manifest .*big.toml is \d+ bytes, larger "
-                                                 r"than the 65536 bytes limit"):
+                                                 r"than the 64 KiB limit"):
         load_manifest(big, DEVICE)
     fifo = tmp_path / "fifo.toml"
     os.mkfifo(fifo)  # opening it must not wait for a writer
