@@ -275,6 +275,7 @@ async def physics(n: int, rounds: int, inner: int) -> list[Row]:
                     writable=m.writable, publish=(), gas=m.limits.gas, publish_per_call=1,
                     kv={}, stack_bytes=64 * 1024)
     inst = Instance(spec)
+    inst.start()
     for label, extra in (("contiguous", 0), ("sparse", n // 5)):
         w = physics_world(n, extra, shared=True)
         s = await ainterleave({"worker tick": worker_tick(inst, w, n, list(m.columns)),

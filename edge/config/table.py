@@ -64,7 +64,8 @@ class Table:
     def __init__(self, data: Any, *, key: str = "", file: str | None = None, base: Path | None = None,
                  label: str | None = None) -> None:
         if not isinstance(data, Mapping):
-            raise ConfigError(f"expected a table, got {_fmt(data)}", key=key or None, file=file)
+            lead = f"{label}: " if label else ""
+            raise ConfigError(f"{lead}expected a table, got {_fmt(data)}", key=key or None, file=file)
         self.data: Mapping[str, Any] = data
         self.prefix = key
         self.file = file
@@ -110,7 +111,8 @@ class Table:
         return value
 
     def _range(self, name: str, value: float, lo: float | None, hi: float | None, unit: str) -> None:
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
+        nan = value != value and (lo is not None or hi is not None)  # NaN compares false: refuse
+        if nan or (lo is not None and value < lo) or (hi is not None and value > hi):
             u = f" {unit}" if unit else ""
             if lo is not None and hi is not None:
                 bound = f"within {_num(lo)}..{_num(hi)}{u}"

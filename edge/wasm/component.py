@@ -45,6 +45,7 @@ class Component:
     world: WorldColumns | None = None  # shared mode: the runtime's own view of the columns
     timer: asyncio.TimerHandle | None = None
     denied_logged_at: float = 0.0
+    loading: bool = False  # its first start, inside pool.load (a fault there refuses the load)
     grant: PublishGrant = field(init=False)
 
     def __post_init__(self) -> None:

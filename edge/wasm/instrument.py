@@ -18,8 +18,9 @@ for straight-line code, and any unbounded execution (a loop or recursion) spends
 iteration. Gas units: pywasm3's ``module.gasLimit`` is a float in units of
 :data:`GAS_LIMIT_UNIT` gas.
 
-Host duties: set ``module.gasLimit`` after ``rt.load`` and before *every* call (pywasm3 starts a
-module with a budget of 0, so the first charge traps, and it never resets the counter by itself).
+Host duties: set ``module.gasLimit`` after ``rt.load`` and before *every* call, including the first
+export lookup, which runs the module's start function (pywasm3 starts a module with a budget of 0,
+so the first charge traps, and it never resets the counter by itself).
 
 The new import is appended after the existing imports, so imported functions keep their index
 and every defined function's index grows by one; every function index in the module is rewritten

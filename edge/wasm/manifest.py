@@ -2,30 +2,54 @@
 
 A manifest names the component, the host ABI contract it was built for, its module file, the
 entities it runs over (``[query]``), its schedule and NATS grants (``[run]``) and its resource
-limits (``[limits]``). See docs/abi.md for the format. Every error is a
-:class:`~edge.errors.ComponentLoadError` whose sentence names the key and the file.
+limits (``[limits]``). See docs/abi.md for the format.
+
+Key components
+- :func:`load_manifest` / :func:`parse_manifest`: every key is read through the one config
+  reader (:class:`edge.config.table.Table`): its type is checked, every number is checked
+  against its documented range (named in the error), and a key nobody read is refused.
+- :func:`read_module`: the module file's bytes, refused above :data:`MAX_MODULE_BYTES` before
+  anything is read (the one place the runtime reads a module file).
+
+Every error is a :class:`~edge.errors.ComponentLoadError` whose sentence names the component
+(when known), the key and the file, in the reader's style:
+``component 'x': must be within 1..9007199254740992, got 10 (key 'limits.gas' in m.toml)``.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.errors import ComponentLoadError
+from edge.config.table import REQUIRED, Table
+from edge.errors import ComponentLoadError, ConfigError
 
 #: Default metering budget per call (gas units; about 1 s of wasm3 time on a small board at most).
 DEFAULT_GAS = 200_000_000
+#: Upper bound of ``limits.gas`` (gas units): 2**53, the largest integer a float64 holds exactly
+#: (pywasm3's ``gasLimit`` is a float in units of 10,000 gas; it keeps the budget as a signed
+#: 64-bit count of gas, which wraps into a negative budget above 2**63). Far beyond what a call
+#: can spend before the wall-clock deadline stops it.
+MAX_GAS = 2**53
 #: Default (and fixed) linear memory size, in 64 KiB pages.
 DEFAULT_MEMORY_PAGES = 64
 #: Upper bound of ``limits.memory_pages`` (1 GiB).
 MAX_MEMORY_PAGES = 16_384
 #: Default number of ``publish`` calls allowed during one export call.
 DEFAULT_PUBLISH_PER_CALL = 1000
+#: Upper bound of ``limits.publish_per_call``.
+MAX_PUBLISH_PER_CALL = 100_000
 #: Highest tick rate a manifest may ask for, in Hz.
 MAX_TICK_HZ = 1000.0
+#: Largest module file the runtime reads (bytes); a larger one is refused before it is read.
+MAX_MODULE_BYTES = 16 * 2**20
+#: Largest manifest file the runtime reads (bytes).
+MAX_MANIFEST_BYTES = 64 * 1024
 
 NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
 FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*\.[A-Za-z_][A-Za-z0-9_]*$")
@@ -33,13 +57,6 @@ FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*\.[A-Za-z_][A-Za-z0-9_]*$")
 SUBJECT_TOKEN_RE = re.compile(r"^[^\s.*>]+$")
 #: Model names a manifest may grant (the same rule as a ``[[models]]`` name in the device config).
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-_TOP_KEYS = {"name", "version", "contract", "module", "query", "run", "limits", "description"}
-_SECTION_KEYS = {
-    "query": {"read", "write"},
-    "run": {"tick_hz", "subscribe", "publish", "models"},
-    "limits": {"gas", "memory_pages", "publish_per_call"},
-}
 
 
 @dataclass(frozen=True)
@@ -91,89 +108,66 @@ class Manifest:
         return tuple(out)
 
 
-def _err(msg: str, key: str, path: Path, name: str | None = None) -> ComponentLoadError:
-    return ComponentLoadError(f"{msg} (key '{key}' in {path})", component=name, path=str(path))
+# -- files ----------------------------------------------------------------------------------------
 
 
-def _get(
-    table: dict[str, Any],
-    key: str,
-    typ: type | tuple[type, ...],
-    default: Any,
-    full_key: str,
-    path: Path,
-    name: str | None,
-) -> Any:
-    if key not in table:
-        if default is _REQUIRED:
-            raise _err("missing required key", full_key, path, name)
-        return default
-    value = table[key]
-    # bool is an int subclass: never accept it where a number is expected.
-    if isinstance(value, bool) and bool not in (typ if isinstance(typ, tuple) else (typ,)):
-        raise _err(f"expected {_typename(typ)}, got a boolean", full_key, path, name)
-    if not isinstance(value, typ):
-        raise _err(f"expected {_typename(typ)}, got {type(value).__name__}", full_key, path, name)
-    return value
+def _read_capped(path: Path, cap: int, what: str, component: str | None) -> bytes:
+    """Read at most ``cap`` bytes of the regular file ``path``; refuse a larger or growing one.
+
+    The size is checked on the open file before anything is read, and at most ``cap + 1`` bytes
+    are read, so a file that grows meanwhile is refused too.
+    """
+    lead = f"component '{component}': " if component else ""
+
+    def refuse(msg: str) -> ComponentLoadError:
+        return ComponentLoadError(f"{lead}{msg}", component=component, path=str(path))
+
+    def too_big(size: str) -> ComponentLoadError:
+        return refuse(f"{what} {path} is {size}, larger than the {_mib(cap)} limit")
+
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise refuse(f"{what} {path} is not a regular file")
+            if st.st_size > cap:
+                raise too_big(f"{st.st_size} bytes")
+            data = f.read(cap + 1)
+    except OSError as exc:
+        raise refuse(f"cannot read {what} {path}: {exc.strerror}") from exc
+    if len(data) > cap:
+        raise too_big("growing")
+    return data
 
 
-_REQUIRED = object()
+def _mib(n: int) -> str:
+    if n % 2**20 == 0:
+        return f"{n // 2**20} MiB"
+    return f"{n // 1024} KiB" if n % 1024 == 0 else f"{n} bytes"
 
 
-def _typename(typ: type | tuple[type, ...]) -> str:
-    if isinstance(typ, tuple):
-        return " or ".join(t.__name__ for t in typ)
-    return typ.__name__
+def read_module(manifest: Manifest) -> bytes:
+    """The bytes of the manifest's module file, at most :data:`MAX_MODULE_BYTES`.
+
+    Raises ComponentLoadError naming the component and the file (too large, not a regular file,
+    unreadable) without reading a larger file.
+    """
+    return _read_capped(manifest.module, MAX_MODULE_BYTES, "module file", manifest.name)
 
 
-def _str_list(
-    table: dict[str, Any], key: str, full_key: str, path: Path, name: str | None
-) -> tuple[str, ...]:
-    value = _get(table, key, list, [], full_key, path, name)
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise _err(f"item {i} must be a string", full_key, path, name)
-    return tuple(value)
-
-
-def _subjects(
-    patterns: tuple[str, ...], device: str, full_key: str, path: Path, name: str
-) -> tuple[str, ...]:
-    out = []
-    for pat in patterns:
-        subject = pat.replace("{device}", device)
-        tokens = subject.split(".")
-        for i, tok in enumerate(tokens):
-            if tok == ">" and i == len(tokens) - 1:
-                continue
-            if tok == "*" or SUBJECT_TOKEN_RE.match(tok):
-                continue
-            raise _err(f"invalid subject pattern '{pat}'", full_key, path, name)
-        out.append(subject)
-    return tuple(out)
-
-
-def _check_unknown(
-    table: dict[str, Any], allowed: set[str], prefix: str, path: Path, name: str | None
-) -> None:
-    for key in table:
-        if key not in allowed:
-            raise _err("unknown key", f"{prefix}{key}", path, name)
+# -- the manifest ---------------------------------------------------------------------------------
 
 
 def load_manifest(path: Path, device: str) -> Manifest:
     """Read and validate ``path``; substitute ``{device}`` in subject patterns.
 
     Raises ComponentLoadError naming the key and the file for any problem, including a missing
-    module file.
+    or oversized module file.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ComponentLoadError(
-            f"cannot read manifest {path}: {exc.strerror}", path=str(path)
-        ) from exc
+    raw = _read_capped(path, MAX_MANIFEST_BYTES, "manifest", None)
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -185,111 +179,100 @@ def load_manifest(path: Path, device: str) -> Manifest:
 
 def parse_manifest(doc: dict[str, Any], path: Path, device: str) -> Manifest:
     """Validate an already parsed manifest document (``path`` is used for messages and paths)."""
+    name: str | None = None
+    try:
+        top = Table(doc, file=str(path), base=path.parent)
+        name = _name(top)
+        return _read(top, name, path, device)
+    except ConfigError as err:
+        raise ComponentLoadError(err.message, component=name, path=str(path)) from err
+
+
+def _name(top: Table) -> str:
+    value: str = top.text("name", REQUIRED)
+    if not NAME_RE.match(value):
+        raise top.error("name", f"invalid component name {value!r} (use [a-z0-9_-], at most 64)")
+    top.label = f"component '{value}'"
+    return value
+
+
+def _read(top: Table, name: str, path: Path, device: str) -> Manifest:
     from edge.wasm.abi import CONTRACT_VERSIONS  # late: abi imports this module
 
-    name_val = _get(doc, "name", str, _REQUIRED, "name", path, None)
-    if not NAME_RE.match(name_val):
-        raise _err(
-            f"invalid component name '{name_val}' (use [a-z0-9_-], at most 64)", "name", path, None
-        )
-    name: str = name_val
-    _check_unknown(doc, _TOP_KEYS, "", path, name)
-    version = _get(doc, "version", str, _REQUIRED, "version", path, name)
-    contract = _get(doc, "contract", int, _REQUIRED, "contract", path, name)
+    label = top.label
+    version: str = top.text("version", REQUIRED)
+    top.text("description", "")
+    contract: int = top.integer("contract", REQUIRED)
     if contract not in CONTRACT_VERSIONS:
         known = ", ".join(str(v) for v in CONTRACT_VERSIONS)
-        raise _err(
-            f"contract {contract} is not supported by this host (supported: {known})",
-            "contract",
-            path,
-            name,
-        )
-    module_rel = _get(doc, "module", str, _REQUIRED, "module", path, name)
-    module = (path.parent / module_rel).resolve()
+        raise top.error("contract", f"contract {contract} is not supported by this host "
+                                    f"(supported: {known})")
+    module: Path = top.path("module", REQUIRED).resolve()
+    if not module.exists():
+        raise top.error("module", f"module file {module} does not exist")
     if not module.is_file():
-        raise _err(f"module file {module} does not exist", "module", path, name)
+        raise top.error("module", f"module file {module} is not a regular file")
+    size = module.stat().st_size
+    if size > MAX_MODULE_BYTES:
+        raise top.error("module", f"module file {module} is {size} bytes, larger than the "
+                                  f"{_mib(MAX_MODULE_BYTES)} limit")
 
-    sections: dict[str, dict[str, Any]] = {}
-    for sec, allowed in _SECTION_KEYS.items():
-        table = _get(doc, sec, dict, {}, sec, path, name)
-        _check_unknown(table, allowed, f"{sec}.", path, name)
-        sections[sec] = table
+    query = top.table("query", label=label)
+    read = _fields(query, "read")
+    write = _fields(query, "write")
+    query.finish()
 
-    query, run, limits_t = sections["query"], sections["run"], sections["limits"]
-    read = _str_list(query, "read", "query.read", path, name)
-    write = _str_list(query, "write", "query.write", path, name)
-    for key, fields in (("query.read", read), ("query.write", write)):
-        for f in fields:
-            if not FIELD_RE.match(f):
-                raise _err(f"invalid field '{f}' (expected 'component.field')", key, path, name)
-        if len(set(fields)) != len(fields):
-            raise _err("duplicate field", key, path, name)
-
-    tick_hz = float(_get(run, "tick_hz", (int, float), 0.0, "run.tick_hz", path, name))
-    if not 0.0 <= tick_hz <= MAX_TICK_HZ:
-        raise _err(f"tick_hz must be between 0 and {MAX_TICK_HZ:g}", "run.tick_hz", path, name)
+    run = top.table("run", label=label)
+    tick_hz = run.number("tick_hz", 0.0, lo=0.0, hi=MAX_TICK_HZ, unit="Hz")
     if tick_hz > 0 and not (read or write):
-        raise _err(
-            "a ticking component needs a query (query.read or query.write)",
-            "run.tick_hz",
-            path,
-            name,
-        )
-    subscribe = _subjects(
-        _str_list(run, "subscribe", "run.subscribe", path, name),
-        device,
-        "run.subscribe",
-        path,
-        name,
-    )
-    publish = _subjects(
-        _str_list(run, "publish", "run.publish", path, name), device, "run.publish", path, name
-    )
-
-    models = _str_list(run, "models", "run.models", path, name)
+        raise run.error("tick_hz", "a ticking component needs a query (query.read or query.write)")
+    subscribe = _subjects(run, "subscribe", device)
+    publish = _subjects(run, "publish", device)
+    models = tuple(run.strings("models", []))
     for model in models:
         if not MODEL_NAME_RE.match(model):
-            raise _err(f"invalid model name '{model}' (use [A-Za-z0-9_.-], at most 64, "
-                       "starting with a letter or digit)", "run.models", path, name)
+            raise run.error("models", f"invalid model name {model!r} (use [A-Za-z0-9_.-], at "
+                                      "most 64, starting with a letter or digit)")
     if len(set(models)) != len(models):
-        raise _err("duplicate model name", "run.models", path, name)
+        raise run.error("models", "duplicate model name")
+    run.finish()
 
-    gas = _get(limits_t, "gas", int, DEFAULT_GAS, "limits.gas", path, name)
-    if gas <= 0:
-        raise _err("gas must be positive", "limits.gas", path, name)
-    pages = _get(
-        limits_t, "memory_pages", int, DEFAULT_MEMORY_PAGES, "limits.memory_pages", path, name
+    lim = top.table("limits", label=label)
+    limits = Limits(
+        gas=lim.integer("gas", DEFAULT_GAS, lo=1, hi=MAX_GAS, unit="gas"),
+        memory_pages=lim.integer("memory_pages", DEFAULT_MEMORY_PAGES, lo=1,
+                                 hi=MAX_MEMORY_PAGES, unit="pages"),
+        publish_per_call=lim.integer("publish_per_call", DEFAULT_PUBLISH_PER_CALL, lo=0,
+                                     hi=MAX_PUBLISH_PER_CALL),
     )
-    if not 1 <= pages <= MAX_MEMORY_PAGES:
-        raise _err(
-            f"memory_pages must be between 1 and {MAX_MEMORY_PAGES}",
-            "limits.memory_pages",
-            path,
-            name,
-        )
-    ppc = _get(
-        limits_t,
-        "publish_per_call",
-        int,
-        DEFAULT_PUBLISH_PER_CALL,
-        "limits.publish_per_call",
-        path,
-        name,
-    )
-    if ppc < 0:
-        raise _err("publish_per_call must be >= 0", "limits.publish_per_call", path, name)
+    lim.finish()
+    top.finish()
 
-    return Manifest(
-        name=name,
-        version=version,
-        contract=contract,
-        module=module,
-        read=read,
-        write=write,
-        tick_hz=tick_hz,
-        subscribe=subscribe,
-        publish=publish,
-        models=models,
-        limits=Limits(gas=gas, memory_pages=pages, publish_per_call=ppc),
-        path=path,
-    )
+    return Manifest(name=name, version=version, contract=contract, module=module, read=read,
+                    write=write, tick_hz=tick_hz, subscribe=subscribe, publish=publish,
+                    models=models, limits=limits, path=path)
+
+
+def _fields(query: Table, key: str) -> tuple[str, ...]:
+    fields = tuple(query.strings(key, []))
+    for f in fields:
+        if not FIELD_RE.match(f):
+            raise query.error(key, f"invalid field {f!r} (expected 'component.field')")
+    if len(set(fields)) != len(fields):
+        raise query.error(key, "duplicate field")
+    return fields
+
+
+def _subjects(run: Table, key: str, device: str) -> tuple[str, ...]:
+    out = []
+    for pat in run.strings(key, []):
+        subject = pat.replace("{device}", device)
+        tokens = subject.split(".")
+        for i, tok in enumerate(tokens):
+            if tok == ">" and i == len(tokens) - 1:
+                continue
+            if tok == "*" or SUBJECT_TOKEN_RE.match(tok):
+                continue
+            raise run.error(key, f"invalid subject pattern {pat!r}")
+        out.append(subject)
+    return tuple(out)

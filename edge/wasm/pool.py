@@ -68,7 +68,7 @@ from edge.wasm.host import (
     InferBridge,
     InferServer,
 )
-from edge.wasm.manifest import Manifest
+from edge.wasm.manifest import Manifest, read_module
 from edge.wasm.procs import DEFAULT_WORKER_COMMAND, HostRequest, WorkerGone
 from edge.wasm.supervision import (
     DEFAULT_RSS_CHECK_S,
@@ -219,12 +219,17 @@ class SandboxPool:
     async def load(self, manifest: Manifest, kv: Mapping[str, bytes] | None = None) -> None:
         """Check and instrument the module, start it in a worker and call ``edge_init``.
 
-        Raises ComponentLoadError if the module is refused (contract, memory, wasm3 load error).
-        A fault in ``edge_init`` does not raise: it is reported like any fault and the component
-        restarts with backoff. Loading a name that is already loaded replaces it.
+        Raises ComponentLoadError if the module is refused (file, contract, memory, wasm3 load
+        error) or if its first start fails: ``edge_init`` returns non-zero, the start function
+        or ``edge_init`` traps, runs out of gas or past the deadline, or the worker dies. Then
+        the component is not loaded (not in :meth:`status`, nothing restarts it) and the
+        error's sentence gives the reason; ``on_fault`` is not called. Later faults, restarts
+        included, are reported through ``on_fault`` and restart with backoff. Loading a name
+        that is already loaded replaces it (the old instance is unloaded first, also if the new
+        one then fails).
         """
         self._check_started("load a component")
-        wasm_src = await asyncio.to_thread(_read_module, manifest)
+        wasm_src = await asyncio.to_thread(read_module, manifest)  # size-capped
         key = (hashlib.sha256(wasm_src).digest(), manifest)
         prepared = self._prepared.get(key)
         if prepared is None:
@@ -242,12 +247,24 @@ class SandboxPool:
             comp = Component(manifest=manifest, wasm=wasm, info=info, kv=dict(kv or {}),
                              handle=self._handles)
             self._comps[manifest.name] = comp
+            comp.loading = True
             try:
                 await sup.instantiate(comp, sup.pick_worker())
             except ComponentLoadError:
                 comp.state = "unloaded"
                 del self._comps[manifest.name]
                 raise
+            finally:
+                comp.loading = False
+            if comp.state != "running":
+                fault = comp.last_fault
+                why = fault.message if fault is not None else (
+                    f"component '{manifest.name}' did not start")
+                await self._unload_locked(comp)
+                del self._comps[manifest.name]
+                raise ComponentLoadError(
+                    f"{why}; it is not loaded", component=manifest.name,
+                    path=str(manifest.path or manifest.module)) from fault
 
     async def unload(self, name: str) -> None:
         """Stop a component and forget its instance (its status stays, as ``unloaded``)."""
@@ -389,11 +406,3 @@ class SandboxPool:
 def _fixed(command: tuple[str, ...]) -> Callable[[int], Sequence[str]]:
     return lambda _slot: command
 
-
-def _read_module(manifest: Manifest) -> bytes:
-    try:
-        return manifest.module.read_bytes()
-    except OSError as exc:
-        raise ComponentLoadError(
-            f"cannot read module of component '{manifest.name}': {exc.strerror}",
-            component=manifest.name, path=str(manifest.module)) from exc

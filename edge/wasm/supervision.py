@@ -188,6 +188,10 @@ class Supervisor:
         if comp.worker is not None:
             comp.worker.hosted.discard(name)
             comp.worker = None
+        if comp.loading:  # its first start: pool.load refuses it, nothing restarts it
+            comp.last_fault = err
+            comp.state = "failed"
+            return
         if backoff:
             comp.last_fault = err
             now = time.monotonic()

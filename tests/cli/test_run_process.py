@@ -150,3 +150,23 @@ def test_bad_config_names_key_and_file(tmp_path: Path) -> None:
     res = edge("run", "--config", str(cfg), env=dict(os.environ), check=False)
     assert res.returncode == 1
     assert f"key 'state.persist_interval' in {cfg}" in res.stderr
+
+
+def test_component_load_whose_edge_init_fails_exits_1(device: Device) -> None:
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("edge_components_build", root / "components" / "build.py")
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    build.compile_wasm([root / "tests" / "wasm" / "components" / "initfail.c"], device.tmp / "initfail.wasm")
+    manifest = device.tmp / "initfail.toml"
+    manifest.write_text('name = "initfail"\nversion = "1.0.0"\ncontract = 1\nmodule = "initfail.wasm"\n')
+    device.start()
+    env = device.env
+    bad = edge("component", "load", str(manifest), env=env, check=False)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr == "edge: component 'initfail' failed to start: edge_init returned 1; it is not loaded\n"
+    assert "initfail" not in edge("component", "list", env=env).stdout
+    assert device.stop() == 0

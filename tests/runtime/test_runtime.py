@@ -155,6 +155,46 @@ async def test_bad_component_is_reported_and_device_still_starts(tmp_path: Path,
         await rt.stop()
 
 
+def initfail_component(directory: Path) -> Path:
+    """tests/wasm/components/initfail.c (edge_init returns 1) compiled, with its manifest."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("edge_components_build", root / "components" / "build.py")
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    directory.mkdir(parents=True, exist_ok=True)
+    build.compile_wasm([root / "tests" / "wasm" / "components" / "initfail.c"], directory / "initfail.wasm")
+    manifest = directory / "manifest.toml"
+    manifest.write_text('name = "initfail"\nversion = "1.0.0"\ncontract = 1\nmodule = "initfail.wasm"\n')
+    return manifest
+
+
+async def test_component_whose_edge_init_fails_is_refused_and_not_loaded(tmp_path: Path, components_dir: Path) -> None:
+    bad = initfail_component(tmp_path / "initfail")
+    cfg = DeviceConfig(device="t4", data_dir=tmp_path / "t4")
+    cfg.components = [bad]  # at device start: reported, not loaded, the device comes up
+    rt = Runtime(cfg)
+    await rt.start()
+    try:
+        reason = "component 'initfail' failed to start: edge_init returned 1; it is not loaded"
+        assert rt.components_status() == []
+        assert [(f["kind"], f["message"]) for f in rt.faults] == [("load", reason)]
+        assert rt.server is not None
+        async with DeviceClient(rt.server.url) as client:  # `edge component load` answers an error
+            with pytest.raises(ApiError) as err:
+                await client.call("component", "load", {"manifest": str(bad)})
+            assert err.value.message == reason
+            assert err.value.fields["component"] == "initfail" and err.value.fields["path"] == str(bad)
+            assert await client.call("component", "list") == []
+            physics = str(components_dir / "physics" / "manifest.toml")
+            assert await client.call("component", "load", {"manifest": physics}) == {"name": "physics", "version": "1.0.0"}
+            assert [c["name"] for c in await client.call("component", "list")] == ["physics"]
+    finally:
+        await rt.stop()
+
+
 async def test_component_querying_unknown_field_is_refused(tmp_path: Path, components_dir: Path) -> None:
     m = tmp_path / "q" / "manifest.toml"
     m.parent.mkdir()

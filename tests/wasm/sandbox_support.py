@@ -116,3 +116,32 @@ async def physics_tick(p: SandboxPool, n: int = 4) -> np.ndarray:
         c[:] = 1.0
     assert await p.tick("physics", n, 0.5)
     return np.array(cols[0])
+
+
+def with_start(wasm: bytes, export: str) -> bytes:
+    """``wasm`` with a ``start`` section naming the function it exports as ``export`` (C cannot
+    declare a start function)."""
+    from edge.wasm.wasmbin import (
+        SEC_CUSTOM,
+        SEC_EXPORT,
+        SEC_START,
+        SECTION_ORDER,
+        Section,
+        encode_u32,
+        find_section,
+        parse_exports,
+        parse_sections,
+    )
+
+    sections = parse_sections(wasm)
+    exports = find_section(sections, SEC_EXPORT)
+    assert exports is not None
+    index = next(e.index for e in parse_exports(exports.payload) if e.name == export)
+    start = Section(SEC_START, encode_u32(index))
+    out: list[Section] = []
+    for sec in sections:
+        if (sec.id != SEC_CUSTOM and start not in out
+                and SECTION_ORDER[sec.id] > SECTION_ORDER[SEC_START]):
+            out.append(start)
+        out.append(sec)
+    return wasm[:8] + b"".join(s.encode() for s in out)

@@ -377,8 +377,8 @@ async def test_infer_call_overhead(
 @pytest.mark.parametrize(("models", "match"), [
     ('["face", "face"]', "duplicate model name"),
     ('["bad name"]', "invalid model name 'bad name'"),
-    ('"face"', "expected list"),
-    ('[3]', "item 0 must be a string"),
+    ('"face"', "expected a list of strings, got 'face'"),
+    ('[3]', r"expected a list of strings, got \[3\]"),
 ])
 def test_manifest_models_are_validated(tmp_path: Path, modules: dict[str, Path], models: str,
                                        match: str) -> None:

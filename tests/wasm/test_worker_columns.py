@@ -22,9 +22,11 @@ from edge.world.store import World
 def physics(components_dir: Path) -> Instance:
     m = demo("physics")
     wasm, _ = prepare_module(m.module.read_bytes(), m)
-    return Instance(LoadSpec(name="physics", wasm=wasm, device=DEVICE, ncols=len(m.columns),
+    inst = Instance(LoadSpec(name="physics", wasm=wasm, device=DEVICE, ncols=len(m.columns),
                              writable=m.writable, publish=(), gas=m.limits.gas,
                              publish_per_call=1, kv={}, stack_bytes=64 * 1024))
+    assert inst.start()
+    return inst
 
 
 def world(n: int) -> World:

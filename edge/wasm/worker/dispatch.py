@@ -32,7 +32,7 @@ from edge.wasm.protocol import (
 )
 from edge.wasm.wire import encode_host_request, encode_ping, encode_result
 from edge.wasm.worker.imports import GuestFault
-from edge.wasm.worker.instance import Instance
+from edge.wasm.worker.instance import Instance, ModuleRefused
 
 #: Tick request body (the frame minus its length header).
 _TICK_BODY = struct.Struct("<" + TICK_FRAME.format[2:])
@@ -165,11 +165,17 @@ class Worker:
             inst = Instance(spec, self.host_request)
         except (RuntimeError, SystemError, ValueError) as exc:
             return encode_result("refused", text=str(exc))
+        res = inst.begin()
+        try:
+            started = inst.start()  # runs the module's start function, if it has one
+        except ModuleRefused as exc:
+            inst.close()
+            return encode_result("refused", text=str(exc))
         self.instances[spec.name] = inst
         self.by_handle[spec.handle] = inst
-        res = inst.begin()
-        if spec.call_init and "edge_init" in inst.exports:
-            rc = inst.call("edge_init")
+        if started and spec.call_init and "edge_init" in inst.exports:
+            # the start function and edge_init are one call: one gas budget, one publish quota
+            rc = inst.call("edge_init", fresh=False)
             if res.fault is None and rc:
                 res.fault = ("init_failed", "edge_init", f"edge_init returned {rc}")
         return self._finish(inst, res)

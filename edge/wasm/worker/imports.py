@@ -1,7 +1,9 @@
 """The host functions a component imports (module ``edge``, see docs/abi.md), worker side.
 
-Each checks its pointers against linear memory (a bad pointer is a :class:`GuestFault`, which
-traps the call), applies the component's grants and limits, and records effects in the
+Each first checks every pointer/length pair it was given against linear memory, whatever the
+other arguments are (a pair outside memory is a :class:`GuestFault`, which traps the call: it is
+never cut short or answered with an error code), then applies the component's grants and limits
+(the error codes of docs/abi.md), and records effects in the
 instance's :class:`~edge.wasm.protocol.CallResult` for the runtime (which checks them again:
 the worker runs hostile code). ``col_read`` / ``col_write`` move rows through
 :mod:`edge.wasm.worker.columns`.
@@ -86,20 +88,24 @@ class HostImports:
             "infer": self.h_infer,
         }
 
-    def _bytes(self, ptr: int, length: int, what: str) -> bytes:
+    def _check(self, ptr: int, length: int, what: str, kind: str = "range") -> None:
+        """Trap unless ``(ptr, length)`` lies inside linear memory."""
         if ptr < 0 or length < 0 or ptr + length > self.memlen:
-            raise GuestFault(f"{what}: range ({ptr}, {length}) is outside linear memory")
+            raise GuestFault(f"{what}: {kind} ({ptr}, {length}) is outside linear memory")
+
+    def _bytes(self, ptr: int, length: int, what: str) -> bytes:
+        self._check(ptr, length, what)
         return bytes(self.mem[ptr:ptr + length])
 
     def _copy_out(self, data: bytes, ptr: int, cap: int, what: str) -> int:
-        if cap < 0 or ptr < 0 or ptr + cap > self.memlen:
-            raise GuestFault(f"{what}: buffer ({ptr}, {cap}) is outside linear memory")
+        self._check(ptr, cap, what, "buffer")
         k = min(len(data), cap)
         self.mem[ptr:ptr + k] = data[:k]
         return len(data)
 
     def h_log(self, level: int, ptr: int, length: int) -> None:
-        text = self._bytes(ptr, min(length, LOG_MAX_BYTES), "log")
+        self._check(ptr, length, "log")  # the whole line must be in memory; then it is cut
+        text = bytes(self.mem[ptr:ptr + min(length, LOG_MAX_BYTES)])
         now = time.monotonic()
         self.tokens = min(LOG_BURST, self.tokens + (now - self.tokens_at) * LOG_RATE_PER_S)
         self.tokens_at = now
@@ -110,6 +116,8 @@ class HostImports:
         self.result.logs.append((level, text.decode("utf-8", "replace")))
 
     def h_publish(self, sptr: int, slen: int, dptr: int, dlen: int) -> int:
+        self._check(sptr, slen, "publish")
+        self._check(dptr, dlen, "publish")
         if slen > SUBJECT_MAX_BYTES or dlen > PUBLISH_MAX_BYTES:
             return -2
         try:
@@ -132,6 +140,8 @@ class HostImports:
         return 0
 
     def h_kv_get(self, kptr: int, klen: int, bptr: int, cap: int) -> int:
+        self._check(kptr, klen, "kv_get")
+        self._check(bptr, cap, "kv_get", "buffer")  # also when the key is absent
         if klen > KV_MAX_KEY:
             return -1
         key = self._bytes(kptr, klen, "kv_get").decode("utf-8", "replace")
@@ -141,7 +151,9 @@ class HostImports:
         return self._copy_out(value, bptr, cap, "kv_get")
 
     def h_kv_put(self, kptr: int, klen: int, vptr: int, vlen: int) -> int:
-        if klen > KV_MAX_KEY or vlen > KV_MAX_VALUE or vlen < 0:
+        self._check(kptr, klen, "kv_put")
+        self._check(vptr, vlen, "kv_put")
+        if klen > KV_MAX_KEY or vlen > KV_MAX_VALUE:
             return -1
         key = self._bytes(kptr, klen, "kv_put").decode("utf-8", "replace")
         if not KV_KEY_RE.match(key):
@@ -161,22 +173,21 @@ class HostImports:
         return self.n
 
     def h_col_read(self, col: int, ptr: int, cap: int) -> int:
+        self._check(ptr, cap, "col_read", "buffer")
         n8 = self.n8
         if col < 0 or col >= self.ncols or cap < n8:
             return -1
-        if ptr < 0 or ptr + n8 > self.memlen:
-            raise GuestFault(f"col_read: buffer ({ptr}, {n8}) is outside linear memory")
         return n8 if self.columns.read(col, ptr, self.n) else -1
 
     def h_col_write(self, col: int, ptr: int, length: int) -> int:
+        self._check(ptr, length, "col_write", "buffer")
         n8 = self.n8
         if col not in self.writable or length != n8:
             return -1
-        if ptr < 0 or ptr + n8 > self.memlen:
-            raise GuestFault(f"col_write: buffer ({ptr}, {n8}) is outside linear memory")
         return 0 if self.columns.write(col, ptr, self.n) else -1
 
     def h_entity_id(self, index: int, ptr: int, cap: int) -> int:
+        self._check(ptr, cap, "entity_id", "buffer")
         if index < 0 or index >= self.n or index >= len(self.ids):
             return -1
         return self._copy_out(self.ids[index], ptr, cap, "entity_id")
@@ -202,11 +213,10 @@ class HostImports:
 
     def h_infer(self, mptr: int, mlen: int, iptr: int, ilen: int, optr: int, ocap: int) -> int:
         # bounds first: a bad pointer traps whatever the grants say
-        if ocap < 0 or optr < 0 or optr + ocap > self.memlen:
-            raise GuestFault(f"infer: buffer ({optr}, {ocap}) is outside linear memory")
-        if iptr < 0 or ilen < 0 or iptr + ilen > self.memlen:
-            raise GuestFault(f"infer: range ({iptr}, {ilen}) is outside linear memory")
-        model = self._bytes(mptr, min(mlen, MODEL_NAME_MAX_BYTES + 1), "infer")
+        self._check(optr, ocap, "infer", "buffer")
+        self._check(iptr, ilen, "infer")
+        self._check(mptr, mlen, "infer")
+        model = bytes(self.mem[mptr:mptr + min(mlen, MODEL_NAME_MAX_BYTES + 1)])
         self.charge(INFER_GAS, "infer")
         if len(model) > MODEL_NAME_MAX_BYTES or model not in self.models:
             res = self.result

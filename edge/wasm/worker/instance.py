@@ -2,16 +2,19 @@
 
 :class:`Instance` links the host functions of :mod:`edge.wasm.worker.imports`, calls exports
 under a fresh gas budget per call, and records what a call did in its
-:class:`~edge.wasm.protocol.CallResult`. A fault drops nothing here: the dispatcher drops the
+:class:`~edge.wasm.protocol.CallResult`. :meth:`Instance.start` finds the exports; wasm3 runs
+the module's start function (if it has one) at the first lookup, so it runs there, metered like
+a call (the load's start function and ``edge_init`` share one call's budget and quota). A fault drops nothing here: the dispatcher drops the
 instance and reports; the runtime decides when to load it again.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
-from edge.wasm.abi import IMPORT_MODULE, IMPORTS_V1
+from edge.wasm.abi import EXPORTS_V1, IMPORT_MODULE, IMPORTS_V1
 from edge.wasm.grants import PublishGrant
 from edge.wasm.protocol import BindSpec, CallResult, LoadSpec
 from edge.wasm.worker.columns import Columns
@@ -23,6 +26,14 @@ from edge.wasm.worker.imports import (
     HostImports,
     HostOutOfGas,
 )
+
+
+#: The export name a fault in the module's start function is reported under.
+START_EXPORT = "start"
+
+
+class ModuleRefused(Exception):
+    """wasm3 refused the module while finding its exports (a function does not compile)."""
 
 
 class Instance(HostImports):
@@ -63,12 +74,28 @@ class Instance(HostImports):
         self.memlen = len(self.mem)
         self.columns = Columns(self.mem, spec.ncols, spec.writable)
         self.exports: dict[str, Any] = {}
-        for export in ("edge_alloc", "edge_init", "edge_tick", "edge_on_message"):
+
+    def start(self) -> bool:
+        """Find the exports the host calls, under a fresh gas budget: wasm3 runs the module's
+        start function (if any) at the first lookup, so it is metered like a call and a fault
+        in it is recorded in ``self.result.fault`` under export ``start``. False after a fault.
+
+        Raises ModuleRefused if wasm3 cannot compile a function it looks up.
+        """
+        ok, _ = self._metered(START_EXPORT, self._find_exports, ())
+        return ok
+
+    def _find_exports(self) -> None:
+        for export in EXPORTS_V1:
             try:
                 self.exports[export] = self.rt.find_function(export)
             except RuntimeError as exc:
-                if "function lookup failed" not in str(exc):
+                text = str(exc)
+                if "function lookup failed" in text:
+                    continue
+                if text.startswith("[trap]"):  # the start function trapped or ran out of gas
                     raise
+                raise ModuleRefused(text) from exc
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -99,32 +126,38 @@ class Instance(HostImports):
         self.result = CallResult()
         return self.result
 
-    def call(self, export: str, *args: Any) -> int | None:
-        """Call an export under a fresh gas budget. Returns its result, or None after a fault
+    def call(self, export: str, *args: Any, fresh: bool = True) -> int | None:
+        """Call an export under a fresh gas budget (``fresh=False``: continue the budget and
+        publish quota of the previous call). Returns its result, or None after a fault
         (recorded in ``self.result.fault``)."""
-        fn = self.exports[export]
-        self.mod.gasLimit = self.gas_limit
-        self.gas_spent = 0.0
-        self.published = 0
+        ok, rc = self._metered(export, self.exports[export], args, fresh)
+        if not ok:
+            return None
+        return int(rc) if rc is not None else 0
+
+    def _metered(self, export: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                 fresh: bool = True) -> tuple[bool, Any]:
+        if fresh:
+            self.mod.gasLimit = self.gas_limit
+            self.gas_spent = 0.0
+            self.published = 0
         try:
-            rc = fn(*args)
+            return True, fn(*args)
+        except ModuleRefused:
+            raise
         except HostOutOfGas as exc:
             self.result.fault = ("out_of_gas", export, f"[trap] Out of gas ({exc})")
-            return None
         except GuestFault as exc:
             self.result.fault = ("trap", export, f"[trap] {exc}")
-            return None
         except RuntimeError as exc:
             text = str(exc)
             reason = "out_of_gas" if "Out of gas" in text else "trap"
             self.result.fault = (reason, export, text)
-            return None
         except Exception as exc:  # noqa: BLE001 - anything else a call raises is a trap too
             self.result.fault = ("trap", export, f"{type(exc).__name__}: {exc}")
-            return None
         finally:
             self.result.gas_used = int((self.gas_spent + self.mod.gasUsed) * GAS_UNIT)
-        return int(rc) if rc is not None else 0
+        return False, None
 
     def tick(self, n: int, dt: float, shared: bool = False) -> None:
         cols = self.columns
