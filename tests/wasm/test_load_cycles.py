@@ -74,6 +74,9 @@ async def test_2000_load_unload_cycles_leave_nothing_behind(
     b_consumers, b_subs, b_tasks, b_rss = base
     assert await consumers(runtime) == b_consumers == 0
     assert subscriptions(runtime) == b_subs
-    assert len(asyncio.all_tasks()) == b_tasks
+    deadline = asyncio.get_running_loop().time() + 5.0  # a runtime task may be mid-flight
+    while len(asyncio.all_tasks()) > b_tasks and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    assert len(asyncio.all_tasks()) <= b_tasks, [t.get_name() for t in asyncio.all_tasks()]
     assert me.memory_info().rss - b_rss < 16 * MIB, (me.memory_info().rss - b_rss) / MIB
     assert runtime.components_status() == []

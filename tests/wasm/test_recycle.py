@@ -109,8 +109,9 @@ async def test_worker_past_the_rss_limit_is_replaced_with_its_components(
             pids.update(p.worker_pids())
             peak = max(peak, *(process_rss_bytes(q) or 0 for q in p.worker_pids()))
         assert len(pids) >= 2, "the worker was never replaced"
-        # bounded: the limit plus what one check interval of calls can add
-        assert peak < limit + 16 * MIB, peak / MIB
+        # bounded: the limit plus what the calls add during one check interval and while the
+        # new worker starts (0.2-0.4 s at ~90 MB/s of leak, more on a loaded machine)
+        assert peak < limit + 32 * MIB, peak / MIB
         await wait_for(lambda: p.state("counter") == "running" and p.state("hostcalls") == "running")
         assert await p.tick("counter", 1, 0.1)
         await p.flush()
