@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge.errors import ComponentLoadError
+from edge.wasm.limits import check_structure
 from edge.wasm.manifest import Manifest
 from edge.wasm.wasmbin import (
     SEC_EXPORT,
@@ -148,6 +149,7 @@ def check_module(wasm: bytes, manifest: Manifest) -> ModuleInfo:
         sections = parse_sections(wasm)
     except ComponentLoadError as err:
         raise _refuse(manifest, f"is not a valid module: {err.message}") from None
+    check_structure(sections, manifest)
     c = manifest.contract
     sec = find_section(sections, SEC_TYPE)
     types = parse_types(sec.payload) if sec else []
