@@ -115,6 +115,13 @@ def _refuse(manifest: Manifest, what: str) -> ComponentLoadError:
 
 
 def _memory_limits(payload: bytes, manifest: Manifest) -> tuple[int, int | None]:
+    try:
+        return _read_memory_limits(payload, manifest)
+    except IndexError:  # found by tests/wasm/fuzz.py: it escaped as an IndexError
+        raise _refuse(manifest, "has a truncated memory section") from None
+
+
+def _read_memory_limits(payload: bytes, manifest: Manifest) -> tuple[int, int | None]:
     count, pos = read_u32(payload, 0)
     if count != 1:
         raise _refuse(manifest, f"defines {count} memories; exactly one is supported")
