@@ -15,6 +15,7 @@ same numbers, for tests and docs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from edge.errors import ComponentLoadError
@@ -232,11 +233,14 @@ def _code(payload: bytes, first_index: int, s: Structure) -> None:
             if n_locals > MAX_LOCALS:
                 raise _Over("locals", n_locals, where)
         s.locals = max(s.locals, n_locals)
-        _expr(payload, pos, end, where, s)
+        try:
+            _expr(payload, pos, end, where, s)
+        except (_Stop, IndexError, ComponentLoadError):
+            pass  # this body is refused later; the next ones are still checked
         pos = end
 
 
-def _tables(payload: bytes, s: Structure) -> None:
+def _tables(payload: bytes, _: int, s: Structure) -> None:
     count, pos = read_u32(payload, 0)
     for _ in range(count):
         flags = payload[pos + 1]
@@ -251,7 +255,7 @@ def _tables(payload: bytes, s: Structure) -> None:
                 raise _Over("table_elements", size)
 
 
-def _elements(payload: bytes, s: Structure) -> None:
+def _elements(payload: bytes, _: int, s: Structure) -> None:
     count, pos = read_u32(payload, 0)
     end = len(payload)
     total = 0
@@ -278,6 +282,13 @@ def _elements(payload: bytes, s: Structure) -> None:
                 pos = skip_leb(payload, pos, 5)
 
 
+_WALKS: dict[int, Callable[[bytes, int, Structure], None]] = {
+    SEC_TABLE: _tables,
+    SEC_ELEMENT: _elements,
+    SEC_CODE: _code,
+}
+
+
 def _measure(sections: list[Section], s: Structure) -> None:
     n_func_imports = 0
     for sec in sections:
@@ -300,16 +311,17 @@ def _measure(sections: list[Section], s: Structure) -> None:
         else:
             continue
         _check(s)
-    try:
-        for sec in sections:
-            if sec.id == SEC_TABLE:
-                _tables(sec.payload, s)
-            elif sec.id == SEC_ELEMENT:
-                _elements(sec.payload, s)
-            elif sec.id == SEC_CODE:
-                _code(sec.payload, n_func_imports, s)
-    except (IndexError, ComponentLoadError):
-        raise _Stop from None
+    stopped = False
+    for sec in sections:
+        walk = _WALKS.get(sec.id)
+        if walk is None:
+            continue
+        try:  # each section on its own: one that cannot be decoded does not hide the others
+            walk(sec.payload, n_func_imports, s)
+        except (_Stop, IndexError, ComponentLoadError):
+            stopped = True
+    if stopped:
+        raise _Stop
 
 
 def _func_imports(payload: bytes) -> int:

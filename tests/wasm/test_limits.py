@@ -149,3 +149,18 @@ def test_truncated_memory_section_is_a_refusal(tmp_path: Path, memory: bytes) ->
                               for s in sections)
     with pytest.raises(ComponentLoadError, match="component 'crafted' has a truncated memory section"):
         check_module(out, _manifest(tmp_path, b""))  # type: ignore[arg-type]
+
+
+def test_an_undecodable_section_does_not_hide_deep_nesting(tmp_path: Path) -> None:
+    # Element and code sections are walked independently, and each body on its own.
+    from edge.wasm.wasmbin import Section
+
+    deep_body = encode_u32(0) + nested(5_000) + b"\x0b"
+    simd_body = b"\x00\xfd\x0b"  # body 0 uses SIMD: the walker cannot go on in it
+    code = encode_u32(2) + b"".join(encode_u32(len(b)) + b for b in (simd_body, deep_body))
+    sections = parse_sections(tick_module(n_funcs=2, table=1))
+    assert sections[-1].id == 10
+    sections[-1] = Section(10, code)
+    sections.insert(-1, Section(9, b"\x01\x07"))  # an element segment that cannot be decoded
+    with pytest.raises(ComponentLoadError, match="nests blocks at least 5000 deep"):
+        limits.check_structure(sections)
