@@ -8,9 +8,10 @@ module makes the worker allocate without bound while wasm3 parses, loads or comp
 
 :func:`check_structure` runs on the section list of a module before anything else looks inside
 it (first thing in :func:`edge.wasm.abi.check_module`). It decodes only counts, sizes and block
-structure; a malformed module is left to the parsers that follow (they refuse it with their own
-sentence), except where the count it needs cannot be read at all. :func:`measure` returns the
-same numbers, for tests and docs.
+structure. What it cannot decode (a truncated section, an opcode the instrumenter does not
+know) it skips, section by section and body by body, and leaves to the parsers that follow:
+they refuse it with their own sentence. :func:`measure` returns the same numbers, for tests
+and docs.
 """
 
 from __future__ import annotations
