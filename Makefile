@@ -8,7 +8,7 @@ STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS = clang lld python3-venv python3-dev
 
-.PHONY: setup system-deps components run test check bench clean
+.PHONY: setup system-deps components run test check bench fuzz clean
 
 setup: $(STAMP) components
 
@@ -43,6 +43,11 @@ check: setup
 BENCH_ARGS ?=
 bench: setup
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+
+# The long load-path fuzz campaign (docs/sandbox.md, Structure limits and fuzzing); FUZZ_MINUTES=10 by default.
+FUZZ_MINUTES ?= 10
+fuzz: setup
+	PYTHONPATH=$(CURDIR) $(BIN)/python tests/wasm/fuzz.py --minutes $(FUZZ_MINUTES)
 
 clean:
 	rm -rf $(VENV) components/build

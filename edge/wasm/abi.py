@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge.errors import ComponentLoadError
+from edge.wasm.limits import check_structure
 from edge.wasm.manifest import Manifest
 from edge.wasm.wasmbin import (
     SEC_EXPORT,
@@ -114,6 +115,13 @@ def _refuse(manifest: Manifest, what: str) -> ComponentLoadError:
 
 
 def _memory_limits(payload: bytes, manifest: Manifest) -> tuple[int, int | None]:
+    try:
+        return _read_memory_limits(payload, manifest)
+    except IndexError:  # found by tests/wasm/fuzz.py: it escaped as an IndexError
+        raise _refuse(manifest, "has a truncated memory section") from None
+
+
+def _read_memory_limits(payload: bytes, manifest: Manifest) -> tuple[int, int | None]:
     count, pos = read_u32(payload, 0)
     if count != 1:
         raise _refuse(manifest, f"defines {count} memories; exactly one is supported")
@@ -148,6 +156,7 @@ def check_module(wasm: bytes, manifest: Manifest) -> ModuleInfo:
         sections = parse_sections(wasm)
     except ComponentLoadError as err:
         raise _refuse(manifest, f"is not a valid module: {err.message}") from None
+    check_structure(sections, manifest)
     c = manifest.contract
     sec = find_section(sections, SEC_TYPE)
     types = parse_types(sec.payload) if sec else []
