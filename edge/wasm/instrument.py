@@ -75,6 +75,23 @@ from edge.wasm.wasmbin import (
     read_u32,
     skip_leb,
 )
+from edge.wasm.opcodes import (
+    NONE as _NONE,
+    LEB as _LEB,
+    LEB2 as _LEB2,
+    BLOCK as _BLOCK,
+    LOOP as _LOOP,
+    END as _END,
+    CALL as _CALL,
+    BRTABLE as _BRTABLE,
+    F32 as _F32,
+    F64 as _F64,
+    SELECTT as _SELECTT,
+    MEMARG as _MEMARG,
+    PREFIX_FC as _PREFIX_FC,
+    FC_IMMEDIATES as _FC_IMMEDIATES,
+    KINDS as _KINDS,
+)
 
 __all__ = [
     "GAS_LIMIT_UNIT",
@@ -100,55 +117,6 @@ BULK_MEMORY_GAS_SHIFT = 6
 
 _USEGAS_TYPE: tuple[bytes, bytes] = (b"\x7f", b"")
 _USEGAS_TYPE_ENTRY = b"\x60\x01\x7f\x00"
-
-# Immediate kinds of one-byte opcodes.
-_BAD, _NONE, _LEB, _LEB2, _BLOCK, _LOOP, _END, _CALL, _BRTABLE = range(9)
-_F32, _F64, _SELECTT, _MEMARG, _PREFIX_FC = range(9, 14)
-
-
-def _opcode_table() -> list[int]:
-    kinds = [_BAD] * 256
-    for op in (0x00, 0x01, 0x05, 0x0F, 0x1A, 0x1B, 0xD1):
-        kinds[op] = _NONE  # unreachable nop else return drop select ref.is_null
-    kinds[0x02] = kinds[0x04] = _BLOCK  # block if
-    kinds[0x03] = _LOOP
-    kinds[0x0B] = _END
-    kinds[0x0C] = kinds[0x0D] = _LEB  # br br_if
-    kinds[0x0E] = _BRTABLE
-    kinds[0x10] = kinds[0x12] = kinds[0xD2] = _CALL  # call return_call ref.func
-    kinds[0x11] = kinds[0x13] = _LEB2  # call_indirect return_call_indirect: type, table
-    kinds[0x1C] = _SELECTT
-    for op in range(0x20, 0x27):
-        kinds[op] = _LEB  # local.* global.* table.get table.set
-    for op in range(0x28, 0x3F):
-        kinds[op] = _MEMARG  # loads and stores
-    kinds[0x3F] = kinds[0x40] = _LEB  # memory.size memory.grow (memory index)
-    kinds[0x41] = kinds[0x42] = _LEB  # i32.const i64.const
-    kinds[0x43] = _F32
-    kinds[0x44] = _F64
-    for op in range(0x45, 0xC5):
-        kinds[op] = _NONE  # numeric operators incl. sign extension 0xC0-0xC4
-    kinds[0xD0] = _LEB  # ref.null heap type
-    kinds[0xFC] = _PREFIX_FC
-    return kinds
-
-
-_KINDS = _opcode_table()
-
-#: Number of index immediates of each accepted 0xFC sub-opcode.
-_FC_IMMEDIATES: dict[int, int] = {
-    **{sub: 0 for sub in range(8)},  # saturating truncations
-    8: 2,  # memory.init data, memory
-    9: 1,  # data.drop
-    10: 2,  # memory.copy
-    11: 1,  # memory.fill
-    12: 2,  # table.init elem, table
-    13: 1,  # elem.drop
-    14: 2,  # table.copy
-    15: 1,  # table.grow
-    16: 1,  # table.size
-    17: 1,  # table.fill
-}
 
 _UNSUPPORTED: dict[int, str] = {
     **{op: "exception handling" for op in (0x06, 0x07, 0x08, 0x09, 0x0A, 0x18, 0x19, 0x1F)},

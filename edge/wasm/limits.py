@@ -20,22 +20,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from edge.errors import ComponentLoadError
-from edge.wasm.instrument import (
-    _BLOCK,
-    _BRTABLE,
-    _CALL,
-    _END,
-    _F32,
-    _F64,
-    _FC_IMMEDIATES,
-    _KINDS,
-    _LEB,
-    _LEB2,
-    _LOOP,
-    _MEMARG,
-    _NONE,
-    _PREFIX_FC,
-    _SELECTT,
+from edge.wasm.opcodes import (
+    BLOCK as _BLOCK,
+    BRTABLE as _BRTABLE,
+    CALL as _CALL,
+    END as _END,
+    F32 as _F32,
+    F64 as _F64,
+    FC_IMMEDIATES as _FC_IMMEDIATES,
+    KINDS as _KINDS,
+    LEB as _LEB,
+    LEB2 as _LEB2,
+    LOOP as _LOOP,
+    MEMARG as _MEMARG,
+    NONE as _NONE,
+    PREFIX_FC as _PREFIX_FC,
+    SELECTT as _SELECTT,
 )
 from edge.wasm.manifest import Manifest
 from edge.wasm.wasmbin import (
