@@ -154,6 +154,9 @@ class Driver(ABC):
     """
 
     kind: ClassVar[str] = "driver"
+    #: True for a driver that moves a vehicle (a flight controller): its entity is guarded by the
+    #: safety envelope (edge.safety) whether or not the config names it.
+    vehicle: ClassVar[bool] = False
 
     def __init__(self, name: str, entity: str, *, publish_telemetry: bool = True) -> None:
         self.name = name
