@@ -50,6 +50,7 @@ class MavPeer:
         self.silent: set[int] = set()  # commands never acked
         self.in_progress: set[int] = set()  # commands first answered IN_PROGRESS
         self.extra_heartbeats: list[tuple[int, int, int]] = []  # (component, type, autopilot)
+        self.position_ned = (0.0, 0.0, 0.0)  # reported in LOCAL_POSITION_NED
         self.received: list[Received] = []
         self.mav = mav.MAVLink(None, srcSystem=1, srcComponent=1)
         self.port = ""
@@ -115,6 +116,7 @@ class MavPeer:
             self.heartbeat()
             # alt 500 m AMSL, on the ground at home
             self.send(self.mav.global_position_int_encode(0, 473977420, 85455940, 500_000, 0, 0, 0, 0, 0))
+            self.send(self.mav.local_position_ned_encode(0, *self.position_ned, 0, 0, 0))
             await asyncio.sleep(1.0 / self.heartbeat_hz)
 
     def _readable(self) -> None:
