@@ -209,6 +209,8 @@ class MavCommander:
     def _ack(self, msg: Any) -> None:
         if msg.target_system not in (0, self._mav().srcSystem):
             return
+        if self.target_component != 0 and msg.get_srcComponent() != self.target_component:
+            return  # a gimbal or camera on the same system does not answer for the autopilot
         fut = self._pending.get(msg.command)
         if fut is None or fut.done():
             return
@@ -233,13 +235,15 @@ class MavCommander:
         self._t0 = time.monotonic()
 
     def close(self) -> None:
-        for fut in self._pending.values():
+        """The link is gone: the stream stops, and commands waiting for an ack or an echo are
+        answered with the loss (not left to time out)."""
+        lost = ConnectionError("the link to the flight controller was lost")
+        waiting: list[asyncio.Future[Any]] = [*self._pending.values(), *(f for _, f in self._echo_waiters)]
+        for fut in waiting:
             if not fut.done():
-                fut.cancel()
+                fut.set_exception(lost)
+                fut.exception()  # retrieved here: a waiter that already left must not warn
         self._pending.clear()
-        for _, fut in self._echo_waiters:
-            if not fut.done():
-                fut.cancel()
         self._echo_waiters.clear()
         self.active = None
 

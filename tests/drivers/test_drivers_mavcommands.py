@@ -408,3 +408,29 @@ async def test_envelope_events_are_published(nc: Client, tmp_path: Path, ardupil
         assert event["decision"] == "refused" and event["caller"] == "agent" and event["id"] == ans["id"]
     finally:
         await dev.stop()
+
+
+async def test_a_gimbal_ack_does_not_answer_for_the_autopilot(ardupilot: MavPeer) -> None:
+    r = await running(ardupilot, command_timeout_s=0.5)
+    try:
+        ardupilot.silent.add(mav.MAV_CMD_COMPONENT_ARM_DISARM)
+        task = asyncio.ensure_future(r.cmd("arm"))
+        await ardupilot.wait(lambda: ardupilot.commands(mav.MAV_CMD_COMPONENT_ARM_DISARM))
+        ardupilot.send(ardupilot.mav.command_ack_encode(mav.MAV_CMD_COMPONENT_ARM_DISARM, mav.MAV_RESULT_ACCEPTED,
+                                                        0, 0, 255, 190), component=154)
+        ans = await task
+        assert ans["ok"] is False and "no COMMAND_ACK" in ans["error"]
+    finally:
+        await r.drv.stop()
+
+
+async def test_a_command_waiting_when_the_link_is_lost_is_answered_with_the_loss(ardupilot: MavPeer) -> None:
+    r = await running(ardupilot, command_timeout_s=5.0)
+    ardupilot.silent.add(mav.MAV_CMD_NAV_RETURN_TO_LAUNCH)
+    task = asyncio.ensure_future(r.cmd("rtl"))
+    await ardupilot.wait(lambda: ardupilot.commands(mav.MAV_CMD_NAV_RETURN_TO_LAUNCH))
+    t0 = time.monotonic()
+    await r.drv.stop()
+    ans = await task
+    assert time.monotonic() - t0 < 2.0
+    assert ans["ok"] is False and "link to the flight controller was lost" in ans["error"]
