@@ -265,6 +265,11 @@ class Driver(ABC):
             raise RuntimeError(f"driver {self.name!r} was never started")
         return await asyncio.shield(self._failure)
 
+    def details(self) -> dict[str, Any]:
+        """Kind-specific state for ``edge status`` (under the driver's ``details``); cheap, never
+        raising. Empty by default."""
+        return {}
+
     def frame_slot(self) -> LatestFrame | None:
         """The latest-frame slot of a frame source (a camera); None for every other driver."""
         return None

@@ -236,7 +236,7 @@ class MAVLinkDriver(Driver):
         return f"custom:{hb.custom_mode}"
 
     # ----- commands --------------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
+    def details(self) -> dict[str, Any]:
         """The command side: flavour, mode, what streams, setpoints sent, stream gaps."""
         return self.commander.status()
 

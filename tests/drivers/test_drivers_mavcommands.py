@@ -138,7 +138,7 @@ async def test_the_stream_runs_at_10_hz_and_holds_after_the_timeout(ardupilot: M
         assert late and all((f.msg.vx, f.msg.vy, f.msg.vz) == (0, 0, 0) for f in late)
         event = [p.json() for p in r.ctx.published_on("edge.dev1.evt.drone1.setpoint_timeout")]
         assert event and event[0]["was"] == "velocity" and event[0]["now"] == "hold"
-        assert r.drv.status()["setpoint_timeouts"] == 1
+        assert r.drv.details()["setpoint_timeouts"] == 1
     finally:
         await r.drv.stop()
     n = len(ardupilot.setpoints())
@@ -154,7 +154,7 @@ async def test_fresh_commands_keep_the_stream_flying(ardupilot: MavPeer) -> None
             await asyncio.sleep(0.3)
         recent = ardupilot.setpoints(time.monotonic() - 0.25)
         assert recent and all(f.msg.vy == pytest.approx(2.0) for f in recent)
-        assert r.drv.status()["setpoint_timeouts"] == 0
+        assert r.drv.details()["setpoint_timeouts"] == 0
     finally:
         await r.drv.stop()
 
@@ -206,7 +206,7 @@ async def test_land_and_rtl_stop_the_stream(ardupilot: MavPeer) -> None:
         await asyncio.sleep(0.05)
         n = len(ardupilot.setpoints())
         await asyncio.sleep(0.3)
-        assert len(ardupilot.setpoints()) == n and r.drv.status()["streaming"] is None
+        assert len(ardupilot.setpoints()) == n and r.drv.details()["streaming"] is None
     finally:
         await r.drv.stop()
 
@@ -434,3 +434,16 @@ async def test_a_command_waiting_when_the_link_is_lost_is_answered_with_the_loss
     ans = await task
     assert time.monotonic() - t0 < 2.0
     assert ans["ok"] is False and "link to the flight controller was lost" in ans["error"]
+
+
+async def test_edge_status_shows_the_command_side(nc: Client, tmp_path: Path, ardupilot: MavPeer) -> None:
+    dev = Device(nc, tmp_path, ardupilot)
+    await dev.start()
+    try:
+        await asyncio.sleep(0.3)
+        row = dev.hardware.status()[0]
+        assert row["name"] == "fc" and row["details"]["flavour"] == "ardupilot"
+        assert row["details"]["streaming"] is None and row["details"]["mode"] == "STABILIZE"
+        assert dev.safety.status()["guarded"] == ["drone1"]
+    finally:
+        await dev.stop()
