@@ -69,3 +69,11 @@ def test_bad_values_name_the_key_and_the_file(tmp_path: Path, text: str, key: st
         load_config(path)
     assert err.value.key == key and err.value.file == str(path)
     assert words in str(err.value)
+
+
+def test_the_documented_error_sentence(tmp_path: Path) -> None:
+    path = write(tmp_path, "[safety.drone-0]\nmax_horizontal_speed = 80\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == (f"safety of 'drone-0': must be within 0.1..50 m/s, got 80 "
+                              f"(key 'safety.drone-0.max_horizontal_speed' in {path})")
