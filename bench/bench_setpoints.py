@@ -75,7 +75,7 @@ async def run(quick: bool) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="edge-bench-sp-") as tmp:
         async with running_server(Path(tmp) / "nats") as server:
             nc: Client = await nats.connect(server.url)
-            peer, floor_peer = MavPeer("ardupilot"), MavPeer("ardupilot")
+            peer, floor_peer = MavPeer("ardupilot"), MavPeer("ardupilot", heartbeat_hz=0)
             await peer.start()
             await floor_peer.start()
             peer.armed, peer.custom_mode, peer.position_ned = True, ARDU_GUIDED, (0.0, 0.0, -10.0)

@@ -463,7 +463,8 @@ class MavCommander:
         if "yaw_rate" in args:
             yaw_rate = math.radians(_number(args, "yaw_rate", -MAX_YAW_RATE, MAX_YAW_RATE))
             mask &= ~IGNORE_YAW_RATE
-        sp = Setpoint("velocity", frame, mask, (0, 0, 0, vx, vy, vz, 0, yaw_rate), True, time.monotonic())
+        moving = bool(vx or vy or vz or yaw_rate)  # a zero velocity is a hold: it does not time out
+        sp = Setpoint("velocity", frame, mask, (0, 0, 0, vx, vy, vz, 0, yaw_rate), moving, time.monotonic())
         return await self._engage(sp, "SET_POSITION_TARGET_LOCAL_NED")
 
     async def position(self, args: dict[str, Any]) -> dict[str, Any]:

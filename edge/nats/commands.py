@@ -7,6 +7,9 @@ Key components
   it (commands to one entity+verb in arrival order, each under a timeout) and answers exactly
   once: to the request's reply subject (if any) and, always, as a record on
   ``edge.<device>.ack.<entity>.<verb>`` through the device's acknowledged event publisher.
+- :class:`GuardVerdict` / :meth:`CommandRouter.set_guard`: one guard (the safety envelope,
+  :mod:`edge.safety.layer`) sees every command just before its handler runs and may let it run,
+  run it changed (clamped arguments, a ``hold`` instead) or refuse it (reason ``envelope``).
 - :class:`CommandClient`: the caller's side: ``send(entity, verb, args, timeout=...)`` is a NATS
   request with an ``Edge-Command-Id`` header; it returns a :class:`CommandResult` or raises
   :class:`CommandTimeout` / :class:`CommandUnanswered`.

@@ -147,9 +147,9 @@ async def test_the_stream_runs_at_10_hz_and_holds_after_the_timeout(ardupilot: M
 
 
 async def test_fresh_commands_keep_the_stream_flying(ardupilot: MavPeer) -> None:
-    r = await running(ardupilot, setpoint_timeout_s=0.5)
+    r = await running(ardupilot, setpoint_timeout_s=1.0)
     try:
-        for _ in range(4):
+        for _ in range(5):
             await r.cmd("velocity", {"x": 2.0})
             await asyncio.sleep(0.3)
         recent = ardupilot.setpoints(time.monotonic() - 0.25)
@@ -447,3 +447,14 @@ async def test_edge_status_shows_the_command_side(nc: Client, tmp_path: Path, ar
         assert dev.safety.status()["guarded"] == ["drone1"]
     finally:
         await dev.stop()
+
+
+async def test_a_zero_velocity_is_a_hold_that_does_not_time_out(ardupilot: MavPeer) -> None:
+    r = await running(ardupilot, setpoint_timeout_s=0.3)
+    try:
+        await r.cmd("velocity", {"x": 0.0, "y": 0.0, "z": 0.0})
+        await asyncio.sleep(0.6)
+        assert r.drv.details()["setpoint_timeouts"] == 0 and r.drv.details()["streaming"] == "velocity"
+        assert not r.ctx.published_on("edge.dev1.evt.drone1.setpoint_timeout")
+    finally:
+        await r.drv.stop()

@@ -52,6 +52,7 @@ class MavPeer:
         self.extra_heartbeats: list[tuple[int, int, int]] = []  # (component, type, autopilot)
         self.position_ned = (0.0, 0.0, 0.0)  # reported in LOCAL_POSITION_NED
         self.received: list[Received] = []
+        self.dropped = 0  # frames not written: the pty's buffer was full
         self.mav = mav.MAVLink(None, srcSystem=1, srcComponent=1)
         self.port = ""
         self._master = -1
@@ -62,7 +63,8 @@ class MavPeer:
         self._master, self._slave, self.port = open_pty()
         loop = asyncio.get_running_loop()
         loop.add_reader(self._master, self._readable)
-        self._tasks.append(loop.create_task(self._heartbeats()))
+        if self.heartbeat_hz > 0:
+            self._tasks.append(loop.create_task(self._heartbeats()))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -99,6 +101,8 @@ class MavPeer:
         self.mav.srcComponent = component
         try:
             os.write(self._master, msg.pack(self.mav))
+        except BlockingIOError:  # nobody reads the other end: dropped, as on a UART
+            self.dropped += 1
         finally:
             self.mav.srcComponent = 1
         self.mav.seq = (self.mav.seq + 1) % 256
