@@ -167,7 +167,8 @@ class MavCommander:
         self.mode: str | None = None
         self.armed: bool | None = None
         self.home_amsl: float | None = None
-        self.active: Setpoint | None = None
+        self._active: Setpoint | None = None
+        self._stream_since = time.monotonic()  # when the current stream began
         self.setpoints_sent = 0
         self.timeouts = 0
         self.last_echo: dict[str, Any] | None = None
@@ -177,6 +178,17 @@ class MavCommander:
         self._wake = asyncio.Event()
         self._gaps: list[float] = []  # seconds between the last stream frames (status: jitter)
         self._last_sent = 0.0
+
+    @property
+    def active(self) -> Setpoint | None:
+        """The streamed setpoint (None: nothing streams)."""
+        return self._active
+
+    @active.setter
+    def active(self, sp: Setpoint | None) -> None:
+        if self._active is None and sp is not None:
+            self._stream_since = time.monotonic()
+        self._active = sp
 
     # -- state from the autopilot -------------------------------------------------------------
 
@@ -427,12 +439,15 @@ class MavCommander:
         mode = str(args.get("mode", "")).upper()
         params = self._mode_params(mode)
         prestream = None
-        if self.flavour is Flavour.PX4 and mode == "OFFBOARD" and self.active is None:
+        if self.flavour is Flavour.PX4 and mode == "OFFBOARD":
             # PX4 refuses OFFBOARD without a setpoint stream and leaves it when the stream stops
-            self.active = self._hold_setpoint()
-            self._wake.set()
-            await asyncio.sleep(self.px4_prestream_s)
-            prestream = self.px4_prestream_s
+            if self.active is None:
+                self.active = self._hold_setpoint()
+                self._wake.set()
+            wait = self.px4_prestream_s - (time.monotonic() - self._stream_since)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            prestream = round(time.monotonic() - self._stream_since, 3)
         out = await self.command_long(mavlink.MAV_CMD_DO_SET_MODE, *params)
         out["mode"] = mode
         if prestream is not None:

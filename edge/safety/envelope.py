@@ -381,15 +381,14 @@ def _velocity(args: dict[str, Any], s: VehicleState, c: EnvelopeConfig) -> Verdi
 
 def _target(verb: str, args: dict[str, Any], target: tuple[float, float, float], s: VehicleState,
             c: EnvelopeConfig) -> Verdict:
-    missing = _need_position(verb, args, s, c)
-    if missing:
-        return missing
     high = _altitude_outside(target[2], c)
     if high:
         return _refused(verb, args, "altitude", f"{verb} target at {high}")
     if c.fence is not None:
         pos = s.position
-        assert pos is not None
+        if pos is None:
+            return _refused(verb, args, "unknown",
+                            f"the vehicle's position is unknown: {verb} cannot be checked against the fence")
         if not c.fence.contains(target[0], target[1]):
             return _refused(verb, args, "fence", f"{verb} target ({target[0]:.1f}, {target[1]:.1f}) is "
                             f"{c.fence.outside_by(target[0], target[1]):.1f} m outside the fence "
@@ -402,7 +401,10 @@ def _target(verb: str, args: dict[str, Any], target: tuple[float, float, float],
 
 def _goto(args: dict[str, Any], s: VehicleState, c: EnvelopeConfig) -> Verdict:
     lat, lon, alt = _num(args, "lat"), _num(args, "lon"), _num(args, "alt")
-    if c.fence is None and c.floor is None and c.ceiling is None:
+    high = _altitude_outside(alt, c)  # alt is above home: no conversion needed
+    if high:
+        return _refused("goto", args, "altitude", f"goto target at {high}")
+    if c.fence is None:
         return Verdict(Decision.PASS, "goto", args)
     if s.lat is None or s.lon is None or s.position is None:
         return _refused("goto", args, "unknown", "the vehicle's position is unknown: goto cannot be checked "

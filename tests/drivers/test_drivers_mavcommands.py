@@ -280,7 +280,7 @@ async def test_px4_offboard_is_asked_only_after_a_setpoint_prestream(px4: MavPee
         assert r.drv.commander.flavour == "px4"
         t0 = time.monotonic()
         ans = await r.cmd("set_mode", {"mode": "offboard"})
-        assert ans["ok"] and ans["result"] == "ACCEPTED" and ans["prestream_s"] == 0.6
+        assert ans["ok"] and ans["result"] == "ACCEPTED" and 0.6 <= ans["prestream_s"] < 1.0
         mode_cmd = px4.of("COMMAND_LONG", t0)[-1]
         assert mode_cmd.msg.command == mav.MAV_CMD_DO_SET_MODE
         assert (mode_cmd.msg.param1, mode_cmd.msg.param2, mode_cmd.msg.param3) == (1, 6, 0)
@@ -456,5 +456,21 @@ async def test_a_zero_velocity_is_a_hold_that_does_not_time_out(ardupilot: MavPe
         await asyncio.sleep(0.6)
         assert r.drv.details()["setpoint_timeouts"] == 0 and r.drv.details()["streaming"] == "velocity"
         assert not r.ctx.published_on("edge.dev1.evt.drone1.setpoint_timeout")
+    finally:
+        await r.drv.stop()
+
+
+async def test_px4_offboard_after_a_velocity_waits_only_for_the_rest_of_the_prestream(px4: MavPeer) -> None:
+    r = await running(px4, px4_prestream_s=0.6)
+    try:
+        await r.cmd("velocity", {"x": 1.0})  # streaming already (PX4 ignores it until OFFBOARD)
+        await asyncio.sleep(0.4)
+        t0 = time.monotonic()
+        ans = await r.cmd("set_mode", {"mode": "OFFBOARD"})
+        assert ans["ok"] and 0.6 <= ans["prestream_s"] < 0.9
+        assert time.monotonic() - t0 < 0.5  # ~0.2 s left of the pre-stream, not a full one
+        assert px4.custom_mode == PX4_OFFBOARD
+        recent = px4.setpoints(time.monotonic() - 0.25)
+        assert recent and all(f.msg.vy == pytest.approx(1.0) for f in recent)  # the velocity streams on
     finally:
         await r.drv.stop()

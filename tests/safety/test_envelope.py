@@ -203,3 +203,11 @@ def test_envelope_check_of_any_velocity_stays_within_the_limits(x: float, y: flo
     assert v.decision in (Decision.PASS, Decision.CLAMPED)
     assert math.hypot(v.args["x"], v.args["y"]) <= DEFAULTS.max_horizontal_speed * (1 + 1e-12)
     assert abs(v.args["z"]) <= DEFAULTS.max_vertical_speed
+
+
+def test_a_target_altitude_needs_no_position_without_a_fence() -> None:
+    unknown = at(x=None, y=None, z=None, lat=None, lon=None)
+    assert check("position", {"x": 5.0, "y": 5.0, "z": 10.0}, unknown).decision is Decision.PASS
+    assert check("goto", {"lat": 47.0, "lon": 8.0, "alt": 10.0}, unknown).decision is Decision.PASS
+    assert check("goto", {"lat": 47.0, "lon": 8.0, "alt": 130.0}, unknown).code == "altitude"
+    assert check("goto", {"lat": 47.0, "lon": 8.0, "alt": 10.0}, unknown, CIRCLE).code == "unknown"
