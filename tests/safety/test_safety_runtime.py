@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from rigs.mavpeer import MavPeer
 
+from edge.cli.status import render
 from edge.config import load_config
 from edge.nats.commands import CommandClient
 from edge.runtime import Runtime
@@ -80,6 +81,8 @@ async def test_every_source_is_checked_and_nothing_refused_reaches_the_wire(
     await asyncio.sleep(0.3)
     assert peer.setpoints() == []
     assert rt.status()["safety"]["decisions"]["refused"] == 3
+    text = render(rt.status())  # edge status's text view
+    assert "safety:" in text and "guarded: drone1, pod" in text and "refused=3" in text
 
 
 async def test_the_configured_limits_apply_in_the_device(device: tuple[Runtime, MavPeer]) -> None:
