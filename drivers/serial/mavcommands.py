@@ -172,6 +172,7 @@ class MavCommander:
         self.setpoints_sent = 0
         self.timeouts = 0
         self.last_echo: dict[str, Any] | None = None
+        self.bad_messages = 0
         self._t0 = time.monotonic()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._echo_waiters: list[tuple[Setpoint, asyncio.Future[float]]] = []
@@ -193,7 +194,15 @@ class MavCommander:
     # -- state from the autopilot -------------------------------------------------------------
 
     def observe(self, msg: Any) -> None:
-        """Every message from the target system (called by the driver's reader, one line)."""
+        """Every message from the target system (called by the driver's reader, one line). A
+        message it cannot use is counted (``bad_messages``) and dropped; the reader goes on."""
+        try:
+            self._observe(msg)
+        except Exception as err:  # noqa: BLE001  a malformed message must not stop the reader
+            self.bad_messages += 1
+            log.debug("ignored %s: %s", msg.get_type(), err)
+
+    def _observe(self, msg: Any) -> None:
         t = msg.get_type()
         if t == "HEARTBEAT":
             self._heartbeat(msg)
@@ -264,7 +273,7 @@ class MavCommander:
         return {
             "flavour": str(self.flavour), "mode": self.mode, "armed": self.armed,
             "streaming": self.active.kind if self.active else None, "setpoints_sent": self.setpoints_sent,
-            "setpoint_timeouts": self.timeouts,
+            "setpoint_timeouts": self.timeouts, "bad_messages": self.bad_messages,
             "stream_gap_ms": {"p50": round(gaps[len(gaps) // 2] * 1e3, 2),
                               "max": round(gaps[-1] * 1e3, 2)} if gaps else None,
         }

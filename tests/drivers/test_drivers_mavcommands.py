@@ -474,3 +474,43 @@ async def test_px4_offboard_after_a_velocity_waits_only_for_the_rest_of_the_pres
         assert recent and all(f.msg.vy == pytest.approx(1.0) for f in recent)  # the velocity streams on
     finally:
         await r.drv.stop()
+
+
+def test_a_message_the_commander_cannot_use_is_counted_and_dropped() -> None:
+    from drivers.serial.mavcommands import MavCommander
+
+    async def send(msg: Any) -> None:
+        return None
+
+    async def event(kind: str, payload: Any) -> None:
+        return None
+
+    c = MavCommander(send=send, mav=lambda: mav.MAVLink(None, 255, 190), event=event)
+    hb = mav.MAVLink_heartbeat_message(mav.MAV_TYPE_QUADROTOR, mav.MAV_AUTOPILOT_PX4, 0, 0, 0, 3)
+    hb.base_mode = None  # a field pymavlink could not fill: not a number
+    hb._header = mav.MAVLink_header(0, srcSystem=1, srcComponent=1)
+    c.observe(hb)
+    assert c.bad_messages == 1 and c.mode is None
+    hb.base_mode = mav.MAV_MODE_FLAG_SAFETY_ARMED
+    hb.custom_mode = PX4_OFFBOARD
+    c.observe(hb)
+    assert c.bad_messages == 1 and c.armed is True and c.flavour == "px4" and c.mode == "OFFBOARD"
+
+
+async def test_px4_takeoff_before_the_home_altitude_is_known_is_refused_unsent() -> None:
+    from drivers.serial.mavcommands import MavCommander
+
+    sent: list[Any] = []
+
+    async def send(msg: Any) -> None:
+        sent.append(msg)
+
+    async def event(kind: str, payload: Any) -> None:
+        return None
+
+    c = MavCommander(send=send, mav=lambda: mav.MAVLink(None, 255, 190), event=event, autopilot="px4")
+    with pytest.raises(ValueError, match="home altitude is not known"):
+        await c.takeoff({"alt": 10})
+    with pytest.raises(ValueError, match="'alt' must be a number"):
+        await c.takeoff({"alt": 0.1})
+    assert sent == []
