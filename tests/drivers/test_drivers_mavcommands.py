@@ -514,3 +514,33 @@ async def test_px4_takeoff_before_the_home_altitude_is_known_is_refused_unsent()
     with pytest.raises(ValueError, match="'alt' must be a number"):
         await c.takeoff({"alt": 0.1})
     assert sent == []
+
+
+async def test_the_follow_agents_velocity_becomes_the_setpoint_unchanged(
+        nc: Client, tmp_path: Path, ardupilot: MavPeer) -> None:
+    from edge.agents import AgentSpec, FollowAgent, FollowParams
+    from edge.agents.host import AgentHost
+
+    ardupilot.armed, ardupilot.custom_mode, ardupilot.position_ned = True, ARDU_GUIDED, (0.0, 0.0, -10.0)
+    dev = Device(nc, tmp_path, ardupilot)
+    params = FollowParams(acquire_frames=1, min_delta=0.0, refresh_s=0.5, lost_timeout=60.0)
+    host = AgentHost([AgentSpec.of(lambda: FollowAgent("drone1", params, interval=0.2))])
+    await dev.start()
+    await host.start(dev.ctx)
+    try:
+        deadline = time.monotonic() + 5
+        while not (dev.world.has("drone1", "position") and dev.world.has("drone1", "flight")
+                   and dev.world.get("drone1", "flight")["mode"] == "GUIDED"):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        t0 = time.monotonic()
+        # the face right of and above the frame centre: east and north at gain 4 x offset 0.3
+        body = json.dumps({"items": [{"label": "face", "score": 0.9, "box": [0.7, 0.1, 0.9, 0.3]}]}).encode()
+        await nc.publish("edge.dev1.evt.drone1.detections", body)
+        await ardupilot.wait(lambda: bool(ardupilot.setpoints(t0)))
+        sp = ardupilot.setpoints(t0)[0].msg
+        assert sp.coordinate_frame == mav.MAV_FRAME_LOCAL_NED and sp.type_mask == MASK_VELOCITY
+        assert (sp.vx, sp.vy, sp.vz) == pytest.approx((1.2, 1.2, 0.0))  # north, east, down
+    finally:
+        await host.stop()
+        await dev.stop()
