@@ -79,7 +79,9 @@ async def test_local_velocity_is_one_set_position_target_in_local_ned(ardupilot:
         ans = await r.cmd("velocity", {"x": 1.5, "y": -2.0, "z": 0.5})  # east, north, up
         assert ans["ok"] is True and ans["result"] == "TRACKING"
         assert ans["confirmed_by"] == "POSITION_TARGET_LOCAL_NED" and ans["frame"] == "MAV_FRAME_LOCAL_NED"
-        sp = ardupilot.setpoints(t0)[0].msg
+        first = ardupilot.setpoints(t0)[0]
+        assert first.t - t0 < 0.09  # sent with the command, not at the next tick of the stream
+        sp = first.msg
         assert sp.get_type() == "SET_POSITION_TARGET_LOCAL_NED"
         assert (sp.target_system, sp.target_component) == (1, 1)
         assert sp.coordinate_frame == mav.MAV_FRAME_LOCAL_NED and sp.type_mask == MASK_VELOCITY == 0xDC7

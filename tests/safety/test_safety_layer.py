@@ -191,3 +191,13 @@ async def test_a_guard_that_fails_refuses_the_command(nc: Client, tmp_path: Path
         assert (await CommandClient(nc, DEV).send("drone1", "velocity", {}, timeout=5)).ok
     finally:
         await router.stop()
+
+
+async def test_a_retried_command_id_gets_the_same_envelope_answer(rig: Rig) -> None:
+    rig.fly(armed=False)
+    first = await rig.client.send("drone1", "velocity", {"x": 1.0}, timeout=5, command_id="cmd-1")
+    rig.fly()  # armed now: the retry of the same id is not re-judged, a new id is
+    again = await rig.client.send("drone1", "velocity", {"x": 1.0}, timeout=5, command_id="cmd-1")
+    assert first.answer == again.answer and again.answer["reason"] == "envelope"
+    fresh = await rig.client.send("drone1", "velocity", {"x": 1.0}, timeout=5, command_id="cmd-2")
+    assert fresh.ok and rig.vehicle.got == [("velocity", {"x": 1.0}, None)]
