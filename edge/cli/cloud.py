@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ def register(sub: Any) -> None:
         action="store_true",
         help="devices log in with nkeys (seeds written to <store>/devices/<device>.nk) instead of passwords",
     )
+    run.add_argument("--page", metavar="HOST:PORT", default=None,
+                     help="also serve the fleet page (live web view of the devices) on HOST:PORT")
     for name, text in (("provision", "create the hub streams for devices"), ("deprovision", "delete them")):
         p = csub.add_parser(name, help=text)
         _hub_args(p)
@@ -139,12 +142,25 @@ async def run_hub(args: argparse.Namespace) -> int:
     if server is None:
         raise EdgeError("the hub did not start")
     print(f"hub running: clients {server.url}, leaf nodes {server.leaf_url}, store {hub.store}")
-    for device in args.device:
-        print("\n" + hub.device_table(device))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await hub.stop()
+    page = None
+    try:
+        if args.page:
+            from edge.sync.hub.page.web import FleetPage, parse_bind
+
+            host, port = parse_bind(args.page)
+            page = FleetPage(server.client_url, host=host, port=port)
+            await page.start()
+            print(f"fleet page: {page.url}")
+        for device in args.device:
+            print("\n" + hub.device_table(device))
+        sys.stdout.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        if page is not None:
+            await page.stop()
+        await hub.stop()
     return 0
