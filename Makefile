@@ -11,7 +11,7 @@ APT_PKGS = clang lld python3-venv python3-dev
 # it; no browser is downloaded).
 TEST_APT_PKGS = chromium
 
-.PHONY: setup system-deps test-deps components run test check bench fuzz clean
+.PHONY: setup system-deps test-deps components run test check bench bench-fleet fuzz clean
 
 setup: $(STAMP) components
 
@@ -52,6 +52,11 @@ check: setup
 BENCH_ARGS ?=
 bench: setup
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+
+# The simulated fleet (50 device nats-servers as leaves of one hub; docs/scale.md); not in `make bench`.
+FLEET_ARGS ?=
+bench-fleet: setup
+	$(BIN)/python bench/bench_fleet.py $(FLEET_ARGS)
 
 # The long load-path fuzz campaign (docs/sandbox.md, Structure limits and fuzzing); FUZZ_MINUTES=10 by default.
 FUZZ_MINUTES ?= 10
