@@ -272,6 +272,8 @@ async def test_fleet_page_in_a_headless_browser(fleet: Fleet, tmp_path: Path) ->
 
     assert os.path.exists(CHROMIUM), "the browser test needs Debian's chromium (`make test` installs it)"
 
+    await fleet.rig.dev_js("dev1").publish("edge.dev1.evt.runtime.fault", json.dumps(
+        {"component": "patrol", "message": "trap: out of gas"}).encode())
     page_srv = FleetPage(fleet.rig.hub.client_url, refresh_s=0.25)
     await page_srv.start()
     profile = tmp_path / "chromium-profile"
@@ -296,6 +298,8 @@ async def test_fleet_page_in_a_headless_browser(fleet: Fleet, tmp_path: Path) ->
                 assert await page.inner_text('tr[data-device="dev2"] [data-field="denied"]') == "3"
                 assert "2 online, 0 offline, 1 never seen" in await page.inner_text("#counts")
                 assert await page.locator("#geo circle").count() == 2
+                await page.wait_for_selector('#faults li[data-device="dev1"]', timeout=10_000)
+                assert "patrol trap: out of gas" in await page.inner_text('#faults li[data-device="dev1"]')
                 assert await page.locator('#local circle[data-entity="rover-1"]').count() == 1
                 shot = tmp_path / "fleet.png"
                 await page.screenshot(path=str(shot), full_page=False)

@@ -34,7 +34,7 @@
 
   function plot(svg, points, kx, ky) {
     while (svg.firstChild) svg.removeChild(svg.firstChild);
-    const W = 400, H = 300, PAD = 24;
+    const W = 400, H = 300, PAD = 56;
     if (!points.length) {
       const t = document.createElementNS(SVG, "text");
       t.setAttribute("x", W / 2); t.setAttribute("y", H / 2); t.setAttribute("text-anchor", "middle");
@@ -56,6 +56,11 @@
       const title = document.createElementNS(SVG, "title");
       title.textContent = p.device + "/" + p.entity; c.appendChild(title);
       svg.appendChild(c);
+      const label = document.createElementNS(SVG, "text");
+      label.setAttribute("x", (W / 2 + (p[kx] - cx) * s + 8).toFixed(1));
+      label.setAttribute("y", (H / 2 - (p[ky] - cy) * s + 4).toFixed(1));
+      label.textContent = p.device + "/" + p.entity;
+      svg.appendChild(label);
     }
   }
 
