@@ -65,6 +65,9 @@ def register(sub: Any) -> None:
     status = fsub.add_parser("status", help="link state, last seen, lag, stream sizes")
     _hub_args(status)
     status.add_argument("--json", action="store_true")
+    page = fsub.add_parser("page", help="serve the live fleet page for a running hub")
+    _hub_args(page)
+    page.add_argument("--page", metavar="HOST:PORT", default="127.0.0.1:8080", help="where to serve it")
 
 
 def _hub_args(p: argparse.ArgumentParser) -> None:
@@ -85,6 +88,8 @@ def _hub_url(args: argparse.Namespace) -> str:
 async def dispatch(args: argparse.Namespace) -> int:
     if args.command == "cloud" and args.verb == "run":
         return await run_hub(args)
+    if args.command == "fleet" and args.verb == "page":
+        return await serve_page(args)
     import nats
 
     url = _hub_url(args)
@@ -130,6 +135,31 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def serve_page(args: argparse.Namespace) -> int:
+    """``edge fleet page``: the fleet page for the hub at ``--hub-url`` (or the store's hub.json)."""
+    from edge import logs
+    from edge.sync.hub.page.web import FleetPage, parse_bind
+
+    logs.configure("info")
+    host, port = parse_bind(args.page)
+    page = FleetPage(_hub_url(args), host=host, port=port)
+    await page.start()
+    print(f"fleet page: {page.url}", flush=True)
+    try:
+        await _until_signalled()
+    finally:
+        await page.stop()
+    return 0
+
+
 async def run_hub(args: argparse.Namespace) -> int:
     from edge import logs
     from edge.sync.hub.dev import DevHub
@@ -154,11 +184,7 @@ async def run_hub(args: argparse.Namespace) -> int:
         for device in args.device:
             print("\n" + hub.device_table(device))
         sys.stdout.flush()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await _until_signalled()
     finally:
         if page is not None:
             await page.stop()

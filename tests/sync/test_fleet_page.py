@@ -250,6 +250,20 @@ async def test_page_routes_limits_and_hub_outage(fleet: Fleet) -> None:
         await page.stop()
 
 
+async def test_page_start_errors_are_clear_and_leave_nothing_running(fleet: Fleet) -> None:
+    first = FleetPage(fleet.rig.hub.client_url)
+    await first.start()
+    try:
+        taken = FleetPage(fleet.rig.hub.client_url, port=first.port)
+        with pytest.raises(EdgeError, match=f"cannot serve the fleet page on 127.0.0.1:{first.port}"):
+            await taken.start()
+        assert taken._nc is None and taken._task is None  # cleaned up
+    finally:
+        await first.stop()
+    with pytest.raises(EdgeError, match="cannot reach the hub at nats://127.0.0.1:.* within 1 s: "):
+        await FleetPage(f"nats://127.0.0.1:{pick_free_port('127.0.0.1')}", connect_timeout_s=1.0).start()
+
+
 def test_bind_and_settings_errors() -> None:
     assert parse_bind("127.0.0.1:8080") == ("127.0.0.1", 8080)
     assert parse_bind("9000") == ("127.0.0.1", 9000)
@@ -410,6 +424,23 @@ async def test_cloud_run_serves_the_page(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as http, http.get(url + "api/fleet") as r:
             snap = await r.json()
         assert [(d["device"], d["state"]) for d in snap["devices"]] == [("dev1", "never")]
+        # `edge fleet page` serves the same for the running hub (found through the store's hub.json)
+        port = pick_free_port("127.0.0.1")
+        viewer = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge.cli.main", "fleet", "page", "--store", str(tmp_path / "hub"),
+            "--page", f"127.0.0.1:{port}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            assert viewer.stdout is not None
+            line = (await asyncio.wait_for(viewer.stdout.readline(), 30)).decode()
+            assert line.strip() == f"fleet page: http://127.0.0.1:{port}/"
+            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/api/fleet") as r:
+                assert [d["device"] for d in (await r.json())["devices"]] == ["dev1"]
+            viewer.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(viewer.wait(), 20) == 0
+        finally:
+            if viewer.returncode is None:
+                viewer.kill()
+                await viewer.wait()
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:

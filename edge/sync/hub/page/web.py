@@ -21,7 +21,7 @@ import logging
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from edge.errors import ConfigError, EdgeError
+from edge.errors import ConfigError, EdgeError, NatsError
 from edge.sync.hub.page.collect import FleetCollector
 from edge.tasks import cancel_and_wait
 
@@ -34,6 +34,7 @@ log = logging.getLogger("edge.sync.hub.page")
 DEFAULT_REFRESH_S = 1.0
 MIN_REFRESH_S = 0.1
 DEFAULT_MAX_CLIENTS = 64
+DEFAULT_CONNECT_TIMEOUT_S = 10.0  # the hub must answer the first connect within this
 SSE_KEEPALIVE_S = 15.0
 STATIC = {"/": ("index.html", "text/html"), "/fleet.js": ("fleet.js", "text/javascript"),
           "/fleet.css": ("fleet.css", "text/css")}
@@ -58,7 +59,7 @@ class FleetPage:
 
     def __init__(self, hub_url: str, *, host: str = "127.0.0.1", port: int = 0,
                  refresh_s: float = DEFAULT_REFRESH_S, max_clients: int = DEFAULT_MAX_CLIENTS,
-                 down_after_s: float | None = None) -> None:
+                 down_after_s: float | None = None, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> None:
         if refresh_s < MIN_REFRESH_S:
             raise ConfigError(f"page refresh {refresh_s} s is below {MIN_REFRESH_S} s", key="refresh_s")
         if max_clients < 1:
@@ -69,6 +70,7 @@ class FleetPage:
         self.refresh_s = refresh_s
         self.max_clients = max_clients
         self.down_after_s = down_after_s
+        self.connect_timeout_s = connect_timeout_s
         self.snapshot: dict[str, Any] = {"t": 0.0, "hub": "starting", "devices": [], "counts": {}}
         self.clients = 0
         self.refused = 0
@@ -79,6 +81,10 @@ class FleetPage:
         self._runner: web.AppRunner | None = None
         self._task: asyncio.Task[None] | None = None
         self._static: dict[str, bytes] = {}
+
+    @property
+    def _hub_address(self) -> str:
+        return self.hub_url.split("@")[-1]  # without the login
 
     @property
     def url(self) -> str:
@@ -93,25 +99,40 @@ class FleetPage:
 
         files = resources.files("edge.sync.hub.page") / "static"
         self._static = {path: (files / name).read_bytes() for path, (name, _) in STATIC.items()}
-        self._nc = await nats.connect(self.hub_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                                      name="edge-fleet-page", error_cb=self._nats_error)
-        self._collector = FleetCollector(self._nc.jetstream(), down_after_s=self.down_after_s)
-        await self._refresh()
-        self._task = asyncio.create_task(self._loop(), name="edge.sync.hub.page")
-        app = web.Application()
-        for path, (_, ctype) in STATIC.items():
-            app.router.add_get(path, self._static_handler(path, ctype))
-        app.router.add_get("/api/fleet", self._fleet)
-        app.router.add_get("/api/events", self._events)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        try:  # nats-py retries a first connect forever with unlimited reconnects: bound it here
+            self._nc = await asyncio.wait_for(
+                nats.connect(self.hub_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                             connect_timeout=min(5.0, self.connect_timeout_s), name="edge-fleet-page",
+                             error_cb=self._nats_error),
+                self.connect_timeout_s)
+        except Exception as err:
+            raise NatsError(f"the fleet page cannot reach the hub at {self._hub_address} "
+                            f"within {self.connect_timeout_s:.0f} s: {str(err) or type(err).__name__}") from None
+        try:
+            self._collector = FleetCollector(self._nc.jetstream(), down_after_s=self.down_after_s)
+            await self._refresh()
+            self._task = asyncio.create_task(self._loop(), name="edge.sync.hub.page")
+            app = web.Application()
+            for path, (_, ctype) in STATIC.items():
+                app.router.add_get(path, self._static_handler(path, ctype))
+            app.router.add_get("/api/fleet", self._fleet)
+            app.router.add_get("/api/events", self._events)
+            self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.host, self.port)
+            try:
+                await site.start()
+            except OSError as err:
+                raise EdgeError(f"cannot serve the fleet page on {self.host}:{self.port}: {err.strerror or err}",
+                                host=self.host, port=self.port) from None
+        except BaseException:
+            await self.stop()
+            raise
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         if sockets:
             self.port = int(sockets[0].getsockname()[1])
-        log.info("fleet page on %s (hub %s)", self.url, self.hub_url.split("@")[-1])
+        log.info("fleet page on %s (hub %s)", self.url, self._hub_address)
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
