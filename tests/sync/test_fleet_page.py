@@ -250,6 +250,16 @@ async def test_page_routes_limits_and_hub_outage(fleet: Fleet) -> None:
         await page.stop()
 
 
+async def test_page_stops_promptly_with_a_live_client(fleet: Fleet) -> None:
+    page = FleetPage(fleet.rig.hub.client_url, refresh_s=0.2)
+    await page.start()
+    async with aiohttp.ClientSession() as http, http.get(page.url + "api/events") as live:
+        assert (await live.content.readline()).startswith(b"retry:")
+        t0 = time.monotonic()
+        await page.stop()
+        assert time.monotonic() - t0 < 3.0 and page.clients == 0
+
+
 async def test_page_start_errors_are_clear_and_leave_nothing_running(fleet: Fleet) -> None:
     first = FleetPage(fleet.rig.hub.client_url)
     await first.start()

@@ -36,6 +36,7 @@ MIN_REFRESH_S = 0.1
 DEFAULT_MAX_CLIENTS = 64
 DEFAULT_CONNECT_TIMEOUT_S = 10.0  # the hub must answer the first connect within this
 SSE_KEEPALIVE_S = 15.0
+SHUTDOWN_TIMEOUT_S = 2.0  # seconds open requests get when the page stops
 STATIC = {"/": ("index.html", "text/html"), "/fleet.js": ("fleet.js", "text/javascript"),
           "/fleet.css": ("fleet.css", "text/css")}
 
@@ -76,6 +77,7 @@ class FleetPage:
         self.refused = 0
         self._encoded = json.dumps(self.snapshot).encode()
         self._changed = asyncio.Event()
+        self._closing = False
         self._nc: Client | None = None
         self._collector: FleetCollector | None = None
         self._runner: web.AppRunner | None = None
@@ -97,6 +99,7 @@ class FleetPage:
             raise EdgeError("the fleet page needs aiohttp: pip install 'edge-runtime[hub]'") from err
         import nats
 
+        self._closing = False
         files = resources.files("edge.sync.hub.page") / "static"
         self._static = {path: (files / name).read_bytes() for path, (name, _) in STATIC.items()}
         try:  # nats-py retries a first connect forever with unlimited reconnects: bound it here
@@ -117,7 +120,8 @@ class FleetPage:
                 app.router.add_get(path, self._static_handler(path, ctype))
             app.router.add_get("/api/fleet", self._fleet)
             app.router.add_get("/api/events", self._events)
-            self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                         shutdown_timeout=SHUTDOWN_TIMEOUT_S)
             await self._runner.setup()
             site = web.TCPSite(self._runner, self.host, self.port)
             try:
@@ -135,6 +139,8 @@ class FleetPage:
         log.info("fleet page on %s (hub %s)", self.url, self._hub_address)
 
     async def stop(self) -> None:
+        self._closing = True
+        self._changed.set()  # live streams end now instead of holding the shutdown
         await cancel_and_wait(self._task)
         self._task = None
         if self._runner is not None:
@@ -198,7 +204,7 @@ class FleetPage:
             await resp.prepare(request)
             await resp.write(b"retry: 1000\n")
             sent: bytes | None = None
-            while True:
+            while not self._closing:
                 if self._encoded is not sent:
                     sent = self._encoded
                     await resp.write(b"event: fleet\ndata: " + sent + b"\n\n")
