@@ -2,7 +2,9 @@
 
 ``edge cloud run`` starts an embedded JetStream hub for development: it keeps its store and the
 devices' leaf logins under ``--store`` (default ``~/.local/state/edge-hub``), writes ``hub.json``
-there so the other commands find it, and prints the ``[hub]`` table each device needs.
+there so the other commands find it, and prints the ``[hub]`` table each device needs. With
+``--page HOST:PORT`` it also serves the live fleet page (:mod:`edge.sync.hub.page`); ``edge fleet
+page`` serves the page alone for a hub that is already running.
 
 Device logins are kept in ``devices.json`` (mode 0600): a password per device, or, for devices
 run with ``--nkeys``, only the device's public nkey; the matching seed is written to
