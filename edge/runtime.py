@@ -5,7 +5,7 @@ external URL) -> the event publisher -> world restored from KV -> the command ro
 subscriber of ``edge.<d>.cmd.*.*``) -> the device context -> the layers in order::
 
     state (write-behind persister) -> safety (the envelope's guard on the router)
-    -> sync (device streams, leaf link) -> api -> drivers
+    -> sync (device streams, leaf link) -> [heartbeat] -> api -> drivers
     -> inference -> tools -> agents -> [demo actuator] -> components (wasm) -> [extra layers]
 
 Stop runs the layers in reverse (each under a timeout, every error collected), then the command
@@ -248,12 +248,14 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
     from edge.agents.host import AgentHost
     from edge.agents.tools.service import ToolsService
     from edge.api.service import DeviceApi
-    from edge.sync.device.layer import UplinkLayer
-
     from edge.safety.layer import SafetyLayer
+    from edge.sync.device.heartbeat import HeartbeatLayer
+    from edge.sync.device.layer import UplinkLayer
 
     streams = cfg.sync.streams(cfg.device, bucket=cfg.state.bucket, hub=cfg.hub is not None)
     layers: list[Layer] = [UplinkLayer(streams, cfg.hub)]
+    if cfg.hub is not None:  # what the hub's fleet page shows (docs/sync.md, "Fleet page")
+        layers.append(HeartbeatLayer(status))
     extra_drivers: list[Any] = []
     extra_layers: list[Layer] = []
     if cfg.demo:
