@@ -211,3 +211,22 @@ def test_a_target_altitude_needs_no_position_without_a_fence() -> None:
     assert check("goto", {"lat": 47.0, "lon": 8.0, "alt": 10.0}, unknown).decision is Decision.PASS
     assert check("goto", {"lat": 47.0, "lon": 8.0, "alt": 130.0}, unknown).code == "altitude"
     assert check("goto", {"lat": 47.0, "lon": 8.0, "alt": 10.0}, unknown, CIRCLE).code == "unknown"
+
+
+coords = st.floats(min_value=-49.0, max_value=49.0)
+
+
+@given(coords, coords, speeds, speeds, st.floats(min_value=3.0, max_value=99.0), st.floats(min_value=-3.0, max_value=3.0))
+def test_a_velocity_that_runs_from_inside_never_ends_outside(  # the fence and altitudes, propertypx: float, py: float, vx: float, vy: float,
+                                                              pz: float, vz: float) -> None:
+    if math.hypot(px, py) > 50.0:
+        return
+    v = check("velocity", {"x": vx, "y": vy, "z": vz}, at(x=px, y=py, z=pz), CIRCLE)
+    if v.decision in (Decision.PASS, Decision.CLAMPED):
+        t = CIRCLE.lookahead_s
+        ex, ny, ez = px + v.args["x"] * t, py + v.args["y"] * t, pz + v.args["z"] * t
+        assert math.hypot(ex, ny) <= 50.0 + 1e-6
+        assert CIRCLE.floor is not None and CIRCLE.ceiling is not None
+        assert CIRCLE.floor - 1e-6 <= ez <= CIRCLE.ceiling + 1e-6  # started between floor and ceiling
+    else:
+        assert v.decision is Decision.HOLD and v.verb == "hold"
