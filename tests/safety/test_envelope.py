@@ -217,7 +217,7 @@ coords = st.floats(min_value=-49.0, max_value=49.0)
 
 
 @given(coords, coords, speeds, speeds, st.floats(min_value=3.0, max_value=99.0), st.floats(min_value=-3.0, max_value=3.0))
-def test_a_velocity_that_runs_from_inside_never_ends_outside(  # the fence and altitudes, propertypx: float, py: float, vx: float, vy: float,
+def test_a_velocity_that_runs_from_inside_never_ends_outside(px: float, py: float, vx: float, vy: float,
                                                               pz: float, vz: float) -> None:
     if math.hypot(px, py) > 50.0:
         return
