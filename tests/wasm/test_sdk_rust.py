@@ -163,6 +163,42 @@ async def test_a_panic_traps_and_the_component_is_restarted(pool: SandboxPool, r
     await wait_for(lambda: pool.state("panics") == "running")  # restarted after its backoff
 
 
+PUT_THEN_PANIC = r"""
+#![no_std]
+#[no_mangle]
+pub extern "C" fn edge_init() -> i32 {
+    let count = edge::kv_get_u64("count").unwrap_or(0);
+    let subject = edge::device_subject::<64>("evt.putpanic");
+    let _ = edge::publish(subject.as_bytes(), &count.to_le_bytes());
+    0
+}
+#[no_mangle]
+pub extern "C" fn edge_tick(_n: i32, _dt: f64) -> i32 {
+    let count = edge::kv_get_u64("count").unwrap_or(0);
+    let _ = edge::kv_put_u64("count", count + 1);
+    panic!("after the put");
+}
+"""
+
+
+async def test_kv_puts_of_a_call_that_traps_are_kept_for_the_restart(
+        pool: SandboxPool, rec: Recorder, tmp_path: Path) -> None:
+    src = tmp_path / "putpanic.rs"
+    src.write_text(PUT_THEN_PANIC)
+    module = BUILD.compile_rust(src, tmp_path / "putpanic.wasm")
+    await pool.load(manifest(tmp_path, "putpanic", module, read=("position.x",), tick_hz=1.0,
+                             publish=("edge.dev1.evt.putpanic",)))
+    pool.batch("putpanic", 1)
+    assert not await pool.tick("putpanic", 1, 0.1)
+    assert rec.reasons("putpanic") == ["trap"]
+    await wait_for(lambda: pool.state("putpanic") == "running")
+    await pool.flush()
+    await wait_for(lambda: len(rec.published) == 2)
+    # edge_init published the count it found: 0 at load, 1 after the restart
+    assert [struct.unpack("<Q", d)[0] for _, _, d in rec.published] == [0, 1]
+    assert rec.kv[("putpanic", "count")] == struct.pack("<Q", 1)
+
+
 def test_rust_lld_default_stack_needs_17_pages(tmp_path: Path) -> None:
     # The docs' claim: rust-lld reserves a 1 MiB stack in linear memory unless told otherwise.
     root = ROOT / "components" / "rust_geofence" / "rust_geofence.rs"
