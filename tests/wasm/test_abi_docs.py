@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sandbox_support import DEVICE, Recorder, build_module, manifest
+from sandbox_support import DEVICE, ROOT, Recorder, build_module, manifest
 
 from edge.wasm.pool import DEFAULT_STACK_BYTES, SandboxPool
 
@@ -40,3 +40,44 @@ async def test_deep_recursion_overflows_the_interpreter_stack_as_a_trap(tmp_path
         assert not await pool.tick("rec", 1_000_000, 0.0)
         assert rec.reasons("rec") == ["trap"]
         assert "stack overflow" in rec.faults[0][1].message
+
+
+def test_the_defaults_table_matches_the_code() -> None:
+    from edge.config import device
+    from edge.wasm import host, manifest, pool, supervision
+
+    text = (ROOT / "docs" / "abi.md").read_text()
+    table = text.split("## Defaults", 1)[1].split("\n\n")[2]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:4]]
+            for line in table.splitlines() if line.startswith("| ") and "---" not in line}
+    mib = 2**20
+    assert rows["wall-clock deadline of one call"] == [
+        f"{device.DEFAULT_DEADLINE:g} s (`deadline`)", f"{pool.DEFAULT_DEADLINE_S:g} s (`deadline_s`)"]
+    assert rows["component loads before a worker is replaced"] == [
+        f"{device.DEFAULT_RECYCLE_AFTER} (`recycle_after`)", f"{pool.DEFAULT_RECYCLE_AFTER} (`recycle_after`)"]
+    assert rows["sandbox worker processes"] == [
+        f"{device.DEFAULT_WORKERS} (`workers`)", f"{pool.DEFAULT_WORKERS} (`workers`)"]
+    assert rows["worker RSS past which it is replaced"][0].startswith(
+        f"{device.DEFAULT_MAX_WORKER_RSS_MB} MiB")
+    assert rows["worker RSS past which it is replaced"][1].startswith(
+        f"{pool.DEFAULT_RECYCLE_RSS_BYTES // mib} MiB")
+    leak = rows["memory of instances a worker no longer runs, before it is replaced"]
+    assert leak == [f"{pool.DEFAULT_RECYCLE_LEAK_BYTES // mib} MiB",
+                    f"{pool.DEFAULT_RECYCLE_LEAK_BYTES // mib} MiB (`recycle_leak_bytes`)"]
+    assert rows["wasm3 stack per instance (outside linear memory)"][1] == (
+        f"{pool.DEFAULT_STACK_BYTES // 1024} KiB (`stack_bytes`)")
+    backoff = rows["restart backoff"][0]
+    assert backoff == (f"{pool.DEFAULT_BACKOFF_BASE_S:g} s, doubling, at most "
+                       f"{pool.DEFAULT_BACKOFF_MAX_S:g} s; `failed` after {supervision.FAIL_LIMIT} "
+                       f"faults in {supervision.FAIL_WINDOW_S:g} s")
+    assert rows["one `infer` call / all `infer` waits of one call"][0] == (
+        f"{host.DEFAULT_INFER_TIMEOUT_S:g} s / {host.DEFAULT_INFER_BUDGET_S:g} s")
+    assert rows["message batches in flight per worker"][1] == (
+        f"{pool.DEFAULT_MAX_IN_FLIGHT} (`max_in_flight`)")
+    per_component = text.split("## Defaults", 1)[1].split("## SDKs", 1)[0]
+    assert f"`limits.gas`\n{manifest.DEFAULT_GAS:,}" in per_component
+    assert f"`limits.memory_pages` {manifest.DEFAULT_MEMORY_PAGES}," in per_component
+    assert f"`limits.publish_per_call` {manifest.DEFAULT_PUBLISH_PER_CALL:,}," in per_component
+    cfg = device.DeviceConfig(device="x", data_dir=Path("unused")).sandbox
+    assert (cfg.deadline, cfg.recycle_after, cfg.workers) == (
+        device.DEFAULT_DEADLINE, device.DEFAULT_RECYCLE_AFTER, device.DEFAULT_WORKERS)
