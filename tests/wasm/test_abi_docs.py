@@ -81,3 +81,39 @@ def test_the_defaults_table_matches_the_code() -> None:
     cfg = device.DeviceConfig(device="x", data_dir=Path("unused")).sandbox
     assert (cfg.deadline, cfg.recycle_after, cfg.workers) == (
         device.DEFAULT_DEADLINE, device.DEFAULT_RECYCLE_AFTER, device.DEFAULT_WORKERS)
+
+
+def _readme_block(lang: str) -> str:
+    text = (ROOT / "README.md").read_text().split("## Writing a component", 1)[1]
+    return text.split(f"```{lang}\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("lang", ["c", "rust", "zig"])
+async def test_the_readme_drift_examples_build_and_drift(tmp_path: Path, lang: str) -> None:
+    build = build_module()
+    code = _readme_block(lang)
+    suffix = {"c": ".c", "rust": ".rs", "zig": ".zig"}[lang]
+    src = tmp_path / f"drift{suffix}"
+    src.write_text(code)
+    out = tmp_path / "drift.wasm"
+    if lang == "c":
+        build.compile_wasm([src], out)
+    elif lang == "rust":
+        build.compile_rust(src, out)
+    else:
+        build.compile_zig(src, out)
+    manifest_text = _readme_block("toml").replace('"../build/drift.wasm"', f'"{out}"')
+    path = tmp_path / "manifest.toml"
+    path.write_text(manifest_text)
+    from edge.wasm.manifest import load_manifest
+
+    m = load_manifest(path, DEVICE)
+    assert m.limits.memory_pages == 16
+    async with SandboxPool(DEVICE, Recorder(), workers=1) as pool:
+        await pool.load(m)
+        px, vx = pool.batch("drift", 3)
+        px[:] = [0.0, 1.0, 2.0]
+        vx[:] = [1.0, -2.0, 0.5]
+        assert await pool.tick("drift", 3, 0.5)
+        assert list(px) == [0.5, 0.0, 2.25]
+        assert list(vx) == [1.0, -2.0, 0.5]
