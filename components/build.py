@@ -41,7 +41,7 @@ STACK_BYTES = 64 * 1024
 CFLAGS = ["--target=wasm32", "-O2", "-nostdlib", "-Wall", "-Wextra", "-Werror",
           "-Wl,--no-entry", "-Wl,--export-dynamic", f"-Wl,-z,stack-size={STACK_BYTES}"]
 RUST_TARGET = "wasm32-unknown-unknown"
-RUSTFLAGS = ["--edition", "2021", "--target", RUST_TARGET, "-C", "opt-level=s",
+RUSTFLAGS = ["--edition", "2021", "--target", RUST_TARGET, "-C", "opt-level=3",
              "-C", "panic=abort", "-D", "warnings"]
 #: The Zig release the Zig SDK is written for (Zig changes its language between releases).
 ZIG_VERSION = "0.17"
@@ -160,7 +160,7 @@ def compile_zig(root: Path, out: Path, *, zig: list[str] | None = None) -> Path:
     zig = zig or find_zig()
     out.parent.mkdir(parents=True, exist_ok=True)
     cache = OUT / "zig-cache"
-    _run([*zig, "build-exe", "-target", "wasm32-freestanding", "-mcpu", "mvp", "-O", "ReleaseSmall",
+    _run([*zig, "build-exe", "-target", "wasm32-freestanding", "-mcpu", "mvp", "-O", "ReleaseFast",
           "-fno-entry", "-rdynamic", "--stack", str(STACK_BYTES), "-fstrip",
           "--cache-dir", str(cache), "--global-cache-dir", str(cache),
           "--dep", "edge", f"-Mroot={root}", f"-Medge={ZIG_SDK}",
