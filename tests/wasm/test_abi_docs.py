@@ -117,3 +117,12 @@ async def test_the_readme_drift_examples_build_and_drift(tmp_path: Path, lang: s
         assert await pool.tick("drift", 3, 0.5)
         assert list(px) == [0.5, 0.0, 2.25]
         assert list(vx) == [1.0, -2.0, 0.5]
+
+
+def test_the_sdk_builds_emit_no_start_section() -> None:
+    from edge.wasm.wasmbin import SEC_START, find_section, parse_sections
+
+    build_module().build(["rust_geofence", "zig_odometer"])
+    for name in ("rust_geofence", "zig_odometer"):
+        wasm = (ROOT / "components" / "build" / f"{name}.wasm").read_bytes()
+        assert find_section(parse_sections(wasm), SEC_START) is None, name
