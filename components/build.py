@@ -160,7 +160,7 @@ def compile_zig(root: Path, out: Path, *, zig: list[str] | None = None) -> Path:
     zig = zig or find_zig()
     out.parent.mkdir(parents=True, exist_ok=True)
     cache = OUT / "zig-cache"
-    _run([*zig, "build-exe", "-target", "wasm32-freestanding", "-mcpu", "mvp", "-O", "ReleaseFast",
+    _run([*zig, "build-exe", "-target", "wasm32-freestanding", "-mcpu", "mvp", "-O", "ReleaseSafe",
           "-fno-entry", "-rdynamic", "--stack", str(STACK_BYTES), "-fstrip",
           "--cache-dir", str(cache), "--global-cache-dir", str(cache),
           "--dep", "edge", f"-Mroot={root}", f"-Medge={ZIG_SDK}",

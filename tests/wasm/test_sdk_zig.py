@@ -127,6 +127,34 @@ async def test_a_batch_too_big_for_memory_is_an_error_not_a_trap(
     assert entry["counters"]["errors"] == 1 and entry["counters"]["traps"] == 0
 
 
+PANICS = """
+const edge = @import("edge");
+var xs: [4]f64 = undefined;
+export fn edge_tick(n: i32, dt: f64) i32 {
+    _ = dt;
+    const len: usize = @intCast(n);  // a negative n fails this safety check
+    edge.readColumn(0, xs[0..len]) catch return 2;  // n > 4 fails the bounds check
+    return 0;
+}
+"""
+
+
+async def test_a_safety_check_traps_and_the_component_is_restarted(
+        pool: SandboxPool, rec: Recorder, tmp_path: Path) -> None:
+    # ReleaseSafe keeps Zig's checks: a bug traps (restarted with backoff) instead of running on
+    src = tmp_path / "panics.zig"
+    src.write_text(PANICS)
+    module = BUILD.compile_zig(src, tmp_path / "panics.wasm")
+    await pool.load(manifest(tmp_path, "zpanics", module, read=("position.x",)))
+    pool.batch("zpanics", 2)
+    assert await pool.tick("zpanics", 2, 0.1)
+    pool.batch("zpanics", 5)
+    assert not await pool.tick("zpanics", 5, 0.1)
+    assert rec.reasons("zpanics") == ["trap"]
+    assert rec.faults[0][1].export == "edge_tick"
+    await wait_for(lambda: pool.state("zpanics") == "running")
+
+
 def test_stack_size_sets_the_initial_memory(tmp_path: Path) -> None:
     root = ROOT / "components" / "zig_odometer" / "zig_odometer.zig"
     out = BUILD.compile_zig(root, tmp_path / "z.wasm")
