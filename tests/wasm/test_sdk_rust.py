@@ -199,6 +199,60 @@ async def test_kv_puts_of_a_call_that_traps_are_kept_for_the_restart(
     assert rec.kv[("putpanic", "count")] == struct.pack("<Q", 1)
 
 
+HELPERS = r"""
+#![no_std]
+static mut OUT: [u8; 64] = [0; 64];
+#[no_mangle]
+pub extern "C" fn sq(x: f64) -> f64 { edge::sqrt(x) }
+#[no_mangle]
+pub extern "C" fn out_ptr() -> i32 { unsafe { OUT.as_ptr() as i32 } }
+#[no_mangle]
+pub extern "C" fn fixed(v: f64, decimals: i32) -> i32 {
+    let mut t: edge::Text<24> = edge::Text::new();
+    t.push_fixed(v, decimals as u32);
+    unsafe { OUT[..t.len()].copy_from_slice(t.as_bytes()); }
+    if t.overflowed { -1 } else { t.len() as i32 }
+}
+#[no_mangle]
+pub extern "C" fn int(v: i64) -> i32 {
+    let mut t: edge::Text<24> = edge::Text::new();
+    t.push_int(v);
+    unsafe { OUT[..t.len()].copy_from_slice(t.as_bytes()); }
+    t.len() as i32
+}
+"""
+
+
+def test_sdk_sqrt_and_number_formatting(tmp_path: Path) -> None:
+    import wasm3
+
+    src = tmp_path / "helpers.rs"
+    src.write_text(HELPERS)
+    wasm = BUILD.compile_rust(src, tmp_path / "helpers.wasm").read_bytes()
+    env = wasm3.Environment()
+    rt = env.new_runtime(64 * 1024)
+    rt.load(env.parse_module(wasm))
+    sq, out_ptr = rt.find_function("sq"), rt.find_function("out_ptr")
+    for x in (0.0, 1e-300, 2.0, 0.25, 3600.0, 1e300, 123456.789):
+        assert abs(sq(x) - math.sqrt(x)) <= math.ulp(math.sqrt(x)), x
+    assert math.isnan(sq(-1.0)) and sq(math.inf) == math.inf
+
+    def text(fn: str, *args: float) -> str:
+        n = rt.find_function(fn)(*args)
+        ptr = out_ptr()
+        return bytes(rt.get_memory(0)[ptr:ptr + n]).decode()
+
+    assert text("fixed", 56.5685, 1) == "56.6"
+    assert text("fixed", -0.04, 1) == "0.0"
+    assert text("fixed", -2.5, 0) == "-3"
+    assert text("fixed", 1.005, 3) == "1.005"
+    assert text("fixed", 42.0, 0) == "42"
+    assert text("fixed", 1e30, 2) == "inf"
+    assert text("fixed", float("nan"), 2) == "NaN"
+    assert text("int", -9223372036854775808) == "-9223372036854775808"
+    assert text("int", 0) == "0"
+
+
 def test_rust_lld_default_stack_needs_17_pages(tmp_path: Path) -> None:
     # The docs' claim: rust-lld reserves a 1 MiB stack in linear memory unless told otherwise.
     root = ROOT / "components" / "rust_geofence" / "rust_geofence.rs"

@@ -293,7 +293,7 @@ pub fn infer(model: &str, input: &[u8], out: &mut [u8]) -> Result<usize, InferEr
 
 // ---- math -----------------------------------------------------------------------------------
 
-/// Square root, correctly rounded to within an ulp (`f64::sqrt` needs `std`, and the `sqrt` of
+/// Square root, within one ulp of the exact result (`f64::sqrt` needs `std`, and the `sqrt` of
 /// the compiler's builtins is not linked into a `no_std` module): Newton's method from an
 /// estimate made of the exponent bits.
 pub fn sqrt(x: f64) -> f64 {
