@@ -1,8 +1,9 @@
 //! edge: the Zig SDK for edge WebAssembly components (host ABI contract 1, docs/abi.md).
 //!
 //! Built by components/build.py with the Zig of the PyPI package `ziglang` (pinned in
-//! pyproject.toml's `sdk` extra): `zig build-exe -target wasm32-freestanding -fno-entry
-//! -rdynamic`, this file given as module `edge`. A component imports it with
+//! pyproject.toml's `sdk` extra): `zig build-exe -target wasm32-freestanding -mcpu mvp
+//! -O ReleaseSafe -fno-entry -rdynamic --stack 65536`, this file given as module `edge`
+//! (`-mcpu mvp`: wasm3 reads only the MVP encoding; ReleaseSafe: a failed safety check traps). A component imports it with
 //! `const edge = @import("edge");` and exports the contract's functions with `export fn`:
 //!
 //!     export fn edge_tick(n: i32, dt: f64) i32 { ... }
