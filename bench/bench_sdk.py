@@ -115,11 +115,12 @@ async def run(n: int, rounds: int, inner: int) -> tuple[list[Row], dict[str, int
 def main() -> None:
     ap = argparse.ArgumentParser(description="C, Rust and Zig SDKs through the sandbox")
     ap.add_argument("--quick", action="store_true", help="fewer rounds")
-    ap.add_argument("--entities", type=int, default=10_000)
-    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 40, quick 10)")
+    ap.add_argument("--entities", type=int, default=100_000,
+                    help="batch size (large, so that the kernel and not the pipe dominates)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 60, quick 15)")
     ap.add_argument("--inner", type=int, default=5, help="ticks of each side per round")
     args = ap.parse_args()
-    rounds = args.rounds or (10 if args.quick else 40)
+    rounds = args.rounds or (15 if args.quick else 60)
     rows, sizes = asyncio.run(run(args.entities, rounds, args.inner))
     report(rows, command="bench/bench_sdk.py")
     print("module sizes: " + ", ".join(f"{lang} {size:,} B" for lang, size in sizes.items()))
