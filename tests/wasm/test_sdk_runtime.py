@@ -113,8 +113,19 @@ async def test_both_run_on_a_device_and_their_kv_outlives_an_unload(
     # the odometer's total outlives an unload and comes back at the next load
     await asyncio.sleep(0.5)
     await device.unload_component("zig_odometer")
-    await asyncio.sleep(0.3)  # the host writes KV after each call; let the last writes land
-    stored = struct.unpack("<d", (await kv.get("zig_odometer.total_m")).value or b"")[0]
+
+    async def stored_total() -> float:
+        value: float = struct.unpack("<d", (await kv.get("zig_odometer.total_m")).value or b"")[0]
+        return value
+
+    # the host writes KV behind the calls: wait until the last writes have landed
+    stored = await stored_total()
+    for _ in range(25):
+        await asyncio.sleep(0.2)
+        again = await stored_total()
+        if again == stored:
+            break
+        stored = again
     assert stored > 0.0
     await kv.put("zig_odometer.total_m", struct.pack("<d", 1000.0))  # edited while unloaded
     await device.load_component(str(components_dir / "zig_odometer" / "manifest.toml"))
