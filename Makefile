@@ -3,6 +3,10 @@
 
 PYTHON ?= python3
 VENV   ?= .venv
+# The SDK toolchains (docs/abi.md, SDKs): Debian's rustc with the wasm32 standard library builds the
+# Rust components; Zig comes from PyPI (the `sdk` extra, part of `test`).
+SDK_APT_PKGS = rustc libstd-rust-dev-wasm32
+RUST_WASM_STD = /usr/lib/rustlib/wasm32-unknown-unknown
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -16,9 +20,9 @@ TEST_APT_PKGS = chromium
 setup: $(STAMP) components
 
 system-deps:
-	@if ! command -v clang >/dev/null || ! command -v wasm-ld >/dev/null || ! $(PYTHON) -c 'import ensurepip, sysconfig, os; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null; then \
-	  echo "installing system packages: $(APT_PKGS)"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PKGS) >/dev/null; \
+	@if ! command -v clang >/dev/null || ! command -v wasm-ld >/dev/null || ! [ -x /usr/bin/rustc ] || ! [ -d $(RUST_WASM_STD) ] || ! $(PYTHON) -c 'import ensurepip, sysconfig, os; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null; then \
+	  echo "installing system packages: $(APT_PKGS) $(SDK_APT_PKGS)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PKGS) $(SDK_APT_PKGS) >/dev/null; \
 	fi
 
 test-deps:
