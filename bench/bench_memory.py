@@ -44,9 +44,13 @@ LEAKIEST = 3
 
 
 class NoHost:
-    async def publish(self, component: str, subject: str, data: bytes) -> None: ...
+    async def publish(self, component: str, subject: str, data: bytes,
+                      hops: int = 1) -> None: ...
 
-    async def kv_put(self, component: str, key: str, value: bytes) -> None: ...
+    async def kv_put(self, component: str, key: str, value: bytes, hops: int = 1) -> None: ...
+
+    def on_limit(self, component: str, limit: str, dropped: int) -> None:
+        pass
 
     def on_fault(self, component: str, fault: SandboxError) -> None:
         print(f"    fault: {fault.message}")

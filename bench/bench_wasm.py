@@ -66,10 +66,14 @@ class Sink:
     def __init__(self) -> None:
         self.published = 0
 
-    async def publish(self, component: str, subject: str, data: bytes) -> None:
+    async def publish(self, component: str, subject: str, data: bytes,
+                      hops: int = 1) -> None:
         self.published += 1
 
-    async def kv_put(self, component: str, key: str, value: bytes) -> None:
+    async def kv_put(self, component: str, key: str, value: bytes, hops: int = 1) -> None:
+        pass
+
+    def on_limit(self, component: str, limit: str, dropped: int) -> None:
         pass
 
     def on_fault(self, component: str, fault: SandboxError) -> None:

@@ -70,12 +70,19 @@ class Recorder:
         self.published: list[tuple[str, str, bytes]] = []
         self.kv: dict[tuple[str, str], bytes] = {}
         self.faults: list[tuple[str, SandboxError]] = []
+        self.limits: list[tuple[str, str, int]] = []  # (component, limit, dropped) reports
+        self.hops: list[int] = []  # hop count of each publish, in order
 
-    async def publish(self, component: str, subject: str, data: bytes) -> None:
+    async def publish(self, component: str, subject: str, data: bytes,
+                      hops: int = 1) -> None:
         self.published.append((component, subject, data))
+        self.hops.append(hops)
 
-    async def kv_put(self, component: str, key: str, value: bytes) -> None:
+    async def kv_put(self, component: str, key: str, value: bytes, hops: int = 1) -> None:
         self.kv[(component, key)] = value
+
+    def on_limit(self, component: str, limit: str, dropped: int) -> None:
+        self.limits.append((component, limit, dropped))
 
     def on_fault(self, component: str, fault: SandboxError) -> None:
         self.faults.append((component, fault))

@@ -22,6 +22,7 @@ from edge.wasm.abi import (
     INFER_GAS,
     KV_MAX_KEY,
     KV_MAX_VALUE,
+    KV_OVER_QUOTA,
     LOG_MAX_BYTES,
     MODEL_NAME_MAX_BYTES,
     PUBLISH_MAX_BYTES,
@@ -29,6 +30,7 @@ from edge.wasm.abi import (
 )
 from edge.wasm.grants import KV_KEY_RE, PublishGrant
 from edge.wasm.protocol import CallResult, LoadSpec
+from edge.wasm.quotas import KvUsage
 from edge.wasm.wire import INFER_MAX_INPUT_BYTES, OP_INFER
 from edge.wasm.worker.columns import Columns
 
@@ -64,6 +66,7 @@ class HostImports:
     result: CallResult
     columns: Columns
     kv: dict[str, bytes]
+    kv_usage: KvUsage
     device: bytes
     ncols: int
     writable: frozenset[int]
@@ -159,6 +162,11 @@ class HostImports:
         if not KV_KEY_RE.match(key):
             return -1
         value = self._bytes(vptr, vlen, "kv_put")
+        old = self.kv.get(key)
+        if not self.kv_usage.allows(key, value, old):
+            self.result.kv_refused += 1
+            return KV_OVER_QUOTA
+        self.kv_usage.put(key, value, old)
         self.kv[key] = value
         self.result.kv_puts.append((key, value))
         return 0
