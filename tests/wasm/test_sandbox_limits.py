@@ -117,7 +117,8 @@ def test_publish_rate_and_burst_are_bounded_in_the_manifest(
     assert (m.limits.publish_rate, m.limits.publish_burst) == (1000.0, 5000)
     assert (m.limits.kv_keys, m.limits.kv_bytes) == (DEFAULT_KV_KEYS, DEFAULT_KV_BYTES)
     assert m.receive_own is False
-    for key, value in (("publish_rate", 0), ("publish_rate", 1e6), ("publish_burst", 0),
+    for key, value in (("publish_rate", 0), ("publish_rate", 1e6), ("publish_rate", "nan"),
+                       ("publish_burst", 0),
                        ("publish_burst", 2_000_000), ("kv_keys", -1), ("kv_keys", 100_001),
                        ("kv_bytes", 2**27)):
         with pytest.raises(ComponentLoadError, match=f"must be within.*key 'limits.{key}'"):

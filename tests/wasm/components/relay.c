@@ -2,8 +2,10 @@
  *   out   the subject it publishes to (required)
  *   reps  how many copies of each message it publishes (decimal, default 1)
  * A message whose subject ends in ".put" carries "key=value": the component puts it in its KV
- * and publishes "rc=<kv_put result>" on `out`. Any other message is republished on `out`
- * `reps` times. For the loop, rate and KV quota tests (tests/wasm/test_sandbox_limits.py). */
+ * and publishes "rc=<kv_put result>" on `out`. One ending in ".kv" is a KV flood: the payload is
+ * put under `reps` keys "f0", "f1", ... (nothing published). Any other message is republished
+ * on `out` `reps` times. For the loop, rate and KV quota tests (tests/wasm/test_sandbox_limits.py,
+ * test_loops.py) and bench/bench_sandbox.py. */
 #include "edge.h"
 
 EDGE_INBOX(4096)
@@ -35,6 +37,15 @@ EDGE_ON_MESSAGE {
         int32_t pos = 3;
         edge_fmt_int(msg, (int32_t)sizeof msg, &pos, rc);
         edge_publish(out, out_len, msg, pos);
+        return 0;
+    }
+    if (subject_len >= 3 && edge_memeq(subject + subject_len - 3, ".kv", 3)) {
+        char key[16] = "f";
+        for (int32_t i = 0; i < reps; i++) {
+            int32_t pos = 1;
+            edge_fmt_int(key, (int32_t)sizeof key, &pos, i);
+            edge_kv_put(key, pos, data, data_len);
+        }
         return 0;
     }
     for (int32_t i = 0; i < reps; i++) edge_publish(out, out_len, data, data_len);
