@@ -38,7 +38,7 @@ MIB = 2**20
 PER_TICK = 10_000
 #: hostcalls.c: the import each tick calls, by the tick's n
 KINDS = {"batch_len() (no arguments, cached int)": 0,
-         "clock_ms() (no arguments, new int)": 1,
+         "clock_ms() (no arguments, one shared int a millisecond)": 1,
          "device_id(ptr, cap) (arguments)": 3}
 LEAKIEST = 3
 
