@@ -299,6 +299,9 @@ async def echo(rounds: int, batches: int, batch: int) -> Row:
     sink = Sink()
     async with SandboxPool(DEVICE, sink, workers=1) as pool:
         await pool.load(m)
+        # what is measured is the path, not the publish rate limit (bench/bench_sandbox.py):
+        # no bucket refuses these publishes
+        pool._comps["echo"].publish_bucket.rate = float("inf")
         msgs = [(f"edge.{DEVICE}.cmd.echo", b"x" * 64)] * batch
 
         async def burst() -> None:
