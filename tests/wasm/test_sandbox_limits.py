@@ -236,3 +236,42 @@ def test_origin_headers_round_trip() -> None:
 async def test_effects_refuse_the_hop_limit_outside_the_range() -> None:
     with pytest.raises(ValueError, match="max_hops"):
         Effects(Recorder(), max_hops=65)
+
+
+async def test_the_inbox_counts_overflow_and_failed_deliveries_and_keeps_serving() -> None:
+    calls: list[int] = []
+
+    async def deliver(batch: list[tuple[str, bytes]], hops: int) -> None:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("the pool is gone")
+
+    inbox = ComponentInbox("me", deliver, limit=2, max_batch=1)
+    for i in range(3):
+        inbox.put("s", b"%d" % i)  # the third does not fit
+    inbox.start()
+    try:
+        await wait_for(lambda: inbox.delivered == 1)
+    finally:
+        await inbox.stop()
+    assert calls == [1, 1]
+    assert (inbox.dropped, inbox.errors, inbox.delivered) == (1, 1, 1)
+
+
+class FailingLimits(Recorder):
+    def on_limit(self, component: str, limit: str, dropped: int) -> None:
+        raise RuntimeError("the event publisher is gone")
+
+
+async def test_a_failing_on_limit_callback_is_logged_and_changes_nothing(
+        modules: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    host = FailingLimits()
+    async with SandboxPool(DEVICE, host, workers=1, max_hops=1) as p:
+        await p.load(relay(tmp_path, modules), {"out": OUT.encode()})
+        await p.deliver("relay", [(f"edge.{DEVICE}.cmd.x", b"late")], hops=1)
+        await p.deliver("relay", [(f"edge.{DEVICE}.cmd.x", b"fresh")])
+        await p.flush()
+        assert [d for _, _, d in host.published] == [b"fresh"]
+        assert entry(p, "relay")["counters"]["loop_dropped"] == 1  # type: ignore[index]
+        assert entry(p, "relay")["state"] == "running"
+    assert "on_limit callback failed for component 'relay'" in caplog.text
