@@ -168,3 +168,18 @@ async def test_the_kv_quota_holds_across_an_unload_and_a_reload_from_the_bucket(
         await nc.publish(put, item)
     await wait_for(lambda: len(answers.msgs) == 5)
     assert answers.payloads()[3:] == [b"rc=-2", b"rc=0"]
+
+
+async def test_a_component_subscribed_to_its_own_kv_subjects_does_not_hear_its_writes(
+        runtime: Runtime, tmp_path: Path, modules: dict[str, Path]) -> None:
+    out = f"edge.{DEV}.evt.kvself"
+    answers = await tap(runtime, out)
+    put = f"edge.{DEV}.cmd.kvself.put"
+    await relay(runtime, tmp_path, modules, "kvself", out,
+                subscribe=(f"{KV_SUBJECT_PREFIX}>", put))
+    await runtime.sandbox.ctx.nc.publish(put, b"a=1")
+    await stored(await runtime.sandbox._bucket(), "kvself.a")
+    await wait_for(lambda: status(runtime, "kvself")["inbox"]["own"] >= 1)  # type: ignore[index]
+    await asyncio.sleep(0.3)
+    # its write came back on $KV.edge-components.kvself.a with its name: dropped, not echoed
+    assert answers.payloads() == [b"rc=0"]
