@@ -2,8 +2,8 @@
 
 :class:`ComponentInbox` stands between a component's subscriptions and
 :meth:`~edge.wasm.pool.SandboxPool.deliver`. For each message it reads the origin headers
-(:mod:`edge.wasm.origin`): a message the component published itself is dropped (counted as
-``own``) unless the manifest sets ``run.receive_own``; one with a malformed ``Edge-Hops`` header
+(:mod:`edge.wasm.origin`): a message the component published itself (its ``origin``,
+``<component>@<device>``) is dropped (counted as ``own``) unless the manifest sets ``run.receive_own``; one with a malformed ``Edge-Hops`` header
 is dropped and counted (``malformed``). The rest wait in a bounded queue (``INBOX_LIMIT``; the
 overflow is dropped and counted) and are handed over in order, in batches of at most
 ``MAX_BATCH`` messages that all have the same hop count, so what a handler publishes is
@@ -31,9 +31,11 @@ DeliverHops = Callable[[list[tuple[str, bytes]], int], Awaitable[None]]
 class ComponentInbox:
     """The bounded inbox of one component (see the module docstring)."""
 
-    def __init__(self, name: str, deliver: DeliverHops, *, receive_own: bool = False,
-                 limit: int = INBOX_LIMIT, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, name: str, deliver: DeliverHops, *, origin: str | None = None,
+                 receive_own: bool = False, limit: int = INBOX_LIMIT,
+                 max_batch: int = MAX_BATCH) -> None:
         self.name = name
+        self.origin = origin if origin is not None else name  # its own Edge-Component value
         self.receive_own = receive_own
         self._deliver = deliver
         self._inbox: deque[tuple[str, bytes, int]] = deque()
@@ -59,7 +61,7 @@ class ComponentInbox:
                 log.warning("component '%s': message on %s dropped: %s (%d so far)", self.name,
                             subject[:80], err, self.malformed)
             return
-        if origin == self.name and not self.receive_own:
+        if origin == self.origin and not self.receive_own:
             self.own += 1
             return
         if len(self._inbox) >= self._limit:

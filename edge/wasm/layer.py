@@ -36,7 +36,7 @@ from edge.wasm.effects import DEFAULT_MAX_HOPS
 from edge.wasm.host import InferBridge
 from edge.wasm.inbox import ComponentInbox
 from edge.wasm.manifest import Manifest, load_manifest
-from edge.wasm.origin import origin_headers
+from edge.wasm.origin import origin_headers, origin_id
 from edge.wasm.pool import SandboxPool
 from edge.world.scheduler import SharedBatch, TickLoop
 from edge.world.store import F64Array
@@ -178,7 +178,8 @@ class SandboxLayer:
             async def deliver(batch: list[tuple[str, bytes]], hops: int) -> None:
                 await pool.deliver(name, batch, hops)
 
-            pump = ComponentInbox(manifest.name, deliver, receive_own=manifest.receive_own)
+            pump = ComponentInbox(manifest.name, deliver, origin=origin_id(name, ctx.device),
+                                  receive_own=manifest.receive_own)
             pump.start()
             loaded.pump = pump
             for subject in manifest.subscribe:
@@ -266,14 +267,17 @@ class SandboxLayer:
         # A component's publish is a core NATS publish (docs/abi.md): its messages can be a
         # high-rate stream, and the device streams capture those on evt/tele subjects. The
         # runtime's own records about components (faults) go through the acknowledged publisher.
-        await self.ctx.nc.publish(subject, data, headers=origin_headers(component, hops))
+        ctx = self.ctx
+        await ctx.nc.publish(subject, data,
+                             headers=origin_headers(origin_id(component, ctx.device), hops))
 
     async def kv_put(self, component: str, key: str, value: bytes, hops: int) -> None:
         # a KV put is a JetStream publish on the key's subject: with the origin headers, a
         # component subscribed to $KV.> does not hear its own writes either (edge.wasm.origin)
         await self._bucket()
-        await self.ctx.js.publish(f"{KV_SUBJECT_PREFIX}{component}.{key}", value,
-                                  headers=origin_headers(component, hops))
+        ctx = self.ctx
+        await ctx.js.publish(f"{KV_SUBJECT_PREFIX}{component}.{key}", value,
+                             headers=origin_headers(origin_id(component, ctx.device), hops))
 
     def on_limit(self, component: str, limit: str, dropped: int) -> None:
         ctx = self._ctx

@@ -3,9 +3,11 @@
 The host (:class:`~edge.wasm.layer.SandboxLayer`) sends every publish and KV write of a
 component with:
 
-* ``Edge-Component``: the publishing component's name. A component never receives a message
-  it published itself unless its manifest sets ``run.receive_own = true``: its inbox drops
-  them (counted as ``own``), so a component subscribed to ``>`` cannot hear its own echo.
+* ``Edge-Component``: the publishing component and its device, ``<component>@<device>``
+  (:func:`origin_id`; the same component on another device of the fleet is another origin). A
+  component never receives a message it published itself unless its manifest sets
+  ``run.receive_own = true``: its inbox drops them (counted as ``own``), so a component
+  subscribed to ``>`` cannot hear its own echo.
 * ``Edge-Hops``: the number of component handlers the message has passed through: 1 for a
   publish from a tick or ``edge_init``, and ``h + 1`` for one made while handling messages
   whose largest count was ``h`` (a message without the header counts 0). What a handler
@@ -33,13 +35,19 @@ class MalformedHeader(ValueError):
     """An ``Edge-Hops`` header that is not a small non-negative decimal integer."""
 
 
-def origin_headers(component: str, hops: int) -> dict[str, str]:
-    """The headers of a message ``component`` published after ``hops`` handlers."""
-    return {ORIGIN_HEADER: component, HOPS_HEADER: str(hops)}
+def origin_id(component: str, device: str) -> str:
+    """The ``Edge-Component`` value of ``component`` on ``device``."""
+    return f"{component}@{device}"
+
+
+def origin_headers(origin: str, hops: int) -> dict[str, str]:
+    """The headers of a message published by ``origin`` (:func:`origin_id`) after ``hops``
+    handlers."""
+    return {ORIGIN_HEADER: origin, HOPS_HEADER: str(hops)}
 
 
 def read_origin(headers: Mapping[str, str] | None) -> tuple[str | None, int]:
-    """``(component, hops)`` of a received message: ``(None, 0)`` without the headers.
+    """``(origin, hops)`` of a received message: ``(None, 0)`` without the headers.
 
     Raises :class:`MalformedHeader` for an ``Edge-Hops`` value that is not 1 to 6 decimal
     digits.

@@ -21,7 +21,7 @@ from edge.runtime import Runtime
 from edge.sync.device.streams import stream_usage
 from edge.wasm.effects import DEFAULT_MAX_HOPS
 from edge.wasm.layer import COMPONENT_KV_STREAM, KV_SUBJECT_PREFIX
-from edge.wasm.origin import HOPS_HEADER, ORIGIN_HEADER
+from edge.wasm.origin import HOPS_HEADER, ORIGIN_HEADER, origin_headers, origin_id
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -91,7 +91,7 @@ async def test_a_component_echoing_its_own_wildcard_subscription_does_not_loop(
     await wait_for(lambda: len(echoes.payloads(b"hi")) >= 3)
     await asyncio.sleep(1.0)  # an echo loop would run as fast as the sandbox does meanwhile
     assert echoes.payloads(b"hi") == [b"hi"] * 3  # each heard once, its own echo not at all
-    assert all(m.headers and m.headers[ORIGIN_HEADER] == "relay" for m in echoes.msgs)
+    assert all(m.headers and m.headers[ORIGIN_HEADER] == f"relay@{DEV}" for m in echoes.msgs)
     inbox = status(runtime, "relay")["inbox"]
     assert inbox["own"] >= 3  # type: ignore[index]  # it was sent its echoes and dropped them
     # it echoes every other message it hears once (JetStream API traffic, events), no more
@@ -126,7 +126,7 @@ async def test_two_echoing_components_stop_at_the_hop_limit_and_raise_an_event(
     await asyncio.sleep(0.3)
     chain = [(m.subject, m.headers[ORIGIN_HEADER], int(m.headers[HOPS_HEADER]))
              for m in both.msgs if m.data == b"ping" and m.headers]
-    assert chain == [(a_out if h % 2 else b_out, "a" if h % 2 else "b", h)
+    assert chain == [(a_out if h % 2 else b_out, f"a@{DEV}" if h % 2 else f"b@{DEV}", h)
                      for h in range(1, DEFAULT_MAX_HOPS + 1)]
     event = json.loads(limits.msgs[0].data)
     assert event == {"component": "a", "limit": "hops", "dropped": 1}  # its 9th hop: refused
@@ -159,7 +159,7 @@ async def test_the_kv_quota_holds_across_an_unload_and_a_reload_from_the_bucket(
     assert (await stored(kv, "store.b")).value == b"2"
     raw = await runtime.sandbox.ctx.js.get_last_msg(COMPONENT_KV_STREAM,
                                                     f"{KV_SUBJECT_PREFIX}store.b")
-    assert raw.headers and raw.headers[ORIGIN_HEADER] == "store"  # its own writes: not heard
+    assert raw.headers and raw.headers[ORIGIN_HEADER] == f"store@{DEV}"  # its own writes: not heard
 
     await runtime.unload_component("store")
     await load()  # the snapshot comes back from the bucket: 3 keys stored
@@ -183,3 +183,21 @@ async def test_a_component_subscribed_to_its_own_kv_subjects_does_not_hear_its_w
     await asyncio.sleep(0.3)
     # its write came back on $KV.edge-components.kvself.a with its name: dropped, not echoed
     assert answers.payloads() == [b"rc=0"]
+
+
+async def test_the_same_component_on_another_device_is_not_its_own_origin(
+        runtime: Runtime, tmp_path: Path, modules: dict[str, Path]) -> None:
+    out = f"edge.{DEV}.evt.twin"
+    answers = await tap(runtime, out)
+    await relay(runtime, tmp_path, modules, "twin", out, subscribe=("edge.*.evt.twin-in",))
+    nc = runtime.sandbox.ctx.nc
+    # what "twin" on another device published (e.g. across the hub) is heard; its own is not
+    await nc.publish("edge.other.evt.twin-in", b"from other",
+                     headers=origin_headers(origin_id("twin", "other"), 1))
+    await nc.publish(f"edge.{DEV}.evt.twin-in", b"from me",
+                     headers=origin_headers(origin_id("twin", DEV), 1))
+    await wait_for(lambda: answers.msgs)
+    await asyncio.sleep(0.3)
+    assert answers.payloads() == [b"from other"]
+    assert int(answers.msgs[0].headers[HOPS_HEADER]) == 2  # type: ignore[index]
+    assert status(runtime, "twin")["inbox"]["own"] == 1  # type: ignore[index]

@@ -17,7 +17,7 @@ from edge.wasm.component import Component
 from edge.wasm.effects import DEFAULT_MAX_HOPS, Effects, check
 from edge.wasm.inbox import ComponentInbox
 from edge.wasm.manifest import DEFAULT_KV_BYTES, DEFAULT_KV_KEYS, Manifest
-from edge.wasm.origin import HOPS_HEADER, ORIGIN_HEADER, origin_headers, read_origin
+from edge.wasm.origin import HOPS_HEADER, ORIGIN_HEADER, origin_headers, origin_id, read_origin
 from edge.wasm.pool import SandboxPool
 from edge.wasm.protocol import CallResult
 from edge.wasm.quotas import KvUsage, TokenBucket
@@ -203,11 +203,11 @@ async def test_the_inbox_drops_own_messages_unless_asked_and_counts_malformed_ho
     async def deliver(batch: list[tuple[str, bytes]], hops: int) -> None:
         got.append((batch, hops))
 
-    inbox = ComponentInbox("me", deliver)
+    inbox = ComponentInbox("me", deliver, origin=origin_id("me", "d1"))
     inbox.put("s.1", b"a")  # no headers: hop 0
-    inbox.put("s.2", b"b", origin_headers("me", 1))  # its own: dropped
-    inbox.put("s.3", b"c", origin_headers("other", 3))
-    inbox.put("s.4", b"d", origin_headers("other", 3))
+    inbox.put("s.2", b"b", origin_headers(origin_id("me", "d1"), 1))  # its own: dropped
+    inbox.put("s.3", b"c", origin_headers(origin_id("other", "d1"), 3))
+    inbox.put("s.4", b"d", origin_headers(origin_id("me", "d2"), 3))  # "me" of another device
     inbox.put("s.5", b"e", {HOPS_HEADER: "-1"})  # malformed: dropped
     inbox.put("s.6", b"f", {HOPS_HEADER: "9" * 7})
     inbox.put("s.7", b"g", {ORIGIN_HEADER: "other"})
@@ -222,13 +222,13 @@ async def test_the_inbox_drops_own_messages_unless_asked_and_counts_malformed_ho
         "received": 7, "delivered": 4, "dropped": 0, "own": 1, "malformed": 2, "errors": 0,
         "queued": 0}
 
-    mine = ComponentInbox("me", deliver, receive_own=True)
-    mine.put("s.2", b"b", origin_headers("me", 1))
+    mine = ComponentInbox("me", deliver, origin=origin_id("me", "d1"), receive_own=True)
+    mine.put("s.2", b"b", origin_headers(origin_id("me", "d1"), 1))
     assert (mine.own, mine.to_dict()["queued"]) == (0, 1)
 
 
 def test_origin_headers_round_trip() -> None:
-    assert read_origin(origin_headers("a", 7)) == ("a", 7)
+    assert read_origin(origin_headers(origin_id("a", "d1"), 7)) == ("a@d1", 7)
     assert read_origin(None) == (None, 0)
     assert read_origin({}) == (None, 0)
 
