@@ -231,7 +231,7 @@ class Runtime:
 def sandbox_layer(cfg: DeviceConfig) -> SandboxLayer:
     s = cfg.sandbox
     return SandboxLayer(cfg.components, SandboxSettings(s.deadline, s.recycle_after, s.workers,
-                                                        s.max_worker_rss_mb))
+                                                        s.max_worker_rss_mb, s.max_hops))
 
 
 def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,

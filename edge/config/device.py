@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from edge.nats.subjects import STATE_BUCKET
 from edge.config.table import REQUIRED, Table
 from edge.errors import ConfigError
+from edge.wasm.effects import DEFAULT_MAX_HOPS, MAX_HOPS
 if TYPE_CHECKING:  # the section modules import the reader (edge.config.table): imported when used
     from drivers.config import DriverSpec
     from edge.agents.config import AgentSpec
@@ -79,6 +80,7 @@ class SandboxConfig:
     recycle_after: int = DEFAULT_RECYCLE_AFTER
     workers: int = DEFAULT_WORKERS
     max_worker_rss_mb: int = DEFAULT_MAX_WORKER_RSS_MB
+    max_hops: int = DEFAULT_MAX_HOPS
 
 
 @dataclass
@@ -208,6 +210,7 @@ def parse_config(
     cfg.sandbox.workers = sandbox.integer("workers", DEFAULT_WORKERS, lo=1, hi=64)
     cfg.sandbox.max_worker_rss_mb = sandbox.integer("max_worker_rss_mb", DEFAULT_MAX_WORKER_RSS_MB,
                                                     lo=0, unit="MiB")
+    cfg.sandbox.max_hops = sandbox.integer("max_hops", DEFAULT_MAX_HOPS, lo=1, hi=MAX_HOPS, unit="handlers")
     sandbox.finish()
 
     logt = top.table("log")

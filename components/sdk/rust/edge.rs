@@ -124,9 +124,14 @@ pub fn publish(subject: &[u8], data: &[u8]) -> Result<(), PublishError> {
 
 // ---- key-value --------------------------------------------------------------------------------
 
-/// `kv_put` refused the key or the value (key > 128 bytes or not `[A-Za-z0-9_.-]`, value > 64 KiB).
+/// Why `kv_put` refused a write (nothing was written).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KvError;
+pub enum KvError {
+    /// The key (> 128 bytes or not `[A-Za-z0-9_.-]`) or the value (> 64 KiB) is too large.
+    TooLarge,
+    /// The write would take the component past its KV quota (`limits.kv_keys`, `limits.kv_bytes`).
+    Quota,
+}
 
 /// Read this component's private key into `buf`: the value's full length (at most `buf.len()`
 /// bytes are copied), or `None` if the key is absent.
@@ -146,10 +151,10 @@ pub fn kv_put(key: &str, value: &[u8]) -> Result<(), KvError> {
     let rc = unsafe {
         sys::kv_put(key.as_ptr(), len_i32(key.len()), value.as_ptr(), len_i32(value.len()))
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(KvError)
+    match rc {
+        0 => Ok(()),
+        -2 => Err(KvError::Quota),
+        _ => Err(KvError::TooLarge),
     }
 }
 

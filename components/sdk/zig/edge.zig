@@ -76,8 +76,9 @@ pub fn publish(subject: []const u8, data: []const u8) PublishError!void {
 
 // ---- key-value -------------------------------------------------------------------------------
 
-/// kv_put refused the key (> 128 bytes or not [A-Za-z0-9_.-]) or the value (> 64 KiB).
-pub const KvError = error{TooLarge};
+/// kv_put refused the write: TooLarge, the key (> 128 bytes or not [A-Za-z0-9_.-]) or the value
+/// (> 64 KiB); Quota, it would pass the component's KV quota (limits.kv_keys, limits.kv_bytes).
+pub const KvError = error{ TooLarge, Quota };
 
 /// Read this component's private key into `buf`: the value's full length (at most `buf.len`
 /// bytes are copied), or null if the key is absent.
@@ -88,7 +89,9 @@ pub fn kvGet(key: []const u8, buf: []u8) ?usize {
 
 /// Write this component's private key (persisted by the host after the call returns).
 pub fn kvPut(key: []const u8, value: []const u8) KvError!void {
-    if (sys.kv_put(key.ptr, len32(key.len), value.ptr, len32(value.len)) != 0) return error.TooLarge;
+    const rc = sys.kv_put(key.ptr, len32(key.len), value.ptr, len32(value.len));
+    if (rc == -2) return error.Quota;
+    if (rc != 0) return error.TooLarge;
 }
 
 /// A little-endian f64 stored under `key`, or null if absent or not 8 bytes long.
