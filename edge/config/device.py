@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from edge.nats.subjects import STATE_BUCKET
 from edge.config.table import REQUIRED, Table
 from edge.errors import ConfigError
-from edge.wasm.effects import DEFAULT_MAX_HOPS, MAX_HOPS
+from edge.wasm.origin import DEFAULT_MAX_HOPS, MAX_HOPS
 if TYPE_CHECKING:  # the section modules import the reader (edge.config.table): imported when used
     from drivers.config import DriverSpec
     from edge.agents.config import AgentSpec

@@ -27,6 +27,7 @@ from collections import deque
 from edge.wasm.component import Component
 from edge.wasm.grants import kv_put_allowed
 from edge.wasm.host import HostCallbacks
+from edge.wasm.origin import DEFAULT_MAX_HOPS, MAX_HOPS
 from edge.wasm.protocol import CallResult
 
 log = logging.getLogger("edge.wasm.pool")
@@ -40,10 +41,6 @@ DEFAULT_BURST = 64
 DENIED_LOG_INTERVAL_S = 5.0
 #: Seconds between two ``on_limit`` reports (and warnings) of one component for one limit.
 LIMIT_EVENT_INTERVAL_S = 5.0
-#: Handlers a message may pass through before what a handler publishes from it is refused.
-DEFAULT_MAX_HOPS = 8
-#: Upper bound of ``max_hops``.
-MAX_HOPS = 64
 #: Limits ``on_limit`` reports: the counter each one increments.
 LIMIT_COUNTERS = {"publish_rate": "rate_limited", "hops": "loop_dropped",
                   "kv_quota": "kv_refused"}

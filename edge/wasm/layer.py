@@ -32,7 +32,7 @@ from edge.errors import ComponentLoadError, EdgeError, SandboxError
 from edge.layer import DeviceContext
 from edge.errors import LifecycleError
 from edge.nats import subjects
-from edge.wasm.effects import DEFAULT_MAX_HOPS
+from edge.wasm.origin import DEFAULT_MAX_HOPS
 from edge.wasm.host import InferBridge
 from edge.wasm.inbox import ComponentInbox
 from edge.wasm.manifest import Manifest, load_manifest

@@ -29,6 +29,10 @@ ORIGIN_HEADER = "Edge-Component"
 HOPS_HEADER = "Edge-Hops"
 #: Longest ``Edge-Hops`` value read (digits); a longer one is malformed.
 HOPS_MAX_DIGITS = 6
+#: Handlers a message may pass through before what a handler publishes from it is refused.
+DEFAULT_MAX_HOPS = 8
+#: Upper bound of ``max_hops``.
+MAX_HOPS = 64
 
 
 class MalformedHeader(ValueError):

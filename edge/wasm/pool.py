@@ -60,7 +60,8 @@ from edge.errors import ComponentLoadError, SandboxError
 from edge.wasm.abi import ModuleInfo, prepare_module
 from edge.wasm import calls
 from edge.wasm.component import COUNTERS, Component
-from edge.wasm.effects import DEFAULT_MAX_HOPS, Effects
+from edge.wasm.effects import Effects
+from edge.wasm.origin import DEFAULT_MAX_HOPS
 from edge.wasm.host import (
     DEFAULT_INFER_BUDGET_S,
     DEFAULT_INFER_TIMEOUT_S,

@@ -19,7 +19,7 @@ from sandbox_support import wait_for, write_manifest
 from edge.config import DeviceConfig
 from edge.runtime import Runtime
 from edge.sync.device.streams import stream_usage
-from edge.wasm.effects import DEFAULT_MAX_HOPS
+from edge.wasm.origin import DEFAULT_MAX_HOPS
 from edge.wasm.layer import COMPONENT_KV_STREAM, KV_SUBJECT_PREFIX
 from edge.wasm.origin import HOPS_HEADER, ORIGIN_HEADER, origin_headers, origin_id
 

@@ -14,7 +14,8 @@ from sandbox_support import DEVICE, Recorder, entry, manifest, wait_for
 
 from edge.errors import ComponentLoadError
 from edge.wasm.component import Component
-from edge.wasm.effects import DEFAULT_MAX_HOPS, Effects, check
+from edge.wasm.effects import Effects, check
+from edge.wasm.origin import DEFAULT_MAX_HOPS
 from edge.wasm.inbox import ComponentInbox
 from edge.wasm.manifest import DEFAULT_KV_BYTES, DEFAULT_KV_KEYS, Manifest
 from edge.wasm.origin import HOPS_HEADER, ORIGIN_HEADER, origin_headers, origin_id, read_origin
