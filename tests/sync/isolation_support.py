@@ -40,17 +40,22 @@ async def assert_confined(hub_nc: Client, dev_nc: Client, dev_url: str, own: str
     for _ in range(5):
         await dev_nc.publish(f"edge.{other}.evt.spoof", b"x")
     await dev_nc.flush()
-    for _ in range(100):  # downward: the device's own commands come down its link, the other's never
-        await hub_nc.publish(f"edge.{own}.cmd.mine", b"m")
+    await dev_nc.subscribe(f"edge.{own}.evt.down", cb=on_dev)
+    await dev_nc.flush()
+    for _ in range(100):  # downward: the device's own subjects come down its link, the other's never;
+        # commands (its own too) only through the command stream, never as plain publishes
+        await hub_nc.publish(f"edge.{own}.evt.down", b"m")
+        await hub_nc.publish(f"edge.{own}.cmd.pod.plain", b"p")
         await hub_nc.publish(f"edge.{other}.cmd.secret", b"s")
         await hub_nc.flush()
         await asyncio.sleep(0.05)
-        if f"edge.{own}.cmd.mine" in dev_rx:
+        if f"edge.{own}.evt.down" in dev_rx:
             break
-    assert f"edge.{own}.cmd.mine" in dev_rx
+    assert f"edge.{own}.evt.down" in dev_rx
     await asyncio.sleep(0.3)
     assert f"edge.{other}.evt.spoof" not in seen
     assert not [s for s in dev_rx if s.startswith(f"edge.{other}.cmd")]
+    assert not [s for s in dev_rx if s.startswith(f"edge.{own}.cmd")]
     # the hub's JetStream API: its own streams only (a client whose reply inbox lies in the
     # device's namespace, so the answer may flow down its link)
     api = await nats.connect(dev_url, inbox_prefix=f"edge.{own}.inbox")

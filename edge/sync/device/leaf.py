@@ -112,9 +112,12 @@ def device_server_options(
 
 
 def _device_remote(device: str, hub: HubLink) -> LeafRemote:
-    """The leaf remote of a device. Commands are played onto the device's local command subjects
-    (the uplink layer, edge.sync.device.layer); they must never travel back up the link, where the hub's command stream would
-    store them again, so the device does not export them."""
+    """The leaf remote of a device. Commands travel only through the command streams: the hub's
+    ``CMD_<dev>`` is sourced into the device's ``CMD`` and the uplink layer (edge.sync.device.layer)
+    plays them onto the device's local command subjects. The device therefore neither exports
+    them (the hub's command stream would store them again) nor imports them (a plain publish on
+    the hub would reach the device's command router a second time, next to the stream's copy)."""
     remote = hub.remote()
     remote.deny_exports = [*(remote.deny_exports or []), naming.command(device)]
+    remote.deny_imports = [*(remote.deny_imports or []), naming.command(device)]
     return remote

@@ -118,6 +118,9 @@ def device_permissions(device: str, hub_domain: str = naming.HUB_DOMAIN) -> dict
             ]
         },
         "subscribe": {
+            # the device's commands come down only through its command stream (the sourcing
+            # deliveries on edge.<dev>.sync.cmd), never as plain publishes: one copy each
+            "deny": [naming.command(d)],
             "allow": [
                 f"{naming.ROOT}.{d}.>",
                 f"{naming.js_api(d)}.>",  # the hub calls the device's JetStream API
