@@ -100,8 +100,8 @@ class CommandReceiver:
         wait): reset the consumer to its ack floor. Only when something is pending."""
         try:
             info = await self.js.consumer_info(naming.CMD_STREAM, self.durable)
-        except Exception as err:  # the consumer was just created by pull_subscribe
-            log.debug("command consumer info: %s", err)
+        except Exception as exc:  # the consumer was just created by pull_subscribe
+            log.debug("command consumer info: %s", exc)
             return
         if not info.num_ack_pending:
             return
@@ -109,12 +109,12 @@ class CommandReceiver:
         subject = f"{api}.CONSUMER.RESET.{naming.CMD_STREAM}.{self.durable}"
         try:
             msg = await self.js._nc.request(subject, b"", timeout=API_TIMEOUT_S)
-            err = json.loads(msg.data).get("error")
+            problem: dict[str, object] | None = json.loads(msg.data).get("error")
         except Exception as exc:
-            err = {"description": repr(exc)}
-        if err:
+            problem = {"description": repr(exc)}
+        if problem:
             log.warning("could not reset the command consumer (redelivery after the ack wait): %s",
-                        err.get("description"))
+                        problem.get("description"))
             return
         self.stats["resets"] += 1
         log.info("command consumer reset: %d unacknowledged command(s) delivered again now",
