@@ -59,7 +59,9 @@ def register(sub: Any) -> None:
 
     fleet = sub.add_parser("fleet", help="devices as the hub sees them")
     fsub = fleet.add_subparsers(dest="verb", required=True)
-    status = fsub.add_parser("status", help="link state, last seen, lag, stream sizes")
+    status = fsub.add_parser(
+        "status", help="link state, last seen, lag and missing events by sequence, stream sizes (exit 3 on an alarm)"
+    )
     _hub_args(status)
     status.add_argument("--json", action="store_true")
 
@@ -100,8 +102,14 @@ async def dispatch(args: argparse.Namespace) -> int:
             else:
                 from edge.cli.status import table
 
-                cols = ["device", "link", "last_seen_s", "lag", "tele_messages", "evt_messages", "cmd_pending"]
+                cols = ["device", "link", "last_seen_s", "lag", "evt_missing", "tele_messages", "evt_messages",
+                        "cmd_pending"]
                 print(table([c.upper() for c in cols], [[_fmt(r[c]) for c in cols] for r in rows]))
+                for r in rows:
+                    for alarm in r["alarms"]:
+                        print(f"ALARM {r['device']}: {alarm}")
+            if any(r["alarms"] for r in rows):
+                return 3  # something needs attention (scripts and monitoring)
         elif args.verb == "provision":
             for device in args.devices:
                 print(json.dumps(await hubops.provision_device(js, device)))
