@@ -193,6 +193,7 @@ class ServerOptions:
     leaf_tls: TlsFiles | None = None
     leaf_advertise: bool = True  # False: do not gossip leaf URLs to leaf nodes (behind NAT/LB)
     authorization: str | None = None
+    accounts: str | None = None  # a raw ``accounts: {...}`` (or ``accounts { }``) block
     monitor_port: int | None = None
     extra: str = ""
 
@@ -218,6 +219,8 @@ def render_config(opts: ServerOptions, *, port: int, leaf_port: int | None, moni
         if opts.sync_interval:
             js.append(f"sync_interval: {_q(opts.sync_interval)}")
         lines.append("jetstream { " + ", ".join(js) + " }")
+    if opts.accounts:
+        lines.append(opts.accounts)
     if opts.authorization:
         lines.append("authorization { " + opts.authorization + " }")
     leaf_parts: list[str] = []

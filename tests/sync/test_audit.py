@@ -43,7 +43,7 @@ async def test_a_skipped_block_is_an_alarm_not_lag_0(tmp_path: Path) -> None:
             await publish(pub, 100, 150)
             # The fault being modelled: the sourcing consumer's position moves past messages the
             # hub never stored (here by resetting it to sequence 131 while the hub is away).
-            reply = await dev.request("$JS.API.CONSUMER.RESET.EVT.sync-EVT", json.dumps({"seq": 131}).encode())
+            reply = await dev.request("$JS.API.CONSUMER.RESET.EVT.sync-EVT-dev1", json.dumps({"seq": 131}).encode())
             assert "error" not in json.loads(reply.data)
             await rig.links["dev1"].restore()
             await rig.wait_hub_count("EVT", 120, timeout=30)

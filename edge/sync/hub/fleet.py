@@ -77,7 +77,8 @@ def _device_source(
     external = ExternalStream(api=naming.js_api(device))
     if durable:
         consumer = StreamConsumerSource(
-            name=naming.sync_consumer_name(stream), deliver_subject=naming.sync_deliver_subject(device, kind)
+            name=naming.sync_consumer_name(stream, device),
+            deliver_subject=naming.sync_deliver_subject(device, kind),
         )
     else:
         external.deliver = naming.sync_deliver_subject(device, kind)
