@@ -46,6 +46,27 @@ def register(sub: Any) -> None:
         action="store_true",
         help="devices log in with nkeys (seeds written to <store>/devices/<device>.nk) instead of passwords",
     )
+    conf = csub.add_parser("config", help="write a complete hub config for a fleet (run it with a stock nats-server)")
+    conf.add_argument("dir", type=Path, help="directory for fleet.json and <node>.conf")
+    conf.add_argument("--device", action="append", default=[], help="device to add (repeat)")
+    conf.add_argument("--nkeys", action="store_true", help="new devices log in with nkeys (seeds in <dir>/devices/)")
+    conf.add_argument("--host", default="0.0.0.0", help="address every listener binds (default all)")
+    conf.add_argument("--port", type=int, default=4222, help="client port")
+    conf.add_argument("--leaf-port", type=int, default=7422, help="leaf-node port (devices)")
+    conf.add_argument("--cluster-port", type=int, default=6222, help="cluster route port")
+    conf.add_argument("--node", action="append", default=[], metavar="NAME=ADDRESS",
+                      help="a hub node and the address the others and the devices dial (repeat: 3 for a cluster)")
+    conf.add_argument("--nodes", type=int, default=None,
+                      help="N local nodes (hub-1..N on one machine, ports +0..N-1) instead of --node")
+    conf.add_argument("--tls-cert", help="hub certificate (PEM): TLS on client, leaf and cluster ports")
+    conf.add_argument("--tls-key", help="its key")
+    conf.add_argument("--tls-ca", help="CA of client certificates: devices and routes must present one")
+    add = csub.add_parser("add-device", help="add a device to a fleet config, reload the running hub, provision")
+    add.add_argument("dir", type=Path, help="the directory of `edge cloud config`")
+    add.add_argument("devices", nargs="+")
+    add.add_argument("--nkeys", action="store_true", help="log in with an nkey (seed in <dir>/devices/<device>.nk)")
+    add.add_argument("--replicas", type=int, default=None, help="stream replicas (default: 3 on a cluster, else 1)")
+    add.add_argument("--no-reload", action="store_true", help="only write the files")
     for name, text in (("provision", "create the hub streams for devices"), ("deprovision", "delete them")):
         p = csub.add_parser(name, help=text)
         _hub_args(p)
@@ -84,6 +105,10 @@ def _hub_url(args: argparse.Namespace) -> str:
 async def dispatch(args: argparse.Namespace) -> int:
     if args.command == "cloud" and args.verb == "run":
         return await run_hub(args)
+    if args.command == "cloud" and args.verb == "config":
+        return write_fleet_config(args)
+    if args.command == "cloud" and args.verb == "add-device":
+        return await add_devices(args)
     import nats
 
     url = _hub_url(args)
@@ -155,4 +180,73 @@ async def run_hub(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await hub.stop()
+    return 0
+
+
+def write_fleet_config(args: argparse.Namespace) -> int:
+    """``edge cloud config``: a new fleet config (or more devices in an existing one)."""
+    from edge.errors import ConfigError
+    from edge.sync.hub.config import FLEET_FILE, FleetConfig, HubNode
+
+    if (args.dir / FLEET_FILE).exists():
+        cfg = FleetConfig.load(args.dir)
+    else:
+        nodes: list[HubNode] = []
+        if args.nodes and args.node:
+            raise ConfigError("give --node or --nodes, not both", key="nodes")
+        if args.nodes:
+            nodes = [HubNode(f"hub-{i + 1}", host=args.host, port=args.port + i, leaf_port=args.leaf_port + i,
+                             cluster_port=args.cluster_port + i) for i in range(args.nodes)]
+        for spec in args.node:
+            name, sep, address = spec.partition("=")
+            if not sep or not address:
+                raise ConfigError(f"--node {spec!r}: expected NAME=ADDRESS", key="node")
+            nodes.append(HubNode(name, host=args.host, port=args.port, leaf_port=args.leaf_port,
+                                 cluster_port=args.cluster_port, advertise=address))
+        cfg = FleetConfig.create(args.dir, nodes or [HubNode("hub", host=args.host, port=args.port,
+                                                            leaf_port=args.leaf_port, cluster_port=args.cluster_port)],
+                                 tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca)
+    for device in args.device:
+        cfg.add_device(device, nkey=args.nkeys)
+    for path in cfg.write():
+        print(f"wrote {path}: run it with `nats-server -c {path}`")
+    print(f"back-end clients: {', '.join(cfg.client_urls())}")
+    for device in args.device:
+        print("\n" + cfg.device_table(device))
+    return 0
+
+
+async def add_devices(args: argparse.Namespace) -> int:
+    """``edge cloud add-device``: register, rewrite, reload the running nodes, provision."""
+    import nats
+
+    from edge.sync.hub import fleet as hubops
+    from edge.sync.hub.config import FleetConfig, reload_node
+
+    cfg = FleetConfig.load(args.dir)
+    for device in args.devices:
+        cfg.add_device(device, nkey=args.nkeys)
+    cfg.write()
+    if args.no_reload:
+        print(f"wrote {args.dir}; reload the hub (twice: `nats-server --signal reload`) to apply")
+    else:
+        reloaded = [n.name for n in cfg.nodes if await reload_node(cfg, n)]
+        print(f"reloaded: {', '.join(reloaded) or 'no node running here'}")
+        if reloaded:
+            await asyncio.sleep(1.0)  # both reloads applied
+            replicas = args.replicas or (3 if len(cfg.nodes) >= 3 else 1)
+            try:
+                nc = await nats.connect(servers=cfg.client_urls(), connect_timeout=3,
+                                        max_reconnect_attempts=0, allow_reconnect=False)
+            except Exception as err:
+                raise NatsError(f"cannot reach the hub to provision: {err}") from None
+            try:
+                for device in args.devices:
+                    res = await hubops.provision_device(nc.jetstream(), device,
+                                                        hubops.ProvisionOptions(replicas=replicas))
+                    print(f"provisioned {device}: {', '.join(res['streams'])}")
+            finally:
+                await nc.close()
+    for device in args.devices:
+        print("\n" + cfg.device_table(device))
     return 0

@@ -112,6 +112,29 @@ class TlsFiles:
 
 
 @dataclass
+class ClusterOptions:
+    """A JetStream cluster of hub nodes: this node's route listener and the routes to the others
+    (``nats-route://host:port``; listing every node, this one included, is fine)."""
+
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port, kept across restarts
+    routes: list[str] = field(default_factory=list)
+    tls: TlsFiles | None = None
+    advertise: str | None = None  # host:port the other nodes use, when not host:port
+
+    def render(self, port: int) -> str:
+        parts = [f"name: {_q(self.name)}", f"listen: {_q(f'{self.host}:{port}')}"]
+        if self.routes:
+            parts.append("routes: " + json.dumps(self.routes))
+        if self.advertise:
+            parts.append(f"advertise: {_q(self.advertise)}")
+        if self.tls:
+            parts.append(self.tls.render())
+        return "cluster {\n  " + "\n  ".join(parts) + "\n}"
+
+
+@dataclass
 class LeafRemote:
     """How a device's server connects, as a leaf node, to its hub.
 
@@ -122,6 +145,7 @@ class LeafRemote:
     url: str
     credentials: Path | None = None
     nkey_seed: Path | None = None
+    urls: list[str] = field(default_factory=list)  # more nodes of the same hub (a cluster): fail over
     user: str | None = None
     password: str | None = None
     tls: TlsFiles | None = None
@@ -130,8 +154,7 @@ class LeafRemote:
     deny_exports: list[str] = field(default_factory=list)
     deny_imports: list[str] = field(default_factory=list)
 
-    def render(self) -> str:
-        url = self.url
+    def _with_login(self, url: str) -> str:
         if self.user is not None and "@" not in url.split("://", 1)[-1]:
             from urllib.parse import quote
 
@@ -140,7 +163,11 @@ class LeafRemote:
             if self.password is not None:
                 cred += ":" + quote(self.password, safe="")
             url = f"{scheme}://{cred}@{rest}"
-        parts = [f"url: {_q(url)}"]
+        return url
+
+    def render(self) -> str:
+        all_urls = [self._with_login(u) for u in [self.url, *[u for u in self.urls if u != self.url]]]
+        parts = [f"url: {_q(all_urls[0])}" if len(all_urls) == 1 else "urls: " + json.dumps(all_urls)]
         if self.credentials:
             parts.append(f"credentials: {_q(self.credentials)}")
         if self.nkey_seed:
@@ -194,11 +221,14 @@ class ServerOptions:
     leaf_advertise: bool = True  # False: do not gossip leaf URLs to leaf nodes (behind NAT/LB)
     authorization: str | None = None
     accounts: str | None = None  # a raw ``accounts: {...}`` (or ``accounts { }``) block
+    tls: TlsFiles | None = None  # TLS on the client port
+    cluster: ClusterOptions | None = None
     monitor_port: int | None = None
     extra: str = ""
 
 
-def render_config(opts: ServerOptions, *, port: int, leaf_port: int | None, monitor_port: int | None) -> str:
+def render_config(opts: ServerOptions, *, port: int, leaf_port: int | None, monitor_port: int | None,
+                  cluster_port: int | None = None) -> str:
     """Render ``opts`` (with resolved ports) as nats-server config text."""
     lines = [
         f"server_name: {_q(opts.server_name)}",
@@ -219,6 +249,10 @@ def render_config(opts: ServerOptions, *, port: int, leaf_port: int | None, moni
         if opts.sync_interval:
             js.append(f"sync_interval: {_q(opts.sync_interval)}")
         lines.append("jetstream { " + ", ".join(js) + " }")
+    if opts.tls:
+        lines.append(opts.tls.render())
+    if opts.cluster is not None:
+        lines.append(opts.cluster.render(cluster_port if cluster_port is not None else opts.cluster.port))
     if opts.accounts:
         lines.append(opts.accounts)
     if opts.authorization:
@@ -258,6 +292,9 @@ class NatsServer:
         self.leaf_port: int | None = None
         if options.leaf_listen is not None:
             self.leaf_port = options.leaf_listen[1] or pick_free_port(options.leaf_listen[0])
+        self.cluster_port: int | None = None
+        if options.cluster is not None:
+            self.cluster_port = options.cluster.port or pick_free_port(options.cluster.host)
         self.monitor_port: int | None = None
         if options.monitor_port is not None:
             self.monitor_port = options.monitor_port or pick_free_port(options.host)
@@ -407,7 +444,8 @@ class NatsServer:
     def _write_config(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         text = render_config(
-            self.options, port=self.port, leaf_port=self.leaf_port, monitor_port=self.monitor_port
+            self.options, port=self.port, leaf_port=self.leaf_port, monitor_port=self.monitor_port,
+            cluster_port=self.cluster_port,
         )
         # the config may hold leaf logins (passwords, nkey seeds): owner-only, written atomically
         tmp = self.config_path.with_suffix(".tmp")

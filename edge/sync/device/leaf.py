@@ -8,7 +8,7 @@ server runs standalone and everything still lands in the local streams.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.errors import ConfigError
@@ -52,6 +52,8 @@ class HubLink:
     user: str | None = None
     password: str | None = None
     credentials: Path | None = None
+    # the other nodes of a clustered hub: the leaf connects to one and fails over to the next
+    urls: list[str] = field(default_factory=list)
     nkey_seed: Path | None = None
     tls_ca: Path | None = None
     tls_cert: Path | None = None
@@ -72,6 +74,7 @@ class HubLink:
             tls = TlsFiles(ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key)
         return LeafRemote(
             url=self.url,
+            urls=list(self.urls),
             user=self.user,
             password=self.password,
             credentials=self.credentials,

@@ -66,6 +66,7 @@ class ProvisionOptions:
     cmd_ttl_s: float = DEFAULT_CMD_TTL_S
     duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S
     state_mirror: bool = True
+    replicas: int = 1  # 3 on a three-node hub cluster: every stream survives a node loss
 
 
 def _device_source(
@@ -105,6 +106,7 @@ def hub_stream_configs(device: str, opts: ProvisionOptions | None = None) -> lis
             discard=DiscardPolicy.OLD,
             duplicate_window=o.duplicate_window_s,
             sources=[_device_source(d, naming.TELE_STREAM, "tele", (tele, tele))],
+            num_replicas=o.replicas,
             description=f"telemetry sourced from device {d}",
         ),
         StreamConfig(
@@ -114,6 +116,7 @@ def hub_stream_configs(device: str, opts: ProvisionOptions | None = None) -> lis
             discard=DiscardPolicy.OLD,
             duplicate_window=o.duplicate_window_s,
             sources=[_device_source(d, naming.EVT_STREAM, "evt", (evt, evt), (ack, ack))],
+            num_replicas=o.replicas,
             description=f"events and command results sourced from device {d}",
         ),
         StreamConfig(
@@ -122,6 +125,7 @@ def hub_stream_configs(device: str, opts: ProvisionOptions | None = None) -> lis
             max_age=o.cmd_ttl_s or None,
             discard=DiscardPolicy.OLD,
             duplicate_window=min(o.duplicate_window_s, o.cmd_ttl_s or o.duplicate_window_s),
+            num_replicas=o.replicas,
             description=f"commands for device {d}; expire after {o.cmd_ttl_s:.0f} s",
         ),
     ]
@@ -140,6 +144,7 @@ def hub_stream_configs(device: str, opts: ProvisionOptions | None = None) -> lis
                 allow_direct=True,
                 mirror_direct=True,
                 discard=DiscardPolicy.NEW,
+                num_replicas=o.replicas,
                 description=f"mirror of device {d}'s entity state",
             )
         )
