@@ -75,7 +75,13 @@ class MixResult:
 async def hub_source_seqs(js: JetStreamContext, stream: str) -> list[tuple[int, bytes]]:
     """(device sequence, payload) of every message in a hub stream, in hub order."""
     out: list[tuple[int, bytes]] = []
-    for _, data, hdrs in await read_stream(js, stream):
+    for attempt in range(5):  # a clustered stream may be electing a leader after a node loss
+        try:
+            msgs = await read_stream(js, stream)
+            break
+        except (TimeoutError, asyncio.TimeoutError) if attempt < 4 else ():
+            await asyncio.sleep(1.0)
+    for _, data, hdrs in msgs:
         src = source_sequence(hdrs)
         out.append((src[0] if src else -1, data))
     return out
@@ -149,7 +155,10 @@ class FaultMix:
         self.catch_up.append(time.monotonic() - t0 if took != float("inf") else took)
 
     async def fault(self, kind: str, pub: Publisher) -> None:
-        link = self.rig.links[self.device]
+        link = self.rig.links.get(self.device)
+        if kind in ("flap", "outage") and link is None:
+            raise ValueError(f"{kind} needs a rig with a cuttable link")
+        assert link is not None or kind not in ("flap", "outage")
         if kind in ("hub_stop", "hub_kill"):
             await self._hub_restart(kill=kind == "hub_kill")
         elif kind == "device_kill":
@@ -157,13 +166,13 @@ class FaultMix:
             await srv.kill()
             await asyncio.sleep(self.rng.uniform(0.1, 0.5))
             await srv.start()
-        elif kind == "flap":
+        elif kind == "flap" and link is not None:
             for _ in range(4):
                 await link.cut()
                 await asyncio.sleep(self.rng.uniform(0.05, 0.4))
                 await link.restore()
                 await asyncio.sleep(self.rng.uniform(0.05, 0.4))
-        elif kind == "outage":
+        elif kind == "outage" and link is not None:
             await link.cut()
             self._paused.clear()  # a burst, as fast as the device acks, to overrun TELE's budget
             try:
@@ -208,11 +217,16 @@ class FaultMix:
         while True:  # until the hub's delivered position reaches the device's last sequence
             done = True
             for k in ("EVT", "TELE"):
-                info = await hjs.stream_info(naming.hub_stream(k, self.device))
-                if info.state.messages == 0 and states[k].last_seq:
+                try:
+                    info = await hjs.stream_info(naming.hub_stream(k, self.device))
+                    if info.state.messages == 0 and states[k].last_seq:
+                        done = False
+                        continue
+                    last = await hjs.get_msg(naming.hub_stream(k, self.device), info.state.last_seq)
+                except Exception as err:  # a clustered hub electing a stream leader: ask again
+                    log.debug("hub not answering yet: %r", err)
                     done = False
                     continue
-                last = await hjs.get_msg(naming.hub_stream(k, self.device), info.state.last_seq)
                 src = source_sequence(last.headers)
                 if not src or src[0] < states[k].last_seq:
                     done = False

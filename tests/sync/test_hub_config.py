@@ -21,7 +21,7 @@ from edge.sync.device.commands import CommandReceiver
 from edge.sync.device.leaf import HubLink, device_server_options
 from edge.sync.device.streams import DeviceStreamConfig, ensure_device_streams
 from edge.sync.hub.config import FleetConfig, HubNode, reload_node
-from edge.sync.hub.fleet import ProvisionOptions, fleet_status, provision_device, send_command
+from edge.sync.hub.fleet import fleet_status, provision_device, send_command
 
 pytestmark = pytest.mark.timeout(120)
 
