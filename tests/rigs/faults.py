@@ -75,11 +75,14 @@ class MixResult:
 async def hub_source_seqs(js: JetStreamContext, stream: str) -> list[tuple[int, bytes]]:
     """(device sequence, payload) of every message in a hub stream, in hub order."""
     out: list[tuple[int, bytes]] = []
+    msgs: list[tuple[str, bytes, dict[str, str]]] = []
     for attempt in range(5):  # a clustered stream may be electing a leader after a node loss
         try:
             msgs = await read_stream(js, stream)
             break
-        except (TimeoutError, asyncio.TimeoutError) if attempt < 4 else ():
+        except TimeoutError:
+            if attempt == 4:
+                raise
             await asyncio.sleep(1.0)
     for _, data, hdrs in msgs:
         src = source_sequence(hdrs)
