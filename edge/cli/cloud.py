@@ -38,9 +38,15 @@ def register(sub: Any) -> None:
     run = csub.add_parser("run", help="run an embedded JetStream hub (development)")
     run.add_argument("--store", type=Path, default=None, help="hub data directory")
     run.add_argument("--device", action="append", default=[], help="device to provision (repeat)")
-    run.add_argument("--port", type=int, default=4222, help="client port on 127.0.0.1")
-    run.add_argument("--leaf-port", type=int, default=7422, help="leaf-node port on 127.0.0.1")
-    run.add_argument("--insecure", action="store_true", help="no logins (loopback experiments only)")
+    run.add_argument("--host", default="127.0.0.1", help="address the listeners bind (0.0.0.0: all)")
+    run.add_argument("--port", type=int, default=4222, help="client port (node i of a cluster: +i-1)")
+    run.add_argument("--leaf-port", type=int, default=7422, help="leaf-node port (node i: +i-1)")
+    run.add_argument("--nodes", type=int, default=1, help="3: a JetStream cluster of three nodes, R3 streams")
+    run.add_argument("--cluster-port", type=int, default=6222, help="cluster route port (node i: +i-1)")
+    run.add_argument("--tls-cert", type=Path, help="certificate (PEM) for TLS on the leaf port")
+    run.add_argument("--tls-key", type=Path, help="its key")
+    run.add_argument("--insecure", action="store_true",
+                     help="clients need no login (loopback experiments only); devices still log in")
     run.add_argument(
         "--nkeys",
         action="store_true",
@@ -165,13 +171,19 @@ async def run_hub(args: argparse.Namespace) -> int:
     from edge.sync.hub.dev import DevHub
 
     logs.configure("info")
+    from edge.nats.server import TlsFiles
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise EdgeError("give both --tls-cert and --tls-key")
+    tls = TlsFiles(cert=args.tls_cert, key=args.tls_key) if args.tls_cert else None
     hub = DevHub(args.store or default_store(), devices=args.device, secure=not args.insecure, nkeys=args.nkeys,
-                 port=args.port, leaf_port=args.leaf_port)
+                 port=args.port, leaf_port=args.leaf_port, nodes=args.nodes, host=args.host,
+                 cluster_port=args.cluster_port, leaf_tls=tls)
     await hub.start()
-    server = hub.server
-    if server is None:
+    if hub.server is None:
         raise EdgeError("the hub did not start")
-    print(f"hub running: clients {server.url}, leaf nodes {server.leaf_url}, store {hub.store}")
+    print(f"hub running: {len(hub.servers)} node(s), clients {', '.join(s.url for s in hub.servers)}, "
+          f"leaf nodes {', '.join(hub.leaf_urls())}, store {hub.store}")
     for device in args.device:
         print("\n" + hub.device_table(device))
     stop = asyncio.Event()

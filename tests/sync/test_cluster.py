@@ -51,3 +51,31 @@ async def test_node_loss_during_sync_loses_nothing_and_commands_keep_flowing(tmp
         assert st.evt_missing == 0 and st.alarms == []
     finally:
         await rig.close()
+
+
+async def test_cloud_run_nodes_3_is_a_replicated_cluster(tmp_path: Path) -> None:
+    import json
+
+    import nats
+
+    from edge.nats.server import pick_free_port
+    from edge.sync.hub.dev import DevHub
+
+    base = pick_free_port()
+    hub = DevHub(tmp_path / "hub", devices=["c1"], nodes=3, port=base, leaf_port=pick_free_port(),
+                 cluster_port=pick_free_port())
+    await hub.start()
+    try:
+        saved = json.loads(hub.hub_file.read_text())
+        assert len(saved["client_urls"]) == 3 and len(saved["leaf_urls"]) == 3
+        table = hub.device_table("c1")
+        assert table.count("nats-leaf://") == 3 and "urls = [" in table
+        nc = await nats.connect(servers=saved["client_urls"])
+        try:
+            info = await nc.jetstream(timeout=10).stream_info("CMD_c1")
+            assert info.config.num_replicas == 3 and info.cluster is not None
+            assert {info.cluster.leader, *[r.name for r in info.cluster.replicas or []]} == {"hub-1", "hub-2", "hub-3"}
+        finally:
+            await nc.close()
+    finally:
+        await hub.stop()

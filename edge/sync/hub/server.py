@@ -31,7 +31,7 @@ from typing import Literal
 from urllib.parse import quote
 
 from edge.errors import ConfigError
-from edge.nats.server import NatsServer, ServerOptions, TlsFiles
+from edge.nats.server import ClusterOptions, NatsServer, ServerOptions, TlsFiles
 from edge.nats import subjects as naming
 from edge.sync.device.leaf import SEED_FILE_MODE, USER_SEED_RE
 from edge.sync.hub.accounts import render_accounts
@@ -126,6 +126,8 @@ class HubServer(NatsServer):
         max_store_bytes: int | None = None,
         server_name: str = "hub",
         leaf_advertise: bool = False,
+        cluster: ClusterOptions | None = None,
+        tls: TlsFiles | None = None,
         binary: str | None = None,
     ) -> None:
         self.devices: dict[str, DeviceCredential] = {c.device: c for c in devices or []}
@@ -143,6 +145,8 @@ class HubServer(NatsServer):
             monitor_port=monitor_port,
             max_store_bytes=max_store_bytes,
             leaf_advertise=leaf_advertise,
+            cluster=cluster,
+            tls=tls,
         )
         super().__init__(opts, binary=binary)
         self._render_auth()
