@@ -42,6 +42,9 @@ RESTART_BACKOFF_MAX_S = 10.0
 RESTART_BACKOFF_RESET_S = 30.0  # a process that lived this long resets the backoff
 LOG_TAIL_LINES = 20
 READY_LINE = b"Server is ready"  # logged by nats-server once all listeners are open
+# A leaf reconnects this often: back within ~0.1 s of a hub restart, before the hub's sources
+# first ask for the device's consumers (a request that finds no link costs a 5 s wait).
+LEAF_RECONNECT = "100ms"
 
 
 def find_nats_server() -> str:
@@ -268,7 +271,7 @@ def render_config(opts: ServerOptions, *, port: int, leaf_port: int | None, moni
             leaf_parts.append("no_advertise: true")
     if opts.leaf is not None:
         leaf_parts.append("remotes: [ " + opts.leaf.render() + " ]")
-        leaf_parts.append("reconnect: 1")  # seconds between leaf reconnect attempts
+        leaf_parts.append(f"reconnect: {_q(LEAF_RECONNECT)}")  # between leaf reconnect attempts
     if leaf_parts:
         lines.append("leafnodes {\n  " + "\n  ".join(leaf_parts) + "\n}")
     if opts.extra:
