@@ -25,6 +25,9 @@ from edge.sync.hub.fleet import fleet_status, provision_device, send_command
 
 pytestmark = pytest.mark.timeout(120)
 
+# what nats-py raises when a server that requires TLS is dialled without it
+PLAIN_REFUSED = (nats.errors.NoServersError, nats.errors.Error, OSError, TimeoutError)
+
 
 def free_node(name: str) -> HubNode:
     return HubNode(name, host="127.0.0.1", port=pick_free_port(), leaf_port=pick_free_port(),
@@ -157,3 +160,77 @@ def test_cli_writes_a_config_that_nats_server_accepts(tmp_path: Path) -> None:
         assert "cluster {" in text and text.count("nats-route://") == 2
         check = subprocess.run([find_nats_server(), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, check.stdout + check.stderr
+
+
+async def test_cli_add_device_is_one_command_with_a_reload(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    d = tmp_path / "fleet"
+    port, leaf_port = pick_free_port(), pick_free_port()
+
+    def edge(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edge.cli.main", "cloud", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    out = edge("config", str(d), "--host", "127.0.0.1", "--port", str(port), "--leaf-port", str(leaf_port),
+               "--device", "d1")
+    assert out.returncode == 0, out.stderr
+    async with stock_server(d / "hub.conf", port) as proc:
+        added = await asyncio.to_thread(edge, "add-device", str(d), "d2")
+        assert added.returncode == 0, added.stderr
+        assert "reloaded: hub" in added.stdout and "provisioned d2" in added.stdout
+        assert 'user = "d2"' in added.stdout
+        cfg = FleetConfig.load(d)
+        srv, nc = await start_device(tmp_path, cfg, "d2")
+        try:
+            async with Publisher(nc) as pub:
+                await pub.publish("edge.d2.evt.hello", b"1", msg_id="h")
+                await pub.flush(10)
+            hc = await nats.connect(servers=cfg.client_urls())
+            try:
+                await wait_evt(hc.jetstream(), "d2", 1)
+            finally:
+                await hc.close()
+            assert proc.returncode is None
+        finally:
+            await nc.close()
+            await srv.stop()
+
+
+async def test_fleet_config_with_tls_on_client_and_leaf_ports(tmp_path: Path) -> None:
+    import shutil
+    import ssl
+
+    from rigs.link import make_test_pki
+
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed for the TLS test (apt-get install openssl)")
+    pki = await make_test_pki(tmp_path / "pki")
+    node = free_node("hub")
+    cfg = FleetConfig.create(tmp_path / "hub", [node], tls_cert=str(pki["cert"]), tls_key=str(pki["key"]))
+    cfg.add_device("t1")
+    [conf] = cfg.write()
+    assert conf.read_text().count("tls {") == 2  # client port and leaf port
+    assert cfg.client_urls()[0].startswith("tls://")
+    async with stock_server(conf, node.port):
+        ctx = ssl.create_default_context(cafile=str(pki["ca"]))
+        with pytest.raises(PLAIN_REFUSED):  # plain TCP is refused
+            await nats.connect(f"nats://cloud:{cfg.cloud_password}@127.0.0.1:{node.port}", connect_timeout=2,
+                               allow_reconnect=False, max_reconnect_attempts=0)
+        hc = await nats.connect(servers=cfg.client_urls(), tls=ctx)
+        try:
+            await provision_device(hc.jetstream(), "t1")
+            link = HubLink(url=cfg.leaf_urls()[0], user="t1", password=cfg.devices["t1"]["password"], tls_ca=pki["ca"])
+            srv = NatsServer(device_server_options("t1", tmp_path / "t1", link, monitor_port=0))
+            await srv.start()
+            try:
+                nc = await nats.connect(srv.url)
+                await ensure_device_streams(nc.jetstream(), DeviceStreamConfig("t1", hub_domain="hub"))
+                async with Publisher(nc) as pub:
+                    await pub.publish("edge.t1.evt.secure", b"1", msg_id="s1")
+                    await pub.flush(10)
+                await wait_evt(hc.jetstream(), "t1", 1)
+                await nc.close()
+            finally:
+                await srv.stop()
+        finally:
+            await hc.close()
