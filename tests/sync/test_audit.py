@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,6 +58,13 @@ async def test_a_skipped_block_is_an_alarm_not_lag_0(tmp_path: Path) -> None:
         assert len(st.alarms) == 1 and "30 events" in st.alarms[0] and "1..160" in st.alarms[0]
         audit = (await audit_device(rig.hub_js, "dev1"))["EVT"]
         assert (audit.hub_oldest, audit.hub_position, audit.hub_messages, audit.holes) == (1, 160, 130, 30)
+        # `edge fleet status` prints the alarm and exits 3
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "edge.cli.main", "fleet", "status",
+                                                       "--hub-url", rig.hub.client_url],
+                                      env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 3, out.stderr
+        assert "ALARM dev1: 30 events" in out.stdout and "EVT_MISSING" in out.stdout
 
 
 async def test_lag_by_sequence_while_the_hub_is_behind_and_from_sources_when_unreachable(tmp_path: Path) -> None:
