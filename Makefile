@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PKGS = clang lld python3-venv python3-dev
+APT_PKGS = clang lld python3-venv python3-dev openssl
 
 .PHONY: setup system-deps components run test check bench fuzz clean
 

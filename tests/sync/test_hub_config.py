@@ -78,7 +78,6 @@ async def wait_evt(js: nats.js.JetStreamContext, device: str, n: int, timeout: f
 
 
 async def test_stock_server_runs_the_fleet_config_and_adds_a_device_with_a_reload(tmp_path: Path) -> None:
-    pytest.importorskip("nkeys")
     node = free_node("hub-a")
     cfg = FleetConfig.create(tmp_path / "hub", [node])
     cfg.add_device("d1")
