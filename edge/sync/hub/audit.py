@@ -35,8 +35,8 @@ log = logging.getLogger("edge.sync.hub")
 
 SOURCE_HEADER = "Nats-Stream-Source"
 DEVICE_API_TIMEOUT_S = 1.0
-#: Replies of the hub's requests to a device's JetStream API use this prefix: the devices' leaf
-#: permissions let answers on ``$JSC.R.>`` (the prefix nats-server uses for its own) flow up.
+#: Replies of the hub's requests to a device's JetStream API use this prefix (the one nats-server
+#: uses for its own); the per-device account's service export maps the answer back either way.
 REPLY_PREFIX = "$JSC.R.edge-audit"
 
 
