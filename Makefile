@@ -10,7 +10,7 @@ RUST_WASM_STD = /usr/lib/rustlib/wasm32-unknown-unknown
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PKGS = clang lld python3-venv python3-dev
+APT_PKGS = clang lld python3-venv python3-dev openssl
 # Only the tests need these: Debian's chromium for the fleet page's browser test (Playwright drives
 # it; no browser is downloaded).
 TEST_APT_PKGS = chromium
