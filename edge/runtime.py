@@ -247,6 +247,7 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
     from edge.agents.host import AgentHost
     from edge.agents.tools.service import ToolsService
     from edge.api.service import DeviceApi
+    from edge.language.layer import build_language
     from edge.sync.device.layer import UplinkLayer
 
     streams = cfg.sync.streams(cfg.device, bucket=cfg.state.bucket, hub=cfg.hub is not None)
@@ -282,7 +283,9 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
         def camera() -> tuple[Any, Any]:
             return (finder(None) if finder is not None else None), None
 
-    layers.append(ToolsService(cfg.tools, models=inference.registry if inference else None, camera=camera))
+    layers += [language] if (language := build_language(cfg)) is not None else []
+    layers.append(ToolsService(cfg.tools, models=inference.registry if inference else None, camera=camera,
+                               knowledge=language.knowledge if language is not None else None))
     # after the uplink: the decision stream copies records out of the EVT stream it creates
     layers.append(AgentHost(cfg.agents, wasm_agents=sandbox.wasm_agents))
     layers.extend(extra_layers)

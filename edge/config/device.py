@@ -17,6 +17,7 @@ section         type                                   reader
 ``models``      ``list[ModelSpec]``                    :func:`edge.inference.config.read_models`
 ``vision``      ``list[VisionSpec]``                   :func:`edge.inference.config.read_vision`
 ``agents``      ``list[AgentSpec]``                    :func:`edge.agents.config.read_agents`
+``language``    ``LanguageConfig``                     :func:`edge.language.config.read_language`
 ``drivers``     ``list[DriverSpec]``                   :func:`drivers.config.read_drivers`
 ``schemas``     ``list[ComponentSchema]``              :func:`edge.world.schema.read_schema`
 ==============  =====================================  ==========================================
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # the section modules import the reader (edge.config.table): 
     from edge.agents.config import AgentSpec
     from edge.agents.tools.permissions import ToolsConfig
     from edge.inference.config import ModelSpec, VisionSpec
+    from edge.language.config import LanguageConfig
     from edge.sync.device.config import SyncConfig
     from edge.sync.device.leaf import HubLink
     from edge.world.schema import ComponentSchema
@@ -110,6 +112,7 @@ class DeviceConfig:
     tools: ToolsConfig = field(default_factory=lambda: _tools_default())  # the tools service and its permissions
     hub: HubLink | None = None  # leaf-node uplink; None = standalone
     sync: SyncConfig = field(default_factory=lambda: _sync_default())  # device stream limits
+    language: LanguageConfig = field(default_factory=lambda: _language_default())  # docs/language.md
     demo: bool = False
     demo_drones: int = 0
 
@@ -124,6 +127,12 @@ def _sync_default() -> SyncConfig:
     from edge.sync.device.config import SyncConfig
 
     return SyncConfig()
+
+
+def _language_default() -> LanguageConfig:
+    from edge.language.config import LanguageConfig
+
+    return LanguageConfig()
 
 
 def default_device_id() -> str:
@@ -161,6 +170,7 @@ def parse_config(
     from edge.agents.config import read_agents
     from edge.agents.tools.permissions import read_tools
     from edge.inference.config import read_models, read_vision
+    from edge.language.config import read_language
     from edge.sync.device.config import read_hub, read_sync
     from edge.world.schema import read_schema
     from edge.world.store import ENTITY_ID_RE
@@ -235,6 +245,7 @@ def parse_config(
     cfg.tools = read_tools(top.table("tools"))
     cfg.hub = read_hub(top.table("hub"))
     cfg.sync = read_sync(top.table("sync"))
+    cfg.language = read_language(top.table("language"))
 
     demo = top.table("demo")
     cfg.demo_drones = demo.integer("drones", 0, lo=0)
