@@ -18,6 +18,7 @@ line ever of that entity) is published as ``edge.<d>.evt.<entity>.novelty``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -75,6 +76,7 @@ class StreamIndexer:
         self.last_error: str | None = None
         self.last_malformed: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._psub: Any = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -89,6 +91,12 @@ class StreamIndexer:
             except BaseException:  # noqa: BLE001  cancelled, or its last error (already logged)
                 pass
             self._task = None
+        if self._psub is not None:  # its pending pull request must not take new messages
+            try:
+                await self._psub.unsubscribe()
+            except Exception:  # noqa: BLE001  the connection may be closed already
+                pass
+            self._psub = None
         if delete_consumer:
             try:
                 await self.js.delete_consumer(self.stream, self.durable)
@@ -125,7 +133,7 @@ class StreamIndexer:
         while True:
             started = time.monotonic()
             try:
-                psub = await self._ensure_consumer()
+                psub = self._psub = await self._ensure_consumer()
                 while True:
                     try:
                         msgs = await psub.fetch(BATCH, timeout=FETCH_TIMEOUT_S)
@@ -139,6 +147,10 @@ class StreamIndexer:
                 raise
             except Exception as err:  # noqa: BLE001  the server restarts, the stream is missing ...
                 self.last_error = f"{type(err).__name__}: {err}"
+                if self._psub is not None:
+                    with contextlib.suppress(Exception):
+                        await self._psub.unsubscribe()
+                    self._psub = None
                 delay = backoff.next(ran_s=time.monotonic() - started)
                 log.warning("language indexer %s: %s; retrying in %.1f s", self.durable, self.last_error, delay)
                 await asyncio.sleep(delay)
