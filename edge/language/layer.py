@@ -1,7 +1,8 @@
 """The language layer (section ``language`` of ``edge status``): embedder, index, indexer, novelty,
 captured log lines and tool calls, documents, and the ``edge.<d>.api.language.*`` endpoints.
 
-Start: the embedder is loaded (the ``[language]`` file or package model, or the object store
+Start: the endpoints, log capture and tool-call recorder serve at once; then, in the background,
+the embedder is loaded (the ``[language]`` file or package model, or the object store
 artifact; ``auto`` falls back to lexical and says why), its index is opened under
 ``<data_dir>/language/<digest[:16]>``, the documents are (re)indexed in the background when they
 changed, and the ``EVT`` indexer resumes where it stopped.
@@ -92,6 +93,7 @@ class LanguageLayer:
         self._service: Service | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._swap_lock = asyncio.Lock()
+        self.ready = asyncio.Event()  # set once the model is loaded (or failed to load)
 
     @property
     def serving(self) -> Index | None:
@@ -109,30 +111,50 @@ class LanguageLayer:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self, ctx: DeviceContext) -> None:
+        """Capture and endpoints serve at once; the model loads in the background (it takes a
+        second or more on a small board) and the index serves when it is loaded (:attr:`ready`)."""
         self._ctx = ctx
-        cfg = self.config
-        model: bytes | None = None
-        if cfg.model_bucket:
-            from edge.language.artifact import fetch_model
-
-            try:
-                model, _ = await fetch_model(ctx.js, cfg.model_bucket, cfg.model_object)
-            except EmbedderError as err:  # no artifact yet: the file/package model (or lexical) serves
-                log.warning("%s; using the local model until one arrives", err.message)
-                self.last_error = err.message
-        loaded = await asyncio.to_thread(load_embedder, cfg.embedder, model_path=cfg.model_path,
-                                         vocab_path=cfg.vocab_path, model=model, threads=cfg.threads)
-        self.fallback_reason = loaded.fallback_reason
-        index = await self._open(loaded.embedder)
-        self._serving = index
-        self._indexer = self._follow(index, live=True)
-        self._spawn(self._index_documents(index), "language-documents")
-        self._spawn(self._retire_others(index), "language-retire")
         self._logs = LogCapture(ctx.events, ctx.device, asyncio.get_running_loop())
         self._logs.install()
         self._tools = ToolCallRecorder(ctx.nc, ctx.events, ctx.device)
         await self._tools.start()
         await self._start_service()
+        self._spawn(self._boot(), "language-boot")
+
+    async def wait_ready(self, timeout: float | None = None) -> Index:
+        """The serving index once the model is loaded (raises what stopped it from loading)."""
+        async with asyncio.timeout(timeout):
+            await self.ready.wait()
+        if self._serving is None:
+            raise LanguageUnavailable(f"the language index did not start: {self.last_error}", reason="failed")
+        return self._serving
+
+    async def _boot(self) -> None:
+        ctx, cfg = self.ctx, self.config
+        try:
+            model: bytes | None = None
+            if cfg.model_bucket:
+                from edge.language.artifact import fetch_model
+
+                try:
+                    model, _ = await fetch_model(ctx.js, cfg.model_bucket, cfg.model_object)
+                except EmbedderError as err:  # no artifact yet: the file/package model (or lexical) serves
+                    log.warning("%s; using the local model until one arrives", err.message)
+                    self.last_error = err.message
+            loaded = await asyncio.to_thread(load_embedder, cfg.embedder, model_path=cfg.model_path,
+                                             vocab_path=cfg.vocab_path, model=model, threads=cfg.threads)
+            self.fallback_reason = loaded.fallback_reason
+            index = await self._open(loaded.embedder)
+        except LanguageError as err:
+            self.last_error = err.message
+            log.error("language index not started: %s", err.message)
+            self.ready.set()
+            return
+        self._serving = index
+        self._indexer = self._follow(index, live=True)
+        self.ready.set()
+        self._spawn(self._index_documents(index), "language-documents")
+        self._spawn(self._retire_others(index), "language-retire")
         if cfg.model_bucket:
             self._spawn(self._watch_model(), "language-model-watch")
         log.info("language index %s serving (%s%s)", index.digest[:16], index.embedder.name,
@@ -166,7 +188,7 @@ class LanguageLayer:
     def status(self) -> dict[str, Any]:
         index = self._serving
         out: dict[str, Any] = {
-            "mode": "off" if index is None else ("semantic" if index.embedder.kind == "minilm" else "lexical"),
+            "mode": ("loading" if not self.ready.is_set() else "failed") if index is None else ("semantic" if index.embedder.kind == "minilm" else "lexical"),
             "fallback": self.fallback_reason,
             "searches": self.searches, "notes": self.notes, "documents": self.documents,
             "model_swaps": self.swaps, "last_error": self.last_error,

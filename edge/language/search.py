@@ -164,8 +164,8 @@ class Knowledge:
     def _index(self) -> Index:
         index = self._source.serving
         if index is None:
-            raise LanguageUnavailable("the language index is not serving (the layer is off or not started)",
-                                      reason="not-serving")
+            raise LanguageUnavailable("the language index is not serving (the layer is off, not started, or "
+                                      "its model is still loading)", reason="not-serving")
         return index
 
     def mode(self) -> str:

@@ -37,6 +37,7 @@ async def until(pred: Any, timeout: float = 15.0) -> None:
 async def test_search_knowledge_tool_with_permissions_and_citations(ctx: DeviceContext, nc: Client) -> None:
     lang = LanguageLayer(LanguageConfig(documents=()))
     await lang.start(ctx)
+    await lang.wait_ready(30)
     perms = parse_tools_config({"callers": {"planner": ["search_knowledge"], "viewer": ["list_entities"]}})
     tools = ToolsService(perms, knowledge=lang.knowledge)
     await tools.start(ctx)
