@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+from pathlib import Path
 from typing import Any
 
 from nats.js.client import JetStreamContext
@@ -36,8 +37,9 @@ def expected_digest(info: Any) -> str | None:
     return None
 
 
-async def fetch_model(js: JetStreamContext, bucket: str, name: str) -> tuple[bytes, str]:
-    """(model bytes, sha256) of object ``name`` in ``bucket``, verified; EmbedderError otherwise."""
+async def fetch_model(js: JetStreamContext, bucket: str, name: str, into: Path) -> tuple[Path, str]:
+    """Object ``name`` of ``bucket``, verified, written to ``into/<sha256>.onnx``: (path, sha256).
+    EmbedderError when it cannot be fetched or does not match its digest."""
     try:
         store = await js.object_store(bucket)
         result = await asyncio.wait_for(store.get(name), FETCH_TIMEOUT_S)
@@ -51,4 +53,13 @@ async def fetch_model(js: JetStreamContext, bucket: str, name: str) -> tuple[byt
     if want is None or got != want:
         raise EmbedderError(f"embedding model '{name}' from bucket '{bucket}': SHA-256 {got} does not match "
                             f"{want}; keeping the serving model", reason="digest", expected=want, got=got)
-    return content, got
+    into.mkdir(parents=True, exist_ok=True)
+    path = into / f"{got}.onnx"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        await asyncio.to_thread(tmp.write_bytes, content)
+        tmp.replace(path)
+    for old in into.glob("*.onnx"):  # keep the newest two: the serving model and this one
+        if old != path and len(list(into.glob("*.onnx"))) > 2:
+            old.unlink(missing_ok=True)
+    return path, got

@@ -55,6 +55,7 @@ log = logging.getLogger("edge.language")
 SERVICE_NAME = "edge-language"
 SERVICE_VERSION = "1.0.0"
 INDEX_DIR = "language"
+MODELS_DIR = "models"
 MAX_NOTE_CHARS = 4000
 WATCH_RETRY_S = 5.0
 DOC_BATCH = 8  # passages embedded per step of document indexing
@@ -108,6 +109,10 @@ class LanguageLayer:
     def root(self) -> Path:
         return self.ctx.data_dir / INDEX_DIR
 
+    def models_dir(self) -> Path:
+        """Where over-the-air models are kept (``<data_dir>/language/models``)."""
+        return self.root() / MODELS_DIR
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self, ctx: DeviceContext) -> None:
@@ -132,12 +137,12 @@ class LanguageLayer:
     async def _boot(self) -> None:
         ctx, cfg = self.ctx, self.config
         try:
-            model: bytes | None = None
+            model: Path | None = None
             if cfg.model_bucket:
                 from edge.language.artifact import fetch_model
 
                 try:
-                    model, _ = await fetch_model(ctx.js, cfg.model_bucket, cfg.model_object)
+                    model, _ = await fetch_model(ctx.js, cfg.model_bucket, cfg.model_object, self.models_dir())
                 except EmbedderError as err:  # no artifact yet: the file/package model (or lexical) serves
                     log.warning("%s; using the local model until one arrives", err.message)
                     self.last_error = err.message
@@ -278,7 +283,7 @@ class LanguageLayer:
                     await self.ctx.js.delete_consumer(self._indexer.stream, name)
         root = self.root()
         for d in root.iterdir() if root.is_dir() else ():
-            if d.is_dir() and d.name != index.digest[:16]:
+            if d.is_dir() and d.name not in (index.digest[:16], MODELS_DIR):
                 await asyncio.to_thread(shutil.rmtree, d, True)
                 log.info("language: removed the index of another model (%s)", d.name)
 
@@ -326,7 +331,8 @@ class LanguageLayer:
                     if info is None or info.name != cfg.model_object or getattr(info, "deleted", False):
                         continue
                     try:
-                        model, _ = await fetch_model(self.ctx.js, cfg.model_bucket, cfg.model_object)
+                        model, _ = await fetch_model(self.ctx.js, cfg.model_bucket, cfg.model_object,
+                                                     self.models_dir())
                         loaded = await asyncio.to_thread(load_embedder, "minilm", model=model,
                                                          vocab_path=cfg.vocab_path, threads=cfg.threads)
                     except EmbedderError as err:

@@ -31,7 +31,7 @@ log = logging.getLogger("edge.language.store")
 
 SCHEMA_VERSION = "1"
 INDEX_FILE = "index.sqlite"
-CHUNK_ROWS = 16384  # matrix rows converted to float per step of a vector search
+CHUNK_ROWS = 1024  # matrix rows converted to float per step of a vector search (fits in a CPU cache)
 MAX_AGGREGATE_ROWS = 5000  # entries an aggregate (vector, top terms) reads at most
 DOC_KIND = "doc"
 STOPWORDS = frozenset(
@@ -200,9 +200,12 @@ class IndexStore:
             picked: np.ndarray = self._mat[rows].astype(np.float32) @ qf
             return picked
         out = np.empty(self._n, np.float32)
+        buf = np.empty((CHUNK_ROWS, self.dim), np.float32)  # cache-sized: converted and used at once
         for start in range(0, self._n, CHUNK_ROWS):
             stop = min(self._n, start + CHUNK_ROWS)
-            out[start:stop] = self._mat[start:stop].astype(np.float32) @ qf
+            part = buf[:stop - start]
+            part[...] = self._mat[start:stop]
+            out[start:stop] = part @ qf
         return out
 
     # -- writes -------------------------------------------------------------------------------
