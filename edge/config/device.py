@@ -256,11 +256,17 @@ def parse_config(
 
 
 def embedded_default(*, data_dir: Path | None = None, drones: int = 5) -> DeviceConfig:
-    """The demo device that ``edge run`` starts when no config is given."""
+    """The demo device that ``edge run`` starts when no config is given.
+
+    Its language layer uses the lexical embedder: MiniLM would add about 200 MB of RSS, twice the
+    demo's memory budget (docs/language.md); a config file chooses ``[language] embedder``."""
+    from edge.language.config import LanguageConfig
+
     device = "demo"
     return DeviceConfig(
         device=device,
         data_dir=data_dir or default_data_dir(device),
         demo=True,
         demo_drones=drones,
+        language=LanguageConfig(embedder="lexical"),
     )
