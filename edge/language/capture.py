@@ -1,12 +1,12 @@
 """Language that is not in a stream yet, put there: warning log lines and external tool calls.
 
 * :class:`LogCapture`: a logging handler (warning and above, on the ``edge`` and ``drivers``
-  loggers) that publishes each line as ``edge.<d>.evt.runtime.log`` ``{t, level, logger, msg}``
+  loggers) that publishes each line as ``edge.<d>.lang.runtime.log`` ``{t, level, logger, msg}``
   through the device's acknowledged publisher. At most ``rate`` lines a second (burst ``burst``);
   the rest are counted as dropped. Lines of the publishing path and of this package are not
   captured (a failing publisher must not feed itself).
 * :class:`ToolCallRecorder`: watches the requests on ``edge.<d>.tools.*`` and publishes each call
-  as ``edge.<d>.evt.<entity>.tool_call`` ``{t, tool, caller, args}`` (``<entity>`` is the call's
+  as ``edge.<d>.lang.<entity>.tool_call`` ``{t, tool, caller, args}`` (``<entity>`` is the call's
   ``entity`` argument, else ``tools``). ``schema`` and ``search_knowledge`` calls are not recorded.
 """
 
@@ -23,6 +23,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from edge.language.stream import lang_subject
 from edge.layer import Events
 from edge.nats import subjects
 
@@ -36,13 +37,13 @@ NOT_RECORDED_TOOLS = frozenset({"schema", "search_knowledge"})
 
 
 class LogCapture(logging.Handler):
-    """Warning-and-above log lines -> ``evt.runtime.log`` (see the module docstring)."""
+    """Warning-and-above log lines -> ``lang.runtime.log`` (see the module docstring)."""
 
     def __init__(self, events: Events, device: str, loop: asyncio.AbstractEventLoop, *,
                  rate: float = DEFAULT_RATE, burst: int = DEFAULT_BURST) -> None:
         super().__init__(logging.WARNING)
         self.events = events
-        self.subject = subjects.event(device, "runtime", "log")
+        self.subject = lang_subject(device, "runtime", "log")
         self.loop = loop
         self.rate = rate
         self.burst = float(burst)
@@ -101,7 +102,7 @@ class LogCapture(logging.Handler):
 
 
 class ToolCallRecorder:
-    """External agents' tool calls -> ``evt.<entity>.tool_call`` (see the module docstring)."""
+    """External agents' tool calls -> ``lang.<entity>.tool_call`` (see the module docstring)."""
 
     def __init__(self, nc: Client, events: Events, device: str) -> None:
         self.nc = nc
@@ -140,7 +141,7 @@ class ToolCallRecorder:
         if len(shown) > MAX_ARGS_CHARS:
             args = {"truncated": shown[:MAX_ARGS_CHARS]}
         body = {"t": time.time(), "tool": tool, "caller": str(caller)[:64], "args": args}
-        self.events.emit(subjects.event(self.device, entity, "tool_call"),
+        self.events.emit(lang_subject(self.device, entity, "tool_call"),
                          json.dumps(body, separators=(",", ":"), default=str).encode())
         self.recorded += 1
 

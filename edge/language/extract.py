@@ -1,7 +1,8 @@
-"""What is said in a device message: one JetStream message of ``EVT`` -> one :class:`Entry` (or none).
+"""What is said in a device message: one JetStream message of ``EVT`` or ``LANG`` -> one
+:class:`Entry` (or none).
 
-``edge.<d>.evt.<entity>.<kind>`` and ``edge.<d>.ack.<entity>.<verb>`` carry JSON objects. Each
-kind becomes one line of text:
+``edge.<d>.evt.<entity>.<kind>``, ``edge.<d>.lang.<entity>.<kind>`` and
+``edge.<d>.ack.<entity>.<verb>`` carry JSON objects. Each kind becomes one line of text:
 
 =============  ===========================================================================
 kind           text
@@ -56,10 +57,10 @@ def extract(subject: str, data: bytes, *, t: float, stream: str | None, seq: int
             skip_kinds: tuple[str, ...] = ()) -> Entry | None:
     """The entry of one message, or None when its kind is not indexed."""
     parts = subject.split(".")
-    if len(parts) < 5 or parts[2] not in ("evt", "ack"):
-        raise Malformed(f"subject {subject!r} is not edge.<device>.evt|ack.<entity>.<kind>", subject=subject)
+    if len(parts) < 5 or parts[2] not in ("evt", "ack", "lang"):
+        raise Malformed(f"subject {subject!r} is not edge.<device>.evt|ack|lang.<entity>.<kind>", subject=subject)
     family, entity, kind = parts[2], parts[3], ".".join(parts[4:])
-    if family == "evt" and kind in skip_kinds:
+    if family != "ack" and kind in skip_kinds:
         return None
     try:
         body = json.loads(data)

@@ -1,9 +1,10 @@
-"""Incremental indexing of the device's ``EVT`` stream through a durable JetStream consumer.
+"""Incremental indexing of a device stream through a durable JetStream consumer.
 
-``EVT`` holds everything the device says (events, status texts, agent decisions, command
-results, warning log lines, tool calls, operator notes). :class:`StreamIndexer` pulls it in
-batches, turns each message into an entry (:mod:`edge.language.extract`), embeds the batch and
-commits it with the stream cursor in one transaction, then acknowledges the messages.
+``EVT`` holds what the device says (events, status texts, agent decisions, command results) and
+``LANG`` (:mod:`edge.language.stream`) the warning log lines, tool calls and operator notes. A
+:class:`StreamIndexer` per stream pulls it in batches, turns each message into an entry
+(:mod:`edge.language.extract`), embeds the batch and commits it with the stream cursor in one
+transaction, then acknowledges the messages.
 
 Resume: the consumer is named after the index (``lang-<digest[:12]>``). The index's own cursor is
 the truth: when the consumer's acknowledged floor is past it (the index file was removed) the
@@ -12,7 +13,7 @@ after a crash) are skipped. A malformed message is counted, logged and acknowled
 
 Novelty (only for the live index, not for a background re-index): a new line whose nearest
 earlier line of the same entity has a cosine similarity below ``1 - threshold`` (or the first
-line ever of that entity) is published as ``edge.<d>.evt.<entity>.novelty``.
+line ever of that entity) is published as ``edge.<d>.lang.<entity>.novelty``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from edge.backoff import Backoff
 from edge.language.extract import Malformed, extract
 from edge.language.search import Index
 from edge.language.store import Entry
+from edge.language.stream import lang_subject
 from edge.nats import subjects
 
 log = logging.getLogger("edge.language.indexer")
@@ -207,6 +209,45 @@ class StreamIndexer:
                     "nearest": {"text": near["text"], "similarity": round(sim, 4), "stream": near["stream"],
                                 "seq": near["seq"]} if near else None}
             self.novel += 1
-            self.emit(subjects.event(self.device, entry.entity, NOVELTY_KIND),
+            self.emit(lang_subject(self.device, entry.entity, NOVELTY_KIND),
                       json.dumps(body, separators=(",", ":")).encode(),
                       f"novelty.{entry.stream}.{entry.seq}.{self.index.digest[:8]}")
+
+
+class Followers:
+    """One :class:`StreamIndexer` per stream, into one index: started, stopped and reported together."""
+
+    def __init__(self, indexers: list[StreamIndexer]) -> None:
+        self.indexers = indexers
+
+    @property
+    def durable(self) -> str:
+        return self.indexers[0].durable
+
+    def start(self) -> None:
+        for ix in self.indexers:
+            ix.start()
+
+    async def stop(self, *, delete_consumer: bool = False) -> None:
+        for ix in self.indexers:
+            await ix.stop(delete_consumer=delete_consumer)
+
+    async def caught_up(self) -> None:
+        for ix in self.indexers:
+            await ix.caught_up.wait()
+
+    def is_caught_up(self) -> bool:
+        return all(ix.caught_up.is_set() for ix in self.indexers)
+
+    def status(self) -> dict[str, Any]:
+        per = {ix.stream: ix.status() for ix in self.indexers}
+        out: dict[str, Any] = {"consumer": self.durable}
+        for key in ("indexed", "skipped", "malformed", "novel"):
+            out[key] = sum(s[key] for s in per.values())
+        pend = [s["pending"] for s in per.values()]
+        out["pending"] = None if any(p is None for p in pend) else sum(pend)
+        out["caught_up"] = self.is_caught_up()
+        out["last_malformed"] = next((s["last_malformed"] for s in per.values() if s["last_malformed"]), None)
+        out["last_error"] = next((s["last_error"] for s in per.values() if s["last_error"]), None)
+        out["streams"] = per
+        return out

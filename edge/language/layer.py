@@ -5,7 +5,8 @@ Start: the endpoints, log capture and tool-call recorder serve at once; then, in
 the embedder is loaded (the ``[language]`` file or package model, or the object store
 artifact; ``auto`` falls back to lexical and says why), its index is opened under
 ``<data_dir>/language/<digest[:16]>``, the documents are (re)indexed in the background when they
-changed, and the ``EVT`` indexer resumes where it stopped.
+changed, and the indexers of ``EVT`` and ``LANG`` (:mod:`edge.language.stream`: captured log
+lines, tool calls, notes, novelty) resume where they stopped.
 
 A new model (another digest: a changed file at start, or a new object store version at run
 time) is indexed into a new directory in the background while the old index keeps serving; once
@@ -14,7 +15,7 @@ the new one has caught up with the stream it serves and the old directory is rem
 Endpoints (the device API envelope, :mod:`edge.nats.service`; micro service ``edge-language``):
 ``api.language.search`` ``{query, entity?, kinds?, since?, until?, limit?}`` -> hits,
 ``api.language.terms`` ``{entity, since?, until?, top?}`` -> aggregate, ``api.language.note``
-``{text, entity?, author?}`` -> the note's subject (published to ``EVT``, indexed from there).
+``{text, entity?, author?}`` -> the note's subject (published to ``LANG``, indexed from there).
 """
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ import numpy as np
 from nats.micro import add_service
 from nats.micro.service import Service
 
-from edge.errors import LifecycleError
+from edge.errors import LifecycleError, NatsError
 from edge.language.capture import LogCapture, ToolCallRecorder
 from edge.language.config import LanguageConfig
 from edge.language.documents import default_documents, files, read_document
 from edge.language.embedder import Embedder, load_embedder
 from edge.language.errors import EmbedderError, LanguageError, LanguageUnavailable
-from edge.language.indexer import StreamIndexer
+from edge.language.indexer import Followers, StreamIndexer
+from edge.language.stream import LANG_STREAM, ensure_lang_stream, lang_subject
 from edge.language.search import DEFAULT_LIMIT, Index, Knowledge
 from edge.language.store import IndexStore
 from edge.layer import DeviceContext
@@ -86,8 +88,9 @@ class LanguageLayer:
         self.swaps = 0
         self.last_error: str | None = None
         self._serving: Index | None = None
-        self._indexer: StreamIndexer | None = None
-        self._building: tuple[Index, StreamIndexer] | None = None
+        self._indexer: Followers | None = None
+        self._building: tuple[Index, Followers] | None = None
+        self._streams: list[str] = [subjects.EVT_STREAM]
         self._ctx: DeviceContext | None = None
         self._logs: LogCapture | None = None
         self._tools: ToolCallRecorder | None = None
@@ -117,12 +120,22 @@ class LanguageLayer:
 
     async def start(self, ctx: DeviceContext) -> None:
         """Capture and endpoints serve at once; the model loads in the background (it takes a
-        second or more on a small board) and the index serves when it is loaded (:attr:`ready`)."""
+        second or more on a small board) and the index serves when it is loaded (:attr:`ready`).
+
+        Without the ``LANG`` stream (the server refused it, e.g. a store limit) nothing is
+        captured and no novelty is published; ``EVT`` is still indexed and searched."""
         self._ctx = ctx
-        self._logs = LogCapture(ctx.events, ctx.device, asyncio.get_running_loop())
-        self._logs.install()
-        self._tools = ToolCallRecorder(ctx.nc, ctx.events, ctx.device)
-        await self._tools.start()
+        try:
+            await ensure_lang_stream(ctx.js, ctx.device)
+        except NatsError as err:
+            self.last_error = err.message
+            log.error("language: %s; log lines, tool calls, notes and novelty are not recorded", err.message)
+        else:
+            self._streams = [subjects.EVT_STREAM, LANG_STREAM]
+            self._logs = LogCapture(ctx.events, ctx.device, asyncio.get_running_loop())
+            self._logs.install()
+            self._tools = ToolCallRecorder(ctx.nc, ctx.events, ctx.device)
+            await self._tools.start()
         await self._start_service()
         self._spawn(self._boot(), "language-boot")
 
@@ -233,17 +246,20 @@ class LanguageLayer:
         await asyncio.to_thread(store.open)
         return Index(store, embedder)
 
-    def _follow(self, index: Index, *, live: bool) -> StreamIndexer:
+    def _follow(self, index: Index, *, live: bool) -> Followers:
         ctx = self.ctx
 
         def emit(subject: str, data: bytes, msg_id: str) -> None:
             ctx.events.emit(subject, data, msg_id=msg_id)
 
-        indexer = StreamIndexer(index, ctx.js, ctx.device, skip_kinds=self.config.skip_kinds,
-                                novelty_threshold=self.config.novelty_threshold, emit=emit if live else None,
-                                max_entries=self.config.max_entries)
-        indexer.start()
-        return indexer
+        can_emit = live and LANG_STREAM in self._streams  # novelty goes to LANG
+        followers = Followers([
+            StreamIndexer(index, ctx.js, ctx.device, stream=stream, skip_kinds=self.config.skip_kinds,
+                          novelty_threshold=self.config.novelty_threshold, emit=emit if can_emit else None,
+                          max_entries=self.config.max_entries)
+            for stream in self._streams])
+        followers.start()
+        return followers
 
     def _document_paths(self) -> list[Path]:
         docs = self.config.documents if self.config.documents is not None else default_documents()
@@ -275,12 +291,13 @@ class LanguageLayer:
         """Once ``index`` has caught up, remove the directories of other models' indexes."""
         if self._indexer is None:
             return
-        await self._indexer.caught_up.wait()
+        await self._indexer.caught_up()
         with contextlib.suppress(Exception):  # consumers of other models' indexes
-            for info in await self.ctx.js.consumers_info(self._indexer.stream):
-                name = info.name or ""
-                if name.startswith("lang-") and name != self._indexer.durable:
-                    await self.ctx.js.delete_consumer(self._indexer.stream, name)
+            for stream in self._streams:
+                for info in await self.ctx.js.consumers_info(stream):
+                    name = info.name or ""
+                    if name.startswith("lang-") and name != self._indexer.durable:
+                        await self.ctx.js.delete_consumer(stream, name)
         root = self.root()
         for d in root.iterdir() if root.is_dir() else ():
             if d.is_dir() and d.name not in (index.digest[:16], MODELS_DIR):
@@ -300,7 +317,7 @@ class LanguageLayer:
             self._building = (index, indexer)
             try:
                 await self._index_documents(index)
-                await indexer.caught_up.wait()
+                await indexer.caught_up()
             except BaseException:
                 await indexer.stop(delete_consumer=True)
                 index.store.close()
@@ -384,10 +401,11 @@ class LanguageLayer:
             raise LanguageError(f"'entity' must be an id ({subjects.ID_RULE})", key="entity")
         if not isinstance(author, str) or not 0 < len(author) <= 64:
             raise LanguageError("'author' must be a string of 1-64 characters", key="author")
-        if self._serving is None:
-            raise LanguageUnavailable("the language layer is not serving", reason="not-serving")
+        if self._serving is None or LANG_STREAM not in self._streams:
+            raise LanguageUnavailable("the language layer is not serving or has no LANG stream",
+                                      reason="not-serving")
         note_id = uuid.uuid4().hex[:16]
-        subject = subjects.event(self.ctx.device, entity, "note")
+        subject = lang_subject(self.ctx.device, entity, "note")
         data = json.dumps({"t": time.time(), "text": text, "author": author, "id": note_id}).encode()
         self.ctx.events.emit(subject, data, msg_id=f"note.{note_id}")
         self.notes += 1

@@ -145,7 +145,7 @@ async def test_novelty_events_for_first_and_unusual_lines_only(ctx: DeviceContex
     async def on(msg: Any) -> None:
         seen.append(json.loads(msg.data))
 
-    await nc.subscribe(f"edge.{DEV}.evt.*.novelty", cb=on)
+    await nc.subscribe(f"edge.{DEV}.lang.*.novelty", cb=on)
     lang = layer()
     await lang.start(ctx)
     await lang.wait_ready(30)
@@ -177,17 +177,36 @@ async def test_warning_logs_tool_calls_and_notes_become_searchable(ctx: DeviceCo
                          headers={"Edge-Caller": "planner"})
         note = await request(nc, "note", {"text": "propeller 2 replaced after the hard landing", "entity": "drone-4",
                                           "author": "ana"})
-        assert note["ok"] and note["result"]["subject"] == f"edge.{DEV}.evt.drone-4.note"
+        assert note["ok"] and note["result"]["subject"] == f"edge.{DEV}.lang.drone-4.note"
         await wait_until(lambda: indexed(lang) == 3)
         assert lang.status()["logs"]["captured"] == 1 and lang.status()["tool_calls"]["recorded"] == 1
         log_hit = (await lang.knowledge.search("sensor bus failure", kinds=["log"]))[0]
-        assert log_hit.entity == "runtime" and "I2C bus error" in log_hit.text and log_hit.stream == "EVT"
+        assert log_hit.entity == "runtime" and "I2C bus error" in log_hit.text and log_hit.stream == "LANG"
         tool = (await lang.knowledge.search("who asked drone-4 to return home", kinds=["tool_call"]))[0]
         assert tool.entity == "drone-4" and "planner" in tool.text
         n = (await lang.knowledge.search("maintenance on the propellers", entity="drone-4"))[0]
         assert n.kind == "note" and n.meta == {"author": "ana"}
         terms = await request(nc, "terms", {"entity": "drone-4", "top": 5})
         assert terms["ok"] and terms["result"]["entries"] == 2 and len(terms["result"]["vector"]) == 384
+        assert (await ctx.js.stream_info("EVT")).state.messages == 0  # all of it went to LANG, not EVT
+    finally:
+        await lang.stop()
+
+
+async def test_without_the_lang_stream_evt_is_still_indexed(ctx: DeviceContext, nc: Client) -> None:
+    from nats.js.api import StreamConfig
+
+    await ctx.js.add_stream(StreamConfig(name="SQUAT", subjects=[f"edge.{DEV}.lang.>"]))  # LANG cannot exist
+    lang = layer(embedder="lexical")
+    await lang.start(ctx)
+    await lang.wait_ready(30)
+    try:
+        assert "LANG" in lang.status()["last_error"] and "logs" not in lang.status()
+        emit(ctx, "drone-9", "statustext", {"text": "EKF primary changed"})
+        await wait_until(lambda: indexed(lang) == 1)
+        assert lang.status()["indexer"]["novel"] == 0  # nowhere to publish novelty
+        note = await request(nc, "note", {"text": "a note"})
+        assert not note["ok"] and note["error"]["reason"] == "not-serving"
     finally:
         await lang.stop()
 
@@ -285,15 +304,11 @@ async def test_a_new_model_over_the_air_reindexes_while_the_old_index_serves(ctx
         assert hits[0].text == "Battery failsafe: landing"
         emit(ctx, "drone-6", "statustext", {"text": "Landed"})  # the new index follows the stream live
         await wait_until(lambda: lang.status()["entries"] == 22)
-        names = [c.name async for c in _consumers(ctx)]
-        assert [n for n in names if n.startswith("lang-")] == [st["indexer"]["consumer"]]
+        for stream in ("EVT", "LANG"):
+            names = [c.name for c in await ctx.js.consumers_info(stream)]
+            assert [n for n in names if n.startswith("lang-")] == [st["indexer"]["consumer"]]
     finally:
         await lang.stop()
-
-
-async def _consumers(ctx: DeviceContext) -> Any:
-    for info in await ctx.js.consumers_info("EVT"):
-        yield info
 
 
 @pytest.mark.parametrize("raw, key", [({"embedder": "bert"}, "language.embedder"),
