@@ -109,6 +109,8 @@ class Index:
                      since: float | None = None, until: float | None = None,
                      limit: int = DEFAULT_LIMIT) -> list[Hit]:
         check_query(query, limit, kinds, since, until)
+        if entity is not None and (not isinstance(entity, str) or not entity):
+            raise LanguageError("'entity' must be a non-empty string", key="entity")
         q = (await self.embed([query]))[0]
         return await asyncio.to_thread(self._search, query, q, Filters(entity, kinds, since, until), limit)
 

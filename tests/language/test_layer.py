@@ -88,7 +88,7 @@ async def test_bad_requests_get_an_error_and_the_service_keeps_serving(ctx: Devi
     await lang.start(ctx)
     await lang.wait_ready(30)
     try:
-        for body in ({}, {"query": "x", "limit": 500}, {"query": "x", "kinds": [1]}):
+        for body in ({}, {"query": "x", "limit": 500}, {"query": "x", "kinds": [1]}, {"query": "x", "entity": 7}):
             bad = await request(nc, "search", body)
             assert not bad["ok"] and bad["error"]["error"] == "LanguageError" and bad["error"]["key"]
         note = await request(nc, "note", {"text": "", "entity": "drone-0"})
