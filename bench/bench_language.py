@@ -230,14 +230,14 @@ async def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-recall", action="store_true", help="skip the evaluation set (the slowest part)")
     args = ap.parse_args()
-    rounds = 5 if args.quick else 15
+    rounds = 3 if args.quick else 15
     minilm = load_embedder("minilm").embedder
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="edge-bench-lang-") as tmp:
         rows += embedding_rows(minilm, rounds)
-        rows += await indexing_rows(minilm, Path(tmp), 256 if args.quick else 640)
+        rows += await indexing_rows(minilm, Path(tmp), 192 if args.quick else 640)
         rows += await query_rows(minilm, Path(tmp), [10_000, 100_000], rounds)
-        rows += rss_rows(2 if args.quick else 3)
+        rows += rss_rows(1 if args.quick else 3)
         if not args.no_recall:
             rows += await recall_rows(Path(tmp))
     report(rows, command=COMMAND)
