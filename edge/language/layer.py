@@ -61,7 +61,7 @@ MODELS_DIR = "models"
 MAX_NOTE_CHARS = 4000
 WATCH_RETRY_S = 5.0
 DOC_BATCH = 8  # passages embedded per step of document indexing
-DOC_PAUSE = 2.0  # pause after each step, as a multiple of its time (documents use at most 1/3 of a core)
+DOC_PAUSE = 4.0  # pause after each step, as a multiple of its time (documents use at most 1/5 of a core)
 
 
 def build_language(cfg: DeviceConfig) -> LanguageLayer | None:
