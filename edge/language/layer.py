@@ -39,7 +39,7 @@ from edge.errors import LifecycleError, NatsError
 from edge.language.capture import LogCapture, ToolCallRecorder
 from edge.language.config import LanguageConfig
 from edge.language.documents import default_documents, files, read_document
-from edge.language.embedder import Embedder, load_embedder
+from edge.language.embedder import Embedder, LexicalEmbedder, load_embedder
 from edge.language.errors import EmbedderError, LanguageError, LanguageUnavailable
 from edge.language.indexer import Followers, StreamIndexer
 from edge.language.stream import LANG_STREAM, ensure_lang_stream, lang_subject
@@ -167,6 +167,18 @@ class LanguageLayer:
             self.last_error = err.message
             log.error("language index not started: %s", err.message)
             self.ready.set()
+            return
+        lexical = LexicalEmbedder()
+        old_dir = self.root() / lexical.digest[:16]
+        if index.embedder.kind != "lexical" and index.store.count() == 0 and old_dir.is_dir():
+            # the extra was installed since: the lexical index serves until the new one caught up
+            await asyncio.to_thread(index.store.close)
+            old = await self._open(lexical)
+            self._serving, self._indexer = old, self._follow(old, live=True)
+            self.ready.set()
+            self._spawn(self.swap_model(loaded.embedder), "language-swap")
+            log.info("language: indexing with %s in the background; the lexical index serves meanwhile",
+                     loaded.embedder.name)
             return
         self._serving = index
         self._indexer = self._follow(index, live=True)

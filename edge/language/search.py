@@ -178,8 +178,15 @@ class Knowledge:
     async def search(self, query: str, *, entity: str | None = None, kinds: Sequence[str] | None = None,
                      since: float | None = None, until: float | None = None,
                      limit: int = DEFAULT_LIMIT) -> list[Hit]:
-        return await self._index().search(query, entity=entity, kinds=kinds, since=since, until=until,
-                                          limit=limit)
+        try:
+            return await self._index().search(query, entity=entity, kinds=kinds, since=since, until=until,
+                                              limit=limit)
+        except LanguageError as err:
+            if err.reason != "closed":
+                raise
+            # the index was replaced by a new model's while this search ran: ask the new one
+            return await self._index().search(query, entity=entity, kinds=kinds, since=since, until=until,
+                                              limit=limit)
 
     async def terms(self, entity: str, *, since: float | None = None, until: float | None = None,
                     top: int = 10) -> dict[str, Any]:

@@ -272,6 +272,27 @@ async def test_an_explicit_model_that_does_not_load_is_reported_not_replaced(ctx
         await lang.stop()
 
 
+async def test_installing_the_extra_reindexes_while_the_lexical_index_serves(ctx: DeviceContext) -> None:
+    lexical = layer(embedder="lexical")
+    await lexical.start(ctx)
+    await lexical.wait_ready(30)
+    for i in range(12):
+        emit(ctx, "drone-8", "statustext", {"text": f"Battery {90 - i}% remaining"})
+    await wait_until(lambda: indexed(lexical) == 12)
+    await lexical.stop()
+    upgraded = layer(embedder="auto")  # the model is installed now
+    await upgraded.start(ctx)
+    await upgraded.wait_ready(30)
+    try:
+        st = upgraded.status()
+        assert st["mode"] == "lexical" and st["entries"] == 12  # the old index serves at once
+        assert await upgraded.knowledge.search("battery")  # served meanwhile
+        await wait_until(lambda: upgraded.status()["mode"] == "semantic", 60)
+        assert upgraded.status()["entries"] == 12 and upgraded.status()["model_swaps"] == 1
+    finally:
+        await upgraded.stop()
+
+
 async def test_a_new_model_over_the_air_reindexes_while_the_old_index_serves(ctx: DeviceContext) -> None:
     obs = await ctx.js.create_object_store("lang-models")
     lang = layer(embedder="lexical", model_bucket="lang-models", model_object="minilm.onnx")
@@ -298,8 +319,9 @@ async def test_a_new_model_over_the_air_reindexes_while_the_old_index_serves(ctx
             assert await lang.knowledge.search("battery")
             await asyncio.sleep(0.05)
         await wait_until(lambda: lang.status()["mode"] == "semantic", 60)
+        await wait_until(lambda: not old_dir.exists())  # then the old index is removed
         st = lang.status()
-        assert st["model_swaps"] == 1 and st["entries"] == 21 and not old_dir.exists()
+        assert st["model_swaps"] == 1 and st["entries"] == 21
         hits = await lang.knowledge.search("the vehicle is coming down because the power is low")
         assert hits[0].text == "Battery failsafe: landing"
         emit(ctx, "drone-6", "statustext", {"text": "Landed"})  # the new index follows the stream live
