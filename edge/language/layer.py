@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import shutil
+import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -163,11 +164,13 @@ class LanguageLayer:
                                              vocab_path=cfg.vocab_path, model=model, threads=cfg.threads)
             self.fallback_reason = loaded.fallback_reason
             index = await self._open(loaded.embedder)
-        except LanguageError as err:
-            self.last_error = err.message
-            log.error("language index not started: %s", err.message)
+        except (LanguageError, OSError, sqlite3.Error) as err:  # a bad model, an unwritable data dir
+            self.last_error = err.message if isinstance(err, LanguageError) else f"{type(err).__name__}: {err}"
+            log.error("language index not started: %s", self.last_error)
             self.ready.set()
             return
+        if cfg.model_bucket:
+            self._spawn(self._watch_model(), "language-model-watch")
         lexical = LexicalEmbedder()
         old_dir = self.root() / lexical.digest[:16]
         if index.embedder.kind != "lexical" and index.store.count() == 0 and old_dir.is_dir():
@@ -185,8 +188,6 @@ class LanguageLayer:
         self.ready.set()
         self._spawn(self._index_documents(index), "language-documents")
         self._spawn(self._retire_others(index), "language-retire")
-        if cfg.model_bucket:
-            self._spawn(self._watch_model(), "language-model-watch")
         log.info("language index %s serving (%s%s)", index.digest[:16], index.embedder.name,
                  f", lexical fallback: {self.fallback_reason}" if self.fallback_reason else "")
 

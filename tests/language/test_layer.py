@@ -293,6 +293,21 @@ async def test_installing_the_extra_reindexes_while_the_lexical_index_serves(ctx
         await upgraded.stop()
 
 
+async def test_an_unusable_data_dir_is_reported(ctx: DeviceContext) -> None:
+    ctx.data_dir.mkdir(parents=True, exist_ok=True)
+    (ctx.data_dir / "language").write_text("a file where the index directory goes")
+    lang = layer(embedder="lexical")
+    await lang.start(ctx)
+    try:
+        from edge.language.errors import LanguageUnavailable
+
+        with pytest.raises(LanguageUnavailable):
+            await lang.wait_ready(30)
+        assert lang.status()["mode"] == "failed" and "NotADirectoryError" in lang.status()["last_error"]
+    finally:
+        await lang.stop()
+
+
 async def test_a_new_model_over_the_air_reindexes_while_the_old_index_serves(ctx: DeviceContext) -> None:
     obs = await ctx.js.create_object_store("lang-models")
     lang = layer(embedder="lexical", model_bucket="lang-models", model_object="minilm.onnx")
