@@ -311,8 +311,9 @@ class IndexStore:
     # -- reads --------------------------------------------------------------------------------
 
     def count(self) -> int:
-        with self._lock:
-            return int(self._alive[:self._n].sum())
+        """Live entries; lock-free (the status reads it from the event loop while a search runs)."""
+        alive, n = self._alive, self._n
+        return int(alive[:n].sum())
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.dir.glob(INDEX_FILE + "*") if p.is_file())
