@@ -154,6 +154,9 @@ class Driver(ABC):
     """
 
     kind: ClassVar[str] = "driver"
+    #: True for a driver that moves a vehicle (a flight controller): its entity is guarded by the
+    #: safety envelope (edge.safety) whether or not the config names it.
+    vehicle: ClassVar[bool] = False
 
     def __init__(self, name: str, entity: str, *, publish_telemetry: bool = True) -> None:
         self.name = name
@@ -261,6 +264,11 @@ class Driver(ABC):
         if self._failure is None:
             raise RuntimeError(f"driver {self.name!r} was never started")
         return await asyncio.shield(self._failure)
+
+    def details(self) -> dict[str, Any]:
+        """Kind-specific state for ``edge status`` (under the driver's ``details``); cheap, never
+        raising. Empty by default."""
+        return {}
 
     def frame_slot(self) -> LatestFrame | None:
         """The latest-frame slot of a frame source (a camera); None for every other driver."""

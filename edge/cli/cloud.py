@@ -2,7 +2,9 @@
 
 ``edge cloud run`` starts an embedded JetStream hub for development: it keeps its store and the
 devices' leaf logins under ``--store`` (default ``~/.local/state/edge-hub``), writes ``hub.json``
-there so the other commands find it, and prints the ``[hub]`` table each device needs.
+there so the other commands find it, and prints the ``[hub]`` table each device needs. With
+``--page HOST:PORT`` it also serves the live fleet page (:mod:`edge.sync.hub.page`); ``edge fleet
+page`` serves the page alone for a hub that is already running.
 
 Device logins are kept in ``devices.json`` (mode 0600): a password per device, or, for devices
 run with ``--nkeys``, only the device's public nkey; the matching seed is written to
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import json
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,8 @@ def register(sub: Any) -> None:
         action="store_true",
         help="devices log in with nkeys (seeds written to <store>/devices/<device>.nk) instead of passwords",
     )
+    run.add_argument("--page", metavar="HOST:PORT", default=None,
+                     help="also serve the fleet page (live web view of the devices) on HOST:PORT")
     for name, text in (("provision", "create the hub streams for devices"), ("deprovision", "delete them")):
         p = csub.add_parser(name, help=text)
         _hub_args(p)
@@ -62,6 +67,9 @@ def register(sub: Any) -> None:
     status = fsub.add_parser("status", help="link state, last seen, lag, stream sizes")
     _hub_args(status)
     status.add_argument("--json", action="store_true")
+    page = fsub.add_parser("page", help="serve the live fleet page for a running hub")
+    _hub_args(page)
+    page.add_argument("--page", metavar="HOST:PORT", default="127.0.0.1:8080", help="where to serve it")
 
 
 def _hub_args(p: argparse.ArgumentParser) -> None:
@@ -82,6 +90,8 @@ def _hub_url(args: argparse.Namespace) -> str:
 async def dispatch(args: argparse.Namespace) -> int:
     if args.command == "cloud" and args.verb == "run":
         return await run_hub(args)
+    if args.command == "fleet" and args.verb == "page":
+        return await serve_page(args)
     import nats
 
     url = _hub_url(args)
@@ -127,6 +137,31 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def serve_page(args: argparse.Namespace) -> int:
+    """``edge fleet page``: the fleet page for the hub at ``--hub-url`` (or the store's hub.json)."""
+    from edge import logs
+    from edge.sync.hub.page.web import FleetPage, parse_bind
+
+    logs.configure("info")
+    host, port = parse_bind(args.page)
+    page = FleetPage(_hub_url(args), host=host, port=port)
+    await page.start()
+    print(f"fleet page: {page.url}", flush=True)
+    try:
+        await _until_signalled()
+    finally:
+        await page.stop()
+    return 0
+
+
 async def run_hub(args: argparse.Namespace) -> int:
     from edge import logs
     from edge.sync.hub.dev import DevHub
@@ -139,12 +174,21 @@ async def run_hub(args: argparse.Namespace) -> int:
     if server is None:
         raise EdgeError("the hub did not start")
     print(f"hub running: clients {server.url}, leaf nodes {server.leaf_url}, store {hub.store}")
-    for device in args.device:
-        print("\n" + hub.device_table(device))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await hub.stop()
+    page = None
+    try:
+        if args.page:
+            from edge.sync.hub.page.web import FleetPage, parse_bind
+
+            host, port = parse_bind(args.page)
+            page = FleetPage(server.client_url, host=host, port=port)
+            await page.start()
+            print(f"fleet page: {page.url}")
+        for device in args.device:
+            print("\n" + hub.device_table(device))
+        sys.stdout.flush()
+        await _until_signalled()
+    finally:
+        if page is not None:
+            await page.stop()
+        await hub.stop()
     return 0

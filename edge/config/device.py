@@ -20,6 +20,7 @@ section         type                                   reader
 ``language``    ``LanguageConfig``                     :func:`edge.language.config.read_language`
 ``drivers``     ``list[DriverSpec]``                   :func:`drivers.config.read_drivers`
 ``schemas``     ``list[ComponentSchema]``              :func:`edge.world.schema.read_schema`
+``safety``      ``SafetyConfig``                       :func:`edge.safety.config.read_safety`
 ==============  =====================================  ==========================================
 
 Paths in the file are relative to the file (``base``): ``device.data_dir``, ``nats.credentials``,
@@ -40,11 +41,13 @@ from typing import TYPE_CHECKING, Any
 from edge.nats.subjects import STATE_BUCKET
 from edge.config.table import REQUIRED, Table
 from edge.errors import ConfigError
+from edge.wasm.origin import DEFAULT_MAX_HOPS, MAX_HOPS
 if TYPE_CHECKING:  # the section modules import the reader (edge.config.table): imported when used
     from drivers.config import DriverSpec
     from edge.agents.config import AgentSpec
     from edge.agents.tools.permissions import ToolsConfig
     from edge.inference.config import ModelSpec, VisionSpec
+    from edge.safety.config import SafetyConfig
     from edge.language.config import LanguageConfig
     from edge.sync.device.config import SyncConfig
     from edge.sync.device.leaf import HubLink
@@ -79,6 +82,7 @@ class SandboxConfig:
     recycle_after: int = DEFAULT_RECYCLE_AFTER
     workers: int = DEFAULT_WORKERS
     max_worker_rss_mb: int = DEFAULT_MAX_WORKER_RSS_MB
+    max_hops: int = DEFAULT_MAX_HOPS
 
 
 @dataclass
@@ -112,6 +116,7 @@ class DeviceConfig:
     tools: ToolsConfig = field(default_factory=lambda: _tools_default())  # the tools service and its permissions
     hub: HubLink | None = None  # leaf-node uplink; None = standalone
     sync: SyncConfig = field(default_factory=lambda: _sync_default())  # device stream limits
+    safety: SafetyConfig = field(default_factory=lambda: _safety_default())  # the motion envelope
     language: LanguageConfig = field(default_factory=lambda: _language_default())  # docs/language.md
     demo: bool = False
     demo_drones: int = 0
@@ -127,6 +132,12 @@ def _sync_default() -> SyncConfig:
     from edge.sync.device.config import SyncConfig
 
     return SyncConfig()
+
+
+def _safety_default() -> SafetyConfig:
+    from edge.safety.config import SafetyConfig
+
+    return SafetyConfig()
 
 
 def _language_default() -> LanguageConfig:
@@ -170,6 +181,7 @@ def parse_config(
     from edge.agents.config import read_agents
     from edge.agents.tools.permissions import read_tools
     from edge.inference.config import read_models, read_vision
+    from edge.safety.config import read_safety
     from edge.language.config import read_language
     from edge.sync.device.config import read_hub, read_sync
     from edge.world.schema import read_schema
@@ -208,6 +220,7 @@ def parse_config(
     cfg.sandbox.workers = sandbox.integer("workers", DEFAULT_WORKERS, lo=1, hi=64)
     cfg.sandbox.max_worker_rss_mb = sandbox.integer("max_worker_rss_mb", DEFAULT_MAX_WORKER_RSS_MB,
                                                     lo=0, unit="MiB")
+    cfg.sandbox.max_hops = sandbox.integer("max_hops", DEFAULT_MAX_HOPS, lo=1, hi=MAX_HOPS, unit="handlers")
     sandbox.finish()
 
     logt = top.table("log")
@@ -245,6 +258,7 @@ def parse_config(
     cfg.tools = read_tools(top.table("tools"))
     cfg.hub = read_hub(top.table("hub"))
     cfg.sync = read_sync(top.table("sync"))
+    cfg.safety = read_safety(top.table("safety"))
     cfg.language = read_language(top.table("language"))
 
     demo = top.table("demo")
