@@ -14,7 +14,8 @@ log            ``<LEVEL> <logger>: <message>`` (warning and above, :mod:`edge.la
 tool_call      ``tool <name> called by <caller>: <arguments>``
 note           an operator note's text (``author`` in ``meta``)
 fault          ``component <name> fault (<error>): <message>`` (``evt.runtime.fault``)
-command        ``command <verb> to <entity>: ok`` or ``... refused (<reason>): <error>`` (acks)
+command        ``command <verb> to <entity>: ok`` or ``... refused (<reason>): <error>`` (acks);
+               a cloud command's result ``ack.<id>``: ``cloud command <id>: ...`` (entity ``cloud``)
 other          ``<kind>: key=value, ...`` of the scalar fields
 =============  ===========================================================================
 
@@ -57,6 +58,8 @@ def extract(subject: str, data: bytes, *, t: float, stream: str | None, seq: int
             skip_kinds: tuple[str, ...] = ()) -> Entry | None:
     """The entry of one message, or None when its kind is not indexed."""
     parts = subject.split(".")
+    if len(parts) == 4 and parts[2] == "ack":  # edge.<d>.ack.<command id>: a cloud command's result
+        parts = [*parts[:3], "cloud", parts[3]]
     if len(parts) < 5 or parts[2] not in ("evt", "ack", "lang"):
         raise Malformed(f"subject {subject!r} is not edge.<device>.evt|ack|lang.<entity>.<kind>", subject=subject)
     family, entity, kind = parts[2], parts[3], ".".join(parts[4:])
@@ -69,7 +72,11 @@ def extract(subject: str, data: bytes, *, t: float, stream: str | None, seq: int
     if not isinstance(body, dict):
         raise Malformed(f"message on {subject} is not a JSON object", subject=subject)
     meta: dict[str, Any] = {}
-    if family == "ack":
+    if family == "ack" and entity == "cloud" and len(subject.split(".")) == 4:
+        text = f"cloud command {kind}: {_answer(body)}"
+        meta["ok"] = bool(body.get("ok"))
+        kind = "command"
+    elif family == "ack":
         text = f"command {kind} to {entity}: {_answer(body)}"
         meta["ok"] = bool(body.get("ok"))
         kind = "command"

@@ -27,6 +27,9 @@ def test_kinds_become_readable_lines() -> None:
     assert dec.meta["cites"] == [{"seq": 3}] and dec.t == 7.0  # type: ignore[union-attr]
     ack = _x("edge.d.ack.drone-0.rtl", {"ok": True, "id": "x"})
     assert (ack.kind, ack.text) == ("command", "command rtl to drone-0: ok")  # type: ignore[union-attr]
+    cloud = _x("edge.d.ack.c42", {"ok": False, "error": "expired", "reason": "expired"})
+    assert (cloud.kind, cloud.entity, cloud.text) == (  # type: ignore[union-attr]
+        "command", "cloud", "cloud command c42: refused (expired): expired")
     log = _x("edge.d.evt.runtime.log", {"level": "warning", "logger": "edge.hw", "msg": "bus error"})
     assert log.text == "WARNING edge.hw: bus error"  # type: ignore[union-attr]
     tool = _x("edge.d.evt.drone-1.tool_call", {"tool": "send_command", "caller": "planner", "args": {"verb": "rtl"}})
