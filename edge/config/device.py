@@ -17,6 +17,7 @@ section         type                                   reader
 ``models``      ``list[ModelSpec]``                    :func:`edge.inference.config.read_models`
 ``vision``      ``list[VisionSpec]``                   :func:`edge.inference.config.read_vision`
 ``agents``      ``list[AgentSpec]``                    :func:`edge.agents.config.read_agents`
+``language``    ``LanguageConfig``                     :func:`edge.language.config.read_language`
 ``drivers``     ``list[DriverSpec]``                   :func:`drivers.config.read_drivers`
 ``schemas``     ``list[ComponentSchema]``              :func:`edge.world.schema.read_schema`
 ``safety``      ``SafetyConfig``                       :func:`edge.safety.config.read_safety`
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # the section modules import the reader (edge.config.table): 
     from edge.agents.tools.permissions import ToolsConfig
     from edge.inference.config import ModelSpec, VisionSpec
     from edge.safety.config import SafetyConfig
+    from edge.language.config import LanguageConfig
     from edge.sync.device.config import SyncConfig
     from edge.sync.device.leaf import HubLink
     from edge.world.schema import ComponentSchema
@@ -115,6 +117,7 @@ class DeviceConfig:
     hub: HubLink | None = None  # leaf-node uplink; None = standalone
     sync: SyncConfig = field(default_factory=lambda: _sync_default())  # device stream limits
     safety: SafetyConfig = field(default_factory=lambda: _safety_default())  # the motion envelope
+    language: LanguageConfig = field(default_factory=lambda: _language_default())  # docs/language.md
     demo: bool = False
     demo_drones: int = 0
 
@@ -135,6 +138,12 @@ def _safety_default() -> SafetyConfig:
     from edge.safety.config import SafetyConfig
 
     return SafetyConfig()
+
+
+def _language_default() -> LanguageConfig:
+    from edge.language.config import LanguageConfig
+
+    return LanguageConfig()
 
 
 def default_device_id() -> str:
@@ -173,6 +182,7 @@ def parse_config(
     from edge.agents.tools.permissions import read_tools
     from edge.inference.config import read_models, read_vision
     from edge.safety.config import read_safety
+    from edge.language.config import read_language
     from edge.sync.device.config import read_hub, read_sync
     from edge.world.schema import read_schema
     from edge.world.store import ENTITY_ID_RE
@@ -249,6 +259,7 @@ def parse_config(
     cfg.hub = read_hub(top.table("hub"))
     cfg.sync = read_sync(top.table("sync"))
     cfg.safety = read_safety(top.table("safety"))
+    cfg.language = read_language(top.table("language"))
 
     demo = top.table("demo")
     cfg.demo_drones = demo.integer("drones", 0, lo=0)
@@ -259,11 +270,17 @@ def parse_config(
 
 
 def embedded_default(*, data_dir: Path | None = None, drones: int = 5) -> DeviceConfig:
-    """The demo device that ``edge run`` starts when no config is given."""
+    """The demo device that ``edge run`` starts when no config is given.
+
+    Its language layer uses the lexical embedder: MiniLM would add about 200 MB of RSS, twice the
+    demo's memory budget (docs/language.md); a config file chooses ``[language] embedder``."""
+    from edge.language.config import LanguageConfig
+
     device = "demo"
     return DeviceConfig(
         device=device,
         data_dir=data_dir or default_data_dir(device),
         demo=True,
         demo_drones=drones,
+        language=LanguageConfig(embedder="lexical"),
     )

@@ -53,7 +53,7 @@ async def test_example_round_trip_orders_rtl(nats_url: str, device: Any, world: 
     code, out, err = await run_example("--url", nats_url, "--device", DEVICE, "--caller", "planner")
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].startswith(f"device {DEVICE}: 6 tools for caller planner: list_entities,")
+    assert lines[0].startswith(f"device {DEVICE}: 7 tools for caller planner: list_entities,")
     assert lines[1] == '-> list_entities {"kind": "drone"}'
     assert lines[2].startswith("<- ok in ") and lines[2].endswith("2 entities: drone-1, drone-2")
     assert '-> read_sensor {"entity": "drone-1", "sensor": "battery"}' in lines

@@ -46,4 +46,5 @@ TENSOR_IN = _obj({
 })
 TENSOR_OUT = _obj({"shape": {"type": "array", "items": {"type": "integer"}}, "dtype": {"type": "string"},
                    "data": {"type": "array"}, "b64": {"type": "string"}}, ["shape", "dtype"])
-TOOL_NAMES = ("list_entities", "read_component", "read_sensor", "capture_frame", "run_model", "send_command")
+TOOL_NAMES = ("list_entities", "read_component", "read_sensor", "capture_frame", "run_model", "send_command",
+              "search_knowledge")

@@ -29,7 +29,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from nats.aio.msg import Msg
@@ -73,6 +73,9 @@ from edge.nats.commands import CommandClient, CommandTimeout, CommandUnanswered
 from edge.nats.service import code_of, respond_error, respond_ok
 from edge.world.store import World
 
+if TYPE_CHECKING:
+    from edge.language.search import Knowledge
+
 log = logging.getLogger("edge.agents.tools")
 
 SERVICE_NAME = "edge-tools"
@@ -108,8 +111,10 @@ class ToolsService:
         camera: CameraFinder | None = None,
         frames: LatestFrame | None = None,
         detector: Detector | None = None,
+        knowledge: Knowledge | None = None,
     ) -> None:
         self.config = config or ToolsConfig()
+        self.knowledge = knowledge  # enables search_knowledge (the language layer's search)
         self.models = models
         self.camera = camera
         self.frames = frames
@@ -196,6 +201,7 @@ class ToolsService:
             "last_denied": self.last_denied, "sensors_seen": len(self._sensors),
             "camera": frames is not None, "detector": detector is not None,
             "models": models.names() if models is not None else None,
+            "knowledge": self.knowledge is not None,
         }
 
     def schemas(self, caller: str | None = None) -> list[dict[str, Any]]:
@@ -310,8 +316,35 @@ class ToolsService:
                  _obj({"entity": STR, "verb": STR, "subject": STR, "ack": ANY_OBJ, "rtt_ms": {"type": "number"}},
                       ["entity", "verb", "subject", "ack", "rtt_ms"]),
                  self.send_command),
+            Tool("search_knowledge", "Search what the device knows by meaning: its log lines, flight controller "
+                 "status texts, agent decisions, command results, tool calls, operator notes and manuals. "
+                 "Filter by entity, kinds (statustext, decision, command, log, tool_call, note, doc, ...) and "
+                 "time (Unix seconds). Each hit has text, source, t, score and the stream and seq it came from "
+                 "(cite them in a decision record).",
+                 _obj({"query": {"type": "string", "minLength": 1, "maxLength": 1000}, "entity": ENTITY,
+                       "kinds": {"type": "array", "items": STR, "maxItems": 20},
+                       "since": {"type": "number"}, "until": {"type": "number"},
+                       "limit": {"type": "integer", "minimum": 1, "maximum": 50}}, ["query"]),
+                 _obj({"query": STR, "mode": STR, "hits": {"type": "array", "items": _obj({
+                     "text": STR, "kind": STR, "entity": {"type": "string"}, "source": {"type": "string"},
+                     "t": {"type": "number"}, "stream": {"type": ["string", "null"]},
+                     "seq": {"type": ["integer", "null"]}, "score": {"type": "number"},
+                     "similarity": {"type": ["number", "null"]}}, ["text", "kind", "source", "t", "score"])}},
+                      ["query", "mode", "hits"]),
+                 self.search_knowledge),
         ]
         return {t.name: t for t in tools}
+
+    async def search_knowledge(self, body: dict[str, Any], caller: str) -> dict[str, Any]:
+        if self.knowledge is None:
+            raise ToolUnavailable("no language index: the language layer is off on this device",
+                                  reason="no-language")
+        hits = await self.knowledge.search(body["query"], entity=body.get("entity"), kinds=body.get("kinds"),
+                                           since=body.get("since"), until=body.get("until"),
+                                           limit=int(body.get("limit", 5)))
+        keep = ("text", "kind", "entity", "source", "t", "stream", "seq", "score", "similarity")
+        return {"query": body["query"], "mode": self.knowledge.mode(),
+                "hits": [{k: v for k, v in h.to_dict().items() if k in keep} for h in hits]}
 
     async def list_entities(self, body: dict[str, Any], caller: str) -> dict[str, Any]:
         metas = self.world.entities(kind=body.get("kind"))
