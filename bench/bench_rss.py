@@ -48,9 +48,12 @@ CANDIDATES = ("PIL.Image", "gpiozero", "smbus2", "serial", "pynmea2", "pymavlink
               "jsonschema", "ai_edge_litert", "tflite_runtime", "wasm3", "psutil", "nkeys")
 
 # The core fleet: the embedded demo's wasm systems and drones without hardware, model or agents.
+# The language layer runs its lexical embedder: MiniLM's own cost is bench_language.py's RSS row.
 CORE_CONFIG = """
 [device]
 id = "core"
+[language]
+embedder = "lexical"
 [[components]]
 manifest = "{root}/components/physics/manifest.toml"
 [[components]]
