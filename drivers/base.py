@@ -262,6 +262,10 @@ class Driver(ABC):
             raise RuntimeError(f"driver {self.name!r} was never started")
         return await asyncio.shield(self._failure)
 
+    def details(self) -> dict[str, Any]:
+        """Kind-specific status for ``edge status`` (a flight controller's message rates...)."""
+        return {}
+
     def frame_slot(self) -> LatestFrame | None:
         """The latest-frame slot of a frame source (a camera); None for every other driver."""
         return None

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.base import Driver, DriverContext, DriverHealth, DriverState
@@ -46,8 +46,10 @@ class DriverStatus:
     failure_device: str | None
     failure_cause: str | None
     retry_in_s: float | None
+    details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"details": self.details} if self.details else {}
         return {
             "name": self.name,
             "kind": self.kind,
@@ -57,6 +59,7 @@ class DriverStatus:
             "failure_device": self.failure_device,
             "failure_cause": self.failure_cause,
             "retry_in_s": None if self.retry_in_s is None else round(self.retry_in_s, 2),
+            **extra,
         }
 
 
@@ -154,6 +157,7 @@ class DriverSupervisor:
             failure_device=None if f is None else f.device,
             failure_cause=None if f is None else f.cause or f.message,
             retry_in_s=None if slot.retry_at is None else max(0.0, slot.retry_at - now),
+            details=d.details(),
         )
 
     async def _supervise(self, slot: _Slot, first: asyncio.Future[None] | None = None) -> None:

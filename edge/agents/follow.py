@@ -150,6 +150,8 @@ class FollowAgent(Agent):
             if age is None or age > BATTERY_STALE_S or not isinstance(value, Mapping):
                 continue
             level = value.get("level")
+            if "level" in str(value.get("unknown") or "").split(","):
+                continue  # the source could not estimate it (MAVLink's -1): not an empty battery
             if isinstance(level, bool) or not isinstance(level, (int, float)) or math.isnan(level):
                 continue
             if best is None or level < best[0]:

@@ -26,7 +26,7 @@ from drivers.supervisor import DriverStatus
 from edge.errors import DriverError, EdgeError, SchemaError
 from edge.layer import Events
 from edge.nats.commands import CommandRequest, CommandRouter, Reason, Unavailable
-from edge.world.schema import NAME_RE, ComponentSchema, FieldType
+from edge.world.schema import NAME_RE, ComponentSchema, FieldType, SchemaRegistry
 from edge.world.store import World
 
 log = logging.getLogger("edge.hardware")
@@ -48,8 +48,9 @@ class RuntimeDriverContext:
     def update(self, entity: str, component: str, values: Mapping[str, Value]) -> None:
         try:
             if component not in self.world.schemas:
-                self.world.schemas.register(infer_schema(component, values))
-                log.info("driver component %s registered with fields %s", component, ", ".join(values))
+                schema = variant_schema(component, self.world.schemas) or infer_schema(component, values)
+                self.world.schemas.register(schema)
+                log.info("driver component %s registered with fields %s", component, ", ".join(schema.fields))
             if entity not in self.world:
                 self.world.spawn(entity, "device")
             self.world.set(entity, component, values)
@@ -143,6 +144,18 @@ class DriverVerb:
             return Unavailable(Reason.BACKOFF, f"{who} is in backoff after: {cause or 'a failure'}{when}", fields)
         why = f" (last error: {cause})" if cause else ""
         return Unavailable(Reason.DRIVER_DOWN, f"{who} is {state}{why}", fields)
+
+
+def variant_schema(component: str, schemas: SchemaRegistry) -> ComponentSchema | None:
+    """``battery_1`` (a second pack), ``geo_gps`` (one source's reading): a known component's
+    fields under a name ``<known>_<suffix>``; None if the name has no known prefix."""
+    base, sep, suffix = component.rpartition("_")
+    while sep:
+        if base in schemas and suffix:
+            known = schemas.get(base)
+            return ComponentSchema(component, dict(known.fields), doc=f"{base} ({component})", units=dict(known.units))
+        base, sep, _ = base.rpartition("_")
+    return None
 
 
 def infer_schema(component: str, values: Mapping[str, Value]) -> ComponentSchema:
