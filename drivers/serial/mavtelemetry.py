@@ -108,7 +108,7 @@ class TelemetryDecoder:
 
     def is_autopilot_heartbeat(self, msg: Any) -> bool:
         """True for the autopilot's HEARTBEAT (locks in its component on the first one)."""
-        comp = msg.get_srcComponent()
+        comp: int = msg.get_srcComponent()
         if msg.type == mavlink.MAV_TYPE_GCS or msg.autopilot == mavlink.MAV_AUTOPILOT_INVALID:
             return False
         if self.autopilot_component is None:

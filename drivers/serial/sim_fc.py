@@ -109,6 +109,7 @@ DEFAULT_YAW_RATE_DPS = 30.0  # deg/s for CONDITION_YAW with speed 0
 OUT_BUFFER_MAX = 32 * 1024  # bytes queued for a slow reader before messages are dropped
 DEFAULT_HOME = (47.397742, 8.545594, 488.0)  # lat, lon (deg), alt (m AMSL)
 FORCE_DISARM_MAGIC = 21196
+DEFAULT_LIMITS = Limits()
 BATTERY_FULL_V = 12.6  # a full 3S pack
 BATTERY_EMPTY_V = 10.5
 
@@ -179,11 +180,74 @@ class FCState:
         raise AttributeError(name)
 
 
+class _Port:
+    """One serial port of the emulator (a pty): a non-blocking writer with a bounded buffer."""
+
+    def __init__(self, fc: SimFlightController, master: int, slave: int, path: str) -> None:
+        self.fc = fc
+        self.master = master
+        self.slave = slave
+        self.path = path
+        self.codec = MavCodec(fc.system_id, fc.component_id)  # this port's parser
+        self.out = bytearray()
+        self.max_out = 0
+
+    def write(self, data: bytes, *, force: bool = False) -> None:
+        if self.master < 0:
+            return
+        if not force and len(self.out) + len(data) > OUT_BUFFER_MAX:
+            self.fc.dropped += 1
+            return
+        self.out += data
+        self.max_out = max(self.max_out, len(self.out))
+        self.flush()
+
+    def flush(self) -> None:
+        if self.master < 0 or not self.out:
+            return
+        try:
+            n = os.write(self.master, self.out)
+            del self.out[:n]
+        except BlockingIOError:
+            pass
+        except OSError:
+            return
+        loop = asyncio.get_running_loop()
+        if self.out:
+            loop.add_writer(self.master, self.flush)
+        else:
+            loop.remove_writer(self.master)
+
+    def on_readable(self) -> None:
+        try:
+            data = os.read(self.master, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # EIO: no slave side open; stop polling instead of spinning
+            if self.master >= 0:
+                asyncio.get_running_loop().remove_reader(self.master)
+            return
+        for msg in self.codec.feed(data):
+            self.fc.handle(msg, self)
+
+    def close(self) -> None:
+        loop = self.fc._loop
+        if self.master >= 0 and loop is not None:
+            loop.remove_reader(self.master)
+            loop.remove_writer(self.master)
+            os.close(self.master)
+            self.master = -1
+            self.fc._max_out_closed = max(self.fc._max_out_closed, self.max_out)
+        if self.slave >= 0:  # the last open slave fd must go too, or reads would just block
+            os.close(self.slave)
+            self.slave = -1
+
+
 class SimFlightController:
     def __init__(self, *, rate_hz: float = 10.0, heartbeat_hz: float = 1.0,
                  home: tuple[float, float, float] = DEFAULT_HOME, system_id: int = 1,
                  component_id: int = 1, prearm_ok: bool = True, flavour: Flavour = "ardupilot",
-                 limits: Limits = Limits(), wind: tuple[float, float] = (0.0, 0.0),
+                 limits: Limits = DEFAULT_LIMITS, wind: tuple[float, float] = (0.0, 0.0),
                  components: Sequence[str] = (), packs: int = 1, pack_cells: int = 3,
                  pack_capacity_ah: float = 5.0,
                  unknown: Mapping[int, Sequence[str]] | None = None,
@@ -219,14 +283,13 @@ class SimFlightController:
         self.gcs_heartbeats = 0
         self.ignored = 0  # messages received that it does not act on
         self.refused_setpoints = 0
+        self.mute_autopilot = False  # fault: the autopilot's HEARTBEAT stops (other components go on)
         self.dropped = 0
         self.sent = 0
         self.sent_by_type: dict[str, int] = {}
-        self.max_out_buffer = 0
+        self._max_out_closed = 0
         self.intervals: dict[int, float] = {}  # message id -> s (SET_MESSAGE_INTERVAL); <= 0 off
-        self._master = -1
-        self._slave = -1
-        self._out = bytearray()
+        self._ports: list[_Port] = []
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._t0 = time.monotonic()
@@ -235,41 +298,49 @@ class SimFlightController:
     async def start(self, link: str | None = None) -> str:
         """Create the pty and start streaming; returns the device path for the driver (``link``,
         a symlink to the pty kept stable across restarts, if given)."""
-        self._master, self._slave, self.port = open_pty()
-        if link is not None:
-            link_pty(self.port, link)
-            self.port = link
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._master, self._on_readable)
+        main = self._open_port(link)
+        self.port = main.path
         self._t0 = time.monotonic()
         self._task = self._loop.create_task(self._stream(), name="sim_fc")
         log.info("emulated %s flight controller on %s", self.flavour, self.port)
         return self.port
 
+    def add_port(self, link: str | None = None) -> str:
+        """A second (third...) serial port, like an FC's TELEM2: it gets the same telemetry and
+        takes commands; answers go to the port the command came from. Call after ``start()``."""
+        if self._loop is None:
+            raise RuntimeError("start() the emulator before adding ports")
+        return self._open_port(link).path
+
+    def _open_port(self, link: str | None) -> _Port:
+        assert self._loop is not None
+        master, slave, path = open_pty()
+        if link is not None:
+            link_pty(path, link)
+            path = link
+        port = _Port(self, master, slave, path)
+        self._ports.append(port)
+        self._loop.add_reader(master, port.on_readable)
+        return port
+
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
         self.disconnect()
-        if self._slave >= 0:
-            os.close(self._slave)
-            self._slave = -1
 
     def disconnect(self) -> None:
         """Close the device side: the driver's port reads fail from now on (unplugged)."""
-        if self._master >= 0 and self._loop is not None:
-            self._loop.remove_reader(self._master)
-            self._loop.remove_writer(self._master)
-            os.close(self._master)
-            self._master = -1
-        if self._slave >= 0:  # the last open slave fd must go too, or reads would just block
-            os.close(self._slave)
-            self._slave = -1
+        for port in self._ports:
+            port.close()
+        self._ports.clear()
         if self._task is not None:
             self._task.cancel()
 
     def inject_garbage(self, data: bytes) -> None:
         """Put raw bytes on the line between messages (noise, a wrong baud rate...)."""
-        self._write(data, force=True)
+        for port in self._ports:
+            port.write(data, force=True)
 
     # ----- geometry ---------------------------------------------------------------------------------
     def geo(self) -> tuple[float, float, float]:
@@ -291,49 +362,18 @@ class SimFlightController:
         return b.east, b.north, b.up, b.yaw
 
     # ----- I/O --------------------------------------------------------------------------------------
-    def _write(self, data: bytes, *, force: bool = False) -> None:
-        if self._master < 0:
-            return
-        if not force and len(self._out) + len(data) > OUT_BUFFER_MAX:
-            self.dropped += 1
-            return
-        self._out += data
-        self.max_out_buffer = max(self.max_out_buffer, len(self._out))
-        self._flush()
+    @property
+    def max_out_buffer(self) -> int:
+        return max((p.max_out for p in self._ports), default=self._max_out_closed)
 
-    def _flush(self) -> None:
-        if self._master < 0 or not self._out:
-            return
-        try:
-            n = os.write(self._master, self._out)
-            del self._out[:n]
-        except BlockingIOError:
-            pass
-        except OSError:
-            return
-        assert self._loop is not None
-        if self._out:
-            self._loop.add_writer(self._master, self._flush)
-        else:
-            self._loop.remove_writer(self._master)
-
-    def send(self, msg: Any, codec: MavCodec | None = None) -> None:
+    def send(self, msg: Any, codec: MavCodec | None = None, port: _Port | None = None) -> None:
+        """Encode ``msg`` (as the autopilot, or as ``codec``'s component) to ``port`` or every port."""
         self.sent += 1
         t = msg.get_type()
         self.sent_by_type[t] = self.sent_by_type.get(t, 0) + 1
-        self._write((codec or self.codec).encode(msg))
-
-    def _on_readable(self) -> None:
-        try:
-            data = os.read(self._master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:  # EIO: no slave side open; stop polling instead of spinning
-            if self._loop is not None and self._master >= 0:
-                self._loop.remove_reader(self._master)
-            return
-        for msg in self.codec.feed(data):
-            self.handle(msg)
+        data = (codec or self.codec).encode(msg)
+        for p in (port,) if port is not None else self._ports:
+            p.write(data)
 
     # ----- protocol --------------------------------------------------------------------------------
     def _for_us(self, msg: Any) -> bool:
@@ -341,8 +381,8 @@ class SimFlightController:
         tc = getattr(msg, "target_component", 0)
         return ts in (0, self.system_id) and tc in (0, self.component_id)
 
-    def handle(self, msg: Any) -> None:
-        """Act on one received message (public for tests that drive the emulator directly)."""
+    def handle(self, msg: Any, port: _Port | None = None) -> None:
+        """Act on one received message (from ``port``; answers go back there)."""
         t = msg.get_type()
         if t == "HEARTBEAT":
             self.gcs_heartbeats += 1
@@ -353,12 +393,13 @@ class SimFlightController:
         if t == "COMMAND_LONG":
             result = self._command(msg)
             self.send(self.codec.mav.command_ack_encode(
-                msg.command, result, 0, 0, msg.get_srcSystem(), msg.get_srcComponent()))
+                msg.command, result, 0, 0, msg.get_srcSystem(), msg.get_srcComponent()), port=port)
         elif t == "SET_MODE":
             result = self._set_mode(msg.base_mode, msg.custom_mode, None)
             if self.flavour == "ardupilot":  # ArduPilot acks SET_MODE with the message id
                 self.send(self.codec.mav.command_ack_encode(
-                    mavlink.MAVLINK_MSG_ID_SET_MODE, result, 0, 0, msg.get_srcSystem(), msg.get_srcComponent()))
+                    mavlink.MAVLINK_MSG_ID_SET_MODE, result, 0, 0, msg.get_srcSystem(), msg.get_srcComponent()),
+                    port=port)
         elif t == "SET_POSITION_TARGET_LOCAL_NED":
             self._setpoint_local(msg)
         elif t == "SET_POSITION_TARGET_GLOBAL_INT":
@@ -753,6 +794,8 @@ class SimFlightController:
             self.send(codec.mav.heartbeat_encode(EXTRA_COMPONENTS[name][1], mavlink.MAV_AUTOPILOT_INVALID,
                                                  0, 0, mavlink.MAV_STATE_ACTIVE), codec)
         autopilot = mavlink.MAV_AUTOPILOT_ARDUPILOTMEGA if self.flavour == "ardupilot" else mavlink.MAV_AUTOPILOT_PX4
+        if self.mute_autopilot:
+            return
         self.send(self.codec.mav.heartbeat_encode(
             mavlink.MAV_TYPE_QUADROTOR, autopilot, base, self.custom_mode(), status))
 

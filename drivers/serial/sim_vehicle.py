@@ -200,4 +200,4 @@ def vehicle_current(load: float, armed: bool) -> float:
     """The vehicle's total current: electronics, plus motors at ``load`` (power ~ thrust^1.5)."""
     if not armed:
         return IDLE_CURRENT_A
-    return IDLE_CURRENT_A + HOVER_CURRENT_A * max(0.0, load) ** 1.5
+    return IDLE_CURRENT_A + HOVER_CURRENT_A * float(max(0.0, load) ** 1.5)
