@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from drivers.serial.link import SerialLink
-from drivers.serial.mavcodec import MavCodec, mavlink
+from drivers.serial.mavcodec import MavCodec
 
 PEER_SYSTEM = 250
 PEER_COMPONENT = 191
