@@ -68,7 +68,7 @@ async def run_rate(fps: float, seconds: float) -> dict[str, Any]:
                 latencies.append((now - pending.pop()) * 1000)
                 pending.clear()
 
-        await nc.subscribe("edge.bench.evt.cam.detection", cb=on_detection)
+        await nc.subscribe("edge.bench.evt.cam.detections", cb=on_detection)
         await nc.subscribe("edge.bench.cmd.cam.velocity", cb=on_command)
         await asyncio.sleep(seconds)
         status = rt.status()["inference"]["pipelines"][0]
