@@ -17,7 +17,8 @@ command is proportional to the target's offset from the frame centre, with a dea
 Hysteresis: the target must be seen in ``acquire_frames`` consecutive detection sets before the
 drone starts following; once following, missing sets are tolerated until ``lost_timeout`` s have
 passed without the target (then one ``velocity`` 0 command: hold). A new velocity command is sent
-only when it differs by ``min_delta`` m/s from the last one or ``refresh_s`` has passed. Below
+only when it differs by ``min_delta`` m/s from the last one or ``refresh_s`` has passed (then with the
+next detection set: every command answers a frame, none repeats stale data from a timer tick). Below
 ``battery_low`` it sends ``rtl`` once and stops following until the level is back above
 ``battery_resume``.
 """
@@ -234,8 +235,9 @@ class FollowAgent(Agent):
         self.state = FOLLOWING
         last = self._last_cmd
         changed = last is None or max(abs(vx - last[0]), abs(vy - last[1])) >= p.min_delta
-        if not starting and not changed and now - self._last_cmd_at < p.refresh_s:
-            return []
+        fresh = now - age > self._last_cmd_at  # a detection set newer than the last command
+        if not starting and not changed and (now - self._last_cmd_at < p.refresh_s or not fresh):
+            return []  # a refresh goes out with the next detection set, never from a stale one
         self._last_cmd = (vx, vy)
         self._last_cmd_at = now
         cx = (target["box"][0] + target["box"][2]) / 2.0
