@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from drivers.base import CommandHandler, Driver, DriverState, Handler, Unsubscribe, Value
 from drivers.supervisor import DriverStatus
 from edge.errors import DriverError, EdgeError, SchemaError
+from edge.hardware.sources import SourceArbiter
 from edge.layer import Events
 from edge.nats.commands import CommandRequest, CommandRouter, Reason, Unavailable
 from edge.world.schema import NAME_RE, ComponentSchema, FieldType, SchemaRegistry
@@ -44,6 +45,16 @@ class RuntimeDriverContext:
         self.rejected = 0
         self._tele = f"edge.{device}.tele."
         self._verbs: dict[tuple[str, str], DriverVerb] = {}
+        self.sources: SourceArbiter | None = None  # set by the hardware layer
+
+    def update_from(self, source: str, entity: str, component: str, values: Mapping[str, Value]) -> list[str]:
+        """A reading of ``source`` (a driver name): written to the component if that driver is
+        its active source, and to ``<component>_<driver>`` once it has several (edge/hardware/sources.py).
+        Returns the component names written."""
+        names = [component] if self.sources is None else self.sources.route(entity, component, source)
+        for name in names:
+            self.update(entity, name, values)
+        return names
 
     def update(self, entity: str, component: str, values: Mapping[str, Value]) -> None:
         try:

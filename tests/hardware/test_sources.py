@@ -1,0 +1,116 @@
+"""One source per component: priority, fallback when the primary is stale or its driver is dead,
+every source under its own component name, and how old each value is."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import nats
+import pytest
+
+from drivers.serial.sim_fc import SimFlightController
+from drivers.serial.sim_gps import SimGPS
+from edge.config import parse_config
+from edge.errors import ConfigError
+from edge.hardware.sources import SourceArbiter, SourceInfo
+from edge.runtime import Runtime
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_priority_fallback_and_return() -> None:
+    running = {"fc": True, "gps": True}
+    arb = SourceArbiter([SourceInfo("fc", 0), SourceInfo("gps", 1, frozenset({"geo"}), stale_after_s=1.0)],
+                        lambda n: running[n])
+    assert arb.route("d", "geo", "fc", now=0.0) == ["geo"]  # a single source: no copies
+    assert arb.route("d", "geo", "gps", now=0.1) == ["geo_gps", "geo"]  # gps is primary for geo
+    assert arb.route("d", "geo", "fc", now=0.2) == ["geo_fc"]
+    assert arb.route("d", "velocity", "gps", now=0.2) == ["velocity"]
+    assert arb.route("d", "velocity", "fc", now=0.3) == ["velocity_fc", "velocity"]  # config order: fc first
+    assert arb.route("d", "velocity", "gps", now=0.4) == ["velocity_gps"]
+    # the gps goes quiet: beyond its 1 s the fc takes over geo
+    assert arb.route("d", "geo", "fc", now=1.0) == ["geo_fc"]  # 0.9 s: gps still fresh
+    assert arb.route("d", "geo", "fc", now=1.2) == ["geo_fc", "geo"]
+    # ... and gives it back at the gps's next reading
+    assert arb.route("d", "geo", "gps", now=1.3) == ["geo_gps", "geo"]
+    running["gps"] = False  # a dead driver is stale at once
+    assert arb.route("d", "geo", "fc", now=1.4) == ["geo_fc", "geo"]
+    assert arb.status()["d.geo"]["switches"] == 4  # fc -> gps -> fc -> gps -> fc
+
+
+CONFIG = {
+    "device": {"id": "src"},
+    "drivers": [
+        {"name": "fc", "kind": "mavlink", "entity": "uav", "port": "", "heartbeat_s": 0.2,
+         "link_timeout_s": 2.0, "telemetry_hz": 10},
+        {"name": "gps", "kind": "nmea_gps", "entity": "uav", "port": "", "timeout_s": 1.0,
+         "primary": ["geo"], "stale_after_s": 0.8},
+    ],
+    "tools": {"enabled": False},
+}
+
+
+async def test_gps_primary_fc_fallback_in_a_running_device(tmp_path: Path, nats_url: str) -> None:
+    fc = SimFlightController(rate_hz=10, heartbeat_hz=5)  # at its home, 47.397742 N
+    gps = SimGPS(rate_hz=5, position=(47.5, 8.6, 500.0))  # somewhere else: tell the sources apart
+    raw = json.loads(json.dumps(CONFIG))
+    raw["nats"] = {"url": nats_url}
+    raw["drivers"][0]["port"] = await fc.start()
+    raw["drivers"][1]["port"] = await gps.start()
+    rt = Runtime(parse_config(raw, data_dir=tmp_path / "src"))
+    await rt.start()
+    nc = await nats.connect(nats_url)
+    w = rt.world
+
+    async def until(pred: object, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    if pred():  # type: ignore[operator]
+                        return
+                except Exception:  # noqa: BLE001, S110 - not there yet
+                    pass
+                await asyncio.sleep(0.05)
+
+    async def fresh() -> dict[str, dict[str, object]]:
+        msg = await nc.request("edge.src.api.entity.get", json.dumps({"id": "uav"}).encode(), timeout=2)
+        return json.loads(msg.data)["result"]["freshness"] if "result" in json.loads(msg.data) else \
+            json.loads(msg.data)["freshness"]
+
+    try:
+        await until(lambda: w.has("uav", "geo_fc") and w.has("uav", "geo_gps"))
+        await until(lambda: abs(w.get("uav", "geo")["lat"] - 47.5) < 1e-6)  # the primary
+        assert abs(w.get("uav", "geo_fc")["lat"] - 47.397742) < 1e-6  # the other, under its own name
+        f = await fresh()
+        assert f["geo"]["source"] == "gps" and f["geo"]["stale"] is False and f["geo"]["others"] == ["fc"]
+        assert 0 <= f["geo"]["age_s"] < 1.0 and f["geo_fc"]["source"] == "fc"
+        assert f["flight"]["source"] == "fc"  # one source: no copies
+        assert not w.has("uav", "flight_fc")
+        # for 1 s the value never jumps between the two
+        for _ in range(20):
+            assert abs(w.get("uav", "geo")["lat"] - 47.5) < 1e-6
+            await asyncio.sleep(0.05)
+        gps.disconnect()  # the gps dies: geo falls back to the flight controller's
+        await until(lambda: abs(w.get("uav", "geo")["lat"] - 47.397742) < 1e-6, 5)
+        f = await fresh()
+        assert f["geo"]["source"] == "fc" and f["geo"]["stale"] is False
+        assert f["geo_gps"]["stale"] is True  # the dead driver's value: stale at once
+        assert f["gps"]["stale"] is True  # its single-source component too
+        await asyncio.sleep(0.6)
+        f = await fresh()
+        assert f["geo_gps"]["age_s"] > 0.5 and f["gps"]["age_s"] > 0.5 and f["geo"]["age_s"] < 0.5
+    finally:
+        await nc.close()
+        await rt.stop()
+        await gps.stop()
+        await fc.stop()
+
+
+def test_primary_must_name_components(tmp_path: Path) -> None:
+    raw = json.loads(json.dumps(CONFIG))
+    raw["drivers"][1]["primary"] = ["Geo!"]
+    raw["drivers"][0]["port"] = raw["drivers"][1]["port"] = "/dev/null"
+    with pytest.raises(ConfigError, match=r"drivers\[1\]\.primary"):
+        parse_config(raw, data_dir=tmp_path / "x")
