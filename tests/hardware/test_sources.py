@@ -12,6 +12,7 @@ import pytest
 
 from drivers.serial.sim_fc import SimFlightController
 from drivers.serial.sim_gps import SimGPS
+from edge.cli.status import render
 from edge.config import parse_config
 from edge.errors import ConfigError
 from edge.hardware.sources import SourceArbiter, SourceInfo
@@ -101,6 +102,8 @@ async def test_gps_primary_fc_fallback_in_a_running_device(tmp_path: Path, nats_
         await asyncio.sleep(0.6)
         f = await fresh()
         assert f["geo_gps"]["age_s"] > 0.5 and f["gps"]["age_s"] > 0.5 and f["geo"]["age_s"] < 0.5
+        line = next(ln for ln in render(rt.status()).splitlines() if ln.strip().startswith("driver gps"))
+        assert "failed" in line and "s ago" in line and "SerialException" in line
     finally:
         await nc.close()
         await rt.stop()
