@@ -8,7 +8,8 @@ Run: ``.venv/bin/python bench/bench_perception.py`` (``--seconds N`` per rate an
 Latency of one decision = time the velocity command is received on NATS minus the capture time of
 the frame it answers (both ``time.monotonic()`` on this machine), paired exactly: the command's
 ``Edge-Command-Id`` -> its decision record (``evt.cam.decision``: the target box it steered to) ->
-the detection event with that box (``captured``). The
+the detection event with that box (``captured``). Commands in the first ``WARMUP_S`` after start
+are not counted. The
 model's own p99 (invoke time, from the registry's status) is the baseline of the same round: the
 target is frame-to-command p99 at most twice the model's p99.
 
@@ -47,6 +48,9 @@ from edge.runtime import Runtime  # noqa: E402
 from harness import Absolute, Comparison, Row, report  # noqa: E402
 
 
+WARMUP_S = 2.0  # s after start whose commands are not counted (the model's first invokes, routes)
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(len(s) * q))] if s else float("nan")
@@ -69,6 +73,7 @@ async def run_rate(fps: float, seconds: float) -> dict[str, Any]:
         }, data_dir=Path(tmp) / "dev")
         rt = Runtime(cfg)
         await rt.start()
+        started = time.monotonic()
         nc = await nats.connect(srv.url)
         captured: dict[tuple[float, ...], float] = {}  # detection box -> capture time of its frame
         arrived: dict[str, float] = {}  # command id -> arrival time
@@ -104,7 +109,7 @@ async def run_rate(fps: float, seconds: float) -> dict[str, Any]:
         await srv.stop()
     # exact pairing: command -> its decision record (command id) -> the frame of the target box
     latencies = [(arrived[cid] - captured[box]) * 1000 for cid, box in used.items()
-                 if cid in arrived and box in captured]
+                 if cid in arrived and box in captured and arrived[cid] >= started + WARMUP_S]
     return {"sources": sources, "fps": fps, "decisions": len(latencies), "p50_ms": pct(latencies, 0.5), "p99_ms": pct(latencies, 0.99),
             "processed": status["processed"], "dropped": status["dropped"], "latencies": latencies,
             "model_p99_ms": float(model["p99_ms"] or float("nan"))}

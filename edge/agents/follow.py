@@ -101,6 +101,7 @@ class FollowAgent(Agent):
         self._last_world_t: float | None = None
         self._last_cmd: tuple[float, float] | None = None
         self._last_cmd_at = 0.0
+        self._evaluated = -1.0  # arrival time of the newest detection set _follow has looked at
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -235,9 +236,11 @@ class FollowAgent(Agent):
         self.state = FOLLOWING
         last = self._last_cmd
         changed = last is None or max(abs(vx - last[0]), abs(vy - last[1])) >= p.min_delta
-        fresh = now - age > self._last_cmd_at  # a detection set newer than the last command
-        if not starting and not changed and (now - self._last_cmd_at < p.refresh_s or not fresh):
-            return []  # a refresh goes out with the next detection set, never from a stale one
+        arrival = now - age
+        new_set = arrival > self._evaluated  # not yet looked at: this decide answers its arrival
+        self._evaluated = max(self._evaluated, arrival)
+        if not starting and not changed and (now - self._last_cmd_at < p.refresh_s or not new_set):
+            return []  # a refresh goes out with the next detection set, never from a timer tick
         self._last_cmd = (vx, vy)
         self._last_cmd_at = now
         cx = (target["box"][0] + target["box"][2]) / 2.0
