@@ -59,7 +59,7 @@ class RuntimeDriverContext:
     def update(self, entity: str, component: str, values: Mapping[str, Value]) -> None:
         try:
             if component not in self.world.schemas:
-                schema = variant_schema(component, self.world.schemas) or infer_schema(component, values)
+                schema = variant_schema(component, self.world.schemas, values) or infer_schema(component, values)
                 self.world.schemas.register(schema)
                 log.info("driver component %s registered with fields %s", component, ", ".join(schema.fields))
             if entity not in self.world:
@@ -157,12 +157,12 @@ class DriverVerb:
         return Unavailable(Reason.DRIVER_DOWN, f"{who} is {state}{why}", fields)
 
 
-def variant_schema(component: str, schemas: SchemaRegistry) -> ComponentSchema | None:
+def variant_schema(component: str, schemas: SchemaRegistry, values: Mapping[str, Value]) -> ComponentSchema | None:
     """``battery_1`` (a second pack), ``geo_gps`` (one source's reading): a known component's
-    fields under a name ``<known>_<suffix>``; None if the name has no known prefix."""
+    fields under a name ``<known>_<suffix>``, if ``values`` fit them; else None."""
     base, sep, suffix = component.rpartition("_")
     while sep:
-        if base in schemas and suffix:
+        if base in schemas and suffix and set(values) <= set(schemas.get(base).fields):
             known = schemas.get(base)
             return ComponentSchema(component, dict(known.fields), doc=f"{base} ({component})", units=dict(known.units))
         base, sep, _ = base.rpartition("_")

@@ -117,3 +117,42 @@ def test_primary_must_name_components(tmp_path: Path) -> None:
     raw["drivers"][0]["port"] = raw["drivers"][1]["port"] = "/dev/null"
     with pytest.raises(ConfigError, match=r"drivers\[1\]\.primary"):
         parse_config(raw, data_dir=tmp_path / "x")
+
+
+def test_variant_components_take_the_known_schema() -> None:
+    from edge.hardware.context import variant_schema
+    from edge.world.schema import SchemaRegistry
+
+    reg = SchemaRegistry()
+    pack = variant_schema("battery_1", reg, {"voltage": 12.0, "unknown": "level"})
+    assert pack is not None and dict(pack.fields) == dict(reg.get("battery").fields)
+    geo = variant_schema("geo_gps", reg, {"lat": 1.0})
+    assert geo is not None and geo.units == reg.get("geo").units
+    assert variant_schema("status_led", reg, {"value": 1.0}) is None  # no known prefix
+    assert variant_schema("battery_led", reg, {"value": 1.0}) is None  # a prefix, but not its fields
+
+
+async def test_two_packs_in_the_world_with_unknowns_flagged(tmp_path: Path, nats_url: str) -> None:
+    fc = SimFlightController(rate_hz=10, heartbeat_hz=5, packs=2, unknown={1: ("remaining", "current")},
+                             components=("gimbal",))
+    raw = {"device": {"id": "bat"}, "nats": {"url": nats_url}, "tools": {"enabled": False},
+           "drivers": [{"name": "fc", "kind": "mavlink", "entity": "uav", "port": await fc.start(),
+                        "heartbeat_s": 0.2}]}
+    rt = Runtime(parse_config(raw, data_dir=tmp_path / "bat"))
+    await rt.start()
+    try:
+        w = rt.world
+        async with asyncio.timeout(10):
+            while not (w.has("uav", "battery_1") and w.has("uav", "battery")):
+                await asyncio.sleep(0.05)
+        b0, b1 = w.get("uav", "battery"), w.get("uav", "battery_1")
+        assert b0["unknown"] == "" and b0["level"] == 1.0 and abs(b0["voltage"] - 12.6) < 0.02
+        assert b1["unknown"] == "current,level" and abs(b1["voltage"] - 12.6) < 0.02
+        assert w.schemas.get("battery_1").fields == w.schemas.get("battery").fields
+        fc_status = next(d for d in rt.status()["drivers"] if d["name"] == "fc")
+        assert fc_status["details"]["battery_packs"] == [0, 1]
+        assert fc_status["details"]["components"]["154"]["type"] == "GIMBAL"
+        assert fc_status["details"]["messages"]["BATTERY_STATUS"]["count"] > 0
+    finally:
+        await rt.stop()
+        await fc.stop()
