@@ -420,3 +420,14 @@ async def test_follow_refresh_answers_a_new_set_never_a_timer_tick() -> None:
     agent.observe(subject, box, 1.3)  # the next set: the refresh goes out with it
     again = await agent.decide(1.3)
     assert [d.decision for d in again] == ["follow"] and again[0].inputs["detections_age_s"] == 0.0
+
+
+async def test_unknown_battery_level_is_not_an_empty_battery() -> None:
+    agent = FollowAgent("d1", FollowParams())
+    agent.device = DEVICE
+    agent.context.set("world.battery", {"voltage": 12.1, "level": 0.0, "unknown": "current,level"}, 0.0)
+    assert agent.battery_level(0.1) == (None, None)
+    assert await agent.decide(0.1) == []  # no RTL on a level nobody measured
+    agent.context.set("tele.battery", {"level": 0.1, "unknown": ""}, 0.2)
+    assert agent.battery_level(0.3) == (0.1, "tele.battery")
+    assert [d.decision for d in await agent.decide(0.3)] == ["rtl"]
