@@ -194,7 +194,12 @@ class MAVLinkDriver(Driver):
             self.telemetry.rates.tick(t)
             await self._event("statustext", {"severity": msg.severity, "text": msg.text})
             return
-        readings = self.telemetry.decode(msg)
+        try:
+            readings = self.telemetry.decode(msg)
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:  # a message we cannot read
+            self.telemetry.malformed += 1
+            self._error(f"{t} not decoded: {exc}")
+            return
         if t == "HEARTBEAT" and readings:  # the autopilot's: the link is alive
             self._autopilot = msg.autopilot
             self.last_heartbeat = time.monotonic()
@@ -202,7 +207,11 @@ class MAVLinkDriver(Driver):
         elif t == "GLOBAL_POSITION_INT" and readings:
             self._sample()
         for component, values in readings:
-            await self._emit(component, values)
+            try:
+                await self._emit(component, values)
+            except DriverError as exc:  # the world refused the reading (schema): counted, not fatal
+                self.telemetry.malformed += 1
+                self._error(exc)
 
     def details(self) -> dict[str, Any]:
         """For ``edge status``: the autopilot component, the other components heard, the battery

@@ -104,6 +104,7 @@ class TelemetryDecoder:
         self.rates = MessageRates()
         self.packs: set[int] = set()
         self.unknown_values = 0
+        self.malformed = 0  # messages the driver could not decode or record (counted, dropped)
         self.position_target: dict[str, float] | None = None  # the last POSITION_TARGET_LOCAL_NED
 
     def is_autopilot_heartbeat(self, msg: Any) -> bool:
@@ -193,6 +194,7 @@ class TelemetryDecoder:
             "components": {str(c): s.to_dict(now) for c, s in sorted(self.components.items())},
             "battery_packs": sorted(self.packs),
             "unknown_values": self.unknown_values,
+            "malformed": self.malformed,
             "messages": self.rates.to_dict(),
         }
 

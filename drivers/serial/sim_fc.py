@@ -283,6 +283,7 @@ class SimFlightController:
         self.gcs_heartbeats = 0
         self.ignored = 0  # messages received that it does not act on
         self.refused_setpoints = 0
+        self.malformed = 0  # commands with unusable parameters (answered DENIED)
         self.mute_autopilot = False  # fault: the autopilot's HEARTBEAT stops (other components go on)
         self.dropped = 0
         self.sent = 0
@@ -391,11 +392,15 @@ class SimFlightController:
             self.ignored += 1
             return
         if t == "COMMAND_LONG":
-            result = self._command(msg)
+            try:
+                result = self._command(msg)
+            except (ValueError, OverflowError):  # NaN or out-of-range parameters
+                self.malformed += 1
+                result = int(mavlink.MAV_RESULT_DENIED)
             self.send(self.codec.mav.command_ack_encode(
                 msg.command, result, 0, 0, msg.get_srcSystem(), msg.get_srcComponent()), port=port)
         elif t == "SET_MODE":
-            result = self._set_mode(msg.base_mode, msg.custom_mode, None)
+            result = self._set_mode(int(msg.base_mode), int(msg.custom_mode), None)
             if self.flavour == "ardupilot":  # ArduPilot acks SET_MODE with the message id
                 self.send(self.codec.mav.command_ack_encode(
                     mavlink.MAVLINK_MSG_ID_SET_MODE, result, 0, 0, msg.get_srcSystem(), msg.get_srcComponent()),

@@ -252,6 +252,8 @@ async def test_bad_setpoints_and_commands_are_refused_and_counted(rig: Rig) -> N
     assert await p.command(42_424) == mavlink.MAV_RESULT_UNSUPPORTED
     assert await p.command(mavlink.MAV_CMD_DO_SET_MODE, CUSTOM, 77) == mavlink.MAV_RESULT_DENIED
     assert await p.command(mavlink.MAV_CMD_COMPONENT_ARM_DISARM, 0) == mavlink.MAV_RESULT_DENIED  # in the air
+    assert await p.command(mavlink.MAV_CMD_DO_SET_MODE, CUSTOM, NAN) == mavlink.MAV_RESULT_DENIED  # unusable
+    assert fc.malformed == 1
     ignored = fc.ignored
     await p.send(p.codec.mav.command_long_encode(1, 154, mavlink.MAV_CMD_COMPONENT_ARM_DISARM, 0, 0, 21196,
                                                  0, 0, 0, 0, 0))  # for the gimbal: not the autopilot's

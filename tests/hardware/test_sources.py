@@ -156,3 +156,27 @@ async def test_two_packs_in_the_world_with_unknowns_flagged(tmp_path: Path, nats
     finally:
         await rt.stop()
         await fc.stop()
+
+
+async def test_a_reading_the_world_refuses_is_counted_not_fatal(tmp_path: Path, nats_url: str) -> None:
+    fc = SimFlightController(rate_hz=10, heartbeat_hz=5, packs=2)
+    raw = {"device": {"id": "bad"}, "nats": {"url": nats_url}, "tools": {"enabled": False},
+           "schemas": {"battery_1": {"fields": {"x": "f64"}}},  # a component of that name, other fields
+           "drivers": [{"name": "fc", "kind": "mavlink", "entity": "uav", "port": await fc.start(),
+                        "heartbeat_s": 0.2}]}
+    rt = Runtime(parse_config(raw, data_dir=tmp_path / "bad"))
+    await rt.start()
+    try:
+        def fc_status() -> dict[str, object]:
+            return next(d for d in rt.status()["drivers"] if d["name"] == "fc")
+
+        async with asyncio.timeout(10):
+            while not fc_status()["details"]["malformed"]:  # type: ignore[index]
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        st = fc_status()
+        assert st["state"] == "running" and "battery_1" in str(st["last_error"])
+        assert rt.world.has("uav", "battery") and not rt.world.has("uav", "battery_1")
+    finally:
+        await rt.stop()
+        await fc.stop()
