@@ -158,10 +158,11 @@ class Body:
         self.north += self.vn * dt
         self.east += self.ve * dt
         self.up += self.vu * dt
-        if self.up < 0.0:
+        if self.up < 0.0:  # touchdown: the ground stops it
             self.up = 0.0
             self.vu = max(0.0, self.vu)
-            self.vn = self.ve = 0.0 if self.vu == 0.0 else self.vn
+            if self.vu == 0.0:
+                self.vn = self.ve = 0.0
 
 
 HOVER_CURRENT_A = 12.0  # A for the whole vehicle at hover (load 1)
