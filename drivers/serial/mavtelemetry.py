@@ -10,7 +10,8 @@ Key components
 - Battery packs: BATTERY_STATUS ``id`` 0 -> component ``battery``, id N -> ``battery_N``;
   SYS_STATUS feeds ``battery`` only until a BATTERY_STATUS id 0 is seen (then that pack is the
   one source). Each reading carries ``unknown``: the comma-separated fields (``voltage``,
-  ``current``, ``level``) the autopilot sent as MAVLink's "unknown" sentinel (UINT16_MAX, -1);
+  ``current``, ``level``, ``temperature``) the autopilot sent as MAVLink's "unknown" sentinel
+  (UINT16_MAX, -1, INT16_MAX);
   those fields are left out of the reading, never recorded as zero.
 - Float fields sent as NaN (unknown): a position, velocity or attitude reading with a NaN is not
   recorded (counted in ``unknown_values``).
@@ -156,7 +157,9 @@ class TelemetryDecoder:
             mv: int | None = None
             if cells and cells[0] != UINT16_MAX:
                 mv = sum(v for v in cells if v != UINT16_MAX) + sum(ext)
-            return [_battery(battery_component(msg.id), mv, msg.current_battery, msg.battery_remaining)]
+            known = msg.temperature != INT16_MAX
+            return [_battery(battery_component(msg.id), mv, msg.current_battery, msg.battery_remaining,
+                             msg.temperature / 100.0 if known else None, temperature_unknown=not known)]
         if not self._from_autopilot(msg):
             return []
         if t == "GLOBAL_POSITION_INT":
@@ -199,7 +202,9 @@ class TelemetryDecoder:
         }
 
 
-def _battery(name: str, millivolts: int | None, centiamps: int, percent: int) -> Reading:
+def _battery(name: str, millivolts: int | None, centiamps: int, percent: int,
+             temperature: float | None = None, *, temperature_unknown: bool = False) -> Reading:
+    """``temperature`` degC (None: not in the message, or sent as unknown: ``temperature_unknown``)."""
     values: dict[str, Value] = {}
     unknown: list[str] = []
     if millivolts is None:
@@ -214,5 +219,9 @@ def _battery(name: str, millivolts: int | None, centiamps: int, percent: int) ->
         unknown.append("level")
     else:
         values["level"] = percent / 100.0
+    if temperature_unknown:
+        unknown.append("temperature")
+    elif temperature is not None:
+        values["temperature"] = temperature
     values["unknown"] = ",".join(unknown)
     return name, values

@@ -123,6 +123,7 @@ def builtin_schemas() -> dict[str, ComponentSchema]:
             current="f64:A",
             level="f64:0..1",
             drain="f64:1/s",
+            temperature="f64:degC",
             unknown="str",
         ),
         _schema(

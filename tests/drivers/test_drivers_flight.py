@@ -64,7 +64,7 @@ class Rig:
 @pytest.fixture(params=["ardupilot", "px4"])
 async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     fc = SimFlightController(flavour=request.param, rate_hz=20, heartbeat_hz=5, components=("gimbal", "camera"),
-                             packs=2, unknown={1: ("remaining", "current")}, rtl_alt=5.0)
+                             packs=2, unknown={1: ("remaining", "current", "temperature")}, rtl_alt=5.0)
     port = await fc.start()
     peer = await MavPeer(fc.add_port()).open()
     ctx = RecordingContext("dev1")
@@ -213,7 +213,9 @@ async def test_two_battery_packs_with_unknown_sentinels(rig: Rig) -> None:
     b0 = rig.ctx.component("drone1", "battery")
     b1 = rig.ctx.component("drone1", "battery_1")
     assert b0["unknown"] == "" and abs(float(b0["voltage"]) - 12.6) < 0.02 and b0["level"] == 1.0
-    assert b1["unknown"] == "current,level" and "level" not in b1 and "current" not in b1  # never zero
+    assert b0["temperature"] == 25.0
+    assert b1["unknown"] == "current,level,temperature"  # MAVLink's -1, -1 and INT16_MAX
+    assert "level" not in b1 and "current" not in b1 and "temperature" not in b1  # never zero
     assert abs(float(b1["voltage"]) - 12.6) < 0.02
     assert rig.drv.details()["battery_packs"] == [0, 1]
     # each pack is its own record: pack 0's updates never carry pack 1's fields and vice versa
