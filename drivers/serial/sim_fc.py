@@ -24,8 +24,10 @@ Accepted (all standard common.xml; anything else is counted in ``ignored``):
   (p1 message id, p2 interval us, -1 off, 0 default). Other commands: UNSUPPORTED.
 - SET_MODE (base_mode, custom_mode).
 - SET_POSITION_TARGET_LOCAL_NED in MAV_FRAME_LOCAL_NED, LOCAL_OFFSET_NED, BODY_NED and
-  BODY_OFFSET_NED (body frames rotate by the heading at receipt; offset frames are relative to
-  the position at receipt), type_mask per POSITION_TARGET_TYPEMASK: position (x, y, z all or
+  BODY_OFFSET_NED, as ArduPilot reads them: LOCAL_OFFSET_NED positions are relative to the
+  position at receipt; BODY_NED velocities are relative to the heading at receipt (positions as
+  LOCAL_NED); BODY_OFFSET_NED positions, velocities and yaw are relative to the position and
+  heading at receipt. type_mask per POSITION_TARGET_TYPEMASK: position (x, y, z all or
   none), velocity (vx, vy, vz all or none), yaw, yaw_rate; acceleration-only setpoints are
   refused (counted). SET_POSITION_TARGET_GLOBAL_INT in GLOBAL_INT (alt AMSL),
   GLOBAL_RELATIVE_ALT_INT and GLOBAL_TERRAIN_ALT_INT (treated as relative).
@@ -438,24 +440,25 @@ class SimFlightController:
             return
         use_pos, use_vel, use_yaw, use_rate = parsed
         b = self.state.body
-        body = frame in (mavlink.MAV_FRAME_BODY_NED, mavlink.MAV_FRAME_BODY_OFFSET_NED)
+        body = frame in (mavlink.MAV_FRAME_BODY_NED, mavlink.MAV_FRAME_BODY_OFFSET_NED)  # velocity by heading
         offset = frame in (mavlink.MAV_FRAME_LOCAL_OFFSET_NED, mavlink.MAV_FRAME_BODY_OFFSET_NED)
+        body_pos = frame == mavlink.MAV_FRAME_BODY_OFFSET_NED  # position by heading too
         c, s = math.cos(b.yaw), math.sin(b.yaw)
 
-        def rot(x: float, y: float) -> tuple[float, float]:  # body (fwd, right) -> (north, east)
-            return (x * c - y * s, x * s + y * c) if body else (x, y)
+        def rot(x: float, y: float, turn: bool) -> tuple[float, float]:  # (fwd, right) -> (north, east)
+            return (x * c - y * s, x * s + y * c) if turn else (x, y)
 
         pos = vel = None
         if use_pos:
-            n, e = rot(msg.x, msg.y)
+            n, e = rot(msg.x, msg.y, body_pos)
             up = -msg.z
             if offset:
                 n, e, up = n + b.north, e + b.east, up + b.up
             pos = (n, e, up)
         if use_vel:
-            vn, ve = rot(msg.vx, msg.vy)
+            vn, ve = rot(msg.vx, msg.vy, body)
             vel = (vn, ve, -msg.vz)
-        yaw = wrap_pi(msg.yaw + (b.yaw if body else 0.0)) if use_yaw and math.isfinite(msg.yaw) else None
+        yaw = wrap_pi(msg.yaw + (b.yaw if body_pos else 0.0)) if use_yaw and math.isfinite(msg.yaw) else None
         rate = msg.yaw_rate if use_rate and math.isfinite(msg.yaw_rate) else None
         self._take(Setpoint(now, msg.type_mask, pos, vel, yaw, rate, "local"))
 

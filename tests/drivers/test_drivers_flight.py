@@ -361,3 +361,30 @@ def test_emulator_options_are_checked() -> None:
         SimFlightController(components=("radar",))
     with pytest.raises(ValueError, match="pack ids"):
         SimFlightController(packs=1, unknown={1: ("remaining",)})
+
+
+def test_setpoint_frames_as_ardupilot_reads_them() -> None:
+    from drivers.serial.mavcodec import MavCodec
+
+    fc = _flying()
+    b = fc.state.body
+    b.north, b.east, b.yaw = 10.0, 20.0, math.pi / 2  # facing east
+    g = MavCodec(250, 191)
+
+    def sp(frame: int, mask: int, pos: tuple[float, float, float] = (0, 0, 0),
+           vel: tuple[float, float, float] = (0, 0, 0)) -> tuple[object, object]:
+        fc.handle(g.mav.set_position_target_local_ned_encode(0, 1, 1, frame, mask, *pos, *vel, 0, 0, 0, 0, 0))
+        assert fc.state.setpoint is not None
+        return fc.state.setpoint.pos, fc.state.setpoint.vel
+
+    assert sp(LOCAL, POSITION_MASK, pos=(1.0, 2.0, -3.0))[0] == (1.0, 2.0, 3.0)  # from home, NED -> up
+    pos, _ = sp(mavlink.MAV_FRAME_LOCAL_OFFSET_NED, POSITION_MASK, pos=(1.0, 2.0, -3.0))
+    assert pos == pytest.approx((11.0, 22.0, 13.0))  # from where it is
+    pos, _ = sp(mavlink.MAV_FRAME_BODY_OFFSET_NED, POSITION_MASK, pos=(5.0, 1.0, 0.0))  # 5 ahead, 1 right
+    assert pos == pytest.approx((10.0 - 1.0, 20.0 + 5.0, 10.0))  # facing east: ahead = east, right = south
+    pos, _ = sp(mavlink.MAV_FRAME_BODY_NED, POSITION_MASK, pos=(1.0, 2.0, -3.0))
+    assert pos == (1.0, 2.0, 3.0)  # positions as LOCAL_NED
+    _, vel = sp(mavlink.MAV_FRAME_BODY_NED, VELOCITY_MASK, vel=(2.0, 0.0, 0.0))
+    assert vel == pytest.approx((0.0, 2.0, 0.0))  # forward = east
+    _, vel = sp(LOCAL, VELOCITY_MASK, vel=(2.0, 0.0, -1.0))
+    assert vel == (2.0, 0.0, 1.0)
