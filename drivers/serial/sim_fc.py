@@ -472,9 +472,7 @@ class SimFlightController:
         use_pos, use_vel, use_yaw, use_rate = parsed
         pos = vel = None
         if use_pos:
-            scale = 1e7 if frame in (mavlink.MAV_FRAME_GLOBAL_INT, mavlink.MAV_FRAME_GLOBAL_RELATIVE_ALT_INT,
-                                     mavlink.MAV_FRAME_GLOBAL_TERRAIN_ALT_INT) else 1.0
-            n, e = self.local(msg.lat_int / scale, msg.lon_int / scale)
+            n, e = self.local(msg.lat_int / 1e7, msg.lon_int / 1e7)  # degE7 in every frame
             amsl = frame in (mavlink.MAV_FRAME_GLOBAL_INT, mavlink.MAV_FRAME_GLOBAL)
             up = msg.alt - self.home[2] if amsl else msg.alt
             pos = (n, e, up)
