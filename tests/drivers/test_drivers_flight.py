@@ -388,3 +388,35 @@ def test_setpoint_frames_as_ardupilot_reads_them() -> None:
     assert vel == pytest.approx((0.0, 2.0, 0.0))  # forward = east
     _, vel = sp(LOCAL, VELOCITY_MASK, vel=(2.0, 0.0, -1.0))
     assert vel == (2.0, 0.0, 1.0)
+
+
+def test_decoder_locks_the_first_autopilot_and_reads_sentinels() -> None:
+    from drivers.serial.mavcodec import MavCodec
+    from drivers.serial.mavtelemetry import TelemetryDecoder
+
+    def via(comp: int, msg_fn: object) -> object:
+        codec = MavCodec(1, comp)
+        raw = codec.encode(msg_fn(codec.mav))  # type: ignore[operator]
+        return MavCodec(255, 190).feed(raw)[0]
+
+    dec = TelemetryDecoder(target_component=0)
+    gimbal = via(154, lambda m: m.heartbeat_encode(mavlink.MAV_TYPE_GIMBAL, mavlink.MAV_AUTOPILOT_INVALID, 0, 0, 4))
+    assert dec.decode(gimbal) == [] and dec.autopilot_component is None
+    ap = via(1, lambda m: m.heartbeat_encode(mavlink.MAV_TYPE_QUADROTOR, mavlink.MAV_AUTOPILOT_PX4, 129,
+                                             6 << 16, 4))
+    assert dec.decode(ap) == [("flight", {"armed": True, "mode": "OFFBOARD", "system_status": "ACTIVE"})]
+    other = via(2, lambda m: m.heartbeat_encode(mavlink.MAV_TYPE_QUADROTOR, mavlink.MAV_AUTOPILOT_ARDUPILOTMEGA,
+                                                0, 0, 3))
+    assert dec.decode(other) == [] and dec.autopilot_component == 1  # locked in
+    nan_att = via(1, lambda m: m.attitude_encode(0, math.nan, 0.0, 0.0, 0, 0, 0))
+    assert dec.decode(nan_att) == [] and dec.unknown_values == 1
+    sys_status = via(1, lambda m: m.sys_status_encode(0, 0, 0, 0, 65535, -1, -1, 0, 0, 0, 0, 0, 0))
+    assert dec.decode(sys_status) == [("battery", {"unknown": "voltage,current,level"})]
+    cells = [3700, 3700, 3700] + [65535] * 7
+    smart = via(mavlink.MAV_COMP_ID_BATTERY, lambda m: m.battery_status_encode(0, 0, 0, 2150, cells, 150, -1, -1, 80))
+    assert dec.decode(smart) == [("battery", {"voltage": 11.1, "current": 1.5, "level": 0.8, "temperature": 21.5,
+                                              "unknown": ""})]
+    assert dec.decode(sys_status) == []  # BATTERY_STATUS id 0 is now the one source of `battery`
+    from_gimbal = via(154, lambda m: m.battery_status_encode(3, 0, 0, 2150, cells, 150, -1, -1, 80))
+    assert dec.decode(from_gimbal) == []
+    assert dec.rates.counts == {"HEARTBEAT": 3, "ATTITUDE": 1, "SYS_STATUS": 2, "BATTERY_STATUS": 2}
