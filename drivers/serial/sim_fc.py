@@ -837,7 +837,7 @@ class SimFlightController:
             live = [due[mid] for mid in self.STREAMED if self._interval(mid) > 0]
             wake = min([next_hb, *live])
             tick = min(0.05, 1.0 / self.rate_hz)  # dynamics step at least every tick
-            await asyncio.sleep(max(0.001, min(wake, now + tick) - time.monotonic()))
+            await asyncio.sleep(max(0.0, min(wake, now + tick) - time.monotonic()))
 
 
 def main(argv: list[str] | None = None) -> None:
