@@ -1,6 +1,6 @@
 """The emulated flight controller flies, in both flavours, through the real MAVLink driver on ptys.
 
-A test peer (tests/rigs/mavpeer.py) on the emulator's second port sends raw standard setpoints and
+A test peer (tests/rigs/gcspeer.py) on the emulator's second port sends raw standard setpoints and
 commands; the driver under test reads the telemetry on the first port.
 """
 
@@ -11,7 +11,7 @@ import math
 from collections.abc import AsyncIterator
 
 import pytest
-from rigs.mavpeer import NAN, POSITION_MASK, VELOCITY_MASK, VELOCITY_YAW_MASK, MavPeer, takeoff_alt
+from rigs.gcspeer import NAN, POSITION_MASK, VELOCITY_MASK, VELOCITY_YAW_MASK, GcsPeer, takeoff_alt
 
 from drivers.serial.mavcodec import COPTER_MODES, mavlink
 from drivers.serial.mavlink import MAVLinkDriver
@@ -30,7 +30,7 @@ CUSTOM = mavlink.MAV_MODE_FLAG_CUSTOM_MODE_ENABLED
 
 
 class Rig:
-    def __init__(self, fc: SimFlightController, drv: MAVLinkDriver, ctx: RecordingContext, peer: MavPeer) -> None:
+    def __init__(self, fc: SimFlightController, drv: MAVLinkDriver, ctx: RecordingContext, peer: GcsPeer) -> None:
         self.fc, self.drv, self.ctx, self.peer = fc, drv, ctx, peer
 
     def comp(self, name: str) -> dict[str, float]:
@@ -66,7 +66,7 @@ async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     fc = SimFlightController(flavour=request.param, rate_hz=20, heartbeat_hz=5, components=("gimbal", "camera"),
                              packs=2, unknown={1: ("remaining", "current", "temperature")}, rtl_alt=5.0)
     port = await fc.start()
-    peer = await MavPeer(fc.add_port()).open()
+    peer = await GcsPeer(fc.add_port()).open()
     ctx = RecordingContext("dev1")
     drv = MAVLinkDriver("fc", "drone1", port=port, heartbeat_s=0.2, link_timeout_s=1.5, command_timeout_s=2.0,
                         telemetry_hz=20)
@@ -266,7 +266,7 @@ async def test_bad_setpoints_and_commands_are_refused_and_counted(rig: Rig) -> N
 async def test_px4_offboard_needs_a_stream_and_yaw_command_is_ardupilot_only() -> None:
     fc = SimFlightController(flavour="px4", rate_hz=20, heartbeat_hz=5)
     await fc.start()
-    peer = await MavPeer(fc.add_port()).open()
+    peer = await GcsPeer(fc.add_port()).open()
     try:
         assert await peer.command(mavlink.MAV_CMD_DO_SET_MODE, CUSTOM, PX4_OFFBOARD, 0) == \
             mavlink.MAV_RESULT_TEMPORARILY_REJECTED

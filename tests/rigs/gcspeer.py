@@ -19,7 +19,7 @@ VELOCITY_YAW_MASK = 0b0000_1001_1100_0111  # velocity and yaw
 POSITION_MASK = 0b0000_1101_1111_1000  # use x, y, z
 
 
-class MavPeer:
+class GcsPeer:
     def __init__(self, port: str) -> None:
         self.link = SerialLink(port)
         self.codec = MavCodec(PEER_SYSTEM, PEER_COMPONENT)
@@ -28,7 +28,7 @@ class MavPeer:
         self._task: asyncio.Task[None] | None = None
         self._stream: asyncio.Task[None] | None = None
 
-    async def open(self) -> MavPeer:
+    async def open(self) -> GcsPeer:
         await self.link.open()
         self._task = asyncio.create_task(self._read())
         return self
