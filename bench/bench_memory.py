@@ -38,15 +38,19 @@ MIB = 2**20
 PER_TICK = 10_000
 #: hostcalls.c: the import each tick calls, by the tick's n
 KINDS = {"batch_len() (no arguments, cached int)": 0,
-         "clock_ms() (no arguments, new int)": 1,
+         "clock_ms() (no arguments, one shared int a millisecond)": 1,
          "device_id(ptr, cap) (arguments)": 3}
 LEAKIEST = 3
 
 
 class NoHost:
-    async def publish(self, component: str, subject: str, data: bytes) -> None: ...
+    async def publish(self, component: str, subject: str, data: bytes,
+                      hops: int = 1) -> None: ...
 
-    async def kv_put(self, component: str, key: str, value: bytes) -> None: ...
+    async def kv_put(self, component: str, key: str, value: bytes, hops: int = 1) -> None: ...
+
+    def on_limit(self, component: str, limit: str, dropped: int) -> None:
+        pass
 
     def on_fault(self, component: str, fault: SandboxError) -> None:
         print(f"    fault: {fault.message}")

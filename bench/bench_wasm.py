@@ -66,10 +66,14 @@ class Sink:
     def __init__(self) -> None:
         self.published = 0
 
-    async def publish(self, component: str, subject: str, data: bytes) -> None:
+    async def publish(self, component: str, subject: str, data: bytes,
+                      hops: int = 1) -> None:
         self.published += 1
 
-    async def kv_put(self, component: str, key: str, value: bytes) -> None:
+    async def kv_put(self, component: str, key: str, value: bytes, hops: int = 1) -> None:
+        pass
+
+    def on_limit(self, component: str, limit: str, dropped: int) -> None:
         pass
 
     def on_fault(self, component: str, fault: SandboxError) -> None:
@@ -295,6 +299,9 @@ async def echo(rounds: int, batches: int, batch: int) -> Row:
     sink = Sink()
     async with SandboxPool(DEVICE, sink, workers=1) as pool:
         await pool.load(m)
+        # what is measured is the path, not the publish rate limit (bench/bench_sandbox.py):
+        # no bucket refuses these publishes
+        pool._comps["echo"].publish_bucket.rate = float("inf")
         msgs = [(f"edge.{DEVICE}.cmd.echo", b"x" * 64)] * batch
 
         async def burst() -> None:

@@ -159,6 +159,9 @@ class Driver(ABC):
     """
 
     kind: ClassVar[str] = "driver"
+    #: True for a driver that moves a vehicle (a flight controller): its entity is guarded by the
+    #: safety envelope (edge.safety) whether or not the config names it.
+    vehicle: ClassVar[bool] = False
 
     def __init__(self, name: str, entity: str, *, publish_telemetry: bool = True) -> None:
         self.name = name
@@ -270,7 +273,8 @@ class Driver(ABC):
         return await asyncio.shield(self._failure)
 
     def details(self) -> dict[str, Any]:
-        """Kind-specific status for ``edge status`` (a flight controller's message rates...)."""
+        """Kind-specific state for ``edge status`` (under the driver's ``details``: a flight
+        controller's components and message rates...); cheap, never raising. Empty by default."""
         return {}
 
     def frame_slot(self) -> LatestFrame | None:

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from drivers.base import Driver, DriverContext, DriverHealth, DriverState
@@ -46,11 +46,9 @@ class DriverStatus:
     failure_device: str | None
     failure_cause: str | None
     retry_in_s: float | None
-    details: dict[str, Any] = field(default_factory=dict)
     failed_ago_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        extra = {"details": self.details} if self.details else {}
         return {
             "name": self.name,
             "kind": self.kind,
@@ -61,7 +59,6 @@ class DriverStatus:
             "failure_cause": self.failure_cause,
             "retry_in_s": None if self.retry_in_s is None else round(self.retry_in_s, 2),
             "failed_ago_s": None if self.failed_ago_s is None else round(self.failed_ago_s, 1),
-            **extra,
         }
 
 
@@ -160,7 +157,6 @@ class DriverSupervisor:
             failure_device=None if f is None else f.device,
             failure_cause=None if f is None else f.cause or f.message,
             retry_in_s=None if slot.retry_at is None else max(0.0, slot.retry_at - now),
-            details=d.details(),
             failed_ago_s=None if slot.failed_at is None else now - slot.failed_at,
         )
 

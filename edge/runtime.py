@@ -4,7 +4,8 @@ Start: layers built from the (already validated) config -> data dir -> NATS (emb
 external URL) -> the event publisher -> world restored from KV -> the command router (the one
 subscriber of ``edge.<d>.cmd.*.*``) -> the device context -> the layers in order::
 
-    state (write-behind persister) -> sync (device streams, leaf link) -> api -> drivers
+    state (write-behind persister) -> safety (the envelope's guard on the router)
+    -> sync (device streams, leaf link) -> [heartbeat] -> api -> drivers
     -> inference -> tools -> agents -> [demo actuator] -> components (wasm) -> [extra layers]
 
 Stop runs the layers in reverse (each under a timeout, every error collected), then the command
@@ -230,7 +231,7 @@ class Runtime:
 def sandbox_layer(cfg: DeviceConfig) -> SandboxLayer:
     s = cfg.sandbox
     return SandboxLayer(cfg.components, SandboxSettings(s.deadline, s.recycle_after, s.workers,
-                                                        s.max_worker_rss_mb))
+                                                        s.max_worker_rss_mb, s.max_hops))
 
 
 def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
@@ -247,10 +248,14 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
     from edge.agents.host import AgentHost
     from edge.agents.tools.service import ToolsService
     from edge.api.service import DeviceApi
+    from edge.safety.layer import SafetyLayer
+    from edge.sync.device.heartbeat import HeartbeatLayer
     from edge.sync.device.layer import UplinkLayer
 
     streams = cfg.sync.streams(cfg.device, bucket=cfg.state.bucket, hub=cfg.hub is not None)
     layers: list[Layer] = [UplinkLayer(streams, cfg.hub)]
+    if cfg.hub is not None:  # what the hub's fleet page shows (docs/sync.md, "Fleet page")
+        layers.append(HeartbeatLayer(status))
     extra_drivers: list[Any] = []
     extra_layers: list[Layer] = []
     if cfg.demo:
@@ -262,6 +267,9 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
         from edge.hardware.layer import HardwareLayer, build_drivers
 
         hardware = HardwareLayer([*build_drivers(cfg.drivers), *extra_drivers])
+    vehicles = [d.entity for d in (hardware.drivers if hardware else []) if d.vehicle]
+    # first: the guard is on the router before any command source or driver starts
+    layers.insert(0, SafetyLayer(cfg.safety, vehicles))
     inference = None
     if cfg.models or cfg.vision:
         from edge.inference.bridge import RegistryInferBridge

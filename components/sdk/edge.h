@@ -41,6 +41,8 @@ EDGE_IMPORT("infer") int32_t edge_infer(const char *model, int32_t model_len, co
 
 enum { EDGE_DEBUG = 0, EDGE_INFO = 1, EDGE_WARNING = 2, EDGE_ERROR = 3 };
 enum { EDGE_OK = 0, EDGE_DENIED = -1, EDGE_BAD_SUBJECT = -2, EDGE_QUOTA = -3 };
+/* kv_put: 0, or -1 key/value too large, -2 over the component's KV quota (limits.kv_keys/kv_bytes). */
+enum { EDGE_KV_TOO_LARGE = -1, EDGE_KV_QUOTA = -2 };
 enum {
     EDGE_INFER_DENIED = -1,       /* model not granted by run.models (counted as denied_infer) */
     EDGE_INFER_UNKNOWN = -2,      /* no such model loaded on the device */

@@ -15,14 +15,18 @@ Key components
   STATUSTEXT              event ``statustext``
   ======================  ==================================================================
 
+  Commands (``edge.<device>.cmd.<entity>.<verb>``, JSON; :mod:`drivers.serial.mavcommands`):
+  ``arm``, ``disarm`` (``force``), ``takeoff`` (``alt`` m above home), ``land``, ``rtl``,
+  ``hold``, ``set_mode`` (``mode``: an ArduCopter or PX4 name), ``velocity`` (``x``, ``y``, ``z``
+  m/s, ``frame`` local ENU or body FLU, ``yaw_rate`` deg/s), ``position`` (``x``, ``y``, ``z`` m
+  ENU, ``yaw`` deg), ``goto`` (``lat``, ``lon`` deg, ``alt`` m above home), ``yaw`` (``yaw``
+  deg, ``rate``, ``direction``, ``relative``), ``yaw_rate`` (``rate`` deg/s). COMMAND_LONG verbs
+  are answered by the COMMAND_ACK (``result``: the MAV_RESULT word); setpoints are streamed at
+  ``setpoint_hz`` and answered by the autopilot's echo (``result``: TRACKING or UNCONFIRMED).
+  The flavour (ArduPilot or PX4) comes from the autopilot's HEARTBEAT or ``autopilot``.
   Decoding (which component is the autopilot, packs, unknown sentinels, rate counters) is
   :mod:`drivers.serial.mavtelemetry`; ``details()`` shows it in ``edge status``.
 
-  Commands (``edge.<device>.cmd.<entity>.<verb>``, JSON): ``arm``, ``disarm`` (``force``),
-  ``takeoff`` (``alt`` m above home), ``land``, ``rtl``, ``set_mode`` (``mode``: ArduCopter name),
-  ``goto`` (``lat``, ``lon`` deg, ``alt`` m above home; SET_POSITION_TARGET_GLOBAL_INT, which has
-  no ack: the ack says ``"result": "SENT"``). COMMAND_LONG verbs wait for the COMMAND_ACK
-  (``command_timeout_s``) and ack ``{"ok", "command", "result"}``.
 - Bytes that are not MAVLink are counted (``bad_bytes``) and skipped; the parser resyncs.
 - No HEARTBEAT for ``link_timeout_s`` fails the driver (the supervisor reopens the port).
 """
@@ -30,39 +34,32 @@ Key components
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from typing import Any, ClassVar
 
 from drivers.base import CommandHandler, Driver
 from drivers.config import Table
+from drivers.serial import mavcommands
 from drivers.serial.link import DEFAULT_BAUD, SerialLink
-from drivers.serial.mavcodec import COPTER_MODES, MavCodec, enum_name, mavlink
+from drivers.serial.mavcodec import MavCodec, mavlink
+from drivers.serial.mavcommands import MavCommander
 from drivers.serial.mavtelemetry import TelemetryDecoder
 from edge.errors import DriverError
 
 DEFAULT_HEARTBEAT_S = 1.0  # seconds between our GCS heartbeats
 DEFAULT_LINK_TIMEOUT_S = 5.0  # seconds without an autopilot heartbeat before the link is lost
-DEFAULT_COMMAND_TIMEOUT_S = 3.0  # seconds to wait for a COMMAND_ACK
+DEFAULT_COMMAND_TIMEOUT_S = mavcommands.DEFAULT_COMMAND_TIMEOUT_S  # seconds to wait for a COMMAND_ACK
 DEFAULT_TELEMETRY_HZ = 10.0
 GCS_SYSTEM_ID = 255
 GCS_COMPONENT_ID = 190  # MAV_COMP_ID_MISSIONPLANNER
-FORCE_DISARM_MAGIC = 21196  # param2 of ARM_DISARM that forces a disarm in flight
-POSITION_TARGET_MASK = 0x0FF8  # use lat/lon/alt only: ignore velocity, acceleration, yaw
 UINT16_MAX = 65535
 STREAMED = ("GLOBAL_POSITION_INT", "LOCAL_POSITION_NED", "ATTITUDE", "SYS_STATUS", "BATTERY_STATUS",
             "POSITION_TARGET_LOCAL_NED")
 
 
-def _number(args: dict[str, Any], key: str, lo: float, hi: float) -> float:
-    v = args.get(key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-        raise ValueError(f"'{key}' must be a number in [{lo}, {hi}]")
-    return float(v)
-
-
 class MAVLinkDriver(Driver):
     kind: ClassVar[str] = "mavlink"
+    vehicle: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -79,6 +76,11 @@ class MAVLinkDriver(Driver):
         command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S,
         link: SerialLink | None = None,
         publish_telemetry: bool = True,
+        autopilot: str = "auto",
+        setpoint_hz: float = mavcommands.DEFAULT_SETPOINT_HZ,
+        setpoint_timeout_s: float = mavcommands.DEFAULT_SETPOINT_TIMEOUT_S,
+        confirm_timeout_s: float = mavcommands.DEFAULT_CONFIRM_TIMEOUT_S,
+        px4_prestream_s: float = mavcommands.DEFAULT_PX4_PRESTREAM_S,
     ) -> None:
         super().__init__(name, entity, publish_telemetry=publish_telemetry)
         self.port = port
@@ -95,9 +97,13 @@ class MAVLinkDriver(Driver):
         self.messages = 0
         self.last_heartbeat = 0.0
         self._first_heartbeat = asyncio.Event()
-        self._pending: dict[int, asyncio.Future[Any]] = {}
         self._autopilot = mavlink.MAV_AUTOPILOT_ARDUPILOTMEGA
         self.telemetry = TelemetryDecoder(target_component)
+        self.commander = MavCommander(
+            send=self._send, mav=lambda: self.codec.mav, event=self._event, target_system=target_system,
+            target_component=target_component, autopilot=autopilot, setpoint_hz=setpoint_hz,
+            setpoint_timeout_s=setpoint_timeout_s, confirm_timeout_s=confirm_timeout_s,
+            px4_prestream_s=px4_prestream_s, command_timeout_s=command_timeout_s)
 
     @property
     def where(self) -> str:
@@ -112,10 +118,12 @@ class MAVLinkDriver(Driver):
         self.codec = MavCodec(GCS_SYSTEM_ID, GCS_COMPONENT_ID)
         self._first_heartbeat = asyncio.Event()
         self.telemetry = TelemetryDecoder(self.target_component)
+        self.commander.reset()
         self.link = self._given_link or SerialLink(self.port, self.baudrate)
         await self.link.open()
         self._spawn(self._reader(), "reader")
         self._spawn(self._heartbeats(), "heartbeat")
+        self._spawn(self.commander.stream(), "setpoints")
         try:
             await asyncio.wait_for(self._first_heartbeat.wait(), self.link_timeout_s)
         except TimeoutError:
@@ -132,10 +140,15 @@ class MAVLinkDriver(Driver):
                 0, msg_id, interval_us, 0, 0, 0, 0, 0))
 
     def commands(self) -> dict[str, CommandHandler]:
-        return {
-            "arm": self._arm, "disarm": self._disarm, "takeoff": self._takeoff, "land": self._land,
-            "rtl": self._rtl, "set_mode": self._set_mode, "goto": self._goto,
-        }
+        return {verb: self._counted(handler) for verb, handler in self.commander.verbs().items()}
+
+    def _counted(self, handler: CommandHandler) -> CommandHandler:
+        async def run(args: dict[str, Any]) -> dict[str, Any]:
+            out = await handler(args)
+            self._sample()
+            return out
+
+        return run
 
     async def _run(self) -> None:
         while True:
@@ -148,10 +161,7 @@ class MAVLinkDriver(Driver):
                 )
 
     async def _close(self) -> None:
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.cancel()
-        self._pending.clear()
+        self.commander.close()  # the stream stops with the link: a reconnect needs a fresh command
         link, self.link = self.link, None
         if link is not None:
             await link.close()
@@ -183,13 +193,8 @@ class MAVLinkDriver(Driver):
                 self._error(f"{self.codec.bad_bytes - bad} bytes of garbage dropped")
 
     async def _handle(self, msg: Any) -> None:
+        self.commander.observe(msg)  # commands: flavour, mode, COMMAND_ACK, setpoint echoes
         t = msg.get_type()
-        if t == "COMMAND_ACK":
-            fut = self._pending.get(msg.command)
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
-            self.telemetry.rates.tick(t)
-            return
         if t == "STATUSTEXT":
             self.telemetry.rates.tick(t)
             await self._event("statustext", {"severity": msg.severity, "text": msg.text})
@@ -214,68 +219,16 @@ class MAVLinkDriver(Driver):
                 self._error(exc)
 
     def details(self) -> dict[str, Any]:
-        """For ``edge status``: the autopilot component, the other components heard, the battery
-        packs and a count and rate per message type."""
-        return self.telemetry.status()
+        """For ``edge status``: the command side (flavour, mode, what streams, setpoints sent,
+        stream gaps) and the telemetry side (the autopilot component, the other components heard,
+        the battery packs, a count and rate per message type)."""
+        return {**self.commander.status(), **self.telemetry.status()}
 
     # ----- commands --------------------------------------------------------------------------------
+
     async def command_long(self, command: int, *params: float) -> dict[str, Any]:
-        """Send COMMAND_LONG and wait for its COMMAND_ACK; returns the ack fields."""
-        p = [float(x) for x in params] + [0.0] * (7 - len(params))
-        if command in self._pending and not self._pending[command].done():
-            raise RuntimeError(f"{enum_name('MAV_CMD', command, '')} already waiting for an ack")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[command] = fut
-        try:
-            await self._send(self.codec.mav.command_long_encode(
-                self.target_system, self.target_component, command, 0, *p))
-            try:
-                ack = await asyncio.wait_for(fut, self.command_timeout_s)
-            except TimeoutError:
-                raise TimeoutError(
-                    f"no COMMAND_ACK for {enum_name('MAV_CMD', command, '')} "
-                    f"within {self.command_timeout_s} s") from None
-        finally:
-            self._pending.pop(command, None)
-        self._sample()
-        result = enum_name("MAV_RESULT", ack.result, "MAV_RESULT_")
-        return {"ok": ack.result == mavlink.MAV_RESULT_ACCEPTED,
-                "command": enum_name("MAV_CMD", command, ""), "result": result}
-
-    async def _arm(self, args: dict[str, Any]) -> dict[str, Any]:
-        return await self.command_long(mavlink.MAV_CMD_COMPONENT_ARM_DISARM, 1)
-
-    async def _disarm(self, args: dict[str, Any]) -> dict[str, Any]:
-        force = FORCE_DISARM_MAGIC if args.get("force") is True else 0
-        return await self.command_long(mavlink.MAV_CMD_COMPONENT_ARM_DISARM, 0, force)
-
-    async def _takeoff(self, args: dict[str, Any]) -> dict[str, Any]:
-        alt = _number(args, "alt", 0.5, 10000.0)
-        return await self.command_long(mavlink.MAV_CMD_NAV_TAKEOFF, 0, 0, 0, math.nan, 0, 0, alt)
-
-    async def _land(self, args: dict[str, Any]) -> dict[str, Any]:
-        return await self.command_long(mavlink.MAV_CMD_NAV_LAND)
-
-    async def _rtl(self, args: dict[str, Any]) -> dict[str, Any]:
-        return await self.command_long(mavlink.MAV_CMD_NAV_RETURN_TO_LAUNCH)
-
-    async def _set_mode(self, args: dict[str, Any]) -> dict[str, Any]:
-        mode = str(args.get("mode", "")).upper()
-        if mode not in COPTER_MODES:
-            raise ValueError(f"unknown mode {mode!r}; known: {', '.join(COPTER_MODES)}")
-        return await self.command_long(mavlink.MAV_CMD_DO_SET_MODE,
-                                       mavlink.MAV_MODE_FLAG_CUSTOM_MODE_ENABLED, COPTER_MODES[mode])
-
-    async def _goto(self, args: dict[str, Any]) -> dict[str, Any]:
-        lat = _number(args, "lat", -90.0, 90.0)
-        lon = _number(args, "lon", -180.0, 180.0)
-        alt = _number(args, "alt", -1000.0, 10000.0)
-        await self._send(self.codec.mav.set_position_target_global_int_encode(
-            0, self.target_system, self.target_component,
-            mavlink.MAV_FRAME_GLOBAL_RELATIVE_ALT_INT, POSITION_TARGET_MASK,
-            round(lat * 1e7), round(lon * 1e7), alt, 0, 0, 0, 0, 0, 0, 0, 0))
-        self._sample()
-        return {"command": "SET_POSITION_TARGET_GLOBAL_INT", "result": "SENT"}
+        """Send COMMAND_LONG and wait for its COMMAND_ACK; returns the answer fields."""
+        return await self.commander.command_long(command, *params)
 
 
 def from_config(t: Table) -> MAVLinkDriver:

@@ -19,6 +19,7 @@ section         type                                   reader
 ``agents``      ``list[AgentSpec]``                    :func:`edge.agents.config.read_agents`
 ``drivers``     ``list[DriverSpec]``                   :func:`drivers.config.read_drivers`
 ``schemas``     ``list[ComponentSchema]``              :func:`edge.world.schema.read_schema`
+``safety``      ``SafetyConfig``                       :func:`edge.safety.config.read_safety`
 ==============  =====================================  ==========================================
 
 Paths in the file are relative to the file (``base``): ``device.data_dir``, ``nats.credentials``,
@@ -39,11 +40,13 @@ from typing import TYPE_CHECKING, Any
 from edge.nats.subjects import STATE_BUCKET
 from edge.config.table import REQUIRED, Table
 from edge.errors import ConfigError
+from edge.wasm.origin import DEFAULT_MAX_HOPS, MAX_HOPS
 if TYPE_CHECKING:  # the section modules import the reader (edge.config.table): imported when used
     from drivers.config import DriverSpec
     from edge.agents.config import AgentSpec
     from edge.agents.tools.permissions import ToolsConfig
     from edge.inference.config import ModelSpec, VisionSpec
+    from edge.safety.config import SafetyConfig
     from edge.sync.device.config import SyncConfig
     from edge.sync.device.leaf import HubLink
     from edge.world.schema import ComponentSchema
@@ -77,6 +80,7 @@ class SandboxConfig:
     recycle_after: int = DEFAULT_RECYCLE_AFTER
     workers: int = DEFAULT_WORKERS
     max_worker_rss_mb: int = DEFAULT_MAX_WORKER_RSS_MB
+    max_hops: int = DEFAULT_MAX_HOPS
 
 
 @dataclass
@@ -110,6 +114,7 @@ class DeviceConfig:
     tools: ToolsConfig = field(default_factory=lambda: _tools_default())  # the tools service and its permissions
     hub: HubLink | None = None  # leaf-node uplink; None = standalone
     sync: SyncConfig = field(default_factory=lambda: _sync_default())  # device stream limits
+    safety: SafetyConfig = field(default_factory=lambda: _safety_default())  # the motion envelope
     demo: bool = False
     demo_drones: int = 0
 
@@ -124,6 +129,12 @@ def _sync_default() -> SyncConfig:
     from edge.sync.device.config import SyncConfig
 
     return SyncConfig()
+
+
+def _safety_default() -> SafetyConfig:
+    from edge.safety.config import SafetyConfig
+
+    return SafetyConfig()
 
 
 def default_device_id() -> str:
@@ -161,6 +172,7 @@ def parse_config(
     from edge.agents.config import read_agents
     from edge.agents.tools.permissions import read_tools
     from edge.inference.config import read_models, read_vision
+    from edge.safety.config import read_safety
     from edge.sync.device.config import read_hub, read_sync
     from edge.world.schema import read_schema
     from edge.world.store import ENTITY_ID_RE
@@ -198,6 +210,7 @@ def parse_config(
     cfg.sandbox.workers = sandbox.integer("workers", DEFAULT_WORKERS, lo=1, hi=64)
     cfg.sandbox.max_worker_rss_mb = sandbox.integer("max_worker_rss_mb", DEFAULT_MAX_WORKER_RSS_MB,
                                                     lo=0, unit="MiB")
+    cfg.sandbox.max_hops = sandbox.integer("max_hops", DEFAULT_MAX_HOPS, lo=1, hi=MAX_HOPS, unit="handlers")
     sandbox.finish()
 
     logt = top.table("log")
@@ -235,6 +248,7 @@ def parse_config(
     cfg.tools = read_tools(top.table("tools"))
     cfg.hub = read_hub(top.table("hub"))
     cfg.sync = read_sync(top.table("sync"))
+    cfg.safety = read_safety(top.table("safety"))
 
     demo = top.table("demo")
     cfg.demo_drones = demo.integer("drones", 0, lo=0)

@@ -65,7 +65,16 @@ class HardwareLayer:
     def status(self) -> list[dict[str, Any]]:
         if self.supervisor is None:
             return []
-        return [s.to_dict() for s in self.supervisor.status()]
+        by_name = {d.name: d for d in self.drivers}
+        rows = []
+        for st in self.supervisor.status():
+            row = st.to_dict()
+            driver = by_name.get(st.name)
+            extra = driver.details() if driver is not None else {}
+            if extra:
+                row["details"] = extra
+            rows.append(row)
+        return rows
 
     def frames(self, camera: str | None = None) -> LatestFrame | None:
         """The latest-frame slot of a camera driver (the first camera if no name is given)."""

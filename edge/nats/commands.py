@@ -7,6 +7,9 @@ Key components
   it (commands to one entity+verb in arrival order, each under a timeout) and answers exactly
   once: to the request's reply subject (if any) and, always, as a record on
   ``edge.<device>.ack.<entity>.<verb>`` through the device's acknowledged event publisher.
+- :class:`GuardVerdict` / :meth:`CommandRouter.set_guard`: one guard (the safety envelope,
+  :mod:`edge.safety.layer`) sees every command just before its handler runs and may let it run,
+  run it changed (clamped arguments, a ``hold`` instead) or refuse it (reason ``envelope``).
 - :class:`CommandClient`: the caller's side: ``send(entity, verb, args, timeout=...)`` is a NATS
   request with an ``Edge-Command-Id`` header; it returns a :class:`CommandResult` or raises
   :class:`CommandTimeout` / :class:`CommandUnanswered`.
@@ -81,6 +84,7 @@ class Reason(enum.StrEnum):
     BUSY = "busy"  # too many commands queued for this entity+verb
     TIMEOUT = "timeout"  # the handler ran longer than its timeout (it was cancelled)
     FAILED = "failed"  # the handler raised or answered ok=false
+    ENVELOPE = "envelope"  # the safety envelope refused it, or ran a hold instead (edge.safety)
     UNANSWERED = "unanswered"  # client side only: nothing subscribes to commands on the device
 
 
@@ -151,6 +155,22 @@ class CommandRequest:
 
 CommandFn = Callable[[CommandRequest], Awaitable[Mapping[str, Any]]]
 Availability = Callable[[], Unavailable | None]
+
+
+@dataclass(frozen=True, slots=True)
+class GuardVerdict:
+    """A guard's say on one command: run ``request`` (the command as sent, or changed: clamped
+    arguments, another verb) with ``fields`` added to the answer; ``request`` None runs nothing.
+    With ``error`` set the answer is ``ok: false`` (reason ``envelope``) even if ``request`` ran
+    (the command was not run as asked)."""
+
+    request: CommandRequest | None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+#: Called (synchronously, on the event loop) just before each handler runs; None lets it run.
+Guard = Callable[[CommandRequest], GuardVerdict | None]
 
 
 def answer_ok(command_id: str | None, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -233,6 +253,7 @@ class CommandRouter:
         self._workers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._sub: Subscription | None = None
         self._long: Subscription | None = None
+        self._guard: Guard | None = None
         self._boot = secrets.token_hex(4)
         self._seq = 0
         self._prefix = subjects.command(self.device, "")  # "edge.<d>.cmd."
@@ -292,6 +313,20 @@ class CommandRouter:
                 del self._handlers[key]
 
         return unregister
+
+    def set_guard(self, guard: Guard) -> Callable[[], None]:
+        """Put ``guard`` in front of every handler (the safety envelope): each command, whatever
+        its source, is passed to it at the moment its handler would run. One guard per router; a
+        guard that raises refuses the command (fail closed). Returns the function removing it."""
+        if self._guard is not None:
+            raise CommandConflict("the command router already has a guard")
+        self._guard = guard
+
+        def remove() -> None:
+            if self._guard is guard:
+                self._guard = None
+
+        return remove
 
     def handler_for(self, entity: str, verb: str) -> str | None:
         """The owner that would take ``verb`` for ``entity`` (None: nobody)."""
@@ -441,14 +476,28 @@ class CommandRouter:
                 self._lanes.pop(lane_key, None)
 
     async def _run(self, request: CommandRequest) -> dict[str, Any]:
-        reg = self._find(request.entity, request.verb)
+        verdict: GuardVerdict | None = None
+        if self._guard is not None:
+            try:
+                verdict = self._guard(request)
+            except Exception as err:  # noqa: BLE001  fail closed: an unchecked command does not run
+                log.exception("the command guard failed on %s.%s", request.entity, request.verb)
+                return answer_error(request.id, Reason.ENVELOPE,
+                                    f"the safety check failed ({type(err).__name__}: {err}); not run")
+        run = request
+        if verdict is not None:
+            if verdict.request is None:
+                return answer_error(request.id, Reason.ENVELOPE, verdict.error or "refused by the guard",
+                                    **verdict.fields)
+            run = verdict.request
+        reg = self._find(run.entity, run.verb)
         if reg is None:
             return answer_error(request.id, Reason.NO_HANDLER,
-                                f"nothing on device {self.device} serves '{request.verb}' for '{request.entity}'")
+                                f"nothing on device {self.device} serves '{run.verb}' for '{run.entity}'")
         limit = asyncio.timeout(reg.timeout)
         try:
             async with limit:
-                fields = await reg.handler(request)
+                fields = await reg.handler(run)
             if not isinstance(fields, Mapping):
                 raise TypeError(f"the handler returned {type(fields).__name__}, not the answer's fields")
         except TimeoutError as err:
@@ -465,6 +514,11 @@ class CommandRouter:
             message = err.message if isinstance(err, EdgeError) else str(err) or type(err).__name__
             log.info("command %s.%s refused by %s: %s", request.entity, request.verb, reg.owner, message)
             return answer_error(request.id, Reason.FAILED, message, owner=reg.owner)
+        if verdict is not None:
+            if verdict.error is not None:  # ran, but not as asked (a hold instead)
+                return answer_error(request.id, Reason.ENVELOPE, verdict.error, **verdict.fields,
+                                    ran={"verb": run.verb, **answer_ok(None, fields)})
+            return answer_ok(request.id, {**fields, **verdict.fields})
         return answer_ok(request.id, fields)
 
     async def _finish(self, entity: str, verb: str, command_id: str | None, answer: dict[str, Any],

@@ -42,6 +42,9 @@ RESTART_BACKOFF_MAX_S = 10.0
 RESTART_BACKOFF_RESET_S = 30.0  # a process that lived this long resets the backoff
 LOG_TAIL_LINES = 20
 READY_LINE = b"Server is ready"  # logged by nats-server once all listeners are open
+# A leaf reconnects this often: back within ~0.1 s of a hub restart, before the hub's sources
+# first ask for the device's consumers (a request that finds no link costs a 5 s wait).
+LEAF_RECONNECT = "100ms"
 
 
 def find_nats_server() -> str:
@@ -112,6 +115,29 @@ class TlsFiles:
 
 
 @dataclass
+class ClusterOptions:
+    """A JetStream cluster of hub nodes: this node's route listener and the routes to the others
+    (``nats-route://host:port``; listing every node, this one included, is fine)."""
+
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port, kept across restarts
+    routes: list[str] = field(default_factory=list)
+    tls: TlsFiles | None = None
+    advertise: str | None = None  # host:port the other nodes use, when not host:port
+
+    def render(self, port: int) -> str:
+        parts = [f"name: {_q(self.name)}", f"listen: {_q(f'{self.host}:{port}')}"]
+        if self.routes:
+            parts.append("routes: " + json.dumps(self.routes))
+        if self.advertise:
+            parts.append(f"advertise: {_q(self.advertise)}")
+        if self.tls:
+            parts.append(self.tls.render())
+        return "cluster {\n  " + "\n  ".join(parts) + "\n}"
+
+
+@dataclass
 class LeafRemote:
     """How a device's server connects, as a leaf node, to its hub.
 
@@ -122,6 +148,7 @@ class LeafRemote:
     url: str
     credentials: Path | None = None
     nkey_seed: Path | None = None
+    urls: list[str] = field(default_factory=list)  # more nodes of the same hub (a cluster): fail over
     user: str | None = None
     password: str | None = None
     tls: TlsFiles | None = None
@@ -130,8 +157,7 @@ class LeafRemote:
     deny_exports: list[str] = field(default_factory=list)
     deny_imports: list[str] = field(default_factory=list)
 
-    def render(self) -> str:
-        url = self.url
+    def _with_login(self, url: str) -> str:
         if self.user is not None and "@" not in url.split("://", 1)[-1]:
             from urllib.parse import quote
 
@@ -140,7 +166,11 @@ class LeafRemote:
             if self.password is not None:
                 cred += ":" + quote(self.password, safe="")
             url = f"{scheme}://{cred}@{rest}"
-        parts = [f"url: {_q(url)}"]
+        return url
+
+    def render(self) -> str:
+        all_urls = [self._with_login(u) for u in [self.url, *[u for u in self.urls if u != self.url]]]
+        parts = [f"url: {_q(all_urls[0])}" if len(all_urls) == 1 else "urls: " + json.dumps(all_urls)]
         if self.credentials:
             parts.append(f"credentials: {_q(self.credentials)}")
         if self.nkey_seed:
@@ -193,11 +223,15 @@ class ServerOptions:
     leaf_tls: TlsFiles | None = None
     leaf_advertise: bool = True  # False: do not gossip leaf URLs to leaf nodes (behind NAT/LB)
     authorization: str | None = None
+    accounts: str | None = None  # a raw ``accounts: {...}`` (or ``accounts { }``) block
+    tls: TlsFiles | None = None  # TLS on the client port
+    cluster: ClusterOptions | None = None
     monitor_port: int | None = None
     extra: str = ""
 
 
-def render_config(opts: ServerOptions, *, port: int, leaf_port: int | None, monitor_port: int | None) -> str:
+def render_config(opts: ServerOptions, *, port: int, leaf_port: int | None, monitor_port: int | None,
+                  cluster_port: int | None = None) -> str:
     """Render ``opts`` (with resolved ports) as nats-server config text."""
     lines = [
         f"server_name: {_q(opts.server_name)}",
@@ -218,6 +252,12 @@ def render_config(opts: ServerOptions, *, port: int, leaf_port: int | None, moni
         if opts.sync_interval:
             js.append(f"sync_interval: {_q(opts.sync_interval)}")
         lines.append("jetstream { " + ", ".join(js) + " }")
+    if opts.tls:
+        lines.append(opts.tls.render())
+    if opts.cluster is not None:
+        lines.append(opts.cluster.render(cluster_port if cluster_port is not None else opts.cluster.port))
+    if opts.accounts:
+        lines.append(opts.accounts)
     if opts.authorization:
         lines.append("authorization { " + opts.authorization + " }")
     leaf_parts: list[str] = []
@@ -231,7 +271,7 @@ def render_config(opts: ServerOptions, *, port: int, leaf_port: int | None, moni
             leaf_parts.append("no_advertise: true")
     if opts.leaf is not None:
         leaf_parts.append("remotes: [ " + opts.leaf.render() + " ]")
-        leaf_parts.append("reconnect: 1")  # seconds between leaf reconnect attempts
+        leaf_parts.append(f"reconnect: {_q(LEAF_RECONNECT)}")  # between leaf reconnect attempts
     if leaf_parts:
         lines.append("leafnodes {\n  " + "\n  ".join(leaf_parts) + "\n}")
     if opts.extra:
@@ -255,6 +295,9 @@ class NatsServer:
         self.leaf_port: int | None = None
         if options.leaf_listen is not None:
             self.leaf_port = options.leaf_listen[1] or pick_free_port(options.leaf_listen[0])
+        self.cluster_port: int | None = None
+        if options.cluster is not None:
+            self.cluster_port = options.cluster.port or pick_free_port(options.cluster.host)
         self.monitor_port: int | None = None
         if options.monitor_port is not None:
             self.monitor_port = options.monitor_port or pick_free_port(options.host)
@@ -404,7 +447,8 @@ class NatsServer:
     def _write_config(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         text = render_config(
-            self.options, port=self.port, leaf_port=self.leaf_port, monitor_port=self.monitor_port
+            self.options, port=self.port, leaf_port=self.leaf_port, monitor_port=self.monitor_port,
+            cluster_port=self.cluster_port,
         )
         # the config may hold leaf logins (passwords, nkey seeds): owner-only, written atomically
         tmp = self.config_path.with_suffix(".tmp")

@@ -10,6 +10,7 @@ Device ``dev1`` (also its JetStream domain and leaf server name) uses::
     edge.dev1.api.<group>.<verb>          the device API (micro service)
     edge.dev1.tools.<name>                the tools service for external agents
     edge.dev1.sync.>                      deliver subjects of the sourcing consumers on the link
+    edge.dev1.hub.API.>                   the hub's JetStream API as the device reaches it
 
 The hub (domain ``hub``) holds per device ``TELE_dev1``, ``EVT_dev1`` (sourced from the device),
 ``CMD_dev1`` (commands) and the KV mirror bucket ``edge-state-dev1``.
@@ -114,13 +115,24 @@ def sync_deliver_subject(device: str, what: str) -> str:
     return f"{device_prefix(device)}.sync.{what}"
 
 
-def sync_consumer_name(stream: str) -> str:
-    """Name of the durable consumer the other side of the link sources ``stream`` through."""
-    return f"sync-{stream}"
+def sync_consumer_name(stream: str, device: str | None = None) -> str:
+    """Name of the durable consumer the other side of the link sources ``stream`` through.
+
+    On the device (``device`` given) the name carries the device, ``sync-TELE-<dev>``, so the
+    consumer's flow-control subjects (``$JS.FC.<stream>.<consumer>.>``) are the device's own on
+    the hub; the hub's ``CMD_<dev>`` stream name carries it already (``sync-CMD``)."""
+    return f"sync-{stream}" if device is None else f"sync-{stream}-{check_device_id(device)}"
 
 
 def js_api(domain: str) -> str:
     return f"$JS.{domain}.API"
+
+
+def hub_api(device: str) -> str:
+    """The prefix under which a device reaches the hub's JetStream API (only the calls its
+    command stream needs): the hub's account of the device imports them from the cloud account
+    under this name (edge.sync.hub.accounts)."""
+    return f"{device_prefix(device)}.hub.API"
 
 
 def hub_stream(kind: str, device: str) -> str:

@@ -3,7 +3,7 @@
 Key components
 - :mod:`edge.sync.device`: the device side (streams with drop counting, leaf-link options, cloud
   commands played locally, the uplink layer).
-- :mod:`edge.sync.hub`: the hub side (hub server, per-device credentials and permissions,
+- :mod:`edge.sync.hub`: the hub side (hub server, per-device logins and accounts,
   provisioning, fleet status).
 - :mod:`edge.sync.durable`: the durable sourcing consumers both sides use.
 """

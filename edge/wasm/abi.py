@@ -71,6 +71,10 @@ WASM_PAGE_BYTES = 65_536
 #: Limits of the kv_put import (bytes).
 KV_MAX_KEY = 128
 KV_MAX_VALUE = 64 * 1024
+#: ``kv_put`` result: the key or the value is too large, or the key has characters outside the rule.
+KV_TOO_LARGE = -1
+#: ``kv_put`` result: the put would take the component past its KV quota (limits.kv_keys/kv_bytes).
+KV_OVER_QUOTA = -2
 #: Largest message payload ``publish`` accepts (bytes), like nats-server's default max_payload.
 PUBLISH_MAX_BYTES = 1024 * 1024
 #: Longest subject ``publish`` accepts (bytes).

@@ -171,9 +171,9 @@ def bind_spec(comp: Component, shm: Callable[[], Path], n: int,
 
 
 async def deliver(sup: Supervisor, comp: Component,
-                  messages: Sequence[tuple[str, bytes]]) -> None:
+                  messages: Sequence[tuple[str, bytes]], hops: int = 0) -> None:
     """Send one message batch once the worker's window has room; the reply is accounted for
-    in a done-callback."""
+    in a done-callback (``hops``: the batch's largest hop count)."""
     if not messages:
         return
     worker = comp.worker
@@ -200,6 +200,6 @@ async def deliver(sup: Supervisor, comp: Component,
             return
         status, payload = f.result()
         sup.finish_call(comp, worker, status, payload, "edge_on_message", count,
-                        current=comp.generation == gen)
+                        current=comp.generation == gen, hops=hops)
 
     fut.add_done_callback(done)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -12,11 +13,13 @@ from edge.wasm.columns import CopyBatch, OutputArea, WorldColumns
 from edge.wasm.grants import PublishGrant
 from edge.wasm.manifest import Manifest
 from edge.wasm.procs import WorkerProcess
+from edge.wasm.quotas import KvUsage, TokenBucket
 
 #: Counters of each component (see docs/sandbox.md, "Status").
 COUNTERS = ("ticks", "messages", "published", "denied", "dropped", "errors", "logs_dropped",
             "traps", "out_of_gas", "deadlines", "crashes", "infers", "infer_errors",
-            "denied_infer", "protocol_errors", "effects_dropped")
+            "denied_infer", "protocol_errors", "effects_dropped", "rate_limited", "loop_dropped",
+            "kv_refused")
 
 
 @dataclass
@@ -47,9 +50,16 @@ class Component:
     denied_logged_at: float = 0.0
     loading: bool = False  # its first start, inside pool.load (a fault there refuses the load)
     grant: PublishGrant = field(init=False)
+    kv_usage: KvUsage = field(init=False)  # what its KV holds, against limits.kv_keys/kv_bytes
+    publish_bucket: TokenBucket = field(init=False)  # limits.publish_rate / publish_burst
+    limit_reported_at: dict[str, float] = field(default_factory=dict)  # limit -> last event
+    limit_unreported: dict[str, int] = field(default_factory=dict)  # limit -> drops since
 
     def __post_init__(self) -> None:
+        lim = self.manifest.limits
         self.grant = PublishGrant(self.manifest.publish)
+        self.kv_usage = KvUsage.of(self.kv, lim.kv_keys, lim.kv_bytes)
+        self.publish_bucket = TokenBucket(lim.publish_rate, lim.publish_burst, time.monotonic())
 
     @property
     def name(self) -> str:

@@ -10,7 +10,11 @@ none of the reply's effects run and the worker is killed (reason ``protocol``).
 
 Checked effects go to the :class:`~edge.wasm.host.HostCallbacks` fairly: one lane per component
 (publishes in order, KV puts coalesced per key, a byte bound), drained round robin, publishes
-and KV writes by separate tasks (:class:`Effects`).
+and KV writes by separate tasks (:class:`Effects`). Before they are queued, a component's
+publishes pass its hop limit (a message published while handling messages that had already
+passed ``max_hops`` handlers is refused: a loop between components) and its publish rate
+(:class:`~edge.wasm.quotas.TokenBucket`); what they refuse is dropped, counted and reported
+through ``on_limit`` (at most once per ``LIMIT_EVENT_INTERVAL_S`` per component and limit).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections import deque
 from edge.wasm.component import Component
 from edge.wasm.grants import kv_put_allowed
 from edge.wasm.host import HostCallbacks
+from edge.wasm.origin import DEFAULT_MAX_HOPS, MAX_HOPS
 from edge.wasm.protocol import CallResult
 
 log = logging.getLogger("edge.wasm.pool")
@@ -34,6 +39,11 @@ DEFAULT_LANE_BYTES = 4 * 2**20
 DEFAULT_BURST = 64
 #: Seconds between two "publish denied" warnings of one component.
 DENIED_LOG_INTERVAL_S = 5.0
+#: Seconds between two ``on_limit`` reports (and warnings) of one component for one limit.
+LIMIT_EVENT_INTERVAL_S = 5.0
+#: Limits ``on_limit`` reports: the counter each one increments.
+LIMIT_COUNTERS = {"publish_rate": "rate_limited", "hops": "loop_dropped",
+                  "kv_quota": "kv_refused"}
 _LOG_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
 
 
@@ -55,6 +65,10 @@ def check(comp: Component, res: CallResult, *, calls: int, messages: int,
     for key, value in res.kv_puts:
         if not kv_put_allowed(key, value):
             return f"a KV put of key '{key[:80]}' ({len(value)} bytes) outside the limits"
+    if res.kv_puts and not comp.kv_usage.check_all(comp.kv, res.kv_puts):
+        q = comp.kv_usage
+        return (f"KV puts past the quota ({q.keys} keys, {q.bytes} bytes stored; at most "
+                f"{q.max_keys} keys, {q.max_bytes} bytes)")
     if res.messages > messages or res.dropped > messages:
         return f"{res.messages} messages handled, {res.dropped} dropped of {messages} sent"
     allowed = (1 << len(m.writable)) - 1 if shared else 0
@@ -64,13 +78,14 @@ def check(comp: Component, res: CallResult, *, calls: int, messages: int,
 
 
 class _Lane:
-    """One component's pending effects: publishes in order, KV puts coalesced per key."""
+    """One component's pending effects: publishes in order, KV puts coalesced per key; each
+    with its hop count (handlers the message passed through)."""
 
     __slots__ = ("kv", "publishes", "queued_bytes")
 
     def __init__(self) -> None:
-        self.publishes: deque[tuple[str, bytes]] = deque()
-        self.kv: dict[str, bytes] = {}  # the newest value of each key waiting to be written
+        self.publishes: deque[tuple[str, bytes, int]] = deque()
+        self.kv: dict[str, tuple[bytes, int]] = {}  # the newest value of each key to write
         self.queued_bytes = 0
 
     def empty(self) -> bool:
@@ -87,13 +102,21 @@ class Effects:
     tasks drain the lanes round robin, at most ``burst`` items of one component per turn:
     publishes (core NATS, fast) and KV writes (acknowledged, slower) apart, so a component's
     KV flood never holds back anyone's publishes.
+
+    ``max_hops`` bounds loops: the publishes of a call handling messages that passed ``h``
+    handlers carry ``h + 1`` hops (those of a tick or ``edge_init`` carry 1), and a publish
+    past ``max_hops`` is refused (``loop_dropped``). Each component's publishes then pass its
+    token bucket (``rate_limited``).
     """
 
     def __init__(self, host: HostCallbacks, *, lane_bytes: int = DEFAULT_LANE_BYTES,
-                 burst: int = DEFAULT_BURST) -> None:
+                 burst: int = DEFAULT_BURST, max_hops: int = DEFAULT_MAX_HOPS) -> None:
+        if not 1 <= max_hops <= MAX_HOPS:
+            raise ValueError(f"max_hops must be within 1..{MAX_HOPS} (got {max_hops})")
         self._host = host
         self.lane_bytes = lane_bytes
         self.burst = burst
+        self.max_hops = max_hops
         self._lanes: dict[str, _Lane] = {}
         self._pub_ready: deque[str] = deque()  # components with publishes waiting, in turn order
         self._kv_ready: deque[str] = deque()
@@ -110,8 +133,12 @@ class Effects:
             lane = self._lanes[name] = _Lane()
         return lane
 
-    def apply(self, comp: Component, res: CallResult) -> None:
-        """Count a checked reply, log its lines and queue its publishes and KV puts."""
+    def apply(self, comp: Component, res: CallResult, hops: int = 0) -> None:
+        """Count a checked reply, log its lines and queue its publishes and KV puts.
+
+        ``hops`` is the largest hop count of the messages the call handled (0 for a tick or
+        ``edge_init``): what the call published carries one more.
+        """
         c = comp.counters
         comp.gas_last = res.gas_used
         c["messages"] += res.messages
@@ -139,26 +166,40 @@ class Effects:
                             ", ".join(named), c["denied_infer"])
         for level, text in res.logs:
             component_log.log(_LOG_LEVELS.get(level, logging.INFO), "[%s] %s", comp.name, text)
-        if not res.publishes and not res.kv_puts:
+        if res.kv_refused:
+            self.limited(comp, "kv_quota", res.kv_refused)
+        publishes = res.publishes
+        hops += 1
+        if publishes and hops > self.max_hops:
+            self.limited(comp, "hops", len(publishes))
+            publishes = []
+        if publishes:
+            k = comp.publish_bucket.take(len(publishes), time.monotonic())
+            if k < len(publishes):
+                self.limited(comp, "publish_rate", len(publishes) - k)
+                publishes = publishes[:k]
+        if not publishes and not res.kv_puts:
             return
         lane = self._lane(comp.name)
         had_pub, had_kv = bool(lane.publishes), bool(lane.kv)
         dropped = 0
+        usage = comp.kv_usage
         for key, value in res.kv_puts:
+            usage.put(key, value, comp.kv.get(key))  # within the quota: check() made sure
             comp.kv[key] = value  # the component's view is current at once
-            old = lane.kv.get(key)
-            grow = len(value) - (len(old) if old is not None else -len(key))
-            if old is None and lane.queued_bytes + grow > self.lane_bytes:
+            queued = lane.kv.get(key)
+            grow = len(value) - (len(queued[0]) if queued is not None else -len(key))
+            if queued is None and lane.queued_bytes + grow > self.lane_bytes:
                 dropped += 1
                 continue
-            lane.kv[key] = value
+            lane.kv[key] = (value, hops)
             lane.queued_bytes += grow
-        for subject, data in res.publishes:
+        for subject, data in publishes:
             size = len(subject) + len(data)
             if lane.queued_bytes + size > self.lane_bytes:
                 dropped += 1
                 continue
-            lane.publishes.append((subject, data))
+            lane.publishes.append((subject, data, hops))
             lane.queued_bytes += size
         if dropped:
             c["effects_dropped"] += dropped
@@ -173,6 +214,27 @@ class Effects:
             self._kv_wake.set()
         if not lane.empty():
             self._idle.clear()
+
+    def limited(self, comp: Component, limit: str, n: int) -> None:
+        """Count ``n`` effects refused by ``limit`` (a key of :data:`LIMIT_COUNTERS`) and
+        report them through ``on_limit``, at most once per ``LIMIT_EVENT_INTERVAL_S`` per
+        component and limit (a report carries every drop since the last one)."""
+        comp.counters[LIMIT_COUNTERS[limit]] += n
+        unreported = comp.limit_unreported.get(limit, 0) + n
+        now = time.monotonic()
+        last = comp.limit_reported_at.get(limit)
+        if last is not None and now - last < LIMIT_EVENT_INTERVAL_S:
+            comp.limit_unreported[limit] = unreported
+            return
+        comp.limit_reported_at[limit] = now
+        comp.limit_unreported[limit] = 0
+        log.warning("component '%s': %d %s refused by its %s limit (%d so far)", comp.name,
+                    unreported, "KV puts" if limit == "kv_quota" else "publishes",
+                    limit.replace("_", " "), comp.counters[LIMIT_COUNTERS[limit]])
+        try:
+            self._host.on_limit(comp.name, limit, unreported)
+        except Exception:
+            log.exception("on_limit callback failed for component '%s'", comp.name)
 
     def _check_idle(self) -> None:
         if self._busy == 0 and all(lane.empty() for lane in self._lanes.values()):
@@ -193,15 +255,15 @@ class Effects:
             if lane is None:
                 continue
             batch = [lane.publishes.popleft() for _ in range(min(self.burst, len(lane.publishes)))]
-            lane.queued_bytes -= sum(len(s) + len(d) for s, d in batch)
+            lane.queued_bytes -= sum(len(s) + len(d) for s, d, _ in batch)
             if lane.publishes:
                 self._pub_ready.append(name)  # back of the line: everyone else goes first
             elif lane.empty() and self._lanes.get(name) is lane:
                 del self._lanes[name]  # nothing left in either queue: no lane kept per load
             self._busy += 1
             try:
-                for subject, data in batch:
-                    await self._host.publish(name, subject, data)
+                for subject, data, hops in batch:
+                    await self._host.publish(name, subject, data, hops)
             except Exception:
                 log.exception("host callback failed for component '%s'", name)
             finally:
@@ -221,17 +283,17 @@ class Effects:
             batch = []
             for _ in range(min(self.burst, len(lane.kv))):
                 key = next(iter(lane.kv))
-                value = lane.kv.pop(key)
+                value, hops = lane.kv.pop(key)
                 lane.queued_bytes -= len(key) + len(value)
-                batch.append((key, value))
+                batch.append((key, value, hops))
             if lane.kv:
                 self._kv_ready.append(name)
             elif lane.empty() and self._lanes.get(name) is lane:
                 del self._lanes[name]
             self._busy += 1
             try:
-                for key, value in batch:
-                    await self._host.kv_put(name, key, value)
+                for key, value, hops in batch:
+                    await self._host.kv_put(name, key, value, hops)
             except Exception:
                 log.exception("host callback failed for component '%s'", name)
             finally:

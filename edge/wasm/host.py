@@ -38,15 +38,22 @@ class HostCallbacks(Protocol):
 
     ``publish`` sends a message a component published (already checked against its grants, in
     the runtime); ``kv_put`` persists one key of the component's private KV; both are awaited in
-    order from one task, so they should not block for long. ``on_fault`` is called
-    (synchronously, in the event loop) for every fault; it must not raise.
+    order from one task, so they should not block for long. ``hops`` is the number of handlers
+    the message has passed through (1 for a publish from a tick or ``edge_init``; see
+    :mod:`edge.wasm.origin`): the host sends it with the message, so the next component's
+    handler publishes one more. ``on_fault`` is called (synchronously, in the event loop) for
+    every fault; ``on_limit`` when a component's effects were refused by a limit
+    (``publish_rate``, ``hops`` or ``kv_quota``; ``dropped`` since the last report, at most one
+    report per component and limit every 5 s). Neither may raise.
     """
 
-    async def publish(self, component: str, subject: str, data: bytes) -> None: ...
+    async def publish(self, component: str, subject: str, data: bytes, hops: int) -> None: ...
 
-    async def kv_put(self, component: str, key: str, value: bytes) -> None: ...
+    async def kv_put(self, component: str, key: str, value: bytes, hops: int) -> None: ...
 
     def on_fault(self, component: str, fault: SandboxError) -> None: ...
+
+    def on_limit(self, component: str, limit: str, dropped: int) -> None: ...
 
 
 class InferBridge(Protocol):

@@ -5,7 +5,10 @@ Key components
   pool -> tick loop and/or message pump), serves load/unload to the device API, and is the
   pool's host: component publishes go to NATS (events through the device's acknowledged
   publisher), private KV writes to the ``edge-components`` bucket, faults into the status and
-  onto ``edge.<device>.evt.runtime.fault``.
+  onto ``edge.<device>.evt.runtime.fault``; limits that refused a component's effects (publish
+  rate, hop limit, KV quota) onto ``edge.<device>.evt.runtime.limit``. Every publish and KV
+  write carries the component's name and hop count as headers (:mod:`edge.wasm.origin`), and
+  each component's :class:`~edge.wasm.inbox.ComponentInbox` drops its own messages.
 - The ``infer`` import is served by the inference bridge the composition root hands in.
 """
 
@@ -29,10 +32,13 @@ from edge.errors import ComponentLoadError, EdgeError, SandboxError
 from edge.layer import DeviceContext
 from edge.errors import LifecycleError
 from edge.nats import subjects
-from edge.wasm.manifest import Manifest, load_manifest
+from edge.wasm.origin import DEFAULT_MAX_HOPS
 from edge.wasm.host import InferBridge
+from edge.wasm.inbox import ComponentInbox
+from edge.wasm.manifest import Manifest, load_manifest
+from edge.wasm.origin import origin_headers, origin_id
 from edge.wasm.pool import SandboxPool
-from edge.world.scheduler import MessagePump, SharedBatch, TickLoop
+from edge.world.scheduler import SharedBatch, TickLoop
 from edge.world.store import F64Array
 
 log = logging.getLogger("edge.wasm.layer")
@@ -72,7 +78,7 @@ class WasmTickRunner:
 class LoadedComponent:
     manifest: Manifest
     tick: TickLoop | None = None
-    pump: MessagePump | None = None
+    pump: ComponentInbox | None = None
     subs: list[Subscription] = field(default_factory=list)
 
 
@@ -82,6 +88,7 @@ class SandboxSettings:
     recycle_after: int
     workers: int
     max_worker_rss_mb: int = 96  # a worker past this RSS is replaced (MiB); 0 = never
+    max_hops: int = DEFAULT_MAX_HOPS  # handlers a message may pass before publishes are refused
 
 
 class SandboxLayer:
@@ -113,7 +120,8 @@ class SandboxLayer:
         s = self.settings
         rss = s.max_worker_rss_mb * 2**20 if s.max_worker_rss_mb > 0 else None
         self.pool = SandboxPool(ctx.device, self, infer=self.bridge, recycle_after=s.recycle_after,
-                                recycle_rss_bytes=rss, deadline_s=s.deadline_s, workers=s.workers)
+                                recycle_rss_bytes=rss, deadline_s=s.deadline_s, workers=s.workers,
+                                max_hops=s.max_hops)
         await self.pool.start()
         for manifest_path in self.manifests:
             try:
@@ -167,16 +175,17 @@ class SandboxLayer:
         if manifest.subscribe:
             name = manifest.name
 
-            async def deliver(batch: Sequence[tuple[str, bytes]]) -> None:
-                await pool.deliver(name, batch)
+            async def deliver(batch: list[tuple[str, bytes]], hops: int) -> None:
+                await pool.deliver(name, batch, hops)
 
-            pump = MessagePump(manifest.name, deliver)
+            pump = ComponentInbox(manifest.name, deliver, origin=origin_id(name, ctx.device),
+                                  receive_own=manifest.receive_own)
             pump.start()
             loaded.pump = pump
             for subject in manifest.subscribe:
 
-                async def on_msg(msg: Msg, pump: MessagePump = pump) -> None:
-                    pump.put(msg.subject, msg.data)
+                async def on_msg(msg: Msg, pump: ComponentInbox = pump) -> None:
+                    pump.put(msg.subject, msg.data, msg.headers)
 
                 loaded.subs.append(await ctx.nc.subscribe(subject, cb=on_msg, pending_msgs_limit=PUMP_PENDING_MSGS))
         self.components[manifest.name] = loaded
@@ -254,15 +263,28 @@ class SandboxLayer:
 
     # -- the pool's host callbacks ----------------------------------------------------------------
 
-    async def publish(self, component: str, subject: str, data: bytes) -> None:
+    async def publish(self, component: str, subject: str, data: bytes, hops: int) -> None:
         # A component's publish is a core NATS publish (docs/abi.md): its messages can be a
         # high-rate stream, and the device streams capture those on evt/tele subjects. The
         # runtime's own records about components (faults) go through the acknowledged publisher.
-        await self.ctx.nc.publish(subject, data)
+        ctx = self.ctx
+        await ctx.nc.publish(subject, data,
+                             headers=origin_headers(origin_id(component, ctx.device), hops))
 
-    async def kv_put(self, component: str, key: str, value: bytes) -> None:
-        kv = await self._bucket()
-        await kv.put(f"{component}.{key}", value)
+    async def kv_put(self, component: str, key: str, value: bytes, hops: int) -> None:
+        # a KV put is a JetStream publish on the key's subject: with the origin headers, a
+        # component subscribed to $KV.> does not hear its own writes either (edge.wasm.origin)
+        await self._bucket()
+        ctx = self.ctx
+        await ctx.js.publish(f"{KV_SUBJECT_PREFIX}{component}.{key}", value,
+                             headers=origin_headers(origin_id(component, ctx.device), hops))
+
+    def on_limit(self, component: str, limit: str, dropped: int) -> None:
+        ctx = self._ctx
+        if ctx is None:
+            return
+        body = json.dumps({"component": component, "limit": limit, "dropped": dropped}).encode()
+        ctx.events.emit(subjects.event(ctx.device, "runtime", "limit"), body)
 
     def on_fault(self, component: str, fault: SandboxError) -> None:
         log.warning("component %s fault: %s", component, fault.message)

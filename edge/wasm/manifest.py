@@ -44,6 +44,22 @@ MAX_MEMORY_PAGES = 16_384
 DEFAULT_PUBLISH_PER_CALL = 1000
 #: Upper bound of ``limits.publish_per_call``.
 MAX_PUBLISH_PER_CALL = 100_000
+#: Default sustained publish rate of a component (messages a second, ``limits.publish_rate``).
+DEFAULT_PUBLISH_RATE = 1000.0
+#: Upper bound of ``limits.publish_rate`` (messages a second).
+MAX_PUBLISH_RATE = 100_000.0
+#: Default publishes a component may make at once above its rate (``limits.publish_burst``).
+DEFAULT_PUBLISH_BURST = 5000
+#: Upper bound of ``limits.publish_burst``.
+MAX_PUBLISH_BURST = 1_000_000
+#: Default number of keys a component may store (``limits.kv_keys``).
+DEFAULT_KV_KEYS = 1000
+#: Upper bound of ``limits.kv_keys``: the most keys a load reads back in one ``STREAM.INFO``.
+MAX_KV_KEYS = 100_000
+#: Default bytes (key names + values) a component may store (``limits.kv_bytes``).
+DEFAULT_KV_BYTES = 2**20
+#: Upper bound of ``limits.kv_bytes``.
+MAX_KV_BYTES = 64 * 2**20
 #: Highest tick rate a manifest may ask for, in Hz.
 MAX_TICK_HZ = 1000.0
 #: Largest module file the runtime reads (bytes); a larger one is refused before it is read.
@@ -66,6 +82,10 @@ class Limits:
     gas: int = DEFAULT_GAS
     memory_pages: int = DEFAULT_MEMORY_PAGES
     publish_per_call: int = DEFAULT_PUBLISH_PER_CALL
+    publish_rate: float = DEFAULT_PUBLISH_RATE  # messages a second, sustained
+    publish_burst: int = DEFAULT_PUBLISH_BURST  # messages at once above the rate
+    kv_keys: int = DEFAULT_KV_KEYS  # keys the component may store
+    kv_bytes: int = DEFAULT_KV_BYTES  # bytes of key names and values it may store
 
 
 @dataclass(frozen=True)
@@ -82,6 +102,7 @@ class Manifest:
     subscribe: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
     models: tuple[str, ...] = ()  # model names the component may run with the infer import
+    receive_own: bool = False  # deliver the component's own messages back to it (run.receive_own)
     limits: Limits = field(default_factory=Limits)
     path: Path | None = None
 
@@ -235,6 +256,7 @@ def _read(top: Table, name: str, path: Path, device: str) -> Manifest:
                                       "most 64, starting with a letter or digit)")
     if len(set(models)) != len(models):
         raise run.error("models", "duplicate model name")
+    receive_own = run.flag("receive_own", False)
     run.finish()
 
     lim = top.table("limits", label=label)
@@ -244,13 +266,19 @@ def _read(top: Table, name: str, path: Path, device: str) -> Manifest:
                                  hi=MAX_MEMORY_PAGES, unit="pages"),
         publish_per_call=lim.integer("publish_per_call", DEFAULT_PUBLISH_PER_CALL, lo=0,
                                      hi=MAX_PUBLISH_PER_CALL),
+        publish_rate=lim.number("publish_rate", DEFAULT_PUBLISH_RATE, lo=0.001,
+                                hi=MAX_PUBLISH_RATE, unit="messages/s"),
+        publish_burst=lim.integer("publish_burst", DEFAULT_PUBLISH_BURST, lo=1,
+                                  hi=MAX_PUBLISH_BURST, unit="messages"),
+        kv_keys=lim.integer("kv_keys", DEFAULT_KV_KEYS, lo=0, hi=MAX_KV_KEYS, unit="keys"),
+        kv_bytes=lim.integer("kv_bytes", DEFAULT_KV_BYTES, lo=0, hi=MAX_KV_BYTES, unit="bytes"),
     )
     lim.finish()
     top.finish()
 
     return Manifest(name=name, version=version, contract=contract, module=module, read=read,
                     write=write, tick_hz=tick_hz, subscribe=subscribe, publish=publish,
-                    models=models, limits=limits, path=path)
+                    models=models, receive_own=receive_own, limits=limits, path=path)
 
 
 def _fields(query: Table, key: str) -> tuple[str, ...]:

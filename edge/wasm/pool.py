@@ -61,6 +61,7 @@ from edge.wasm.abi import ModuleInfo, prepare_module
 from edge.wasm import calls
 from edge.wasm.component import COUNTERS, Component
 from edge.wasm.effects import Effects
+from edge.wasm.origin import DEFAULT_MAX_HOPS
 from edge.wasm.host import (
     DEFAULT_INFER_BUDGET_S,
     DEFAULT_INFER_TIMEOUT_S,
@@ -127,6 +128,7 @@ class SandboxPool:
                  stack_bytes: int = DEFAULT_STACK_BYTES,
                  infer_timeout_s: float = DEFAULT_INFER_TIMEOUT_S,
                  infer_budget_s: float = DEFAULT_INFER_BUDGET_S,
+                 max_hops: int = DEFAULT_MAX_HOPS,
                  worker_command: Sequence[str] | Callable[[int], Sequence[str]] = (
                      DEFAULT_WORKER_COMMAND)) -> None:
         if recycle_after < 1:
@@ -143,7 +145,7 @@ class SandboxPool:
         self.device = device
         self.n_workers = workers
         self._comps: dict[str, Component] = {}
-        self._effects = Effects(host)
+        self._effects = Effects(host, max_hops=max_hops)
         self._effects_task: asyncio.Task[None] | None = None
         self._infer = InferServer(infer, self._comps, timeout_s=infer_timeout_s,
                                   budget_s=infer_budget_s)
@@ -328,14 +330,21 @@ class SandboxPool:
         return await calls.tick_shared(self._sup, comp, self._shm, n, dt, version=version,
                                        columns=columns, index=index, ids=ids, on_done=on_done)
 
-    async def deliver(self, name: str, messages: Sequence[tuple[str, bytes]]) -> None:
+    async def deliver(self, name: str, messages: Sequence[tuple[str, bytes]],
+                      hops: int = 0) -> None:
         """Hand ``messages`` (subject, payload) to ``edge_on_message``, one round trip for all.
+
+        ``hops`` is the largest number of handlers the messages have passed through (their
+        ``Edge-Hops`` header, :mod:`edge.wasm.origin`); what the component publishes while
+        handling them carries one more, and past ``max_hops`` it is refused.
 
         Returns once the batch is sent; at most ``max_in_flight`` batches per worker are
         outstanding (this call waits for room). Messages for a component that is not running
         are dropped and counted. Use :meth:`flush` to wait for the results.
         """
-        await calls.deliver(self._sup, self._get(name), messages)
+        if hops < 0:
+            raise ValueError(f"hops must be >= 0 (got {hops})")
+        await calls.deliver(self._sup, self._get(name), messages, hops)
 
     async def flush(self) -> None:
         """Wait until every sent request is answered and every effect is handed to the host."""
@@ -391,6 +400,7 @@ class SandboxPool:
                 "counters": dict(comp.counters),
                 "gas_last": comp.gas_last,
                 "worker_pid": comp.worker.pid if comp.worker is not None else None,
+                "kv": comp.kv_usage.to_dict(),
             })
         return out
 

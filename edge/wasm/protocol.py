@@ -42,6 +42,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.wasm.manifest import DEFAULT_KV_BYTES, DEFAULT_KV_KEYS
+
 #: Environment variable telling a worker its runtime's pid (it exits if its parent differs).
 PARENT_PID_ENV = "EDGE_SANDBOX_PARENT"
 
@@ -96,6 +98,8 @@ class LoadSpec:
     call_init: bool = True
     handle: int = 0  # the number tick requests use to name this component
     models: tuple[str, ...] = ()  # model names the manifest grants (run.models)
+    kv_keys: int = DEFAULT_KV_KEYS  # KV quota: keys the component may store (limits.kv_keys)
+    kv_bytes: int = DEFAULT_KV_BYTES  # KV quota: bytes of key names and values (limits.kv_bytes)
 
 
 @dataclass(frozen=True)
@@ -136,18 +140,20 @@ class CallResult:
     messages: int = 0  # messages handed to edge_on_message
     dropped: int = 0  # messages not handled (no room, or after a fault)
     errors: int = 0  # exports that returned non-zero
+    kv_refused: int = 0  # kv_put calls refused by the KV quota
     fault: tuple[str, str, str] | None = None  # (reason, export, text)
 
     def has_effects(self) -> bool:
         """True if the result carries more than counters (it then travels as a ``C`` frame)."""
         return bool(self.publishes or self.kv_puts or self.logs or self.denied
                     or self.denied_models or self.denied_extra or self.denied_models_extra
-                    or self.fault is not None or self.messages or self.dropped)
+                    or self.fault is not None or self.messages or self.dropped
+                    or self.kv_refused)
 
     def reset(self) -> None:
         """Empty it for the next call (the worker reuses one per instance)."""
         self.gas_used = self.logs_dropped = self.messages = self.dropped = self.errors = 0
-        self.denied_extra = self.denied_models_extra = self.written = 0
+        self.denied_extra = self.denied_models_extra = self.written = self.kv_refused = 0
         self.fault = None
         if self.publishes:
             self.publishes = []

@@ -109,6 +109,7 @@ class Supervisor:
             writable=m.writable, publish=m.publish, gas=m.limits.gas,
             publish_per_call=m.limits.publish_per_call, kv=dict(comp.kv),
             stack_bytes=self.cfg.stack_bytes, handle=comp.handle, models=m.models,
+            kv_keys=m.limits.kv_keys, kv_bytes=m.limits.kv_bytes,
         )
         comp.generation += 1
         comp.state = "starting"
@@ -135,10 +136,12 @@ class Supervisor:
             comp.state = "running"
 
     def finish_call(self, comp: Component, worker: WorkerProcess, status: str, payload: Any,
-                    export: str, count: int, *, current: bool, shared: bool = False) -> bool:
+                    export: str, count: int, *, current: bool, shared: bool = False,
+                    hops: int = 0) -> bool:
         """Account for a reply of ``worker``. Effects always count (the call did run) once
         they pass the runtime's check; a fault only acts on the supervision state if the reply
-        is from the component's ``current`` instance. True if the call succeeded."""
+        is from the component's ``current`` instance. ``hops``: the largest hop count of the
+        messages the call handled. True if the call succeeded."""
         if status == "gone":
             comp.counters["dropped"] += count
             return False
@@ -156,7 +159,7 @@ class Supervisor:
             return False
         if export == "edge_tick":
             comp.counters["ticks"] += 1
-        self.effects.apply(comp, payload)
+        self.effects.apply(comp, payload, hops)
         if status == "fault":
             if current:
                 self.fault(comp, payload.fault or ("trap", export, "unknown"))

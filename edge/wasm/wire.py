@@ -11,11 +11,11 @@ Kinds (all integers little-endian):
 
 * ``R`` compact tick reply: ``<BBxxIIQQ`` kind, status, errors, logs_dropped, gas_used,
   written (bitmask of the write columns the tick wrote, in manifest ``writable`` order).
-* ``C`` call result: head ``<BBBBIIIIQQIIIIIII`` kind, status, reason, export, errors,
+* ``C`` call result: head ``<BBBBIIIIQQIIIIIIII`` kind, status, reason, export, errors,
   logs_dropped, messages, dropped, gas_used, written, denied_extra, denied_models_extra (denials
-  counted, not named), then the counts of publishes, KV puts, log lines, denied subjects and
-  denied models (the counts times the smallest item must fit in the frame); then the items in
-  that order:
+  counted, not named), kv_refused (``kv_put`` calls refused by the KV quota), then the counts
+  of publishes, KV puts, log lines, denied subjects and denied models (the counts times the
+  smallest item must fit in the frame); then the items in that order:
   publish ``<HI`` + subject + data, kv ``<HI`` + key + value, log ``<BH`` + level + text,
   denied ``<H`` + subject, denied model ``<H`` + name; then ``<I`` + a text (fault text, or the
   reason of ``refused`` / ``error``).
@@ -64,7 +64,7 @@ OP_INFER = 0
 HOST_OPS = frozenset({OP_INFER})
 
 REPLY = struct.Struct("<BBxxIIQQ")
-RESULT_HEAD = struct.Struct("<BBBBIIIIQQIIIIIII")
+RESULT_HEAD = struct.Struct("<BBBBIIIIQQIIIIIIII")
 PING = struct.Struct("<BxxxIIQ")
 HOST_REQUEST = struct.Struct("<BBxxiI")
 _PUB = struct.Struct("<HI")
@@ -125,7 +125,8 @@ def encode_result(status: str, res: CallResult | None = None, text: str = "") ->
         text = r.fault[2]
     parts = [RESULT_HEAD.pack(
         KIND_RESULT, STATUS_CODES[status], reason, export, r.errors, r.logs_dropped, r.messages,
-        r.dropped, r.gas_used, r.written, r.denied_extra, r.denied_models_extra, len(r.publishes), len(r.kv_puts), len(r.logs),
+        r.dropped, r.gas_used, r.written, r.denied_extra, r.denied_models_extra, r.kv_refused,
+        len(r.publishes), len(r.kv_puts), len(r.logs),
         len(r.denied), len(r.denied_models))]
     for subject, data in r.publishes:
         sb = subject.encode()
@@ -216,7 +217,8 @@ def decode_result(body: memoryview) -> tuple[str, Any]:
     and ``error``."""
     r = _Reader(body)
     (_, status, reason, export, errors, logs_dropped, messages, dropped, gas, written,
-     denied_extra, models_extra, n_pub, n_kv, n_logs, n_denied, n_models) = r.unpack(RESULT_HEAD)
+     denied_extra, models_extra, kv_refused, n_pub, n_kv, n_logs, n_denied,
+     n_models) = r.unpack(RESULT_HEAD)
     name = _status(status)
     if reason >= len(REASONS) or export >= len(EXPORTS):
         raise ProtocolError(f"unknown fault reason {reason} or export {export}")
@@ -229,7 +231,7 @@ def decode_result(body: memoryview) -> tuple[str, Any]:
                             f"need {least} bytes, the frame has {len(body) - r.pos} left")
     res = CallResult(gas_used=gas, errors=errors, logs_dropped=logs_dropped, messages=messages,
                      dropped=dropped, written=written, denied_extra=denied_extra,
-                     denied_models_extra=models_extra)
+                     denied_models_extra=models_extra, kv_refused=kv_refused)
     for _ in range(n_pub):
         slen, dlen = r.unpack(_PUB)
         subject = r.text(slen, SUBJECT_MAX_BYTES, "publish subject")

@@ -28,6 +28,7 @@ persist_interval = 0.5
 [sandbox]
 deadline = 1.5
 max_worker_rss_mb = 64
+max_hops = 3
 [log]
 level = "DEBUG"
 [schemas.wind]
@@ -52,6 +53,7 @@ entity = "d1"
     assert cfg.state.persist_interval == 0.5
     assert cfg.sandbox.deadline == 1.5
     assert cfg.sandbox.max_worker_rss_mb == 64
+    assert cfg.sandbox.max_hops == 3
     assert cfg.log_level == "debug"
     assert cfg.schemas[0].name == "wind" and cfg.schemas[0].fields["source"] == "str"
     assert cfg.components == [tmp_path / "c/physics/manifest.toml"]
@@ -75,6 +77,8 @@ entity = "d1"
         ("[[entities]]\nid = 'no spaces'", "entities[0].id"),
         ("components = 3", "components"),
         ("colour = 'red'", "colour"),
+        ("[sandbox]\nmax_hops = 65", "sandbox.max_hops"),
+        ("[sandbox]\nmax_hops = 0", "sandbox.max_hops"),
     ],
 )
 def test_errors_name_key_and_file(tmp_path: Path, text: str, key: str) -> None:

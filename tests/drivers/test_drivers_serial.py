@@ -65,7 +65,8 @@ async def test_mavlink_commands_fly_the_emulated_drone(fc: SimFlightController) 
     await drv.start(ctx)
     try:
         ack = await ctx.command("drone1", "takeoff", {"alt": 5})
-        assert ack == {"ok": False, "command": "MAV_CMD_NAV_TAKEOFF", "result": "FAILED"}  # not armed
+        assert ack["ok"] is False and ack["command"] == "MAV_CMD_NAV_TAKEOFF" and ack["result"] == "FAILED"  # not armed
+        assert ack["error"] == "the autopilot answered FAILED to MAV_CMD_NAV_TAKEOFF"
         assert (await ctx.command("drone1", "set_mode", {"mode": "guided"}))["ok"]
         assert (await ctx.command("drone1", "arm", {}))["result"] == "ACCEPTED"
         assert (await ctx.command("drone1", "takeoff", {"alt": 3}))["ok"]
@@ -73,7 +74,8 @@ async def test_mavlink_commands_fly_the_emulated_drone(fc: SimFlightController) 
         assert ctx.component("drone1", "flight")["armed"] is True
         lat, lon, _ = fc.geo()
         ack = await ctx.command("drone1", "goto", {"lat": lat + 0.00005, "lon": lon, "alt": 3})
-        assert ack == {"ok": True, "command": "SET_POSITION_TARGET_GLOBAL_INT", "result": "SENT"}
+        assert ack["ok"] is True and ack["command"] == "SET_POSITION_TARGET_GLOBAL_INT"
+        assert ack["frame"] == "MAV_FRAME_GLOBAL_RELATIVE_ALT_INT" and ack["result"] in ("TRACKING", "UNCONFIRMED")
         await ctx.wait_for(lambda: float(ctx.component("drone1", "velocity").get("y", 0)) > 1.0)
         await ctx.wait_for(lambda: abs(float(ctx.component("drone1", "geo")["lat"]) - (lat + 0.00005)) < 5e-6)
         assert (await ctx.command("drone1", "disarm", {}))["result"] == "DENIED"  # in the air

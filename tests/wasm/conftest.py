@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -30,3 +31,13 @@ async def pool(rec: Recorder) -> AsyncIterator[SandboxPool]:
         yield p
     finally:
         await p.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fuzzing slice's counts (tests/wasm/test_fuzz.py), when it ran."""
+    fuzz = sys.modules.get("fuzz")
+    stats = getattr(fuzz, "SLICE", None)
+    if stats is not None and stats.executions:
+        terminalreporter.write_line(
+            f"fuzz slice (tests/wasm/test_fuzz.py): {stats.executions:,} executions of the "
+            f"prepare path, {stats.prepared:,} accepted, {stats.worker_runs:,} worker runs")

@@ -16,7 +16,9 @@ Two users:
   keeps an input whose outcome (refusal sentence with its numbers removed, or worker result)
   was not seen before in the corpus (at most ``CORPUS_MAX`` files of at most
   ``CORPUS_FILE_MAX`` bytes), writes every finding to ``fuzz_corpus/crash-*.wasm`` and
-  exits 1 if there was one.
+  exits 1 if there was one. It adds a row to the campaigns' record
+  (``fuzz_corpus/RECORD.md``, :func:`record_campaign`: date, revision, minutes, seed,
+  executions, worker runs, findings) and rewrites the record's totals; ``--record ''`` skips it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "fuzz_corpus"
+#: The record of every long campaign run (a markdown table and its totals).
+RECORD = CORPUS / "RECORD.md"
 #: Largest number of files the campaign keeps in the corpus.
 CORPUS_MAX = 64
 #: Largest corpus file (bytes).
@@ -284,6 +288,11 @@ class Stats:
     new_corpus: int = 0
 
 
+#: What the default suite's bounded slice (tests/wasm/test_fuzz.py) ran, printed at the end of
+#: the test run (tests/wasm/conftest.py, ``pytest_terminal_summary``).
+SLICE = Stats()
+
+
 def save(directory: Path, prefix: str, data: bytes) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{prefix}-{hashlib.sha1(data).hexdigest()[:12]}.wasm"
@@ -342,6 +351,55 @@ def campaign(minutes: float, corpus: Path, worker_every: int, seed: int | None) 
     return stats
 
 
+RECORD_HEAD = """# Fuzzing record
+
+Every long campaign of the load-path fuzzer (`tests/wasm/fuzz.py`, `make fuzz`; see
+docs/sandbox.md, *Structure limits and fuzzing*) adds a row here; the totals below the table
+are recomputed from the rows each time. "executions" are mutants through the prepare path;
+"worker runs" are the mutants it accepted, run in a real worker. The default suite's bounded
+slice (`tests/wasm/test_fuzz.py`) prints its own counts at the end of a test run and is not
+recorded here.
+
+| date (UTC) | revision | minutes | seed | executions | worker runs | findings |
+|---|---|---|---|---|---|---|
+"""
+_ROW_RE = re.compile(r"^\| ([^|]*) \| ([^|]*) \| ([^|]*) \| ([^|]*) \| ([\d,]+) \| "
+                     r"([\d,]+) \| ([^|]*) \|$")
+
+
+def _revision() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return out.stdout.strip() or "?"
+
+
+def record_campaign(path: Path, minutes: float, seed: int | None, stats: Stats) -> None:
+    """Add this campaign's row to the record at ``path`` and rewrite its totals."""
+    rows = []
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if _ROW_RE.match(line)]
+    findings = (f"{len(stats.findings)}: " + "; ".join(stats.findings).replace("|", "/")[:300]
+                if stats.findings else "0")
+    rows.append(f"| {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} | {_revision()} | "
+                f"{minutes:g} | {seed if seed is not None else '-'} | {stats.executions:,} | "
+                f"{stats.worker_runs:,} | {findings} |")
+    total_exec = total_runs = total_findings = 0
+    for line in rows:
+        m = _ROW_RE.match(line)
+        assert m is not None
+        total_exec += int(m.group(5).replace(",", ""))
+        total_runs += int(m.group(6).replace(",", ""))
+        lead = m.group(7).split(":")[0].split()[0]
+        total_findings += int(lead) if lead.isdigit() else 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(RECORD_HEAD + "\n".join(rows) + "\n\n"
+                    f"**Total: {len(rows)} campaigns, {total_exec:,} executions, "
+                    f"{total_runs:,} worker runs, {total_findings} findings.**\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -349,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker-every", type=int, default=1,
                     help="run every N-th prepared module in the worker (default: every one)")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--record", type=str, default=str(RECORD),
+                    help="the campaigns' record to add a row to ('' = none)")
     args = ap.parse_args(argv)
     t0 = time.monotonic()
     stats = campaign(args.minutes, args.corpus, args.worker_every, args.seed)
@@ -357,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(stats.findings)} findings")
     for finding in stats.findings:
         print("FINDING", finding)
+    if args.record:
+        record_campaign(Path(args.record), args.minutes, args.seed, stats)
+        print(f"recorded in {args.record}")
     return 1 if stats.findings else 0
 
 

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from edge.wasm.manifest import DEFAULT_KV_KEYS
 from edge.wasm.protocol import HEADER, KIND_TICK, TICK_FRAME, BindSpec, CallResult
 from edge.wasm.wire import (
     HOST_REQUEST,
@@ -42,7 +43,7 @@ def frame(body: bytes) -> bytes:
 
 
 def result_head(n_pub: int = 0, n_kv: int = 0, status: int = STATUS_OK) -> bytes:
-    return RESULT_HEAD.pack(KIND_RESULT, status, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n_pub, n_kv, 0,
+    return RESULT_HEAD.pack(KIND_RESULT, status, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n_pub, n_kv, 0,
                             0, 0)
 
 
@@ -108,6 +109,9 @@ class Hostile:
             self.send(encode_result("ok", res))
         elif attack == "kv_outside_limits":
             res = CallResult(kv_puts=[("../escape", b"x")])
+            self.send(encode_result("ok", res))
+        elif attack == "kv_over_quota":  # each put within the limits, together past the quota
+            res = CallResult(kv_puts=[(f"k{i}", b"x") for i in range(DEFAULT_KV_KEYS + 1)])
             self.send(encode_result("ok", res))
         elif attack == "write_bits_outside":  # claims a write column the manifest lacks
             self.send(encode_reply(STATUS_OK, 0, 0, 0, 1 << self.nwrite))

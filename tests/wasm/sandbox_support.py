@@ -43,15 +43,21 @@ def write_manifest(directory: Path, name: str, module: Path, *, read: tuple[str,
                    write: tuple[str, ...] = (), tick_hz: float = 0.0,
                    subscribe: tuple[str, ...] = (), publish: tuple[str, ...] = (),
                    gas: int | None = None, memory_pages: int | None = None,
-                   publish_per_call: int | None = None, version: str = "1.0.0") -> Path:
-    """Write ``directory/name.toml`` and return its path."""
+                   publish_per_call: int | None = None, version: str = "1.0.0",
+                   receive_own: bool | None = None,
+                   limits: dict[str, float] | None = None) -> Path:
+    """Write ``directory/name.toml`` and return its path (``limits``: more ``[limits]`` keys)."""
     def arr(items: tuple[str, ...]) -> str:
         return "[" + ", ".join(f'"{i}"' for i in items) + "]"
 
     lines = [f'name = "{name}"', f'version = "{version}"', "contract = 1",
              f'module = "{module}"', "[query]", f"read = {arr(read)}", f"write = {arr(write)}",
              "[run]", f"tick_hz = {tick_hz}", f"subscribe = {arr(subscribe)}",
-             f"publish = {arr(publish)}", "[limits]"]
+             f"publish = {arr(publish)}"]
+    if receive_own is not None:
+        lines.append(f"receive_own = {str(receive_own).lower()}")
+    lines.append("[limits]")
+    lines += [f"{k} = {v}" for k, v in (limits or {}).items()]
     if gas is not None:
         lines.append(f"gas = {gas}")
     if memory_pages is not None:
@@ -70,12 +76,19 @@ class Recorder:
         self.published: list[tuple[str, str, bytes]] = []
         self.kv: dict[tuple[str, str], bytes] = {}
         self.faults: list[tuple[str, SandboxError]] = []
+        self.limits: list[tuple[str, str, int]] = []  # (component, limit, dropped) reports
+        self.hops: list[int] = []  # hop count of each publish, in order
 
-    async def publish(self, component: str, subject: str, data: bytes) -> None:
+    async def publish(self, component: str, subject: str, data: bytes,
+                      hops: int = 1) -> None:
         self.published.append((component, subject, data))
+        self.hops.append(hops)
 
-    async def kv_put(self, component: str, key: str, value: bytes) -> None:
+    async def kv_put(self, component: str, key: str, value: bytes, hops: int = 1) -> None:
         self.kv[(component, key)] = value
+
+    def on_limit(self, component: str, limit: str, dropped: int) -> None:
+        self.limits.append((component, limit, dropped))
 
     def on_fault(self, component: str, fault: SandboxError) -> None:
         self.faults.append((component, fault))

@@ -101,12 +101,16 @@ class SlowHost:
         self.kv_puts: list[tuple[str, str, bytes]] = []
         self.published: list[tuple[str, str, float]] = []
 
-    async def publish(self, component: str, subject: str, data: bytes) -> None:
+    async def publish(self, component: str, subject: str, data: bytes,
+                      hops: int = 1) -> None:
         self.published.append((component, subject, time.monotonic()))
 
-    async def kv_put(self, component: str, key: str, value: bytes) -> None:
+    async def kv_put(self, component: str, key: str, value: bytes, hops: int = 1) -> None:
         await asyncio.sleep(0.001)
         self.kv_puts.append((component, key, value))
+
+    def on_limit(self, component: str, limit: str, dropped: int) -> None:
+        pass
 
     def on_fault(self, component: str, fault: object) -> None:
         pass

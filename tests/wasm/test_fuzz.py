@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fuzz import CORPUS, WorkerHarness, corpus_files, crafted_seeds, fuzz_manifest, mutate, prepare, seed_files
+from fuzz import CORPUS, SLICE, WorkerHarness, corpus_files, crafted_seeds, fuzz_manifest, mutate, prepare, seed_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -54,7 +54,10 @@ def test_corpus_replays(fz_manifest: object, harness: WorkerHarness) -> None:
         data = path.read_bytes()
         assert len(data) <= 8 * 1024, path.name
         prepared, _ = prepare(data, fz_manifest)
+        SLICE.executions += 1
         if prepared is not None:
+            SLICE.prepared += 1
+            SLICE.worker_runs += 1
             alive, outcome = harness.run(prepared)
             assert alive, f"{path.name}: worker {outcome}"
 
@@ -75,7 +78,9 @@ def test_prepare_path_returns_or_refuses(data: st.DataObject, seeds: list[bytes]
     seed = data.draw(st.sampled_from(seeds))
     rng = data.draw(st.randoms(use_true_random=False))
     wasm = mutate(seed, rng, seeds)
-    prepare(wasm, fz_manifest)  # anything but ComponentLoadError propagates and fails
+    SLICE.executions += 1
+    if prepare(wasm, fz_manifest)[0] is not None:  # anything but ComponentLoadError fails
+        SLICE.prepared += 1
 
 
 @settings(max_examples=50, **FUZZ_SETTINGS)  # type: ignore[arg-type]
@@ -87,10 +92,13 @@ def test_worker_survives_what_prepare_accepts(data: st.DataObject, seeds: list[b
     prepared, _ = prepare(seed, fz_manifest)
     for _ in range(300):  # most mutations are refused: look for one the prepare path accepts
         got, _ = prepare(mutate(seed, rng, seeds), fz_manifest)
+        SLICE.executions += 1
         if got is not None:
+            SLICE.prepared += 1
             prepared = got
             break
     if prepared is None:
         return  # a seed that is not a valid component for this manifest (e.g. badimport)
+    SLICE.worker_runs += 1
     alive, outcome = harness.run(prepared)
     assert alive, f"worker {outcome}"

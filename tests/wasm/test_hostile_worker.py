@@ -35,7 +35,7 @@ HOSTILE = Path(__file__).resolve().parent / "hostile_worker.py"
 PROTOCOL_ATTACKS = ("random", "huge_length", "unknown_kind", "bad_status", "truncated_items",
                     "huge_item", "unsolicited", "wrong_kind", "host_request_bad_op",
                     "infer_not_granted", "publish_outside_grant", "kv_outside_limits",
-                    "write_bits_outside")
+                    "kv_over_quota", "write_bits_outside")
 N = 12  # entities of the victim's world; the odd ones have no velocity (not in its batch)
 
 

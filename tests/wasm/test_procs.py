@@ -45,6 +45,7 @@ def test_workers_die_with_the_runtime(tmp_path: Path) -> None:
         "    async def publish(self, *a): pass\n"
         "    async def kv_put(self, *a): pass\n"
         "    def on_fault(self, *a): pass\n"
+        "    def on_limit(self, *a): pass\n"
         "async def main():\n"
         "    pool = SandboxPool('d', H(), workers=2)\n"
         "    await pool.start()\n"

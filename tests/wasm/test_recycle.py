@@ -7,13 +7,18 @@ import struct
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 from pathlib import Path
 
 import pytest
 from sandbox_support import DEVICE, Recorder, build_module, manifest, wait_for
 
+from edge.wasm.abi import prepare_module
 from edge.wasm.pool import SandboxPool
+from edge.wasm.protocol import LoadSpec
 from edge.wasm.supervision import process_rss_bytes
+from edge.wasm.worker.imports import SHARED_INT_MAX, shared_int
+from edge.wasm.worker.instance import Instance
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,6 +73,38 @@ def test_pywasm3_leaks_the_arguments_of_every_host_call(tmp_path: Path) -> None:
     no_args, one_arg = map(float, out)
     assert no_args < 2, no_args  # the empty tuple is a singleton; 7 is a cached small int
     assert one_arg > 40, one_arg  # a 1-tuple (48 B) per call, never freed
+
+
+def test_clock_ms_and_lengths_return_shared_ints_so_their_results_do_not_leak(
+        tmp_path: Path, hostcalls: Path) -> None:
+    """pywasm3 keeps the object a host function returns: a fresh int leaks 32 B a call, the
+    same object nothing. clock_ms returns one object per millisecond, lengths one per value."""
+    m = manifest(tmp_path, "hostcalls", hostcalls, gas=10**15, memory_pages=2)
+    wasm, _ = prepare_module(hostcalls.read_bytes(), m)
+    inst = Instance(LoadSpec(name="hostcalls", wasm=wasm, device=DEVICE, ncols=0, writable=(),
+                             publish=(), gas=m.limits.gas, publish_per_call=0, kv={},
+                             stack_bytes=64 * 1024))
+    assert inst.start()
+
+    def per_call(kind: int, calls: int = 50_000) -> float:
+        inst.tick(kind, 1000.0)
+        tracemalloc.start()
+        try:
+            before, _ = tracemalloc.get_traced_memory()
+            inst.tick(kind, float(calls))
+            after, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert inst.result.fault is None
+        return (after - before) / calls
+
+    try:
+        assert per_call(CLOCK_MS) < 2  # was 32 B a call: a fresh int each time
+        assert per_call(MONOTONIC_NS) > 20  # a new value each call: nothing to share
+    finally:
+        inst.close()
+    assert shared_int(1000) is shared_int(999 + int("1"))
+    assert shared_int(SHARED_INT_MAX) == SHARED_INT_MAX
 
 
 async def test_host_calls_leak_in_the_worker_as_in_bare_pywasm3(

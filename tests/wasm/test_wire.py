@@ -36,7 +36,7 @@ def test_a_full_result_round_trips() -> None:
     res = CallResult(gas_used=7, errors=1, logs_dropped=2, messages=3, dropped=1, written=5,
                      publishes=[("a.b", b"\x00\x01"), ("c.d", b"")], kv_puts=[("k", b"v")],
                      logs=[(2, "hé")], denied=["x.y"], denied_models=["m"], denied_extra=4,
-                     denied_models_extra=1, fault=("out_of_gas", "edge_tick", "[trap] Out of gas"))
+                     denied_models_extra=1, kv_refused=6, fault=("out_of_gas", "edge_tick", "[trap] Out of gas"))
     status, got = decode_result(body(encode_result("fault", res)))
     assert status == "fault" and got == res
 
@@ -62,7 +62,7 @@ def test_an_honest_worker_never_writes_a_refused_frame() -> None:
 
 def head(**kw: int) -> bytes:
     fields = dict(kind=KIND_RESULT, status=0, reason=0, export=0, errors=0, logs_dropped=0,
-                  messages=0, dropped=0, gas=0, written=0, denied_extra=0, models_extra=0,
+                  messages=0, dropped=0, gas=0, written=0, denied_extra=0, models_extra=0, kv_refused=0,
                   n_pub=0, n_kv=0, n_logs=0, n_denied=0, n_models=0)
     fields.update(kw)
     return RESULT_HEAD.pack(*fields.values())

@@ -66,6 +66,7 @@ def read_hub(t: Table) -> HubLink | None:
     d = HubLink(url)
     hub = HubLink(
         url=url,
+        urls=t.strings("urls", []),
         user=t.text("user", None),
         password=t.text("password", None),
         credentials=t.path("credentials", None),

@@ -145,8 +145,9 @@ class UplinkLayer:
         client = CommandClient(ctx.nc, ctx.device)
         self.commands["played"] += 1
         try:
-            res = await client.request(cmd.subject, cmd.payload, timeout=COMMAND_ANSWER_TIMEOUT,
-                                       caller="cloud", command_id=cmd.command_id)
+            async with self._receiver.working(cmd):
+                res = await client.request(cmd.subject, cmd.payload, timeout=COMMAND_ANSWER_TIMEOUT,
+                                           caller="cloud", command_id=cmd.command_id)
         except CommandError as err:
             self.commands["unanswered"] += 1
             answer = err.to_answer()

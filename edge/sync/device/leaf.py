@@ -8,7 +8,7 @@ server runs standalone and everything still lands in the local streams.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.errors import ConfigError
@@ -52,6 +52,8 @@ class HubLink:
     user: str | None = None
     password: str | None = None
     credentials: Path | None = None
+    # the other nodes of a clustered hub: the leaf connects to one and fails over to the next
+    urls: list[str] = field(default_factory=list)
     nkey_seed: Path | None = None
     tls_ca: Path | None = None
     tls_cert: Path | None = None
@@ -72,6 +74,7 @@ class HubLink:
             tls = TlsFiles(ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key)
         return LeafRemote(
             url=self.url,
+            urls=list(self.urls),
             user=self.user,
             password=self.password,
             credentials=self.credentials,
@@ -112,9 +115,12 @@ def device_server_options(
 
 
 def _device_remote(device: str, hub: HubLink) -> LeafRemote:
-    """The leaf remote of a device. Commands are played onto the device's local command subjects
-    (the uplink layer, edge.sync.device.layer); they must never travel back up the link, where the hub's command stream would
-    store them again, so the device does not export them."""
+    """The leaf remote of a device. Commands travel only through the command streams: the hub's
+    ``CMD_<dev>`` is sourced into the device's ``CMD`` and the uplink layer (edge.sync.device.layer)
+    plays them onto the device's local command subjects. The device therefore neither exports
+    them (the hub's command stream would store them again) nor imports them (a plain publish on
+    the hub would reach the device's command router a second time, next to the stream's copy)."""
     remote = hub.remote()
     remote.deny_exports = [*(remote.deny_exports or []), naming.command(device)]
+    remote.deny_imports = [*(remote.deny_imports or []), naming.command(device)]
     return remote

@@ -60,6 +60,9 @@ class DeviceStreamConfig:
     cmd_max_age_s: float = DEFAULT_CMD_MAX_AGE_S
     duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S
     hub_domain: str | None = None  # set when the device is a leaf of a hub: enables CMD
+    # where the device reaches the hub's API for its command stream; default edge.<dev>.hub.API
+    # (what the hub's per-device account imports); "$JS.<hub domain>.API" for a single-account hub
+    hub_api: str | None = None
     state_bucket: bool = True  # create the entity-state KV bucket if missing and sync it
     storage: StorageType = StorageType.FILE
 
@@ -102,7 +105,7 @@ class DeviceStreamConfig:
                     sources=[
                         StreamSource(
                             name=naming.hub_stream(naming.CMD_STREAM, d),
-                            external=ExternalStream(api=naming.js_api(self.hub_domain)),
+                            external=ExternalStream(api=self.hub_api or naming.hub_api(d)),
                             consumer=StreamConsumerSource(
                                 name=naming.sync_consumer_name(naming.CMD_STREAM),
                                 deliver_subject=naming.sync_deliver_subject(d, "cmd"),
@@ -148,7 +151,7 @@ def device_sync_consumers(device: str, state: bool = True) -> list[SyncConsumer]
         [
             SyncConsumer(
                 kv,
-                naming.sync_consumer_name(kv),
+                naming.sync_consumer_name(kv, d),
                 naming.sync_deliver_subject(d, "kv"),
                 (f"$KV.{naming.STATE_BUCKET}.>",),
             )
@@ -159,13 +162,13 @@ def device_sync_consumers(device: str, state: bool = True) -> list[SyncConsumer]
     return state_consumer + [
         SyncConsumer(
             naming.TELE_STREAM,
-            naming.sync_consumer_name(naming.TELE_STREAM),
+            naming.sync_consumer_name(naming.TELE_STREAM, d),
             naming.sync_deliver_subject(d, "tele"),
             (naming.telemetry(d),),
         ),
         SyncConsumer(
             naming.EVT_STREAM,
-            naming.sync_consumer_name(naming.EVT_STREAM),
+            naming.sync_consumer_name(naming.EVT_STREAM, d),
             naming.sync_deliver_subject(d, "evt"),
             (naming.event(d), naming.ack(d)),
         ),
@@ -184,6 +187,13 @@ async def ensure_device_streams(js: JetStreamContext, cfg: DeviceStreamConfig) -
     nc: NATS = js._nc  # the context's connection (nats-py keeps it there)
     for consumer in device_sync_consumers(cfg.device, cfg.state_bucket):
         await ensure_sync_consumer(nc, consumer)
+        # before the consumer names carried the device they were sync-<stream>: retire those
+        legacy = naming.sync_consumer_name(consumer.stream)
+        try:
+            await js.delete_consumer(consumer.stream, legacy)
+            log.info("retired the old sourcing consumer %s on %s", legacy, consumer.stream)
+        except NotFoundError:
+            pass
     return infos
 
 

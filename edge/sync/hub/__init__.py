@@ -1,1 +1,1 @@
-"""The hub side of cloud sync: the hub server, device logins and permissions, provisioning, fleet status."""
+"""The hub side of cloud sync: the hub server, device logins and accounts, fleet configs, provisioning, fleet status."""

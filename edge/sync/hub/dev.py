@@ -19,14 +19,18 @@ Example
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from edge.errors import EdgeError
-from edge.sync.hub.fleet import provision_device
+from edge.errors import ConfigError, EdgeError
+from edge.nats.server import ClusterOptions, TlsFiles
+from edge.sync.hub.fleet import ProvisionOptions, provision_device
 from edge.sync.hub.server import DeviceCredential, HubServer, generate_nkey, write_seed
 
 log = logging.getLogger("edge.sync.hub")
@@ -37,6 +41,9 @@ SEED_DIR = "devices"
 SEED_SUFFIX = ".nk"
 DEFAULT_CLIENT_PORT = 4222
 DEFAULT_LEAF_PORT = 7422
+DEFAULT_CLUSTER_PORT = 6222
+DEFAULT_HOST = "127.0.0.1"
+CLUSTER_NAME = "edge-hub"
 
 
 def default_store() -> Path:
@@ -68,68 +75,127 @@ def save_logins(path: Path, creds: Sequence[DeviceCredential]) -> None:
 
 
 class DevHub:
-    """A hub for development: one server, logins kept in ``store``, devices provisioned."""
+    """A hub for development: one server (or a cluster of ``nodes``), logins kept in ``store``,
+    devices provisioned (with three replicas on a cluster)."""
 
     def __init__(self, store: Path, *, devices: Sequence[str] = (), secure: bool = True, nkeys: bool = False,
-                 port: int = DEFAULT_CLIENT_PORT, leaf_port: int = DEFAULT_LEAF_PORT) -> None:
+                 port: int = DEFAULT_CLIENT_PORT, leaf_port: int = DEFAULT_LEAF_PORT, nodes: int = 1,
+                 host: str = DEFAULT_HOST, cluster_port: int = DEFAULT_CLUSTER_PORT,
+                 leaf_tls: TlsFiles | None = None) -> None:
+        if nodes < 1 or nodes == 2:
+            raise ConfigError(f"--nodes {nodes}: a hub is 1 server or a cluster of 3 or more", key="nodes")
         self.store = store
         self.devices = list(devices)
         self.secure = secure
         self.nkeys = nkeys
         self.port = port
         self.leaf_port = leaf_port
+        self.nodes = nodes
+        self.host = host
+        self.cluster_port = cluster_port
+        self.leaf_tls = leaf_tls
         self.seed_paths: dict[str, Path] = {}
-        self.server: HubServer | None = None
+        self.servers: list[HubServer] = []
+
+    @property
+    def server(self) -> HubServer | None:
+        """The first node (the only one without a cluster)."""
+        return self.servers[0] if self.servers else None
 
     @property
     def hub_file(self) -> Path:
         return self.store / HUB_FILE
+
+    def _servers(self, logins: list[DeviceCredential]) -> list[HubServer]:
+        if self.nodes == 1:
+            return [HubServer(self.store / "nats", devices=logins, secure=self.secure, host=self.host,
+                              port=self.port, leaf_host=self.host, leaf_port=self.leaf_port, leaf_tls=self.leaf_tls)]
+        cloud_password = secrets.token_urlsafe(18)
+        addr = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        routes = [f"nats-route://{addr}:{self.cluster_port + i}" for i in range(self.nodes)]
+        return [
+            HubServer(self.store / f"nats-hub-{i + 1}", devices=[dataclasses.replace(c) for c in logins],
+                      secure=self.secure, cloud_password=cloud_password, host=self.host, port=self.port + i,
+                      leaf_host=self.host, leaf_port=self.leaf_port + i, leaf_tls=self.leaf_tls,
+                      server_name=f"hub-{i + 1}",
+                      cluster=ClusterOptions(CLUSTER_NAME, host=self.host, port=self.cluster_port + i,
+                                             routes=[r for j, r in enumerate(routes) if j != i]))
+            for i in range(self.nodes)
+        ]
 
     async def start(self) -> None:
         import nats
 
         self.store.mkdir(parents=True, exist_ok=True)
         creds_path = self.store / CREDS_FILE
-        hub = HubServer(self.store / "nats", devices=load_logins(creds_path), secure=self.secure,
-                        port=self.port, leaf_port=self.leaf_port)
-        await hub.start(supervise=True)
-        self.server = hub
-        nc = await nats.connect(hub.client_url)
+        self.servers = self._servers(load_logins(creds_path))
+        await asyncio.gather(*(s.start(supervise=True) for s in self.servers))
+        first = self.servers[0]
+        nc = await nats.connect(servers=[s.client_url for s in self.servers])
+        opts = ProvisionOptions(replicas=3 if self.nodes >= 3 else 1)
         try:
+            await _wait_jetstream(nc)
             for device in self.devices:
-                known = hub.devices.get(device)
+                known = first.devices.get(device)
                 seed_path = self.store / SEED_DIR / f"{device}{SEED_SUFFIX}"
                 if self.nkeys or (known is not None and known.nkey is not None):
                     if known is None or known.nkey is None or not seed_path.exists():
                         seed, public = await asyncio.to_thread(generate_nkey)
                         await asyncio.to_thread(write_seed, seed_path, seed)
-                        await hub.add_device(device, nkey=public)
+                        for srv in self.servers:
+                            await srv.add_device(device, nkey=public)
                     self.seed_paths[device] = seed_path
                 else:
-                    await hub.add_device(device)
-                await provision_device(nc.jetstream(), device)
+                    cred = await first.add_device(device)
+                    for srv in self.servers[1:]:  # the same login on every node
+                        await srv.add_device(device, cred.password, auth="password")
+                await provision_device(nc.jetstream(timeout=10), device, opts)
         finally:
             await nc.close()
-        await asyncio.to_thread(save_logins, creds_path, list(hub.devices.values()))
-        self.hub_file.write_text(json.dumps({"client_url": hub.client_url, "leaf_url": hub.leaf_url}))
+        await asyncio.to_thread(save_logins, creds_path, list(first.devices.values()))
+        self.hub_file.write_text(json.dumps({
+            "client_url": first.client_url, "leaf_url": first.leaf_url,
+            "client_urls": [s.client_url for s in self.servers], "leaf_urls": self.leaf_urls(),
+        }))
         self.hub_file.chmod(0o600)
-        log.info("hub running: clients %s, leaf nodes %s, store %s", hub.url, hub.leaf_url, self.store)
+        log.info("hub running: %d node(s), clients %s, leaf nodes %s, store %s", len(self.servers),
+                 ", ".join(s.url for s in self.servers), ", ".join(self.leaf_urls()), self.store)
+
+    def leaf_urls(self) -> list[str]:
+        return [u for u in (s.leaf_url for s in self.servers) if u]
 
     async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop()
-            self.server = None
+        for srv in reversed(self.servers):
+            await srv.stop()
+        self.servers = []
         self.hub_file.unlink(missing_ok=True)
 
     def device_table(self, device: str) -> str:
-        """The ``[hub]`` table of a device's config (with its login unless the hub is insecure)."""
+        """The ``[hub]`` table of a device's config: every node's leaf URL and its login."""
         if self.server is None:
             raise EdgeError("the hub is not running; start() it first")
-        lines = [f"# device {device}: add to its config", "[hub]", f'url = "{self.server.leaf_url}"']
-        if not self.secure:
-            pass
-        elif device in self.seed_paths:
+        urls = self.leaf_urls()
+        lines = [f"# device {device}: add to its config", "[hub]", f'url = "{urls[0]}"']
+        if len(urls) > 1:
+            lines.append("urls = [" + ", ".join(f'"{u}"' for u in urls[1:]) + "]  # the other nodes: failover")
+        if device in self.seed_paths:
             lines.append(f'nkey_seed = "{self.seed_paths[device]}"  # copy to the device, keep mode 0600')
         else:
             lines += [f'user = "{device}"', f'password = "{self.server.devices[device].password}"']
+        if self.leaf_tls is not None:
+            lines.append('tls_ca = "hub-ca.pem"  # the CA that signed the hub certificate')
         return "\n".join(lines)
+
+
+async def _wait_jetstream(nc: Any, timeout: float = 30.0) -> None:
+    """Until the hub's JetStream answers (a cluster first elects its meta leader)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            await nc.jetstream().account_info()
+            return
+        except Exception as err:
+            if loop.time() > deadline:
+                raise EdgeError(f"the hub's JetStream did not become ready: {err!r}") from None
+            await asyncio.sleep(0.2)

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from nats.js.errors import NotFoundError
 from edge.errors import NatsError
 from edge.nats import subjects as naming
 from edge.sync.durable import SyncConsumer, ensure_sync_consumer
+from edge.sync.hub.audit import audit_device
 from edge.sync.hub.server import DeviceCredential, HubServer
 from edge.sync.device.streams import MIB, ensure_stream
 
@@ -65,6 +66,7 @@ class ProvisionOptions:
     cmd_ttl_s: float = DEFAULT_CMD_TTL_S
     duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S
     state_mirror: bool = True
+    replicas: int = 1  # 3 on a three-node hub cluster: every stream survives a node loss
 
 
 def _device_source(
@@ -76,7 +78,8 @@ def _device_source(
     external = ExternalStream(api=naming.js_api(device))
     if durable:
         consumer = StreamConsumerSource(
-            name=naming.sync_consumer_name(stream), deliver_subject=naming.sync_deliver_subject(device, kind)
+            name=naming.sync_consumer_name(stream, device),
+            deliver_subject=naming.sync_deliver_subject(device, kind),
         )
     else:
         external.deliver = naming.sync_deliver_subject(device, kind)
@@ -103,6 +106,7 @@ def hub_stream_configs(device: str, opts: ProvisionOptions | None = None) -> lis
             discard=DiscardPolicy.OLD,
             duplicate_window=o.duplicate_window_s,
             sources=[_device_source(d, naming.TELE_STREAM, "tele", (tele, tele))],
+            num_replicas=o.replicas,
             description=f"telemetry sourced from device {d}",
         ),
         StreamConfig(
@@ -112,6 +116,7 @@ def hub_stream_configs(device: str, opts: ProvisionOptions | None = None) -> lis
             discard=DiscardPolicy.OLD,
             duplicate_window=o.duplicate_window_s,
             sources=[_device_source(d, naming.EVT_STREAM, "evt", (evt, evt), (ack, ack))],
+            num_replicas=o.replicas,
             description=f"events and command results sourced from device {d}",
         ),
         StreamConfig(
@@ -120,6 +125,7 @@ def hub_stream_configs(device: str, opts: ProvisionOptions | None = None) -> lis
             max_age=o.cmd_ttl_s or None,
             discard=DiscardPolicy.OLD,
             duplicate_window=min(o.duplicate_window_s, o.cmd_ttl_s or o.duplicate_window_s),
+            num_replicas=o.replicas,
             description=f"commands for device {d}; expire after {o.cmd_ttl_s:.0f} s",
         ),
     ]
@@ -138,6 +144,7 @@ def hub_stream_configs(device: str, opts: ProvisionOptions | None = None) -> lis
                 allow_direct=True,
                 mirror_direct=True,
                 discard=DiscardPolicy.NEW,
+                num_replicas=o.replicas,
                 description=f"mirror of device {d}'s entity state",
             )
         )
@@ -208,7 +215,13 @@ async def send_command(
 @dataclass
 class DeviceStatus:
     """One device as the hub sees it. ``last_seen_s``: seconds since a sourcing consumer last
-    heard from the device (None = never); ``lag``: messages the device has that the hub lacks."""
+    heard from the device (None = never); ``lag``: messages the device has that the hub lacks,
+    counted by sequence on both sides (:mod:`edge.sync.hub.audit`: the device streams' last
+    sequence read live over the link against the hub's delivered position); when the device does
+    not answer, the sourcing consumers' own last report (``lag_from = "source"``).
+    ``evt_missing``: events inside the hub's range the hub never stored (a skipped block; any
+    is an alarm); ``tele_gaps``: the same for telemetry (evicted on the device during an outage,
+    or lost). ``alarms``: what needs attention, in words."""
 
     device: str
     link: str  # "up" | "down" | "never"
@@ -220,6 +233,12 @@ class DeviceStatus:
     evt_bytes: int
     cmd_pending: int
     errors: list[str]
+    lag_from: str = "sequences"  # "sequences" (both sides) | "source" (device not reachable)
+    device_seq: dict[str, int | None] = field(default_factory=dict)  # stream -> device last seq
+    hub_seq: dict[str, int] = field(default_factory=dict)  # stream -> hub delivered position
+    evt_missing: int = 0
+    tele_gaps: int = 0
+    alarms: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -248,35 +267,54 @@ async def list_devices(js: JetStreamContext) -> list[str]:
 async def fleet_status(
     js: JetStreamContext, devices: list[str] | None = None, *, down_after_s: float = DEFAULT_LINK_DOWN_AFTER_S
 ) -> list[DeviceStatus]:
-    """Per device: link state, last seen, sourcing lag and stream sizes."""
-    out: list[DeviceStatus] = []
-    for d in devices if devices is not None else await list_devices(js):
-        try:
-            tele = await js.stream_info(naming.hub_stream(naming.TELE_STREAM, d))
-            evt = await js.stream_info(naming.hub_stream(naming.EVT_STREAM, d))
-            cmd = await js.stream_info(naming.hub_stream(naming.CMD_STREAM, d))
-        except NotFoundError as exc:
-            raise NatsError(f"Device {d} is not provisioned on the hub.", device=d) from exc
-        t_seen, t_lag, t_err = _source_view(tele)
-        e_seen, e_lag, e_err = _source_view(evt)
-        seen = [s for s in (t_seen, e_seen) if s is not None]
-        last = min(seen) if seen else None
-        link = "never" if last is None else ("up" if last <= down_after_s else "down")
-        out.append(
-            DeviceStatus(
-                device=d,
-                link=link,
-                last_seen_s=last,
-                lag=t_lag + e_lag,
-                tele_messages=tele.state.messages,
-                tele_bytes=tele.state.bytes,
-                evt_messages=evt.state.messages,
-                evt_bytes=evt.state.bytes,
-                cmd_pending=cmd.state.messages,
-                errors=t_err + e_err,
-            )
+    """Per device: link state, last seen, lag and gaps by sequence, stream sizes, alarms."""
+    names = devices if devices is not None else await list_devices(js)
+    return list(await asyncio.gather(*(_device_status(js, d, down_after_s) for d in names)))
+
+
+async def _device_status(js: JetStreamContext, d: str, down_after_s: float) -> DeviceStatus:
+    try:
+        tele = await js.stream_info(naming.hub_stream(naming.TELE_STREAM, d))
+        evt = await js.stream_info(naming.hub_stream(naming.EVT_STREAM, d))
+        cmd = await js.stream_info(naming.hub_stream(naming.CMD_STREAM, d))
+    except NotFoundError as exc:
+        raise NatsError(f"Device {d} is not provisioned on the hub.", device=d) from exc
+    t_seen, t_lag, t_err = _source_view(tele)
+    e_seen, e_lag, e_err = _source_view(evt)
+    seen = [s for s in (t_seen, e_seen) if s is not None]
+    last = min(seen) if seen else None
+    link = "never" if last is None else ("up" if last <= down_after_s else "down")
+    audits = await audit_device(js, d)
+    lags = [a.lag for a in audits.values()]
+    by_seq = all(lag is not None for lag in lags)
+    evt_audit, tele_audit = audits[naming.EVT_STREAM], audits[naming.TELE_STREAM]
+    alarms: list[str] = []
+    if evt_audit.holes:
+        alarms.append(
+            f"{evt_audit.holes} events inside the hub's range were never stored on the hub "
+            f"(EVT source sequences {evt_audit.hub_oldest}..{evt_audit.hub_position})"
         )
-    return out
+    if by_seq and evt_audit.lag and link == "down":
+        alarms.append(f"device answers but its sourcing is silent: {evt_audit.lag} events not on the hub")
+    alarms += [f"source error: {e}" for e in t_err + e_err]
+    return DeviceStatus(
+        device=d,
+        link=link,
+        last_seen_s=last,
+        lag=sum(lag or 0 for lag in lags) if by_seq else t_lag + e_lag,
+        tele_messages=tele.state.messages,
+        tele_bytes=tele.state.bytes,
+        evt_messages=evt.state.messages,
+        evt_bytes=evt.state.bytes,
+        cmd_pending=cmd.state.messages,
+        errors=t_err + e_err,
+        lag_from="sequences" if by_seq else "source",
+        device_seq={k: a.device_last_seq for k, a in audits.items()},
+        hub_seq={k: a.hub_position for k, a in audits.items()},
+        evt_missing=evt_audit.holes,
+        tele_gaps=tele_audit.holes,
+        alarms=alarms,
+    )
 
 
 async def run_hub(

@@ -1,42 +1,45 @@
-"""The hub side of the link: per-device leaf credentials and permissions, and an embedded hub.
+"""The hub side of the link: per-device leaf logins in per-device accounts, and an embedded hub.
 
-Every device's leaf connection authenticates as its own user. Its permissions are written from
-the leaf's point of view (``publish`` = what the device may send into the hub, ``subscribe`` =
-what the hub may send down to it) and allow only the device's own subjects, the JetStream API of
-its own domain (for the hub's sourcing consumers), and the hub API calls needed to source its own
-command stream. Device A therefore cannot publish ``edge.B.*``, receive B's commands, or read B's
-streams on the hub.
+Every device's leaf connection authenticates as its own user in its own account ``DEV_<dev>``;
+the hub's streams live in the ``CLOUD`` account, and the two share exactly what the link needs
+(:mod:`edge.sync.hub.accounts`). Device A therefore cannot publish into B's subjects, receive B's
+commands or flow control, read B's streams on the hub, or displace B's leaf connection.
 
 :class:`HubServer` is a :class:`~edge.nats.server.NatsServer` configured as a hub: JetStream domain
-``hub``, a leaf-node listener, client users (``cloud`` for back-end services and tools) and the
-per-device leaf users.
+``hub``, a leaf-node listener, the ``cloud`` user for back-end services and tools, and the
+per-device accounts.
 
 Devices log in with a password (default) or an **nkey**: an Ed25519 key pair whose public key
 (``U...``) the hub keeps in its config and whose seed (``SU...``) only the device holds, in a file
 of mode 0600 (:func:`generate_nkey`, :func:`write_seed`, ``HubServer.add_device(dev,
 auth="nkey")``). The server challenges the device to sign a nonce, so nothing secret is stored on
-the hub or crosses the link. Both kinds of users get the same :func:`device_permissions`. Key
-generation needs the ``nkeys`` package (imported only when a key is generated).
+the hub or crosses the link. Key generation needs the ``nkeys`` package (imported only when a
+key is generated).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import json
 import os
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
 from edge.errors import ConfigError
-from edge.nats.server import NatsServer, ServerOptions, TlsFiles
+from edge.nats.server import ClusterOptions, NatsServer, ServerOptions, TlsFiles
 from edge.nats import subjects as naming
 from edge.sync.device.leaf import SEED_FILE_MODE, USER_SEED_RE
+from edge.sync.hub.accounts import render_accounts
 
 CLOUD_USER = "cloud"
+RELOADED_LINE = b"Reloaded server configuration"
+RELOADS = 2
+RELOAD_TIMEOUT_S = 5.0
 NKEY_SEED_BYTES = 32  # Ed25519 seed length
 
 AuthKind = Literal["password", "nkey"]
@@ -98,56 +101,12 @@ def write_seed(path: Path, seed: str) -> Path:
     return path
 
 
-def device_permissions(device: str, hub_domain: str = naming.HUB_DOMAIN) -> dict[str, object]:
-    """Leaf-perspective permissions that confine ``device`` to its own subjects and streams."""
-    d = naming.check_device_id(device)
-    hub_api = naming.js_api(hub_domain)
-    cmd = naming.hub_stream(naming.CMD_STREAM, d)
-    return {
-        "publish": {
-            "allow": [
-                f"{naming.ROOT}.{d}.>",  # its own subjects and its sourcing deliveries
-                "$JSC.R.>",  # answers to the hub's consumer requests
-                f"{hub_api}.CONSUMER.CREATE.{cmd}",  # sourcing its command stream from the hub
-                f"{hub_api}.CONSUMER.CREATE.{cmd}.>",
-                f"{hub_api}.CONSUMER.DELETE.{cmd}.>",
-                f"{hub_api}.CONSUMER.RESET.{cmd}.>",  # attach to its durable sourcing consumer
-                f"{hub_api}.CONSUMER.INFO.{cmd}.>",
-                f"{hub_api}.STREAM.INFO.{cmd}",
-                f"$JS.FC.{cmd}.>",  # flow-control replies for that consumer
-            ]
-        },
-        "subscribe": {
-            "allow": [
-                f"{naming.ROOT}.{d}.>",
-                f"{naming.js_api(d)}.>",  # the hub calls the device's JetStream API
-                "$JSC.R.>",  # answers to its own requests to the hub API
-                f"$JS.FC.{naming.TELE_STREAM}.>",  # flow control of the hub's sourcing consumers
-                f"$JS.FC.{naming.EVT_STREAM}.>",
-                f"$JS.FC.KV_{naming.STATE_BUCKET}.>",
-            ]
-        },
-    }
-
-
-def render_users(
-    devices: list[DeviceCredential], cloud_password: str, hub_domain: str = naming.HUB_DOMAIN
-) -> str:
-    """The body of the hub's ``authorization { }`` block: one cloud user + one user a device."""
-    users: list[dict[str, object]] = [{"user": CLOUD_USER, "password": cloud_password}]
-    for cred in devices:
-        login: dict[str, object] = (
-            {"nkey": cred.nkey} if cred.nkey is not None else {"user": cred.device, "password": cred.password}
-        )
-        users.append({**login, "permissions": device_permissions(cred.device, hub_domain)})
-    return "users: " + json.dumps(users)
-
-
 class HubServer(NatsServer):
     """An embedded hub for development and tests (and small single-server deployments).
 
-    With ``secure=True`` (default) clients must log in: back-end code uses :attr:`client_url`
-    (the ``cloud`` user); devices use their :class:`DeviceCredential` on the leaf port.
+    Back-end code uses :attr:`client_url` (the ``cloud`` user); devices use their
+    :class:`DeviceCredential` on the leaf port, each in its own account. ``secure=False`` lets
+    clients without a login in as ``cloud`` too (``no_auth_user``; loopback experiments only).
     """
 
     def __init__(
@@ -167,6 +126,8 @@ class HubServer(NatsServer):
         max_store_bytes: int | None = None,
         server_name: str = "hub",
         leaf_advertise: bool = False,
+        cluster: ClusterOptions | None = None,
+        tls: TlsFiles | None = None,
         binary: str | None = None,
     ) -> None:
         self.devices: dict[str, DeviceCredential] = {c.device: c for c in devices or []}
@@ -184,15 +145,36 @@ class HubServer(NatsServer):
             monitor_port=monitor_port,
             max_store_bytes=max_store_bytes,
             leaf_advertise=leaf_advertise,
+            cluster=cluster,
+            tls=tls,
         )
         super().__init__(opts, binary=binary)
         self._render_auth()
 
     def _render_auth(self) -> None:
-        if self.secure:
-            self.options.authorization = render_users(
-                list(self.devices.values()), self.cloud_password, self.domain
-            )
+        # one account per device (edge.sync.hub.accounts), also without ``secure``
+        self.options.accounts = render_accounts(list(self.devices.values()), self.cloud_password)
+        if not self.secure:
+            self.options.accounts += f"\nno_auth_user: {CLOUD_USER}"
+
+    async def reload(self) -> None:
+        """Re-render the config and reload it, twice: nats-server 2.15 wires a new device
+        account's imports of the cloud account's JetStream API only on the reload after the one
+        that created the account (the first one leaves them without responders)."""
+        for _ in range(RELOADS):
+            before = await asyncio.to_thread(self._log_count, RELOADED_LINE)
+            await super().reload()
+            deadline = time.monotonic() + RELOAD_TIMEOUT_S
+            while self.running and time.monotonic() < deadline:
+                if await asyncio.to_thread(self._log_count, RELOADED_LINE) > before:
+                    break
+                await asyncio.sleep(0.02)
+
+    def _log_count(self, needle: bytes) -> int:
+        try:
+            return self.log_path.read_bytes().count(needle)
+        except OSError:
+            return 0
 
     @property
     def client_url(self) -> str:

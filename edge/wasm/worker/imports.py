@@ -22,6 +22,7 @@ from edge.wasm.abi import (
     INFER_GAS,
     KV_MAX_KEY,
     KV_MAX_VALUE,
+    KV_OVER_QUOTA,
     LOG_MAX_BYTES,
     MODEL_NAME_MAX_BYTES,
     PUBLISH_MAX_BYTES,
@@ -29,6 +30,7 @@ from edge.wasm.abi import (
 )
 from edge.wasm.grants import KV_KEY_RE, PublishGrant
 from edge.wasm.protocol import CallResult, LoadSpec
+from edge.wasm.quotas import KvUsage
 from edge.wasm.wire import INFER_MAX_INPUT_BYTES, OP_INFER
 from edge.wasm.worker.columns import Columns
 
@@ -43,6 +45,23 @@ DENIED_REPORT_MAX = 8
 #: Sends a nested host request ``(op, out_cap, model, data)`` to the runtime and returns its
 #: ``(code, hint, payload)`` answer (see :meth:`edge.wasm.worker.dispatch.Worker.host_request`).
 HostChannel = Callable[[int, int, bytes, bytes], tuple[int, int, bytes]]
+
+
+#: Results below this are returned as one shared int object per value (see :func:`shared_int`).
+SHARED_INT_MAX = 4096
+_SHARED_INTS: dict[int, int] = {}
+
+
+def shared_int(n: int) -> int:
+    """``n`` as one int object per value (for ``0 <= n < SHARED_INT_MAX``).
+
+    pywasm3 0.5.0 never releases the object a host function returns (docs/sandbox.md,
+    *Memory*): a fresh int leaks 32 bytes a call, the same object only a reference count.
+    CPython shares -5..256 itself; this covers the lengths imports return above that.
+    """
+    if 0 <= n < SHARED_INT_MAX:
+        return _SHARED_INTS.setdefault(n, n)
+    return n
 
 
 class GuestFault(Exception):
@@ -64,6 +83,7 @@ class HostImports:
     result: CallResult
     columns: Columns
     kv: dict[str, bytes]
+    kv_usage: KvUsage
     device: bytes
     ncols: int
     writable: frozenset[int]
@@ -77,6 +97,7 @@ class HostImports:
     tokens: float
     tokens_at: float
     gas_spent: float
+    clock_last: int = 0  # the int object clock_ms returned last
 
     def host_functions(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -101,7 +122,7 @@ class HostImports:
         self._check(ptr, cap, what, "buffer")
         k = min(len(data), cap)
         self.mem[ptr:ptr + k] = data[:k]
-        return len(data)
+        return shared_int(len(data))
 
     def h_log(self, level: int, ptr: int, length: int) -> None:
         self._check(ptr, length, "log")  # the whole line must be in memory; then it is cut
@@ -159,12 +180,22 @@ class HostImports:
         if not KV_KEY_RE.match(key):
             return -1
         value = self._bytes(vptr, vlen, "kv_put")
+        old = self.kv.get(key)
+        if not self.kv_usage.allows(key, value, old):
+            self.result.kv_refused += 1
+            return KV_OVER_QUOTA
+        self.kv_usage.put(key, value, old)
         self.kv[key] = value
         self.result.kv_puts.append((key, value))
         return 0
 
     def h_clock_ms(self) -> int:
-        return time.time_ns() // 1_000_000
+        # Within one millisecond every call returns the same int object: pywasm3 leaks the
+        # object a host function returns, so this leaks one int a millisecond, not one a call.
+        ms = time.time_ns() // 1_000_000
+        if ms != self.clock_last:
+            self.clock_last = ms
+        return self.clock_last
 
     def h_monotonic_ns(self) -> int:
         return time.monotonic_ns()
@@ -234,7 +265,7 @@ class HostImports:
         if code >= 0:
             k = min(len(payload), ocap)
             self.mem[optr:optr + k] = payload[:k]
-            return k
+            return shared_int(k)
         if hint and ocap >= 4:  # -3 / -4: the size that was expected, for the component to adapt
             self.mem[optr:optr + 4] = struct.pack("<I", hint)
         return code

@@ -17,6 +17,7 @@ from typing import Any
 from edge.wasm.abi import EXPORTS_V1, IMPORT_MODULE, IMPORTS_V1
 from edge.wasm.grants import PublishGrant
 from edge.wasm.protocol import BindSpec, CallResult, LoadSpec
+from edge.wasm.quotas import KvUsage
 from edge.wasm.worker.columns import Columns
 from edge.wasm.worker.imports import (
     GAS_UNIT,
@@ -45,6 +46,7 @@ class Instance(HostImports):
         self.name = spec.name
         self.spec = spec
         self.kv = dict(spec.kv)
+        self.kv_usage = KvUsage.of(self.kv, spec.kv_keys, spec.kv_bytes)
         self.device = spec.device.encode()
         self.ncols = spec.ncols
         self.writable = frozenset(spec.writable)
