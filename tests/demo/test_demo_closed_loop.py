@@ -63,8 +63,13 @@ async def test_drone_0_takes_off_and_centres_the_face(tmp_path: Path, nats_url: 
         assert moved > 2.0
         assert math.hypot(pos["x"] - DEMO_FOLLOW_TARGET[0], pos["y"] - DEMO_FOLLOW_TARGET[1]) < 2.0
         status = rt.status()
-        pilot = next(v for k, v in status.items() if k == "demo_pilot")
-        assert pilot["launched"] and pilot["applied"] > 0 and pilot["setpoints_sent"] > 0
+        pilot = status["demo_pilot"]
+        assert pilot["launched"]
+        fc = next(d for d in status["drivers"] if d["name"] == "fc")
+        if pilot["serves_velocity"]:  # before the driver had its own velocity verb
+            assert pilot["applied"] > 0 and pilot["setpoints_sent"] > 0
+        else:  # the agent's commands went through the safety envelope and the driver's setpoint stream
+            assert fc["details"]["setpoints_sent"] > 0 and pilot["applied"] == 0
         assert comp("flight")["mode"] == "GUIDED"
         print(f"face centred {centred_after:.1f} s after it was first seen {first_off:.2f} off centre")
     finally:
