@@ -9,10 +9,11 @@ SET_POSITION_TARGET_LOCAL_NED in MAV_FRAME_LOCAL_NED with only the velocity used
 ``stream_hz`` while a velocity is active (ArduCopter stops a velocity it has not heard for 3 s);
 ``hold`` sends zero velocity once and stops the stream.
 
-Integration point: this is the demo's velocity actuator until the MAVLink driver serves
-``velocity`` itself. :func:`edge.demo.fleet.demo_parts` adds the pilot's velocity verbs only when
-the flight-controller driver does not declare ``velocity`` in its ``commands()``
-(``DEMO_VELOCITY_VIA`` says which one is in use); the launch sequence is used either way.
+Which one flies velocity: :func:`edge.demo.fleet.demo_parts` adds the pilot's velocity verbs only
+when the flight-controller driver does not declare ``velocity`` in its ``commands()``
+(:func:`edge.demo.fleet.velocity_via`). The MAVLink driver has its own (streamed setpoints behind
+the safety envelope), so in the demo the pilot only launches; the velocity verbs remain for a
+flight-controller driver without one.
 """
 
 from __future__ import annotations
