@@ -4,7 +4,8 @@ MAVLink setpoints, camera looking down from it, face model, follow agent).
 
 Run: ``.venv/bin/python bench/bench_closed_loop.py`` (``--rounds N``, default 3; ``--quick``: 1).
 
-Each round starts a fresh demo device (no fleet drones), waits for drone-0 to be in the air with
+Each round starts a fresh demo device (no fleet drones; the agent's velocity commands go through the
+safety envelope and the MAVLink driver's setpoint stream), waits for drone-0 to be in the air with
 the face detected (the first detection's offset from the centre is reported), then times until a
 detection is within 10 % of the centre on both axes (max(|cx - 0.5|, |cy - 0.5|) < 0.1). Real time
 in a flying emulation: an absolute figure (the loop is limited by the vehicle's acceleration and
