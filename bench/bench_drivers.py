@@ -118,6 +118,11 @@ async def bench_pipeline(per_round: int, rounds: int, nats_ctx: Any = None) -> l
     return rows
 
 
+#: messages the emulator streams each tick with one pack and no setpoint: GLOBAL_POSITION_INT,
+#: LOCAL_POSITION_NED, ATTITUDE, VFR_HUD, SYS_STATUS, BATTERY_STATUS
+STREAMED_PER_TICK = 6
+
+
 async def bench_mavlink(rates: list[float], seconds: float) -> list[dict[str, Any]]:
     out = []
     for rate in rates:
@@ -130,7 +135,9 @@ async def bench_mavlink(rates: list[float], seconds: float) -> list[dict[str, An
             assert proc.stdout is not None
             proc.stdout.readline()  # "ready ..."
             ctx = RecordingContext("dev1", keep=0)
-            drv = MAVLinkDriver("fc", "drone1", port=link, link_timeout_s=3)
+            # the driver asks for its streams at telemetry_hz (SET_MESSAGE_INTERVAL, which the
+            # emulator honours): ask for the emulator's own rate
+            drv = MAVLinkDriver("fc", "drone1", port=link, link_timeout_s=3, telemetry_hz=rate)
             await drv.start(ctx)
             assert drv.link is not None
             await asyncio.sleep(0.5)
@@ -146,7 +153,7 @@ async def bench_mavlink(rates: list[float], seconds: float) -> list[dict[str, An
             stats = dict(zip(tail[-1].split()[::2], map(int, tail[-1].split()[1::2]))) if tail else {}
             half = len(backlog) // 2
             out.append({
-                "stream_msgs_per_s": rate * 5,
+                "stream_msgs_per_s": rate * STREAMED_PER_TICK,
                 "received_msgs_per_s": round((m1 - m0) / (t1 - t0)),
                 "backlog_bytes_first_half_max": max(backlog[:half]),
                 "backlog_bytes_second_half_max": max(backlog[half:]),

@@ -49,6 +49,7 @@ log = logging.getLogger("edge.drivers")
 
 RATE_WINDOW_S = 2.0  # seconds over which health().rate_hz is measured
 STOP_TIMEOUT_S = 5.0  # seconds a driver's tasks get to finish after cancel
+DEFAULT_STALE_AFTER_S = 2.0  # seconds after which a driver's last reading of a component is stale
 
 
 class DriverContext(Protocol):
@@ -72,6 +73,10 @@ class DriverContext(Protocol):
     device: str
 
     def update(self, entity: str, component: str, values: Mapping[str, Value]) -> None: ...
+
+    # Optional: ``update_from(driver name, entity, component, values) -> component names written``.
+    # A context that has it picks one source per component (edge/hardware/sources.py); drivers
+    # call it instead of ``update`` when it is there and publish telemetry under each returned name.
 
     async def publish(self, subject: str, payload: bytes) -> None: ...
 
@@ -162,6 +167,8 @@ class Driver(ABC):
         self.name = name
         self.entity = entity
         self.publish_telemetry = publish_telemetry
+        self.primary: frozenset[str] = frozenset()  # components this driver is the first source of
+        self.stale_after_s = DEFAULT_STALE_AFTER_S  # its readings are stale after this long
         self.restarts = 0
         self._state = DriverState.STOPPED
         self._ctx: DriverContext | None = None
@@ -266,8 +273,8 @@ class Driver(ABC):
         return await asyncio.shield(self._failure)
 
     def details(self) -> dict[str, Any]:
-        """Kind-specific state for ``edge status`` (under the driver's ``details``); cheap, never
-        raising. Empty by default."""
+        """Kind-specific state for ``edge status`` (under the driver's ``details``: a flight
+        controller's components and message rates...); cheap, never raising. Empty by default."""
         return {}
 
     def frame_slot(self) -> LatestFrame | None:
@@ -335,9 +342,16 @@ class Driver(ABC):
         """Merge ``values`` into this driver's entity and (unless ``publish`` is false or the
         driver was configured with ``publish = false``) publish them as telemetry."""
         ctx = self.ctx
-        ctx.update(self.entity, component, values)
+        update_from = getattr(ctx, "update_from", None)  # a context that arbitrates sources
+        if update_from is not None:
+            names: list[str] = update_from(self.name, self.entity, component, values)
+        else:
+            ctx.update(self.entity, component, values)
+            names = [component]
         if publish and self.publish_telemetry:
-            await ctx.publish(subjects.telemetry(ctx.device, self.entity, component), encode_json(values))
+            payload = encode_json(values)
+            for name in names:
+                await ctx.publish(subjects.telemetry(ctx.device, self.entity, name), payload)
 
     async def _event(self, kind: str, payload: Mapping[str, Any]) -> None:
         ctx = self.ctx

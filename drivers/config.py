@@ -36,16 +36,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from drivers.base import Driver
+from drivers.base import DEFAULT_STALE_AFTER_S, Driver
 from edge.config.table import REQUIRED
 from edge.config.table import Table as ConfigTable
 from edge.errors import ConfigError
+from edge.world.schema import NAME_RE
 
 __all__ = ["BACKENDS", "CHECKS", "COMMON_KEYS", "KINDS", "REQUIRED", "DriverSpec", "Table", "build_driver",
            "read_drivers"]
 
 BACKENDS = ("real", "emulated")
-COMMON_KEYS = frozenset({"name", "kind", "entity", "backend", "publish"})
+COMMON_KEYS = frozenset({"name", "kind", "entity", "backend", "publish", "primary", "stale_after_s"})
 
 # kind -> "module:function"; the function takes a Table and returns a Driver.
 KINDS: dict[str, str] = {
@@ -99,6 +100,19 @@ class Table(ConfigTable):
     def publish(self) -> bool:
         return self.flag("publish", True)
 
+    @property
+    def primary(self) -> list[str]:
+        """Components this driver is the first source of on its entity (docs/drivers/README.md)."""
+        names = self.strings("primary", [])
+        for n in names:
+            if not NAME_RE.match(n):
+                raise self.error("primary", f"{n!r} is not a component name ([a-z][a-z0-9_]*)")
+        return names
+
+    @property
+    def stale_after_s(self) -> float:
+        return self.number("stale_after_s", DEFAULT_STALE_AFTER_S, lo=0.05, hi=3600.0, unit="s")
+
     def finish(self) -> None:
         unknown = self.unread()
         if unknown:
@@ -119,6 +133,8 @@ def _common(t: Table, name: str) -> str:
     t.entity  # noqa: B018 - check presence early, with a clear message
     t.backend  # noqa: B018
     t.publish  # noqa: B018
+    t.primary  # noqa: B018
+    t.stale_after_s  # noqa: B018
     return kind
 
 
@@ -138,14 +154,19 @@ def build_driver(name: str, table: Mapping[str, Any], *, file: str | None = None
     """Build (not start) the driver described by ``table``.
 
     Common keys: ``kind`` (required), ``entity`` (required), ``backend`` ("real" | "emulated",
-    default "real"), ``publish`` (publish telemetry on subjects, default true), ``name`` (if
-    present it must equal ``name``). Each kind's keys are in docs/drivers/. Paths are relative
+    default "real"), ``publish`` (publish telemetry on subjects, default true), ``primary``
+    (components this driver is the first source of, default none), ``stale_after_s`` (its
+    readings are stale after this many seconds, default 2), ``name`` (if present it must equal
+    ``name``). Each kind's keys are in docs/drivers/. Paths are relative
     to ``base`` (the config file's directory). Raises :class:`~edge.errors.ConfigError` naming
     the key (``drivers[<index>].<key>``) and file.
     """
     t = Table(name, table, file, index=index, base=base)
     kind = _common(t, name)
-    return cast(Driver, _run(t, KINDS[kind]))
+    driver = cast(Driver, _run(t, KINDS[kind]))
+    driver.primary = frozenset(t.primary)
+    driver.stale_after_s = t.stale_after_s
+    return driver
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ class DriverStatus:
     failure_device: str | None
     failure_cause: str | None
     retry_in_s: float | None
+    failed_ago_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +58,7 @@ class DriverStatus:
             "failure_device": self.failure_device,
             "failure_cause": self.failure_cause,
             "retry_in_s": None if self.retry_in_s is None else round(self.retry_in_s, 2),
+            "failed_ago_s": None if self.failed_ago_s is None else round(self.failed_ago_s, 1),
         }
 
 
@@ -66,6 +68,7 @@ class _Slot:
     task: asyncio.Task[None] | None = None
     last_failure: DriverError | None = None
     retry_at: float | None = None
+    failed_at: float | None = None  # monotonic time of the last failure
 
 
 class DriverSupervisor:
@@ -154,6 +157,7 @@ class DriverSupervisor:
             failure_device=None if f is None else f.device,
             failure_cause=None if f is None else f.cause or f.message,
             retry_in_s=None if slot.retry_at is None else max(0.0, slot.retry_at - now),
+            failed_ago_s=None if slot.failed_at is None else now - slot.failed_at,
         )
 
     async def _supervise(self, slot: _Slot, first: asyncio.Future[None] | None = None) -> None:
@@ -176,6 +180,7 @@ class DriverSupervisor:
                 if first is not None and not first.done():
                     first.set_result(None)
                 slot.last_failure = err
+                slot.failed_at = time.monotonic()
                 delay = backoff.next(ran_s=time.monotonic() - started_at)
                 log.warning(
                     "driver %s failed (device %s, cause %s); retrying in %.1f s",

@@ -6,7 +6,11 @@ Key components
   and raises ``OSError`` when the camera is gone. ``paced`` says whether ``read()`` itself waits
   for the next frame (real cameras) or the driver must pace it at ``fps`` (synthetic, files).
 - :class:`SyntheticSource`: moving shapes at any size and rate; the frame number is written as
-  32 bits (white = 1) in the top-left of row 0, so consumers can tell frames apart.
+  32 bits (white = 1) in the top-left of row 0, so consumers can tell frames apart. With ``face``
+  a drawn face: wandering over the frame, or, given ``pose`` (the vehicle's east, north, up in m
+  and yaw in rad clockwise from north), a target standing at ``target`` (east, north m) seen by a
+  downward camera on the vehicle (:class:`DownwardView`): where the face appears depends on where
+  the vehicle is and how it is turned.
   ``fail_after`` makes the camera "disappear" after that many frames (fault injection).
 - :class:`FileSource`: a ``.npy`` (``HxWx3`` or ``NxHxWx3``) or a directory of ``.npy``/images
   (images need Pillow), played in name order at ``fps``, looping.
@@ -20,6 +24,8 @@ import math
 import os
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +65,32 @@ class FrameSource(ABC):
         """Release the camera; safe to call twice."""
 
 
+Pose = Callable[[], tuple[float, float, float, float]]  # east, north, up (m), yaw (rad clockwise from north)
+DEFAULT_FOV_DEG = 90.0  # horizontal field of view of the downward camera
+MIN_VIEW_ALT_M = 1.0  # below this the view is computed as if from this height
+
+
+@dataclass(frozen=True)
+class DownwardView:
+    """A camera looking straight down from the vehicle, image up = the vehicle's nose, image right
+    = its right (so at yaw 0: image up = north, image right = east), pinhole with ``fov_deg``
+    across the width."""
+
+    width: int
+    height: int
+    fov_deg: float = DEFAULT_FOV_DEG
+
+    def project(self, pose: tuple[float, float, float, float], east: float, north: float) -> tuple[float, float]:
+        """Pixel ``(x, y)`` of the ground point (east, north) seen from ``pose``."""
+        ve, vn, up, yaw = pose
+        half_w = max(up, MIN_VIEW_ALT_M) * math.tan(math.radians(self.fov_deg) / 2)
+        de, dn = east - ve, north - vn
+        fwd = dn * math.cos(yaw) + de * math.sin(yaw)
+        right = -dn * math.sin(yaw) + de * math.cos(yaw)
+        px_per_m = (self.width / 2) / half_w
+        return self.width / 2 + right * px_per_m, self.height / 2 - fwd * px_per_m
+
+
 FACE_PERIOD_S = 30.0  # the synthetic face target comes and goes: seconds per cycle
 FACE_ON_S = 20.0  # seconds of each cycle in which it is visible
 
@@ -68,8 +100,13 @@ class SyntheticSource(FrameSource):
 
     def __init__(self, width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT,
                  fps: float = DEFAULT_FPS, *, fail_after: int | None = None, seed: int = 7,
-                 face: bool = False) -> None:
+                 face: bool = False, pose: Pose | None = None, target: tuple[float, float] = (0.0, 0.0),
+                 fov_deg: float = DEFAULT_FOV_DEG) -> None:
         super().__init__(width, height, fps)
+        self.pose = pose
+        self.target = target
+        self.view = DownwardView(width, height, fov_deg)
+        self.face_at: tuple[float, float] | None = None  # pixel centre of the face in the last frame
         self.fail_after = fail_after
         self.seed = seed
         self.face = face  # a drawn face wandering over the frame, visible FACE_ON_S of every FACE_PERIOD_S
@@ -144,15 +181,25 @@ class SyntheticSource(FrameSource):
     def _paste_face(self, img: Image) -> None:
         assert self._sprite is not None
         t = self.frames / max(self.fps, 1.0)
-        if t % FACE_PERIOD_S > FACE_ON_S:
-            return
         patch, mask = self._sprite
         n = patch.shape[0]
+        self.face_at = None
         if n >= min(self.width, self.height):
             return
-        x = int((self.width - n) * (0.5 + 0.45 * math.sin(t * 0.5)))
-        y = int((self.height - n) * (0.5 + 0.4 * math.sin(t * 0.3 + 1.0)))
-        img[y:y + n, x:x + n][mask] = patch[mask]
+        if self.pose is not None:
+            cx, cy = self.view.project(self.pose(), *self.target)
+            x, y = round(cx - n / 2), round(cy - n / 2)
+        else:
+            if t % FACE_PERIOD_S > FACE_ON_S:
+                return
+            x = int((self.width - n) * (0.5 + 0.45 * math.sin(t * 0.5)))
+            y = int((self.height - n) * (0.5 + 0.4 * math.sin(t * 0.3 + 1.0)))
+        x0, y0, x1, y1 = max(0, x), max(0, y), min(self.width, x + n), min(self.height, y + n)
+        if x0 >= x1 or y0 >= y1:
+            return  # out of view
+        sub = mask[y0 - y:y1 - y, x0 - x:x1 - x]
+        img[y0:y1, x0:x1][sub] = patch[y0 - y:y1 - y, x0 - x:x1 - x][sub]
+        self.face_at = (x + n / 2, y + n / 2)
 
 
 def frame_number(image: Image) -> int:

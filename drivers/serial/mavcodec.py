@@ -15,7 +15,8 @@ from typing import Any
 
 from pymavlink.dialects.v20 import ardupilotmega as mavlink
 
-__all__ = ["COPTER_MODES", "COPTER_MODE_NAMES", "MavCodec", "enum_name", "mavlink"]
+__all__ = ["COPTER_MODES", "COPTER_MODE_NAMES", "PX4_MODES", "MavCodec", "enum_name", "mavlink",
+           "px4_custom_mode", "px4_mode_name"]
 
 # ArduCopter custom_mode numbers (ArduPilot's Copter mode enum).
 COPTER_MODES: dict[str, int] = {
@@ -24,6 +25,29 @@ COPTER_MODES: dict[str, int] = {
     "BRAKE": 17, "THROW": 18, "AVOID_ADSB": 19, "GUIDED_NOGPS": 20, "SMART_RTL": 21,
 }
 COPTER_MODE_NAMES = {v: k for k, v in COPTER_MODES.items()}
+
+# PX4 modes as (main mode, sub mode); HEARTBEAT.custom_mode carries main in bits 16-23 and sub
+# in bits 24-31 (PX4's px4_custom_mode union). Sub mode 0 = none.
+PX4_MODES: dict[str, tuple[int, int]] = {
+    "MANUAL": (1, 0), "ALTCTL": (2, 0), "POSCTL": (3, 0), "AUTO.READY": (4, 1),
+    "AUTO.TAKEOFF": (4, 2), "AUTO.LOITER": (4, 3), "AUTO.MISSION": (4, 4), "AUTO.RTL": (4, 5),
+    "AUTO.LAND": (4, 6), "AUTO.FOLLOW_TARGET": (4, 8), "AUTO.PRECLAND": (4, 9), "ACRO": (5, 0),
+    "OFFBOARD": (6, 0), "STABILIZED": (7, 0),
+}
+_PX4_NAMES = {v: k for k, v in PX4_MODES.items()}
+
+
+def px4_custom_mode(name: str) -> int:
+    """The HEARTBEAT/SET_MODE ``custom_mode`` of a PX4 mode name (KeyError if unknown)."""
+    main, sub = PX4_MODES[name]
+    return (main << 16) | (sub << 24)
+
+
+def px4_mode_name(custom_mode: int) -> str:
+    """``"OFFBOARD"``, ``"AUTO.LOITER"``, ... for a PX4 ``custom_mode``; ``custom:<n>`` if unknown."""
+    main, sub = (custom_mode >> 16) & 0xFF, (custom_mode >> 24) & 0xFF
+    name = _PX4_NAMES.get((main, sub)) or (_PX4_NAMES.get((main, 0)) if main != 4 else None)
+    return name or f"custom:{custom_mode}"
 
 
 def enum_name(enum: str, value: int, prefix: str) -> str:

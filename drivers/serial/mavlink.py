@@ -6,12 +6,12 @@ Key components
   (MAV_CMD_SET_MESSAGE_INTERVAL), and turns messages into components:
 
   ======================  ==================================================================
-  HEARTBEAT               ``flight{armed, mode, system_status}``
+  HEARTBEAT               ``flight{armed, mode, system_status}`` (the autopilot's only)
   GLOBAL_POSITION_INT     ``geo{lat, lon deg, alt m AMSL}``, ``velocity{x east, y north, z up}``
   LOCAL_POSITION_NED      ``position{x east, y north, z up}`` m from the EKF origin
   ATTITUDE                ``attitude{roll, pitch, yaw}`` rad (aerospace: yaw clockwise from N)
-  SYS_STATUS              ``battery{voltage, current, level}``
-  BATTERY_STATUS          ``battery{voltage, current, level}``
+  BATTERY_STATUS id N     ``battery`` (id 0) / ``battery_N``: ``{voltage, current, level, unknown}``
+  SYS_STATUS              ``battery{...}`` while no BATTERY_STATUS id 0 is heard
   STATUSTEXT              event ``statustext``
   ======================  ==================================================================
 
@@ -24,6 +24,9 @@ Key components
   are answered by the COMMAND_ACK (``result``: the MAV_RESULT word); setpoints are streamed at
   ``setpoint_hz`` and answered by the autopilot's echo (``result``: TRACKING or UNCONFIRMED).
   The flavour (ArduPilot or PX4) comes from the autopilot's HEARTBEAT or ``autopilot``.
+  Decoding (which component is the autopilot, packs, unknown sentinels, rate counters) is
+  :mod:`drivers.serial.mavtelemetry`; ``details()`` shows it in ``edge status``.
+
 - Bytes that are not MAVLink are counted (``bad_bytes``) and skipped; the parser resyncs.
 - No HEARTBEAT for ``link_timeout_s`` fails the driver (the supervisor reopens the port).
 """
@@ -38,8 +41,9 @@ from drivers.base import CommandHandler, Driver
 from drivers.config import Table
 from drivers.serial import mavcommands
 from drivers.serial.link import DEFAULT_BAUD, SerialLink
-from drivers.serial.mavcodec import COPTER_MODE_NAMES, MavCodec, enum_name, mavlink
+from drivers.serial.mavcodec import MavCodec, mavlink
 from drivers.serial.mavcommands import MavCommander
+from drivers.serial.mavtelemetry import TelemetryDecoder
 from edge.errors import DriverError
 
 DEFAULT_HEARTBEAT_S = 1.0  # seconds between our GCS heartbeats
@@ -49,7 +53,8 @@ DEFAULT_TELEMETRY_HZ = 10.0
 GCS_SYSTEM_ID = 255
 GCS_COMPONENT_ID = 190  # MAV_COMP_ID_MISSIONPLANNER
 UINT16_MAX = 65535
-STREAMED = ("GLOBAL_POSITION_INT", "LOCAL_POSITION_NED", "ATTITUDE", "SYS_STATUS", "BATTERY_STATUS")
+STREAMED = ("GLOBAL_POSITION_INT", "LOCAL_POSITION_NED", "ATTITUDE", "SYS_STATUS", "BATTERY_STATUS",
+            "POSITION_TARGET_LOCAL_NED")
 
 
 class MAVLinkDriver(Driver):
@@ -93,6 +98,7 @@ class MAVLinkDriver(Driver):
         self.last_heartbeat = 0.0
         self._first_heartbeat = asyncio.Event()
         self._autopilot = mavlink.MAV_AUTOPILOT_ARDUPILOTMEGA
+        self.telemetry = TelemetryDecoder(target_component)
         self.commander = MavCommander(
             send=self._send, mav=lambda: self.codec.mav, event=self._event, target_system=target_system,
             target_component=target_component, autopilot=autopilot, setpoint_hz=setpoint_hz,
@@ -111,6 +117,7 @@ class MAVLinkDriver(Driver):
     async def _open(self) -> None:
         self.codec = MavCodec(GCS_SYSTEM_ID, GCS_COMPONENT_ID)
         self._first_heartbeat = asyncio.Event()
+        self.telemetry = TelemetryDecoder(self.target_component)
         self.commander.reset()
         self.link = self._given_link or SerialLink(self.port, self.baudrate)
         await self.link.open()
@@ -188,57 +195,36 @@ class MAVLinkDriver(Driver):
     async def _handle(self, msg: Any) -> None:
         self.commander.observe(msg)  # commands: flavour, mode, COMMAND_ACK, setpoint echoes
         t = msg.get_type()
-        if t == "HEARTBEAT":
-            if msg.type == mavlink.MAV_TYPE_GCS:
-                return
+        if t == "STATUSTEXT":
+            self.telemetry.rates.tick(t)
+            await self._event("statustext", {"severity": msg.severity, "text": msg.text})
+            return
+        try:
+            readings = self.telemetry.decode(msg)
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:  # a message we cannot read
+            self.telemetry.malformed += 1
+            self._error(f"{t} not decoded: {exc}")
+            return
+        if t == "HEARTBEAT" and readings:  # the autopilot's: the link is alive
             self._autopilot = msg.autopilot
             self.last_heartbeat = time.monotonic()
             self._first_heartbeat.set()
-            await self._emit("flight", {
-                "armed": bool(msg.base_mode & mavlink.MAV_MODE_FLAG_SAFETY_ARMED),
-                "mode": self._mode_name(msg),
-                "system_status": enum_name("MAV_STATE", msg.system_status, "MAV_STATE_"),
-            })
-        elif t == "GLOBAL_POSITION_INT":
+        elif t == "GLOBAL_POSITION_INT" and readings:
             self._sample()
-            await self._emit("geo", {"lat": msg.lat / 1e7, "lon": msg.lon / 1e7, "alt": msg.alt / 1000.0})
-            await self._emit("velocity", {"x": msg.vy / 100.0, "y": msg.vx / 100.0, "z": -msg.vz / 100.0})
-        elif t == "LOCAL_POSITION_NED":
-            await self._emit("position", {"x": msg.y, "y": msg.x, "z": -msg.z})
-        elif t == "ATTITUDE":
-            await self._emit("attitude", {"roll": msg.roll, "pitch": msg.pitch, "yaw": msg.yaw})
-        elif t == "SYS_STATUS":
-            await self._battery(msg.voltage_battery, msg.current_battery, msg.battery_remaining)
-        elif t == "BATTERY_STATUS":
-            cells = [v for v in msg.voltages if v != UINT16_MAX]
-            await self._battery(sum(cells) if cells else UINT16_MAX, msg.current_battery,
-                                msg.battery_remaining)
-        elif t == "STATUSTEXT":
-            await self._event("statustext", {"severity": msg.severity, "text": msg.text})
+        for component, values in readings:
+            try:
+                await self._emit(component, values)
+            except DriverError as exc:  # the world refused the reading (schema): counted, not fatal
+                self.telemetry.malformed += 1
+                self._error(exc)
 
-    async def _battery(self, millivolts: int, centiamps: int, percent: int) -> None:
-        values: dict[str, float] = {}
-        if millivolts != UINT16_MAX:
-            values["voltage"] = millivolts / 1000.0
-        if centiamps >= 0:
-            values["current"] = centiamps / 100.0
-        if percent >= 0:
-            values["level"] = percent / 100.0
-        if values:
-            await self._emit("battery", values)
-
-    def _mode_name(self, hb: Any) -> str:
-        if hb.autopilot == mavlink.MAV_AUTOPILOT_ARDUPILOTMEGA and hb.type in (
-            mavlink.MAV_TYPE_QUADROTOR, mavlink.MAV_TYPE_HEXAROTOR, mavlink.MAV_TYPE_OCTOROTOR,
-            mavlink.MAV_TYPE_TRICOPTER, mavlink.MAV_TYPE_HELICOPTER, mavlink.MAV_TYPE_COAXIAL,
-        ):
-            return COPTER_MODE_NAMES.get(hb.custom_mode, f"custom:{hb.custom_mode}")
-        return f"custom:{hb.custom_mode}"
+    def details(self) -> dict[str, Any]:
+        """For ``edge status``: the command side (flavour, mode, what streams, setpoints sent,
+        stream gaps) and the telemetry side (the autopilot component, the other components heard,
+        the battery packs, a count and rate per message type)."""
+        return {**self.commander.status(), **self.telemetry.status()}
 
     # ----- commands --------------------------------------------------------------------------------
-    def details(self) -> dict[str, Any]:
-        """The command side: flavour, mode, what streams, setpoints sent, stream gaps."""
-        return self.commander.status()
 
     async def command_long(self, command: int, *params: float) -> dict[str, Any]:
         """Send COMMAND_LONG and wait for its COMMAND_ACK; returns the answer fields."""

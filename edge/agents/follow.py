@@ -17,7 +17,8 @@ command is proportional to the target's offset from the frame centre, with a dea
 Hysteresis: the target must be seen in ``acquire_frames`` consecutive detection sets before the
 drone starts following; once following, missing sets are tolerated until ``lost_timeout`` s have
 passed without the target (then one ``velocity`` 0 command: hold). A new velocity command is sent
-only when it differs by ``min_delta`` m/s from the last one or ``refresh_s`` has passed. Below
+only when it differs by ``min_delta`` m/s from the last one or ``refresh_s`` has passed (then with the
+next detection set: every command answers a frame, none repeats stale data from a timer tick). Below
 ``battery_low`` it sends ``rtl`` once and stops following until the level is back above
 ``battery_resume``.
 """
@@ -100,6 +101,7 @@ class FollowAgent(Agent):
         self._last_world_t: float | None = None
         self._last_cmd: tuple[float, float] | None = None
         self._last_cmd_at = 0.0
+        self._evaluated = -1.0  # arrival time of the newest detection set _follow has looked at
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -150,6 +152,8 @@ class FollowAgent(Agent):
             if age is None or age > BATTERY_STALE_S or not isinstance(value, Mapping):
                 continue
             level = value.get("level")
+            if "level" in str(value.get("unknown") or "").split(","):
+                continue  # the source could not estimate it (MAVLink's -1): not an empty battery
             if isinstance(level, bool) or not isinstance(level, (int, float)) or math.isnan(level):
                 continue
             if best is None or level < best[0]:
@@ -232,8 +236,11 @@ class FollowAgent(Agent):
         self.state = FOLLOWING
         last = self._last_cmd
         changed = last is None or max(abs(vx - last[0]), abs(vy - last[1])) >= p.min_delta
-        if not starting and not changed and now - self._last_cmd_at < p.refresh_s:
-            return []
+        arrival = now - age
+        new_set = arrival > self._evaluated  # not yet looked at: this decide answers its arrival
+        self._evaluated = max(self._evaluated, arrival)
+        if not starting and not changed and (now - self._last_cmd_at < p.refresh_s or not new_set):
+            return []  # a refresh goes out with the next detection set, never from a timer tick
         self._last_cmd = (vx, vy)
         self._last_cmd_at = now
         cx = (target["box"][0] + target["box"][2]) / 2.0

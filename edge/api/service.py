@@ -148,7 +148,8 @@ class DeviceApi:
 
     async def entity_get(self, body: dict[str, Any]) -> dict[str, Any]:
         entity = _need(body, "id")
-        return {**self.world.meta(entity).to_dict(), "components": self.world.get_all(entity)}
+        return {**self.world.meta(entity).to_dict(), "components": self.world.get_all(entity),
+                "freshness": self.world.freshness(entity)}
 
     async def entity_spawn(self, body: dict[str, Any]) -> dict[str, Any]:
         entity = _need(body, "id")

@@ -69,11 +69,62 @@ def render(status: dict[str, Any]) -> str:
     for section in ("drivers", "commands", "safety", "inference", "sync", "agents", "tools", "language"):
         if status.get(section):
             head += ["", f"{section}:", _section(status[section])]
+            if section == "drivers":
+                head += driver_faults(status[section])
+            elif section == "inference":
+                head += inference_faults(status[section])
     faults = status.get("faults") or []
     if faults:
         head += ["", "recent faults:"]
         head += [f"  {f.get('component')}: {f.get('kind')}: {f.get('message')}" for f in faults[-5:]]
     return "\n".join(head)
+
+
+def ago(seconds: Any) -> str:
+    """``"12 s ago"``, ``"3 min ago"``, ``"2.0 h ago"``; empty if unknown."""
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        return ""
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def driver_faults(drivers: Any) -> list[str]:
+    """One line per driver that has failed: the cause, the device, how long ago, the retry."""
+    lines = []
+    for d in drivers if isinstance(drivers, list) else []:
+        cause = d.get("failure_cause") or (d.get("last_error") if d.get("state") != "running" else None)
+        if not cause:
+            continue
+        when = ago(d.get("failed_ago_s"))
+        retry = d.get("retry_in_s")
+        lines.append(f"  driver {d.get('name')} ({d.get('state')}) failed{' ' + when if when else ''}: {cause}"
+                     + (f" [device {d['failure_device']}]" if d.get("failure_device") else "")
+                     + (f"; retry in {retry:.1f} s" if isinstance(retry, (int, float)) else ""))
+    return lines
+
+
+def inference_faults(inference: Any) -> list[str]:
+    """Model load errors (the old model serving or none), pipeline errors, layer errors; with ages."""
+    if not isinstance(inference, dict):
+        return []
+    lines = []
+    for name, m in (inference.get("models") or {}).items():
+        if not isinstance(m, dict) or not m.get("last_load_error"):
+            continue
+        serving = f"serving sha256 {str(m.get('sha256'))[:12]}" if m.get("state") == "serving" else "not serving"
+        lines.append(f"  model {name}: {m.get('load_errors')} load errors, last {ago(m.get('last_load_error_ago_s'))}"
+                     f" ({serving}): {m['last_load_error']}")
+    for p in inference.get("pipelines") or []:
+        if isinstance(p, dict) and p.get("last_error"):
+            lines.append(f"  pipeline {p.get('name')}: {p.get('errors')} errors, {p.get('sink_errors')} sink errors:"
+                         f" {p['last_error']}")
+    for name, e in (inference.get("errors") or {}).items():
+        if isinstance(e, dict):
+            lines.append(f"  {name}: {e.get('error')} ({ago(e.get('ago_s'))})")
+    return lines
 
 
 SECTION_COLUMNS = 9  # widest table a section prints; --json has everything

@@ -94,9 +94,26 @@ def _face_model() -> Path | None:
 
 def demo_parts(device: str, data_dir: Path) -> tuple[list[Driver], list[Layer]]:
     """What the demo adds to the composition: the emulated drone's drivers (flight controller,
-    GPS, IMU, power monitor, camera) and the stand-in actuator of the simulated fleet."""
+    GPS, IMU, power monitor, camera), the stand-in actuator of the simulated fleet and, with the
+    emulated flight controller, the pilot that launches drone-0 and flies its velocity commands
+    (:func:`velocity_via` says through what)."""
     from edge.demo.actuator import SimActuator
-    from edge.demo.hardware import demo_hardware
+    from edge.demo.hardware import EmulatorsDriver, demo_hardware
 
     drivers = demo_hardware(device, DEMO_HW_ENTITY, rundir=str(data_dir / "emulators"))
-    return drivers, [SimActuator()]
+    layers: list[Layer] = [SimActuator()]
+    emu = next((d for d in drivers if isinstance(d, EmulatorsDriver)), None)
+    if emu is not None:
+        from edge.demo.pilot import DemoPilot
+
+        via = velocity_via(drivers)
+        layers.append(DemoPilot(DEMO_HW_ENTITY, lambda: emu.companion_port, serve_velocity=via == "pilot"))
+    return drivers, layers
+
+
+def velocity_via(drivers: list[Driver]) -> str:
+    """Who flies drone-0's ``velocity`` commands: ``"driver"`` once the flight-controller driver
+    declares the verb itself, else ``"pilot"`` (setpoints on the emulator's companion port). The
+    integration point for the MAVLink driver's own velocity command."""
+    fc = next((d for d in drivers if d.kind == "mavlink"), None)
+    return "driver" if fc is not None and "velocity" in fc.commands() else "pilot"

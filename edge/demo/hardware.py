@@ -9,8 +9,11 @@ Key components
 - :class:`EmulatorsDriver`: a driver whose "hardware" is the emulators. Starting it creates the
   ptys behind stable symlinks (``<rundir>/fc``, ``<rundir>/gps``) and starts streaming; stopping
   it closes them (the serial drivers then fail and are restarted by the supervisor once the
-  emulators are back). The IMU and the power monitor are scripted from the emulated flight
-  controller's state, and the GPS reports its position, so all sensors tell one story.
+  emulators are back). The flight controller has a second port (``<rundir>/fc-companion``) for a
+  companion computer (the demo pilot, :mod:`edge.demo.pilot`). The IMU and the power monitor are
+  scripted from the emulated flight controller's state, the GPS reports its position, and the
+  camera looks down from it onto a face standing at ``DEMO_FOLLOW_TARGET``: all sensors tell one
+  story.
 
 Example
     drivers = demo_hardware("dev1", "drone1")
@@ -58,6 +61,7 @@ DEMO_MAX_CURRENT_A = 30.0
 DEMO_CAPACITY_MAH = 5000.0
 DEMO_IDLE_VOLTS = 16.8  # a full 4S pack, when there is no emulated flight controller to drain it
 DEMO_IDLE_AMPS = 0.4
+DEMO_FOLLOW_TARGET = (4.0, 3.0)  # east, north (m from home): where the camera's face stands
 
 
 class EmulatorsDriver(Driver):
@@ -72,6 +76,7 @@ class EmulatorsDriver(Driver):
         super().__init__(name, entity, publish_telemetry=False)
         self.rundir = rundir
         self.fc_port = os.path.join(rundir, "fc")
+        self.companion_port = os.path.join(rundir, "fc-companion")  # the FC's second port (TELEM2)
         self.gps_port = os.path.join(rundir, "gps")
         self.fc = SimFlightController(rate_hz=DEMO_FC_RATE_HZ)
         self.gps = SimGPS(rate_hz=DEMO_GPS_RATE_HZ, source=self.fc.geo)
@@ -83,6 +88,7 @@ class EmulatorsDriver(Driver):
     async def _open(self) -> None:
         os.makedirs(self.rundir, exist_ok=True)
         await self.fc.start(self.fc_port)
+        self.fc.add_port(self.companion_port)
         await self.gps.start(self.gps_port)
 
     async def _run(self) -> None:
@@ -95,7 +101,7 @@ class EmulatorsDriver(Driver):
     async def _close(self) -> None:
         await self.gps.stop()
         await self.fc.stop()
-        for link in (self.fc_port, self.gps_port):
+        for link in (self.fc_port, self.companion_port, self.gps_port):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(link)
 
@@ -154,5 +160,7 @@ def demo_hardware(device: str, entity: str, *, rundir: str | None = None) -> lis
         INA219Driver("power", entity, bus=bus, address=0x40, rate_hz=DEMO_POWER_RATE_HZ,
                      shunt_ohms=DEMO_SHUNT_OHMS, max_current_a=DEMO_MAX_CURRENT_A,
                      capacity_mah=DEMO_CAPACITY_MAH),
-        CameraDriver("camera", entity, source=SyntheticSource(DEMO_CAMERA_WIDTH, DEMO_CAMERA_HEIGHT, DEMO_CAMERA_FPS, face=True)),
+        CameraDriver("camera", entity, source=SyntheticSource(
+            DEMO_CAMERA_WIDTH, DEMO_CAMERA_HEIGHT, DEMO_CAMERA_FPS, face=True,
+            pose=fc.pose if fc is not None else None, target=DEMO_FOLLOW_TARGET)),
     ]

@@ -24,9 +24,10 @@ from nats.aio.msg import Msg
 from drivers.base import CommandHandler, Driver, DriverState, Handler, Unsubscribe, Value
 from drivers.supervisor import DriverStatus
 from edge.errors import DriverError, EdgeError, SchemaError
+from edge.hardware.sources import SourceArbiter
 from edge.layer import Events
 from edge.nats.commands import CommandRequest, CommandRouter, Reason, Unavailable
-from edge.world.schema import NAME_RE, ComponentSchema, FieldType
+from edge.world.schema import NAME_RE, ComponentSchema, FieldType, SchemaRegistry
 from edge.world.store import World
 
 log = logging.getLogger("edge.hardware")
@@ -44,12 +45,23 @@ class RuntimeDriverContext:
         self.rejected = 0
         self._tele = f"edge.{device}.tele."
         self._verbs: dict[tuple[str, str], DriverVerb] = {}
+        self.sources: SourceArbiter | None = None  # set by the hardware layer
+
+    def update_from(self, source: str, entity: str, component: str, values: Mapping[str, Value]) -> list[str]:
+        """A reading of ``source`` (a driver name): written to the component if that driver is
+        its active source, and to ``<component>_<driver>`` once it has several (edge/hardware/sources.py).
+        Returns the component names written."""
+        names = [component] if self.sources is None else self.sources.route(entity, component, source)
+        for name in names:
+            self.update(entity, name, values)
+        return names
 
     def update(self, entity: str, component: str, values: Mapping[str, Value]) -> None:
         try:
             if component not in self.world.schemas:
-                self.world.schemas.register(infer_schema(component, values))
-                log.info("driver component %s registered with fields %s", component, ", ".join(values))
+                schema = variant_schema(component, self.world.schemas, values) or infer_schema(component, values)
+                self.world.schemas.register(schema)
+                log.info("driver component %s registered with fields %s", component, ", ".join(schema.fields))
             if entity not in self.world:
                 self.world.spawn(entity, "device")
             self.world.set(entity, component, values)
@@ -143,6 +155,18 @@ class DriverVerb:
             return Unavailable(Reason.BACKOFF, f"{who} is in backoff after: {cause or 'a failure'}{when}", fields)
         why = f" (last error: {cause})" if cause else ""
         return Unavailable(Reason.DRIVER_DOWN, f"{who} is {state}{why}", fields)
+
+
+def variant_schema(component: str, schemas: SchemaRegistry, values: Mapping[str, Value]) -> ComponentSchema | None:
+    """``battery_1`` (a second pack), ``geo_gps`` (one source's reading): a known component's
+    fields under a name ``<known>_<suffix>``, if ``values`` fit them; else None."""
+    base, sep, suffix = component.rpartition("_")
+    while sep:
+        if base in schemas and suffix and set(values) <= set(schemas.get(base).fields):
+            known = schemas.get(base)
+            return ComponentSchema(component, dict(known.fields), doc=f"{base} ({component})", units=dict(known.units))
+        base, sep, _ = base.rpartition("_")
+    return None
 
 
 def infer_schema(component: str, values: Mapping[str, Value]) -> ComponentSchema:

@@ -4,7 +4,8 @@ Key components
 - :func:`build_drivers`: drivers from the config's ``[[drivers]]`` entries (lazily importing only
   the kinds used, so a device without a flight controller never imports pymavlink).
 - :class:`HardwareLayer`: starts, supervises and stops the drivers; registers each driver's verbs
-  with the device's command router (answered with the driver's state while it is down);
+  with the device's command router (answered with the driver's state while it is down); picks
+  one source per component (:mod:`edge.hardware.sources`) and tells the world who wrote what;
   exposes camera frame slots to the composition root (which hands them to inference and tools).
 """
 
@@ -14,10 +15,11 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from drivers.base import Driver
+from drivers.base import Driver, DriverState
 from drivers.config import DriverSpec
 from drivers.supervisor import DriverSupervisor
 from edge.hardware.context import RuntimeDriverContext
+from edge.hardware.sources import SourceArbiter, SourceInfo
 from edge.layer import DeviceContext
 
 if TYPE_CHECKING:
@@ -43,6 +45,11 @@ class HardwareLayer:
 
     async def start(self, ctx: DeviceContext) -> None:
         self.context = RuntimeDriverContext(ctx.device, ctx.world, ctx.nc, ctx.events, ctx.commands)
+        by_name = {d.name: d for d in self.drivers}
+        self.context.sources = SourceArbiter(
+            [SourceInfo(d.name, i, d.primary, d.stale_after_s) for i, d in enumerate(self.drivers)],
+            lambda name: name in by_name and by_name[name].state is DriverState.RUNNING)
+        ctx.world.provenance = self.context.sources.provenance
         self.supervisor = DriverSupervisor(self.context, self.drivers)
         for driver in self.drivers:  # every verb answered from now on: by the driver or with its state
             self.context.own(driver, self.supervisor.status_of)

@@ -2,8 +2,12 @@
 
 ``[[models]]`` tables load models (files or the JetStream object store, hot-reloaded);
 ``[[vision]]`` tables connect a camera driver's latest frame to a detection model and write the
-results into the entity's ``detections`` component and onto ``edge.<device>.evt.<entity>.detection``.
-``edge status`` shows the section ``inference``: backend, models with latency, pipelines with drops.
+results into the entity's ``detections`` component and onto ``edge.<device>.evt.<entity>.detections``
+(:data:`DETECTIONS`, the name the agents subscribe to). Every object store bucket a model comes from
+is watched while the device runs: a new version is verified and swapped in, a refused one leaves
+the old model serving, with the error in ``edge status``. ``edge status`` shows the section
+``inference``: backend, models with latency and load errors, pipelines with drops, layer errors
+(``errors``: ``{name: {"error", "ago_s"}}``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from drivers.camera.frames import Frame, LatestFrame
 from edge.inference.blazeface import FaceDetector
 from edge.inference.config import ModelSpec, VisionSpec
 from edge.inference.config import parse_vision as parse_vision  # re-exported
+from edge.inference.errors import InferenceError
 from edge.inference.registry import ModelRegistry
 from edge.inference.vision import Detection, DetectionPipeline, Detector
 from edge.layer import DeviceContext
@@ -27,6 +32,9 @@ from edge.nats import subjects
 FrameFinder = Callable[[str | None], LatestFrame | None]
 
 log = logging.getLogger("edge.inference.layer")
+
+#: The event kind of detection sets: ``edge.<device>.evt.<entity>.detections`` (docs/subjects.md).
+DETECTIONS = "detections"
 
 class InferenceLayer:
     """Owns the model registry and the vision pipelines of the device.
@@ -46,6 +54,8 @@ class InferenceLayer:
         self.registry = ModelRegistry()
         self.pipelines: list[DetectionPipeline] = []
         self.load_errors: dict[str, str] = {}
+        self._error_at: dict[str, float] = {}  # monotonic time of each load error
+        self.watched: list[str] = []  # object store buckets followed for new model versions
         self._started = False
 
     def camera(self) -> tuple[LatestFrame | None, Detector | None]:
@@ -61,13 +71,20 @@ class InferenceLayer:
         self._started = True
         errors = await self.registry.load_all(self.models)
         for name, err in errors.items():  # a model that fails is reported; the rest serve
-            self.load_errors[name] = err.message
+            self._fail(name, err.message)
             log.error("model %s not loaded: %s", name, err.message)
+        for bucket in sorted({m.bucket for m in self.models if m.object is not None}):
+            try:  # a model that failed at start is fixed by a good version put later
+                await self.registry.watch(bucket)
+                self.watched.append(bucket)
+            except InferenceError as err:
+                self._fail(f"watch:{bucket}", err.message)
+                log.error("model bucket %s not watched: %s", bucket, err.message)
         log.info("inference backend %s, %d models", backend.label, len(self.registry.names()))
         for spec in self.vision:
             frames = self.frames(spec.camera) if self.frames is not None else None
             if frames is None:
-                self.load_errors[f"vision:{spec.entity}"] = f"no camera {spec.camera or ''} for vision on {spec.entity}"
+                self._fail(f"vision:{spec.entity}", f"no camera {spec.camera or ''} for vision on {spec.entity}")
                 log.error("vision for %s: no camera driver %s", spec.entity, spec.camera or "")
                 continue
             detector = FaceDetector(self.registry, spec.model)
@@ -75,8 +92,12 @@ class InferenceLayer:
             pipeline.start()
             self.pipelines.append(pipeline)
 
+    def _fail(self, name: str, message: str) -> None:
+        self.load_errors[name] = message
+        self._error_at[name] = time.monotonic()
+
     def _sink(self, ctx: DeviceContext, spec: VisionSpec) -> Callable[[Frame, list[Detection], float], Awaitable[None]]:
-        subject = subjects.event(ctx.device, spec.entity, "detection")
+        subject = subjects.event(ctx.device, spec.entity, DETECTIONS)
         world = ctx.world
 
         async def on_detections(frame: Frame, detections: list[Detection], latency: float) -> None:
@@ -106,9 +127,12 @@ class InferenceLayer:
     def status(self) -> dict[str, Any]:
         if not self._started:
             return {}
+        now = time.monotonic()
         return {
             "backend": self.registry.backend.label if self.registry.backend else None,
             "models": {name: st.to_dict() for name, st in self.registry.status().items()},
             "pipelines": [{"name": p.name, **p.stats.to_dict()} for p in self.pipelines],
-            "errors": self.load_errors,
+            "watched_buckets": list(self.watched),
+            "errors": {name: {"error": msg, "ago_s": round(now - self._error_at.get(name, now), 1)}
+                       for name, msg in self.load_errors.items()},
         }

@@ -62,6 +62,7 @@ class ModelStatus:
     loads: int
     load_errors: int
     last_load_error: str | None
+    last_load_error_ago_s: float | None  # seconds since the last failed load (None: never failed)
     invocations: int
     errors: int
     last_error: str | None
@@ -80,6 +81,7 @@ class _Entry:
     loads: int = 0
     load_errors: int = 0
     last_load_error: str | None = None
+    last_load_error_at: float | None = None  # monotonic
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -227,6 +229,7 @@ class ModelRegistry:
     def _record_failure(self, entry: _Entry, spec: ModelSpec, exc: InferenceError) -> None:
         entry.load_errors += 1
         entry.last_load_error = str(exc)
+        entry.last_load_error_at = time.monotonic()
         if entry.spec is None:
             entry.spec = spec
         log.error("model %s: load failed (%s)%s", spec.name, exc,
@@ -270,6 +273,7 @@ class ModelRegistry:
 
     def status(self) -> dict[str, ModelStatus]:
         out: dict[str, ModelStatus] = {}
+        now = time.monotonic()
         for name, e in sorted(self._entries.items()):
             m = e.model
             out[name] = ModelStatus(
@@ -281,6 +285,7 @@ class ModelRegistry:
                 threads=m.options.num_threads if m else None,
                 loaded_at=m.loaded_at if m else None,
                 loads=e.loads, load_errors=e.load_errors, last_load_error=e.last_load_error,
+                last_load_error_ago_s=None if e.last_load_error_at is None else round(now - e.last_load_error_at, 1),
                 invocations=m.stats.invocations if m else 0,
                 errors=m.stats.errors if m else 0,
                 last_error=m.stats.last_error if m else None,

@@ -117,11 +117,14 @@ def builtin_schemas() -> dict[str, ComponentSchema]:
         _schema("attitude", "Orientation.", roll="f64:rad", pitch="f64:rad", yaw="f64:rad"),
         _schema(
             "battery",
-            "Battery state; drain is the fraction of charge used per second.",
+            "Battery state; drain is the fraction of charge used per second; unknown lists the fields "
+            "(comma-separated) the source could not measure, whose values must not be read.",
             voltage="f64:V",
             current="f64:A",
             level="f64:0..1",
             drain="f64:1/s",
+            temperature="f64:degC",
+            unknown="str",
         ),
         _schema(
             "imu",

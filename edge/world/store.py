@@ -3,7 +3,9 @@
 Entities occupy slots. Every component field is one column indexed by slot: numeric fields in a
 float64 numpy array (so a batch for a WebAssembly system is a gather of a few columns), ``str`` and
 ``json`` fields in an object array. A boolean mask per component says which slots have it; a dirty
-mask per component records what the persister must write.
+mask per component records what the persister must write. A stamp column per component records
+when each slot was last written on this device (``updated_at``, ``freshness``: how old a value is;
+not persisted: a value restored from the store has no known age).
 
 The store is not thread-safe: it is owned by the event loop.
 
@@ -26,8 +28,9 @@ import logging
 import mmap
 import os
 import re
+import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,6 +150,9 @@ def check_entity_id(entity: str) -> None:
         )
 
 
+Provenance = Callable[[str, str], Mapping[str, Any] | None]
+
+
 class World:
     """Entities, their metadata and their component columns."""
 
@@ -172,6 +178,8 @@ class World:
         self._cols: dict[str, npt.NDArray[Any]] = {}
         self._has: dict[str, npt.NDArray[np.bool_]] = {}
         self._dirty: dict[str, npt.NDArray[np.bool_]] = {}
+        self._stamp: dict[str, F64Array] = {}  # component -> wall time (s) of each slot's last write
+        self.provenance: Provenance | None = None  # who writes a component (the hardware layer sets it)
         self._meta_dirty: set[str] = set()
         self._removed: dict[str, list[str]] = {}  # entity -> components, to delete from the store
         self._unset: set[tuple[str, str]] = set()
@@ -281,6 +289,29 @@ class World:
     def get_all(self, entity: str) -> dict[str, dict[str, Any]]:
         return {name: self.get(entity, name) for name in self.components_of(entity)}
 
+    def updated_at(self, entity: str, component: str) -> float | None:
+        """Wall time (``time.time()``) of the component's last write on this device, None if it
+        was not written since the world was built (a value restored from the store)."""
+        if not self.has(entity, component):
+            return None
+        t = float(self._stamp[component][self._slot_of(entity)])
+        return t if t > 0 else None
+
+    def freshness(self, entity: str) -> dict[str, dict[str, Any]]:
+        """Per component of ``entity``: ``age_s`` since its last write (None if unknown) and,
+        for components a driver writes, ``source``, ``stale`` and the other sources
+        (:attr:`provenance`)."""
+        now = time.time()
+        out: dict[str, dict[str, Any]] = {}
+        for component in self.components_of(entity):
+            t = self.updated_at(entity, component)
+            info: dict[str, Any] = {"age_s": None if t is None else round(max(0.0, now - t), 3)}
+            extra = self.provenance(entity, component) if self.provenance is not None else None
+            if extra:
+                info.update(extra)
+            out[component] = info
+        return out
+
     def has(self, entity: str, component: str) -> bool:
         return component in self._has and self._has_component(component, self._slot_of(entity))
 
@@ -357,11 +388,14 @@ class World:
             else:
                 col[q.index] = src[:n]
             touched.add(name.partition(".")[0])
+        now = time.time()
         for comp in touched:
             if q.contiguous:
                 self._dirty[comp][:n] = True
+                self._stamp[comp][:n] = now
             else:
                 self._dirty[comp][q.index] = True
+                self._stamp[comp][q.index] = now
         self.changes += 1
 
     # -- shared columns and batches in flight ---------------------------------------------------
@@ -489,6 +523,7 @@ class World:
                 self._cols[key] = np.full(self._capacity, None, dtype=object)
         self._has[schema.name] = np.zeros(self._capacity, dtype=bool)
         self._dirty[schema.name] = np.zeros(self._capacity, dtype=bool)
+        self._stamp[schema.name] = np.zeros(self._capacity, dtype=np.float64)
 
     def _write(self, slot: int, component: str, values: Mapping[str, Any], *, adding: bool) -> None:
         schema = self._schema(component)
@@ -499,6 +534,7 @@ class World:
             col[slot] = float(value) if kind in NUMERIC_TYPES else value
         self._has[component][slot] = True
         self._dirty[component][slot] = True
+        self._stamp[component][slot] = time.time()
         self.changes += 1
 
     def _read(self, component: str, name: str, kind: str, slot: int) -> Any:
@@ -515,6 +551,8 @@ class World:
         schema = self._schema(component)
         for name, kind in schema.fields.items():
             self._cols[f"{component}.{name}"][slot] = 0.0 if kind in NUMERIC_TYPES else None
+        if component in self._stamp:
+            self._stamp[component][slot] = 0.0
 
     def _new_shared(self, key: str) -> F64Array:
         try:
@@ -543,6 +581,10 @@ class World:
                 grown_mask = np.zeros(new, dtype=bool)
                 grown_mask[:old] = mask
                 table[key] = grown_mask
+        for key, stamps in self._stamp.items():
+            grown_stamps = np.zeros(new, dtype=np.float64)
+            grown_stamps[:old] = stamps
+            self._stamp[key] = grown_stamps
         self._ids.extend([None] * (new - old))
         self._free.extend(range(new - 1, old - 1, -1))
         self._capacity = new

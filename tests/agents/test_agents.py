@@ -402,3 +402,32 @@ def test_parse_agents_errors() -> None:
         parse_agents([{"kind": "follow", "entity": "d"}, {"kind": "follow", "entity": "d"}], file="f.toml")
     assert exc.value.key == "agents[1].name"
     assert parse_agents(None) == []
+
+
+async def test_follow_refresh_answers_a_new_set_never_a_timer_tick() -> None:
+    """A refresh (same velocity, refresh_s passed) goes out with the next detection set: a timer
+    tick on an old set sends nothing, so every command answers a frame (bench_perception)."""
+    agent = FollowAgent("d1", FollowParams(acquire_frames=1, refresh_s=1.0, lost_timeout=5.0))
+    agent.device = DEVICE
+    subject = f"edge.{DEVICE}.evt.d1.detections"
+    box = {"items": [{"label": "face", "score": 0.9, "box": [0.6, 0.4, 0.8, 0.6]}]}
+    agent.observe(subject, box, 0.0)
+    first = await agent.decide(0.0)
+    assert [d.decision for d in first] == ["follow"]
+    agent.observe(subject, box, 0.5)  # same target, refresh not due yet
+    assert await agent.decide(0.5) == []
+    assert await agent.decide(1.2) == []  # a tick after refresh_s, on the set of 0.5 s: nothing
+    agent.observe(subject, box, 1.3)  # the next set: the refresh goes out with it
+    again = await agent.decide(1.3)
+    assert [d.decision for d in again] == ["follow"] and again[0].inputs["detections_age_s"] == 0.0
+
+
+async def test_unknown_battery_level_is_not_an_empty_battery() -> None:
+    agent = FollowAgent("d1", FollowParams())
+    agent.device = DEVICE
+    agent.context.set("world.battery", {"voltage": 12.1, "level": 0.0, "unknown": "current,level"}, 0.0)
+    assert agent.battery_level(0.1) == (None, None)
+    assert await agent.decide(0.1) == []  # no RTL on a level nobody measured
+    agent.context.set("tele.battery", {"level": 0.1, "unknown": ""}, 0.2)
+    assert agent.battery_level(0.3) == (0.1, "tele.battery")
+    assert [d.decision for d in await agent.decide(0.3)] == ["rtl"]

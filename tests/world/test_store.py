@@ -168,3 +168,36 @@ def test_freed_slots_quarantined_while_a_lease_is_held() -> None:
     w.mark_written(q, ["position.x"])
     writes, *_ = w.take_changes()  # "b" lost position: not marked dirty
     assert sorted(e for e, _, _ in writes) == ["c", "d", "e"]
+
+
+def test_every_write_is_stamped_and_reads_tell_the_age() -> None:
+    import time
+
+    w = World(shared=False)
+    w.spawn("a", "drone", components={"position": {"x": 1.0}})
+    w.spawn("b", "drone")
+    t0 = time.time()
+    assert w.updated_at("b", "position") is None  # no such component
+    t_a = w.updated_at("a", "position")
+    assert t_a is not None and t0 - 1 < t_a <= t0
+    time.sleep(0.05)
+    w.set("b", "velocity", {"x": 2.0})
+    tb = w.updated_at("b", "velocity")
+    assert tb is not None and tb > t_a
+    f = w.freshness("a")
+    assert set(f) == {"position"} and f["position"]["age_s"] >= 0.05
+    w.provenance = lambda e, c: {"source": "fc", "stale": True} if c == "position" else None
+    assert w.freshness("a")["position"]["source"] == "fc" and w.freshness("a")["position"]["stale"] is True
+    time.sleep(0.02)
+    q = w.query(["position"])
+    px = np.zeros(len(q))
+    w.gather(q, ["position.x"], [px])
+    w.scatter(q, ["position.x"], [px + 1])  # a system's batch write stamps too
+    t_s = w.updated_at("a", "position")
+    assert t_s is not None and t_s > tb
+    w.unset("a", "position")
+    w.set("a", "position", {"y": 1.0})
+    assert (w.updated_at("a", "position") or 0) >= t_s
+    for i in range(40):  # growing the store keeps the stamps
+        w.spawn(f"e{i}", "x", components={"position": {"x": float(i)}})
+    assert w.updated_at("a", "position") is not None and w.updated_at("e0", "position") is not None
