@@ -69,12 +69,14 @@ def read_state(world: World, entity: str) -> VehicleState:
     armed = flight.get("armed")
     mode = flight.get("mode")
     yaw = _finite(att, "yaw")
+    unknown = bat.get("unknown")
+    level_unknown = isinstance(unknown, str) and "level" in unknown.split(",")  # MAVLink's "unknown" sentinel
     return VehicleState(
         armed=armed if isinstance(armed, bool) else None,
         mode=mode if isinstance(mode, str) and mode else None,
         x=_finite(pos, "x"), y=_finite(pos, "y"), z=_finite(pos, "z"),
         yaw=None if yaw is None else math.degrees(yaw) % 360.0,
-        battery=_finite(bat, "level"),
+        battery=None if level_unknown else _finite(bat, "level"),
         lat=_finite(geo, "lat"), lon=_finite(geo, "lon"),
     )
 

@@ -117,6 +117,16 @@ async def test_low_battery_refuses_motion_and_offers_rtl_which_passes(rig: Rig) 
     assert [g[0] for g in rig.vehicle.got] == ["rtl"]
 
 
+async def test_an_unmeasured_battery_level_is_unknown_not_empty(rig: Rig) -> None:
+    """A pack whose autopilot sends the "unknown" sentinel stores level 0 with ``unknown="level"``."""
+    rig.fly()
+    rig.world.set("drone1", "battery", {"level": 0.0, "unknown": "current,level"})
+    assert (await rig.send("velocity", {"x": 1.0}))["ok"] is True
+    rig.world.set("drone1", "battery", {"level": 0.0, "unknown": ""})  # a measured empty pack
+    answer = await rig.send("velocity", {"x": 1.0})
+    assert answer["ok"] is False and answer["envelope"]["rule"] == "battery"
+
+
 async def test_a_velocity_leaving_the_fence_runs_a_hold_instead(rig: Rig) -> None:
     rig.fly()
     rig.world.set("drone1", "position", {"x": 49.0})
