@@ -61,6 +61,9 @@ def register(sub: Any) -> None:
     send.add_argument("name", help="command subject tail, e.g. drone-0.rtl (entity.verb)")
     send.add_argument("payload", nargs="?", default="{}", help="JSON payload")
     send.add_argument("--ttl", type=float, default=3600.0, help="seconds until the command expires")
+    send.add_argument("--policy", type=Path, default=None,
+                      help="fleet policy file: the command is queued only if it allows it (docs/policy.md)")
+    send.add_argument("--operator", default="cloud", help="who sends it (the policy's operator:<name>)")
 
     fleet = sub.add_parser("fleet", help="devices as the hub sees them")
     fsub = fleet.add_subparsers(dest="verb", required=True)
@@ -124,6 +127,10 @@ async def dispatch(args: argparse.Namespace) -> int:
                 payload = json.dumps(json.loads(args.payload)).encode()
             except ValueError as err:
                 raise EdgeError(f"payload is not JSON: {err}") from None
+            if args.policy is not None:  # [policy] checked before the command is queued
+                from edge.policy.hub import FleetPolicy
+
+                FleetPolicy.from_file(args.policy).require_command(args.operator, args.device, args.name)
             ack = await hubops.send_command(js, args.device, args.name, payload, ttl_s=args.ttl)
             print(f"queued for {args.device} (stream {ack.stream}, seq {ack.seq}), expires in {args.ttl:.0f} s")
     finally:

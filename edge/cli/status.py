@@ -66,7 +66,7 @@ def render(status: dict[str, Any]) -> str:
         "",
         entity_table(status.get("entities", [])),
     ]
-    for section in ("drivers", "commands", "safety", "inference", "sync", "agents", "tools"):
+    for section in ("policy", "drivers", "commands", "safety", "inference", "sync", "agents", "tools"):
         if status.get(section):
             head += ["", f"{section}:", _section(status[section])]
     faults = status.get("faults") or []

@@ -20,6 +20,7 @@ section         type                                   reader
 ``drivers``     ``list[DriverSpec]``                   :func:`drivers.config.read_drivers`
 ``schemas``     ``list[ComponentSchema]``              :func:`edge.world.schema.read_schema`
 ``safety``      ``SafetyConfig``                       :func:`edge.safety.config.read_safety`
+``policy``      ``PolicyConfig``                       :func:`edge.policy.config.read_policy`
 ==============  =====================================  ==========================================
 
 Paths in the file are relative to the file (``base``): ``device.data_dir``, ``nats.credentials``,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # the section modules import the reader (edge.config.table): 
     from edge.agents.config import AgentSpec
     from edge.agents.tools.permissions import ToolsConfig
     from edge.inference.config import ModelSpec, VisionSpec
+    from edge.policy.config import PolicyConfig
     from edge.safety.config import SafetyConfig
     from edge.sync.device.config import SyncConfig
     from edge.sync.device.leaf import HubLink
@@ -115,6 +117,7 @@ class DeviceConfig:
     hub: HubLink | None = None  # leaf-node uplink; None = standalone
     sync: SyncConfig = field(default_factory=lambda: _sync_default())  # device stream limits
     safety: SafetyConfig = field(default_factory=lambda: _safety_default())  # the motion envelope
+    policy: PolicyConfig = field(default_factory=lambda: _policy_default())  # the policy point
     demo: bool = False
     demo_drones: int = 0
 
@@ -135,6 +138,12 @@ def _safety_default() -> SafetyConfig:
     from edge.safety.config import SafetyConfig
 
     return SafetyConfig()
+
+
+def _policy_default() -> PolicyConfig:
+    from edge.policy.config import PolicyConfig
+
+    return PolicyConfig()
 
 
 def default_device_id() -> str:
@@ -172,6 +181,7 @@ def parse_config(
     from edge.agents.config import read_agents
     from edge.agents.tools.permissions import read_tools
     from edge.inference.config import read_models, read_vision
+    from edge.policy.config import read_policy
     from edge.safety.config import read_safety
     from edge.sync.device.config import read_hub, read_sync
     from edge.world.schema import read_schema
@@ -249,6 +259,7 @@ def parse_config(
     cfg.hub = read_hub(top.table("hub"))
     cfg.sync = read_sync(top.table("sync"))
     cfg.safety = read_safety(top.table("safety"))
+    cfg.policy = read_policy(top.table("policy"))
 
     demo = top.table("demo")
     cfg.demo_drones = demo.integer("drones", 0, lo=0)
