@@ -97,6 +97,10 @@ async def dispatch(args: argparse.Namespace) -> int:
         return await serve_page(args)
     import nats
 
+    if args.verb == "send" and args.policy is not None:  # [policy] decided before anything is queued
+        from edge.policy.hub import FleetPolicy
+
+        FleetPolicy.from_file(args.policy).require_command(args.operator, args.device, args.name)
     url = _hub_url(args)
     try:
         nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0, allow_reconnect=False)
@@ -127,10 +131,6 @@ async def dispatch(args: argparse.Namespace) -> int:
                 payload = json.dumps(json.loads(args.payload)).encode()
             except ValueError as err:
                 raise EdgeError(f"payload is not JSON: {err}") from None
-            if args.policy is not None:  # [policy] checked before the command is queued
-                from edge.policy.hub import FleetPolicy
-
-                FleetPolicy.from_file(args.policy).require_command(args.operator, args.device, args.name)
             ack = await hubops.send_command(js, args.device, args.name, payload, ttl_s=args.ttl)
             print(f"queued for {args.device} (stream {ack.stream}, seq {ack.seq}), expires in {args.ttl:.0f} s")
     finally:
