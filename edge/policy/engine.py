@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from edge.nats.subjects import subject_matches
+from edge.nats.subjects import tokens_match
 from edge.policy.model import ACTIONS, KINDS, Context, Decision, valid_principal, valid_resource
 from edge.policy.rules import Limit, Policy, Rule
 
@@ -36,14 +36,14 @@ ContextFn = Callable[[], Context]
 @dataclass(frozen=True, slots=True)
 class _Entry:
     ids: frozenset[str] | None  # None: every id
-    resources: tuple[str, ...]
+    patterns: tuple[tuple[str, ...], ...]  # the resource patterns, split into tokens
     rule: Rule
 
-    def matches(self, pid: str, resource: str) -> bool:
+    def matches(self, pid: str, tokens: list[str]) -> bool:
         if self.ids is not None and pid not in self.ids:
             return False
-        for p in self.resources:
-            if subject_matches(p, resource):
+        for p in self.patterns:
+            if tokens_match(p, tokens):
                 return True
         return False
 
@@ -51,13 +51,17 @@ class _Entry:
 @dataclass(frozen=True, slots=True)
 class _LimitEntry:
     ids: frozenset[str] | None
-    resources: tuple[str, ...]
+    patterns: tuple[tuple[str, ...], ...]
     limit: Limit
 
-    def matches(self, pid: str, resource: str) -> bool:
+    def matches(self, pid: str, tokens: list[str]) -> bool:
         if self.ids is not None and pid not in self.ids:
             return False
-        return any(subject_matches(p, resource) for p in self.resources)
+        return any(tokens_match(p, tokens) for p in self.patterns)
+
+
+def _split(patterns: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(p.split(".")) for p in patterns)
 
 
 def _ids(principals: Sequence[tuple[str, str]], kind: str) -> frozenset[str] | None | bool:
@@ -106,7 +110,7 @@ class CompiledPolicy:
                             continue
                         ids = _ids(rule.principals, kind)
                         if ids is not False:
-                            entries.append(_Entry(ids, rule.resources, rule))  # type: ignore[arg-type]
+                            entries.append(_Entry(ids, _split(rule.resources), rule))  # type: ignore[arg-type]
                     if entries:
                         table[key] = tuple(entries)
                 limits = []
@@ -114,7 +118,7 @@ class CompiledPolicy:
                     if action in limit.actions:
                         ids = _ids(limit.principals, kind)
                         if ids is not False:
-                            limits.append(_LimitEntry(ids, limit.resources, limit))  # type: ignore[arg-type]
+                            limits.append(_LimitEntry(ids, _split(limit.resources), limit))  # type: ignore[arg-type]
                 if limits:
                     self._limits[key] = tuple(limits)
         #: whether any rule has conditions (then the call site builds a context)
@@ -162,8 +166,9 @@ class CompiledPolicy:
         key = (kind, action)
         dependent = False
         ctx: Context | None = None
+        tokens = resource.split(".")
         for entry in self._deny.get(key, ()):
-            if entry.matches(pid, resource):
+            if entry.matches(pid, tokens):
                 if entry.rule.conditional:
                     dependent = True
                     if ctx is None:
@@ -173,7 +178,7 @@ class CompiledPolicy:
                     return self._by_rule[entry.rule.name], False
                 return self._by_rule[entry.rule.name], True  # unconditional deny: context-free
         for entry in self._allow.get(key, ()):
-            if entry.matches(pid, resource):
+            if entry.matches(pid, tokens):
                 if entry.rule.conditional:
                     dependent = True
                     if ctx is None:
@@ -196,7 +201,8 @@ class CompiledPolicy:
         key = (kind, pid, action, resource)
         hit = self._limit_cache.get(key)
         if hit is None:
-            hit = tuple(e.limit for e in entries if e.matches(pid, resource))
+            tokens = resource.split(".")
+            hit = tuple(e.limit for e in entries if e.matches(pid, tokens))
             if len(self._limit_cache) >= CACHE_MAX:
                 self._limit_cache.clear()
             self._limit_cache[key] = hit

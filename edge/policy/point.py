@@ -136,6 +136,48 @@ class PolicyPoint:
             self._denied(kind, pid, action, resource, decision)
         return decision
 
+    def check_batch(self, kind: str, pid: str, action: str, items: list[tuple[str, bytes]], *,
+                    granted: bool = False) -> list[tuple[str, bytes]]:
+        """:meth:`check` for each (resource, payload) of a batch (one principal and action);
+        returns the items allowed (``items`` itself when all are). One decision per distinct
+        resource; each message still meets the limits and is metered and counted."""
+        u = self.meter.usage.get((kind, pid)) or self.meter.of(kind, pid)
+        n = len(items)
+        u.messages += n
+        u.bytes += sum([len(d) for _, d in items])
+        if action in _COUNTED:
+            counter = _COUNTER[action]
+            setattr(u, counter, getattr(u, counter) + n)
+        compiled = self.compiled
+        if compiled is None:
+            return items
+        ctx = self._context(None) if compiled.conditional and self.link is not None else None
+        decided: dict[str, Decision] = {}
+        limited: dict[str, tuple[Limit, ...]] = {}
+        for resource, _ in items:
+            if resource not in decided:
+                d = decided[resource] = compiled.decide(kind, pid, action, resource, granted, ctx)
+                if d.allowed and compiled.limited:
+                    limits = compiled.limits(kind, pid, action, resource)
+                    if limits:
+                        limited[resource] = limits
+        if not limited and all(d.allowed for d in decided.values()):
+            return items
+        out = []
+        for resource, data in items:
+            decision = decided[resource]
+            applying = limited.get(resource)
+            if applying:
+                over = self._take(kind, pid, applying, len(data), compiled.generation)
+                if over is not None:
+                    decision = over
+            if decision.allowed:
+                out.append((resource, data))
+            else:
+                u.denied += 1
+                self._denied(kind, pid, action, resource, decision)
+        return out
+
     def _context(self, entity: str | None) -> ContextFn:
         def build() -> Context:
             labels = self.labels(entity) if (entity is not None and self.labels is not None) else {}

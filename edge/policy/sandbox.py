@@ -27,10 +27,7 @@ class SandboxPolicy:
 
     def _filter(self, component: str, action: str,
                 items: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-        check = self.point.check
-        out = [item for item in items
-               if check("component", component, action, item[0], size=len(item[1]), granted=True).allowed]
-        return items if len(out) == len(items) else out
+        return self.point.check_batch("component", component, action, items, granted=True)
 
     def publishes(self, component: str, items: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
         return self._filter(component, _PUBLISH, items)
