@@ -171,3 +171,22 @@ async def test_a_reload_under_load_never_decides_on_a_half_loaded_policy() -> No
     assert len({g for g, _, _ in seen}) > 10  # the decisions really spanned the reloads
     for generation, which, allowed in seen:
         assert allowed == (kinds[generation] == which), (generation, which)
+
+
+def test_a_batch_is_decided_like_its_messages_one_by_one() -> None:
+    raw = {"rule": [{"name": "no-b", "effect": "deny", "principal": "component:*", "action": "publish",
+                     "resource": "s.b"}],
+           "limit": [{"name": "q", "principal": "component:*", "action": "publish", "resource": "s.c",
+                      "quota_messages": 2}]}
+    items = [("s.a", b"1"), ("s.b", b"22"), ("s.c", b"3"), ("s.c", b"4"), ("s.c", b"5"), ("bad.*", b"6")]
+    batch, _, _ = point(raw)
+    one, _, _ = point(raw)
+    allowed = batch.check_batch("component", "c", "publish", items, granted=True)
+    singles = [it for it in items
+               if one.check("component", "c", "publish", it[0], size=len(it[1]), granted=True).allowed]
+    assert allowed == singles == [("s.a", b"1"), ("s.c", b"3"), ("s.c", b"4")]
+    assert batch.meter.of("component", "c").to_dict() == one.meter.of("component", "c").to_dict()
+    assert batch.meter.of("component", "c").denied == 3
+    assert [d["rule"] for d in batch.recent] == ["no-b", "q", "invalid"]
+    fine = [("s.a", b"1")] * 3
+    assert batch.check_batch("component", "c", "publish", fine, granted=True) is fine  # no copy
