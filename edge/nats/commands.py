@@ -176,9 +176,9 @@ class GuardVerdict:
 
 #: Called (synchronously, on the event loop) just before each handler runs; None lets it run.
 Guard = Callable[[CommandRequest], GuardVerdict | None]
-#: Called (synchronously) as each command arrives, before it is queued: None admits it, else the
-#: refusal: (error sentence, answer fields).
-Admission = Callable[[CommandRequest], "tuple[str, Mapping[str, Any]] | None"]
+#: Called (synchronously) as each command arrives, before it is queued, with the payload's size in
+#: bytes: None admits it, else the refusal: (error sentence, answer fields).
+Admission = Callable[[CommandRequest, int], "tuple[str, Mapping[str, Any]] | None"]
 
 
 def answer_ok(command_id: str | None, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -351,12 +351,12 @@ class CommandRouter:
 
         return remove
 
-    def _admit(self, request: CommandRequest) -> dict[str, Any] | None:
+    def _admit(self, request: CommandRequest, size: int) -> dict[str, Any] | None:
         check = self._admission
         if check is None:
             return None
         try:
-            refused = check(request)
+            refused = check(request, size)
         except Exception as err:  # noqa: BLE001  fail closed: an unchecked command does not run
             log.exception("the admission check failed on %s.%s", request.entity, request.verb)
             return answer_error(request.id, Reason.DENIED,
@@ -452,7 +452,7 @@ class CommandRouter:
                                reply, ran=False)
             return
         request = CommandRequest(entity, verb, args, command_id, headers.get(CALLER_HEADER), msg.subject)
-        refusal = self._admit(request) or self._refusal(request)
+        refusal = self._admit(request, len(msg.data)) or self._refusal(request)
         if refusal is not None:
             await self._finish(entity, verb, command_id, refusal, reply, ran=False)
             return

@@ -102,11 +102,11 @@ class PolicyLayer:
             return "agent", caller, False
         return "caller", caller, False
 
-    def admit(self, request: CommandRequest) -> tuple[str, Mapping[str, Any]] | None:
+    def admit(self, request: CommandRequest, size: int = 0) -> tuple[str, Mapping[str, Any]] | None:
         """The router's admission check: None admits, else the refusal (sentence, fields)."""
         kind, pid, granted = self.principal(request.caller)
         d = self.point.check(kind, pid, Action.COMMAND, f"{request.entity}.{request.verb}",
-                             granted=granted, entity=request.entity)
+                             size=size, granted=granted, entity=request.entity)
         if d.allowed:
             return None
         return (f"{kind}:{pid} may not send '{request.verb}' to '{request.entity}': {d.reason}",
