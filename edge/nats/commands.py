@@ -57,6 +57,7 @@ from nats.aio.subscription import Subscription
 
 from edge.errors import EdgeError
 from edge.nats import subjects
+from edge.wasm.origin import ORIGIN_HEADER
 
 if TYPE_CHECKING:
     from edge.layer import Events
@@ -156,6 +157,7 @@ class CommandRequest:
     id: str
     caller: str | None
     subject: str
+    origin: str | None = None  # the Edge-Component header: a wasm component's publish (edge.wasm.origin)
 
 
 CommandFn = Callable[[CommandRequest], Awaitable[Mapping[str, Any]]]
@@ -451,7 +453,8 @@ class CommandRouter:
             await self._finish(entity, verb, command_id, answer_error(command_id, Reason.BAD_REQUEST, why),
                                reply, ran=False)
             return
-        request = CommandRequest(entity, verb, args, command_id, headers.get(CALLER_HEADER), msg.subject)
+        request = CommandRequest(entity, verb, args, command_id, headers.get(CALLER_HEADER), msg.subject,
+                                 headers.get(ORIGIN_HEADER))
         refusal = self._admit(request, len(msg.data)) or self._refusal(request)
         if refusal is not None:
             await self._finish(entity, verb, command_id, refusal, reply, ran=False)

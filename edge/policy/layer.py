@@ -90,9 +90,13 @@ class PolicyLayer:
 
     # -- commands -------------------------------------------------------------------------------
 
-    def principal(self, caller: str | None) -> tuple[str, str, bool]:
-        """(kind, id, granted) of a command's ``Edge-Caller``."""
+    def principal(self, caller: str | None, origin: str | None = None) -> tuple[str, str, bool]:
+        """(kind, id, granted) of a command's ``Edge-Caller`` (or, without one, of the
+        ``Edge-Component`` of a command a wasm component of this device published)."""
         if not caller:
+            ctx = self._ctx
+            if origin and ctx is not None and origin.endswith(f"@{ctx.device}"):
+                return "component", origin[: -len(ctx.device) - 1], False
             return "caller", ANONYMOUS, False
         if caller in DEVICE_CALLERS:
             return "device", caller, True
@@ -104,7 +108,7 @@ class PolicyLayer:
 
     def admit(self, request: CommandRequest, size: int = 0) -> tuple[str, Mapping[str, Any]] | None:
         """The router's admission check: None admits, else the refusal (sentence, fields)."""
-        kind, pid, granted = self.principal(request.caller)
+        kind, pid, granted = self.principal(request.caller, request.origin)
         d = self.point.check(kind, pid, Action.COMMAND, f"{request.entity}.{request.verb}",
                              size=size, granted=granted, entity=request.entity)
         if d.allowed:

@@ -58,6 +58,13 @@ action = "command"
 resource = "*.rtl"
 
 [[rule]]
+name = "pilot-rtl"
+effect = "allow"
+principal = "component:pilot"
+action = "command"
+resource = "*.rtl"
+
+[[rule]]
 name = "auditor-reads"
 effect = "allow"
 principal = "caller:auditor"
@@ -110,12 +117,13 @@ async def rt(tmp_path: Path) -> AsyncIterator[Runtime]:
         await runtime.stop()
 
 
-async def relay(rt: Runtime, tmp: Path, module: Path, name: str, out: str, subscribe: str) -> None:
+async def relay(rt: Runtime, tmp: Path, module: Path, name: str, out: str, subscribe: str,
+                publish: str = f"edge.{DEV}.evt.>") -> None:
     kv = await rt.sandbox._bucket()
     await kv.put(f"{name}.out", out.encode())
     path = tmp / f"{name}.toml"
     path.write_text(f'name = "{name}"\nversion = "1.0.0"\ncontract = 1\nmodule = "{module}"\n'
-                    f'[run]\nsubscribe = ["{subscribe}"]\npublish = ["edge.{DEV}.evt.>"]\n')
+                    f'[run]\nsubscribe = ["{subscribe}"]\npublish = ["{publish}"]\n')
     await rt.load_component(str(path))
 
 
@@ -201,6 +209,27 @@ async def test_commands_are_denied_by_default_allowed_by_a_rule_and_the_record_n
     assert ran == ["rtl"]
     records = [json.loads((await acks.next_msg(timeout=5)).data) for _ in range(4)]
     assert [r.get("reason") for r in records] == [None, "denied", "denied", "denied"]
+
+
+async def test_a_command_a_wasm_component_publishes_is_decided_as_that_component(
+        rt: Runtime, tmp_path: Path, relay_module: Path) -> None:
+    assert rt.nc is not None and rt.commands is not None
+    ran: list[str] = []
+
+    async def handler(req: CommandRequest) -> dict[str, Any]:
+        ran.append(req.verb)
+        return {}
+
+    rt.commands.register("drone-0", "rtl", handler, owner="test")
+    acks = await tap(rt, f"edge.{DEV}.ack.drone-0.rtl")
+    cmd = f"edge.{DEV}.cmd.drone-0.rtl"
+    await relay(rt, tmp_path, relay_module, "pilot", cmd, f"edge.{DEV}.evt.go", publish=cmd)
+    await relay(rt, tmp_path, relay_module, "rogue", cmd, f"edge.{DEV}.evt.go", publish=cmd)
+    await rt.nc.publish(f"edge.{DEV}.evt.go", b"{}")
+    await wait_for(lambda: len(acks.msgs) == 2)
+    answers = sorted((json.loads(m.data) for m in acks.msgs), key=lambda a: a["ok"])
+    assert answers[1]["ok"] is True and ran == ["rtl"]
+    assert answers[0]["reason"] == "denied" and "component:rogue may not send 'rtl'" in answers[0]["error"]
 
 
 async def test_tool_calls_use_the_permissions_as_the_grant_and_rules_over_them(rt: Runtime) -> None:
