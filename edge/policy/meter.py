@@ -21,6 +21,9 @@ from edge.wasm.quotas import TokenBucket
 #: Principals metered one by one; more are counted together under OVERFLOW.
 MAX_PRINCIPALS = 1024
 OVERFLOW = ("other", "*")
+#: Where a principal whose id is longer than any valid id is counted (it is always denied).
+INVALID = ("invalid", "*")
+MAX_ID = 64
 FIELDS = ("messages", "bytes", "gas", "infer_s", "kv_writes", "commands", "calls", "denied")
 
 
@@ -52,7 +55,7 @@ class Meter:
         self._last: dict[tuple[str, str], dict[str, Any]] = {}
 
     def of(self, kind: str, pid: str) -> Usage:
-        key = (kind, pid)
+        key = (kind, pid) if len(pid) <= MAX_ID and len(kind) <= MAX_ID else INVALID
         u = self.usage.get(key)
         if u is None:
             if len(self.usage) >= self.max_principals:

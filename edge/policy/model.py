@@ -42,7 +42,7 @@ LINK_STATES = ("up", "down", "none")
 MAX_RESOURCE = 512
 #: Longest principal id; a longer (or otherwise invalid) one is denied.
 PRINCIPAL_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_TOKEN_BAD = re.compile(r"[\s*>]")
+_TOKEN_BAD = re.compile(r"[\s*>\x00-\x1f\x7f]")
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
@@ -111,8 +111,8 @@ class PolicyDenied(EdgeError):
 
 
 def valid_resource(resource: str) -> bool:
-    """True if ``resource`` is dot-separated non-empty tokens without wildcards or spaces,
-    encodable as UTF-8, at most :data:`MAX_RESOURCE` bytes."""
+    """True if ``resource`` is dot-separated non-empty tokens without wildcards, spaces or
+    control characters, encodable as UTF-8, at most :data:`MAX_RESOURCE` bytes."""
     if not resource or len(resource) > MAX_RESOURCE:
         return False
     try:

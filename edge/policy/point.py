@@ -211,7 +211,7 @@ class PolicyPoint:
 
     def _denied(self, kind: str, pid: str, action: str, resource: str, decision: Decision) -> None:
         self.denied += 1
-        principal = f"{kind}:{pid}"
+        principal = f"{kind[:16]}:{pid[:80]}".encode("utf-8", "replace").decode()  # bounded, printable
         shown = resource[:200].encode("utf-8", "replace").decode()
         record = {"t": time.time(), "principal": principal, "action": action, "resource": shown,
                   "rule": decision.rule, "reason": decision.reason, "generation": decision.generation}

@@ -190,3 +190,23 @@ def test_a_batch_is_decided_like_its_messages_one_by_one() -> None:
     assert [d["rule"] for d in batch.recent] == ["no-b", "q", "invalid"]
     fine = [("s.a", b"1")] * 3
     assert batch.check_batch("component", "c", "publish", fine, granted=True) is fine  # no copy
+
+
+def test_fuzzed_principals_and_resources_never_crash_the_point_and_stay_bounded() -> None:
+    p, events, clock = point({"rule": [{"name": "all", "effect": "allow", "principal": "*", "action": "*"}]})
+    odd = ["", "x" * 100_000, "a..b", "*", ">", "a.*", "bad\udcff", "a b", "\x00", "a\tb", ".a"]
+    odd_ids = [*odd, "a.b", "日本", "x" * 65]
+    for pid in odd_ids:
+        for resource in [*odd, "ok"]:
+            d = p.check("caller", pid, "call", resource, size=len(resource), granted=True)
+            assert not d.allowed and d.rule == "invalid"
+            assert not p.check_batch("component", pid, "publish", [(resource, b"x")], granted=True)
+        clock.t += DENIAL_EVENT_INTERVAL_S
+    for resource in odd:
+        assert not p.check("caller", "fine", "call", resource, granted=True).allowed
+    assert p.check("caller", "fine", "call", "ok", granted=True).allowed
+    assert len(p.meter.usage) <= 2 * len(odd_ids) + 1  # long ids share one "invalid:*" row
+    assert all(len(k) + len(i) <= 128 for k, i in p.meter.usage)
+    for _, body in events.out:
+        assert len(body["principal"]) <= 100 and len(body["resource"]) <= 200
+        json.dumps(body).encode()  # every record is valid JSON text
