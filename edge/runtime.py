@@ -198,6 +198,17 @@ class Runtime:
     def components_status(self) -> list[dict[str, Any]]:
         return self.sandbox.components_status()
 
+    def reload_policy(self) -> None:
+        """Read the ``[policy]`` file again now (``edge run`` does it on SIGHUP); a bad file is
+        refused and the old policy kept (docs/policy.md)."""
+        for layer in self.layers or ():
+            reload = getattr(layer, "reload", None)
+            if layer.name == "policy" and reload is not None:
+                try:
+                    reload()
+                except EdgeError as err:
+                    log.warning("policy not reloaded: %s", err.message)
+
     # -- status -------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
