@@ -58,6 +58,14 @@ action = "command"
 resource = "*.rtl"
 
 [[rule]]
+name = "north-hold"
+effect = "allow"
+principal = "caller:planner"
+action = "command"
+resource = "*.hold"
+labels = { fleet = "north" }
+
+[[rule]]
 name = "pilot-rtl"
 effect = "allow"
 principal = "component:pilot"
@@ -93,6 +101,10 @@ intruder = ["*"]
 id = "drone-0"
 kind = "drone"
 components = { position = { x = 1.0, y = 2.0, z = 3.0 } }
+[[entities]]
+id = "scout"
+kind = "drone"
+labels = { fleet = "north" }
 """
 
 
@@ -209,6 +221,13 @@ async def test_commands_are_denied_by_default_allowed_by_a_rule_and_the_record_n
     assert ran == ["rtl"]
     records = [json.loads((await acks.next_msg(timeout=5)).data) for _ in range(4)]
     assert [r.get("reason") for r in records] == [None, "denied", "denied", "denied"]
+    # a condition on the target entity's labels
+    rt.commands.register("*", "hold", handler, owner="test")
+    assert (await client.send("scout", "hold", {}, timeout=5, caller="planner")).ok
+    res = await client.send("drone-0", "hold", {}, timeout=5, caller="planner")
+    assert res.reason == "denied" and res.answer["rule"] == "default"
+    res = await client.send("nobody", "hold", {}, timeout=5, caller="planner")  # no such entity: no labels
+    assert res.reason == "denied"
 
 
 async def test_a_command_a_wasm_component_publishes_is_decided_as_that_component(
