@@ -85,6 +85,13 @@ effect = "deny"
 principal = "caller:intruder"
 action = "*"
 resource = ">"
+
+[[limit]]
+name = "two-per-window"
+principal = "caller:limited"
+action = "call"
+quota_messages = 2
+window = 0.5
 """
 
 CONFIG = """
@@ -97,6 +104,7 @@ watch_interval = 0.05
 [tools.callers]
 planner = ["list_entities", "send_command"]
 intruder = ["*"]
+limited = ["list_entities"]
 [[entities]]
 id = "drone-0"
 kind = "drone"
@@ -266,6 +274,12 @@ async def test_tool_calls_use_the_permissions_as_the_grant_and_rules_over_them(r
     assert (await call("read_component", "auditor", {"entity": "drone-0", "component": "position"}))["ok"]
     nope = await call("list_entities", "auditor", {})  # no permission, no rule: default deny
     assert nope["ok"] is False and nope["error"]["rule"] == "default" and nope["error"]["error"] == "ToolDenied"
+    # a quota: hit, then recovered when its window restarts
+    results = [await call("list_entities", "limited", {}) for _ in range(3)]
+    assert [r["ok"] for r in results] == [True, True, False]
+    assert results[2]["error"]["rule"] == "two-per-window" and "quota of 2 messages" in results[2]["error"]["why"]
+    await asyncio.sleep(0.6)
+    assert (await call("list_entities", "limited", {}))["ok"] is True
 
 
 async def test_hot_reload_bad_files_usage_records_and_edge_accounting(
