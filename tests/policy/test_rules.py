@@ -130,3 +130,14 @@ def test_too_many_rules_are_refused_before_they_are_read() -> None:
     rules = [{"name": f"r{i}"} for i in range(MAX_RULES + 1)]  # each one would be invalid too
     with pytest.raises(PolicyError, match=f"at most {MAX_RULES}"):
         parse_policy({"rule": rules}, "d")
+
+
+def test_the_example_policy_and_config_load() -> None:
+    from edge.config import load_config
+
+    root = Path(__file__).resolve().parents[2] / "examples"
+    cfg = load_config(root / "demo-policy.toml")
+    assert cfg.policy.file == root / "policy.toml" and cfg.demo
+    p = load_policy(root / "policy.toml", cfg.device)
+    assert [r.name for r in p.rules] == ["agents-steer", "cli-anything", "cloud-lands", "no-arming-at-night"]
+    assert [lim.name for lim in p.limits] == ["tool-calls"]
