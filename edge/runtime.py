@@ -4,7 +4,8 @@ Start: layers built from the (already validated) config -> data dir -> NATS (emb
 external URL) -> the event publisher -> world restored from KV -> the command router (the one
 subscriber of ``edge.<d>.cmd.*.*``) -> the device context -> the layers in order::
 
-    state (write-behind persister) -> safety (the envelope's guard on the router)
+    state (write-behind persister) -> policy (the policy point's admission check on the router)
+    -> safety (the envelope's guard on the router)
     -> sync (device streams, leaf link) -> [heartbeat] -> api -> drivers
     -> inference -> tools -> agents -> [demo actuator] -> components (wasm) -> [extra layers]
 
@@ -197,6 +198,17 @@ class Runtime:
     def components_status(self) -> list[dict[str, Any]]:
         return self.sandbox.components_status()
 
+    def reload_policy(self) -> None:
+        """Read the ``[policy]`` file again now (``edge run`` does it on SIGHUP); a bad file is
+        refused and the old policy kept (docs/policy.md)."""
+        for layer in self.layers or ():
+            reload = getattr(layer, "reload", None)
+            if layer.name == "policy" and reload is not None:
+                try:
+                    reload()
+                except EdgeError as err:
+                    log.warning("policy not reloaded: %s", err.message)
+
     # -- status -------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -248,13 +260,21 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
     from edge.agents.host import AgentHost
     from edge.agents.tools.service import ToolsService
     from edge.api.service import DeviceApi
+    from edge.policy.layer import PolicyLayer
+    from edge.policy.point import PolicyPoint
+    from edge.policy.sandbox import SandboxPolicy
     from edge.safety.layer import SafetyLayer
     from edge.sync.device.heartbeat import HeartbeatLayer
     from edge.language.layer import build_language
     from edge.sync.device.layer import UplinkLayer
 
     streams = cfg.sync.streams(cfg.device, bucket=cfg.state.bucket, hub=cfg.hub is not None)
-    layers: list[Layer] = [UplinkLayer(streams, cfg.hub)]
+    uplink = UplinkLayer(streams, cfg.hub)
+    layers: list[Layer] = [uplink]
+    # the policy point every message passes (docs/policy.md); without [policy] file: metering only
+    point = PolicyPoint(cfg.device, link=(lambda: "up" if uplink.link_up else "down") if cfg.hub else None)
+    sandbox.policy = SandboxPolicy(point)
+    policy = PolicyLayer(point, cfg.policy, agents=[a.name for a in cfg.agents])
     if cfg.hub is not None:  # what the hub's fleet page shows (docs/sync.md, "Fleet page")
         layers.append(HeartbeatLayer(status))
     extra_drivers: list[Any] = []
@@ -271,14 +291,15 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
     vehicles = [d.entity for d in (hardware.drivers if hardware else []) if d.vehicle]
     # first: the guard is on the router before any command source or driver starts
     layers.insert(0, SafetyLayer(cfg.safety, vehicles))
+    layers.insert(0, policy)  # before the envelope: a denied command is refused before it queues
     inference = None
     if cfg.models or cfg.vision:
         from edge.inference.bridge import RegistryInferBridge
         from edge.inference.layer import InferenceLayer
 
         inference = InferenceLayer(cfg.models, cfg.vision, frames=hardware.frames if hardware else None)
-        sandbox.bridge = RegistryInferBridge(inference.registry)
-    api = DeviceApi(sandbox, status=status or dict)
+        sandbox.bridge = RegistryInferBridge(inference.registry, policy=point)
+    api = DeviceApi(sandbox, status=status or dict, policy=policy)
     layers.append(api)
     if hardware is not None:
         layers.append(hardware)
@@ -293,7 +314,7 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
 
     language = build_language(cfg)  # started after the agents: LANG is created after their decision stream
     layers.append(ToolsService(cfg.tools, models=inference.registry if inference else None, camera=camera,
-                               knowledge=language.knowledge if language is not None else None))
+                               knowledge=language.knowledge if language is not None else None, policy=point))
     # after the uplink: the decision stream copies records out of the EVT stream it creates
     layers.append(AgentHost(cfg.agents, wasm_agents=sandbox.wasm_agents))
     layers += [language] if language is not None else []

@@ -42,6 +42,13 @@ class ComponentOps(Protocol):
     def components_status(self) -> list[dict[str, Any]]: ...
 
 
+class PolicyOps(Protocol):
+    """The accounting operations the API serves (the policy layer, :mod:`edge.policy.layer`)."""
+
+    def accounting(self, n: int) -> dict[str, Any]: ...
+    def reload(self) -> dict[str, Any]: ...
+
+
 StatusFn = Callable[[], dict[str, Any]]
 
 
@@ -66,8 +73,10 @@ class DeviceApi:
 
     name = "api"
 
-    def __init__(self, components: ComponentOps, status: StatusFn) -> None:
+    def __init__(self, components: ComponentOps, status: StatusFn, *,
+                 policy: PolicyOps | None = None) -> None:
         self.ops = components
+        self.policy = policy
         self.status_fn = status
         self._world: World | None = None
         self._device = ""
@@ -86,6 +95,10 @@ class DeviceApi:
             Endpoint("component", "unload", self.component_unload, "Unload a component by name."),
             Endpoint("schema", "list", self.schema_list, "Component types known on the device."),
             Endpoint("status", "get", self.device_status, "Runtime status (same as `edge status --json`)."),
+            Endpoint("accounting", "get", self.accounting_get,
+                     "Top principals by messages, bytes and gas; recent denials; quota use."),
+            Endpoint("policy", "reload", self.policy_reload,
+                     "Reload the policy file now; a bad file is refused and the old policy kept."),
         ]
 
     @property
@@ -186,3 +199,17 @@ class DeviceApi:
 
     async def device_status(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.status_fn()
+
+    def _policy(self) -> PolicyOps:
+        if self.policy is None:
+            raise RequestError("this device has no policy point")
+        return self.policy
+
+    async def accounting_get(self, body: dict[str, Any]) -> dict[str, Any]:
+        n = body.get("top", 10)
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 1000:
+            raise RequestError("'top' must be an integer within 1..1000", key="top")
+        return self._policy().accounting(n)
+
+    async def policy_reload(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._policy().reload()

@@ -88,6 +88,9 @@ def register(sub: Any) -> None:
     send.add_argument("name", help="command subject tail, e.g. drone-0.rtl (entity.verb)")
     send.add_argument("payload", nargs="?", default="{}", help="JSON payload")
     send.add_argument("--ttl", type=float, default=3600.0, help="seconds until the command expires")
+    send.add_argument("--policy", type=Path, default=None,
+                      help="fleet policy file: the command is queued only if it allows it (docs/policy.md)")
+    send.add_argument("--operator", default="cloud", help="who sends it (the policy's operator:<name>)")
 
     fleet = sub.add_parser("fleet", help="devices as the hub sees them")
     fsub = fleet.add_subparsers(dest="verb", required=True)
@@ -127,6 +130,10 @@ async def dispatch(args: argparse.Namespace) -> int:
         return await add_devices(args)
     import nats
 
+    if args.verb == "send" and args.policy is not None:  # [policy] decided before anything is queued
+        from edge.policy.hub import FleetPolicy
+
+        FleetPolicy.from_file(args.policy).require_command(args.operator, args.device, args.name)
     url = _hub_url(args)
     try:
         nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0, allow_reconnect=False)

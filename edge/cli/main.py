@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--id", help="command id (a retry with the same id is not run twice)")
     cmd.add_argument("--caller", default="cli", help="who sends it (the Edge-Caller header)")
 
-    from edge.cli import extra
+    from edge.cli import accounting, extra
 
+    accounting.register(sub, _common)
     extra.register(sub)
     return parser
 
@@ -165,6 +166,10 @@ async def dispatch(args: argparse.Namespace) -> int:
         return 0
     if cmd == "cmd":
         return await send_command(args)
+    if cmd == "accounting":
+        from edge.cli import accounting
+
+        return await accounting.run(args)
     from edge.cli import extra
 
     return await extra.dispatch(args)

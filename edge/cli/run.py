@@ -1,4 +1,5 @@
-"""``edge run``: start a device in the foreground until SIGINT/SIGTERM."""
+"""``edge run``: start a device in the foreground until SIGINT/SIGTERM; SIGHUP reloads the
+policy file (docs/policy.md)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, runtime.reload_policy)
     trim = loop.create_task(_trim_when_settled(runtime), name="edge.cli.trim")
     try:
         await run_until_signal(runtime, stop)

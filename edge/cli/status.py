@@ -66,7 +66,7 @@ def render(status: dict[str, Any]) -> str:
         "",
         entity_table(status.get("entities", [])),
     ]
-    for section in ("drivers", "commands", "safety", "inference", "sync", "agents", "tools", "language"):
+    for section in ("policy", "drivers", "commands", "safety", "inference", "sync", "agents", "tools", "language"):
         if status.get(section):
             head += ["", f"{section}:", _section(status[section])]
             if section == "drivers":

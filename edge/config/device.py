@@ -21,6 +21,7 @@ section         type                                   reader
 ``drivers``     ``list[DriverSpec]``                   :func:`drivers.config.read_drivers`
 ``schemas``     ``list[ComponentSchema]``              :func:`edge.world.schema.read_schema`
 ``safety``      ``SafetyConfig``                       :func:`edge.safety.config.read_safety`
+``policy``      ``PolicyConfig``                       :func:`edge.policy.config.read_policy`
 ==============  =====================================  ==========================================
 
 Paths in the file are relative to the file (``base``): ``device.data_dir``, ``nats.credentials``,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # the section modules import the reader (edge.config.table): 
     from edge.agents.config import AgentSpec
     from edge.agents.tools.permissions import ToolsConfig
     from edge.inference.config import ModelSpec, VisionSpec
+    from edge.policy.config import PolicyConfig
     from edge.safety.config import SafetyConfig
     from edge.language.config import LanguageConfig
     from edge.sync.device.config import SyncConfig
@@ -118,6 +120,7 @@ class DeviceConfig:
     sync: SyncConfig = field(default_factory=lambda: _sync_default())  # device stream limits
     safety: SafetyConfig = field(default_factory=lambda: _safety_default())  # the motion envelope
     language: LanguageConfig = field(default_factory=lambda: _language_default())  # docs/language.md
+    policy: PolicyConfig = field(default_factory=lambda: _policy_default())  # the policy point
     demo: bool = False
     demo_drones: int = 0
 
@@ -144,6 +147,10 @@ def _language_default() -> LanguageConfig:
     from edge.language.config import LanguageConfig
 
     return LanguageConfig()
+def _policy_default() -> PolicyConfig:
+    from edge.policy.config import PolicyConfig
+
+    return PolicyConfig()
 
 
 def default_device_id() -> str:
@@ -181,6 +188,7 @@ def parse_config(
     from edge.agents.config import read_agents
     from edge.agents.tools.permissions import read_tools
     from edge.inference.config import read_models, read_vision
+    from edge.policy.config import read_policy
     from edge.safety.config import read_safety
     from edge.language.config import read_language
     from edge.sync.device.config import read_hub, read_sync
@@ -260,6 +268,7 @@ def parse_config(
     cfg.sync = read_sync(top.table("sync"))
     cfg.safety = read_safety(top.table("safety"))
     cfg.language = read_language(top.table("language"))
+    cfg.policy = read_policy(top.table("policy"))
 
     demo = top.table("demo")
     cfg.demo_drones = demo.integer("drones", 0, lo=0)

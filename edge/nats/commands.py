@@ -10,6 +10,9 @@ Key components
 - :class:`GuardVerdict` / :meth:`CommandRouter.set_guard`: one guard (the safety envelope,
   :mod:`edge.safety.layer`) sees every command just before its handler runs and may let it run,
   run it changed (clamped arguments, a ``hold`` instead) or refuse it (reason ``envelope``).
+- :meth:`CommandRouter.set_admission`: one admission check (the policy point,
+  :mod:`edge.policy.layer`) sees every command as it arrives, before it is queued, and may refuse
+  it (reason ``denied``); the guard runs after it, when the handler would.
 - :class:`CommandClient`: the caller's side: ``send(entity, verb, args, timeout=...)`` is a NATS
   request with an ``Edge-Command-Id`` header; it returns a :class:`CommandResult` or raises
   :class:`CommandTimeout` / :class:`CommandUnanswered`.
@@ -54,6 +57,7 @@ from nats.aio.subscription import Subscription
 
 from edge.errors import EdgeError
 from edge.nats import subjects
+from edge.wasm.origin import ORIGIN_HEADER
 
 if TYPE_CHECKING:
     from edge.layer import Events
@@ -85,11 +89,13 @@ class Reason(enum.StrEnum):
     TIMEOUT = "timeout"  # the handler ran longer than its timeout (it was cancelled)
     FAILED = "failed"  # the handler raised or answered ok=false
     ENVELOPE = "envelope"  # the safety envelope refused it, or ran a hold instead (edge.safety)
+    DENIED = "denied"  # the policy point refused it (edge.policy; the answer names the rule)
     UNANSWERED = "unanswered"  # client side only: nothing subscribes to commands on the device
 
 
 #: Reasons for which the handler never ran: such answers are not remembered for deduplication.
-NOT_RUN = frozenset({Reason.NO_HANDLER, Reason.DRIVER_DOWN, Reason.BACKOFF, Reason.BAD_REQUEST, Reason.BUSY})
+NOT_RUN = frozenset({Reason.NO_HANDLER, Reason.DRIVER_DOWN, Reason.BACKOFF, Reason.BAD_REQUEST, Reason.BUSY,
+                     Reason.DENIED})
 
 
 class CommandError(EdgeError):
@@ -151,6 +157,7 @@ class CommandRequest:
     id: str
     caller: str | None
     subject: str
+    origin: str | None = None  # the Edge-Component header: a wasm component's publish (edge.wasm.origin)
 
 
 CommandFn = Callable[[CommandRequest], Awaitable[Mapping[str, Any]]]
@@ -171,6 +178,9 @@ class GuardVerdict:
 
 #: Called (synchronously, on the event loop) just before each handler runs; None lets it run.
 Guard = Callable[[CommandRequest], GuardVerdict | None]
+#: Called (synchronously) as each command arrives, before it is queued, with the payload's size in
+#: bytes: None admits it, else the refusal: (error sentence, answer fields).
+Admission = Callable[[CommandRequest, int], "tuple[str, Mapping[str, Any]] | None"]
 
 
 def answer_ok(command_id: str | None, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -254,6 +264,7 @@ class CommandRouter:
         self._sub: Subscription | None = None
         self._long: Subscription | None = None
         self._guard: Guard | None = None
+        self._admission: Admission | None = None
         self._boot = secrets.token_hex(4)
         self._seq = 0
         self._prefix = subjects.command(self.device, "")  # "edge.<d>.cmd."
@@ -327,6 +338,35 @@ class CommandRouter:
                 self._guard = None
 
         return remove
+
+    def set_admission(self, check: Admission) -> Callable[[], None]:
+        """Put ``check`` in front of the queue (the policy point): each command is passed to it
+        as it arrives; a refusal is answered at once (reason ``denied``), a check that raises
+        refuses too (fail closed). One check per router; returns the function removing it."""
+        if self._admission is not None:
+            raise CommandConflict("the command router already has an admission check")
+        self._admission = check
+
+        def remove() -> None:
+            if self._admission is check:
+                self._admission = None
+
+        return remove
+
+    def _admit(self, request: CommandRequest, size: int) -> dict[str, Any] | None:
+        check = self._admission
+        if check is None:
+            return None
+        try:
+            refused = check(request, size)
+        except Exception as err:  # noqa: BLE001  fail closed: an unchecked command does not run
+            log.exception("the admission check failed on %s.%s", request.entity, request.verb)
+            return answer_error(request.id, Reason.DENIED,
+                                f"the policy check failed ({type(err).__name__}: {err}); not run")
+        if refused is None:
+            return None
+        error, fields = refused
+        return answer_error(request.id, Reason.DENIED, error, **fields)
 
     def handler_for(self, entity: str, verb: str) -> str | None:
         """The owner that would take ``verb`` for ``entity`` (None: nobody)."""
@@ -413,8 +453,9 @@ class CommandRouter:
             await self._finish(entity, verb, command_id, answer_error(command_id, Reason.BAD_REQUEST, why),
                                reply, ran=False)
             return
-        request = CommandRequest(entity, verb, args, command_id, headers.get(CALLER_HEADER), msg.subject)
-        refusal = self._refusal(request)
+        request = CommandRequest(entity, verb, args, command_id, headers.get(CALLER_HEADER), msg.subject,
+                                 headers.get(ORIGIN_HEADER))
+        refusal = self._admit(request, len(msg.data)) or self._refusal(request)
         if refusal is not None:
             await self._finish(entity, verb, command_id, refusal, reply, ran=False)
             return

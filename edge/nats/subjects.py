@@ -149,7 +149,11 @@ def hub_state_bucket(device: str) -> str:
 
 def subject_matches(pattern: str, subject: str) -> bool:
     """NATS matching: ``*`` matches one token, ``>`` (last) one or more remaining tokens."""
-    p, s = pattern.split("."), subject.split(".")
+    return tokens_match(pattern.split("."), subject.split("."))
+
+
+def tokens_match(p: list[str] | tuple[str, ...], s: list[str] | tuple[str, ...]) -> bool:
+    """:func:`subject_matches` over already split tokens (a pattern matched against many subjects)."""
     for i, tok in enumerate(p):
         if tok == ">":
             return len(s) > i

@@ -15,6 +15,8 @@ publishes pass its hop limit (a message published while handling messages that h
 passed ``max_hops`` handlers is refused: a loop between components) and its publish rate
 (:class:`~edge.wasm.quotas.TokenBucket`); what they refuse is dropped, counted and reported
 through ``on_limit`` (at most once per ``LIMIT_EVENT_INTERVAL_S`` per component and limit).
+With a policy point (:class:`~edge.wasm.host.MessagePolicy`), every call's gas is metered and the
+publishes and KV puts that passed those limits pass the policy too (``policy_denied``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections import deque
 
 from edge.wasm.component import Component
 from edge.wasm.grants import kv_put_allowed
-from edge.wasm.host import HostCallbacks
+from edge.wasm.host import HostCallbacks, MessagePolicy
 from edge.wasm.origin import DEFAULT_MAX_HOPS, MAX_HOPS
 from edge.wasm.protocol import CallResult
 
@@ -110,13 +112,15 @@ class Effects:
     """
 
     def __init__(self, host: HostCallbacks, *, lane_bytes: int = DEFAULT_LANE_BYTES,
-                 burst: int = DEFAULT_BURST, max_hops: int = DEFAULT_MAX_HOPS) -> None:
+                 burst: int = DEFAULT_BURST, max_hops: int = DEFAULT_MAX_HOPS,
+                 policy: MessagePolicy | None = None) -> None:
         if not 1 <= max_hops <= MAX_HOPS:
             raise ValueError(f"max_hops must be within 1..{MAX_HOPS} (got {max_hops})")
         self._host = host
         self.lane_bytes = lane_bytes
         self.burst = burst
         self.max_hops = max_hops
+        self.policy = policy
         self._lanes: dict[str, _Lane] = {}
         self._pub_ready: deque[str] = deque()  # components with publishes waiting, in turn order
         self._kv_ready: deque[str] = deque()
@@ -141,6 +145,9 @@ class Effects:
         """
         c = comp.counters
         comp.gas_last = res.gas_used
+        policy = self.policy
+        if policy is not None:
+            policy.on_call(comp.name, res.gas_used)
         c["messages"] += res.messages
         c["dropped"] += res.dropped
         c["errors"] += res.errors
@@ -178,13 +185,19 @@ class Effects:
             if k < len(publishes):
                 self.limited(comp, "publish_rate", len(publishes) - k)
                 publishes = publishes[:k]
-        if not publishes and not res.kv_puts:
+        kv_puts = res.kv_puts
+        if policy is not None and (publishes or kv_puts):  # the policy point: docs/policy.md
+            n = len(publishes) + len(kv_puts)
+            publishes = policy.publishes(comp.name, publishes) if publishes else publishes
+            kv_puts = policy.kv_puts(comp.name, kv_puts) if kv_puts else kv_puts
+            c["policy_denied"] += n - len(publishes) - len(kv_puts)
+        if not publishes and not kv_puts:
             return
         lane = self._lane(comp.name)
         had_pub, had_kv = bool(lane.publishes), bool(lane.kv)
         dropped = 0
         usage = comp.kv_usage
-        for key, value in res.kv_puts:
+        for key, value in kv_puts:
             usage.put(key, value, comp.kv.get(key))  # within the quota: check() made sure
             comp.kv[key] = value  # the component's view is current at once
             queued = lane.kv.get(key)

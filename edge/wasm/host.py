@@ -56,6 +56,21 @@ class HostCallbacks(Protocol):
     def on_limit(self, component: str, limit: str, dropped: int) -> None: ...
 
 
+class MessagePolicy(Protocol):
+    """The device's policy point as the sandbox sees it (:mod:`edge.policy.sandbox`): every
+    export call's gas is metered (``on_call``); a component's publishes and KV puts (after its
+    grants, hop limit and publish rate) and the messages delivered into it pass ``publishes``,
+    ``kv_puts`` and ``deliveries``, which return what the policy lets through."""
+
+    def on_call(self, component: str, gas: int) -> None: ...
+
+    def publishes(self, component: str, items: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]: ...
+
+    def kv_puts(self, component: str, items: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]: ...
+
+    def deliveries(self, component: str, items: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]: ...
+
+
 class InferBridge(Protocol):
     """Runs models for the ``infer`` import.
 

@@ -10,6 +10,8 @@ Key components
   write carries the component's name and hop count as headers (:mod:`edge.wasm.origin`), and
   each component's :class:`~edge.wasm.inbox.ComponentInbox` drops its own messages.
 - The ``infer`` import is served by the inference bridge the composition root hands in.
+- With a policy point (``policy``, :class:`~edge.wasm.host.MessagePolicy`), the pool's effects
+  pass it and every message delivered into a component does too (docs/policy.md).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from edge.layer import DeviceContext
 from edge.errors import LifecycleError
 from edge.nats import subjects
 from edge.wasm.origin import DEFAULT_MAX_HOPS
-from edge.wasm.host import InferBridge
+from edge.wasm.host import InferBridge, MessagePolicy
 from edge.wasm.inbox import ComponentInbox
 from edge.wasm.manifest import Manifest, load_manifest
 from edge.wasm.origin import origin_headers, origin_id
@@ -101,6 +103,7 @@ class SandboxLayer:
         self.manifests = list(manifests)
         self.settings = settings
         self.bridge = infer
+        self.policy: MessagePolicy | None = None  # set by the composition root
         self.components: dict[str, LoadedComponent] = {}
         self.faults: list[dict[str, Any]] = []
         self.pool: SandboxPool | None = None
@@ -121,7 +124,7 @@ class SandboxLayer:
         rss = s.max_worker_rss_mb * 2**20 if s.max_worker_rss_mb > 0 else None
         self.pool = SandboxPool(ctx.device, self, infer=self.bridge, recycle_after=s.recycle_after,
                                 recycle_rss_bytes=rss, deadline_s=s.deadline_s, workers=s.workers,
-                                max_hops=s.max_hops)
+                                max_hops=s.max_hops, policy=self.policy)
         await self.pool.start()
         for manifest_path in self.manifests:
             try:
@@ -174,8 +177,11 @@ class SandboxLayer:
             loaded.tick.start()
         if manifest.subscribe:
             name = manifest.name
+            policy = self.policy
 
             async def deliver(batch: list[tuple[str, bytes]], hops: int) -> None:
+                if policy is not None and not (batch := policy.deliveries(name, batch)):
+                    return
                 await pool.deliver(name, batch, hops)
 
             pump = ComponentInbox(manifest.name, deliver, origin=origin_id(name, ctx.device),

@@ -68,6 +68,7 @@ from edge.wasm.host import (
     HostCallbacks,
     InferBridge,
     InferServer,
+    MessagePolicy,
 )
 from edge.wasm.manifest import Manifest, read_module
 from edge.wasm.procs import DEFAULT_WORKER_COMMAND, HostRequest, WorkerGone
@@ -129,6 +130,7 @@ class SandboxPool:
                  infer_timeout_s: float = DEFAULT_INFER_TIMEOUT_S,
                  infer_budget_s: float = DEFAULT_INFER_BUDGET_S,
                  max_hops: int = DEFAULT_MAX_HOPS,
+                 policy: MessagePolicy | None = None,
                  worker_command: Sequence[str] | Callable[[int], Sequence[str]] = (
                      DEFAULT_WORKER_COMMAND)) -> None:
         if recycle_after < 1:
@@ -145,7 +147,7 @@ class SandboxPool:
         self.device = device
         self.n_workers = workers
         self._comps: dict[str, Component] = {}
-        self._effects = Effects(host, max_hops=max_hops)
+        self._effects = Effects(host, max_hops=max_hops, policy=policy)
         self._effects_task: asyncio.Task[None] | None = None
         self._infer = InferServer(infer, self._comps, timeout_s=infer_timeout_s,
                                   budget_s=infer_budget_s)

@@ -17,7 +17,10 @@ Permissions: the caller names itself in the ``Edge-Caller`` request header. :cla
 maps callers to the tools they may call; a denied call is counted and refused with 403. The header
 is attribution and a second check only: on a real deployment the enforcement point is the NATS
 account/user permissions on the ``edge.<device>.tools.*`` subjects
-(:meth:`ToolPermissions.nats_permissions` prints the matching snippet).
+(:meth:`ToolPermissions.nats_permissions` prints the matching snippet). With the device's policy
+point (``policy``), every call is decided there (principal ``caller:<name>``, action ``call``,
+the permissions as the grant; ``run_model`` also ``infer`` of the model) and a denial's 403
+names the rule (docs/policy.md).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ from edge.errors import LifecycleError
 from edge.nats import subjects
 from edge.nats.commands import CommandClient, CommandTimeout, CommandUnanswered
 from edge.nats.service import code_of, respond_error, respond_ok
+from edge.policy.point import PolicyPoint
 from edge.world.store import World
 
 if TYPE_CHECKING:
@@ -112,9 +116,11 @@ class ToolsService:
         frames: LatestFrame | None = None,
         detector: Detector | None = None,
         knowledge: Knowledge | None = None,
+        policy: PolicyPoint | None = None,
     ) -> None:
         self.config = config or ToolsConfig()
         self.knowledge = knowledge  # enables search_knowledge (the language layer's search)
+        self.policy = policy
         self.models = models
         self.camera = camera
         self.frames = frames
@@ -237,11 +243,19 @@ class ToolsService:
         async def handle(req: Request) -> None:
             caller = self._caller(req)
             self.calls[tool.name] += 1
-            if not self.config.permissions.allowed(caller, tool.name):
+            allowed = self.config.permissions.allowed(caller, tool.name)
+            rule: dict[str, str] = {}
+            if self.policy is not None:  # the policy point decides, the permissions are the grant
+                d = self.policy.check("caller", caller, "call", tool.name, size=len(req.data),
+                                      granted=allowed)
+                allowed = d.allowed
+                rule = {"rule": d.rule, "why": d.reason}
+            if not allowed:
                 self.denied[caller] += 1
                 self.last_denied = {"t": time.time(), "caller": caller, "tool": tool.name}
                 log.warning("tool %s denied to caller %s", tool.name, caller)
-                err = ToolDenied(f"caller '{caller}' may not use tool '{tool.name}'", tool=tool.name, caller=caller)
+                err = ToolDenied(f"caller '{caller}' may not use tool '{tool.name}'"
+                                 + (f": {rule['why']}" if rule else ""), tool=tool.name, caller=caller, **rule)
                 await respond_error(req, err)
                 return
             try:
@@ -404,6 +418,11 @@ class ToolsService:
         if models is None:
             raise ToolUnavailable("no models: this device has no inference registry", reason="no-models")
         name = body["model"]
+        if self.policy is not None:
+            d = self.policy.check("caller", caller, "infer", name, granted=True)
+            if not d.allowed:
+                raise ToolDenied(f"caller '{caller}' may not run model '{name}': {d.reason}",
+                                 tool="run_model", caller=caller, rule=d.rule)
         model = models.get(name)  # InferenceError (400) names the loaded models
         arrays = []
         for i, spec in enumerate(body["inputs"]):
@@ -413,6 +432,8 @@ class ToolsService:
         t0 = time.perf_counter()
         outputs = await models.infer(name, arrays)
         latency = (time.perf_counter() - t0) * 1e3
+        if self.policy is not None:
+            self.policy.add_infer("caller", caller, latency / 1e3)
         encoding = body.get("output_encoding", "json")
         return {"model": name, "outputs": [tensor_out(np.asarray(o), encoding) for o in outputs],
                 "latency_ms": round(latency, 3)}

@@ -1,0 +1,62 @@
+"""The same engine on the hub: fleet-side decisions.
+
+Key components
+- :class:`FleetPolicy`: a policy file compiled for the hub. :meth:`FleetPolicy.command` decides
+  whether operator ``op`` may queue a command for a device (principal ``operator:<op>``, action
+  ``command``, resource ``<device>.<entity>.<verb>``, the device's labels as context), checked
+  before the command is queued; :meth:`FleetPolicy.artifact` whether a device may receive an
+  OTA artifact (principal ``device:<device>``, action ``deploy``, resource the artifact name).
+  Nothing is granted implicitly on the hub: default deny.
+- :meth:`FleetPolicy.require_command` raises :class:`~edge.policy.model.PolicyDenied` naming
+  the rule and the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from edge.policy.engine import CompiledPolicy
+from edge.policy.model import Action, Context, Decision, PolicyDenied
+from edge.policy.rules import Policy, load_policy
+
+log = logging.getLogger("edge.policy.hub")
+
+#: What ``{device}`` stands for in a hub policy file (the hub's own JetStream domain).
+HUB_NAME = "hub"
+
+
+class FleetPolicy:
+    """Fleet-side decisions with the device engine (see the module docstring)."""
+
+    def __init__(self, policy: Policy, generation: int = 1) -> None:
+        self.compiled = CompiledPolicy(policy, generation)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> FleetPolicy:
+        return cls(load_policy(path, HUB_NAME))
+
+    def command(self, operator: str, device: str, name: str,
+                labels: Mapping[str, str] | None = None) -> Decision:
+        """May ``operator`` queue command ``name`` (``<entity>.<verb>``) for ``device``?"""
+        ctx = Context(labels=dict(labels or {}))
+        return self.compiled.decide("operator", operator, Action.COMMAND, f"{device}.{name}",
+                                    False, lambda: ctx)
+
+    def require_command(self, operator: str, device: str, name: str,
+                        labels: Mapping[str, str] | None = None) -> Decision:
+        d = self.command(operator, device, name, labels)
+        if not d.allowed:
+            log.warning("operator %s may not queue %s for %s: %s (%s)", operator, name, device,
+                        d.reason, d.rule)
+            raise PolicyDenied(f"operator '{operator}' may not send '{name[:80]}' to device "
+                               f"'{device[:64]}': {d.reason} (rule '{d.rule}')",
+                               principal=f"operator:{operator}", action="command",
+                               resource=f"{device}.{name}", rule=d.rule, reason=d.reason)
+        return d
+
+    def artifact(self, device: str, artifact: str, labels: Mapping[str, str] | None = None) -> Decision:
+        """May ``device`` receive the OTA ``artifact``?"""
+        ctx = Context(labels=dict(labels or {}))
+        return self.compiled.decide("device", device, Action.DEPLOY, artifact, False, lambda: ctx)

@@ -1,0 +1,166 @@
+"""The policy point as a layer (``edge status`` section ``policy``).
+
+At start it loads the ``[policy]`` file (a bad file stops the device with the sentence naming the
+rule and the file), puts the command admission check on the router (before the safety envelope's
+guard, which runs when the command's handler would), watches the file (a changed file is
+reloaded; a bad one refused, the old policy kept, the error in ``edge status``) and publishes the
+usage of every interval on ``edge.<device>.evt.policy.usage`` (the ``EVT`` stream, which syncs to
+the hub).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from edge.errors import LifecycleError
+from edge.layer import DeviceContext
+from edge.nats import subjects
+from edge.nats.commands import CommandRequest
+from edge.policy.config import PolicyConfig
+from edge.policy.model import Action
+from edge.policy.point import PolicyPoint
+from edge.policy.rules import load_policy
+
+log = logging.getLogger("edge.policy")
+
+#: The caller header of commands played from the hub's queue (edge.sync.device.layer).
+CLOUD_CALLER = "cloud"
+#: Callers that are the device itself (the safety envelope's failsafe hold): always granted.
+DEVICE_CALLERS = frozenset({"safety-failsafe"})
+ANONYMOUS = "anonymous"
+
+
+class PolicyLayer:
+    """Owns the device's :class:`PolicyPoint` lifecycle: load, watch, usage records."""
+
+    name = "policy"
+
+    def __init__(self, point: PolicyPoint, config: PolicyConfig | None = None, *,
+                 agents: Iterable[str] = (), operators: Iterable[str] = (CLOUD_CALLER,)) -> None:
+        self.point = point
+        self.config = config or PolicyConfig()
+        self.agents = frozenset(agents)
+        self.operators = frozenset(operators)
+        self.records = 0
+        self._ctx: DeviceContext | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._remove: Callable[[], None] | None = None
+        self._mtime: tuple[int, int] | None = None
+
+    async def start(self, ctx: DeviceContext) -> None:
+        self._ctx = ctx
+        self.point.events = ctx.events
+        if self.point.labels is None:
+            world = ctx.world
+            self.point.labels = lambda entity: (dict(world.meta(entity).labels)
+                                                if entity in world else {})
+        f = self.config.file
+        if f is not None:
+            self._mtime = _mtime(f)
+            self.point.load(load_policy(f, ctx.device))  # a bad file refuses the start
+            if self.config.watch_interval > 0:
+                self._tasks.append(asyncio.create_task(self._watch(), name="edge.policy.watch"))
+        self._remove = ctx.commands.set_admission(self.admit)
+        self._tasks.append(asyncio.create_task(self._usage(), name="edge.policy.usage"))
+
+    async def stop(self) -> None:
+        if self._remove is not None:
+            self._remove()
+            self._remove = None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._ctx is not None:
+            self.publish_usage()  # the last interval is recorded too
+
+    def status(self) -> dict[str, Any]:
+        return {**self.point.status(), "usage_records": self.records}
+
+    def accounting(self, n: int = 10) -> dict[str, Any]:
+        return self.point.accounting(n)
+
+    # -- commands -------------------------------------------------------------------------------
+
+    def principal(self, caller: str | None, origin: str | None = None) -> tuple[str, str, bool]:
+        """(kind, id, granted) of a command's ``Edge-Caller`` (or, without one, of the
+        ``Edge-Component`` of a command a wasm component of this device published)."""
+        if not caller:
+            ctx = self._ctx
+            if origin and ctx is not None and origin.endswith(f"@{ctx.device}"):
+                return "component", origin[: -len(ctx.device) - 1], False
+            return "caller", ANONYMOUS, False
+        if caller in DEVICE_CALLERS:
+            return "device", caller, True
+        if caller in self.operators:
+            return "operator", caller, False
+        if caller in self.agents:
+            return "agent", caller, False
+        return "caller", caller, False
+
+    def admit(self, request: CommandRequest, size: int = 0) -> tuple[str, Mapping[str, Any]] | None:
+        """The router's admission check: None admits, else the refusal (sentence, fields)."""
+        kind, pid, granted = self.principal(request.caller, request.origin)
+        d = self.point.check(kind, pid, Action.COMMAND, f"{request.entity}.{request.verb}",
+                             size=size, granted=granted, entity=request.entity)
+        if d.allowed:
+            return None
+        return (f"{kind}:{pid} may not send '{request.verb}' to '{request.entity}': {d.reason}",
+                {"rule": d.rule})
+
+    # -- background -----------------------------------------------------------------------------
+
+    def reload(self) -> dict[str, Any]:
+        """Reload the configured file now (the API's ``policy.reload``)."""
+        f = self.config.file
+        if f is None:
+            raise LifecycleError("no policy file is configured ([policy] file)")
+        self._mtime = _mtime(f)
+        ok = self.point.load_file(f)
+        return {"loaded": ok, **self.point.status()}
+
+    async def _watch(self) -> None:
+        f = self.config.file
+        assert f is not None
+        while True:
+            await asyncio.sleep(self.config.watch_interval)
+            m = _mtime(f)
+            if m != self._mtime:
+                self._mtime = m
+                self.point.load_file(f)
+
+    async def _usage(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.usage_interval)
+            self.publish_usage()
+
+    def publish_usage(self) -> None:
+        ctx = self._ctx
+        if ctx is None:
+            return
+        rows = self.point.meter.interval()
+        if not rows:
+            return
+        body = {"t": time.time(), "device": ctx.device, "interval_s": self.config.usage_interval,
+                "generation": self.point.generation, "principals": rows}
+        try:
+            ctx.events.emit(subjects.event(ctx.device, "policy", "usage"), json.dumps(body).encode())
+            self.records += 1
+        except Exception:  # noqa: BLE001  a record that cannot be queued is logged, never raised
+            log.exception("the usage record could not be queued")
+
+
+def _mtime(path: Any) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
