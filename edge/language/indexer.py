@@ -45,6 +45,7 @@ FETCH_TIMEOUT_S = 1.0
 ACK_WAIT_S = 60.0
 NOVELTY_KIND = "novelty"
 NO_NOVELTY_KINDS = frozenset({"command", "tool_call", "note", NOVELTY_KIND})
+MALFORMED_LOG_INTERVAL_S = 30.0  # at most one warning about malformed messages this often (all are counted)
 
 #: ``emit(subject, data, msg_id)``: the device's acknowledged publisher.
 Emit = Callable[[str, bytes, str], None]
@@ -72,6 +73,7 @@ class StreamIndexer:
         self.indexed = 0
         self.skipped = 0
         self.malformed = 0
+        self._warned_at = -MALFORMED_LOG_INTERVAL_S
         self.novel = 0
         self.pending: int | None = None
         self.caught_up = asyncio.Event()
@@ -172,7 +174,11 @@ class StreamIndexer:
             except Malformed as err:
                 self.malformed += 1
                 self.last_malformed = err.message
-                log.warning("language indexer: dropped a malformed message (%s)", err.message)
+                now = time.monotonic()
+                if now - self._warned_at >= MALFORMED_LOG_INTERVAL_S:  # counted always, logged rarely
+                    self._warned_at = now
+                    log.warning("language indexer: dropped a malformed message (%s; %d so far)",
+                                err.message, self.malformed)
                 continue
             if entry is None:
                 self.skipped += 1

@@ -4,7 +4,9 @@
 :meth:`~edge.wasm.pool.SandboxPool.deliver`. For each message it reads the origin headers
 (:mod:`edge.wasm.origin`): a message the component published itself (its ``origin``,
 ``<component>@<device>``) is dropped (counted as ``own``) unless the manifest sets ``run.receive_own``; one with a malformed ``Edge-Hops`` header
-is dropped and counted (``malformed``). The rest wait in a bounded queue (``INBOX_LIMIT``; the
+is dropped and counted (``malformed``); one on a subject of NATS's own plumbing (``$JS``,
+``$SYS``, ``$SRV``, ``$O``, ``_INBOX``) or of the components' private KV bucket is never delivered
+(counted as ``internal``; :data:`INTERNAL_PREFIXES`). The rest wait in a bounded queue (``INBOX_LIMIT``; the
 overflow is dropped and counted) and are handed over in order, in batches of at most
 ``MAX_BATCH`` messages that all have the same hop count, so what a handler publishes is
 charged the hops of the messages it handled, not those of an unrelated neighbour in the batch.
@@ -23,6 +25,15 @@ from edge.wasm.origin import MalformedHeader, read_origin
 from edge.world.scheduler import INBOX_LIMIT, MAX_BATCH
 
 log = logging.getLogger("edge.wasm.inbox")
+
+#: The components' private key-value bucket (its subjects are never delivered: see below).
+COMPONENT_KV_BUCKET = "edge-components"
+#: Subjects of NATS's own plumbing (JetStream API and acks, object stores, system, services,
+#: request reply inboxes) and the components' private key-value writes: a grant of ``>``
+#: matches them, but delivering them would show a component the runtime's JetStream traffic and
+#: other components' private values, and let it loop through the consumers that read its echoes.
+#: Entity state (``$KV.edge-state.>``) stays deliverable: it is the device's public world.
+INTERNAL_PREFIXES = ("$JS.", "$SYS.", "$SRV.", "$O.", f"$KV.{COMPONENT_KV_BUCKET}.", "_INBOX.")
 
 #: Hands a batch of ``(subject, payload)`` and its hop count to the component.
 DeliverHops = Callable[[list[tuple[str, bytes]], int], Awaitable[None]]
@@ -48,11 +59,15 @@ class ComponentInbox:
         self.dropped = 0  # the inbox was full
         self.own = 0  # the component's own messages, not delivered
         self.malformed = 0  # a malformed Edge-Hops header
+        self.internal = 0  # JetStream API, acks, KV/object store, system, reply inboxes: never delivered
         self.errors = 0
 
     def put(self, subject: str, data: bytes, headers: Mapping[str, str] | None = None) -> None:
         """Queue one received message (or drop and count it)."""
         self.received += 1
+        if subject.startswith(INTERNAL_PREFIXES):
+            self.internal += 1  # the runtime's own NATS plumbing is never a component's input
+            return
         try:
             origin, hops = read_origin(headers)
         except MalformedHeader as err:
@@ -110,6 +125,7 @@ class ComponentInbox:
             "dropped": self.dropped,
             "own": self.own,
             "malformed": self.malformed,
+            "internal": self.internal,
             "errors": self.errors,
             "queued": len(self._inbox),
         }

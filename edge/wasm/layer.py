@@ -36,7 +36,7 @@ from edge.errors import LifecycleError
 from edge.nats import subjects
 from edge.wasm.origin import DEFAULT_MAX_HOPS
 from edge.wasm.host import InferBridge, MessagePolicy
-from edge.wasm.inbox import ComponentInbox
+from edge.wasm.inbox import COMPONENT_KV_BUCKET, ComponentInbox
 from edge.wasm.manifest import Manifest, load_manifest
 from edge.wasm.origin import origin_headers, origin_id
 from edge.wasm.pool import SandboxPool
@@ -45,7 +45,6 @@ from edge.world.store import F64Array
 
 log = logging.getLogger("edge.wasm.layer")
 
-COMPONENT_KV_BUCKET = "edge-components"  # private key-value state of wasm components
 COMPONENT_KV_STREAM = f"KV_{COMPONENT_KV_BUCKET}"  # the JetStream stream behind the bucket
 KV_SUBJECT_PREFIX = f"$KV.{COMPONENT_KV_BUCKET}."  # subject of key k: prefix + k
 STATE_READ_TIMEOUT_S = 5.0  # seconds to read one key of a component's KV snapshot at load

@@ -212,16 +212,20 @@ async def test_the_inbox_drops_own_messages_unless_asked_and_counts_malformed_ho
     inbox.put("s.5", b"e", {HOPS_HEADER: "-1"})  # malformed: dropped
     inbox.put("s.6", b"f", {HOPS_HEADER: "9" * 7})
     inbox.put("s.7", b"g", {ORIGIN_HEADER: "other"})
+    for internal in ("$JS.ACK.EVT.c.1.2.3.4.0", "$JS.API.STREAM.INFO.EVT", "_INBOX.x.1",
+                     "$KV.edge-components.other.secret", "$O.models.M.x", "$SYS.REQ.SERVER.PING"):
+        inbox.put(internal, b"x")  # NATS's plumbing and others' private KV: never delivered
+    inbox.put("$KV.edge-state.drone1.position", b"h")  # entity state is the device's public world
     inbox.start()
     try:
-        await wait_for(lambda: inbox.delivered == 4)
+        await wait_for(lambda: inbox.delivered == 5)
     finally:
         await inbox.stop()
     assert got == [([("s.1", b"a")], 0), ([("s.3", b"c"), ("s.4", b"d")], 3),
-                   ([("s.7", b"g")], 0)]
+                   ([("s.7", b"g"), ("$KV.edge-state.drone1.position", b"h")], 0)]
     assert inbox.to_dict() | {"queued": 0} == {
-        "received": 7, "delivered": 4, "dropped": 0, "own": 1, "malformed": 2, "errors": 0,
-        "queued": 0}
+        "received": 14, "delivered": 5, "dropped": 0, "own": 1, "malformed": 2, "internal": 6,
+        "errors": 0, "queued": 0}
 
     mine = ComponentInbox("me", deliver, origin=origin_id("me", "d1"), receive_own=True)
     mine.put("s.2", b"b", origin_headers(origin_id("me", "d1"), 1))
