@@ -1,0 +1,45 @@
+"""The recorder hook of the sandbox layer: what a recorder is told about each component.
+
+[replay hook] :class:`~edge.wasm.layer.SandboxLayer` calls a :class:`SandboxRecorder` (set by
+the composition root; None = recording off, nothing is called) at the sandbox's call
+boundary:
+
+* ``on_load`` when a component is loaded (its manifest text, module bytes and KV snapshot);
+* ``on_tick`` after each tick, with the exact inputs the worker read (the batch columns before
+  the call, the entity ids, ``dt``) and the columns after it;
+* ``on_deliver`` for each message batch handed to ``edge_on_message``;
+* ``on_publish`` / ``on_kv_put`` for each effect the host carried out;
+* ``on_unload``.
+
+Every method is synchronous and must not block or raise: a recorder queues what it is told.
+While a recorder is set, ticks use the copy mode (the batch is gathered in the runtime before
+the call), so the recorded inputs are exactly what the component read; shared mode would let
+other writers change a column while the worker reads it. See docs/replay.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from edge.wasm.manifest import Manifest
+
+
+class SandboxRecorder(Protocol):
+    """Told what each component saw and did (see the module docstring)."""
+
+    def on_load(self, manifest: Manifest, module: bytes, kv: dict[str, bytes]) -> None: ...
+
+    def on_unload(self, component: str) -> None: ...
+
+    def on_tick(self, component: str, dt: float, ids: Sequence[str],
+                before: Sequence[np.ndarray], after: Sequence[np.ndarray], ok: bool) -> None: ...
+
+    def on_deliver(self, component: str, messages: Sequence[tuple[str, bytes]],
+                   hops: int) -> None: ...
+
+    def on_publish(self, component: str, subject: str, data: bytes) -> None: ...
+
+    def on_kv_put(self, component: str, key: str, value: bytes) -> None: ...
