@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edge.cli import extra
 
     extra.register(sub)
+    from edge.cli import replay
+
+    replay.register(sub)
     return parser
 
 
@@ -165,6 +168,10 @@ async def dispatch(args: argparse.Namespace) -> int:
         return 0
     if cmd == "cmd":
         return await send_command(args)
+    if cmd == "replay":
+        from edge.cli import replay
+
+        return await replay.dispatch(args)
     from edge.cli import extra
 
     return await extra.dispatch(args)

@@ -11,7 +11,6 @@ Key components
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import re
@@ -130,7 +129,7 @@ async def read_records(js: JetStreamContext, stream: str, device: str,
         while not done:
             try:
                 msgs = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
-            except (NatsTimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeoutError):
                 break
             for msg in msgs:
                 seq = msg.metadata.sequence.stream

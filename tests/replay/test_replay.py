@@ -1,0 +1,228 @@
+"""Replay end to end: a recorded demo window re-run in an isolated sandbox, what-if candidates,
+windows across a restart and a component update, and the fault paths."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nats
+import numpy as np
+import pytest
+from nats.aio.client import Client
+
+from edge.replay.records import REC_STREAM, ReplayError, unpack_columns
+from edge.replay.replayer import Replayer, replay
+from edge.replay.source import Window, parse_seq, parse_time
+from edge.runtime import Runtime
+from replay_support import (DEVICE, ROOT, all_records, fleet_config, physics_variant, publish_garbage,
+                     run_for, ticks_of)
+
+
+@pytest.fixture
+async def js_nc(nats_url: str) -> Client:
+    client = await nats.connect(nats_url)
+    yield client
+    await client.close()
+
+
+async def test_recorded_window_replays_identically(tmp_path: Path, nats_url: str,
+                                                   js_nc: Client) -> None:
+    cfg = fleet_config(tmp_path / "dev", nats_url)
+    t0 = time.time()
+    await run_for(cfg, 3.0)
+    js = js_nc.jetstream()
+    records = await all_records(js)
+    kinds = {r["k"] for _, r in records.items}
+    assert {"start", "load", "tick", "snap"} <= kinds
+    window = Window(t0 + 1.0, time.time())
+    report = await replay(js, DEVICE, window)
+    assert report.identical, report.render()
+    assert set(report.components) == {"physics", "patrol", "battery"}
+    in_window = [r for s, r in ticks_of(records, "physics") if window.contains(s, r["t"])]
+    assert report.components["physics"].ticks == len(in_window) > 20
+    assert report.components["physics"].warmup_ticks > 0  # from the load, before the window
+    assert report.components["patrol"].ticks > 10
+    # the recorded outputs are the component values the world got: physics moved drone-1
+    first, last = in_window[0], in_window[-1]
+    ncols = 3
+    a = unpack_columns(first["out"], ncols, len(first["ids"]), "out")
+    b = unpack_columns(last["out"], ncols, len(last["ids"]), "out")
+    assert not np.array_equal(a, b)
+    assert "every output is identical" in report.render()
+
+
+async def test_changed_version_diverges_at_the_right_tick(tmp_path: Path, nats_url: str,
+                                                          js_nc: Client) -> None:
+    cfg = fleet_config(tmp_path / "dev", nats_url)
+    t0 = time.time()
+    await run_for(cfg, 3.0)
+    js = js_nc.jetstream()
+    records = await all_records(js)
+    window = Window(t0 + 0.5, time.time())
+    ticks = [(s, r) for s, r in ticks_of(records, "physics") if window.contains(s, r["t"])]
+    # a candidate that moves twice as far once position.x passes a limit seen in the window
+    tops = sorted(float(np.max(unpack_columns(r["in"], 6, len(r["ids"]), "in")[0]))
+                  for _, r in ticks)
+    limit = tops[len(tops) * 3 // 5]
+    manifest = physics_variant(tmp_path / "cand",
+                               f"        px[i] += vx[i] * dt * (px[i] > {limit!r} ? 2.0 : 1.0);")
+    expected = None
+    for seq, r in ticks:  # the first tick where the candidate computes something else
+        cols = unpack_columns(r["in"], 6, len(r["ids"]), "in")
+        hit = np.nonzero((cols[0] > limit) & (cols[3] != 0.0))[0]
+        if len(hit):
+            expected = (seq, r["step"], r["ids"][int(hit[0])])
+            break
+    assert expected is not None
+    report = await replay(js, DEVICE, window, systems=["physics"],
+                          what_if={"physics": manifest})
+    assert not report.identical
+    first = report.first
+    assert first is not None
+    assert (first.seq, first.step, first.entity) == expected
+    assert first.component == "physics" and first.what == "columns"
+    assert first.field == "position.x"
+    assert first.replayed != first.recorded
+    assert first.context["inputs"]["position.x"]
+    assert set(report.components) == {"physics"}
+    assert report.components["physics"].versions[-1]["what_if"] is True
+    text = report.render()
+    assert f"physics step {expected[1]} (stream seq {expected[0]}" in text
+    assert "position.x of " + expected[2] in text
+    # the same candidate as a bare module (the recorded manifest, this module)
+    wasm = manifest.parent / "physics.wasm"
+    again = await replay(js, DEVICE, window, systems=["physics"], what_if={"physics": wasm})
+    assert again.first is not None and again.first.seq == expected[0]
+
+
+async def test_window_across_a_restart_and_a_component_update(tmp_path: Path, nats_url: str,
+                                                              js_nc: Client) -> None:
+    cfg = fleet_config(tmp_path / "dev", nats_url)
+    t0 = time.time()
+    await run_for(cfg, 1.5)
+    rt = Runtime(cfg)  # the same device again: a new run of the runtime
+    await rt.start()
+    try:
+        await asyncio.sleep(1.0)
+        manifest = physics_variant(tmp_path / "v2", "        px[i] += 1.5 * vx[i] * dt;")
+        await rt.unload_component("physics")
+        await rt.load_component(str(manifest))
+        await asyncio.sleep(1.5)
+    finally:
+        await rt.stop()
+    js = js_nc.jetstream()
+    records = await all_records(js)
+    assert len({r["run"] for _, r in records.items}) == 2
+    report = await replay(js, DEVICE, Window(t0, time.time()))
+    assert report.identical, report.render()
+    versions = [(v["version"], v["what_if"]) for v in report.components["physics"].versions]
+    assert versions == [("1.0.0", False), ("1.0.0", False), ("2.0.0", False)]
+    shas = [v["sha256"] for v in report.components["physics"].versions]
+    assert shas[0] == shas[1] != shas[2]
+
+
+async def test_replays_a_copy_of_the_stream_without_the_device(tmp_path: Path, nats_url: str,
+                                                               js_nc: Client) -> None:
+    cfg = fleet_config(tmp_path / "dev", nats_url)
+    t0 = time.time()
+    await run_for(cfg, 2.0)
+    js = js_nc.jetstream()
+    # a copy under another name, as a hub keeps a device's synced streams (the device is gone)
+    from nats.js.api import StreamConfig, StreamSource
+
+    await js.add_stream(StreamConfig(name="REC_demo", sources=[StreamSource(name=REC_STREAM)]))
+    info = await js.stream_info(REC_STREAM)
+    for _ in range(100):
+        if (await js.stream_info("REC_demo")).state.messages >= info.state.messages:
+            break
+        await asyncio.sleep(0.05)
+    await js.delete_stream(REC_STREAM)
+    report = await replay(js, DEVICE, Window(t0 + 0.5, time.time()), stream="REC_demo")
+    assert report.identical, report.render()
+    assert report.components["physics"].ticks > 10
+    with pytest.raises(ReplayError, match="no stream REC"):
+        await replay(js, DEVICE, Window())
+
+
+async def test_malformed_records_are_counted_and_skipped(tmp_path: Path, nats_url: str,
+                                                         js_nc: Client) -> None:
+    cfg = fleet_config(tmp_path / "dev", nats_url)
+    t0 = time.time()
+    await run_for(cfg, 1.5)
+    js = js_nc.jetstream()
+    await publish_garbage(js)
+    report = await replay(js, DEVICE, Window(t0 + 0.5))
+    assert report.malformed == 2
+    assert report.identical, report.render()
+
+
+async def test_refusals(tmp_path: Path, nats_url: str, js_nc: Client) -> None:
+    cfg = fleet_config(tmp_path / "dev", nats_url)
+    t0 = time.time()
+    await run_for(cfg, 1.5)
+    js = js_nc.jetstream()
+    with pytest.raises(ReplayError, match="no record falls in the window"):
+        await replay(js, DEVICE, Window(t0 - 100, t0 - 50))
+    with pytest.raises(ReplayError, match="nothing of system 'nosuch'"):
+        await replay(js, DEVICE, Window(t0), systems=["nosuch"])
+    with pytest.raises(ReplayError, match="is not a file"):
+        await replay(js, DEVICE, Window(t0), what_if={"physics": tmp_path / "missing.wasm"})
+    # a candidate whose query differs cannot take the recorded inputs
+    patrol = ROOT / "components" / "patrol" / "manifest.toml"
+    with pytest.raises(ReplayError, match="the recorded inputs do not fit it"):
+        await replay(js, DEVICE, Window(t0), what_if={"physics": patrol})
+    # a record that decodes but lacks its fields names its stream sequence
+    records = await all_records(js)
+    seq, rec = ticks_of(records, "physics")[5]
+    del rec["in"]
+    with pytest.raises(ReplayError, match=f"record at stream seq {seq}"):
+        await Replayer(DEVICE, records, Window()).run()
+    with pytest.raises(ReplayError, match="is not a time"):
+        parse_time("yesterday")
+    with pytest.raises(ReplayError, match="FROM:TO"):
+        parse_seq("12")
+    with pytest.raises(ReplayError, match="ends"):
+        Window(10.0, 5.0)
+    assert parse_seq("5:") == (5, 2**63)
+    assert abs(parse_time("-30s", now=100.0) - 70.0) < 1e-9
+    assert parse_time("2026-12-02T02:10:00Z") == 1796177400.0
+
+
+async def test_recording_off_records_nothing(tmp_path: Path, nats_url: str,
+                                             js_nc: Client) -> None:
+    await run_for(fleet_config(tmp_path / "dev", nats_url), 1.0, record=False)
+    js = js_nc.jetstream()
+    with pytest.raises(ReplayError, match="nothing was recorded"):
+        await replay(js, DEVICE, Window())
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "edge.cli.main", "replay", *args],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+async def test_cli(tmp_path: Path, nats_url: str, js_nc: Client) -> None:
+    cfg = fleet_config(tmp_path / "dev", nats_url)
+    t0 = time.time()
+    await run_for(cfg, 2.0)
+    base = ["--url", nats_url, "--device", DEVICE, "--from", repr(t0 + 0.5)]
+    res = await asyncio.to_thread(_cli, *base, "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["identical"] is True and out["components"]["physics"]["ticks"] > 10
+    manifest = physics_variant(tmp_path / "cand", "        px[i] += 2.0 * vx[i] * dt;")
+    res = await asyncio.to_thread(_cli, *base, "--system", "physics", "--with",
+                                  f"physics={manifest}")
+    assert res.returncode == 3, res.stderr
+    assert "first divergence: physics step" in res.stdout
+    res = await asyncio.to_thread(_cli, *base, "--with", "physics")
+    assert res.returncode == 1 and "is not NAME=PATH" in res.stderr
+    res = await asyncio.to_thread(_cli, "--url", nats_url, "--device", DEVICE, "--seq", "1:40")
+    assert res.returncode == 0, res.stdout + res.stderr
