@@ -41,6 +41,9 @@ log = logging.getLogger("edge.replay.recorder")
 MAX_QUEUED = 20_000
 #: Publishes inlined in a ``pub`` record up to this size (bytes); larger ones keep only a hash.
 MAX_INLINE_PUBLISH = 1024
+#: Largest batch (input columns, bytes) a tick record holds; a larger tick is recorded without
+#: its columns (``too_large``) and that component cannot be replayed over it.
+MAX_TICK_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,11 @@ class RecorderLayer:
         if rec is None:
             return
         rec.step += 1
+        size = sum(int(c.nbytes) for c in before)
+        if size > MAX_TICK_BYTES:
+            self._put("tick", component, {"step": rec.step, "dt": dt, "ok": ok,
+                                          "too_large": size})
+            return
         out = [after[i] for i in rec.writable] if ok else []
         self._put("tick", component, {"step": rec.step, "dt": dt, "ids": list(ids), "ok": ok,
                                       "in": pack_columns(before), "out": pack_columns(out)})

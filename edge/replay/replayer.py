@@ -395,6 +395,10 @@ class Replayer:
                     rec: dict[str, Any], inside: bool) -> None:
         m = live.manifest
         name = m.name
+        if rec.get("too_large"):
+            raise ReplayError(f"tick {rec.get('step')} of '{name}' (stream seq {seq}) was too "
+                              f"large to record ({rec['too_large']} bytes of columns)",
+                              component=name, seq=seq, reason="not-recorded")
         ids = [str(i) for i in rec["ids"]]
         n = len(ids)
         inputs = unpack_columns(rec["in"], len(m.columns), n, "in")
