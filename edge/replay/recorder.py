@@ -41,8 +41,9 @@ log = logging.getLogger("edge.replay.recorder")
 MAX_QUEUED = 20_000
 #: Publishes inlined in a ``pub`` record up to this size (bytes); larger ones keep only a hash.
 MAX_INLINE_PUBLISH = 1024
-#: Largest batch (input columns, bytes) a tick record holds; a larger tick is recorded without
-#: its columns (``too_large``) and that component cannot be replayed over it.
+#: Largest batch a tick record (input columns) or a message record (payloads) holds, in bytes;
+#: a larger one is recorded without them (``too_large``: its size) and that component cannot be
+#: replayed over it.
 MAX_TICK_BYTES = 256 * 1024
 
 
@@ -174,6 +175,10 @@ class RecorderLayer:
         if rec is None:
             return
         rec.step += 1
+        size = sum(len(d) + len(s) for s, d in messages)
+        if size > MAX_TICK_BYTES:
+            self._put("msg", component, {"step": rec.step, "hops": hops, "too_large": size})
+            return
         self._put("msg", component, {"step": rec.step, "hops": hops,
                                      "msgs": [[s, b64(d)] for s, d in messages]})
 

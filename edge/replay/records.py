@@ -17,6 +17,7 @@ import numpy as np
 
 from edge.errors import EdgeError
 from edge.nats import subjects
+from edge.wasm.record import record_prefix
 
 #: The device's record stream.
 REC_STREAM = "REC"
@@ -30,7 +31,8 @@ class ReplayError(EdgeError):
 
 def rec_subject(device: str, kind: str, component: str | None = None) -> str:
     """``edge.<device>.rec.<kind>[.<component>]``."""
-    base = f"{subjects.device_prefix(device)}.rec.{kind}"
+    subjects.check_device_id(device)
+    base = f"{record_prefix(device)}{kind}"
     return f"{base}.{component}" if component else base
 
 

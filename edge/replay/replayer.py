@@ -439,6 +439,10 @@ class Replayer:
 
     async def _deliver(self, pool: SandboxPool, live: _Live, seq: int, t: float,
                        rec: dict[str, Any], inside: bool) -> None:
+        if rec.get("too_large"):
+            raise ReplayError(f"message batch {rec.get('step')} of '{live.manifest.name}' (stream "
+                              f"seq {seq}) was too large to record ({rec['too_large']} bytes)",
+                              component=live.manifest.name, seq=seq, reason="not-recorded")
         msgs = [(str(s), unb64(d, "msgs")) for s, d in rec["msgs"]]
         await pool.deliver(live.manifest.name, msgs, int(rec.get("hops", 0)))
         self._take_effects(live, int(rec.get("step", 0)), seq, t, inside)

@@ -38,7 +38,7 @@ from edge.wasm.inbox import ComponentInbox
 from edge.wasm.manifest import Manifest, load_manifest, read_module
 from edge.wasm.origin import origin_headers, origin_id
 from edge.wasm.pool import SandboxPool
-from edge.wasm.record import SandboxRecorder
+from edge.wasm.record import SandboxRecorder, record_prefix
 from edge.world.scheduler import SharedBatch, TickLoop
 from edge.world.store import F64Array
 
@@ -197,6 +197,7 @@ class SandboxLayer:
             loaded.tick.start()
         if manifest.subscribe:
             name = manifest.name
+            records = record_prefix(ctx.device)
 
             async def deliver(batch: list[tuple[str, bytes]], hops: int) -> None:
                 if rec is not None:  # [replay hook]
@@ -210,6 +211,8 @@ class SandboxLayer:
             for subject in manifest.subscribe:
 
                 async def on_msg(msg: Msg, pump: ComponentInbox = pump) -> None:
+                    if msg.subject.startswith(records):  # [replay hook] records about components
+                        return  # are not theirs to hear: recording them would feed back
                     pump.put(msg.subject, msg.data, msg.headers)
 
                 loaded.subs.append(await ctx.nc.subscribe(subject, cb=on_msg, pending_msgs_limit=PUMP_PENDING_MSGS))

@@ -14,7 +14,8 @@ boundary:
 Every method is synchronous and must not block or raise: a recorder queues what it is told.
 While a recorder is set, ticks use the copy mode (the batch is gathered in the runtime before
 the call), so the recorded inputs are exactly what the component read; shared mode would let
-other writers change a column while the worker reads it. See docs/replay.md.
+other writers change a column while the worker reads it. Messages on the record subjects
+(:func:`record_prefix`) are not delivered to components. See docs/replay.md.
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ from typing import Protocol
 
 import numpy as np
 
+from edge.nats import subjects
 from edge.wasm.manifest import Manifest
+
+
+def record_prefix(device: str) -> str:
+    """``edge.<device>.rec.``: the subjects of the replay records, never delivered to components
+    (a component subscribed to ``>`` would otherwise hear, and be recorded hearing, the records
+    about itself)."""
+    return f"{subjects.PREFIX}.{device}.rec."
 
 
 class SandboxRecorder(Protocol):

@@ -246,3 +246,55 @@ async def test_a_tick_too_large_to_record_is_marked_and_refused_in_replay() -> N
     assert "in" in items[2][1]  # a small tick is recorded in full again
     with pytest.raises(ReplayError, match="too large to record"):
         await Replayer(DEVICE, Records(items), Window()).run()
+
+
+async def test_a_message_system_replays_its_messages_and_publishes(tmp_path: Path, nats_url: str,
+                                                                   js_nc: Client) -> None:
+    cfg = fleet_config(tmp_path / "dev", nats_url)
+    cfg.components = [ROOT / "components" / "echo" / "manifest.toml"]
+    rt = Runtime(cfg)
+    await rt.start()
+    t0 = time.time()
+    try:
+        for i in range(20):
+            await js_nc.publish(f"edge.{DEVICE}.cmd.echo", f"hello {i}".encode())
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)
+    finally:
+        await rt.stop()
+    js = js_nc.jetstream()
+    records = await all_records(js)
+    pubs = [r for _, r in records.items if r["k"] == "pub" and r.get("c") == "echo"]
+    assert len(pubs) == 20
+    report = await replay(js, DEVICE, Window(t0))
+    assert report.identical, report.render()
+    echo = report.components["echo"]
+    assert echo.publishes == 20 and echo.messages >= 1
+    # what-if: a module that publishes nothing diverges at the first recorded publish
+    report2 = await replay(js, DEVICE, Window(t0), what_if={"echo": changed_echo(tmp_path)})
+    assert not report2.identical
+    first = report2.first
+    assert first is not None and first.what == "publish" and first.component == "echo"
+    assert first.seq == min(s for s, r in records.items if r["k"] == "pub")
+    assert first.recorded.endswith("hello 0") and first.replayed is None
+    assert report2.components["echo"].publishes_differing == 20
+
+
+def changed_echo(tmp: Path) -> Path:
+    """An echo that publishes nothing."""
+    root = ROOT
+    src = (root / "components" / "echo" / "echo.c").read_text()
+    out = tmp / "echo2"
+    out.mkdir()
+    c = out / "echo.c"
+    needle = "    return edge_publish(out_subject, out_len, data, data_len) == EDGE_OK ? 0 : 1;"
+    assert needle in src
+    c.write_text(src.replace(needle, "    (void)out_len; (void)data; (void)data_len;\n    return 0;"))
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("edge_components_build",
+                                                  root / "components" / "build.py")
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    return Path(build.compile_wasm([c], out / "echo.wasm"))
