@@ -297,12 +297,13 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
 
     layers.append(ToolsService(cfg.tools, models=inference.registry if inference else None, camera=camera))
     # after the uplink: the decision stream copies records out of the EVT stream it creates
-    layers.append(AgentHost(cfg.agents, wasm_agents=sandbox.wasm_agents))
+    agents = AgentHost(cfg.agents, wasm_agents=sandbox.wasm_agents)
+    layers.append(agents)
     layers.extend(extra_layers)
     if record:  # before the sandbox: it records every component load, and stops after it
         from edge.replay.recorder import RecorderLayer
 
-        sandbox.recorder = recorder = RecorderLayer()
+        sandbox.recorder = agents.recorder = recorder = RecorderLayer()
         layers.append(recorder)
     layers.append(sandbox)
     return layers

@@ -3,7 +3,8 @@
 Key components
 - :class:`RecordSettings`: the stream's limits and the checkpoint and snapshot periods.
 - :class:`RecorderLayer`: the :class:`~edge.wasm.record.SandboxRecorder` of the sandbox layer
-  (set by the composition root) and a :class:`~edge.layer.Layer` (section ``recorder`` of
+  and the :class:`~edge.agents.record.AgentRecorder` of the agent host (both set by the
+  composition root) and a :class:`~edge.layer.Layer` (section ``recorder`` of
   ``edge status``). Hooks only queue (bounded; overflow counted in ``dropped``); one task
   publishes the queue in order, so the stream sequence is the order things happened in.
 
@@ -11,7 +12,9 @@ Records (docs/replay.md): ``start`` (a run of the runtime began), ``load`` (a co
 manifest, module bytes, sha256 and KV; repeated as a checkpoint every ``checkpoint_s``),
 ``unload``, ``tick`` (dt, entity ids, the input columns, the written columns), ``msg``
 (messages handed to ``edge_on_message``), ``pub`` and ``kv`` (effects), ``snap`` (every
-entity's components, every ``snapshot_s``).
+entity's components, every ``snapshot_s``); for native agents ``agent`` (an instance was built:
+kind, entity, config table), ``obs`` (a message observed, with its monotonic ``now``), ``read``
+(the entity's components ``read_world`` saw) and ``decide`` (the decisions).
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
+from edge.agents.base import Agent, Decision
+from edge.agents.record import decision_dict
 from edge.layer import DeviceContext
 from edge.replay.records import REC_STREAM, b64, digest, encode, pack_columns, rec_filter, rec_subject
 from edge.tasks import cancel_and_wait
@@ -196,6 +201,21 @@ class RecorderLayer:
             rec.kv[key] = value
         self._put("kv", component, {"step": rec.step if rec else 0, "key": key,
                                     "value": b64(value)})
+
+    # -- the agent host's hooks (edge.agents.record.AgentRecorder) ----------------------------
+
+    def on_agent(self, agent: Agent, table: Mapping[str, Any]) -> None:
+        self._put("agent", agent.name, {"kind": agent.kind, "entity": agent.entity,
+                                        "interval": agent.interval, "table": dict(table)})
+
+    def on_observe(self, agent: str, subject: str, data: bytes, now: float) -> None:
+        self._put("obs", agent, {"subject": subject, "data": b64(data), "now": now})
+
+    def on_read(self, agent: str, now: float, world: Mapping[str, Any]) -> None:
+        self._put("read", agent, {"now": now, "world": dict(world)})
+
+    def on_decide(self, agent: str, decisions: Sequence[Decision]) -> None:
+        self._put("decide", agent, {"decisions": [decision_dict(d) for d in decisions]})
 
     # -- internals --------------------------------------------------------------------------
 

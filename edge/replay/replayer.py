@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from edge.errors import EdgeError, SandboxError
-from edge.replay.records import ReplayError, digest, unb64, unpack_columns
+from edge.replay.agents import AgentFactory, AgentReplay, LiveAgent, is_agent_table
+from edge.replay.records import AGENT_KINDS, ReplayError, digest, unb64, unpack_columns
 from edge.replay.source import Records, Window
 from edge.wasm.manifest import Manifest, load_manifest, parse_manifest
 from edge.wasm.pool import SandboxPool
@@ -86,13 +87,15 @@ class Divergence:
     def sentence(self) -> str:
         where = f"{self.component} step {self.step} (stream seq {self.seq}, t {self.t:.3f})"
         what = {"ok": "the call's success", "columns": f"{self.field} of {self.entity}",
-                "publish": "a publish", "kv": "a key-value write"}.get(self.what, self.what)
+                "publish": "a publish", "kv": "a key-value write", "decision": "the decisions",
+                "fault": "the run"}.get(self.what, self.what)
         return f"first divergence: {where}: {what} was {self.recorded!r}, replayed {self.replayed!r}"
 
 
 @dataclass
 class ComponentReport:
     name: str
+    kind: str = "component"  # or "agent" (a native agent)
     versions: list[dict[str, Any]] = field(default_factory=list)
     ticks: int = 0  # ticks compared (inside the window)
     ticks_differing: int = 0
@@ -102,6 +105,8 @@ class ComponentReport:
     publishes_differing: int = 0
     kv_puts: int = 0
     kv_differing: int = 0
+    decisions: int = 0  # agents: decisions compared
+    decisions_differing: int = 0
     exact_start: bool = True  # False: the window started from a checkpoint, not a load
     first: Divergence | None = None
 
@@ -150,6 +155,11 @@ class ReplayReport:
         lines = [f"replayed {self.records} records ({self.recorded_s:.1f} s recorded) in "
                  f"{self.replay_s:.2f} s ({self.speed:.0f}x real time)"]
         for name, c in sorted(self.components.items()):
+            if c.kind == "agent":
+                state = "identical" if c.identical else (
+                    f"DIVERGES: {c.decisions_differing} of {c.decisions} decisions differ")
+                lines.append(f"  {name:<12} agent, {c.decisions} decisions: {state}")
+                continue
             vers = ", ".join(f"{v['version']} {v['sha256'][:12]}{' (what-if)' if v['what_if'] else ''}"
                              for v in c.versions)
             state = "identical" if c.identical else (
@@ -207,19 +217,27 @@ def candidate(path: Path, device: str) -> tuple[Path, Manifest | None]:
 class Replayer:
     """One replay of ``records`` for ``device`` (see the module docstring).
 
-    ``systems``: the components to replay (None = every recorded one); ``what_if``: component
-    name -> a module (``.wasm``) or manifest path run instead of the recorded versions.
+    ``systems``: the components and agents to replay (None = every recorded one); ``what_if``:
+    component name -> a module (``.wasm``) or manifest path run instead of the recorded versions,
+    or agent name -> a TOML file with the agent's config table (``kind``, ``entity``, ...; no
+    ``module``); ``agents``: agent name -> a factory building the
+    instance to run (what-if from Python, or an agent built in code).
     """
 
     def __init__(self, device: str, records: Records, window: Window, *,
                  systems: Sequence[str] | None = None,
-                 what_if: Mapping[str, Path] | None = None) -> None:
+                 what_if: Mapping[str, Path] | None = None,
+                 agents: Mapping[str, AgentFactory] | None = None) -> None:
         self.device = device
         self.records = records
         self.window = window
         self.systems = set(systems) if systems else None
-        self.what_if = {k: candidate(v, device) for k, v in (what_if or {}).items()}
+        self.what_if = {k: candidate(v, device) for k, v in (what_if or {}).items()
+                        if not is_agent_table(v)}
         self.host = CaptureHost()
+        agent_what_if = {k: v for k, v in (what_if or {}).items() if is_agent_table(v)}
+        self._agents = AgentReplay(device, records.items, window, selected=self._selected,
+                                   what_if=agent_what_if, factories=agents)
         self._live: dict[str, _Live] = {}
         self._reports: dict[str, ComponentReport] = {}
         self._tmp: Path | None = None
@@ -238,14 +256,20 @@ class Replayer:
         for seq, rec in items[start:last_in + 1]:
             name = rec.get("c")
             if isinstance(name, str) and name in streams:
-                streams[name].append((seq, rec))
+                is_agent = self._reports[name].kind == "agent"
+                if (rec["k"] in AGENT_KINDS) == is_agent:
+                    streams[name].append((seq, rec))
+        agent_streams = {n: r for n, r in streams.items() if self._reports[n].kind == "agent"}
+        streams = {n: r for n, r in streams.items() if n not in agent_streams}
         workers = max(1, min(len(streams), os.cpu_count() or 1, MAX_WORKERS))
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="edge-replay-") as tmp:
             self._tmp = Path(tmp)
             async with SandboxPool(self.device, self.host, workers=workers) as pool:
                 await asyncio.gather(*(self._replay_one(pool, name, recs)
-                                       for name, recs in streams.items()))
+                                       for name, recs in streams.items()),
+                                     *(self._replay_agent(name, recs)
+                                       for name, recs in agent_streams.items()))
         replay_s = time.perf_counter() - t0
         for live in self._live.values():
             self._compare_effects(live)
@@ -275,7 +299,7 @@ class Replayer:
         first_in, last_in = inside[0], inside[-1]
         start = first_in
         names = {str(rec.get("c")) for _, rec in items[first_in:last_in + 1]
-                 if rec.get("c") and rec["k"] in ("tick", "msg", "load")}
+                 if rec.get("c") and rec["k"] in ("tick", "msg", "load", "unload")}
         for name in sorted(n for n in names if self._selected(n)):
             self._reports[name] = ComponentReport(name)
             real = ckpt = None
@@ -293,9 +317,40 @@ class Replayer:
             if real is None:
                 self._reports[name].exact_start = False
             start = min(start, begin)
+        for name in self._agents.names(first_in, last_in):
+            if name in self._reports:
+                raise ReplayError(f"an agent and a component are both named '{name}'",
+                                  component=name, reason="usage")
+            self._reports[name] = ComponentReport(name, kind="agent")
+            begin = self._agents.start_of(name, first_in)
+            if begin is None:
+                self._reports[name].exact_start = False
+            else:
+                start = min(start, begin)
         return start, first_in, last_in
 
     # -- applying records -------------------------------------------------------------------
+
+    async def _replay_agent(self, name: str, recs: list[tuple[int, dict[str, Any]]]) -> None:
+        live = LiveAgent(name)
+        report = self._reports[name]
+
+        def diverge(rep: ComponentReport, what: str, seq: int, t: float, recorded: Any,
+                    replayed: Any, context: dict[str, Any] | None = None) -> None:
+            step = report.decisions
+            div = Divergence(name, what, step, seq, t, recorded, replayed, context=context or {})
+            if rep.first is None or (seq, t) < (rep.first.seq, rep.first.t):
+                rep.first = div
+
+        for seq, rec in recs:
+            try:
+                await self._agents.apply(live, seq, rec, self.window.contains(seq, float(rec["t"])),
+                                         report, diverge)
+            except (KeyError, TypeError, ValueError) as err:
+                raise ReplayError(f"record at stream seq {seq} ({rec['k']} of {name}) is "
+                                  f"malformed: {type(err).__name__}: {err}", seq=seq,
+                                  reason="malformed") from err
+            await asyncio.sleep(0)
 
     async def _replay_one(self, pool: SandboxPool, name: str,
                           recs: list[tuple[int, dict[str, Any]]]) -> None:
@@ -514,12 +569,15 @@ def _sha(path: Path) -> str:
 
 async def replay(js: Any, device: str, window: Window, *, stream: str = "REC",
                  systems: Sequence[str] | None = None,
-                 what_if: Mapping[str, Path] | None = None) -> ReplayReport:
-    """Read the window from ``stream`` (a device's ``REC`` or a hub's copy) and replay it."""
+                 what_if: Mapping[str, Path] | None = None,
+                 agents: Mapping[str, AgentFactory] | None = None) -> ReplayReport:
+    """Read the window from ``stream`` (a device's ``REC`` or a hub's copy) and replay it
+    (the arguments are :class:`Replayer`'s)."""
     from edge.replay.source import read_records
 
     records = await read_records(js, stream, device, window)
-    return await Replayer(device, records, window, systems=systems, what_if=what_if).run()
+    return await Replayer(device, records, window, systems=systems, what_if=what_if,
+                          agents=agents).run()
 
 
 __all__ = ["CaptureHost", "ComponentReport", "Divergence", "ReplayReport", "Replayer", "replay"]

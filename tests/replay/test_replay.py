@@ -43,7 +43,8 @@ async def test_recorded_window_replays_identically(tmp_path: Path, nats_url: str
     window = Window(t0 + 1.0, time.time())
     report = await replay(js, DEVICE, window)
     assert report.identical, report.render()
-    assert set(report.components) == {"physics", "patrol", "battery"}
+    assert set(report.components) == {"physics", "patrol", "battery", "follow-drone-0"}
+    assert report.components["follow-drone-0"].kind == "agent"
     in_window = [r for s, r in ticks_of(records, "physics") if window.contains(s, r["t"])]
     assert report.components["physics"].ticks == len(in_window) > 20
     assert report.components["physics"].warmup_ticks > 0  # from the load, before the window
@@ -298,3 +299,47 @@ def changed_echo(tmp: Path) -> Path:
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
     return Path(build.compile_wasm([c], out / "echo.wasm"))
+
+
+async def test_a_native_agent_replays_its_decisions_and_a_what_if_table_diverges(
+        tmp_path: Path, nats_url: str, js_nc: Client) -> None:
+    from edge.agents.config import parse_agents
+
+    cfg = fleet_config(tmp_path / "dev", nats_url)
+    cfg.components = []
+    cfg.agents = parse_agents([{"kind": "follow", "entity": "drone-1", "name": "follower",
+                                "interval": 0.1}])
+    rt = Runtime(cfg)
+    await rt.start()
+    t0 = time.time()
+    try:
+        for i in range(30):  # a face drifting right, then gone
+            x = 0.3 + 0.02 * i
+            body = {"items": [{"label": "face", "score": 0.9, "box": [x, 0.4, x + 0.1, 0.5]}]
+                    if i < 20 else []}
+            await js_nc.publish(f"edge.{DEVICE}.evt.drone-1.detections", json.dumps(body).encode())
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(2.0)  # lost_timeout 1.5 s: the agent holds
+    finally:
+        await rt.stop()
+    js = js_nc.jetstream()
+    records = await all_records(js)
+    decided = [d for _, r in records.items if r["k"] == "decide" for d in r["decisions"]]
+    assert {"follow", "hold"} <= {d["decision"] for d in decided}, decided
+    report = await replay(js, DEVICE, Window(t0 - 1.0))
+    assert report.identical, report.render()
+    follower = report.components["follower"]
+    assert follower.kind == "agent" and follower.decisions == len(decided) > 2
+    # what-if: the same agent with another gain commands other velocities
+    table = tmp_path / "follower.toml"
+    table.write_text('kind = "follow"\nentity = "drone-1"\nname = "follower"\ninterval = 0.1\n'
+                     "gain = 8.0\n")
+    report2 = await replay(js, DEVICE, Window(t0 - 1.0), what_if={"follower": table})
+    assert not report2.identical
+    first = report2.first
+    assert first is not None and first.what == "decision" and first.component == "follower"
+    first_cmd = min(s for s, r in records.items if r["k"] == "decide"
+                    and any(d.get("command") for d in r["decisions"]))
+    assert first.seq == first_cmd
+    assert "follow -> velocity" in first.recorded and first.recorded != first.replayed
+    assert report2.components["follower"].versions[-1]["what_if"] is True
