@@ -255,8 +255,15 @@ async def test_a_message_system_replays_its_messages_and_publishes(tmp_path: Pat
     cfg.components = [ROOT / "components" / "echo" / "manifest.toml"]
     rt = Runtime(cfg)
     await rt.start()
-    t0 = time.time()
     try:
+        def heard() -> int:
+            return int(rt.components_status()[0]["inbox"]["received"])
+
+        while heard() == 0:  # until the component's subscription hears (a probe, not compared)
+            await js_nc.publish(f"edge.{DEVICE}.cmd.echo", b"probe")
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        t0 = time.time()
         for i in range(20):
             await js_nc.publish(f"edge.{DEVICE}.cmd.echo", f"hello {i}".encode())
             await asyncio.sleep(0.02)
@@ -265,7 +272,8 @@ async def test_a_message_system_replays_its_messages_and_publishes(tmp_path: Pat
         await rt.stop()
     js = js_nc.jetstream()
     records = await all_records(js)
-    pubs = [r for _, r in records.items if r["k"] == "pub" and r.get("c") == "echo"]
+    pubs = [r for _, r in records.items if r["k"] == "pub" and r.get("c") == "echo"
+            and r["t"] >= t0]
     assert len(pubs) == 20
     report = await replay(js, DEVICE, Window(t0))
     assert report.identical, report.render()
@@ -276,7 +284,7 @@ async def test_a_message_system_replays_its_messages_and_publishes(tmp_path: Pat
     assert not report2.identical
     first = report2.first
     assert first is not None and first.what == "publish" and first.component == "echo"
-    assert first.seq == min(s for s, r in records.items if r["k"] == "pub")
+    assert first.seq == min(s for s, r in records.items if r["k"] == "pub" and r["t"] >= t0)
     assert first.recorded.endswith("hello 0") and first.replayed is None
     assert report2.components["echo"].publishes_differing == 20
 
