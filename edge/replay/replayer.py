@@ -36,12 +36,15 @@ from edge.replay.records import AGENT_KINDS, ReplayError, digest, unb64, unpack_
 from edge.replay.source import Records, Window
 from edge.wasm.manifest import Manifest, load_manifest, parse_manifest
 from edge.wasm.pool import SandboxPool
+from edge.wasm.wasmbin import module_imports
 
 log = logging.getLogger("edge.replay.replayer")
 
 #: Most sandbox worker processes one replay starts. One: the components' calls are pipelined
 #: into it, and starting a second worker cost more than it saved on demo windows (measured).
 MAX_WORKERS = 1
+#: Imports whose answers are not recorded: a component using them is flagged in the report.
+CLOCK_IMPORTS = frozenset({"clock_ms", "monotonic_ns"})
 
 
 class CaptureHost:
@@ -108,6 +111,7 @@ class ComponentReport:
     decisions: int = 0  # agents: decisions compared
     decisions_differing: int = 0
     exact_start: bool = True  # False: the window started from a checkpoint, not a load
+    reads_clock: bool = False  # the module imports clock_ms or monotonic_ns (not replayed)
     first: Divergence | None = None
 
     @property
@@ -166,6 +170,8 @@ class ReplayReport:
                 f"DIVERGES: {c.ticks_differing} of {c.ticks} ticks, {c.publishes_differing} of "
                 f"{c.publishes} publishes, {c.kv_differing} of {c.kv_puts} KV writes differ")
             exact = "" if c.exact_start else " (started from a checkpoint)"
+            if c.reads_clock:
+                exact += " (reads the clock, which a replay does not reproduce)"
             lines.append(f"  {name:<12} {c.ticks} ticks, {c.messages} message batches, "
                          f"{c.publishes} publishes: {state}  [{vers}]{exact}")
         first = self.first
@@ -422,6 +428,9 @@ class Replayer:
             raise ReplayError(f"cannot load {name} {manifest.version} for the replay: "
                               f"{err.message}", component=name, reason="load") from err
         report.versions.append({"version": manifest.version, "sha256": sha, "what_if": what_if})
+        running = Path(manifest.module).read_bytes() if what_if else module
+        if CLOCK_IMPORTS & {name for _, name, _ in module_imports(running)}:
+            report.reads_clock = True
         if live is None:
             live = self._live[name] = _Live(recorded, report)
         live.manifest = recorded

@@ -351,3 +351,18 @@ async def test_a_native_agent_replays_its_decisions_and_a_what_if_table_diverges
     assert first.seq == first_cmd
     assert "follow -> velocity" in first.recorded and first.recorded != first.replayed
     assert report2.components["follower"].versions[-1]["what_if"] is True
+
+
+async def test_a_component_that_reads_the_clock_is_flagged(tmp_path: Path, nats_url: str,
+                                                            js_nc: Client) -> None:
+    cfg = fleet_config(tmp_path / "dev", nats_url)
+    t0 = time.time()
+    await run_for(cfg, 1.5)
+    js = js_nc.jetstream()
+    report = await replay(js, DEVICE, Window(t0 + 0.5))
+    assert not any(c.reads_clock for c in report.components.values())  # the demo's do not
+    clocked = physics_variant(tmp_path / "clk", "        px[i] += vx[i] * dt + 0.0 * (double)edge_clock_ms();")
+    report2 = await replay(js, DEVICE, Window(t0 + 0.5), systems=["physics"],
+                           what_if={"physics": clocked})
+    assert report2.components["physics"].reads_clock
+    assert "reads the clock" in report2.render()
