@@ -11,7 +11,8 @@ Key components
 Records (docs/replay.md): ``start`` (a run of the runtime began), ``load`` (a component's
 manifest, module bytes, sha256 and KV; repeated as a checkpoint every ``checkpoint_s``),
 ``unload``, ``tick`` (dt, entity ids, the input columns, the written columns), ``msg``
-(messages handed to ``edge_on_message``), ``pub`` and ``kv`` (effects), ``snap`` (every
+(messages handed to ``edge_on_message``), ``pub`` and ``kv`` (effects), ``infer`` (the answer
+a model gave: its output, or the error's reason), ``snap`` (every
 entity's components, every ``snapshot_s``); for native agents ``agent`` (an instance was built:
 kind, entity, config table), ``obs`` (a message observed, with its monotonic ``now``), ``read``
 (the entity's components ``read_world`` saw) and ``decide`` (the decisions).
@@ -35,6 +36,7 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from edge.agents.base import Agent, Decision
 from edge.agents.record import decision_dict
+from edge.errors import EdgeError
 from edge.layer import DeviceContext
 from edge.replay.records import REC_STREAM, b64, digest, encode, pack_columns, rec_filter, rec_subject
 from edge.tasks import cancel_and_wait
@@ -201,6 +203,21 @@ class RecorderLayer:
             rec.kv[key] = value
         self._put("kv", component, {"step": rec.step if rec else 0, "key": key,
                                     "value": b64(value)})
+
+    def on_infer(self, component: str, model: str, data: bytes, out: bytes | None,
+                 error: EdgeError | None) -> None:
+        rec = self._comps.get(component)
+        body: dict[str, Any] = {"step": rec.step if rec else 0, "model": model,
+                                "in": digest(data)}
+        if out is not None:
+            body["out"] = b64(out)
+        elif error is not None:
+            body["reason"] = str(error.fields.get("reason", "failed"))
+            if "expected" in error.fields:
+                body["expected"] = str(error.fields["expected"])
+        else:
+            body["reason"] = "failed"
+        self._put("infer", component, body)
 
     # -- the agent host's hooks (edge.agents.record.AgentRecorder) ----------------------------
 

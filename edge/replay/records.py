@@ -22,7 +22,7 @@ from edge.wasm.record import record_prefix
 #: The device's record stream.
 REC_STREAM = "REC"
 #: Record kinds (the subject token after ``rec``).
-KINDS = ("start", "load", "unload", "tick", "msg", "pub", "kv", "snap",
+KINDS = ("start", "load", "unload", "tick", "msg", "pub", "kv", "infer", "snap",
          "agent", "obs", "read", "decide")
 #: Kinds of the records about native agents.
 AGENT_KINDS = ("agent", "obs", "read", "decide")

@@ -20,10 +20,11 @@ import asyncio
 import dataclasses
 import logging
 import os
+from collections import deque
 import tempfile
 import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,32 @@ class CaptureHost:
         return self.publishes.pop(component, []), self.kv_puts.pop(component, [])
 
 
+class ReplayInfer:
+    """The ``infer`` bridge of a replay: answers each component's calls with its recorded
+    answers, in order; a call whose model or input differs from the recorded one is reported
+    through ``on_mismatch`` (and still gets the recorded answer)."""
+
+    def __init__(self, on_mismatch: Callable[[str, int, float, str, str], None]) -> None:
+        self.answers: dict[str, deque[tuple[int, float, dict[str, Any]]]] = {}
+        self.on_mismatch = on_mismatch
+
+    async def infer(self, component: str, model: str, data: bytes) -> bytes:
+        queue = self.answers.get(component)
+        if not queue:
+            self.on_mismatch(component, -1, 0.0, "no recorded call", f"{model} {digest(data)}")
+            raise EdgeError(f"no recorded answer for an infer of {component}",
+                            reason="unknown-model")
+        seq, t, rec = queue.popleft()
+        got = f"{model} {digest(data)}"
+        want = f"{rec.get('model')} {rec.get('in')}"
+        if got != want:
+            self.on_mismatch(component, seq, t, want, got)
+        if "out" in rec:
+            return unb64(rec["out"], "out")
+        raise EdgeError(f"the recorded infer of {component} failed", reason=rec.get("reason"),
+                        expected=rec.get("expected"))
+
+
 @dataclass
 class Divergence:
     """Where a replayed output first differs from the recorded one."""
@@ -91,6 +118,7 @@ class Divergence:
         where = f"{self.component} step {self.step} (stream seq {self.seq}, t {self.t:.3f})"
         what = {"ok": "the call's success", "columns": f"{self.field} of {self.entity}",
                 "publish": "a publish", "kv": "a key-value write", "decision": "the decisions",
+                "infer": "an infer call (model, input hash)",
                 "fault": "the run"}.get(self.what, self.what)
         return f"first divergence: {where}: {what} was {self.recorded!r}, replayed {self.replayed!r}"
 
@@ -241,6 +269,7 @@ class Replayer:
         self.what_if = {k: candidate(v, device) for k, v in (what_if or {}).items()
                         if not is_agent_table(v)}
         self.host = CaptureHost()
+        self.infer = ReplayInfer(self._infer_mismatch)
         agent_what_if = {k: v for k, v in (what_if or {}).items() if is_agent_table(v)}
         self._agents = AgentReplay(device, records.items, window, selected=self._selected,
                                    what_if=agent_what_if, factories=agents)
@@ -268,10 +297,14 @@ class Replayer:
         agent_streams = {n: r for n, r in streams.items() if self._reports[n].kind == "agent"}
         streams = {n: r for n, r in streams.items() if n not in agent_streams}
         workers = max(1, min(len(streams), os.cpu_count() or 1, MAX_WORKERS))
+        for name, recs in streams.items():
+            self.infer.answers[name] = deque((seq, float(r["t"]), r) for seq, r in recs
+                                             if r["k"] == "infer")
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="edge-replay-") as tmp:
             self._tmp = Path(tmp)
-            async with SandboxPool(self.device, self.host, workers=workers) as pool:
+            async with SandboxPool(self.device, self.host, workers=workers,
+                                   infer=self.infer) as pool:
                 await asyncio.gather(*(self._replay_one(pool, name, recs)
                                        for name, recs in streams.items()),
                                      *(self._replay_agent(name, recs)
@@ -381,6 +414,8 @@ class Replayer:
         inside = self.window.contains(seq, t)
         live = self._live.get(name)
         try:
+            if kind in ("load", "unload") and live is not None and live.running:
+                await pool.flush()  # message batches still in the worker finish first
             if kind == "load":
                 if rec.get("checkpoint") and live is not None and live.running:
                     return  # a checkpoint of what already runs here
@@ -524,6 +559,16 @@ class Replayer:
         live.rep_kv += [_Effect(step, seq, t, k, digest(v), v) for k, v in kvs]
 
     # -- comparing --------------------------------------------------------------------------
+
+    def _infer_mismatch(self, name: str, seq: int, t: float, recorded: str, replayed: str) -> None:
+        live = self._live.get(name)
+        if live is None:
+            return
+        if seq < 0:  # more calls than recorded: at the call being replayed
+            seq, t = live.seq, live.t
+        if not self.window.contains(seq, t):
+            return
+        self._diverge(live, Divergence(name, "infer", live.step, seq, t, recorded, replayed))
 
     @staticmethod
     def _context(m: Manifest, ids: list[str], inputs: np.ndarray,

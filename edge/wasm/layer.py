@@ -38,7 +38,7 @@ from edge.wasm.inbox import ComponentInbox
 from edge.wasm.manifest import Manifest, load_manifest, read_module
 from edge.wasm.origin import origin_headers, origin_id
 from edge.wasm.pool import SandboxPool
-from edge.wasm.record import SandboxRecorder, record_prefix
+from edge.wasm.record import RecordingBridge, SandboxRecorder, record_prefix
 from edge.world.scheduler import SharedBatch, TickLoop
 from edge.world.store import F64Array
 
@@ -139,7 +139,10 @@ class SandboxLayer:
         self._ctx = ctx
         s = self.settings
         rss = s.max_worker_rss_mb * 2**20 if s.max_worker_rss_mb > 0 else None
-        self.pool = SandboxPool(ctx.device, self, infer=self.bridge, recycle_after=s.recycle_after,
+        bridge = self.bridge
+        if bridge is not None and self.recorder is not None:  # [replay hook] answers recorded
+            bridge = RecordingBridge(bridge, self.recorder)
+        self.pool = SandboxPool(ctx.device, self, infer=bridge, recycle_after=s.recycle_after,
                                 recycle_rss_bytes=rss, deadline_s=s.deadline_s, workers=s.workers,
                                 max_hops=s.max_hops)
         await self.pool.start()

@@ -9,6 +9,7 @@ boundary:
   the call, the entity ids, ``dt``) and the columns after it;
 * ``on_deliver`` for each message batch handed to ``edge_on_message``;
 * ``on_publish`` / ``on_kv_put`` for each effect the host carried out;
+* ``on_infer`` for each answer of the ``infer`` bridge (wrapped in :class:`RecordingBridge`);
 * ``on_unload``.
 
 Every method is synchronous and must not block or raise: a recorder queues what it is told.
@@ -25,7 +26,9 @@ from typing import Protocol
 
 import numpy as np
 
+from edge.errors import EdgeError
 from edge.nats import subjects
+from edge.wasm.host import InferBridge
 from edge.wasm.manifest import Manifest
 
 
@@ -52,3 +55,27 @@ class SandboxRecorder(Protocol):
     def on_publish(self, component: str, subject: str, data: bytes) -> None: ...
 
     def on_kv_put(self, component: str, key: str, value: bytes) -> None: ...
+
+    def on_infer(self, component: str, model: str, data: bytes, out: bytes | None,
+                 error: EdgeError | None) -> None: ...
+
+
+class RecordingBridge:
+    """An :class:`~edge.wasm.host.InferBridge` that tells ``recorder`` every answer of ``bridge``
+    (the output, the error, or ``error`` None and ``out`` None when the call was cut off)."""
+
+    def __init__(self, bridge: InferBridge, recorder: SandboxRecorder) -> None:
+        self.bridge = bridge
+        self.recorder = recorder
+
+    async def infer(self, component: str, model: str, data: bytes) -> bytes:
+        try:
+            out = bytes(await self.bridge.infer(component, model, data))
+        except EdgeError as err:
+            self.recorder.on_infer(component, model, data, None, err)
+            raise
+        except BaseException:  # timed out (cancelled) or failed: answered -5 by the host
+            self.recorder.on_infer(component, model, data, None, None)
+            raise
+        self.recorder.on_infer(component, model, data, out, None)
+        return out

@@ -366,3 +366,68 @@ async def test_a_component_that_reads_the_clock_is_flagged(tmp_path: Path, nats_
                            what_if={"physics": clocked})
     assert report2.components["physics"].reads_clock
     assert "reads the clock" in report2.render()
+
+
+async def test_infer_answers_are_recorded_and_replayed_without_the_model(
+        tmp_path: Path, nats_url: str, js_nc: Client) -> None:
+    import importlib.util
+    import struct
+
+    from edge.inference.config import ModelSpec
+
+    spec = importlib.util.spec_from_file_location(
+        "edge_test_tflite_modelgen", ROOT / "tests" / "inference" / "tflite_modelgen.py")
+    assert spec is not None and spec.loader is not None
+    modelgen = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = modelgen  # its dataclasses look their module up
+    spec.loader.exec_module(modelgen)
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(3, 4)).astype(np.float32)
+    b = rng.normal(size=3).astype(np.float32)
+    model = tmp_path / "fc.tflite"
+    model.write_bytes(modelgen.float_fc(w, b))
+    bspec = importlib.util.spec_from_file_location("edge_components_build",
+                                                   ROOT / "components" / "build.py")
+    assert bspec is not None and bspec.loader is not None
+    build = importlib.util.module_from_spec(bspec)
+    bspec.loader.exec_module(build)
+    module = build.compile_wasm([ROOT / "tests" / "wasm" / "components" / "infer.c"],
+                                tmp_path / "infer.wasm")
+    manifest = tmp_path / "inf.toml"
+    manifest.write_text(f'name = "inf"\nversion = "1.0.0"\ncontract = 1\nmodule = "{module}"\n'
+                        f'[run]\nsubscribe = ["edge.{DEVICE}.cmd.inf"]\npublish = ["t.out"]\n'
+                        'models = ["fc"]\n')
+    cfg = fleet_config(tmp_path / "dev", nats_url)
+    cfg.components = [manifest]
+    cfg.models = [ModelSpec(name="fc", path=str(model))]
+
+    def command(x: np.ndarray) -> bytes:
+        return struct.pack("<iiii", 1, -1, 12, 2) + b"fc" + x.astype(np.float32).tobytes()
+
+    rt = Runtime(cfg)
+    await rt.start()
+    try:
+        while int(rt.components_status()[0]["inbox"]["received"]) == 0:
+            await js_nc.publish(f"edge.{DEVICE}.cmd.inf", command(np.zeros(4)))
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        t0 = time.time()
+        for _ in range(10):
+            await js_nc.publish(f"edge.{DEVICE}.cmd.inf", command(rng.normal(size=4)))
+            await asyncio.sleep(0.03)
+        await asyncio.sleep(0.5)
+    finally:
+        await rt.stop()
+    js = js_nc.jetstream()
+    records = await all_records(js)
+    infers = [r for _, r in records.items if r["k"] == "infer" and r["t"] >= t0]
+    assert len(infers) == 10 and all("out" in r for r in infers)
+    # the replay has no model at all: the outputs it publishes are the recorded answers
+    report = await replay(js, DEVICE, Window(t0))
+    assert report.identical, report.render()
+    assert report.components["inf"].publishes == 10
+    # an answer missing from the record is a divergence at that call
+    last_seq = max(s for s, r in records.items if r["k"] == "infer")
+    records.items = [(s, r) for s, r in records.items if s != last_seq]
+    report2 = await Replayer(DEVICE, records, Window(t0)).run()
+    assert report2.first is not None and report2.first.what == "infer"
