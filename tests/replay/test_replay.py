@@ -431,3 +431,35 @@ async def test_infer_answers_are_recorded_and_replayed_without_the_model(
     records.items = [(s, r) for s, r in records.items if s != last_seq]
     report2 = await Replayer(DEVICE, records, Window(t0)).run()
     assert report2.first is not None and report2.first.what == "infer"
+
+
+async def test_a_window_whose_load_aged_out_starts_from_a_checkpoint(
+        tmp_path: Path, nats_url: str, js_nc: Client) -> None:
+    cfg = fleet_config(tmp_path / "dev", nats_url)
+    rt = Runtime(cfg)
+    await rt.start()
+    try:
+        await asyncio.sleep(1.0)
+        status = rt.status()["recorder"]
+        assert status["records"] > 0 and status["dropped"] == 0 and status["stream"] == "REC"
+        await asyncio.sleep(1.0)
+    finally:
+        await rt.stop()
+    js = js_nc.jetstream()
+    records = await all_records(js)
+    ticks = ticks_of(records, "physics")
+    # as if the load had aged out and only a checkpoint taken mid-run were left
+    mid_seq, mid = ticks[len(ticks) // 2]
+    load = next(r for _, r in records.items if r["k"] == "load" and r["c"] == "physics")
+    ckpt = {**load, "checkpoint": True, "t": mid["t"]}
+    items = [(s, r) for s, r in records.items if r is not load]
+    at = next(i for i, (s, _) in enumerate(items) if s == mid_seq)
+    items.insert(at, (mid_seq, ckpt))
+    records.items = items
+    window = Window(mid["t"])
+    report = await Replayer(DEVICE, records, window, systems=["physics"]).run()
+    physics = report.components["physics"]
+    assert physics.exact_start is False and physics.warmup_ticks == 0
+    assert physics.ticks > 5
+    assert report.identical, report.render()  # physics keeps no state between calls
+    assert "(started from a checkpoint)" in report.render()
