@@ -20,15 +20,16 @@ def register(sub: Any) -> None:
     """Add ``edge replay`` to the ``edge`` parser."""
     p = sub.add_parser("replay", help="re-run recorded systems over a window and compare every output")
     p.add_argument("--url", help="NATS URL of the device or the hub (default: the running device)")
-    p.add_argument("--device", help="device id (default: the one running here)")
+    p.add_argument("--device", help="device id (default: the one running here; on a hub: required)")
     p.add_argument("--data-dir", help="the device's data directory")
     p.add_argument("--from", dest="t_from", help="window start: unix seconds, ISO 8601 or -30s")
     p.add_argument("--to", dest="t_to", help="window end (default: the last record)")
     p.add_argument("--seq", help="window by stream sequence FROM:TO instead of (or with) time")
     p.add_argument("--system", action="append", default=[], metavar="NAME",
-                   help="replay only this component (repeatable)")
+                   help="replay only this component or agent (repeatable)")
     p.add_argument("--with", dest="what_if", action="append", default=[], metavar="NAME=PATH",
-                   help="what-if: run this module (.wasm) or manifest instead of the recorded NAME")
+                   help="what-if: run this module (.wasm), manifest or agent table (.toml) instead of "
+                        "the recorded NAME")
     p.add_argument("--stream", default="REC", help="the record stream (a hub's copy: its name there)")
     p.add_argument("--domain", help="JetStream domain of the stream (e.g. hub)")
     p.add_argument("--json", action="store_true", help="the report as JSON")
