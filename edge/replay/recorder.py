@@ -161,6 +161,17 @@ class RecorderLayer:
         if self._comps.pop(component, None) is not None:
             self._put("unload", component, {})
 
+    def records_batch(self, component: str, nbytes: int) -> bool:
+        return nbytes <= MAX_TICK_BYTES
+
+    def on_tick_unrecorded(self, component: str, dt: float, nbytes: int, ok: bool) -> None:
+        rec = self._comps.get(component)
+        if rec is None:
+            return
+        rec.step += 1
+        self._put("tick", component, {"step": rec.step, "dt": dt, "ok": ok,
+                                      "too_large": nbytes})
+
     def on_tick(self, component: str, dt: float, ids: Sequence[str],
                 before: Sequence[np.ndarray], after: Sequence[np.ndarray], ok: bool) -> None:
         rec = self._comps.get(component)

@@ -82,14 +82,19 @@ class WasmTickRunner:
     # [shared world columns] the scheduler's SharedTickRunner method: the worker reads and writes
     # the world's shared columns in place (see edge.world.scheduler, docs/sandbox.md).
     async def run_shared(self, batch: SharedBatch, dt: float, on_done: Callable[[], None]) -> bool | None:
-        if self.recorder is not None:  # [replay hook] recorded ticks use copies (edge.wasm.record)
-            on_done()
+        rec = self.recorder
+        nbytes = batch.n * len(batch.refs) * 8
+        if rec is not None and rec.records_batch(self.name, nbytes):
+            on_done()  # [replay hook] recorded ticks use copies (edge.wasm.record)
             return None
-        return await self.pool.tick_shared(
+        ok = await self.pool.tick_shared(
             self.name, batch.n, dt, version=batch.version,
             columns=[(r.path, r.ino, r.nbytes) for r in batch.refs],
             index=batch.index, ids=batch.ids, on_done=on_done,
         )
+        if rec is not None and ok is not None:  # [replay hook] too large to record
+            rec.on_tick_unrecorded(self.name, dt, nbytes, ok)
+        return ok
 
 
 @dataclass

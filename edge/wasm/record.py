@@ -13,9 +13,11 @@ boundary:
 * ``on_unload``.
 
 Every method is synchronous and must not block or raise: a recorder queues what it is told.
-While a recorder is set, ticks use the copy mode (the batch is gathered in the runtime before
+While a recorder is set, a tick system whose first batch the recorder records in full
+(``records_batch``) uses the copy mode from then on (the batch is gathered in the runtime before
 the call), so the recorded inputs are exactly what the component read; shared mode would let
-other writers change a column while the worker reads it. Messages on the record subjects
+other writers change a column while the worker reads it. One whose batch is too large keeps the
+shared mode, and its ticks are recorded without their columns. Messages on the record subjects
 (:func:`record_prefix`) are not delivered to components. See docs/replay.md.
 """
 
@@ -43,6 +45,14 @@ class SandboxRecorder(Protocol):
     """Told what each component saw and did (see the module docstring)."""
 
     def on_load(self, manifest: Manifest, module: bytes, kv: dict[str, bytes]) -> None: ...
+
+    def records_batch(self, component: str, nbytes: int) -> bool:
+        """Whether a tick batch of ``nbytes`` of columns is recorded in full (it then runs in
+        the copy mode); a larger one runs as it would unrecorded and is told to
+        :meth:`on_tick_unrecorded`."""
+        ...
+
+    def on_tick_unrecorded(self, component: str, dt: float, nbytes: int, ok: bool) -> None: ...
 
     def on_unload(self, component: str) -> None: ...
 

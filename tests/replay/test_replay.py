@@ -463,3 +463,31 @@ async def test_a_window_whose_load_aged_out_starts_from_a_checkpoint(
     assert physics.ticks > 5
     assert report.identical, report.render()  # physics keeps no state between calls
     assert "(started from a checkpoint)" in report.render()
+
+
+async def test_a_batch_too_large_to_record_keeps_the_shared_mode(tmp_path: Path, nats_url: str,
+                                                                 js_nc: Client) -> None:
+    from edge.config import EntitySpec
+    from edge.replay.recorder import MAX_TICK_BYTES
+
+    cfg = fleet_config(tmp_path / "dev", nats_url)
+    cfg.components = [ROOT / "components" / "physics" / "manifest.toml"]
+    n = MAX_TICK_BYTES // (6 * 8) + 100
+    cfg.entities = [EntitySpec(f"p{i}", "point", {}, {"position": {"x": 0.0},
+                                                       "velocity": {"x": 1.0}})
+                    for i in range(n)]
+    rt = Runtime(cfg)
+    await rt.start()
+    try:
+        await asyncio.sleep(1.0)
+        loop = rt.sandbox.components["physics"].tick
+        assert loop is not None and loop.mode == "shared" and loop.stats.ticks > 3
+        assert loop._shared is not None  # never fell back to copies
+        assert rt.world.get("p7", "position")["x"] > 0.1
+    finally:
+        await rt.stop()
+    js = js_nc.jetstream()
+    ticks = ticks_of(await all_records(js), "physics")
+    assert ticks and all(r["too_large"] >= n * 48 and "in" not in r for _, r in ticks)
+    with pytest.raises(ReplayError, match="too large to record"):
+        await replay(js, DEVICE, Window())
