@@ -11,7 +11,8 @@ Key components
 Records (docs/replay.md): ``start`` (a run of the runtime began), ``load`` (a component's
 manifest, module bytes, sha256 and KV; repeated as a checkpoint every ``checkpoint_s``),
 ``unload``, ``tick`` (dt, entity ids, the input columns, the written columns), ``msg``
-(messages handed to ``edge_on_message``), ``pub`` and ``kv`` (effects), ``infer`` (the answer
+(messages handed to ``edge_on_message``), ``pub`` (the publishes of one step, up to 256 a
+record) and ``kv`` (effects), ``infer`` (the answer
 a model gave: its output, or the error's reason), ``snap`` (every
 entity's components, every ``snapshot_s``); for native agents ``agent`` (an instance was built:
 kind, entity, config table), ``obs`` (a message observed, with its monotonic ``now``), ``read``
@@ -48,6 +49,10 @@ log = logging.getLogger("edge.replay.recorder")
 MAX_QUEUED = 20_000
 #: Publishes inlined in a ``pub`` record up to this size (bytes); larger ones keep only a hash.
 MAX_INLINE_PUBLISH = 1024
+#: Publishes of one step gathered into one ``pub`` record, at most this many (and at most
+#: ``PUB_FLUSH_S`` seconds old).
+PUBS_PER_RECORD = 256
+PUB_FLUSH_S = 0.2
 #: Largest batch a tick record (input columns) or a message record (payloads) holds, in bytes;
 #: a larger one is recorded without them (``too_large``: its size) and that component cannot be
 #: replayed over it.
@@ -111,6 +116,7 @@ class RecorderLayer:
         self._queue: deque[tuple[str, str | None, bytes]] = deque()
         self._wake = asyncio.Event()
         self._comps: dict[str, _Recorded] = {}
+        self._pubs: dict[str, list[tuple[int, list[str]]]] = {}
         self._ctx: DeviceContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -128,6 +134,7 @@ class RecorderLayer:
     async def stop(self) -> None:
         for task in self._tasks[1:]:
             await cancel_and_wait(task)
+        self._flush_all_pubs()
         if self._tasks:
             self._wake.set()
             with contextlib.suppress(TimeoutError):
@@ -158,6 +165,7 @@ class RecorderLayer:
         self._put("load", manifest.name, self._load_body(rec, checkpoint=False))
 
     def on_unload(self, component: str) -> None:
+        self._flush_pubs(component)
         if self._comps.pop(component, None) is not None:
             self._put("unload", component, {})
 
@@ -168,6 +176,7 @@ class RecorderLayer:
         rec = self._comps.get(component)
         if rec is None:
             return
+        self._flush_pubs(component)
         rec.step += 1
         self._put("tick", component, {"step": rec.step, "dt": dt, "ok": ok,
                                       "too_large": nbytes})
@@ -177,6 +186,7 @@ class RecorderLayer:
         rec = self._comps.get(component)
         if rec is None:
             return
+        self._flush_pubs(component)
         rec.step += 1
         size = sum(int(c.nbytes) for c in before)
         if size > MAX_TICK_BYTES:
@@ -192,6 +202,7 @@ class RecorderLayer:
         rec = self._comps.get(component)
         if rec is None:
             return
+        self._flush_pubs(component)
         rec.step += 1
         size = sum(len(d) + len(s) for s, d in messages)
         if size > MAX_TICK_BYTES:
@@ -202,11 +213,28 @@ class RecorderLayer:
 
     def on_publish(self, component: str, subject: str, data: bytes) -> None:
         rec = self._comps.get(component)
-        body: dict[str, Any] = {"step": rec.step if rec else 0, "subject": subject,
-                                "sha": digest(data)}
+        step = rec.step if rec else 0
+        pending = self._pubs.setdefault(component, [])
+        if pending and pending[0][0] != step:
+            self._flush_pubs(component)
+            pending = self._pubs.setdefault(component, [])
+        entry = [subject, digest(data)]
         if len(data) <= MAX_INLINE_PUBLISH:
-            body["data"] = b64(data)
-        self._put("pub", component, body)
+            entry.append(b64(data))
+        pending.append((step, entry))
+        if len(pending) >= PUBS_PER_RECORD:
+            self._flush_pubs(component)
+
+    def _flush_pubs(self, component: str) -> None:
+        """One ``pub`` record for the publishes of one step waiting for ``component``."""
+        pending = self._pubs.pop(component, None)
+        if pending:
+            self._put("pub", component, {"step": pending[0][0],
+                                         "pubs": [entry for _, entry in pending]})
+
+    def _flush_all_pubs(self) -> None:
+        for component in list(self._pubs):
+            self._flush_pubs(component)
 
     def on_kv_put(self, component: str, key: str, value: bytes) -> None:
         rec = self._comps.get(component)
@@ -297,6 +325,7 @@ class RecorderLayer:
         next_ckpt = loop.time() + s.checkpoint_s
         while True:
             now = loop.time()
+            self._flush_all_pubs()
             if now >= next_snap:
                 self._snapshot()
                 next_snap = now + s.snapshot_s
@@ -304,7 +333,7 @@ class RecorderLayer:
                 for rec in list(self._comps.values()):
                     self._put("load", rec.manifest.name, self._load_body(rec, checkpoint=True))
                 next_ckpt = now + s.checkpoint_s
-            await asyncio.sleep(max(0.0, min(next_snap, next_ckpt) - loop.time()))
+            await asyncio.sleep(max(0.0, min(next_snap, next_ckpt, now + PUB_FLUSH_S) - loop.time()))
 
     def _snapshot(self) -> None:
         ctx = self._ctx

@@ -221,7 +221,7 @@ class _Effect:
 
 
 @dataclass
-class _Live:
+class LiveComponent:
     """A component as this replay runs it."""
 
     manifest: Manifest
@@ -235,6 +235,7 @@ class _Live:
     rep_pubs: list[_Effect] = field(default_factory=list)
     rec_kv: list[_Effect] = field(default_factory=list)
     rep_kv: list[_Effect] = field(default_factory=list)
+    inside_steps: set[int] = field(default_factory=set)  # calls replayed inside the window
 
 
 def candidate(path: Path, device: str) -> tuple[Path, Manifest | None]:
@@ -273,7 +274,7 @@ class Replayer:
         agent_what_if = {k: v for k, v in (what_if or {}).items() if is_agent_table(v)}
         self._agents = AgentReplay(device, records.items, window, selected=self._selected,
                                    what_if=agent_what_if, factories=agents)
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, LiveComponent] = {}
         self._reports: dict[str, ComponentReport] = {}
         self._tmp: Path | None = None
 
@@ -310,6 +311,10 @@ class Replayer:
                                      *(self._replay_agent(name, recs)
                                        for name, recs in agent_streams.items()))
         replay_s = time.perf_counter() - t0
+        for seq, rec in items[last_in + 1:]:  # publishes written after the window's last step
+            tail = self._live.get(str(rec.get("c")))
+            if rec["k"] == "pub" and tail is not None:
+                self._recorded_pubs(tail, seq, float(rec["t"]), rec)
         for live in self._live.values():
             self._compare_effects(live)
         span = 0.0
@@ -427,10 +432,8 @@ class Replayer:
                 await self._tick(pool, live, seq, t, rec, inside)
             elif kind == "msg" and live is not None and live.running:
                 await self._deliver(pool, live, seq, t, rec, inside)
-            elif kind == "pub" and live is not None and inside:
-                data = unb64(rec["data"], "data") if "data" in rec else None
-                live.rec_pubs.append(_Effect(int(rec.get("step", 0)), seq, t,
-                                             str(rec["subject"]), str(rec["sha"]), data))
+            elif kind == "pub" and live is not None:
+                self._recorded_pubs(live, seq, t, rec)
             elif kind == "kv" and live is not None and inside:
                 value = unb64(rec["value"], "value")
                 live.rec_kv.append(_Effect(int(rec.get("step", 0)), seq, t, str(rec["key"]),
@@ -438,6 +441,17 @@ class Replayer:
         except (KeyError, TypeError, ValueError) as err:
             raise ReplayError(f"record at stream seq {seq} ({kind} of {name}) is malformed: "
                               f"{type(err).__name__}: {err}", seq=seq, reason="malformed") from err
+
+    @staticmethod
+    def _recorded_pubs(live: LiveComponent, seq: int, t: float, rec: dict[str, Any]) -> None:
+        """A ``pub`` record counts when its step ran inside the window (it may be written up to
+        a flush period after the step, past the window's end)."""
+        step = int(rec.get("step", 0))
+        if step not in live.inside_steps:
+            return
+        for entry in rec["pubs"]:
+            data = unb64(entry[2], "pubs") if len(entry) > 2 else None
+            live.rec_pubs.append(_Effect(step, seq, t, str(entry[0]), str(entry[1]), data))
 
     async def _load(self, pool: SandboxPool, name: str, rec: dict[str, Any]) -> None:
         assert self._tmp is not None
@@ -467,7 +481,7 @@ class Replayer:
         if CLOCK_IMPORTS & {name for _, name, _ in module_imports(running)}:
             report.reads_clock = True
         if live is None:
-            live = self._live[name] = _Live(recorded, report)
+            live = self._live[name] = LiveComponent(recorded, report)
         live.manifest = recorded
         live.ids = None
         live.running = True
@@ -490,7 +504,7 @@ class Replayer:
         doc["module"] = str(mod_path)
         return parse_manifest(doc, self._tmp / f"{name}.manifest.toml", self.device)
 
-    async def _tick(self, pool: SandboxPool, live: _Live, seq: int, t: float,
+    async def _tick(self, pool: SandboxPool, live: LiveComponent, seq: int, t: float,
                     rec: dict[str, Any], inside: bool) -> None:
         m = live.manifest
         name = m.name
@@ -513,6 +527,7 @@ class Replayer:
         if not inside:
             report.warmup_ticks += 1
             return
+        live.inside_steps.add(step)
         report.ticks += 1
         rec_ok = bool(rec["ok"])
         writable = m.writable
@@ -536,7 +551,7 @@ class Replayer:
                                        field=m.columns[writable[c]], entity=ids[e],
                                        context=self._context(m, ids, inputs, rec)))
 
-    async def _deliver(self, pool: SandboxPool, live: _Live, seq: int, t: float,
+    async def _deliver(self, pool: SandboxPool, live: LiveComponent, seq: int, t: float,
                        rec: dict[str, Any], inside: bool) -> None:
         if rec.get("too_large"):
             raise ReplayError(f"message batch {rec.get('step')} of '{live.manifest.name}' (stream "
@@ -547,8 +562,9 @@ class Replayer:
         self._take_effects(live, int(rec.get("step", 0)), seq, t, inside)
         if inside:
             live.report.messages += 1
+            live.inside_steps.add(int(rec.get("step", 0)))
 
-    def _take_effects(self, live: _Live, step: int, seq: int, t: float, inside: bool) -> None:
+    def _take_effects(self, live: LiveComponent, step: int, seq: int, t: float, inside: bool) -> None:
         """Effects that arrived so far (they may lag their call: the publish comparison goes by
         order, and a divergence names the recorded effect's step when there is one)."""
         live.step, live.seq, live.t = step, seq, t
@@ -578,12 +594,12 @@ class Replayer:
         return {"dt": rec.get("dt"), "entities": shown, "inputs": cols}
 
     @staticmethod
-    def _diverge(live: _Live, div: Divergence) -> None:
+    def _diverge(live: LiveComponent, div: Divergence) -> None:
         first = live.report.first
         if first is None or (div.seq, div.t) < (first.seq, first.t):
             live.report.first = div
 
-    def _compare_effects(self, live: _Live) -> None:
+    def _compare_effects(self, live: LiveComponent) -> None:
         report = live.report
         name = live.manifest.name
         for what, rec_list, rep_list in (("publish", live.rec_pubs, live.rep_pubs),

@@ -5,7 +5,8 @@ Key components
 - :func:`parse_time`: ``--from``/``--to`` values (unix seconds, ISO 8601, ``-30s``/``-5m``
   relative to now).
 - :func:`read_records`: every record of one device, in stream order, up to the window's end
-  (the replay also needs the component loads before it). A malformed message is counted and
+  and :data:`TAIL_S` past it (the replay also needs the component loads before it, and the
+  publishes written just after it). A malformed message is counted and
   skipped.
 """
 
@@ -31,6 +32,9 @@ log = logging.getLogger("edge.replay.source")
 FETCH_BATCH = 1000
 #: Seconds one fetch may wait for records.
 FETCH_TIMEOUT_S = 2.0
+#: Records up to this many seconds past the window's end are read too: the recorder writes a
+#: step's publishes up to its flush period (0.2 s) later.
+TAIL_S = 1.0
 #: Most records one replay reads (about 700 MB of demo records; a longer window is refused).
 MAX_RECORDS = 2_000_000
 
@@ -124,6 +128,7 @@ async def read_records(js: JetStreamContext, stream: str, device: str,
     cfg = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE,
                          inactive_threshold=30.0, max_ack_pending=-1)
     sub = await js.pull_subscribe(rec_filter(device), durable=None, stream=stream, config=cfg)
+    end_t: float | None = None
     try:
         done = False
         while not done:
@@ -140,8 +145,12 @@ async def read_records(js: JetStreamContext, stream: str, device: str,
                     out.malformed += 1
                     continue
                 if window.past(seq, t):
-                    done = True
-                    break
+                    # past the end: only the tail a recorder may still write for the window
+                    if end_t is None:
+                        end_t = out.items[-1][1]["t"] if out.items else t
+                    if t > float(end_t) + TAIL_S:
+                        done = True
+                        break
                 out.items.append((seq, rec))
                 if len(out.items) > MAX_RECORDS:
                     raise ReplayError(f"the window holds more than {MAX_RECORDS} records; "

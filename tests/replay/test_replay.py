@@ -272,8 +272,8 @@ async def test_a_message_system_replays_its_messages_and_publishes(tmp_path: Pat
         await rt.stop()
     js = js_nc.jetstream()
     records = await all_records(js)
-    pubs = [r for _, r in records.items if r["k"] == "pub" and r.get("c") == "echo"
-            and r["t"] >= t0]
+    pubs = [p for _, r in records.items if r["k"] == "pub" and r.get("c") == "echo"
+            and r["t"] >= t0 for p in r["pubs"]]
     assert len(pubs) == 20
     report = await replay(js, DEVICE, Window(t0))
     assert report.identical, report.render()
