@@ -45,6 +45,10 @@ from edge.wasm.manifest import Manifest
 
 log = logging.getLogger("edge.replay.recorder")
 
+#: Kinds whose consecutive records of one component are written as one message (``items``).
+MERGED_KINDS = frozenset({"msg", "pub", "obs"})
+#: Most records merged into one message.
+MAX_MERGED = 64
 #: Records waiting to be published; beyond this new ones are dropped (and counted).
 MAX_QUEUED = 20_000
 #: Publishes inlined in a ``pub`` record up to this size (bytes); larger ones keep only a hash.
@@ -113,7 +117,7 @@ class RecorderLayer:
         self.settings = settings or RecordSettings()
         self.run_id = uuid.uuid4().hex[:12]
         self.stats = RecorderStats()
-        self._queue: deque[tuple[str, str | None, bytes]] = deque()
+        self._queue: deque[tuple[str, str | None, dict[str, Any]]] = deque()
         self._wake = asyncio.Event()
         self._comps: dict[str, _Recorded] = {}
         self._pubs: dict[str, list[tuple[int, list[str]]]] = {}
@@ -291,7 +295,7 @@ class RecorderLayer:
         body["run"] = self.run_id
         if component is not None:
             body["c"] = component
-        self._queue.append((kind, component, encode(body)))
+        self._queue.append((kind, component, body))
         self._wake.set()
 
     async def _drain(self) -> None:
@@ -307,7 +311,16 @@ class RecorderLayer:
             if not queue:
                 self._wake.clear()
                 await self._wake.wait()
-            kind, component, data = queue.popleft()
+            kind, component, body = queue.popleft()
+            if kind in MERGED_KINDS:  # a burst of one component's records: one message
+                items = [body]
+                while (queue and len(items) < MAX_MERGED and queue[0][0] == kind
+                       and queue[0][1] == component):
+                    items.append(queue.popleft()[2])
+                if len(items) > 1:
+                    body = {"k": kind, "c": component, "t": body["t"], "run": self.run_id,
+                            "items": items}
+            data = encode(body)
             try:
                 await ctx.nc.publish(rec_subject(ctx.device, kind, component), data)
             except Exception as err:  # noqa: BLE001  a lost record is counted, never fatal

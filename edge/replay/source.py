@@ -101,6 +101,18 @@ def parse_seq(text: str) -> tuple[int, int]:
     return a, b
 
 
+def expand(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """A message's records: itself, or the records merged into it (``items``)."""
+    items = rec.get("items")
+    if items is None:
+        return [rec]
+    if not isinstance(items, list) or not all(
+            isinstance(i, dict) and i.get("k") == rec["k"] and i.get("c") == rec.get("c")
+            and isinstance(i.get("t"), (int, float)) for i in items):
+        raise ReplayError("a merged record holds items of another kind", reason="malformed")
+    return items
+
+
 @dataclass
 class Records:
     """What was read: ``(stream seq, record)`` in stream order, and what was skipped."""
@@ -141,6 +153,7 @@ async def read_records(js: JetStreamContext, stream: str, device: str,
                 try:
                     rec = decode(msg.data)
                     t = float(rec.get("t", 0.0))
+                    parts = expand(rec)
                 except (ReplayError, TypeError, ValueError):
                     out.malformed += 1
                     continue
@@ -151,7 +164,7 @@ async def read_records(js: JetStreamContext, stream: str, device: str,
                     if t > float(end_t) + TAIL_S:
                         done = True
                         break
-                out.items.append((seq, rec))
+                out.items.extend((seq, part) for part in parts)
                 if len(out.items) > MAX_RECORDS:
                     raise ReplayError(f"the window holds more than {MAX_RECORDS} records; "
                                       "replay a shorter one", reason="too-long")

@@ -231,7 +231,6 @@ async def test_cli(tmp_path: Path, nats_url: str, js_nc: Client) -> None:
 
 async def test_a_tick_too_large_to_record_is_marked_and_refused_in_replay() -> None:
     from edge.replay.recorder import MAX_TICK_BYTES, RecorderLayer
-    from edge.replay.records import decode
     from edge.replay.source import Records
     from edge.wasm.manifest import load_manifest, read_module
 
@@ -242,7 +241,7 @@ async def test_a_tick_too_large_to_record_is_marked_and_refused_in_replay() -> N
     cols = [np.zeros(n) for _ in manifest.columns]
     rec.on_tick("physics", 0.05, [f"e{i}" for i in range(n)], cols, cols, True)
     rec.on_tick("physics", 0.05, ["e0"], [c[:1] for c in cols], [c[:1] for c in cols], True)
-    items = [(i + 1, decode(data)) for i, (_, _, data) in enumerate(rec._queue)]
+    items = [(i + 1, body) for i, (_, _, body) in enumerate(rec._queue)]
     assert items[1][1]["too_large"] > MAX_TICK_BYTES and "in" not in items[1][1]
     assert "in" in items[2][1]  # a small tick is recorded in full again
     with pytest.raises(ReplayError, match="too large to record"):
