@@ -6,6 +6,9 @@ over 5 drones; the emulated hardware is left out: it is not recorded).
   seconds with the recorder on and off; a round's sample is the CPU seconds the runtime process
   and its sandbox worker spent per wall second. The recorder's bytes per second are its own count
   of record bytes published.
+* Message path: bursts of 3,000 messages through the echo component of two devices on one
+  server, one recording and one not, interleaved burst by burst (the cost of recording each
+  message batch and publish).
 * Replay speed: the recorded span of a window of the last recorded run divided by the wall time
   ``edge replay`` needs for it (start of its sandbox included); the target is at least 20x.
 """
@@ -28,9 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the
 
 from edge.config import embedded_default  # noqa: E402
 from edge.demo.fleet import apply_demo  # noqa: E402
+from edge.replay.recorder import RecorderLayer  # noqa: E402
 from edge.replay.replayer import replay  # noqa: E402
 from edge.replay.source import Window  # noqa: E402
 from edge.runtime import Runtime  # noqa: E402
+from bench_runtime import _burst, echo_manifest  # noqa: E402
 from harness import Absolute, Comparison, Row, ainterleave, report  # noqa: E402
 from rigs.nats import running_server  # noqa: E402
 
@@ -71,6 +76,41 @@ async def fleet_run(base: Path, url: str, seconds: float, *, record: bool,
     return cpu / wall
 
 
+async def message_path(base: Path, url: str, rounds: int) -> Comparison:
+    runtimes = []
+    for device, record in (("recorded", True), ("plain", False)):
+        cfg = embedded_default(data_dir=base / device, drones=0)
+        cfg.demo = False
+        cfg.device = device
+        cfg.nats.url = url
+        cfg.components = [echo_manifest(base)]
+        rt = Runtime(cfg, record=record)
+        await rt.start()
+        runtimes.append(rt)
+    pub = await nats.connect(url)
+    sub = await nats.connect(url)
+    try:
+        async def side(rt: Runtime) -> float:
+            t0 = time.perf_counter()
+            d = rt.device
+            await _burst(pub, sub, f"edge.{d}.cmd.echo", f"edge.{d}.evt.echo", 3000)
+            recorder = rt.sandbox.recorder
+            if isinstance(recorder, RecorderLayer):
+                await recorder.drained()  # the recording of the burst counts
+            return (time.perf_counter() - t0) / 3000
+
+        sides = {rt.device: (lambda rt=rt: side(rt)) for rt in runtimes}
+        samples = await ainterleave(sides, rounds=rounds, measure="value")
+    finally:
+        await pub.close()
+        await sub.close()
+        for rt in runtimes:
+            await rt.stop()
+    return Comparison.of("message path NATS → wasm echo → NATS, burst, recorder on vs off",
+                         samples, "recorded", "plain", op="msg",
+                         note="bursts of 3,000; the recorded side until its records are out")
+
+
 async def main(quick: bool) -> None:
     seconds = 3.0 if quick else 6.0
     rounds = 2 if quick else 4
@@ -90,6 +130,7 @@ async def main(quick: bool) -> None:
 
             samples = await ainterleave({"recording": on, "off": off}, rounds=rounds, warmup=0,
                                         measure="value")
+            burst = await message_path(base, srv.url, 3 if quick else 6)
             nc = await nats.connect(srv.url)
             try:
                 js = nc.jetstream()
@@ -106,6 +147,7 @@ async def main(quick: bool) -> None:
         Comparison.of("demo fleet CPU per wall second, recorder on vs off", samples,
                       "recording", "off", op="",
                       note="CPU s per wall s (0.05 = 5 % of a core): runtime process + sandbox worker; 3 systems, 5 drones"),
+        burst,
         Absolute("recording rate, demo fleet (5 drones)",
                  f"{statistics.median(rates) / 1024:.1f} KiB/s, median of {len(rates)} "
                  f"(min {min(rates) / 1024:.1f}, max {max(rates) / 1024:.1f})",

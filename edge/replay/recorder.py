@@ -142,7 +142,7 @@ class RecorderLayer:
         if self._tasks:
             self._wake.set()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drain(), 5.0)
+                await asyncio.wait_for(self._drain(), 5.0)  # the last records go out
             await cancel_and_wait(self._tasks[0])
             self._tasks = []
         ctx = self._ctx
@@ -301,6 +301,14 @@ class RecorderLayer:
     async def _drain(self) -> None:
         while self._queue:
             await asyncio.sleep(0.01)
+
+    async def drained(self) -> None:
+        """Return once every record queued so far is handed to NATS (and flushed)."""
+        self._flush_all_pubs()
+        await self._drain()
+        ctx = self._ctx
+        if ctx is not None:
+            await ctx.nc.flush()
 
     async def _write(self) -> None:
         ctx = self._ctx
