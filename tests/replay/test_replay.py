@@ -24,6 +24,12 @@ from replay_support import (DEVICE, ROOT, all_records, fleet_config, physics_var
                      run_for, ticks_of)
 
 
+@pytest.fixture(autouse=True)
+def built(components_dir: Path) -> Path:
+    """Every test runs the repository's compiled components (built once per session)."""
+    return components_dir
+
+
 @pytest.fixture
 async def js_nc(nats_url: str) -> Client:
     client = await nats.connect(nats_url)
