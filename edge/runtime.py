@@ -7,7 +7,8 @@ subscriber of ``edge.<d>.cmd.*.*``) -> the device context -> the layers in order
     state (write-behind persister) -> policy (the policy point's admission check on the router)
     -> safety (the envelope's guard on the router)
     -> sync (device streams, leaf link) -> [heartbeat] -> api -> drivers
-    -> inference -> tools -> agents -> [demo actuator] -> components (wasm) -> [extra layers]
+    -> inference -> tools -> agents -> [demo actuator] -> [recorder] -> components (wasm)
+    -> [extra layers]
 
 Stop runs the layers in reverse (each under a timeout, every error collected), then the command
 router, the event publisher's flush, the NATS connection and nats-server. The state layer stops last of the layers,
@@ -53,7 +54,8 @@ EVENT_FLUSH_TIMEOUT_S = 5.0  # seconds the outbox gets at shutdown to deliver wh
 class Runtime:
     """One device: its NATS, world and layers."""
 
-    def __init__(self, config: DeviceConfig, *, layers: list[Layer] | None = None) -> None:
+    def __init__(self, config: DeviceConfig, *, layers: list[Layer] | None = None,
+                 record: bool = True) -> None:
         self.config = config
         self.device = config.device
         self.server: NatsServer | None = None
@@ -69,6 +71,7 @@ class Runtime:
         self.commands: CommandRouter | None = None
         self.sandbox = sandbox_layer(config)
         self._extra: list[Layer] = list(layers or [])
+        self.record = record  # the replay recorder (docs/replay.md); False: nothing is recorded
         self.layers: LayerStack | None = None
         self.started_at: float | None = None
         self.ready_s: float | None = None
@@ -96,7 +99,8 @@ class Runtime:
             raise LifecycleError("the runtime is already started; stop it before starting it again")
         t0 = time.monotonic()
         cfg = self.config
-        built = build_layers(cfg, sandbox=self.sandbox, status=self.status)  # before anything starts
+        built = build_layers(cfg, sandbox=self.sandbox, status=self.status,
+                             record=self.record and cfg.record)  # before anything starts
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         url = await self._start_nats()
         self.nc = await nats.connect(
@@ -247,14 +251,16 @@ def sandbox_layer(cfg: DeviceConfig) -> SandboxLayer:
 
 
 def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
-                 status: Callable[[], dict[str, Any]] | None = None) -> list[Layer]:
+                 status: Callable[[], dict[str, Any]] | None = None,
+                 record: bool = True) -> list[Layer]:
     """The layers the config asks for, in start order, each given its collaborators.
 
     The config is already validated (:func:`edge.config.load_config` reads every section into its
     typed form), so nothing here parses; building a driver imports its module only now.
 
     ``sandbox`` is the device's sandbox layer (built from ``cfg`` if not given); ``status`` is
-    what the device API answers for ``status.get`` (the runtime's :meth:`Runtime.status`).
+    what the device API answers for ``status.get`` (the runtime's :meth:`Runtime.status`);
+    ``record`` adds the replay recorder (docs/replay.md) in front of the sandbox.
     """
     sandbox = sandbox or sandbox_layer(cfg)
     from edge.agents.host import AgentHost
@@ -316,9 +322,15 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
     layers.append(ToolsService(cfg.tools, models=inference.registry if inference else None, camera=camera,
                                knowledge=language.knowledge if language is not None else None, policy=point))
     # after the uplink: the decision stream copies records out of the EVT stream it creates
-    layers.append(AgentHost(cfg.agents, wasm_agents=sandbox.wasm_agents))
+    agents = AgentHost(cfg.agents, wasm_agents=sandbox.wasm_agents)
+    layers.append(agents)
     layers += [language] if language is not None else []
     layers.extend(extra_layers)
+    if record:  # before the sandbox: it records every component load, and stops after it
+        from edge.replay.recorder import RecorderLayer
+
+        sandbox.recorder = agents.recorder = recorder = RecorderLayer()
+        layers.append(recorder)
     layers.append(sandbox)
     return layers
 

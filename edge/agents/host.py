@@ -37,6 +37,7 @@ from edge.nats import subjects
 from edge.agents.base import Agent, Decision
 from edge.agents.config import AgentSpec
 from edge.agents.decisions import DEFAULT_QUERY_LIMIT, DecisionLog, decision_filter
+from edge.agents.record import AgentRecorder, entity_view, message_payload
 from edge.backoff import Backoff
 from edge.errors import EdgeError
 from edge.layer import DeviceContext
@@ -141,6 +142,9 @@ class AgentRunner:
         agent = self.spec.factory()
         agent.device = self.host.device
         self.agent = agent
+        rec = self.host.recorder
+        if rec is not None:  # [replay hook] (edge.agents.record)
+            rec.on_agent(agent, self.spec.table)
         self._fault = None
         self._wake.clear()
         for subject in agent.subjects(self.host.device):
@@ -162,6 +166,8 @@ class AgentRunner:
                     agent.read_world(self.host.world, now)
                 except Exception as err:
                     raise self._fault_of(err, "read_world") from err
+                if rec is not None:  # [replay hook] what read_world saw
+                    rec.on_read(self.name, now, entity_view(self.host.world, agent.entity))
                 try:
                     async with asyncio.timeout(self.host.decide_deadline):
                         decisions = await agent.decide(now)
@@ -171,6 +177,8 @@ class AgentRunner:
                         agent=self.name, phase="decide", cause="deadline") from err
                 except Exception as err:
                     raise self._fault_of(err, "decide") from err
+                if rec is not None:  # [replay hook]
+                    rec.on_decide(self.name, decisions or ())
                 await self._act(agent, decisions)
         finally:
             await self._unsubscribe()
@@ -183,12 +191,13 @@ class AgentRunner:
         agent = self.agent
         if agent is None or self._fault is not None:
             return
+        payload = message_payload(msg.data)
+        now = time.monotonic()
+        rec = self.host.recorder
+        if rec is not None:  # [replay hook] (edge.agents.record)
+            rec.on_observe(self.name, msg.subject, msg.data, now)
         try:
-            payload: Any = json.loads(msg.data) if msg.data else None
-        except ValueError:
-            payload = msg.data.decode(errors="replace")
-        try:
-            if agent.observe(msg.subject, payload, time.monotonic()):
+            if agent.observe(msg.subject, payload, now):
                 self._wake.set()
         except Exception as err:  # noqa: BLE001  reported through the supervisor
             self._fault = self._fault_of(err, "observe")
@@ -284,6 +293,8 @@ class AgentHost:
         self._ctx: DeviceContext | None = None
         self._service: Service | None = None
         self._decision_sub: Subscription | None = None
+        #: [replay hook] told what each agent saw and decided; None = not recorded
+        self.recorder: AgentRecorder | None = None
 
     # -- wiring -------------------------------------------------------------------------------
 

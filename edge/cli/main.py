@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     accounting.register(sub, _common)
     extra.register(sub)
+    from edge.cli import replay
+
+    replay.register(sub)
     return parser
 
 
@@ -170,6 +173,10 @@ async def dispatch(args: argparse.Namespace) -> int:
         from edge.cli import accounting
 
         return await accounting.run(args)
+    if cmd == "replay":
+        from edge.cli import replay
+
+        return await replay.dispatch(args)
     from edge.cli import extra
 
     return await extra.dispatch(args)

@@ -121,6 +121,7 @@ class DeviceConfig:
     safety: SafetyConfig = field(default_factory=lambda: _safety_default())  # the motion envelope
     language: LanguageConfig = field(default_factory=lambda: _language_default())  # docs/language.md
     policy: PolicyConfig = field(default_factory=lambda: _policy_default())  # the policy point
+    record: bool = True  # [record] enabled: the replay recorder (docs/replay.md)
     demo: bool = False
     demo_drones: int = 0
 
@@ -269,6 +270,10 @@ def parse_config(
     cfg.safety = read_safety(top.table("safety"))
     cfg.language = read_language(top.table("language"))
     cfg.policy = read_policy(top.table("policy"))
+
+    rec = top.table("record")
+    cfg.record = rec.flag("enabled", True)
+    rec.finish()
 
     demo = top.table("demo")
     cfg.demo_drones = demo.integer("drones", 0, lo=0)

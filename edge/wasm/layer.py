@@ -37,9 +37,10 @@ from edge.nats import subjects
 from edge.wasm.origin import DEFAULT_MAX_HOPS
 from edge.wasm.host import InferBridge, MessagePolicy
 from edge.wasm.inbox import COMPONENT_KV_BUCKET, ComponentInbox
-from edge.wasm.manifest import Manifest, load_manifest
+from edge.wasm.manifest import Manifest, load_manifest, read_module
 from edge.wasm.origin import origin_headers, origin_id
 from edge.wasm.pool import SandboxPool
+from edge.wasm.record import RecordingBridge, SandboxRecorder, record_prefix
 from edge.world.scheduler import SharedBatch, TickLoop
 from edge.world.store import F64Array
 
@@ -55,24 +56,46 @@ PUMP_PENDING_MSGS = 100_000  # NATS client-side buffer per subscription of a com
 class WasmTickRunner:
     """Adapts a component in the sandbox pool to the scheduler's TickRunner protocol."""
 
-    def __init__(self, pool: SandboxPool, name: str) -> None:
+    def __init__(self, pool: SandboxPool, name: str,
+                 recorder: SandboxRecorder | None = None) -> None:
         self.pool = pool
         self.name = name
+        self.recorder = recorder
+        self._views: list[F64Array] = []
+        self._ids: list[str] = []
 
     def buffers(self, n: int) -> list[F64Array]:
-        return self.pool.batch(self.name, n)
+        self._views = self.pool.batch(self.name, n)
+        return self._views
 
     async def run(self, n: int, dt: float, ids: Any) -> bool:
-        return await self.pool.tick(self.name, n, dt, ids)
+        rec = self.recorder
+        if rec is None:
+            return await self.pool.tick(self.name, n, dt, ids)
+        # [replay hook] the exact inputs of the call, and the columns it left (edge.wasm.record)
+        if ids is not None:
+            self._ids = list(ids)
+        before = [v.copy() for v in self._views]
+        ok = await self.pool.tick(self.name, n, dt, ids)
+        rec.on_tick(self.name, dt, self._ids, before, self._views, ok)
+        return ok
 
     # [shared world columns] the scheduler's SharedTickRunner method: the worker reads and writes
     # the world's shared columns in place (see edge.world.scheduler, docs/sandbox.md).
     async def run_shared(self, batch: SharedBatch, dt: float, on_done: Callable[[], None]) -> bool | None:
-        return await self.pool.tick_shared(
+        rec = self.recorder
+        nbytes = batch.n * len(batch.refs) * 8
+        if rec is not None and rec.records_batch(self.name, nbytes):
+            on_done()  # [replay hook] recorded ticks use copies (edge.wasm.record)
+            return None
+        ok = await self.pool.tick_shared(
             self.name, batch.n, dt, version=batch.version,
             columns=[(r.path, r.ino, r.nbytes) for r in batch.refs],
             index=batch.index, ids=batch.ids, on_done=on_done,
         )
+        if rec is not None and ok is not None:  # [replay hook] too large to record
+            rec.on_tick_unrecorded(self.name, dt, nbytes, ok)
+        return ok
 
 
 @dataclass
@@ -108,6 +131,8 @@ class SandboxLayer:
         self.pool: SandboxPool | None = None
         self._ctx: DeviceContext | None = None
         self._kv: KeyValue | None = None
+        #: [replay hook] told what each component saw and did; None = not recorded (edge.wasm.record)
+        self.recorder: SandboxRecorder | None = None
 
     @property
     def ctx(self) -> DeviceContext:
@@ -121,7 +146,10 @@ class SandboxLayer:
         self._ctx = ctx
         s = self.settings
         rss = s.max_worker_rss_mb * 2**20 if s.max_worker_rss_mb > 0 else None
-        self.pool = SandboxPool(ctx.device, self, infer=self.bridge, recycle_after=s.recycle_after,
+        bridge = self.bridge
+        if bridge is not None and self.recorder is not None:  # [replay hook] answers recorded
+            bridge = RecordingBridge(bridge, self.recorder)
+        self.pool = SandboxPool(ctx.device, self, infer=bridge, recycle_after=s.recycle_after,
                                 recycle_rss_bytes=rss, deadline_s=s.deadline_s, workers=s.workers,
                                 max_hops=s.max_hops, policy=self.policy)
         await self.pool.start()
@@ -169,18 +197,24 @@ class SandboxLayer:
                 ) from err
         kv = await self._component_state(manifest.name)
         await pool.load(manifest, kv)
+        rec = self.recorder
+        if rec is not None:  # [replay hook] the version that runs, and its KV as loaded
+            rec.on_load(manifest, await asyncio.to_thread(read_module, manifest), kv)
         loaded = LoadedComponent(manifest)
         if manifest.tick_hz > 0:
-            loaded.tick = TickLoop(ctx.world, WasmTickRunner(pool, manifest.name), read=manifest.read,
+            loaded.tick = TickLoop(ctx.world, WasmTickRunner(pool, manifest.name, rec), read=manifest.read,
                                    write=manifest.write, hz=manifest.tick_hz)
             loaded.tick.start()
         if manifest.subscribe:
             name = manifest.name
             policy = self.policy
+            records = record_prefix(ctx.device)
 
             async def deliver(batch: list[tuple[str, bytes]], hops: int) -> None:
                 if policy is not None and not (batch := policy.deliveries(name, batch)):
                     return
+                if rec is not None:  # [replay hook]
+                    rec.on_deliver(name, batch, hops)
                 await pool.deliver(name, batch, hops)
 
             pump = ComponentInbox(manifest.name, deliver, origin=origin_id(name, ctx.device),
@@ -190,6 +224,8 @@ class SandboxLayer:
             for subject in manifest.subscribe:
 
                 async def on_msg(msg: Msg, pump: ComponentInbox = pump) -> None:
+                    if msg.subject.startswith(records):  # [replay hook] records about components
+                        return  # are not theirs to hear: recording them would feed back
                     pump.put(msg.subject, msg.data, msg.headers)
 
                 loaded.subs.append(await ctx.nc.subscribe(subject, cb=on_msg, pending_msgs_limit=PUMP_PENDING_MSGS))
@@ -213,6 +249,8 @@ class SandboxLayer:
             await loaded.pump.stop()
         if self.pool is not None:
             await self.pool.unload(name)
+        if self.recorder is not None:  # [replay hook]
+            self.recorder.on_unload(name)
 
     def wasm_agents(self) -> list[str]:
         """Loaded components that both subscribe and publish: they act as agents."""
@@ -273,6 +311,8 @@ class SandboxLayer:
         # high-rate stream, and the device streams capture those on evt/tele subjects. The
         # runtime's own records about components (faults) go through the acknowledged publisher.
         ctx = self.ctx
+        if self.recorder is not None:  # [replay hook]
+            self.recorder.on_publish(component, subject, data)
         await ctx.nc.publish(subject, data,
                              headers=origin_headers(origin_id(component, ctx.device), hops))
 
@@ -281,6 +321,8 @@ class SandboxLayer:
         # component subscribed to $KV.> does not hear its own writes either (edge.wasm.origin)
         await self._bucket()
         ctx = self.ctx
+        if self.recorder is not None:  # [replay hook]
+            self.recorder.on_kv_put(component, key, value)
         await ctx.js.publish(f"{KV_SUBJECT_PREFIX}{component}.{key}", value,
                              headers=origin_headers(origin_id(component, ctx.device), hops))
 

@@ -29,6 +29,8 @@ persist_interval = 0.5
 deadline = 1.5
 max_worker_rss_mb = 64
 max_hops = 3
+[record]
+enabled = false
 [log]
 level = "DEBUG"
 [schemas.wind]
@@ -54,6 +56,7 @@ entity = "d1"
     assert cfg.sandbox.deadline == 1.5
     assert cfg.sandbox.max_worker_rss_mb == 64
     assert cfg.sandbox.max_hops == 3
+    assert cfg.record is False
     assert cfg.log_level == "debug"
     assert cfg.schemas[0].name == "wind" and cfg.schemas[0].fields["source"] == "str"
     assert cfg.components == [tmp_path / "c/physics/manifest.toml"]
@@ -79,6 +82,7 @@ entity = "d1"
         ("colour = 'red'", "colour"),
         ("[sandbox]\nmax_hops = 65", "sandbox.max_hops"),
         ("[sandbox]\nmax_hops = 0", "sandbox.max_hops"),
+        ("[record]\nenabled = 1", "record.enabled"),
     ],
 )
 def test_errors_name_key_and_file(tmp_path: Path, text: str, key: str) -> None:

@@ -1,0 +1,168 @@
+"""Replay: recording overhead and replay speed on the demo fleet (``python bench/bench_replay.py
+[--quick]``). Real nats-server, the real runtime with its wasm systems (physics, patrol, battery
+over 5 drones; the emulated hardware is left out: it is not recorded).
+
+* Recording overhead, interleaved round by round (bench/harness.py): the same fleet run for W
+  seconds with the recorder on and off; a round's sample is the CPU seconds the runtime process
+  and its sandbox worker spent per wall second. The recorder's bytes per second are its own count
+  of record bytes published.
+* Message path: bursts of 3,000 messages through the echo component of two devices on one
+  server, one recording and one not, interleaved burst by burst (the cost of recording each
+  message batch and publish).
+* Replay speed: the recorded span of a window of the last recorded run divided by the wall time
+  ``edge replay`` needs for it (start of its sandbox included); the target is at least 20x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test rigs (tests/rigs/)
+
+from edge.config import embedded_default  # noqa: E402
+from edge.demo.fleet import apply_demo  # noqa: E402
+from edge.replay.recorder import RecorderLayer  # noqa: E402
+from edge.replay.replayer import replay  # noqa: E402
+from edge.replay.source import Window  # noqa: E402
+from edge.runtime import Runtime  # noqa: E402
+from bench_runtime import _burst, echo_manifest  # noqa: E402
+from harness import Absolute, Comparison, Row, ainterleave, report  # noqa: E402
+from rigs.nats import running_server  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+async def fleet_run(base: Path, url: str, seconds: float, *, record: bool,
+                    out: dict[str, float]) -> float:
+    """Run the fleet for ``seconds``; returns CPU seconds per wall second (runtime + workers)."""
+    cfg = apply_demo(embedded_default(data_dir=Path(tempfile.mkdtemp(dir=base)), drones=5))
+    cfg.demo = False
+    cfg.nats.url = url
+    rt = Runtime(cfg, record=record)
+    await rt.start()
+    try:
+        await asyncio.sleep(0.5)  # past the loads
+        pids = rt.pool.worker_pids() if rt.pool else []
+        c0 = time.process_time() + sum(proc_cpu(p) for p in pids)
+        b0 = rt.status().get("recorder", {}).get("bytes", 0)
+        w0 = time.perf_counter()
+        out["t_from"] = time.time()
+        await asyncio.sleep(seconds)
+        wall = time.perf_counter() - w0
+        cpu = time.process_time() + sum(proc_cpu(p) for p in pids) - c0
+        out["t_to"] = time.time()
+        if record:
+            out["bytes_per_s"] = (rt.status()["recorder"]["bytes"] - b0) / wall
+    finally:
+        await rt.stop()
+    return cpu / wall
+
+
+async def message_path(base: Path, url: str, rounds: int) -> Comparison:
+    runtimes = []
+    for device, record in (("recorded", True), ("plain", False)):
+        cfg = embedded_default(data_dir=base / device, drones=0)
+        cfg.demo = False
+        cfg.device = device
+        cfg.nats.url = url
+        cfg.components = [echo_manifest(base)]
+        rt = Runtime(cfg, record=record)
+        await rt.start()
+        runtimes.append(rt)
+    pub = await nats.connect(url)
+    sub = await nats.connect(url)
+    try:
+        async def side(rt: Runtime) -> float:
+            t0 = time.perf_counter()
+            d = rt.device
+            await _burst(pub, sub, f"edge.{d}.cmd.echo", f"edge.{d}.evt.echo", 3000)
+            recorder = rt.sandbox.recorder
+            if isinstance(recorder, RecorderLayer):
+                await recorder.drained()  # the recording of the burst counts
+            return (time.perf_counter() - t0) / 3000
+
+        sides = {rt.device: (lambda rt=rt: side(rt)) for rt in runtimes}
+        samples = await ainterleave(sides, rounds=rounds, measure="value")
+    finally:
+        await pub.close()
+        await sub.close()
+        for rt in runtimes:
+            await rt.stop()
+    return Comparison.of("message path NATS → wasm echo → NATS, burst, recorder on vs off",
+                         samples, "recorded", "plain", op="msg",
+                         note="bursts of 3,000; the recorded side until its records are out")
+
+
+async def main(quick: bool) -> None:
+    seconds = 3.0 if quick else 6.0
+    rounds = 2 if quick else 4
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        async with running_server(base) as srv:
+            last: dict[str, float] = {}
+            rates: list[float] = []
+
+            async def on() -> float:
+                value = await fleet_run(base, srv.url, seconds, record=True, out=last)
+                rates.append(last["bytes_per_s"])
+                return value
+
+            async def off() -> float:
+                return await fleet_run(base, srv.url, seconds, record=False, out={})
+
+            samples = await ainterleave({"recording": on, "off": off}, rounds=rounds, warmup=0,
+                                        measure="value")
+            burst = await message_path(base, srv.url, 3 if quick else 6)
+            nc = await nats.connect(srv.url)
+            try:
+                js = nc.jetstream()
+                window = Window(last["t_from"], last["t_to"])
+                speeds, spans = [], []
+                for _ in range(3):
+                    rep = await replay(js, "demo", window)
+                    assert rep.identical, rep.render()
+                    speeds.append(rep.speed)
+                    spans.append(rep.recorded_s)
+            finally:
+                await nc.close()
+    rows: list[Row] = [
+        Comparison.of("demo fleet CPU per wall second, recorder on vs off", samples,
+                      "recording", "off", op="",
+                      note="CPU s per wall s (0.05 = 5 % of a core): runtime process + sandbox worker; 3 systems, 5 drones"),
+        burst,
+        Absolute("recording rate, demo fleet (5 drones)",
+                 f"{statistics.median(rates) / 1024:.1f} KiB/s, median of {len(rates)} "
+                 f"(min {min(rates) / 1024:.1f}, max {max(rates) / 1024:.1f})",
+                 "REC stream bytes"),
+        Absolute("replay speed vs real time, demo fleet",
+                 f"{statistics.median(speeds):.0f}x, median of {len(speeds)} "
+                 f"(min {min(speeds):.0f}x, max {max(speeds):.0f}x)",
+                 f"window of {statistics.median(spans):.1f} s; target >= 20x; sandbox start included"),
+    ]
+    for row in rows:
+        print(row.line())
+    report(rows, command="bench/bench_replay.py")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    asyncio.run(main(ap.parse_args().quick))

@@ -1,0 +1,371 @@
+"""The recorder layer: writes what every wasm system saw and did onto the ``REC`` stream.
+
+Key components
+- :class:`RecordSettings`: the stream's limits and the checkpoint and snapshot periods.
+- :class:`RecorderLayer`: the :class:`~edge.wasm.record.SandboxRecorder` of the sandbox layer
+  and the :class:`~edge.agents.record.AgentRecorder` of the agent host (both set by the
+  composition root) and a :class:`~edge.layer.Layer` (section ``recorder`` of
+  ``edge status``). Hooks only queue (bounded; overflow counted in ``dropped``); one task
+  publishes the queue in order, so the stream sequence is the order things happened in.
+
+Records (docs/replay.md): ``start`` (a run of the runtime began), ``load`` (a component's
+manifest, module bytes, sha256 and KV; repeated as a checkpoint every ``checkpoint_s``),
+``unload``, ``tick`` (dt, entity ids, the input columns, the written columns), ``msg``
+(messages handed to ``edge_on_message``), ``pub`` (the publishes of one step, up to 256 a
+record) and ``kv`` (effects), ``infer`` (the answer
+a model gave: its output, or the error's reason), ``snap`` (every
+entity's components, every ``snapshot_s``); for native agents ``agent`` (an instance was built:
+kind, entity, config table), ``obs`` (a message observed, with its monotonic ``now``), ``read``
+(the entity's components ``read_world`` saw) and ``decide`` (the decisions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+
+from edge.agents.base import Agent, Decision
+from edge.agents.record import decision_dict
+from edge.errors import EdgeError
+from edge.layer import DeviceContext
+from edge.replay.records import REC_STREAM, b64, digest, encode, pack_columns, rec_filter, rec_subject
+from edge.tasks import cancel_and_wait
+from edge.wasm.manifest import Manifest
+
+log = logging.getLogger("edge.replay.recorder")
+
+#: Kinds whose consecutive records of one component are written as one message (``items``).
+MERGED_KINDS = frozenset({"msg", "pub", "obs"})
+#: Most records merged into one message.
+MAX_MERGED = 64
+#: Records waiting to be published; beyond this new ones are dropped (and counted).
+MAX_QUEUED = 20_000
+#: Publishes inlined in a ``pub`` record up to this size (bytes); larger ones keep only a hash.
+MAX_INLINE_PUBLISH = 1024
+#: Publishes of one step gathered into one ``pub`` record, at most this many (and at most
+#: ``PUB_FLUSH_S`` seconds old).
+PUBS_PER_RECORD = 256
+PUB_FLUSH_S = 0.2
+#: Largest batch a tick record (input columns) or a message record (payloads) holds, in bytes;
+#: a larger one is recorded without them (``too_large``: its size) and that component cannot be
+#: replayed over it.
+MAX_TICK_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class RecordSettings:
+    """Limits of the ``REC`` stream and the recorder's periods (seconds, bytes)."""
+
+    max_age_s: float = 3600.0
+    max_bytes: int = 256 * 2**20
+    checkpoint_s: float = 60.0
+    snapshot_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_age_s", "checkpoint_s", "snapshot_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds "
+                                 f"(got {getattr(self, name)})")
+        if self.max_bytes <= 0:
+            raise ValueError(f"max_bytes must be a positive number of bytes (got {self.max_bytes})")
+
+    def stream_config(self, device: str) -> StreamConfig:
+        return StreamConfig(name=REC_STREAM, subjects=[rec_filter(device)],
+                            storage=StorageType.FILE, discard=DiscardPolicy.OLD,
+                            max_age=self.max_age_s, max_bytes=self.max_bytes)
+
+
+@dataclass
+class _Recorded:
+    """What the recorder keeps of a loaded component (for checkpoints and digests)."""
+
+    manifest: Manifest
+    text: str
+    module: bytes
+    sha: str
+    kv: dict[str, bytes]
+    writable: tuple[int, ...]
+    step: int = 0
+
+
+@dataclass
+class RecorderStats:
+    records: int = 0
+    bytes: int = 0
+    dropped: int = 0
+    errors: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class RecorderLayer:
+    """Records the sandbox's inputs and outputs (see the module docstring)."""
+
+    name = "recorder"
+
+    def __init__(self, settings: RecordSettings | None = None) -> None:
+        self.settings = settings or RecordSettings()
+        self.run_id = uuid.uuid4().hex[:12]
+        self.stats = RecorderStats()
+        self._queue: deque[tuple[str, str | None, dict[str, Any]]] = deque()
+        self._wake = asyncio.Event()
+        self._comps: dict[str, _Recorded] = {}
+        self._pubs: dict[str, list[tuple[int, list[str]]]] = {}
+        self._ctx: DeviceContext | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- layer ------------------------------------------------------------------------------
+
+    async def start(self, ctx: DeviceContext) -> None:
+        from edge.sync.device.streams import ensure_stream
+
+        self._ctx = ctx
+        await ensure_stream(ctx.js, self.settings.stream_config(ctx.device))
+        self._put("start", None, {"device": ctx.device})
+        self._tasks = [asyncio.create_task(self._write(), name="edge.replay.write"),
+                       asyncio.create_task(self._periodic(), name="edge.replay.periodic")]
+
+    async def stop(self) -> None:
+        for task in self._tasks[1:]:
+            await cancel_and_wait(task)
+        self._flush_all_pubs()
+        if self._tasks:
+            self._wake.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drain(), 5.0)  # the last records go out
+            await cancel_and_wait(self._tasks[0])
+            self._tasks = []
+        ctx = self._ctx
+        if ctx is not None and ctx.nc.is_connected:
+            with contextlib.suppress(Exception):
+                await ctx.nc.flush(timeout=2)
+
+    def status(self) -> dict[str, Any]:
+        s = self.stats
+        return {"stream": REC_STREAM, "run": self.run_id, "records": s.records, "bytes": s.bytes,
+                "dropped": s.dropped, "errors": s.errors, "queued": len(self._queue),
+                "by_kind": dict(s.by_kind)}
+
+    # -- the sandbox's hooks (edge.wasm.record.SandboxRecorder) ------------------------------
+
+    def on_load(self, manifest: Manifest, module: bytes, kv: dict[str, bytes]) -> None:
+        text = ""
+        if manifest.path is not None:
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                text = manifest.path.read_text("utf-8")
+        rec = _Recorded(manifest, text, module, hashlib.sha256(module).hexdigest(), dict(kv),
+                        manifest.writable)
+        self._comps[manifest.name] = rec
+        self._put("load", manifest.name, self._load_body(rec, checkpoint=False))
+
+    def on_unload(self, component: str) -> None:
+        self._flush_pubs(component)
+        if self._comps.pop(component, None) is not None:
+            self._put("unload", component, {})
+
+    def records_batch(self, component: str, nbytes: int) -> bool:
+        return nbytes <= MAX_TICK_BYTES
+
+    def on_tick_unrecorded(self, component: str, dt: float, nbytes: int, ok: bool) -> None:
+        rec = self._comps.get(component)
+        if rec is None:
+            return
+        self._flush_pubs(component)
+        rec.step += 1
+        self._put("tick", component, {"step": rec.step, "dt": dt, "ok": ok,
+                                      "too_large": nbytes})
+
+    def on_tick(self, component: str, dt: float, ids: Sequence[str],
+                before: Sequence[np.ndarray], after: Sequence[np.ndarray], ok: bool) -> None:
+        rec = self._comps.get(component)
+        if rec is None:
+            return
+        self._flush_pubs(component)
+        rec.step += 1
+        size = sum(int(c.nbytes) for c in before)
+        if size > MAX_TICK_BYTES:
+            self._put("tick", component, {"step": rec.step, "dt": dt, "ok": ok,
+                                          "too_large": size})
+            return
+        out = [after[i] for i in rec.writable] if ok else []
+        self._put("tick", component, {"step": rec.step, "dt": dt, "ids": list(ids), "ok": ok,
+                                      "in": pack_columns(before), "out": pack_columns(out)})
+
+    def on_deliver(self, component: str, messages: Sequence[tuple[str, bytes]],
+                   hops: int) -> None:
+        rec = self._comps.get(component)
+        if rec is None:
+            return
+        self._flush_pubs(component)
+        rec.step += 1
+        size = sum(len(d) + len(s) for s, d in messages)
+        if size > MAX_TICK_BYTES:
+            self._put("msg", component, {"step": rec.step, "hops": hops, "too_large": size})
+            return
+        self._put("msg", component, {"step": rec.step, "hops": hops,
+                                     "msgs": [[s, b64(d)] for s, d in messages]})
+
+    def on_publish(self, component: str, subject: str, data: bytes) -> None:
+        rec = self._comps.get(component)
+        step = rec.step if rec else 0
+        pending = self._pubs.setdefault(component, [])
+        if pending and pending[0][0] != step:
+            self._flush_pubs(component)
+            pending = self._pubs.setdefault(component, [])
+        entry = [subject, digest(data)]
+        if len(data) <= MAX_INLINE_PUBLISH:
+            entry.append(b64(data))
+        pending.append((step, entry))
+        if len(pending) >= PUBS_PER_RECORD:
+            self._flush_pubs(component)
+
+    def _flush_pubs(self, component: str) -> None:
+        """One ``pub`` record for the publishes of one step waiting for ``component``."""
+        pending = self._pubs.pop(component, None)
+        if pending:
+            self._put("pub", component, {"step": pending[0][0],
+                                         "pubs": [entry for _, entry in pending]})
+
+    def _flush_all_pubs(self) -> None:
+        for component in list(self._pubs):
+            self._flush_pubs(component)
+
+    def on_kv_put(self, component: str, key: str, value: bytes) -> None:
+        rec = self._comps.get(component)
+        if rec is not None:
+            rec.kv[key] = value
+        self._put("kv", component, {"step": rec.step if rec else 0, "key": key,
+                                    "value": b64(value)})
+
+    def on_infer(self, component: str, model: str, data: bytes, out: bytes | None,
+                 error: EdgeError | None) -> None:
+        rec = self._comps.get(component)
+        body: dict[str, Any] = {"step": rec.step if rec else 0, "model": model,
+                                "in": digest(data)}
+        if out is not None:
+            body["out"] = b64(out)
+        elif error is not None:
+            body["reason"] = str(error.fields.get("reason", "failed"))
+            if "expected" in error.fields:
+                body["expected"] = str(error.fields["expected"])
+        else:
+            body["reason"] = "failed"
+        self._put("infer", component, body)
+
+    # -- the agent host's hooks (edge.agents.record.AgentRecorder) ----------------------------
+
+    def on_agent(self, agent: Agent, table: Mapping[str, Any]) -> None:
+        self._put("agent", agent.name, {"kind": agent.kind, "entity": agent.entity,
+                                        "interval": agent.interval, "table": dict(table)})
+
+    def on_observe(self, agent: str, subject: str, data: bytes, now: float) -> None:
+        self._put("obs", agent, {"subject": subject, "data": b64(data), "now": now})
+
+    def on_read(self, agent: str, now: float, world: Mapping[str, Any]) -> None:
+        self._put("read", agent, {"now": now, "world": dict(world)})
+
+    def on_decide(self, agent: str, decisions: Sequence[Decision]) -> None:
+        self._put("decide", agent, {"decisions": [decision_dict(d) for d in decisions]})
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _load_body(self, rec: _Recorded, *, checkpoint: bool) -> dict[str, Any]:
+        m = rec.manifest
+        return {"version": m.version, "sha256": rec.sha, "manifest": rec.text,
+                "manifest_path": str(m.path) if m.path else "", "module": b64(rec.module),
+                "kv": {k: b64(v) for k, v in sorted(rec.kv.items())}, "step": rec.step,
+                "checkpoint": checkpoint}
+
+    def _put(self, kind: str, component: str | None, body: dict[str, Any]) -> None:
+        if len(self._queue) >= MAX_QUEUED:
+            self.stats.dropped += 1
+            return
+        body["k"] = kind
+        body["t"] = time.time()
+        body["run"] = self.run_id
+        if component is not None:
+            body["c"] = component
+        self._queue.append((kind, component, body))
+        self._wake.set()
+
+    async def _drain(self) -> None:
+        while self._queue:
+            await asyncio.sleep(0.01)
+
+    async def drained(self) -> None:
+        """Return once every record queued so far is handed to NATS (and flushed)."""
+        self._flush_all_pubs()
+        await self._drain()
+        ctx = self._ctx
+        if ctx is not None:
+            await ctx.nc.flush()
+
+    async def _write(self) -> None:
+        ctx = self._ctx
+        assert ctx is not None
+        queue = self._queue
+        stats = self.stats
+        while True:
+            if not queue:
+                self._wake.clear()
+                await self._wake.wait()
+            kind, component, body = queue.popleft()
+            if kind in MERGED_KINDS:  # a burst of one component's records: one message
+                items = [body]
+                while (queue and len(items) < MAX_MERGED and queue[0][0] == kind
+                       and queue[0][1] == component):
+                    items.append(queue.popleft()[2])
+                if len(items) > 1:
+                    body = {"k": kind, "c": component, "t": body["t"], "run": self.run_id,
+                            "items": items}
+            data = encode(body)
+            try:
+                await ctx.nc.publish(rec_subject(ctx.device, kind, component), data)
+            except Exception as err:  # noqa: BLE001  a lost record is counted, never fatal
+                stats.errors += 1
+                log.warning("a %s record was not published: %s", kind, err)
+                continue
+            stats.records += 1
+            stats.bytes += len(data)
+            stats.by_kind[kind] = stats.by_kind.get(kind, 0) + 1
+
+    async def _periodic(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        next_snap = loop.time()
+        next_ckpt = loop.time() + s.checkpoint_s
+        while True:
+            now = loop.time()
+            self._flush_all_pubs()
+            if now >= next_snap:
+                self._snapshot()
+                next_snap = now + s.snapshot_s
+            if now >= next_ckpt:
+                for rec in list(self._comps.values()):
+                    self._put("load", rec.manifest.name, self._load_body(rec, checkpoint=True))
+                next_ckpt = now + s.checkpoint_s
+            await asyncio.sleep(max(0.0, min(next_snap, next_ckpt, now + PUB_FLUSH_S) - loop.time()))
+
+    def _snapshot(self) -> None:
+        ctx = self._ctx
+        if ctx is None:
+            return
+        world = ctx.world
+        entities: dict[str, Any] = {}
+        for meta in world.entities():
+            try:
+                entities[meta.id] = {"kind": meta.kind, "labels": dict(meta.labels),
+                                     "components": world.get_all(meta.id)}
+            except Exception:  # noqa: BLE001  removed meanwhile: not in this snapshot
+                continue
+        self._put("snap", None, {"entities": entities})

@@ -1,0 +1,653 @@
+"""Re-runs recorded systems over a window in an isolated sandbox and compares every output.
+
+Key components
+- :class:`CaptureHost`: the pool's :class:`~edge.wasm.host.HostCallbacks` in a replay: keeps
+  publishes, KV writes and faults instead of carrying them out (nothing reaches a device).
+- :class:`Replayer`: one replay. Its own :class:`~edge.wasm.pool.SandboxPool` (own worker
+  processes) loads each component as recorded (the recorded module bytes and manifest, or a
+  what-if candidate), from its last load at or before the window so the instance's memory is
+  what it was; then every recorded tick is fed its recorded ``dt``, entity ids and input
+  columns, and every message batch its messages, in stream order. Outputs inside the window
+  (``ok``, written columns, publishes, KV writes) are compared with the record.
+- :class:`ReplayReport` / :class:`Divergence`: the result; the first divergence names the
+  component, the step (tick number since load), the stream sequence, the time, the field and
+  the entity, both values, and the inputs of that tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+from collections import deque
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import EdgeError, SandboxError
+from edge.replay.agents import AgentFactory, AgentReplay, LiveAgent, is_agent_table
+from edge.replay.records import AGENT_KINDS, ReplayError, digest, unb64, unpack_columns
+from edge.replay.source import Records, Window
+from edge.wasm.manifest import Manifest, load_manifest, parse_manifest
+from edge.wasm.pool import SandboxPool
+from edge.wasm.wasmbin import module_imports
+
+log = logging.getLogger("edge.replay.replayer")
+
+#: Most sandbox worker processes one replay starts. One: the components' calls are pipelined
+#: into it, and starting a second worker cost more than it saved on demo windows (measured).
+MAX_WORKERS = 1
+#: Imports whose answers are not recorded: a component using them is flagged in the report.
+CLOCK_IMPORTS = frozenset({"clock_ms", "monotonic_ns"})
+
+
+class CaptureHost:
+    """HostCallbacks that record instead of publishing (per component, in order)."""
+
+    def __init__(self) -> None:
+        self.publishes: dict[str, list[tuple[str, bytes]]] = {}
+        self.kv_puts: dict[str, list[tuple[str, bytes]]] = {}
+        self.faults: list[tuple[str, SandboxError]] = []
+        self.limits: list[tuple[str, str, int]] = []
+
+    async def publish(self, component: str, subject: str, data: bytes, hops: int) -> None:
+        self.publishes.setdefault(component, []).append((subject, bytes(data)))
+
+    async def kv_put(self, component: str, key: str, value: bytes, hops: int) -> None:
+        self.kv_puts.setdefault(component, []).append((key, bytes(value)))
+
+    def on_fault(self, component: str, fault: SandboxError) -> None:
+        self.faults.append((component, fault))
+
+    def on_limit(self, component: str, limit: str, dropped: int) -> None:
+        self.limits.append((component, limit, dropped))
+
+    def take(self, component: str) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+        return self.publishes.pop(component, []), self.kv_puts.pop(component, [])
+
+
+class ReplayInfer:
+    """The ``infer`` bridge of a replay: answers each component's calls with its recorded
+    answers, in order; a call whose model or input differs from the recorded one is reported
+    through ``on_mismatch`` (and still gets the recorded answer)."""
+
+    def __init__(self, on_mismatch: Callable[[str, int, float, str, str], None]) -> None:
+        self.answers: dict[str, deque[tuple[int, float, dict[str, Any]]]] = {}
+        self.on_mismatch = on_mismatch
+
+    async def infer(self, component: str, model: str, data: bytes) -> bytes:
+        queue = self.answers.get(component)
+        if not queue:
+            self.on_mismatch(component, -1, 0.0, "no recorded call", f"{model} {digest(data)}")
+            raise EdgeError(f"no recorded answer for an infer of {component}",
+                            reason="unknown-model")
+        seq, t, rec = queue.popleft()
+        got = f"{model} {digest(data)}"
+        want = f"{rec.get('model')} {rec.get('in')}"
+        if got != want:
+            self.on_mismatch(component, seq, t, want, got)
+        if "out" in rec:
+            return unb64(rec["out"], "out")
+        raise EdgeError(f"the recorded infer of {component} failed", reason=rec.get("reason"),
+                        expected=rec.get("expected"))
+
+
+@dataclass
+class Divergence:
+    """Where a replayed output first differs from the recorded one."""
+
+    component: str
+    what: str  # ok | columns | publish | kv
+    step: int
+    seq: int
+    t: float
+    recorded: Any
+    replayed: Any
+    field: str = ""
+    entity: str = ""
+    context: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def sentence(self) -> str:
+        where = f"{self.component} step {self.step} (stream seq {self.seq}, t {self.t:.3f})"
+        what = {"ok": "the call's success", "columns": f"{self.field} of {self.entity}",
+                "publish": "a publish", "kv": "a key-value write", "decision": "the decisions",
+                "infer": "an infer call (model, input hash)",
+                "fault": "the run"}.get(self.what, self.what)
+        return f"first divergence: {where}: {what} was {self.recorded!r}, replayed {self.replayed!r}"
+
+
+@dataclass
+class ComponentReport:
+    name: str
+    kind: str = "component"  # or "agent" (a native agent)
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    ticks: int = 0  # ticks compared (inside the window)
+    ticks_differing: int = 0
+    warmup_ticks: int = 0  # replayed before the window, to rebuild the instance's memory
+    messages: int = 0
+    publishes: int = 0
+    publishes_differing: int = 0
+    kv_puts: int = 0
+    kv_differing: int = 0
+    decisions: int = 0  # agents: decisions compared
+    decisions_differing: int = 0
+    exact_start: bool = True  # False: the window started from a checkpoint, not a load
+    reads_clock: bool = False  # the module imports clock_ms or monotonic_ns (not replayed)
+    first: Divergence | None = None
+
+    @property
+    def identical(self) -> bool:
+        return self.first is None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["identical"] = self.identical
+        return d
+
+
+@dataclass
+class ReplayReport:
+    window: dict[str, Any]
+    records: int
+    malformed: int
+    components: dict[str, ComponentReport]
+    replay_s: float
+    recorded_s: float
+
+    @property
+    def identical(self) -> bool:
+        return all(c.identical for c in self.components.values())
+
+    @property
+    def first(self) -> Divergence | None:
+        firsts = [c.first for c in self.components.values() if c.first is not None]
+        return min(firsts, key=lambda d: (d.seq, d.t)) if firsts else None
+
+    @property
+    def speed(self) -> float:
+        """How many times faster than it happened (recorded span / replay time)."""
+        return self.recorded_s / self.replay_s if self.replay_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        first = self.first
+        return {"window": self.window, "records": self.records, "malformed": self.malformed,
+                "identical": self.identical, "replay_s": round(self.replay_s, 3),
+                "recorded_s": round(self.recorded_s, 3), "speed": round(self.speed, 1),
+                "first_divergence": dataclasses.asdict(first) if first else None,
+                "components": {n: c.to_dict() for n, c in sorted(self.components.items())}}
+
+    def render(self) -> str:
+        lines = [f"replayed {self.records} records ({self.recorded_s:.1f} s recorded) in "
+                 f"{self.replay_s:.2f} s ({self.speed:.0f}x real time)"]
+        for name, c in sorted(self.components.items()):
+            if c.kind == "agent":
+                state = "identical" if c.identical else (
+                    f"DIVERGES: {c.decisions_differing} of {c.decisions} decisions differ")
+                lines.append(f"  {name:<12} agent, {c.decisions} decisions: {state}")
+                continue
+            vers = ", ".join(f"{v['version']} {v['sha256'][:12]}{' (what-if)' if v['what_if'] else ''}"
+                             for v in c.versions)
+            state = "identical" if c.identical else (
+                f"DIVERGES: {c.ticks_differing} of {c.ticks} ticks, {c.publishes_differing} of "
+                f"{c.publishes} publishes, {c.kv_differing} of {c.kv_puts} KV writes differ")
+            exact = "" if c.exact_start else " (started from a checkpoint)"
+            if c.reads_clock:
+                exact += " (reads the clock, which a replay does not reproduce)"
+            lines.append(f"  {name:<12} {c.ticks} ticks, {c.messages} message batches, "
+                         f"{c.publishes} publishes: {state}  [{vers}]{exact}")
+        first = self.first
+        lines.append(first.sentence() if first else "every output is identical to the record")
+        if first is not None and first.context:
+            for key, value in first.context.items():
+                lines.append(f"    {key}: {value}")
+        return "\n".join(lines)
+
+
+@dataclass
+class _Effect:
+    step: int
+    seq: int
+    t: float
+    subject: str
+    sha: str
+    data: bytes | None
+
+
+@dataclass
+class LiveComponent:
+    """A component as this replay runs it."""
+
+    manifest: Manifest
+    report: ComponentReport
+    ids: list[str] | None = None
+    running: bool = False
+    step: int = 0  # the last call applied (step, stream seq, time)
+    seq: int = 0
+    t: float = 0.0
+    rec_pubs: list[_Effect] = field(default_factory=list)
+    rep_pubs: list[_Effect] = field(default_factory=list)
+    rec_kv: list[_Effect] = field(default_factory=list)
+    rep_kv: list[_Effect] = field(default_factory=list)
+    inside_steps: set[int] = field(default_factory=set)  # calls replayed inside the window
+
+
+def candidate(path: Path, device: str) -> tuple[Path, Manifest | None]:
+    """A what-if candidate: a module file (recorded manifest, this module) or a manifest."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReplayError(f"what-if candidate {path} is not a file", path=str(path), reason="usage")
+    if path.suffix == ".wasm":
+        return path, None
+    manifest = load_manifest(path, device)
+    return manifest.module, manifest
+
+
+class Replayer:
+    """One replay of ``records`` for ``device`` (see the module docstring).
+
+    ``systems``: the components and agents to replay (None = every recorded one); ``what_if``:
+    component name -> a module (``.wasm``) or manifest path run instead of the recorded versions,
+    or agent name -> a TOML file with the agent's config table (``kind``, ``entity``, ...; no
+    ``module``); ``agents``: agent name -> a factory building the
+    instance to run (what-if from Python, or an agent built in code).
+    """
+
+    def __init__(self, device: str, records: Records, window: Window, *,
+                 systems: Sequence[str] | None = None,
+                 what_if: Mapping[str, Path] | None = None,
+                 agents: Mapping[str, AgentFactory] | None = None) -> None:
+        self.device = device
+        self.records = records
+        self.window = window
+        self.systems = set(systems) if systems else None
+        self.what_if = {k: candidate(v, device) for k, v in (what_if or {}).items()
+                        if not is_agent_table(v)}
+        self.host = CaptureHost()
+        self.infer = ReplayInfer(self._infer_mismatch)
+        agent_what_if = {k: v for k, v in (what_if or {}).items() if is_agent_table(v)}
+        self._agents = AgentReplay(device, records.items, window, selected=self._selected,
+                                   what_if=agent_what_if, factories=agents)
+        self._live: dict[str, LiveComponent] = {}
+        self._reports: dict[str, ComponentReport] = {}
+        self._tmp: Path | None = None
+
+    async def run(self) -> ReplayReport:
+        items = self.records.items
+        start, first_in, last_in = self._plan(items)
+        if self.systems is not None:
+            missing = sorted(self.systems - set(self._reports))
+            if missing:
+                raise ReplayError(f"nothing of system '{missing[0]}' is recorded in the window",
+                                  component=missing[0], reason="unknown")
+        # Each component's inputs are recorded, so components replay independently: one task
+        # each (sharing up to MAX_WORKERS worker processes), every task in stream order.
+        streams: dict[str, list[tuple[int, dict[str, Any]]]] = {n: [] for n in self._reports}
+        for seq, rec in items[start:last_in + 1]:
+            name = rec.get("c")
+            if isinstance(name, str) and name in streams:
+                is_agent = self._reports[name].kind == "agent"
+                if (rec["k"] in AGENT_KINDS) == is_agent:
+                    streams[name].append((seq, rec))
+        agent_streams = {n: r for n, r in streams.items() if self._reports[n].kind == "agent"}
+        streams = {n: r for n, r in streams.items() if n not in agent_streams}
+        workers = max(1, min(len(streams), os.cpu_count() or 1, MAX_WORKERS))
+        for name, recs in streams.items():
+            self.infer.answers[name] = deque((seq, float(r["t"]), r) for seq, r in recs
+                                             if r["k"] == "infer")
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="edge-replay-") as tmp:
+            self._tmp = Path(tmp)
+            async with SandboxPool(self.device, self.host, workers=workers,
+                                   infer=self.infer) as pool:
+                await asyncio.gather(*(self._replay_one(pool, name, recs)
+                                       for name, recs in streams.items()),
+                                     *(self._replay_agent(name, recs)
+                                       for name, recs in agent_streams.items()))
+        replay_s = time.perf_counter() - t0
+        for seq, rec in items[last_in + 1:]:  # publishes written after the window's last step
+            tail = self._live.get(str(rec.get("c")))
+            if rec["k"] == "pub" and tail is not None:
+                self._recorded_pubs(tail, seq, float(rec["t"]), rec)
+        for live in self._live.values():
+            self._compare_effects(live)
+        span = 0.0
+        if first_in <= last_in:
+            span = float(items[last_in][1]["t"]) - float(items[first_in][1]["t"])
+        w = self.window
+        window = {"from": w.t_from, "to": w.t_to if w.t_to != float("inf") else None,
+                  "seq_from": items[first_in][0] if first_in <= last_in else None,
+                  "seq_to": items[last_in][0] if first_in <= last_in else None}
+        return ReplayReport(window, last_in - start + 1 if first_in <= last_in else 0,
+                            self.records.malformed, self._reports, replay_s, span)
+
+    # -- planning --------------------------------------------------------------------------
+
+    def _selected(self, name: str) -> bool:
+        return self.systems is None or name in self.systems
+
+    def _plan(self, items: list[tuple[int, dict[str, Any]]]) -> tuple[int, int, int]:
+        """(first record to apply, first and last record inside the window)."""
+        w = self.window
+        inside = [i for i, (seq, rec) in enumerate(items) if w.contains(seq, float(rec["t"]))]
+        if not inside:
+            raise ReplayError("no record falls in the window (check --from/--to or --seq; "
+                              f"the stream holds sequences {self.records.first_seq}.."
+                              f"{self.records.last_seq})", reason="empty")
+        first_in, last_in = inside[0], inside[-1]
+        start = first_in
+        names = {str(rec.get("c")) for _, rec in items[first_in:last_in + 1]
+                 if rec.get("c") and rec["k"] in ("tick", "msg", "load", "unload")}
+        for name in sorted(n for n in names if self._selected(n)):
+            self._reports[name] = ComponentReport(name)
+            real = ckpt = None
+            for i in range(first_in, -1, -1):
+                rec = items[i][1]
+                if rec.get("c") == name and rec["k"] == "load":
+                    if not rec.get("checkpoint"):
+                        real = i
+                        break
+                    if ckpt is None:
+                        ckpt = i
+            begin = real if real is not None else ckpt
+            if begin is None:  # loaded inside the window: its load is ahead
+                continue
+            if real is None:
+                self._reports[name].exact_start = False
+            start = min(start, begin)
+        for name in self._agents.names(first_in, last_in):
+            if name in self._reports:
+                raise ReplayError(f"an agent and a component are both named '{name}'",
+                                  component=name, reason="usage")
+            self._reports[name] = ComponentReport(name, kind="agent")
+            begin = self._agents.start_of(name, first_in)
+            if begin is None:
+                self._reports[name].exact_start = False
+            else:
+                start = min(start, begin)
+        return start, first_in, last_in
+
+    # -- applying records -------------------------------------------------------------------
+
+    async def _replay_agent(self, name: str, recs: list[tuple[int, dict[str, Any]]]) -> None:
+        live = LiveAgent(name)
+        report = self._reports[name]
+
+        def diverge(rep: ComponentReport, what: str, seq: int, t: float, recorded: Any,
+                    replayed: Any, context: dict[str, Any] | None = None) -> None:
+            step = report.decisions
+            div = Divergence(name, what, step, seq, t, recorded, replayed, context=context or {})
+            if rep.first is None or (seq, t) < (rep.first.seq, rep.first.t):
+                rep.first = div
+
+        for seq, rec in recs:
+            try:
+                await self._agents.apply(live, seq, rec, self.window.contains(seq, float(rec["t"])),
+                                         report, diverge)
+            except (KeyError, TypeError, ValueError) as err:
+                raise ReplayError(f"record at stream seq {seq} ({rec['k']} of {name}) is "
+                                  f"malformed: {type(err).__name__}: {err}", seq=seq,
+                                  reason="malformed") from err
+            await asyncio.sleep(0)
+
+    async def _replay_one(self, pool: SandboxPool, name: str,
+                          recs: list[tuple[int, dict[str, Any]]]) -> None:
+        inside = False
+        for seq, rec in recs:
+            if not inside and self.window.contains(seq, float(rec["t"])):
+                inside = True
+                await pool.flush()  # what the warm-up did is not compared
+                self.host.take(name)
+            await self._apply(pool, seq, rec)
+        await pool.flush()
+        live = self._live.get(name)
+        if live is not None:
+            self._take_effects(live, live.step, live.seq, live.t, inside)
+
+    async def _apply(self, pool: SandboxPool, seq: int, rec: dict[str, Any]) -> None:
+        name = rec.get("c")
+        if not isinstance(name, str) or name not in self._reports:
+            return
+        kind = rec["k"]
+        t = float(rec["t"])
+        inside = self.window.contains(seq, t)
+        live = self._live.get(name)
+        try:
+            if kind in ("load", "unload") and live is not None and live.running:
+                await pool.flush()  # message batches still in the worker finish first
+            if kind == "load":
+                if rec.get("checkpoint") and live is not None and live.running:
+                    return  # a checkpoint of what already runs here
+                await self._load(pool, name, rec)
+            elif kind == "unload" and live is not None and live.running:
+                await pool.unload(name)
+                live.running = False
+            elif kind == "tick" and live is not None and live.running:
+                await self._tick(pool, live, seq, t, rec, inside)
+            elif kind == "msg" and live is not None and live.running:
+                await self._deliver(pool, live, seq, t, rec, inside)
+            elif kind == "pub" and live is not None:
+                self._recorded_pubs(live, seq, t, rec)
+            elif kind == "kv" and live is not None and inside:
+                value = unb64(rec["value"], "value")
+                live.rec_kv.append(_Effect(int(rec.get("step", 0)), seq, t, str(rec["key"]),
+                                           digest(value), value))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ReplayError(f"record at stream seq {seq} ({kind} of {name}) is malformed: "
+                              f"{type(err).__name__}: {err}", seq=seq, reason="malformed") from err
+
+    @staticmethod
+    def _recorded_pubs(live: LiveComponent, seq: int, t: float, rec: dict[str, Any]) -> None:
+        """A ``pub`` record counts when its step ran inside the window (it may be written up to
+        a flush period after the step, past the window's end)."""
+        step = int(rec.get("step", 0))
+        if step not in live.inside_steps:
+            return
+        for entry in rec["pubs"]:
+            data = unb64(entry[2], "pubs") if len(entry) > 2 else None
+            live.rec_pubs.append(_Effect(step, seq, t, str(entry[0]), str(entry[1]), data))
+
+    async def _load(self, pool: SandboxPool, name: str, rec: dict[str, Any]) -> None:
+        assert self._tmp is not None
+        module = unb64(rec["module"], "module")
+        sha = str(rec["sha256"])
+        recorded = self._recorded_manifest(name, rec, module, sha)
+        manifest, what_if = recorded, False
+        if name in self.what_if:
+            path, alt = self.what_if[name]
+            manifest = alt if alt is not None else dataclasses.replace(recorded, module=path)
+            what_if = True
+            if manifest.columns != recorded.columns:
+                raise ReplayError(f"what-if candidate for '{name}' queries {list(manifest.columns)}"
+                                  f", the recorded version {list(recorded.columns)}: the recorded "
+                                  "inputs do not fit it", component=name, reason="usage")
+            sha = _sha(path)
+        kv = {k: unb64(v, f"kv.{k}") for k, v in dict(rec.get("kv", {})).items()}
+        live = self._live.get(name)
+        report = self._reports[name]
+        try:
+            await pool.load(manifest, kv)
+        except EdgeError as err:
+            raise ReplayError(f"cannot load {name} {manifest.version} for the replay: "
+                              f"{err.message}", component=name, reason="load") from err
+        report.versions.append({"version": manifest.version, "sha256": sha, "what_if": what_if})
+        running = Path(manifest.module).read_bytes() if what_if else module
+        if CLOCK_IMPORTS & {name for _, name, _ in module_imports(running)}:
+            report.reads_clock = True
+        if live is None:
+            live = self._live[name] = LiveComponent(recorded, report)
+        live.manifest = recorded
+        live.ids = None
+        live.running = True
+
+    def _recorded_manifest(self, name: str, rec: dict[str, Any], module: bytes,
+                           sha: str) -> Manifest:
+        assert self._tmp is not None
+        text = rec.get("manifest")
+        if not isinstance(text, str) or not text:
+            raise ReplayError(f"the load record of '{name}' has no manifest", component=name,
+                              reason="malformed")
+        mod_path = self._tmp / f"{sha}.wasm"
+        if not mod_path.exists():
+            mod_path.write_bytes(module)
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ReplayError(f"the recorded manifest of '{name}' is not TOML: {err}",
+                              component=name, reason="malformed") from err
+        doc["module"] = str(mod_path)
+        return parse_manifest(doc, self._tmp / f"{name}.manifest.toml", self.device)
+
+    async def _tick(self, pool: SandboxPool, live: LiveComponent, seq: int, t: float,
+                    rec: dict[str, Any], inside: bool) -> None:
+        m = live.manifest
+        name = m.name
+        if rec.get("too_large"):
+            raise ReplayError(f"tick {rec.get('step')} of '{name}' (stream seq {seq}) was too "
+                              f"large to record ({rec['too_large']} bytes of columns)",
+                              component=name, seq=seq, reason="not-recorded")
+        ids = [str(i) for i in rec["ids"]]
+        n = len(ids)
+        inputs = unpack_columns(rec["in"], len(m.columns), n, "in")
+        views = pool.batch(name, n)
+        for view, col in zip(views, inputs, strict=True):
+            view[:] = col
+        send = ids if ids != live.ids else None
+        ok = await pool.tick(name, n, float(rec["dt"]), send)
+        live.ids = ids if ok else None
+        step = int(rec.get("step", 0))
+        self._take_effects(live, step, seq, t, inside)
+        report = live.report
+        if not inside:
+            report.warmup_ticks += 1
+            return
+        live.inside_steps.add(step)
+        report.ticks += 1
+        rec_ok = bool(rec["ok"])
+        writable = m.writable
+        if ok != rec_ok:
+            report.ticks_differing += 1
+            self._diverge(live, Divergence(name, "ok", step, seq, t, rec_ok, ok,
+                                           context=self._context(m, ids, inputs, rec)))
+            return
+        if not ok:
+            return
+        recorded = unpack_columns(rec["out"], len(writable), n, "out")
+        replayed = np.stack([views[i] for i in writable]) if writable else recorded
+        same = np.array_equal(recorded.view(np.uint64), replayed.view(np.uint64))
+        if same:
+            return
+        report.ticks_differing += 1
+        diff = np.argwhere(recorded.view(np.uint64) != replayed.view(np.uint64))
+        c, e = (int(x) for x in diff[0])
+        self._diverge(live, Divergence(name, "columns", step, seq, t,
+                                       float(recorded[c, e]), float(replayed[c, e]),
+                                       field=m.columns[writable[c]], entity=ids[e],
+                                       context=self._context(m, ids, inputs, rec)))
+
+    async def _deliver(self, pool: SandboxPool, live: LiveComponent, seq: int, t: float,
+                       rec: dict[str, Any], inside: bool) -> None:
+        if rec.get("too_large"):
+            raise ReplayError(f"message batch {rec.get('step')} of '{live.manifest.name}' (stream "
+                              f"seq {seq}) was too large to record ({rec['too_large']} bytes)",
+                              component=live.manifest.name, seq=seq, reason="not-recorded")
+        msgs = [(str(s), unb64(d, "msgs")) for s, d in rec["msgs"]]
+        await pool.deliver(live.manifest.name, msgs, int(rec.get("hops", 0)))
+        self._take_effects(live, int(rec.get("step", 0)), seq, t, inside)
+        if inside:
+            live.report.messages += 1
+            live.inside_steps.add(int(rec.get("step", 0)))
+
+    def _take_effects(self, live: LiveComponent, step: int, seq: int, t: float, inside: bool) -> None:
+        """Effects that arrived so far (they may lag their call: the publish comparison goes by
+        order, and a divergence names the recorded effect's step when there is one)."""
+        live.step, live.seq, live.t = step, seq, t
+        pubs, kvs = self.host.take(live.manifest.name)
+        if not inside:
+            return
+        live.rep_pubs += [_Effect(step, seq, t, s, digest(d), d) for s, d in pubs]
+        live.rep_kv += [_Effect(step, seq, t, k, digest(v), v) for k, v in kvs]
+
+    # -- comparing --------------------------------------------------------------------------
+
+    def _infer_mismatch(self, name: str, seq: int, t: float, recorded: str, replayed: str) -> None:
+        live = self._live.get(name)
+        if live is None:
+            return
+        if seq < 0:  # more calls than recorded: at the call being replayed
+            seq, t = live.seq, live.t
+        if not self.window.contains(seq, t):
+            return
+        self._diverge(live, Divergence(name, "infer", live.step, seq, t, recorded, replayed))
+
+    @staticmethod
+    def _context(m: Manifest, ids: list[str], inputs: np.ndarray,
+                 rec: dict[str, Any]) -> dict[str, Any]:
+        shown = ids[:8]
+        cols = {f: [float(v) for v in inputs[i][:8]] for i, f in enumerate(m.columns)}
+        return {"dt": rec.get("dt"), "entities": shown, "inputs": cols}
+
+    @staticmethod
+    def _diverge(live: LiveComponent, div: Divergence) -> None:
+        first = live.report.first
+        if first is None or (div.seq, div.t) < (first.seq, first.t):
+            live.report.first = div
+
+    def _compare_effects(self, live: LiveComponent) -> None:
+        report = live.report
+        name = live.manifest.name
+        for what, rec_list, rep_list in (("publish", live.rec_pubs, live.rep_pubs),
+                                         ("kv", live.rec_kv, live.rep_kv)):
+            count = max(len(rec_list), len(rep_list))
+            differing = 0
+            for i in range(count):
+                a = rec_list[i] if i < len(rec_list) else None
+                b = rep_list[i] if i < len(rep_list) else None
+                if a is not None and b is not None and (a.subject, a.sha) == (b.subject, b.sha):
+                    continue
+                differing += 1
+                if differing == 1:
+                    at = a if a is not None else b
+                    assert at is not None
+                    self._diverge(live, Divergence(name, what, at.step, at.seq, at.t,
+                                                   _show(a), _show(b)))
+            if what == "publish":
+                report.publishes, report.publishes_differing = len(rec_list), differing
+            else:
+                report.kv_puts, report.kv_differing = len(rec_list), differing
+
+
+def _show(e: _Effect | None) -> str | None:
+    if e is None:
+        return None
+    if e.data is not None and len(e.data) <= 200:
+        return f"{e.subject} {e.data.decode('utf-8', 'replace')}"
+    return f"{e.subject} sha {e.sha}"
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+async def replay(js: Any, device: str, window: Window, *, stream: str = "REC",
+                 systems: Sequence[str] | None = None,
+                 what_if: Mapping[str, Path] | None = None,
+                 agents: Mapping[str, AgentFactory] | None = None) -> ReplayReport:
+    """Read the window from ``stream`` (a device's ``REC`` or a hub's copy) and replay it
+    (the arguments are :class:`Replayer`'s)."""
+    from edge.replay.source import read_records
+
+    records = await read_records(js, stream, device, window)
+    return await Replayer(device, records, window, systems=systems, what_if=what_if,
+                          agents=agents).run()
+
+
+__all__ = ["CaptureHost", "ComponentReport", "Divergence", "ReplayReport", "Replayer", "replay"]

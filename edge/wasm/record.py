@@ -1,0 +1,91 @@
+"""The recorder hook of the sandbox layer: what a recorder is told about each component.
+
+[replay hook] :class:`~edge.wasm.layer.SandboxLayer` calls a :class:`SandboxRecorder` (set by
+the composition root; None = recording off, nothing is called) at the sandbox's call
+boundary:
+
+* ``on_load`` when a component is loaded (its manifest text, module bytes and KV snapshot);
+* ``on_tick`` after each tick, with the exact inputs the worker read (the batch columns before
+  the call, the entity ids, ``dt``) and the columns after it;
+* ``on_deliver`` for each message batch handed to ``edge_on_message``;
+* ``on_publish`` / ``on_kv_put`` for each effect the host carried out;
+* ``on_infer`` for each answer of the ``infer`` bridge (wrapped in :class:`RecordingBridge`);
+* ``on_unload``.
+
+Every method is synchronous and must not block or raise: a recorder queues what it is told.
+While a recorder is set, a tick system whose first batch the recorder records in full
+(``records_batch``) uses the copy mode from then on (the batch is gathered in the runtime before
+the call), so the recorded inputs are exactly what the component read; shared mode would let
+other writers change a column while the worker reads it. One whose batch is too large keeps the
+shared mode, and its ticks are recorded without their columns. Messages on the record subjects
+(:func:`record_prefix`) are not delivered to components. See docs/replay.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from edge.errors import EdgeError
+from edge.nats import subjects
+from edge.wasm.host import InferBridge
+from edge.wasm.manifest import Manifest
+
+
+def record_prefix(device: str) -> str:
+    """``edge.<device>.rec.``: the subjects of the replay records, never delivered to components
+    (a component subscribed to ``>`` would otherwise hear, and be recorded hearing, the records
+    about itself)."""
+    return f"{subjects.PREFIX}.{device}.rec."
+
+
+class SandboxRecorder(Protocol):
+    """Told what each component saw and did (see the module docstring)."""
+
+    def on_load(self, manifest: Manifest, module: bytes, kv: dict[str, bytes]) -> None: ...
+
+    def records_batch(self, component: str, nbytes: int) -> bool:
+        """Whether a tick batch of ``nbytes`` of columns is recorded in full (it then runs in
+        the copy mode); a larger one runs as it would unrecorded and is told to
+        :meth:`on_tick_unrecorded`."""
+        ...
+
+    def on_tick_unrecorded(self, component: str, dt: float, nbytes: int, ok: bool) -> None: ...
+
+    def on_unload(self, component: str) -> None: ...
+
+    def on_tick(self, component: str, dt: float, ids: Sequence[str],
+                before: Sequence[np.ndarray], after: Sequence[np.ndarray], ok: bool) -> None: ...
+
+    def on_deliver(self, component: str, messages: Sequence[tuple[str, bytes]],
+                   hops: int) -> None: ...
+
+    def on_publish(self, component: str, subject: str, data: bytes) -> None: ...
+
+    def on_kv_put(self, component: str, key: str, value: bytes) -> None: ...
+
+    def on_infer(self, component: str, model: str, data: bytes, out: bytes | None,
+                 error: EdgeError | None) -> None: ...
+
+
+class RecordingBridge:
+    """An :class:`~edge.wasm.host.InferBridge` that tells ``recorder`` every answer of ``bridge``
+    (the output, the error, or ``error`` None and ``out`` None when the call was cut off)."""
+
+    def __init__(self, bridge: InferBridge, recorder: SandboxRecorder) -> None:
+        self.bridge = bridge
+        self.recorder = recorder
+
+    async def infer(self, component: str, model: str, data: bytes) -> bytes:
+        try:
+            out = bytes(await self.bridge.infer(component, model, data))
+        except EdgeError as err:
+            self.recorder.on_infer(component, model, data, None, err)
+            raise
+        except BaseException:  # timed out (cancelled) or failed: answered -5 by the host
+            self.recorder.on_infer(component, model, data, None, None)
+            raise
+        self.recorder.on_infer(component, model, data, out, None)
+        return out
