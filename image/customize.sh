@@ -3,6 +3,9 @@
 #   customize.sh ROOT ARCH WHEEL IMAGE_DIR
 set -euo pipefail
 ROOT=$1 ARCH=$2 WHEEL=$3 HERE=$4
+# systemd-resolved made /etc/resolv.conf a link to its (not running) stub: use the host's while
+# building; image/build.sh puts the link back.
+rm -f "$ROOT/etc/resolv.conf" && cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
 in_root() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
 
 echo "== customize: account"
@@ -30,6 +33,7 @@ rm -rf "$ROOT/tmp/edge-install" "$ROOT"/var/lib/apt/lists/* "$ROOT"/opt/edge/ven
 ln -sf /opt/edge/venv/bin/edge "$ROOT/usr/local/bin/edge"
 in_root /opt/edge/venv/bin/edge --version
 
+echo "== customize: kernel modules for the boot partition: $(find "$ROOT/lib/modules" -name 'vfat.ko*' -o -name 'nls_cp437.ko*' -o -name 'nls_ascii.ko*' | xargs -n1 basename | tr '\n' ' ')"
 echo "== customize: system files, units"
 cp -r "$HERE/rootfs/." "$ROOT/"
 chmod 0755 "$ROOT"/usr/lib/edge/*
