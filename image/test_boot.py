@@ -22,11 +22,15 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.timeout(1800)
 HERE = Path(__file__).resolve().parent
 MiB = 1 << 20
 RAW_BUDGET = 1536 * MiB
 DEVICE = """[device]
 id = "citest"
+
+[sandbox]
+deadline = 20.0  # software emulation runs the components ~20x slower than a board
 
 [demo]
 drones = 2
@@ -94,6 +98,9 @@ def test_image_boots_to_a_ready_service(image: tuple[Path, dict[str, object]], t
     assert "Type=notify" in text and "User=edge" in text and "NRestarts=0" in text, text
     assert "STATUS rc=0" in text, text
     assert re.search(r"status: .*citest", text), text  # the device config from the boot folder
+    for comp in ("physics", "patrol", "battery"):  # wasm3 workers run under the hardened unit
+        assert re.search(rf"status: {comp}\s+\S+\s+running", text), text
+    assert re.search(r"status: face\s+serving\s+litert", text), text  # and LiteRT with the face model
     assert "hostname citest-host" in text, text
     assert re.search(r"bootconfig edge-bootconfig: applied.*device.toml.*hostname", text), text
     grew = re.search(r"grew from (\d+) to (\d+) bytes", text)
