@@ -84,9 +84,10 @@ mkfs.vfat -C -F 32 -n EDGEBOOT "$BOOT_IMG" $((BOOT_MB * 1024)) >/dev/null
 mcopy -s -i "$BOOT_IMG" "$BOOT"/* ::/
 
 echo "== root filesystem"
+du -x -m -d 3 "$ROOT" 2>/dev/null | sort -rn | head -n 12 | sed 's/^/   MiB /'
 ROOT_KB=$(du -sk --apparent-size "$ROOT" | cut -f1)
 # Room for the filesystem's own tables and a little state; the first boot grows it to the card.
-ROOT_MB=$(( ROOT_KB * 115 / 100 / 1024 + 192 ))
+ROOT_MB=$(( ROOT_KB * 110 / 100 / 1024 + 160 ))
 ROOT_IMG="$WORK/root.ext4"
 mkfs.ext4 -q -F -L edgeroot -O ^metadata_csum_seed -E root_owner=0:0 -d "$ROOT" "$ROOT_IMG" "${ROOT_MB}M"
 

