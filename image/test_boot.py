@@ -33,7 +33,7 @@ id = "citest"
 deadline = 20.0  # software emulation runs the components ~20x slower than a board
 
 [demo]
-drones = 2
+drones = 1
 """
 
 

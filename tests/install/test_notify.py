@@ -197,3 +197,14 @@ def test_edge_run_notifies_ready_watchdog_and_stopping(tmp_path: Path, manager: 
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_edge_run_refuses_a_malformed_notify_socket(tmp_path: Path) -> None:
+    config = tmp_path / "device.toml"
+    config.write_text(CONFIG)
+    env = dict(os.environ, NOTIFY_SOCKET="not-a-path", EDGE_DATA_DIR=str(tmp_path / "data"))
+    res = subprocess.run([sys.executable, "-m", "edge.cli.main", "run", "--config", str(config)],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith("edge: NOTIFY_SOCKET 'not-a-path' is neither")
+    assert not (tmp_path / "data" / "runtime.json").exists()  # refused before any work
