@@ -2,7 +2,8 @@
 
 Everything else is declared in pyproject.toml. ``build_py`` builds every component with
 components/build.py (clang for wasm32; the modules do not depend on the CPU, so one wheel serves
-every board; or takes them from $EDGE_PREBUILT_COMPONENTS) and copies the manifests, modules and docs into ``edge/data/`` of the wheel, where
+every board), or takes them prebuilt from $EDGE_PREBUILT_COMPONENTS (the Nix derivation), and
+copies the manifests, modules and docs into ``edge/data/`` of the wheel, where
 :func:`edge.demo.fleet.components_dir` finds them. Editable installs use the source tree instead.
 """
 
