@@ -108,6 +108,6 @@ def test_image_boots_to_a_ready_service(image: tuple[Path, dict[str, object]], t
     grew = re.search(r"grew from (\d+) to (\d+) bytes", text)
     assert grew and int(grew.group(2)) >= int(grew.group(1)) + 400 * MiB, text
     assert stopped and stopped.group(2) == "success" and stopped.group(3) == "0", text
-    assert int(stopped.group(1)) < 30_000  # within the unit's TimeoutStopSec
+    assert int(stopped.group(1)) < 45_000  # within the unit's TimeoutStopSec (result=success says so too)
     assert memory and int(memory.group(1)) > 0, text
     assert lines[-1] == "DONE", text
