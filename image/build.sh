@@ -67,7 +67,8 @@ cp "$ROOT/boot/vmlinuz-$KVER" "$BOOT/vmlinuz"
 cp "$ROOT/boot/initrd.img-$KVER" "$BOOT/initrd.img"
 if [ "$ARCH" = arm64 ]; then
   cp "$ROOT"/usr/lib/raspi-firmware/*.bin "$ROOT"/usr/lib/raspi-firmware/*.elf "$ROOT"/usr/lib/raspi-firmware/*.dat "$BOOT/" 2>/dev/null || true
-  cp "$ROOT"/usr/lib/linux-image-"$KVER"/broadcom/bcm27*.dtb "$BOOT/"
+  # Pi 3, 3+, CM3, Zero 2 W (bcm2837) and Pi 4, 400, CM4 (bcm2711)
+  cp "$ROOT"/usr/lib/linux-image-"$KVER"/broadcom/bcm2837-*.dtb "$ROOT"/usr/lib/linux-image-"$KVER"/broadcom/bcm2711-*.dtb "$BOOT/"
   mkdir -p "$BOOT/overlays"
   cp "$ROOT"/usr/lib/raspi-firmware/overlays/* "$BOOT/overlays/" 2>/dev/null || true
   cp "$HERE/bootfs/config.txt" "$BOOT/config.txt"
