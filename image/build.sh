@@ -69,6 +69,9 @@ if [ "$ARCH" = arm64 ]; then
   cp "$ROOT"/usr/lib/raspi-firmware/*.bin "$ROOT"/usr/lib/raspi-firmware/*.elf "$ROOT"/usr/lib/raspi-firmware/*.dat "$BOOT/" 2>/dev/null || true
   # Pi 3, 3+, CM3, Zero 2 W (bcm2837) and Pi 4, 400, CM4 (bcm2711)
   cp "$ROOT"/usr/lib/linux-image-"$KVER"/broadcom/bcm2837-*.dtb "$ROOT"/usr/lib/linux-image-"$KVER"/broadcom/bcm2711-*.dtb "$BOOT/"
+  for dtb in bcm2837-rpi-3-b bcm2837-rpi-3-b-plus bcm2837-rpi-zero-2-w bcm2711-rpi-4-b bcm2711-rpi-400 bcm2711-rpi-cm4-io; do
+    [ -f "$BOOT/$dtb.dtb" ] || { echo "image/build.sh: the kernel has no $dtb.dtb" >&2; exit 1; }
+  done
   mkdir -p "$BOOT/overlays"
   cp "$ROOT"/usr/lib/raspi-firmware/overlays/* "$BOOT/overlays/" 2>/dev/null || true
   cp "$HERE/bootfs/config.txt" "$BOOT/config.txt"
