@@ -12,10 +12,17 @@ STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS = clang lld python3-venv python3-dev openssl
 # Only the tests need these: Debian's chromium for the fleet page's browser test (Playwright drives
-# it; no browser is downloaded).
-TEST_APT_PKGS = chromium
+# it; no browser is downloaded), nix-instantiate to parse the Nix files, systemd-analyze for the unit.
+TEST_APT_PKGS = chromium nix-bin systemd
+# Only for the images (make image, image-amd64, image-boot*, image-test), never for make run.
+IMAGE_APT_PKGS = mmdebstrap qemu-user-static qemu-system-x86 qemu-system-arm qemu-utils genimage \
+  systemd-container dosfstools mtools fdisk e2fsprogs xz-utils bmap-tools arch-test binfmt-support
+VERSION = $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' edge/__init__.py)
+WHEEL   = dist/edge_runtime-$(VERSION)-py3-none-any.whl
+IMAGE_OUT ?= image/out
 
-.PHONY: setup system-deps test-deps components run test check bench bench-fleet fuzz clean
+.PHONY: setup system-deps test-deps image-deps components run test check bench bench-fleet fuzz clean \
+  wheel image image-amd64 image-boot image-boot-amd64 image-test
 
 setup: $(STAMP) components
 
@@ -26,7 +33,7 @@ system-deps:
 	fi
 
 test-deps:
-	@if ! command -v chromium >/dev/null; then \
+	@if ! command -v chromium >/dev/null || ! command -v nix-instantiate >/dev/null || ! command -v systemd-analyze >/dev/null; then \
 	  echo "installing test packages: $(TEST_APT_PKGS)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(TEST_APT_PKGS) >/dev/null; \
 	fi
@@ -68,5 +75,43 @@ FUZZ_MINUTES ?= 10
 fuzz: setup
 	PYTHONPATH=$(CURDIR) $(BIN)/python tests/wasm/fuzz.py --minutes $(FUZZ_MINUTES)
 
+# The wheel (docs/install.md): the runtime with its built components and docs, for every board.
+wheel: setup
+	rm -f $(WHEEL)
+	$(BIN)/python -m build --wheel --outdir dist .
+
+image-deps:
+	@if ! command -v mmdebstrap >/dev/null || ! command -v qemu-system-aarch64 >/dev/null \
+	    || ! command -v qemu-system-x86_64 >/dev/null || ! command -v mcopy >/dev/null \
+	    || ! command -v mkfs.vfat >/dev/null || ! command -v bmaptool >/dev/null \
+	    || ! [ -e /usr/libexec/qemu-binfmt/aarch64-binfmt-P ]; then \
+	  echo "installing image packages: $(IMAGE_APT_PKGS)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(IMAGE_APT_PKGS) >/dev/null; \
+	fi
+
+# The Raspberry Pi SD-card image (arm64): $(IMAGE_OUT)/edge-arm64.img, .img.xz and .bmap.
+image: wheel image-deps
+	$(SUDO) image/build.sh arm64 $(WHEEL) $(IMAGE_OUT)
+	xz -T0 -6 -k -f $(IMAGE_OUT)/edge-arm64.img
+	bmaptool create -o $(IMAGE_OUT)/edge-arm64.img.bmap $(IMAGE_OUT)/edge-arm64.img
+
+# The same recipe for amd64 (the variant CI boots under qemu-system-x86_64).
+image-amd64: wheel image-deps
+	$(SUDO) image/build.sh amd64 $(WHEEL) $(IMAGE_OUT)
+
+# Boot the built images under qemu (software emulation) and print the self-test's lines.
+image-boot-amd64: image-deps
+	cp --sparse=always $(IMAGE_OUT)/edge-amd64.img $(IMAGE_OUT)/boot-amd64.img
+	image/boot-qemu.sh amd64 $(IMAGE_OUT)/boot-amd64.img $(IMAGE_OUT)/boot-amd64.log 900
+
+# The Pi image under qemu-system-aarch64 -M raspi3b (slow; not part of CI).
+image-boot: image-deps
+	cp --sparse=always $(IMAGE_OUT)/edge-arm64.img $(IMAGE_OUT)/boot-arm64.img
+	image/boot-qemu.sh arm64 $(IMAGE_OUT)/boot-arm64.img $(IMAGE_OUT)/boot-arm64.log 1800
+
+# CI's image test: build the amd64 image with the recipe and prove that it boots (image/test_boot.py).
+image-test: wheel image-deps
+	$(SUDO) env EDGE_WHEEL=$(WHEEL) $(BIN)/pytest -q -p no:cacheprovider image/test_boot.py
+
 clean:
-	rm -rf $(VENV) components/build
+	rm -rf $(VENV) components/build dist $(IMAGE_OUT)

@@ -22,7 +22,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edge import __version__
+
     parser = argparse.ArgumentParser(prog="edge", description="A lean ECS runtime for single-board computers.")
+    parser.add_argument("--version", action="version", version=f"edge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the device (no --config: the embedded demo)")

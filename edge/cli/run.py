@@ -13,6 +13,7 @@ from edge import logs
 from edge.cli import memory
 from edge.config import DeviceConfig, embedded_default, load_config
 from edge.runtime import Runtime, run_until_signal
+from edge.service.notify import Notifier
 
 log = logging.getLogger("edge.cli.run")
 
@@ -37,17 +38,36 @@ async def run(args: argparse.Namespace) -> int:
         cfg = embedded_default(data_dir=data_dir, drones=args.drones)
     logs.configure(args.log_level or cfg.log_level, json_lines=args.json_logs or cfg.log_json)
     runtime = demo_runtime(cfg, view=not args.quiet) if cfg.demo else Runtime(cfg)
+    notifier = Notifier.from_env()  # systemd's Type=notify (edge/service/notify.py); inert without it
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            notifier.stopping()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     loop.add_signal_handler(signal.SIGHUP, runtime.reload_policy)
-    trim = loop.create_task(_trim_when_settled(runtime), name="edge.cli.trim")
+    tasks = [
+        loop.create_task(_trim_when_settled(runtime), name="edge.cli.trim"),
+        loop.create_task(notifier.ready_when(lambda: runtime.started_at is not None,
+                                             lambda: _ready_status(runtime)), name="edge.cli.ready"),
+        loop.create_task(notifier.feed_watchdog(), name="edge.cli.watchdog"),
+    ]
     try:
         await run_until_signal(runtime, stop)
     finally:
-        trim.cancel()
+        for task in tasks:
+            task.cancel()
+        notifier.close()
     return 0
+
+
+def _ready_status(runtime: Runtime) -> str:
+    ready = f" in {runtime.ready_s:.1f} s" if runtime.ready_s is not None else ""
+    return f"device {runtime.device} ready{ready}"
 
 
 async def _trim_when_settled(runtime: Runtime) -> None:

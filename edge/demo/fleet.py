@@ -28,10 +28,14 @@ DEMO_HW_ENTITY = "drone-0"  # the demo drone whose components come from emulated
 
 
 def components_dir() -> Path:
-    """Where the built-in components live: $EDGE_COMPONENTS_DIR, else the source tree's components/."""
+    """Where the built-in components live: $EDGE_COMPONENTS_DIR, else the ones built into the
+    installed wheel (``edge/data/components``), else the source tree's components/."""
     env = os.environ.get("EDGE_COMPONENTS_DIR")
     if env:
         return Path(env)
+    packaged = Path(__file__).resolve().parents[1] / "data" / "components"
+    if packaged.is_dir():
+        return packaged
     return Path(__file__).resolve().parents[2] / "components"
 
 

@@ -25,9 +25,13 @@ HEADING_RE = re.compile(r"^(#{1,4})\s+(.*)$")
 INSTALL_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
+PACKAGED_DOCS = Path(__file__).resolve().parent.parent / "data" / "docs"  # a wheel's copy (setup.py)
+
+
 def default_documents() -> tuple[Path, ...]:
-    """The install's ``docs/`` and ``README.md`` (a source checkout); none on a wheel install."""
-    return tuple(p for p in (INSTALL_ROOT / "docs", INSTALL_ROOT / "README.md") if p.exists())
+    """A source checkout's ``docs/`` and ``README.md``, else the docs a wheel carries in ``edge/data/docs``."""
+    found = tuple(p for p in (INSTALL_ROOT / "docs", INSTALL_ROOT / "README.md") if p.exists())
+    return found or ((PACKAGED_DOCS,) if PACKAGED_DOCS.is_dir() else ())
 
 
 def files(paths: Iterable[Path]) -> list[Path]:
