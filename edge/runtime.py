@@ -295,6 +295,10 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
     layers.append(AgentHost(cfg.agents, wasm_agents=sandbox.wasm_agents))
     layers.extend(extra_layers)
     layers.append(sandbox)
+    if cfg.ota is not None:  # after the sandbox: it swaps components in it (docs/ota.md)
+        from edge.ota.layer import OtaLayer
+
+        layers.append(OtaLayer(cfg.ota, sandbox))
     return layers
 
 

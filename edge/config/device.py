@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the section modules import the reader (edge.config.table): 
     from edge.agents.config import AgentSpec
     from edge.agents.tools.permissions import ToolsConfig
     from edge.inference.config import ModelSpec, VisionSpec
+    from edge.ota.config import OtaConfig
     from edge.safety.config import SafetyConfig
     from edge.sync.device.config import SyncConfig
     from edge.sync.device.leaf import HubLink
@@ -115,6 +116,7 @@ class DeviceConfig:
     hub: HubLink | None = None  # leaf-node uplink; None = standalone
     sync: SyncConfig = field(default_factory=lambda: _sync_default())  # device stream limits
     safety: SafetyConfig = field(default_factory=lambda: _safety_default())  # the motion envelope
+    ota: OtaConfig | None = None  # [ota] signed over-the-air updates (docs/ota.md); None = off
     demo: bool = False
     demo_drones: int = 0
 
@@ -249,6 +251,9 @@ def parse_config(
     cfg.hub = read_hub(top.table("hub"))
     cfg.sync = read_sync(top.table("sync"))
     cfg.safety = read_safety(top.table("safety"))
+    from edge.ota.config import read_ota
+
+    cfg.ota = read_ota(top.table("ota"))
 
     demo = top.table("demo")
     cfg.demo_drones = demo.integer("drones", 0, lo=0)

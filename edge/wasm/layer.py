@@ -106,6 +106,8 @@ class SandboxLayer:
         self.pool: SandboxPool | None = None
         self._ctx: DeviceContext | None = None
         self._kv: KeyValue | None = None
+        # [ota] called with (component, fault) after each fault is recorded (edge.ota probation)
+        self.fault_listeners: list[Callable[[str, SandboxError], None]] = []
 
     @property
     def ctx(self) -> DeviceContext:
@@ -293,6 +295,11 @@ class SandboxLayer:
         if ctx is not None:
             body = json.dumps({"component": component, **fault.to_dict()}).encode()
             ctx.events.emit(subjects.event(ctx.device, "runtime", "fault"), body)
+        for listener in list(self.fault_listeners):  # [ota] probation watches faults
+            try:
+                listener(component, fault)
+            except Exception:
+                log.exception("fault listener failed for component '%s'", component)
 
     def _record_fault(self, component: str, kind: str, message: str, **extra: Any) -> None:
         self.faults.append({"t": time.time(), "component": component, "kind": kind, "message": message, **extra})

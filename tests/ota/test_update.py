@@ -1,0 +1,133 @@
+"""Signed component updates end to end: a real nats-server holding the fleet's store, a real
+runtime with real wasm, python-tuf verifying (docs/ota.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from edge.ota import hub, repo as fleet
+from edge.ota.store import STATE_FILE
+from edge.runtime import Runtime
+
+from support import TRAP_CODE, component, device_config, ota_status, publish_component, versions, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+async def fleet_repo(tmp_path: Path, nc: Client) -> Path:
+    repo = tmp_path / "fleet"
+    fleet.keygen(repo)
+    for v in ("1.0.0", "2.0.0"):
+        publish_component(repo, tmp_path, component(tmp_path / "src", "blink", v))
+    publish_component(repo, tmp_path, component(tmp_path / "src", "blink", "3.0.0", TRAP_CODE))
+    await fleet.upload(nc.jetstream(), repo)
+    return repo
+
+
+@pytest.fixture
+async def events(nc: Client) -> AsyncIterator[list[dict[str, Any]]]:
+    got: list[dict[str, Any]] = []
+
+    async def on(msg: Any) -> None:
+        got.append({"kind": msg.subject.rsplit(".", 1)[-1], **json.loads(msg.data)})
+
+    sub = await nc.subscribe("edge.dev1.evt.ota.>", cb=on)
+    yield got
+    await sub.unsubscribe()
+
+
+@pytest.fixture
+async def device(tmp_path: Path, nats_url: str, fleet_repo: Path) -> AsyncIterator[Runtime]:
+    rt = Runtime(device_config(tmp_path, nats_url, fleet_repo / "metadata" / "1.root.json"))
+    await rt.start()
+    try:
+        yield rt
+    finally:
+        await rt.stop()
+
+
+async def test_update_is_verified_activated_and_committed(device: Runtime, nc: Client,
+                                                          events: list[dict[str, Any]]) -> None:
+    js = nc.jetstream()
+    await hub.set_desired(js, "dev1", "r1", {"blink": "1.0.0"})
+    await wait_for(lambda: ota_status(device)["revision"] == "r1")
+    assert versions(device) == {"blink": "1.0.0"}
+    await hub.set_desired(js, "dev1", "r2", {"blink": "2.0.0"})
+    # runs on probation before the commit
+    await wait_for(lambda: ota_status(device)["probation"] is not None and versions(device) == {"blink": "2.0.0"})
+    await wait_for(lambda: ota_status(device)["revision"] == "r2")
+    assert ota_status(device)["probation"] is None
+    state = json.loads((device.config.data_dir / "ota" / STATE_FILE).read_text())
+    assert state["active"]["blink"]["version"] == "2.0.0"
+    await wait_for(lambda: sum(e["kind"] == "committed" for e in events) == 2)
+    report = await hub.get_report(js, "dev1")
+    assert report is not None and report["active"] == {"blink": "2.0.0"} and report["revision"] == "r2"
+
+
+async def test_trap_on_probation_rolls_back_and_marks_bad(device: Runtime, nc: Client,
+                                                          events: list[dict[str, Any]]) -> None:
+    js = nc.jetstream()
+    await hub.set_desired(js, "dev1", "r1", {"blink": "2.0.0"})
+    await wait_for(lambda: ota_status(device)["revision"] == "r1")
+    await hub.set_desired(js, "dev1", "r2", {"blink": "3.0.0"})
+    await wait_for(lambda: ota_status(device)["rolled_back"] == 1)
+    assert versions(device) == {"blink": "2.0.0"}
+    st = ota_status(device)
+    assert st["revision"] == "r1" and "blink@3.0.0" in st["bad"] and "trap" in st["bad"]["blink@3.0.0"]
+    await wait_for(lambda: any(e["kind"] == "rolled_back" for e in events))
+    rolled = [e for e in events if e["kind"] == "rolled_back"][0]
+    assert rolled["revision"] == "r2" and "trap" in rolled["reason"]
+    passes = st["reconciles"]
+    await wait_for(lambda: ota_status(device)["reconciles"] >= passes + 5)
+    assert ota_status(device)["rolled_back"] == 1  # the bad version is not tried again
+    report = await hub.get_report(js, "dev1")
+    assert report is not None and "blink@3.0.0" in report["bad"]
+
+
+async def test_restart_during_probation_resumes_it(tmp_path: Path, nats_url: str, fleet_repo: Path,
+                                                   nc: Client) -> None:
+    root = fleet_repo / "metadata" / "1.root.json"
+    js = nc.jetstream()
+    await hub.set_desired(js, "dev1", "r1", {"blink": "1.0.0"})
+    rt = Runtime(device_config(tmp_path, nats_url, root, probation_s=30.0))
+    await rt.start()
+    try:
+        await wait_for(lambda: ota_status(rt)["probation"] is not None)
+    finally:
+        await rt.stop()
+    rt = Runtime(device_config(tmp_path, nats_url, root, probation_s=1.0))
+    await rt.start()
+    try:
+        assert versions(rt) == {"blink": "1.0.0"}  # running again before the hub is asked anything
+        await wait_for(lambda: ota_status(rt)["revision"] == "r1", timeout=40)
+    finally:
+        await rt.stop()
+
+
+async def test_device_starts_offline_with_what_it_committed(tmp_path: Path, nats_url: str,
+                                                            fleet_repo: Path, nc: Client) -> None:
+    root = fleet_repo / "metadata" / "1.root.json"
+    await hub.set_desired(nc.jetstream(), "dev1", "r1", {"blink": "2.0.0"})
+    rt = Runtime(device_config(tmp_path, nats_url, root, probation_s=0.2))
+    await rt.start()
+    try:
+        await wait_for(lambda: ota_status(rt)["revision"] == "r1")
+    finally:
+        await rt.stop()
+    # the hub's store is gone (offline): the device still comes up with blink 2.0.0
+    await nc.jetstream().delete_object_store(fleet.OTA_BUCKET)
+    rt = Runtime(device_config(tmp_path, nats_url, root, probation_s=0.2))
+    await rt.start()
+    try:
+        assert versions(rt) == {"blink": "2.0.0"}
+    finally:
+        await rt.stop()
