@@ -262,7 +262,11 @@ class OtaLayer:
             if have is not None and have.version == version:
                 continue
             tpath = target_path("component", name, version)
-            verified = await self.trust.fetch(tpath, store.part_path("download"))
+            part = store.part_path("download")
+            try:
+                verified = await self.trust.fetch(tpath, part)
+            finally:
+                part.unlink(missing_ok=True)  # the verified bytes are kept under their digest
             custom = verified.custom
             if custom.get("name") != name or custom.get("version") != version or custom.get("kind") != "component":
                 raise OtaError(f"artifact {tpath} is signed as {custom.get('kind')}/{custom.get('name')}/"

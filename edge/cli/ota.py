@@ -1,0 +1,111 @@
+"""``edge ota`` (fleet side: keygen, publish, rotate, upload, desire, report) and the ``ota``
+lines of ``edge status``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+
+def status_lines(ota: dict[str, Any] | None) -> list[str]:
+    """The ``ota`` lines of ``edge status``: versions, the probation, the last error."""
+    if not ota:
+        return []
+    active = ", ".join(f"{k} {v}" for k, v in ota.get("active", {}).items()) or "nothing"
+    lines = [f"ota    revision {ota.get('revision') or '-'}: {active}"]
+    prob = ota.get("probation")
+    if prob:
+        lines.append(f"       on probation: revision {prob['revision']}, {prob['remaining_s']} s left")
+    for key, reason in (ota.get("bad") or {}).items():
+        lines.append(f"       bad {key}: {reason}")
+    err = ota.get("last_error")
+    if err:
+        lines.append(f"       update refused ({err.get('reason')}): {err.get('message')}")
+    return lines
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("ota", help="signed over-the-air updates (docs/ota.md)")
+    s = p.add_subparsers(dest="ota_cmd", required=True)
+    k = s.add_parser("keygen", help="create a fleet repository: keys and root metadata")
+    k.add_argument("--repo", default="fleet")
+    k.add_argument("--threshold", action="append", default=[], metavar="ROLE=N",
+                   help="signatures a role needs (keys made), e.g. root=2")
+    pub = s.add_parser("publish", help="sign a component (its manifest.toml) as a new target")
+    pub.add_argument("path")
+    pub.add_argument("--version", required=True)
+    pub.add_argument("--repo", default="fleet")
+    r = s.add_parser("rotate", help="replace a role's keys in a new root version")
+    r.add_argument("role")
+    r.add_argument("--repo", default="fleet")
+    r.add_argument("--count", type=int, default=1)
+    u = s.add_parser("upload", help="copy metadata and targets into the hub's object store")
+    u.add_argument("--repo", default="fleet")
+    u.add_argument("--hub", default="nats://127.0.0.1:4222")
+    d = s.add_parser("desire", help="set what a device should run: NAME=VERSION ...")
+    d.add_argument("device")
+    d.add_argument("revision")
+    d.add_argument("components", nargs="*")
+    d.add_argument("--hub", default="nats://127.0.0.1:4222")
+    rep = s.add_parser("report", help="what a device reports it runs")
+    rep.add_argument("device")
+    rep.add_argument("--hub", default="nats://127.0.0.1:4222")
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge.ota import repo as fleet
+    from edge.ota.bundle import pack
+    from edge.ota.errors import OtaError
+
+    cmd = args.ota_cmd
+    if cmd == "keygen":
+        th: dict[str, int] = {}
+        for item in args.threshold:
+            role, _, n = item.partition("=")
+            if role not in fleet.ROLES or not n.isdigit() or int(n) < 1:
+                raise OtaError(f"--threshold {item!r}: use ROLE=N with a role of {', '.join(fleet.ROLES)}")
+            th[role] = int(n)
+        fleet.keygen(args.repo, thresholds=th)
+        print(f"fleet repository in {args.repo}; give devices {args.repo}/metadata/1.root.json as ota.root")
+        return 0
+    if cmd == "publish":
+        data, meta = pack(Path(args.path))
+        if str(meta["version"]) != args.version:
+            raise OtaError(f"{args.path} says version {meta['version']}, not {args.version}")
+        tpath = fleet.publish(args.repo, data, kind="component", name=str(meta["name"]),
+                              version=args.version, custom={"contract": meta["contract"]})
+        print(f"signed {tpath} ({len(data)} bytes)")
+        return 0
+    if cmd == "rotate":
+        print(f"root version {fleet.rotate(args.repo, args.role, count=args.count)}")
+        return 0
+    return asyncio.run(_remote(args))
+
+
+async def _remote(args: argparse.Namespace) -> int:
+    import nats
+
+    from edge.ota import hub, repo as fleet
+    from edge.ota.errors import OtaError
+
+    nc = await nats.connect(args.hub, connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        if args.ota_cmd == "upload":
+            print(f"{await fleet.upload(js, args.repo)} objects written")
+        elif args.ota_cmd == "desire":
+            comps: dict[str, str] = {}
+            for item in args.components:
+                name, _, version = item.partition("=")
+                if not name or not version:
+                    raise OtaError(f"{item!r}: use NAME=VERSION")
+                comps[name] = version
+            await hub.set_desired(js, args.device, args.revision, comps)
+        elif args.ota_cmd == "report":
+            print(json.dumps(await hub.get_report(js, args.device), indent=2))
+    finally:
+        await nc.close()
+    return 0
