@@ -15,7 +15,7 @@ APT_PKGS = clang lld python3-venv python3-dev
 # it; no browser is downloaded).
 TEST_APT_PKGS = chromium
 
-.PHONY: setup system-deps test-deps components run test check bench bench-fleet fuzz clean
+.PHONY: setup system-deps test-deps components run test check bench bench-fleet fuzz ota-killtest clean
 
 setup: $(STAMP) components
 
@@ -66,6 +66,11 @@ bench-fleet: setup
 FUZZ_MINUTES ?= 10
 fuzz: setup
 	PYTHONPATH=$(CURDIR) $(BIN)/python tests/wasm/fuzz.py --minutes $(FUZZ_MINUTES)
+
+# kill -9 at 100 random points of an update (docs/ota.md, Crash safety); the default suite runs 10.
+OTA_KILLS ?= 100
+ota-killtest: setup
+	EDGE_OTA_KILLS=$(OTA_KILLS) $(BIN)/pytest -q -s -p no:cacheprovider tests/ota/test_killpoints.py
 
 clean:
 	rm -rf $(VENV) components/build

@@ -4,7 +4,6 @@ lines of ``edge status``."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,7 @@ def add_parser(sub: Any) -> None:
     rep.add_argument("--hub", default="nats://127.0.0.1:4222")
 
 
-def run(args: argparse.Namespace) -> int:
+async def dispatch(args: argparse.Namespace) -> int:
     from edge.ota import repo as fleet
     from edge.ota.bundle import pack
     from edge.ota.errors import OtaError
@@ -72,9 +71,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"fleet repository in {args.repo}; give devices {args.repo}/metadata/1.root.json as ota.root")
         return 0
     if cmd == "publish":
-        data, meta = pack(Path(args.path))
-        if str(meta["version"]) != args.version:
-            raise OtaError(f"{args.path} says version {meta['version']}, not {args.version}")
+        data, meta = pack(Path(args.path), version=args.version)
         tpath = fleet.publish(args.repo, data, kind="component", name=str(meta["name"]),
                               version=args.version, custom={"contract": meta["contract"]})
         print(f"signed {tpath} ({len(data)} bytes)")
@@ -82,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "rotate":
         print(f"root version {fleet.rotate(args.repo, args.role, count=args.count)}")
         return 0
-    return asyncio.run(_remote(args))
+    return await _remote(args)
 
 
 async def _remote(args: argparse.Namespace) -> int:

@@ -20,12 +20,13 @@ from edge.wasm.manifest import MAX_MANIFEST_BYTES, MAX_MODULE_BYTES
 MANIFEST = "manifest.toml"
 MODULE = "module.wasm"
 _MODULE_LINE = re.compile(r'^module\s*=\s*"[^"]*"\s*$', re.MULTILINE)
+_VERSION_LINE = re.compile(r'^version\s*=\s*"[^"]*"\s*$', re.MULTILINE)
 _CAPS = {MANIFEST: MAX_MANIFEST_BYTES, MODULE: MAX_MODULE_BYTES}
 
 
-def pack(manifest_path: Path) -> tuple[bytes, dict[str, object]]:
+def pack(manifest_path: Path, *, version: str | None = None) -> tuple[bytes, dict[str, object]]:
     """The artifact of the component at ``manifest_path`` and what its manifest says
-    (name, version, contract)."""
+    (name, version, contract); ``version`` replaces the manifest's ``version`` in the bundle."""
     text = manifest_path.read_text()
     try:
         raw = tomllib.loads(text)
@@ -39,6 +40,12 @@ def pack(manifest_path: Path) -> tuple[bytes, dict[str, object]]:
     if count != 1:
         raise OtaError(f"{manifest_path}: write 'module = \"...\"' on one line of its own to publish it",
                        reason="invalid")
+    if version is not None:
+        new_text, count = _VERSION_LINE.subn(f'version = "{version}"', new_text)
+        if count != 1:
+            raise OtaError(f"{manifest_path}: write 'version = \"...\"' on one line of its own to publish "
+                           "it with --version", reason="invalid")
+        raw["version"] = version
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, data in ((MANIFEST, new_text.encode()), (MODULE, module.read_bytes())):
