@@ -22,7 +22,6 @@ DEFAULT_PROBATION_S = 60.0
 DEFAULT_POLL_S = 10.0
 DEFAULT_MAX_BOOTS = 3
 DESIRED_BUCKET = "edge-ota-desired"  # hub KV: key = device id -> desired state JSON
-REPORTS_BUCKET = "edge-ota-reports"  # hub KV: key = device id -> what the device runs
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,6 @@ class OtaConfig:
     max_boots: int = DEFAULT_MAX_BOOTS
     bucket: str = "edge-ota"
     desired_bucket: str = DESIRED_BUCKET
-    reports_bucket: str = REPORTS_BUCKET
 
 
 def read_ota(t: Table) -> OtaConfig | None:

@@ -1,7 +1,8 @@
 """The hub side of desired state: what each device should run, and what it reports it runs.
 
-Both are JetStream KV buckets on the hub (``edge-ota-desired``, ``edge-ota-reports``), keyed by
-device id; devices read and write them through their leaf link (the hub's JetStream domain).
+Desired state is the hub's KV bucket ``edge-ota-desired`` (key = device id), read by each device
+through its leaf link (the hub's JetStream domain). Reports are device events
+(``edge.<device>.evt.ota.report``) the uplink carries into the hub's ``EVT_<device>``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 from typing import Any
 
 from edge.nats import subjects
-from edge.ota.config import DESIRED_BUCKET, REPORTS_BUCKET
+from edge.ota.config import DESIRED_BUCKET
 from edge.ota.errors import OtaError
 
 
@@ -20,7 +21,7 @@ async def _kv(js: Any, bucket: str) -> Any:
     try:
         return await js.key_value(bucket)
     except BucketNotFoundError:
-        return await js.create_key_value(bucket=bucket, history=1)
+        return await js.create_key_value(bucket=bucket, history=1, direct=True)
 
 
 async def set_desired(js: Any, device: str, revision: str, components: dict[str, str]) -> None:
@@ -44,15 +45,53 @@ async def get_desired(js: Any, device: str) -> dict[str, Any] | None:
 
 
 async def get_report(js: Any, device: str) -> dict[str, Any] | None:
-    """What ``device`` last reported (None if it never did)."""
-    from nats.js.errors import KeyNotFoundError
+    """What ``device`` last reported (None if it never did): the last
+    ``edge.<device>.evt.ota.report`` in the hub's ``EVT_<device>`` (or, on a device's own
+    server, its ``EVT`` stream)."""
+    from nats.js.errors import NotFoundError
 
-    kv = await _kv(js, REPORTS_BUCKET)
-    try:
-        entry = await kv.get(device)
-    except KeyNotFoundError:
-        return None
-    try:
-        return dict(json.loads(entry.value or b"{}"))
-    except ValueError:
-        return None
+    subject = subjects.event(device, "ota", "report")
+    for stream in (subjects.hub_stream(subjects.EVT_STREAM, device), subjects.EVT_STREAM):
+        try:
+            msg = await js.get_last_msg(stream, subject)
+        except NotFoundError:
+            continue
+        try:
+            return dict(json.loads(msg.data or b"{}"))
+        except ValueError:
+            return None
+    return None
+
+
+def ota_inbox(device: str) -> str:
+    """The inbox prefix of a device's update connection: replies and object-store deliveries
+    from the hub come back on the device's own subjects, which its leaf login may receive."""
+    return f"{subjects.device_prefix(device)}.ota.inbox"
+
+
+def ota_permissions(device: str, hub_domain: str = subjects.HUB_DOMAIN, *,
+                    bucket: str = "edge-ota") -> dict[str, list[str]]:
+    """What a device's leaf login needs on the hub for updates: read the fleet's object store,
+    read its own desired state, write its own report. Nothing else (no other device's keys)."""
+    d = subjects.check_device_id(device)
+    api = subjects.js_api(hub_domain)
+    obj = f"OBJ_{bucket}"
+    return {
+        "publish": [
+            f"{api}.STREAM.INFO.{obj}",
+            f"{api}.STREAM.MSG.GET.{obj}",  # object info (the metadata message of one name)
+            f"{api}.DIRECT.GET.{obj}.>",
+            f"{api}.CONSUMER.CREATE.{obj}",  # an ordered consumer over one object's chunks
+            f"{api}.CONSUMER.CREATE.{obj}.>",
+            f"{api}.CONSUMER.DELETE.{obj}.>",
+            f"$JS.FC.{obj}.>",
+            f"{api}.STREAM.INFO.KV_{DESIRED_BUCKET}",
+            f"{api}.DIRECT.GET.KV_{DESIRED_BUCKET}.$KV.{DESIRED_BUCKET}.{d}",
+        ],
+        "subscribe": [],  # replies and deliveries arrive under ota_inbox(device), in edge.<d>.>
+    }
+
+
+async def ensure_buckets(js: Any) -> None:
+    """Create the desired-state and report buckets (the hub's side owns them)."""
+    await _kv(js, DESIRED_BUCKET)

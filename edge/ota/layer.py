@@ -10,8 +10,8 @@ Key components
   probation: a sandbox fault (trap, out of gas, deadline kill, crash, failed init) or a tick over
   ``tick_budget_ms`` rolls the whole bundle back and marks its versions bad (reconciliation does
   not retry them); a probation that runs its time is committed. Each outcome is an event
-  (``edge.<device>.evt.ota.<committed|rolled_back|refused>``) and a report in the hub's KV
-  ``edge-ota-reports`` (key = device id).
+  (``edge.<device>.evt.ota.<committed|rolled_back|refused>``), and what the device runs is
+  reported on ``edge.<device>.evt.ota.report`` (the hub reads it from ``EVT_<device>``).
 
 Desired state (JSON)::
 
@@ -47,6 +47,7 @@ log = logging.getLogger("edge.ota.layer")
 
 PROBATION_CHECK_S = 0.1  # how often probation looks at tick latencies and the clock
 MAX_DESIRED_BYTES = 64 * 1024  # a desired-state document larger than this is refused
+REPORT_EVERY_S = 60.0  # an unchanged report is sent again after this long
 
 
 def parse_desired(data: bytes) -> tuple[str, dict[str, str]]:
@@ -72,9 +73,11 @@ class OtaLayer:
 
     name = "ota"
 
-    def __init__(self, cfg: OtaConfig, sandbox: SandboxLayer) -> None:
+    def __init__(self, cfg: OtaConfig, sandbox: SandboxLayer, *, credentials: str | None = None) -> None:
         self.cfg = cfg
         self.sandbox = sandbox
+        self.credentials = credentials  # the device's NATS login (an external server's .creds)
+        self._nc: Any = None
         self.state = OtaState()
         self.store: Store | None = None
         self.trust: TrustClient | None = None
@@ -84,6 +87,9 @@ class OtaLayer:
         self.last_switch_ms: float | None = None  # the last swap in the sandbox (unload + load)
         self.last_rollback_ms: float | None = None  # from a fault on probation to the previous running
         self._fault_at: float | None = None
+        self.hub_error: str | None = None  # why the last pass could not reach the hub's store
+        self._last_report = ""
+        self._last_report_at = 0.0
         self._ctx: DeviceContext | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._wake = asyncio.Event()
@@ -106,7 +112,7 @@ class OtaLayer:
         self.store = Store(ctx.data_dir / "ota")
         self.state = self.store.open()
         root = self.cfg.root.read_bytes() if self.cfg.root is not None else None
-        self._hub_js = ctx.nc.jetstream(domain=self.cfg.hub_domain or None)
+        self._hub_js = None  # the update connection is opened by the first reconcile pass
         self.sandbox.fault_listeners.append(self._on_fault)
         prob = self.state.probation
         if prob is not None:
@@ -130,6 +136,13 @@ class OtaLayer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.close(), 5.0)
+            self._nc = None
+            self._hub_js = None
+            self._hub_kv.clear()
+            self.trust = None
         self._probation_task = None
         with contextlib.suppress(ValueError):
             self.sandbox.fault_listeners.remove(self._on_fault)
@@ -145,6 +158,7 @@ class OtaLayer:
             "bytes_in": self.trust.bytes_in if self.trust else 0,
             "last_switch_ms": self.last_switch_ms,
             "last_rollback_ms": self.last_rollback_ms,
+            "hub_error": self.hub_error,
             **self.counters,
         }
         if prob is not None:
@@ -167,7 +181,9 @@ class OtaLayer:
             try:
                 await self._pass(root)
                 failures = 0
+                self.hub_error = None
             except OtaError as err:
+                self.hub_error = err.message if err.reason == "download" else None
                 if err.reason == "download":
                     failures += 1
                     delay = min(delay, backoff.delay(failures - 1))
@@ -176,20 +192,41 @@ class OtaLayer:
             except Exception as err:  # noqa: BLE001  the hub may be away: retried, never fatal
                 failures += 1
                 self.counters["hub_errors"] += 1
+                self.hub_error = f"{type(err).__name__}: {err}"
                 delay = min(delay, backoff.delay(failures - 1))
-                log.debug("reconcile: %s: %s", type(err).__name__, err)
+                log.debug("reconcile: %s", self.hub_error)
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
+    async def _connect(self) -> Any:
+        """The hub's JetStream through the device's server, on a connection of its own whose
+        inbox is under the device's subjects (:func:`edge.ota.hub.ota_inbox`): the only replies
+        a device's leaf login receives from the hub."""
+        if self._hub_js is None:
+            import nats
+
+            from edge.ota.hub import ota_inbox
+
+            url = self.ctx.nc.connected_url
+            if url is None:
+                raise OtaError("the device's NATS is not connected", reason="download")
+            self._nc = await nats.connect(url.geturl(), name=f"edge-ota-{self.ctx.device}",
+                                          inbox_prefix=ota_inbox(self.ctx.device),
+                                          user_credentials=self.credentials, connect_timeout=5,
+                                          max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+            self._hub_js = self._nc.jetstream(domain=self.cfg.hub_domain or None)
+        return self._hub_js
+
     async def _kv(self, bucket: str) -> Any:
+        await self._connect()
         if bucket not in self._hub_kv:
             from nats.js.errors import BucketNotFoundError
 
             try:
                 self._hub_kv[bucket] = await self._hub_js.key_value(bucket)
-            except BucketNotFoundError:
-                self._hub_kv[bucket] = await self._hub_js.create_key_value(bucket=bucket, history=1)
+            except BucketNotFoundError as err:  # the hub creates them (edge.ota.hub)
+                raise OtaError(f"the hub has no bucket '{bucket}' yet", reason="download") from err
         return self._hub_kv[bucket]
 
     async def _desired(self) -> bytes | None:
@@ -251,7 +288,7 @@ class OtaLayer:
             from nats.js.errors import NotFoundError
 
             try:
-                obs = await self._hub_js.object_store(self.cfg.bucket)
+                obs = await (await self._connect()).object_store(self.cfg.bucket)
             except NotFoundError as err:
                 raise OtaError(f"the hub has no update store '{self.cfg.bucket}'", reason="download") from err
             self.trust = TrustClient(obs, store.tuf, root)
@@ -435,7 +472,10 @@ class OtaLayer:
 
     async def _refused(self, err: OtaError) -> None:
         self.counters["refused"] += 1
+        repeat = self.last_error is not None and self.last_error.get("message") == err.message
         self.last_error = {"t": time.time(), **err.to_dict()}
+        if repeat:  # the same refusal again (a retried download): counted, not re-announced
+            return
         log.error("update refused: %s", err.message)
         await self._outcome("refused", err.to_dict())
 
@@ -464,12 +504,20 @@ class OtaLayer:
                 "history": self.state.history[-5:]}
 
     async def _report(self) -> None:
-        try:
-            kv = await self._kv(self.cfg.reports_bucket)
-            await asyncio.wait_for(kv.put(self.ctx.device, json.dumps(self.report()).encode()), 5.0)
-        except Exception as err:  # noqa: BLE001  offline: the next pass reports again
-            self.counters["hub_errors"] += 1
-            log.debug("report not delivered: %s", err)
+        """What the device runs, as an event on ``edge.<device>.evt.ota.report``: the device's
+        EVT stream keeps it while offline and the uplink carries it into the hub's
+        ``EVT_<device>`` (where :func:`edge.ota.hub.get_report` reads the last one). Sent when it
+        changes, and at least every ``REPORT_EVERY_S``."""
+        body = self.report()
+        key = json.dumps({k: v for k, v in body.items() if k not in ("t", "reconciles", "hub_errors",
+                                                                      "refused", "bytes_in")},
+                         sort_keys=True, default=str)
+        now = time.monotonic()
+        if key == self._last_report and now - self._last_report_at < REPORT_EVERY_S:
+            return
+        self._last_report, self._last_report_at = key, now
+        ctx = self.ctx
+        ctx.events.emit(subjects.event(ctx.device, "ota", "report"), json.dumps(body, default=str).encode())
 
 
 def manifest_dir(path: Path) -> Path:

@@ -31,6 +31,15 @@ class Verified:
     custom: dict[str, Any]
 
 
+def describe(err: BaseException) -> str:
+    """One line: the exception and what caused it (python-tuf wraps fetch errors)."""
+    text = f"{type(err).__name__}: {err}"
+    cause = err.__cause__
+    if cause is not None:
+        text += f" ({type(cause).__name__}: {cause})"
+    return text
+
+
 def classify(err: BaseException) -> str:
     """The OtaError reason of one of python-tuf's exceptions."""
     from tuf.api import exceptions as e
@@ -91,7 +100,7 @@ class TrustClient:
             raise
         except Exception as err:  # noqa: BLE001  python-tuf's refusals, classified
             self._updater = None
-            raise OtaError(f"update metadata refused: {type(err).__name__}: {err}",
+            raise OtaError(f"update metadata refused: {describe(err)}",
                            artifact="metadata", reason=classify(err)) from err
 
     async def fetch(self, target: str, dest: Path) -> Verified:
@@ -115,5 +124,5 @@ class TrustClient:
             raise
         except Exception as err:  # noqa: BLE001  python-tuf's refusals, classified
             dest.unlink(missing_ok=True)
-            raise OtaError(f"artifact {target} refused: {type(err).__name__}: {err}",
+            raise OtaError(f"artifact {target} refused: {describe(err)}",
                            artifact=target, reason=classify(err)) from err

@@ -28,7 +28,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 from edge.errors import ConfigError
@@ -103,7 +103,7 @@ def device_permissions(device: str, hub_domain: str = naming.HUB_DOMAIN) -> dict
     d = naming.check_device_id(device)
     hub_api = naming.js_api(hub_domain)
     cmd = naming.hub_stream(naming.CMD_STREAM, d)
-    return {
+    return _with_ota({
         "publish": {
             "allow": [
                 f"{naming.ROOT}.{d}.>",  # its own subjects and its sourcing deliveries
@@ -127,7 +127,18 @@ def device_permissions(device: str, hub_domain: str = naming.HUB_DOMAIN) -> dict
                 f"$JS.FC.KV_{naming.STATE_BUCKET}.>",
             ]
         },
-    }
+    }, d, hub_domain)
+
+
+def _with_ota(perms: dict[str, Any], device: str, hub_domain: str) -> dict[str, Any]:
+    # [ota] a device reads the fleet's signed updates and its desired state, writes its report
+    # (edge.ota.hub.ota_permissions, docs/ota.md)
+    from edge.ota.hub import ota_permissions
+
+    extra = ota_permissions(device, hub_domain)
+    perms["publish"]["allow"] += extra["publish"]
+    perms["subscribe"]["allow"] += extra["subscribe"]
+    return perms
 
 
 def render_users(
