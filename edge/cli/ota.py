@@ -52,9 +52,57 @@ def add_parser(sub: Any) -> None:
     rep = s.add_parser("report", help="what a device reports it runs")
     rep.add_argument("device")
     rep.add_argument("--hub", default="nats://127.0.0.1:4222")
+    lab = s.add_parser("label", help="set a device's labels (what rollout selectors match): K=V ...")
+    lab.add_argument("device")
+    lab.add_argument("labels", nargs="*")
+    lab.add_argument("--hub", default="nats://127.0.0.1:4222")
+
+    ro = sub.add_parser("rollout", help="take an update across a fleet, batch by batch (docs/ota.md)")
+    rs = ro.add_subparsers(dest="rollout_cmd", required=True)
+    st = rs.add_parser("start", help="run a rollout until it completes, halts or is superseded")
+    st.add_argument("id", help="the rollout id (also the devices' desired revision)")
+    st.add_argument("components", nargs="+", metavar="NAME=VERSION")
+    st.add_argument("--selector", default="", help="device labels, k=v,k2=v2 (default: every labelled device)")
+    st.add_argument("--canary", type=int, default=1)
+    st.add_argument("--batch", type=int, default=5)
+    st.add_argument("--max-failure", type=float, default=20.0, help="percent of devices tried")
+    st.add_argument("--probation", type=float, default=None, help="seconds on probation (default: the device's)")
+    st.add_argument("--device-timeout", type=float, default=300.0, help="seconds a device may take to report")
+    st.add_argument("--hub", default="nats://127.0.0.1:4222")
+    ss = rs.add_parser("status", help="per-device progress of a rollout")
+    ss.add_argument("id", nargs="?", default="current")
+    ss.add_argument("--json", action="store_true")
+    ss.add_argument("--hub", default="nats://127.0.0.1:4222")
+
+
+def progress_bar(counts: dict[str, int], total: int, width: int = 30) -> str:
+    done = counts.get("committed", 0)
+    bad = counts.get("failed", 0) + counts.get("timed_out", 0)
+    n_done = round(width * done / total) if total else 0
+    n_bad = round(width * bad / total) if total else 0
+    return "[" + "#" * n_done + "x" * n_bad + "." * max(0, width - n_done - n_bad) + "]"
+
+
+def render_rollout(rec: Any) -> str:
+    import sys
+
+    total = len(rec.devices)
+    counts = rec.counts()
+    head = f"rollout {rec.spec['id']}: {rec.status}"
+    if sys.stdout.isatty():
+        head += "  " + progress_bar(counts, total)
+    head += "  " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f" of {total}"
+    lines = [head]
+    if rec.halt_reason:
+        lines.append(f"  {rec.halt_reason}")
+    for d, p in sorted(rec.devices.items()):
+        lines.append(f"  {d:<20} {p.state:<10} batch {p.batch if p.batch >= 0 else '-'}  {p.reason}".rstrip())
+    return "\n".join(lines)
 
 
 async def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "rollout":
+        return await _rollout(args)
     from edge.ota import repo as fleet
     from edge.ota.bundle import pack
     from edge.ota.errors import OtaError
@@ -103,6 +151,44 @@ async def _remote(args: argparse.Namespace) -> int:
             await hub.set_desired(js, args.device, args.revision, comps)
         elif args.ota_cmd == "report":
             print(json.dumps(await hub.get_report(js, args.device), indent=2))
+        elif args.ota_cmd == "label":
+            from edge.ota.rollout import parse_selector, set_labels
+
+            await set_labels(js, args.device, parse_selector(",".join(args.labels)))
     finally:
         await nc.close()
     return 0
+
+
+async def _rollout(args: argparse.Namespace) -> int:
+    import nats
+
+    from edge.ota import rollout
+    from edge.ota.errors import OtaError
+
+    nc = await nats.connect(args.hub, connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        if args.rollout_cmd == "status":
+            rec = await rollout.refresh_late(js, args.id)
+            if rec is None:
+                raise OtaError(f"no rollout {args.id!r} on the hub")
+            if args.json:
+                print(rec.to_json().decode())
+            else:
+                print(render_rollout(rec))
+            return 0
+        comps: dict[str, str] = {}
+        for item in args.components:
+            name, _, version = item.partition("=")
+            if not name or not version:
+                raise OtaError(f"{item!r}: use NAME=VERSION")
+            comps[name] = version
+        spec = rollout.RolloutSpec(args.id, rollout.parse_selector(args.selector), comps, canary=args.canary,
+                                   batch=args.batch, max_failure_pct=args.max_failure,
+                                   probation_s=args.probation, device_timeout_s=args.device_timeout)
+        rec = await rollout.run_rollout(js, spec, on_progress=lambda r: print(render_rollout(r).splitlines()[0]))
+        print(render_rollout(rec))
+        return 0 if rec.status == "completed" else 1
+    finally:
+        await nc.close()

@@ -33,6 +33,12 @@ async def set_desired(js: Any, device: str, revision: str, components: dict[str,
     await kv.put(device, json.dumps({"revision": revision, "components": components}).encode())
 
 
+async def put_desired(js: Any, device: str, desired: dict[str, Any]) -> None:
+    """Write a whole desired-state document (as a rollout does)."""
+    kv = await _kv(js, DESIRED_BUCKET)
+    await kv.put(subjects.check_device_id(device), json.dumps(desired).encode())
+
+
 async def get_desired(js: Any, device: str) -> dict[str, Any] | None:
     from nats.js.errors import KeyNotFoundError
 

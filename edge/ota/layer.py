@@ -50,8 +50,9 @@ MAX_DESIRED_BYTES = 64 * 1024  # a desired-state document larger than this is re
 REPORT_EVERY_S = 60.0  # an unchanged report is sent again after this long
 
 
-def parse_desired(data: bytes) -> tuple[str, dict[str, str]]:
-    """``(revision, {component: version})`` of a desired-state document, or an OtaError."""
+def parse_desired(data: bytes) -> tuple[str, dict[str, str], float | None]:
+    """``(revision, {component: version}, probation_s)`` of a desired-state document (a
+    rollout may set the probation time), or an OtaError."""
     if len(data) > MAX_DESIRED_BYTES:
         raise OtaError(f"desired state is {len(data)} bytes, over {MAX_DESIRED_BYTES}", reason="invalid")
     try:
@@ -65,7 +66,11 @@ def parse_desired(data: bytes) -> tuple[str, dict[str, str]]:
             subjects.is_id(k) and isinstance(v, str) and v for k, v in comps.items()):
         raise OtaError("desired state 'components' must map component names to version strings",
                        reason="invalid")
-    return raw["revision"], dict(comps)
+    probation = raw.get("probation_s")
+    if probation is not None and (not isinstance(probation, (int, float)) or not 0 <= probation <= 86400):
+        raise OtaError("desired state 'probation_s' must be a number of seconds within 0..86400",
+                       reason="invalid")
+    return raw["revision"], dict(comps), (float(probation) if probation is not None else None)
 
 
 class OtaLayer:
@@ -247,7 +252,7 @@ class OtaLayer:
             if data is None:
                 return "idle"
             try:
-                revision, wanted = parse_desired(data)
+                revision, wanted, probation_s = parse_desired(data)
             except OtaError as err:
                 self.counters["malformed"] += 1
                 await self._refused(err)
@@ -269,7 +274,7 @@ class OtaLayer:
             except OtaError as err:
                 await self._refused(err)
                 raise
-            await self._activate(revision, wanted, staged)
+            await self._activate(revision, wanted, staged, probation_s)
             return "activated"
 
     async def _pass(self, root: bytes | None) -> str:
@@ -322,11 +327,12 @@ class OtaLayer:
 
     # -- activation, probation, commit, rollback ----------------------------------------------
 
-    async def _activate(self, revision: str, wanted: dict[str, str], staged: dict[str, Entry]) -> None:
+    async def _activate(self, revision: str, wanted: dict[str, str], staged: dict[str, Entry],
+                        probation_s: float | None = None) -> None:
         old = dict(self.state.active)
         new: dict[str, Entry] = {}
         changes: dict[str, Entry | None] = {}
-        for name, version in wanted.items():
+        for name in wanted:
             new[name] = staged.get(name) or old[name]
             if name in staged:
                 changes[name] = staged[name]
@@ -335,7 +341,8 @@ class OtaLayer:
                 changes[name] = None
         previous: dict[str, Entry | None] = {n: old.get(n) for n in changes}
         self.state.active = new
-        self.state.probation = Probation(revision, time.time(), self.cfg.probation_s, changes, previous)
+        duration = self.cfg.probation_s if probation_s is None else probation_s
+        self.state.probation = Probation(revision, time.time(), duration, changes, previous)
         self._save()  # the switch: one atomic write for the whole bundle
         log.info("revision %s activated on probation (%s)", revision,
                  ", ".join(f"{n} {e.version if e else 'removed'}" for n, e in changes.items()))

@@ -29,7 +29,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ OTA_BUCKET = "edge-ota"  # hub object store holding metadata/ and targets/
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def _write_secret(path: Path, data: bytes) -> None:

@@ -83,3 +83,15 @@ def versions(rt: Runtime) -> dict[str, str]:
 
 def loads(data: bytes) -> Any:
     return json.loads(data)
+
+
+def leaf_device_config(tmp: Path, leaf_url: str, password: str, root: Path, *, device: str,
+                       probation_s: float = 0.5) -> DeviceConfig:
+    """A device with its own embedded nats-server, a leaf of the hub at ``leaf_url``."""
+    from edge.sync.device.leaf import HubLink
+
+    cfg = DeviceConfig(device=device, data_dir=tmp / f"data-{device}")
+    cfg.hub = HubLink(url=leaf_url, user=device, password=password)
+    cfg.entities.append(EntitySpec("e1", "drone", {}, {"position": {"x": 0.0}}))
+    cfg.ota = OtaConfig(root=root, hub_domain="hub", poll_s=0.2, probation_s=probation_s)
+    return cfg

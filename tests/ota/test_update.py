@@ -3,13 +3,11 @@ runtime with real wasm, python-tuf verifying (docs/ota.md)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 from nats.aio.client import Client
 
