@@ -394,29 +394,67 @@ class OtaLayer:
             self._probation_task = asyncio.create_task(self._watch_probation(), name="ota-probation")
 
     async def _watch_probation(self) -> None:
-        while True:
+        """Checks every ``PROBATION_CHECK_S``: each new component still loaded, its ticks within
+        budget (the manifest's ``health.max_tick_ms``, else ``ota.tick_budget_ms``), its declared
+        heartbeats arriving (``health.publishes``); commits once the probation has run its time.
+        Sandbox faults arrive through :meth:`_on_fault`."""
+        seen: dict[str, float] = {}
+        subs = []
+        try:
             prob = self.state.probation
             if prob is None:
                 return
-            budget = self.cfg.tick_budget_ms
+            beats: list[tuple[str, str, float]] = []
             for name, entry in prob.components.items():
                 loaded = self.sandbox.components.get(name)
-                if entry is None:
+                if entry is None or loaded is None:
                     continue
-                if loaded is None:
-                    self._probation_task = None
-                    await self._rollback(f"component {name} {entry.version} is not running")
+                for subject, every in loaded.manifest.health.publishes:
+                    beats.append((name, subject, every))
+
+                    async def on_beat(msg: Any, subject: str = subject) -> None:
+                        seen[subject] = time.monotonic()
+
+                    subs.append(await self.ctx.nc.subscribe(subject, cb=on_beat))
+            t0 = time.monotonic()
+            while True:
+                prob = self.state.probation
+                if prob is None:
                     return
-                if budget > 0 and loaded.tick is not None and loaded.tick.stats.last_ms > budget:
+                failure = self._probation_failure(prob, beats, seen, t0)
+                if failure is not None:
                     self._probation_task = None
-                    await self._rollback(f"component {name} {entry.version} ticked in "
-                                         f"{loaded.tick.stats.last_ms:.1f} ms, over its {budget:g} ms budget")
+                    await self._rollback(failure)
                     return
-            if time.time() >= prob.started + prob.duration_s:
-                self._probation_task = None
-                await self._commit()
-                return
-            await asyncio.sleep(PROBATION_CHECK_S)
+                if time.time() >= prob.started + prob.duration_s:
+                    self._probation_task = None
+                    await self._commit()
+                    return
+                await asyncio.sleep(PROBATION_CHECK_S)
+        finally:
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    def _probation_failure(self, prob: Probation, beats: list[tuple[str, str, float]],
+                           seen: dict[str, float], t0: float) -> str | None:
+        now = time.monotonic()
+        for name, entry in prob.components.items():
+            if entry is None:
+                continue
+            loaded = self.sandbox.components.get(name)
+            if loaded is None:
+                return f"component {name} {entry.version} is not running"
+            budget = loaded.manifest.health.max_tick_ms or self.cfg.tick_budget_ms
+            if budget > 0 and loaded.tick is not None and loaded.tick.stats.ticks > 0 \
+                    and loaded.tick.stats.last_ms > budget:
+                return (f"budget: component {name} {entry.version} ticked in "
+                        f"{loaded.tick.stats.last_ms:.2f} ms, over its {budget:g} ms budget")
+        for name, subject, every in beats:
+            last = seen.get(subject, t0)
+            if now - last > every:
+                return f"health: component {name} published nothing on {subject} for {every:g} s"
+        return None
 
     def _on_fault(self, component: str, fault: SandboxError) -> None:
         prob = self.state.probation

@@ -39,14 +39,28 @@ TRAP_CODE = b"\x00"  # unreachable: the tick traps
 
 
 def component(base: Path, name: str, version: str, code: bytes = OK_CODE, *, contract: int = 1,
-              tick_hz: float = 20.0) -> Path:
+              tick_hz: float = 20.0, extra: str = "", module: bytes | None = None) -> Path:
     d = base / f"{name}-{version}"
     d.mkdir(parents=True, exist_ok=True)
-    (d / "mod.wasm").write_bytes(tick_module(code))
+    (d / "mod.wasm").write_bytes(module if module is not None else tick_module(code))
     (d / "manifest.toml").write_text(
         f'name = "{name}"\nversion = "{version}"\ncontract = {contract}\nmodule = "mod.wasm"\n\n'
-        f'[query]\nread = ["position.x"]\nwrite = []\n\n[run]\ntick_hz = {tick_hz}\n')
+        f'[query]\nread = ["position.x"]\nwrite = []\n\n[run]\ntick_hz = {tick_hz}\n{extra}')
     return d / "manifest.toml"
+
+
+def init_fail_module() -> bytes:
+    """A module whose ``edge_init`` returns 1 (a failed init) and whose tick would succeed."""
+    tick_body = b"\x00\x41\x00\x0b"
+    init_body = b"\x00\x41\x01\x0b"
+    return (b"\x00asm\x01\x00\x00\x00"
+            + Section(1, _vec([b"\x60\x02\x7f\x7c\x01\x7f", b"\x60\x00\x01\x7f"])).encode()
+            + Section(3, _vec([b"\x00", b"\x01"])).encode()
+            + Section(5, _vec([b"\x00\x01"])).encode()
+            + Section(7, _vec([_export("memory", 2), _export("edge_tick", 0),
+                               encode_u32(9) + b"edge_init" + b"\x00" + encode_u32(1)])).encode()
+            + Section(10, _vec([encode_u32(len(tick_body)) + tick_body,
+                                encode_u32(len(init_body)) + init_body])).encode())
 
 
 def publish_component(repo: Path, src: Path, manifest: Path, **kw: Any) -> str:
