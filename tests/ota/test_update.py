@@ -96,17 +96,18 @@ async def test_restart_during_probation_resumes_it(tmp_path: Path, nats_url: str
     root = fleet_repo / "metadata" / "1.root.json"
     js = nc.jetstream()
     await hub.set_desired(js, "dev1", "r1", {"blink": "1.0.0"})
-    rt = Runtime(device_config(tmp_path, nats_url, root, probation_s=30.0))
+    rt = Runtime(device_config(tmp_path, nats_url, root, probation_s=6.0))
     await rt.start()
     try:
         await wait_for(lambda: ota_status(rt)["probation"] is not None)
     finally:
         await rt.stop()
-    rt = Runtime(device_config(tmp_path, nats_url, root, probation_s=1.0))
+    rt = Runtime(device_config(tmp_path, nats_url, root, probation_s=6.0))
     await rt.start()
     try:
         assert versions(rt) == {"blink": "1.0.0"}  # running again before the hub is asked anything
-        await wait_for(lambda: ota_status(rt)["revision"] == "r1", timeout=40)
+        assert ota_status(rt)["probation"] is not None  # still on probation, not committed by the restart
+        await wait_for(lambda: ota_status(rt)["revision"] == "r1", timeout=20)
     finally:
         await rt.stop()
 
@@ -129,3 +130,42 @@ async def test_device_starts_offline_with_what_it_committed(tmp_path: Path, nats
         assert versions(rt) == {"blink": "2.0.0"}
     finally:
         await rt.stop()
+
+
+async def test_key_rotation_is_followed_by_the_device(device: Runtime, nc: Client, fleet_repo: Path,
+                                                      tmp_path: Path) -> None:
+    js = nc.jetstream()
+    await hub.set_desired(js, "dev1", "r1", {"blink": "1.0.0"})
+    await wait_for(lambda: ota_status(device)["revision"] == "r1")
+    assert fleet.rotate(fleet_repo, "targets") == 2
+    assert fleet.rotate(fleet_repo, "root") == 3
+    publish_component(fleet_repo, tmp_path, component(tmp_path / "src", "blink", "4.0.0"))
+    await fleet.upload(js, fleet_repo)
+    await hub.set_desired(js, "dev1", "r2", {"blink": "4.0.0"})
+    await wait_for(lambda: ota_status(device)["revision"] == "r2")  # the device walked root 1 -> 3
+    trusted = json.loads((device.config.data_dir / "ota" / "tuf" / "root.json").read_text())
+    assert trusted["signed"]["version"] == 3
+    # a targets role signed with the retired key is refused now
+    repo = fleet.open_repo(fleet_repo)
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from securesystemslib.signer import CryptoSigner
+    from tuf.api.metadata import MetaFile
+
+    retired = sorted((fleet_repo / "keys" / "retired").glob("*targets-0.pem"))[0]
+    old_signer = CryptoSigner(load_pem_private_key(retired.read_bytes(), None))  # type: ignore[arg-type]
+    publish_component(fleet_repo, tmp_path, component(tmp_path / "src", "blink", "5.0.0"))
+    targets = repo.load("targets")
+    targets.signed.version += 1
+    repo.write(targets, "targets", signers=[old_signer])
+    snap = repo.load("snapshot")
+    snap.signed.meta["targets.json"] = MetaFile(targets.signed.version)
+    snap.signed.version += 1
+    repo.write(snap, "snapshot")
+    ts = repo.load("timestamp")
+    ts.signed.snapshot_meta = MetaFile(snap.signed.version)
+    ts.signed.version += 1
+    repo.write(ts, "timestamp")
+    await fleet.upload(js, fleet_repo)
+    await hub.set_desired(js, "dev1", "r3", {"blink": "5.0.0"})
+    await wait_for(lambda: (ota_status(device)["last_error"] or {}).get("reason") == "signature")
+    assert versions(device) == {"blink": "4.0.0"}
