@@ -39,9 +39,7 @@ class OtaConfig:
 def read_ota(t: Table) -> OtaConfig | None:
     if not t.data:
         return None
-    root = t.path("root", None)
-    if root is not None and not root.is_file():
-        raise t.error("root", f"trusted root metadata {root} does not exist")
+    root = t.path("root", None)  # read when the layer starts (a missing file is reported there)
     cfg = OtaConfig(
         root=root,
         hub_domain=t.text("hub_domain", "hub"),

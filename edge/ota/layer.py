@@ -116,7 +116,13 @@ class OtaLayer:
         self._ctx = ctx
         self.store = Store(ctx.data_dir / "ota")
         self.state = self.store.open()
-        root = self.cfg.root.read_bytes() if self.cfg.root is not None else None
+        root: bytes | None = None
+        if self.cfg.root is not None:
+            try:
+                root = self.cfg.root.read_bytes()
+            except OSError as err:  # the device still runs what it committed; updates wait
+                self.last_error = OtaError(f"cannot read the trusted root metadata {self.cfg.root}: "
+                                           f"{err.strerror}", artifact="root", reason="signature").to_dict()
         self._hub_js = None  # the update connection is opened by the first reconcile pass
         self.sandbox.fault_listeners.append(self._on_fault)
         prob = self.state.probation
@@ -374,12 +380,13 @@ class OtaLayer:
             if loaded is not None and entry is not None and loaded.manifest.version == entry.version \
                     and store.manifest(entry).resolve().parent == loaded.manifest.module.parent:
                 continue
+            since = loaded.tick.last_at if loaded is not None and loaded.tick is not None else None
             if loaded is not None:
                 await self.sandbox.unload_component(name)
             if entry is None:
                 continue
-            try:
-                await self.sandbox.load_component(str(store.manifest(entry)))
+            try:  # the new version keeps the old one's tick schedule: a short swap misses no tick
+                await self.sandbox.load_component(str(store.manifest(entry)), tick_since=since)
             except EdgeError as err:
                 log.error("component %s %s did not load: %s", name, entry.version, err.message)
                 first_error = first_error or err

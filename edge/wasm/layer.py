@@ -150,7 +150,9 @@ class SandboxLayer:
 
     # -- components ---------------------------------------------------------------------------
 
-    async def load_component(self, manifest_path: str) -> dict[str, Any]:
+    async def load_component(self, manifest_path: str, *, tick_since: float | None = None) -> dict[str, Any]:
+        """Load a component. ``tick_since`` (the last tick of the version it replaces, an update's
+        swap) continues that tick schedule (:meth:`TickLoop.start`)."""
         ctx = self.ctx
         pool = self.pool
         if pool is None:
@@ -173,7 +175,7 @@ class SandboxLayer:
         if manifest.tick_hz > 0:
             loaded.tick = TickLoop(ctx.world, WasmTickRunner(pool, manifest.name), read=manifest.read,
                                    write=manifest.write, hz=manifest.tick_hz)
-            loaded.tick.start()
+            loaded.tick.start(since=tick_since)
         if manifest.subscribe:
             name = manifest.name
 
