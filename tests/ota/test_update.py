@@ -169,3 +169,43 @@ async def test_key_rotation_is_followed_by_the_device(device: Runtime, nc: Clien
     await hub.set_desired(js, "dev1", "r3", {"blink": "5.0.0"})
     await wait_for(lambda: (ota_status(device)["last_error"] or {}).get("reason") == "signature")
     assert versions(device) == {"blink": "4.0.0"}
+
+
+async def test_bundle_is_all_or_nothing_and_unlisted_components_are_removed(
+        device: Runtime, nc: Client, fleet_repo: Path, tmp_path: Path) -> None:
+    js = nc.jetstream()
+    src = tmp_path / "src"
+    publish_component(fleet_repo, tmp_path, component(src, "other", "1.0.0"))
+    publish_component(fleet_repo, tmp_path, component(src, "other", "2.0.0", contract=99))
+    await fleet.upload(js, fleet_repo)
+    await hub.set_desired(js, "dev1", "r1", {"blink": "1.0.0", "other": "1.0.0"})
+    await wait_for(lambda: ota_status(device)["revision"] == "r1")
+    assert versions(device) == {"blink": "1.0.0", "other": "1.0.0"}
+    # blink 2.0.0 is fine but other 2.0.0 needs a contract the device lacks: neither changes
+    await hub.set_desired(js, "dev1", "r2", {"blink": "2.0.0", "other": "2.0.0"})
+    await wait_for(lambda: (ota_status(device)["last_error"] or {}).get("reason") == "contract")
+    assert versions(device) == {"blink": "1.0.0", "other": "1.0.0"} and ota_status(device)["revision"] == "r1"
+    # a component no longer listed is unloaded (and comes back on a rollback of that revision)
+    await hub.set_desired(js, "dev1", "r3", {"blink": "2.0.0"})
+    await wait_for(lambda: ota_status(device)["revision"] == "r3")
+    assert versions(device) == {"blink": "2.0.0"}
+
+
+async def test_component_kv_carries_across_the_update_and_the_rollback(device: Runtime, nc: Client) -> None:
+    js = nc.jetstream()
+    await hub.set_desired(js, "dev1", "r1", {"blink": "1.0.0"})
+    await wait_for(lambda: ota_status(device)["revision"] == "r1")
+    kv = await js.key_value("edge-components")
+    await kv.put("blink.count", b"7")  # what the component stored (its private KV)
+
+    def handed() -> dict[str, bytes]:  # the KV snapshot the running instance was started with
+        assert device.pool is not None
+        return dict(device.pool._comps["blink"].kv)
+
+    await hub.set_desired(js, "dev1", "r2", {"blink": "2.0.0"})
+    await wait_for(lambda: ota_status(device)["revision"] == "r2")
+    assert versions(device) == {"blink": "2.0.0"} and handed() == {"count": b"7"}
+    await kv.put("blink.count", b"8")  # the new version changed it
+    await hub.set_desired(js, "dev1", "r3", {"blink": "3.0.0"})  # traps: rolled back
+    await wait_for(lambda: ota_status(device)["rolled_back"] == 1 and versions(device) == {"blink": "2.0.0"})
+    assert handed() == {"count": b"8"}
