@@ -298,7 +298,8 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
     if cfg.ota is not None:  # after the sandbox: it swaps components in it (docs/ota.md)
         from edge.ota.layer import OtaLayer
 
-        layers.append(OtaLayer(cfg.ota, sandbox, credentials=cfg.nats.credentials))
+        layers.append(OtaLayer(cfg.ota, sandbox, credentials=cfg.nats.credentials,
+                              models=inference.registry if inference is not None else None))
     return layers
 
 

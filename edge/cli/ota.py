@@ -37,6 +37,11 @@ def add_parser(sub: Any) -> None:
     pub.add_argument("path")
     pub.add_argument("--version", required=True)
     pub.add_argument("--repo", default="fleet")
+    pm = s.add_parser("publish-model", help="sign a .tflite model (with a probe made from it) as a new target")
+    pm.add_argument("path")
+    pm.add_argument("--name", required=True)
+    pm.add_argument("--version", required=True)
+    pm.add_argument("--repo", default="fleet")
     r = s.add_parser("rotate", help="replace a role's keys in a new root version")
     r.add_argument("role")
     r.add_argument("--repo", default="fleet")
@@ -122,6 +127,13 @@ async def dispatch(args: argparse.Namespace) -> int:
         data, meta = pack(Path(args.path), version=args.version)
         tpath = fleet.publish(args.repo, data, kind="component", name=str(meta["name"]),
                               version=args.version, custom={"contract": meta["contract"]})
+        print(f"signed {tpath} ({len(data)} bytes)")
+        return 0
+    if cmd == "publish-model":
+        from edge.ota.models import pack_model
+
+        data = pack_model(Path(args.path).read_bytes())
+        tpath = fleet.publish(args.repo, data, kind="model", name=args.name, version=args.version)
         print(f"signed {tpath} ({len(data)} bytes)")
         return 0
     if cmd == "rotate":

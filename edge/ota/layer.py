@@ -47,6 +47,7 @@ log = logging.getLogger("edge.ota.layer")
 
 PROBATION_CHECK_S = 0.1  # how often probation looks at tick latencies and the clock
 MAX_DESIRED_BYTES = 64 * 1024  # a desired-state document larger than this is refused
+MODEL_PREFIX = "model:"  # models share the pointer file with components under this prefix
 REPORT_EVERY_S = 60.0  # an unchanged report is sent again after this long
 
 
@@ -66,6 +67,11 @@ def parse_desired(data: bytes) -> tuple[str, dict[str, str], float | None]:
             subjects.is_id(k) and isinstance(v, str) and v for k, v in comps.items()):
         raise OtaError("desired state 'components' must map component names to version strings",
                        reason="invalid")
+    models = raw.get("models", {})
+    if not isinstance(models, dict) or not all(
+            subjects.is_id(k) and isinstance(v, str) and v for k, v in models.items()):
+        raise OtaError("desired state 'models' must map model names to version strings", reason="invalid")
+    comps = {**comps, **{f"{MODEL_PREFIX}{k}": v for k, v in models.items()}}
     probation = raw.get("probation_s")
     if probation is not None and (not isinstance(probation, (int, float)) or not 0 <= probation <= 86400):
         raise OtaError("desired state 'probation_s' must be a number of seconds within 0..86400",
@@ -78,9 +84,12 @@ class OtaLayer:
 
     name = "ota"
 
-    def __init__(self, cfg: OtaConfig, sandbox: SandboxLayer, *, credentials: str | None = None) -> None:
+    def __init__(self, cfg: OtaConfig, sandbox: SandboxLayer, *, credentials: str | None = None,
+                 models: Any = None) -> None:
         self.cfg = cfg
         self.sandbox = sandbox
+        self.models = models  # the inference layer's ModelRegistry (None: no model updates)
+        self._model_loaded: dict[str, str] = {}  # model name -> sha256 of the artifact serving
         self.credentials = credentials  # the device's NATS login (an external server's .creds)
         self._nc: Any = None
         self.state = OtaState()
@@ -309,17 +318,29 @@ class OtaLayer:
             have = self.state.active.get(name)
             if have is not None and have.version == version:
                 continue
-            tpath = target_path("component", name, version)
+            kind = "model" if name.startswith(MODEL_PREFIX) else "component"
+            short = name[len(MODEL_PREFIX):] if kind == "model" else name
+            if kind == "model" and self.models is None:
+                raise OtaError(f"model {short}: this device has no inference layer (configure a [[models]] "
+                               "entry)", artifact=target_path(kind, short, version), reason="invalid")
+            tpath = target_path(kind, short, version)
             part = store.part_path("download")
             try:
                 verified = await self.trust.fetch(tpath, part)
             finally:
                 part.unlink(missing_ok=True)  # the verified bytes are kept under their digest
             custom = verified.custom
-            if custom.get("name") != name or custom.get("version") != version or custom.get("kind") != "component":
+            if custom.get("name") != short or custom.get("version") != version or custom.get("kind") != kind:
                 raise OtaError(f"artifact {tpath} is signed as {custom.get('kind')}/{custom.get('name')}/"
                                f"{custom.get('version')}", artifact=tpath, reason="invalid")
-            manifest_path = store.stage(verified.sha256, verified.data, artifact=tpath)
+            staged_path = store.stage(verified.sha256, verified.data, artifact=tpath, kind=kind)
+            if kind == "model":
+                from edge.ota.models import probe
+
+                await probe(short, staged_path, await self.models.start(), artifact=tpath)
+                out[name] = Entry(version, verified.sha256)
+                continue
+            manifest_path = staged_path
             try:
                 manifest = load_manifest(manifest_path, self.ctx.device)
             except EdgeError as err:
@@ -376,6 +397,12 @@ class OtaLayer:
         first_error: EdgeError | None = None
         for name in sorted(managed):
             entry = active.get(name)
+            if name.startswith(MODEL_PREFIX):
+                try:
+                    await self._apply_model(name[len(MODEL_PREFIX):], entry)
+                except EdgeError as err:
+                    first_error = first_error or err
+                continue
             loaded = self.sandbox.components.get(name)
             if loaded is not None and entry is not None and loaded.manifest.version == entry.version \
                     and store.manifest(entry).resolve().parent == loaded.manifest.module.parent:
@@ -393,6 +420,23 @@ class OtaLayer:
         self.last_switch_ms = round((time.monotonic() - t0) * 1000, 2)
         if first_error is not None:
             raise first_error
+
+    async def _apply_model(self, name: str, entry: Entry | None) -> None:
+        """Serve ``entry`` as model ``name`` in the inference registry (probed when staged)."""
+        if self.models is None:
+            return
+        if entry is None:
+            if name in self._model_loaded:
+                await self.models.remove(name)
+                del self._model_loaded[name]
+            return
+        if self._model_loaded.get(name) == entry.sha256:
+            return
+        from edge.inference.config import ModelSpec
+
+        assert self.store is not None
+        await self.models.load(ModelSpec(name, path=str(self.store.model_file(entry))))
+        self._model_loaded[name] = entry.sha256
 
     def _start_probation(self) -> None:
         if self._probation_task is not None:
@@ -447,7 +491,7 @@ class OtaLayer:
                            seen: dict[str, float], t0: float) -> str | None:
         now = time.monotonic()
         for name, entry in prob.components.items():
-            if entry is None:
+            if entry is None or name.startswith(MODEL_PREFIX):  # a model was probed before activation
                 continue
             loaded = self.sandbox.components.get(name)
             if loaded is None:

@@ -160,12 +160,15 @@ class Store:
             raise OtaError(f"staged bundle {entry.sha256} is missing from {self.staged}", reason="missing")
         return path
 
-    def stage(self, sha256: str, data: bytes, *, artifact: str) -> Path:
-        """Keep the verified ``data`` under its digest and unpack it; returns the manifest path."""
+    def stage(self, sha256: str, data: bytes, *, artifact: str, kind: str = "component") -> Path:
+        """Keep the verified ``data`` under its digest and unpack it; returns the directory's
+        manifest path (components) or the directory (models)."""
         from edge.ota.bundle import unpack
+        from edge.ota.models import unpack_model
 
-        if self.has(sha256):
-            return self.staged / sha256 / MANIFEST
+        done = self.staged / sha256
+        if done.is_dir():
+            return done / MANIFEST if kind == "component" else done
         obj = self.objects / sha256
         if not obj.exists():
             part = self.part_path(sha256)
@@ -175,7 +178,7 @@ class Store:
             part.replace(obj)
         tmp = self.staged / f".{sha256}.{uuid.uuid4().hex[:8]}"
         try:
-            unpack(data, tmp, artifact=artifact)
+            (unpack if kind == "component" else unpack_model)(data, tmp, artifact=artifact)
             for p in tmp.iterdir():
                 with open(p, "rb+") as f:
                     os.fsync(f.fileno())
@@ -183,7 +186,15 @@ class Store:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        return self.staged / sha256 / MANIFEST
+        return done / MANIFEST if kind == "component" else done
+
+    def model_file(self, entry: Entry) -> Path:
+        from edge.ota.models import MODEL
+
+        path = self.staged / entry.sha256 / MODEL
+        if not path.is_file():
+            raise OtaError(f"staged model {entry.sha256} is missing from {self.staged}", reason="missing")
+        return path
 
     def collect(self, state: OtaState) -> int:
         """Remove artifacts nothing in ``state`` points at; returns how many."""
