@@ -1,5 +1,5 @@
 """Model updates: a signed .tflite with a stored probe, run before the model is handed to the
-inference registry (docs/ota.md, *Models*)."""
+inference registry (docs/ota.md, *Artifacts and trust*)."""
 
 from __future__ import annotations
 

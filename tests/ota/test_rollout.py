@@ -20,7 +20,7 @@ import nats
 from edge.sync.hub.fleet import provision_device
 from edge.sync.hub.server import HubServer
 
-from support import TRAP_CODE, component, leaf_device_config, publish_component, versions
+from support import TRAP_CODE, component, leaf_device_config, publish_component, versions, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 DEVICES = ["dev1", "dev2", "dev3"]
@@ -113,3 +113,31 @@ async def test_rollout_batches_times_out_halts_and_supersedes(fleet_of_three: di
     old = await asyncio.wait_for(slow, 10)
     assert old.status == "superseded" and "r-new" in old.halt_reason
     assert newer.status == "completed"
+
+
+async def test_offline_device_times_out_then_picks_the_rollout_up(
+        fleet_of_three: dict[str, Runtime], cloud: Client, hub_server: HubServer, tmp_path: Path) -> None:
+    js = cloud.jetstream()
+    rt3 = fleet_of_three.pop("dev3")
+    cfg = rt3.config
+    await rt3.stop()  # dev3 is offline when the rollout reaches it
+    spec = RolloutSpec("r-late", {"fleet": "north"}, {"blink": "2.0.0"}, canary=0, batch=10,
+                       max_failure_pct=50, probation_s=0.3, device_timeout_s=8)
+    rec = await rollout.run_rollout(js, spec)
+    assert rec.status == "completed"
+    assert rec.devices["dev3"].state == "timed_out" and rec.devices["dev1"].state == "committed"
+    rt3 = Runtime(cfg)  # back online: it reads its desired state and commits it
+    await rt3.start()
+    fleet_of_three["dev3"] = rt3
+    await wait_for(lambda: versions(rt3) == {"blink": "2.0.0"}, timeout=40)
+
+    async def late() -> bool:
+        rec = await rollout.refresh_late(js, "r-late")
+        return rec is not None and rec.devices["dev3"].state == "committed"
+
+    for _ in range(80):
+        if await late():
+            break
+        await asyncio.sleep(0.25)
+    else:
+        raise AssertionError("the late commit was not recorded")
