@@ -96,7 +96,7 @@ async def test_kill_9_at_random_points(tmp_path: Path, nc: Client, nats_url: str
             else:  # once it is up: somewhere in download, verification, staging, activation, probation
                 booted = _boots(data)
                 await _wait(lambda booted=booted: _boots(data) > booted, 60)
-                await asyncio.sleep(rnd.uniform(0.0, 2.0))
+                await asyncio.sleep(rnd.uniform(0.0, 1.2))
             live = _live(data)
             _kill(proc)
             ota = (live or {}).get("ota") or {}
