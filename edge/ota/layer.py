@@ -15,10 +15,13 @@ Key components
 
 Desired state (JSON)::
 
-    {"revision": "r7", "components": {"physics": "1.2.0", "patrol": "2.0.1"}}
+    {"revision": "r7", "components": {"physics": "1.2.0"}, "models": {"face": "2.0.0"}}
 
-``components`` is the whole set the update path manages on this device; the artifact of
-``name`` at ``version`` is the signed target ``component/<name>/<version>.tar``.
+``components`` and ``models`` are the whole set the update path manages on this device (one
+bundle); the artifact of a component ``name`` at ``version`` is the signed target
+``component/<name>/<version>.tar``, of a model ``model/<name>/<version>.tar``: a model is run on
+its stored probe before it is activated (:mod:`edge.ota.models`) and served through the
+inference registry. Models are kept in the pointer file as ``model:<name>``.
 """
 
 from __future__ import annotations
@@ -28,8 +31,6 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from edge.backoff import Backoff
@@ -111,7 +112,6 @@ class OtaLayer:
         self._lock = asyncio.Lock()
         self._hub_js: Any = None
         self._hub_kv: dict[str, Any] = {}
-        self.on_outcome: list[Callable[[str, dict[str, Any]], Awaitable[None] | None]] = []
 
     @property
     def ctx(self) -> DeviceContext:
@@ -589,10 +589,6 @@ class OtaLayer:
         ctx = self.ctx
         payload = {"device": ctx.device, "t": time.time(), **body}
         ctx.events.emit(subjects.event(ctx.device, "ota", kind), json.dumps(payload).encode())
-        for cb in self.on_outcome:
-            res = cb(kind, payload)
-            if res is not None:
-                await res
         await self._report()
 
     def report(self) -> dict[str, Any]:
@@ -614,7 +610,3 @@ class OtaLayer:
         self._last_report, self._last_report_at = key, now
         ctx = self.ctx
         ctx.events.emit(subjects.event(ctx.device, "ota", "report"), json.dumps(body, default=str).encode())
-
-
-def manifest_dir(path: Path) -> Path:
-    return path.parent

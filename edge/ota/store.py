@@ -20,9 +20,8 @@ import json
 import logging
 import os
 import shutil
-import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -214,8 +213,4 @@ class Store:
         return removed
 
 
-def now() -> float:
-    return time.time()
-
-
-__all__ = ["Entry", "OtaState", "Probation", "Store", "asdict", "atomic_write", "now"]
+__all__ = ["Entry", "OtaState", "Probation", "Store", "atomic_write"]
