@@ -20,6 +20,8 @@ def status_lines(ota: dict[str, Any] | None) -> list[str]:
         lines.append(f"       on probation: revision {prob['revision']}, {prob['remaining_s']} s left")
     for key, reason in (ota.get("bad") or {}).items():
         lines.append(f"       bad {key}: {reason}")
+    if ota.get("waiting"):
+        lines.append(f"       waiting: {ota['waiting']}")
     err = ota.get("last_error")
     if err:
         lines.append(f"       update refused ({err.get('reason')}): {err.get('message')}")

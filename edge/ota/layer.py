@@ -103,6 +103,7 @@ class OtaLayer:
         self.last_rollback_ms: float | None = None  # from a fault on probation to the previous running
         self._fault_at: float | None = None
         self.hub_error: str | None = None  # why the last pass could not reach the hub's store
+        self.waiting: str | None = None  # why the desired state is not being applied
         self._last_report = ""
         self._last_report_at = 0.0
         self._ctx: DeviceContext | None = None
@@ -179,6 +180,7 @@ class OtaLayer:
             "last_switch_ms": self.last_switch_ms,
             "last_rollback_ms": self.last_rollback_ms,
             "hub_error": self.hub_error,
+            "waiting": self.waiting,
             **self.counters,
         }
         if prob is not None:
@@ -282,8 +284,10 @@ class OtaLayer:
                     await self._report()
                 return "idle"
             bad = [f"{n}@{v}" for n, v in wanted.items() if f"{n}@{v}" in self.state.bad]
-            if bad:
+            if bad:  # not retried: the hub has to name another version
+                self.waiting = f"revision {revision} names {', '.join(bad)}, marked bad on this device"
                 return "bad"
+            self.waiting = None
             try:
                 staged = await self._fetch_and_stage(root, wanted)
             except OtaError as err:

@@ -209,3 +209,69 @@ async def test_component_kv_carries_across_the_update_and_the_rollback(device: R
     await hub.set_desired(js, "dev1", "r3", {"blink": "3.0.0"})  # traps: rolled back
     await wait_for(lambda: ota_status(device)["rolled_back"] == 1 and versions(device) == {"blink": "2.0.0"})
     assert handed() == {"count": b"8"}
+
+
+async def test_malformed_desired_state_is_counted_and_dropped(device: Runtime, nc: Client) -> None:
+    js = nc.jetstream()
+    await hub.set_desired(js, "dev1", "r1", {"blink": "1.0.0"})
+    await wait_for(lambda: ota_status(device)["revision"] == "r1")
+    kv = await js.key_value(hub.DESIRED_BUCKET)
+    for junk in (b"{not json", b'{"revision": 5}', b'{"revision": "x", "components": {"a b": "1"}}',
+                 b'{"revision": "x", "probation_s": -1}', b"x" * 70_000):
+        n = ota_status(device)["malformed"]
+        await kv.put("dev1", junk)
+        await wait_for(lambda n=n: ota_status(device)["malformed"] > n)
+        assert ota_status(device)["last_error"]["reason"] == "invalid"
+    assert versions(device) == {"blink": "1.0.0"} and ota_status(device)["revision"] == "r1"
+
+
+async def test_a_bad_version_is_not_retried_and_says_why(device: Runtime, nc: Client) -> None:
+    js = nc.jetstream()
+    await hub.set_desired(js, "dev1", "r1", {"blink": "1.0.0"})
+    await wait_for(lambda: ota_status(device)["revision"] == "r1")
+    await hub.set_desired(js, "dev1", "r2", {"blink": "3.0.0"})
+    await wait_for(lambda: ota_status(device)["rolled_back"] == 1)
+    await hub.set_desired(js, "dev1", "r3", {"blink": "3.0.0"})  # the same bad version again
+    await wait_for(lambda: ota_status(device)["waiting"] is not None)
+    assert "blink@3.0.0" in ota_status(device)["waiting"] and ota_status(device)["rolled_back"] == 1
+    from edge.cli.status import render
+
+    assert "waiting: revision r3 names blink@3.0.0" in render(device.status())
+
+
+async def test_too_many_restarts_during_probation_roll_back(tmp_path: Path, nats_url: str,
+                                                            fleet_repo: Path, nc: Client) -> None:
+    root = fleet_repo / "metadata" / "1.root.json"
+    js = nc.jetstream()
+    await hub.set_desired(js, "dev1", "r1", {"blink": "1.0.0"})
+    rt = Runtime(device_config(tmp_path, nats_url, root, probation_s=0.3))
+    await rt.start()
+    try:
+        await wait_for(lambda: ota_status(rt)["revision"] == "r1")
+    finally:
+        await rt.stop()
+    await hub.set_desired(js, "dev1", "r2", {"blink": "2.0.0"})
+    for boot in range(3):  # max_boots = 1: the second restart during the probation rolls it back
+        rt = Runtime(device_config(tmp_path, nats_url, root, probation_s=60.0, max_boots=1))
+        await rt.start()
+        try:
+            if boot == 0:
+                await wait_for(lambda rt=rt: ota_status(rt)["probation"] is not None
+                               and versions(rt) == {"blink": "2.0.0"})
+            elif boot == 1:
+                assert versions(rt) == {"blink": "2.0.0"} and ota_status(rt)["probation"] is not None
+            else:
+                assert versions(rt) == {"blink": "1.0.0"} and ota_status(rt)["probation"] is None
+                assert "restarted 2 times" in ota_status(rt)["bad"]["blink@2.0.0"]
+        finally:
+            await rt.stop()
+
+
+async def test_missing_root_file_the_device_starts_and_says_why(tmp_path: Path, nats_url: str) -> None:
+    rt = Runtime(device_config(tmp_path, nats_url, tmp_path / "no-such-root.json"))
+    await rt.start()
+    try:
+        err = ota_status(rt)["last_error"]
+        assert err["reason"] == "signature" and "no-such-root.json" in err["message"]
+    finally:
+        await rt.stop()
