@@ -111,6 +111,7 @@ class OtaLayer:
         self._wake = asyncio.Event()
         self._probation_task: asyncio.Task[Any] | None = None
         self._lock = asyncio.Lock()
+        self._apply_lock = asyncio.Lock()
         self._hub_js: Any = None
         self._hub_kv: dict[str, Any] = {}
 
@@ -385,12 +386,18 @@ class OtaLayer:
         except EdgeError as err:
             await self._rollback(f"{err.fields.get('reason', 'load')}: {err.message}")
             return
+        if self.state.probation is None:  # a fault during the swap rolled it back already
+            return
         await self._report()
         self._start_probation()
 
     async def _apply(self, active: dict[str, Entry], also: set[str] | None = None) -> None:
         """Make the sandbox run ``active`` (OTA-managed components only; ``also``: names to
         unload if ``active`` lacks them); raises on a failed load, after trying every one."""
+        async with self._apply_lock:  # a rollback's swap waits for the activation's to finish
+            await self._apply_locked(active, also)
+
+    async def _apply_locked(self, active: dict[str, Entry], also: set[str] | None) -> None:
         store = self.store
         assert store is not None
         t0 = time.monotonic()

@@ -134,16 +134,45 @@ class RolloutRecord:
         return out
 
 
-async def get_record(js: Any, rollout_id: str = "current") -> RolloutRecord | None:
+async def _get_entry(js: Any, rollout_id: str) -> tuple[RolloutRecord | None, int]:
+    """The record of ``rollout_id`` (``current``: the latest) and its KV revision (0: none)."""
     from nats.js.errors import KeyNotFoundError
 
     kv = await _kv(js, ROLLOUTS_BUCKET)
     try:
         if rollout_id == "current":
             rollout_id = ((await kv.get("current")).value or b"").decode()
-        return RolloutRecord.from_json((await kv.get(rollout_id)).value or b"{}")
+        entry = await kv.get(rollout_id)
     except KeyNotFoundError:
-        return None
+        return None, 0
+    return RolloutRecord.from_json(entry.value or b"{}"), int(entry.revision or 0)
+
+
+async def get_record(js: Any, rollout_id: str = "current") -> RolloutRecord | None:
+    return (await _get_entry(js, rollout_id))[0]
+
+
+async def _store(js: Any, rec: RolloutRecord, *, stop_if_superseded: bool = True) -> bool:
+    """Write ``rec`` unless the stored record says it was superseded (False then). A
+    compare-and-set on the record's KV revision: a concurrent supersede is never overwritten."""
+    from nats.js.errors import KeyWrongLastSequenceError
+
+    kv = await _kv(js, ROLLOUTS_BUCKET)
+    key = str(rec.spec["id"])
+    for _ in range(10):
+        current, revision = await _get_entry(js, key)
+        if stop_if_superseded and current is not None and current.status == "superseded":
+            rec.status, rec.halt_reason, rec.finished = "superseded", current.halt_reason, current.finished
+            return False
+        try:
+            if revision:
+                await kv.update(key, rec.to_json(), last=revision)
+            else:
+                await kv.create(key, rec.to_json())
+            return True
+        except KeyWrongLastSequenceError:
+            continue  # written meanwhile: read again
+    raise OtaError(f"rollout {key}: its record keeps changing under it", reason="invalid")
 
 
 def device_outcome(report: dict[str, Any] | None, spec: RolloutSpec, since: float) -> tuple[str, str] | None:
@@ -164,19 +193,27 @@ def device_outcome(report: dict[str, Any] | None, spec: RolloutSpec, since: floa
 
 async def run_rollout(js: Any, spec: RolloutSpec, *, on_progress: Any = None) -> RolloutRecord:
     """Run ``spec`` to its end (completed, halted or superseded); returns its final record."""
+    from nats.js.errors import KeyWrongLastSequenceError
+
     spec.check()
     kv = await _kv(js, ROLLOUTS_BUCKET)
-    previous = await get_record(js)
-    if previous is not None and previous.status == "running":
+    for _ in range(10):
+        previous, revision = await _get_entry(js, "current")
+        if previous is None or previous.status != "running" or previous.spec["id"] == spec.id:
+            break
         previous.status = "superseded"
         previous.finished = time.time()
         previous.halt_reason = f"superseded by rollout {spec.id}"
-        await kv.put(str(previous.spec["id"]), previous.to_json())
+        try:
+            await kv.update(str(previous.spec["id"]), previous.to_json(), last=revision)
+            break
+        except KeyWrongLastSequenceError:
+            continue  # it wrote progress meanwhile: read it again
     devices = await select(js, spec.selector)
     if not devices:
         raise OtaError(f"no device matches the selector {spec.selector}", reason="invalid")
     rec = RolloutRecord(spec=asdict(spec), devices={d: DeviceProgress() for d in devices})
-    await kv.put(spec.id, rec.to_json())
+    await _store(js, rec, stop_if_superseded=False)  # a reused id starts over
     await kv.put("current", spec.id.encode())
     batches: list[list[str]] = []
     rest = list(devices)
@@ -189,11 +226,8 @@ async def run_rollout(js: Any, spec: RolloutSpec, *, on_progress: Any = None) ->
 
     async def save() -> bool:
         """Store progress; False if a newer rollout superseded this one."""
-        current = await get_record(js, spec.id)
-        if current is not None and current.status == "superseded":
-            rec.status, rec.halt_reason, rec.finished = "superseded", current.halt_reason, current.finished
+        if not await _store(js, rec):
             return False
-        await kv.put(spec.id, rec.to_json())
         if on_progress is not None:
             on_progress(rec)
         return True
@@ -261,6 +295,5 @@ async def refresh_late(js: Any, rollout_id: str = "current") -> RolloutRecord | 
                 p.state, p.reason, p.finished = outcome[0], outcome[1] or "late", time.time()
                 changed = True
     if changed:
-        kv = await _kv(js, ROLLOUTS_BUCKET)
-        await kv.put(spec.id, rec.to_json())
+        await _store(js, rec, stop_if_superseded=False)
     return rec
