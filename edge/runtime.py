@@ -6,7 +6,7 @@ subscriber of ``edge.<d>.cmd.*.*``) -> the device context -> the layers in order
 
     state (write-behind persister) -> safety (the envelope's guard on the router)
     -> sync (device streams, leaf link) -> [heartbeat] -> api -> drivers
-    -> inference -> tools -> agents -> [demo actuator] -> components (wasm) -> [extra layers]
+    -> inference -> tools -> agents -> [demo actuator] -> components (wasm) -> [ota] -> [extra layers]
 
 Stop runs the layers in reverse (each under a timeout, every error collected), then the command
 router, the event publisher's flush, the NATS connection and nats-server. The state layer stops last of the layers,
