@@ -112,6 +112,7 @@ class OtaLayer:
         self._probation_task: asyncio.Task[Any] | None = None
         self._lock = asyncio.Lock()
         self._apply_lock = asyncio.Lock()
+        self._save_lock = asyncio.Lock()
         self._hub_js: Any = None
         self._hub_kv: dict[str, Any] = {}
 
@@ -139,7 +140,7 @@ class OtaLayer:
         prob = self.state.probation
         if prob is not None:
             prob.boots += 1
-            self.store.save(self.state)
+            await self._save()
             if prob.boots > self.cfg.max_boots:
                 await self._apply(self.state.active)
                 await self._rollback(f"device restarted {prob.boots} times during probation")
@@ -281,7 +282,7 @@ class OtaLayer:
             if wanted == current:
                 if self.state.revision != revision:
                     self.state.revision = revision
-                    self._save()
+                    await self._save()
                     await self._report()
                 return "idle"
             bad = [f"{n}@{v}" for n, v in wanted.items() if f"{n}@{v}" in self.state.bad]
@@ -338,7 +339,8 @@ class OtaLayer:
             if custom.get("name") != short or custom.get("version") != version or custom.get("kind") != kind:
                 raise OtaError(f"artifact {tpath} is signed as {custom.get('kind')}/{custom.get('name')}/"
                                f"{custom.get('version')}", artifact=tpath, reason="invalid")
-            staged_path = store.stage(verified.sha256, verified.data, artifact=tpath, kind=kind)
+            staged_path = await asyncio.to_thread(store.stage, verified.sha256, verified.data,
+                                                  artifact=tpath, kind=kind)  # fsyncs: off the loop
             if kind == "model":
                 from edge.ota.models import probe
 
@@ -375,7 +377,7 @@ class OtaLayer:
         self.state.active = new
         duration = self.cfg.probation_s if probation_s is None else probation_s
         self.state.probation = Probation(revision, time.time(), duration, changes, previous)
-        self._save()  # the switch: one atomic write for the whole bundle
+        await self._save()  # the switch: one atomic write for the whole bundle
         log.info("revision %s activated on probation (%s)", revision,
                  ", ".join(f"{n} {e.version if e else 'removed'}" for n, e in changes.items()))
         await self._apply_or_rollback()
@@ -537,9 +539,9 @@ class OtaLayer:
         self.state.revision = prob.revision
         self.state.probation = None
         self._history("committed", prob.revision, "")
-        self._save()
+        await self._save()
         assert self.store is not None
-        self.store.collect(self.state)
+        await asyncio.to_thread(self.store.collect, self.state)
         self.counters["committed"] += 1
         log.info("revision %s committed", prob.revision)
         await self._outcome("committed", {"revision": prob.revision,
@@ -562,7 +564,7 @@ class OtaLayer:
         self.state.active = active
         self.state.probation = None
         self._history("rolled_back", prob.revision, reason)
-        self._save()
+        await self._save()
         log.warning("revision %s rolled back: %s", prob.revision, reason)
         # previous components back, with their KV (the bucket is per component name)
         try:
@@ -592,9 +594,13 @@ class OtaLayer:
         self.state.history.append({"t": time.time(), "outcome": outcome, "revision": revision, "reason": reason})
         del self.state.history[:-20]
 
-    def _save(self) -> None:
+    async def _save(self) -> None:
+        """Write the pointer file as the state is now; the write and its fsyncs run in a thread
+        (a slow medium must not stall the components' ticks), one save at a time, in order."""
         assert self.store is not None
-        self.store.save(self.state)
+        data = self.state.to_json()
+        async with self._save_lock:
+            await asyncio.to_thread(self.store.save_bytes, data)
 
     async def _outcome(self, kind: str, body: dict[str, Any]) -> None:
         ctx = self.ctx

@@ -145,7 +145,10 @@ class Store:
             raise OtaError(f"{path} is not a valid update state: {err}", reason="invalid") from err
 
     def save(self, state: OtaState) -> None:
-        atomic_write(self.root / STATE_FILE, state.to_json())
+        self.save_bytes(state.to_json())
+
+    def save_bytes(self, data: bytes) -> None:
+        atomic_write(self.root / STATE_FILE, data)
 
     def part_path(self, sha256_hint: str) -> Path:
         return self.objects / f"{sha256_hint}.{uuid.uuid4().hex[:8]}.part"
