@@ -21,7 +21,7 @@ VERSION = $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' edge/__init__.py)
 WHEEL   = dist/edge_runtime-$(VERSION)-py3-none-any.whl
 IMAGE_OUT ?= image/out
 
-.PHONY: setup system-deps test-deps image-deps components run test check bench bench-fleet fuzz clean \
+.PHONY: setup system-deps test-deps image-deps components run test check bench bench-fleet fuzz ota-killtest clean \
   wheel image image-amd64 image-boot image-boot-amd64 image-test
 
 setup: $(STAMP) components
@@ -112,6 +112,11 @@ image-boot: image-deps
 # CI's image test: build the amd64 image with the recipe and prove that it boots (image/test_boot.py).
 image-test: wheel image-deps
 	$(SUDO) env EDGE_WHEEL=$(WHEEL) $(BIN)/pytest -q -p no:cacheprovider image/test_boot.py
+
+# kill -9 at 100 random points of an update (docs/ota.md, Crash safety); the default suite runs 10.
+OTA_KILLS ?= 100
+ota-killtest: setup
+	EDGE_OTA_KILLS=$(OTA_KILLS) $(BIN)/pytest -q -s -p no:cacheprovider tests/ota/test_killpoints.py
 
 clean:
 	rm -rf $(VENV) components/build dist $(IMAGE_OUT)

@@ -7,7 +7,7 @@ subscriber of ``edge.<d>.cmd.*.*``) -> the device context -> the layers in order
     state (write-behind persister) -> policy (the policy point's admission check on the router)
     -> safety (the envelope's guard on the router)
     -> sync (device streams, leaf link) -> [heartbeat] -> api -> drivers
-    -> inference -> tools -> agents -> [demo actuator] -> [recorder] -> components (wasm)
+    -> inference -> tools -> agents -> [demo actuator] -> [recorder] -> components (wasm) -> [ota]
     -> [extra layers]
 
 Stop runs the layers in reverse (each under a timeout, every error collected), then the command
@@ -332,6 +332,11 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
         sandbox.recorder = agents.recorder = recorder = RecorderLayer()
         layers.append(recorder)
     layers.append(sandbox)
+    if cfg.ota is not None:  # after the sandbox: it swaps components in it (docs/ota.md)
+        from edge.ota.layer import OtaLayer
+
+        layers.append(OtaLayer(cfg.ota, sandbox, credentials=cfg.nats.credentials,
+                              models=inference.registry if inference is not None else None))
     return layers
 
 

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edge.cli import replay
 
     replay.register(sub)
+    from edge.cli import ota  # [ota] edge ota ..., edge rollout ...
+
+    ota.add_parser(sub)
     return parser
 
 
@@ -129,6 +132,10 @@ async def dispatch(args: argparse.Namespace) -> int:
     from edge.cli import status as status_view
 
     cmd = args.command
+    if cmd in ("ota", "rollout"):  # [ota]
+        from edge.cli import ota
+
+        return await ota.dispatch(args)
     if cmd == "run":
         from edge.cli.run import run
 

@@ -66,6 +66,11 @@ def render(status: dict[str, Any]) -> str:
         "",
         entity_table(status.get("entities", [])),
     ]
+    from edge.cli.ota import status_lines  # [ota] versions, probation, the last refusal
+
+    ota_lines = status_lines(status.get("ota"))
+    if ota_lines:
+        head += ["", *ota_lines]
     for section in ("policy", "drivers", "commands", "safety", "inference", "sync", "agents", "tools", "language"):
         if status.get(section):
             head += ["", f"{section}:", _section(status[section])]

@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # the section modules import the reader (edge.config.table): 
     from edge.agents.tools.permissions import ToolsConfig
     from edge.inference.config import ModelSpec, VisionSpec
     from edge.policy.config import PolicyConfig
+    from edge.ota.config import OtaConfig
     from edge.safety.config import SafetyConfig
     from edge.language.config import LanguageConfig
     from edge.sync.device.config import SyncConfig
@@ -122,6 +123,7 @@ class DeviceConfig:
     language: LanguageConfig = field(default_factory=lambda: _language_default())  # docs/language.md
     policy: PolicyConfig = field(default_factory=lambda: _policy_default())  # the policy point
     record: bool = True  # [record] enabled: the replay recorder (docs/replay.md)
+    ota: OtaConfig | None = None  # [ota] signed over-the-air updates (docs/ota.md); None = off
     demo: bool = False
     demo_drones: int = 0
 
@@ -274,6 +276,10 @@ def parse_config(
     rec = top.table("record")
     cfg.record = rec.flag("enabled", True)
     rec.finish()
+
+    from edge.ota.config import read_ota
+
+    cfg.ota = read_ota(top.table("ota"))
 
     demo = top.table("demo")
     cfg.demo_drones = demo.integer("drones", 0, lo=0)

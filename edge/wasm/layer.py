@@ -133,6 +133,8 @@ class SandboxLayer:
         self._kv: KeyValue | None = None
         #: [replay hook] told what each component saw and did; None = not recorded (edge.wasm.record)
         self.recorder: SandboxRecorder | None = None
+        # [ota] called with (component, fault) after each fault is recorded (edge.ota probation)
+        self.fault_listeners: list[Callable[[str, SandboxError], None]] = []
 
     @property
     def ctx(self) -> DeviceContext:
@@ -178,7 +180,9 @@ class SandboxLayer:
 
     # -- components ---------------------------------------------------------------------------
 
-    async def load_component(self, manifest_path: str) -> dict[str, Any]:
+    async def load_component(self, manifest_path: str, *, tick_since: float | None = None) -> dict[str, Any]:
+        """Load a component. ``tick_since`` (the last tick of the version it replaces, an update's
+        swap) continues that tick schedule (:meth:`TickLoop.start`)."""
         ctx = self.ctx
         pool = self.pool
         if pool is None:
@@ -204,7 +208,7 @@ class SandboxLayer:
         if manifest.tick_hz > 0:
             loaded.tick = TickLoop(ctx.world, WasmTickRunner(pool, manifest.name, rec), read=manifest.read,
                                    write=manifest.write, hz=manifest.tick_hz)
-            loaded.tick.start()
+            loaded.tick.start(since=tick_since)
         if manifest.subscribe:
             name = manifest.name
             policy = self.policy
@@ -340,6 +344,11 @@ class SandboxLayer:
         if ctx is not None:
             body = json.dumps({"component": component, **fault.to_dict()}).encode()
             ctx.events.emit(subjects.event(ctx.device, "runtime", "fault"), body)
+        for listener in list(self.fault_listeners):  # [ota] probation watches faults
+            try:
+                listener(component, fault)
+            except Exception:
+                log.exception("fault listener failed for component '%s'", component)
 
     def _record_fault(self, component: str, kind: str, message: str, **extra: Any) -> None:
         self.faults.append({"t": time.time(), "component": component, "kind": kind, "message": message, **extra})

@@ -89,6 +89,14 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Health:
+    """``[health]``: conditions a new version must meet on probation (docs/ota.md)."""
+
+    publishes: tuple[tuple[str, float], ...] = ()  # (subject, every_s): a message at least every N s
+    max_tick_ms: float = 0.0  # a tick slower than this fails the probation (0 = no budget)
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated component manifest. Subjects have ``{device}`` already substituted."""
 
@@ -105,6 +113,7 @@ class Manifest:
     receive_own: bool = False  # deliver the component's own messages back to it (run.receive_own)
     limits: Limits = field(default_factory=Limits)
     path: Path | None = None
+    health: Health = field(default_factory=Health)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -274,11 +283,22 @@ def _read(top: Table, name: str, path: Path, device: str) -> Manifest:
         kv_bytes=lim.integer("kv_bytes", DEFAULT_KV_BYTES, lo=0, hi=MAX_KV_BYTES, unit="bytes"),
     )
     lim.finish()
+
+    health_t = top.table("health", label=label)  # [ota] probation conditions
+    beats = []
+    for item in health_t.tables("publishes"):
+        subject = item.text("subject", REQUIRED).replace("{device}", device)
+        if not all(tok == "*" or SUBJECT_TOKEN_RE.match(tok) for tok in subject.split(".")):
+            raise item.error("subject", f"invalid subject {subject!r}")
+        beats.append((subject, item.number("every_s", REQUIRED, lo=0.01, hi=86400.0, unit="s")))
+        item.finish()
+    health = Health(tuple(beats), health_t.number("max_tick_ms", 0.0, lo=0.0, hi=3_600_000.0, unit="ms"))
+    health_t.finish()
     top.finish()
 
     return Manifest(name=name, version=version, contract=contract, module=module, read=read,
                     write=write, tick_hz=tick_hz, subscribe=subscribe, publish=publish,
-                    models=models, receive_own=receive_own, limits=limits, path=path)
+                    models=models, receive_own=receive_own, limits=limits, path=path, health=health)
 
 
 def _fields(query: Table, key: str) -> tuple[str, ...]:

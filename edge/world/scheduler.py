@@ -129,6 +129,7 @@ class TickLoop:
         self.components = tuple(sorted({f.partition(".")[0] for f in self.columns}))
         self.period = 1.0 / hz
         self.stats = TickStats()
+        self.last_at: float | None = None  # loop time of the last tick started
         self._task: asyncio.Task[None] | None = None
         self._sent_version = -1
         self._shared: SharedTickRunner | None = runner if isinstance(runner, SharedTickRunner) else None
@@ -193,16 +194,19 @@ class TickLoop:
         self.stats.ticks += 1
         return True
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"edge.tick.{self.runner.name}")
+    def start(self, *, since: float | None = None) -> None:
+        """Start ticking. ``since`` (a loop time: the last tick of a version this one replaces,
+        :attr:`last_at`) keeps that schedule: the first tick is due one period after it and its
+        ``dt`` is measured from it, so a swap shorter than a period misses no tick."""
+        self._task = asyncio.create_task(self._run(since), name=f"edge.tick.{self.runner.name}")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
 
-    async def _run(self) -> None:
+    async def _run(self, since: float | None = None) -> None:
         loop = asyncio.get_running_loop()
-        last = loop.time()
+        last = loop.time() if since is None else min(since, loop.time())
         next_at = last + self.period
         while True:
             delay = next_at - loop.time()
@@ -211,6 +215,7 @@ class TickLoop:
             now = loop.time()
             dt = min(now - last, self.period * MAX_DT_FACTOR)
             last = now
+            self.last_at = now
             try:
                 await self.tick_once(dt)
             except asyncio.CancelledError:

@@ -17,7 +17,9 @@ needs, as NATS exports and imports (each export is granted to that one account o
     ``$JS.API.STREAM.INFO.CMD_<d>`` (imported by the device's account as ``edge.<d>.hub.API...``,
     where the device's ``CMD`` stream asks: the server answers ``$JS.hub.API`` itself in every
     account), the stream ``edge.<d>.sync.cmd`` (command
-    deliveries) and the service ``$JS.FC.CMD_<d>.>`` (their flow-control replies).
+    deliveries) and the service ``$JS.FC.CMD_<d>.>`` (their flow-control replies); for updates,
+    the reads of the fleet's signed store and of the device's own desired-state key, and the
+    stream ``edge.<d>.ota.inbox.>`` (:func:`edge.ota.hub.ota_exports`, docs/ota.md).
 
 So a device's credentials reach only its own account: another device's login claiming the same
 server name lands in a different account and cannot replace the connection (nats-server replaces
@@ -76,9 +78,13 @@ def device_exports(device: str) -> tuple[list[str], list[str]]:
 
 def cloud_exports(device: str) -> tuple[list[str], list[str]]:
     """(stream subjects, service subjects) ``CLOUD`` shares with the device's account."""
+    from edge.ota.hub import ota_exports  # [ota] the fleet's signed store and its desired state
+
     d = naming.check_device_id(device)
     cmd = naming.hub_stream(naming.CMD_STREAM, d)
-    return [naming.sync_deliver_subject(d, "cmd")], [*_cmd_api(d), f"$JS.FC.{cmd}.>"]
+    ota_streams, ota_services = ota_exports(d)
+    return ([naming.sync_deliver_subject(d, "cmd"), *ota_streams],
+            [*_cmd_api(d), f"$JS.FC.{cmd}.>", *ota_services])
 
 
 def _login(cred: Login) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Signed over-the-air updates of components (docs/ota.md)."""
