@@ -186,7 +186,8 @@ class RecorderLayer:
                                       "too_large": nbytes})
 
     def on_tick(self, component: str, dt: float, ids: Sequence[str],
-                before: Sequence[np.ndarray], after: Sequence[np.ndarray], ok: bool) -> None:
+                before: Sequence[np.ndarray], after: Sequence[np.ndarray], ok: bool,
+                clocks: Sequence[tuple[int, int]] = (), cut: int = 0) -> None:
         rec = self._comps.get(component)
         if rec is None:
             return
@@ -198,8 +199,13 @@ class RecorderLayer:
                                           "too_large": size})
             return
         out = [after[i] for i in rec.writable] if ok else []
-        self._put("tick", component, {"step": rec.step, "dt": dt, "ids": list(ids), "ok": ok,
-                                      "in": pack_columns(before), "out": pack_columns(out)})
+        body: dict[str, Any] = {"step": rec.step, "dt": dt, "ids": list(ids), "ok": ok,
+                                "in": pack_columns(before), "out": pack_columns(out)}
+        if clocks or cut:  # the clock reads of the call, in order: [kind, value]
+            body["clock"] = [[k, v] for k, v in clocks]
+            if cut:
+                body["clock_cut"] = cut
+        self._put("tick", component, body)
 
     def on_deliver(self, component: str, messages: Sequence[tuple[str, bytes]],
                    hops: int) -> None:

@@ -37,6 +37,7 @@ from edge.replay.records import AGENT_KINDS, ReplayError, digest, unb64, unpack_
 from edge.replay.source import Records, Window
 from edge.wasm.manifest import Manifest, load_manifest, parse_manifest
 from edge.wasm.pool import SandboxPool
+from edge.wasm.protocol import CLOCK_MS, CLOCK_NS, CLOCK_REPLAY
 from edge.wasm.wasmbin import module_imports
 
 log = logging.getLogger("edge.replay.replayer")
@@ -119,6 +120,7 @@ class Divergence:
         what = {"ok": "the call's success", "columns": f"{self.field} of {self.entity}",
                 "publish": "a publish", "kv": "a key-value write", "decision": "the decisions",
                 "infer": "an infer call (model, input hash)",
+                "clock": "the clock reads ([kind, value]: 0 clock_ms, 1 monotonic_ns)",
                 "fault": "the run"}.get(self.what, self.what)
         return f"first divergence: {where}: {what} was {self.recorded!r}, replayed {self.replayed!r}"
 
@@ -139,7 +141,7 @@ class ComponentReport:
     decisions: int = 0  # agents: decisions compared
     decisions_differing: int = 0
     exact_start: bool = True  # False: the window started from a checkpoint, not a load
-    reads_clock: bool = False  # the module imports clock_ms or monotonic_ns (not replayed)
+    reads_clock: bool = False  # the module imports clock_ms or monotonic_ns (ticks: replayed)
     first: Divergence | None = None
 
     @property
@@ -199,7 +201,7 @@ class ReplayReport:
                 f"{c.publishes} publishes, {c.kv_differing} of {c.kv_puts} KV writes differ")
             exact = "" if c.exact_start else " (started from a checkpoint)"
             if c.reads_clock:
-                exact += " (reads the clock, which a replay does not reproduce)"
+                exact += " (reads the clock: its ticks' reads answered from the record)"
             lines.append(f"  {name:<12} {c.ticks} ticks, {c.messages} message batches, "
                          f"{c.publishes} publishes: {state}  [{vers}]{exact}")
         first = self.first
@@ -305,7 +307,7 @@ class Replayer:
         with tempfile.TemporaryDirectory(prefix="edge-replay-") as tmp:
             self._tmp = Path(tmp)
             async with SandboxPool(self.device, self.host, workers=workers,
-                                   infer=self.infer) as pool:
+                                   infer=self.infer, clock=CLOCK_REPLAY) as pool:
                 await asyncio.gather(*(self._replay_one(pool, name, recs)
                                        for name, recs in streams.items()),
                                      *(self._replay_agent(name, recs)
@@ -518,12 +520,19 @@ class Replayer:
         views = pool.batch(name, n)
         for view, col in zip(views, inputs, strict=True):
             view[:] = col
+        if rec.get("clock_cut"):
+            raise ReplayError(f"tick {rec.get('step')} of '{name}' (stream seq {seq}) read the "
+                              f"clock {rec['clock_cut']} times more than a record keeps",
+                              component=name, seq=seq, reason="not-recorded")
+        clocks = _clock_list(rec.get("clock", []), name, seq)
         send = ids if ids != live.ids else None
-        ok = await pool.tick(name, n, float(rec["dt"]), send)
+        report = live.report
+        ok = await pool.tick(name, n, float(rec["dt"]), send,
+                             clock=clocks if report.reads_clock else None)
+        read = pool.tick_clocks(name)[0] if report.reads_clock else []
         live.ids = ids if ok else None
         step = int(rec.get("step", 0))
         self._take_effects(live, step, seq, t, inside)
-        report = live.report
         if not inside:
             report.warmup_ticks += 1
             return
@@ -537,6 +546,11 @@ class Replayer:
                                            context=self._context(m, ids, inputs, rec)))
             return
         if not ok:
+            return
+        if read != clocks:  # read the clock more or fewer times, or the other clock
+            report.ticks_differing += 1
+            self._diverge(live, Divergence(name, "clock", step, seq, t, clocks, read,
+                                           context=self._context(m, ids, inputs, rec)))
             return
         recorded = unpack_columns(rec["out"], len(writable), n, "out")
         replayed = np.stack([views[i] for i in writable]) if writable else recorded
@@ -621,6 +635,20 @@ class Replayer:
                 report.publishes, report.publishes_differing = len(rec_list), differing
             else:
                 report.kv_puts, report.kv_differing = len(rec_list), differing
+
+
+def _clock_list(raw: Any, name: str, seq: int) -> list[tuple[int, int]]:
+    """A tick record's ``clock`` field as ``(kind, value)`` pairs (a malformed one stops the
+    replay with its stream sequence)."""
+    try:
+        out = [(int(k), int(v)) for k, v in raw]
+        good = all(k in (CLOCK_MS, CLOCK_NS) for k, _ in out)
+    except (TypeError, ValueError):
+        out, good = [], False
+    if not good:
+        raise ReplayError(f"the tick record at stream seq {seq} of '{name}' has a malformed "
+                          f"clock field", component=name, seq=seq, reason="malformed")
+    return out
 
 
 def _show(e: _Effect | None) -> str | None:

@@ -18,7 +18,9 @@ Kinds (all integers little-endian):
   smallest item must fit in the frame); then the items in that order:
   publish ``<HI`` + subject + data, kv ``<HI`` + key + value, log ``<BH`` + level + text,
   denied ``<H`` + subject, denied model ``<H`` + name; then ``<I`` + a text (fault text, or the
-  reason of ``refused`` / ``error``).
+  reason of ``refused`` / ``error``); then, only when the call reported clock reads (a
+  component recorded or replayed, :data:`~edge.wasm.protocol.CLOCK_RECORD`), ``<II`` count and
+  reads cut, and ``count`` items ``<Bq`` kind (0 ``clock_ms``, 1 ``monotonic_ns``) and value.
 * ``P`` ping reply: ``<BxxxIIQ`` kind, pid, instances, rss_kb.
 * ``Q`` host request (during a call): ``<BBxxiI`` kind, op, out_cap, model_len; then the model
   name and the input bytes (see :mod:`edge.wasm.protocol`).
@@ -39,7 +41,15 @@ from edge.wasm.abi import (
     PUBLISH_MAX_BYTES,
     SUBJECT_MAX_BYTES,
 )
-from edge.wasm.protocol import HEADER, KIND_REPLY, STATUS_GONE, STATUS_OK, CallResult
+from edge.wasm.protocol import (
+    CLOCK_NS,
+    CLOCK_REPORT_MAX,
+    HEADER,
+    KIND_REPLY,
+    STATUS_GONE,
+    STATUS_OK,
+    CallResult,
+)
 
 KIND_RESULT = 0x43  # "C"
 KIND_PING = 0x50  # "P"
@@ -71,6 +81,8 @@ _PUB = struct.Struct("<HI")
 _LOG = struct.Struct("<BH")
 _STR = struct.Struct("<H")
 _TEXT = struct.Struct("<I")
+_CLOCK_HEAD = struct.Struct("<II")
+_CLOCK = struct.Struct("<Bq")
 
 #: Longest fault / refusal text (bytes).
 TEXT_MAX_BYTES = 64 * 1024
@@ -143,6 +155,9 @@ def encode_result(status: str, res: CallResult | None = None, text: str = "") ->
             parts += (_STR.pack(len(nb)), nb)
     tb = _cut(text, TEXT_MAX_BYTES)
     parts += (_TEXT.pack(len(tb)), tb)
+    if r.clocks or r.clocks_cut:
+        parts.append(_CLOCK_HEAD.pack(len(r.clocks), r.clocks_cut))
+        parts += [_CLOCK.pack(k, v) for k, v in r.clocks]
     return _frame(b"".join(parts))
 
 
@@ -251,12 +266,30 @@ def decode_result(body: memoryview) -> tuple[str, Any]:
         res.denied_models.append(r.text(mlen, MODEL_NAME_MAX_BYTES, "denied model"))
     (tlen,) = r.unpack(_TEXT)
     text = r.text(tlen, TEXT_MAX_BYTES, "text")
+    if len(body) - r.pos >= _CLOCK_HEAD.size:
+        _clocks(r, res)
     r.end()
     if name in ("refused", "error"):
         return name, text
     if name == "fault":
         res.fault = (REASONS[reason], EXPORTS[export], text)
     return name, res
+
+
+def _clocks(r: _Reader, res: CallResult) -> None:
+    """The optional clock section of a ``C`` body."""
+    n, cut = r.unpack(_CLOCK_HEAD)
+    if n > CLOCK_REPORT_MAX:
+        raise ProtocolError(f"{n} clock values, at most {CLOCK_REPORT_MAX} allowed")
+    if n * _CLOCK.size != len(r.body) - r.pos:
+        raise ProtocolError(f"{n} clock values need {n * _CLOCK.size} bytes, the frame has "
+                            f"{len(r.body) - r.pos} left")
+    for _ in range(n):
+        kind, value = r.unpack(_CLOCK)
+        if kind > CLOCK_NS:
+            raise ProtocolError(f"unknown clock kind {kind}")
+        res.clocks.append((kind, value))
+    res.clocks_cut = cut
 
 
 def decode_ping(body: memoryview) -> tuple[str, dict[str, int]]:

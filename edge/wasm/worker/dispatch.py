@@ -137,6 +137,13 @@ class Worker:
             if inst is not None:
                 self._drop(inst)
             return encode_result("ok")
+        if op == "clock":  # replay: the values the next calls' clock reads answer
+            inst = self.instances.get(req[1])
+            if inst is None:
+                return encode_result("gone")
+            inst.clock_feed = [(int(k), int(v)) for k, v in req[2]]
+            inst.clock_next = 0
+            return encode_result("ok")
         if op == "nop":
             return encode_result("ok")
         if op == "ping":
