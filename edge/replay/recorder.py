@@ -61,6 +61,8 @@ PUB_FLUSH_S = 0.2
 #: a larger one is recorded without them (``too_large``: its size) and that component cannot be
 #: replayed over it.
 MAX_TICK_BYTES = 256 * 1024
+#: A tool call's request or reply larger than this is recorded by its size and hash (bytes).
+MAX_TOOL_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,22 @@ class RecorderLayer:
 
     def on_decide(self, agent: str, decisions: Sequence[Decision]) -> None:
         self._put("decide", agent, {"decisions": [decision_dict(d) for d in decisions]})
+
+    # -- the tools service's hook (edge.agents.tools.service.ToolCallRecorder) ----------------
+
+    def on_tool_call(self, tool: str, caller: str, request: bytes, code: str,
+                     reply: bytes) -> None:
+        body: dict[str, Any] = {"tool": tool, "caller": caller, "code": code,
+                                "request_sha": digest(request), "reply_sha": digest(reply)}
+        if len(request) <= MAX_TOOL_BYTES:
+            body["request"] = b64(request)
+        else:
+            body["request_too_large"] = len(request)
+        if len(reply) <= MAX_TOOL_BYTES:
+            body["reply"] = b64(reply)
+        else:
+            body["reply_too_large"] = len(reply)
+        self._put("tool", None, body)
 
     # -- internals --------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 from collections import deque
@@ -100,6 +101,9 @@ class ReplayInfer:
                         expected=rec.get("expected"))
 
 
+TOOL_CALLS_SHOWN = 10  # tool calls listed in the text report
+
+
 @dataclass
 class Divergence:
     """Where a replayed output first differs from the recorded one."""
@@ -162,6 +166,9 @@ class ReplayReport:
     components: dict[str, ComponentReport]
     replay_s: float
     recorded_s: float
+    #: the tools service's calls inside the window (answers external agents got): stream seq,
+    #: time, tool, caller, code, request and reply (JSON, None when too large to record)
+    tools: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def identical(self) -> bool:
@@ -183,7 +190,8 @@ class ReplayReport:
                 "identical": self.identical, "replay_s": round(self.replay_s, 3),
                 "recorded_s": round(self.recorded_s, 3), "speed": round(self.speed, 1),
                 "first_divergence": dataclasses.asdict(first) if first else None,
-                "components": {n: c.to_dict() for n, c in sorted(self.components.items())}}
+                "components": {n: c.to_dict() for n, c in sorted(self.components.items())},
+                "tools": self.tools}
 
     def render(self) -> str:
         lines = [f"replayed {self.records} records ({self.recorded_s:.1f} s recorded) in "
@@ -204,6 +212,14 @@ class ReplayReport:
                 exact += " (reads the clock: its ticks' reads answered from the record)"
             lines.append(f"  {name:<12} {c.ticks} ticks, {c.messages} message batches, "
                          f"{c.publishes} publishes: {state}  [{vers}]{exact}")
+        if self.tools:
+            lines.append(f"  tool calls in the window (answers from outside, not replayed): "
+                         f"{len(self.tools)}")
+            for call in self.tools[:TOOL_CALLS_SHOWN]:
+                lines.append(f"    seq {call['seq']} t {call['t']:.3f} {call['caller']} -> "
+                             f"{call['tool']}: {call['code']}")
+            if len(self.tools) > TOOL_CALLS_SHOWN:
+                lines.append(f"    ... {len(self.tools) - TOOL_CALLS_SHOWN} more (--json)")
         first = self.first
         lines.append(first.sentence() if first else "every output is identical to the record")
         if first is not None and first.context:
@@ -326,8 +342,10 @@ class Replayer:
         window = {"from": w.t_from, "to": w.t_to if w.t_to != float("inf") else None,
                   "seq_from": items[first_in][0] if first_in <= last_in else None,
                   "seq_to": items[last_in][0] if first_in <= last_in else None}
+        tools = [_tool_call(seq, rec) for seq, rec in items[first_in:last_in + 1]
+                 if rec["k"] == "tool"] if first_in <= last_in else []
         return ReplayReport(window, last_in - start + 1 if first_in <= last_in else 0,
-                            self.records.malformed, self._reports, replay_s, span)
+                            self.records.malformed, self._reports, replay_s, span, tools)
 
     # -- planning --------------------------------------------------------------------------
 
@@ -635,6 +653,30 @@ class Replayer:
                 report.publishes, report.publishes_differing = len(rec_list), differing
             else:
                 report.kv_puts, report.kv_differing = len(rec_list), differing
+
+
+def _tool_call(seq: int, rec: dict[str, Any]) -> dict[str, Any]:
+    """A ``tool`` record as the report shows it (a record lacking a field stops the replay)."""
+    try:
+        call = {"seq": seq, "t": float(rec["t"]), "tool": str(rec["tool"]),
+                "caller": str(rec["caller"]), "code": str(rec["code"]),
+                "request_sha": str(rec["request_sha"]), "reply_sha": str(rec["reply_sha"])}
+    except (KeyError, TypeError, ValueError):
+        raise ReplayError(f"the tool record at stream seq {seq} lacks a field",
+                          seq=seq, reason="malformed") from None
+    for part in ("request", "reply"):
+        raw = rec.get(part)
+        value: Any = None
+        if isinstance(raw, str):
+            try:
+                value = json.loads(unb64(raw, part) or b"{}")
+            except ReplayError as err:
+                raise ReplayError(f"the tool record at stream seq {seq}: {err.message}",
+                                  seq=seq, reason="malformed") from None
+            except ValueError:
+                value = None  # recorded as it was sent, not JSON
+        call[part] = value
+    return call
 
 
 def _clock_list(raw: Any, name: str, seq: int) -> list[tuple[int, int]]:
