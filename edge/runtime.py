@@ -275,6 +275,7 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
     from edge.sync.device.layer import UplinkLayer
 
     streams = cfg.sync.streams(cfg.device, bucket=cfg.state.bucket, hub=cfg.hub is not None)
+    streams.record = streams.record and record  # [sync] record: only what the recorder writes
     uplink = UplinkLayer(streams, cfg.hub)
     layers: list[Layer] = [uplink]
     # the policy point every message passes (docs/policy.md); without [policy] file: metering only
