@@ -162,12 +162,14 @@ class CallResult:
     clocks_cut: int = 0  # clock reads past CLOCK_REPORT_MAX: counted, not reported
     fault: tuple[str, str, str] | None = None  # (reason, export, text)
 
-    def has_effects(self) -> bool:
-        """True if the result carries more than counters (it then travels as a ``C`` frame)."""
+    def has_effects(self, clocks: bool = True) -> bool:
+        """True if the result carries more than counters (it then travels as a ``C`` frame; a
+        tick whose only extra is its clock reads, ``has_effects(clocks=False)`` False, as a
+        compact ``K`` frame)."""
         return bool(self.publishes or self.kv_puts or self.logs or self.denied
                     or self.denied_models or self.denied_extra or self.denied_models_extra
                     or self.fault is not None or self.messages or self.dropped
-                    or self.kv_refused or self.clocks or self.clocks_cut)
+                    or self.kv_refused or (clocks and (self.clocks or self.clocks_cut)))
 
     def reset(self) -> None:
         """Empty it for the next call (the worker reuses one per instance)."""

@@ -30,7 +30,7 @@ from edge.wasm.protocol import (
     CallResult,
     LoadSpec,
 )
-from edge.wasm.wire import encode_host_request, encode_ping, encode_result
+from edge.wasm.wire import encode_clock_reply, encode_host_request, encode_ping, encode_result
 from edge.wasm.worker.imports import GuestFault
 from edge.wasm.worker.instance import Instance, ModuleRefused
 
@@ -95,7 +95,9 @@ class Worker:
         except GuestFault as exc:
             return encode_result("error", text=f"GuestFault: {exc}")
         if res.has_effects():
-            return self._finish(inst, res)
+            if res.has_effects(clocks=False):
+                return self._finish(inst, res)
+            return encode_clock_reply(res)  # recorded or replayed: only the clock reads
         REPLY_FRAME.pack_into(self.reply, 0, REPLY_BODY_SIZE, KIND_REPLY, STATUS_OK, res.errors,
                               res.logs_dropped, res.gas_used, res.written)
         return self.reply
