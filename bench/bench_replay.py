@@ -9,6 +9,11 @@ over 5 drones; the emulated hardware is left out: it is not recorded).
 * Message path: bursts of 3,000 messages through the echo component of two devices on one
   server, one recording and one not, interleaved burst by burst (the cost of recording each
   message batch and publish).
+* Clock path: ticks of a physics that reads both clocks for each of 5 entities, in a sandbox
+  pool in the record clock mode (the worker reports every value with the call's result) against
+  one in the live mode (what a device without the recorder, and every device before clock
+  recording, runs), interleaved; and the plain physics (no clock import) in the two modes, whose
+  wire is the same compact reply in both. ``--clock`` runs only this part.
 * Replay speed: the recorded span of a window of the last recorded run divided by the wall time
   ``edge replay`` needs for it (start of its sandbox included); the target is at least 20x.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import statistics
 import sys
@@ -28,16 +34,25 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test rigs (tests/rigs/)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "replay"))
 
 from edge.config import embedded_default  # noqa: E402
 from edge.demo.fleet import apply_demo  # noqa: E402
 from edge.replay.recorder import RecorderLayer  # noqa: E402
-from edge.replay.replayer import replay  # noqa: E402
+from edge.replay.replayer import CaptureHost, replay  # noqa: E402
 from edge.replay.source import Window  # noqa: E402
 from edge.runtime import Runtime  # noqa: E402
+from edge.wasm.manifest import load_manifest  # noqa: E402
+from edge.wasm.pool import SandboxPool  # noqa: E402
+from edge.wasm.protocol import CLOCK_LIVE, CLOCK_RECORD  # noqa: E402
 from bench_runtime import _burst, echo_manifest  # noqa: E402
 from harness import Absolute, Comparison, Row, ainterleave, report  # noqa: E402
 from rigs.nats import running_server  # noqa: E402
+from replay_support import ROOT, physics_variant  # noqa: E402
+
+#: Ticks per sample of the clock path, entities per tick.
+CLOCK_TICKS = 400
+CLOCK_ENTITIES = 5
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -111,7 +126,52 @@ async def message_path(base: Path, url: str, rounds: int) -> Comparison:
                          note="bursts of 3,000; the recorded side until its records are out")
 
 
-async def main(quick: bool) -> None:
+async def clock_path(base: Path, rounds: int) -> list[Row]:
+    """Time per tick of a clock-reading physics (and the plain one) in the record clock mode
+    against the live one: the cost of reporting the clock values with each call result."""
+    clocked = physics_variant(base / "clocked", "        px[i] += vx[i] * dt + "
+                              "(double)(edge_clock_ms() % 1000) * 1e-9 + "
+                              "(double)(edge_monotonic_ns() % 1000) * 1e-12;", version="1.1.0")
+    plain = ROOT / "components" / "physics" / "manifest.toml"
+    pools = {mode: SandboxPool("bench", CaptureHost(), workers=1, clock=mode)
+             for mode in (CLOCK_LIVE, CLOCK_RECORD)}
+    ids = [f"e{i}" for i in range(CLOCK_ENTITIES)]
+    try:
+        for pool in pools.values():
+            await pool.start()
+            for path in (clocked, plain):
+                m = load_manifest(path, "bench")
+                await pool.load(dataclasses.replace(m, name=path.parent.name))
+
+        async def side(pool: SandboxPool, name: str) -> None:
+            first = True
+            for _ in range(CLOCK_TICKS):
+                for view in pool.batch(name, CLOCK_ENTITIES):
+                    view[:] = 1.0
+                await pool.tick(name, CLOCK_ENTITIES, 0.05, ids if first else None)
+                first = False
+
+        rows: list[Row] = []
+        for name, what in (("clocked", "tick path of a system reading both clocks 5x a tick"),
+                           ("physics", "tick path of a system not reading the clock")):
+            samples = await ainterleave(
+                {"recording": lambda n=name: side(pools[CLOCK_RECORD], n),
+                 "live": lambda n=name: side(pools[CLOCK_LIVE], n)}, rounds=rounds)
+            rows.append(Comparison.of(f"{what}, clock recording on vs off", samples,
+                                      "recording", "live", ops=CLOCK_TICKS, op="tick",
+                                      note=f"copy mode, {CLOCK_ENTITIES} entities"))
+        return rows
+    finally:
+        for pool in pools.values():
+            await pool.stop()
+
+
+async def main(quick: bool, clock_only: bool = False) -> None:
+    if clock_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = await clock_path(Path(tmp), 4 if quick else 8)
+        report(rows, command="bench/bench_replay.py --clock")
+        return
     seconds = 3.0 if quick else 6.0
     rounds = 2 if quick else 4
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,6 +191,7 @@ async def main(quick: bool) -> None:
             samples = await ainterleave({"recording": on, "off": off}, rounds=rounds, warmup=0,
                                         measure="value")
             burst = await message_path(base, srv.url, 3 if quick else 6)
+            clock_rows = await clock_path(base, 4 if quick else 8)
             nc = await nats.connect(srv.url)
             try:
                 js = nc.jetstream()
@@ -148,6 +209,7 @@ async def main(quick: bool) -> None:
                       "recording", "off", op="",
                       note="CPU s per wall s (0.05 = 5 % of a core): runtime process + sandbox worker; 3 systems, 5 drones"),
         burst,
+        *clock_rows,
         Absolute("recording rate, demo fleet (5 drones)",
                  f"{statistics.median(rates) / 1024:.1f} KiB/s, median of {len(rates)} "
                  f"(min {min(rates) / 1024:.1f}, max {max(rates) / 1024:.1f})",
@@ -165,4 +227,6 @@ async def main(quick: bool) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    asyncio.run(main(ap.parse_args().quick))
+    ap.add_argument("--clock", action="store_true", help="only the clock path")
+    args = ap.parse_args()
+    asyncio.run(main(args.quick, args.clock))

@@ -275,6 +275,7 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
     from edge.sync.device.layer import UplinkLayer
 
     streams = cfg.sync.streams(cfg.device, bucket=cfg.state.bucket, hub=cfg.hub is not None)
+    streams.record = streams.record and record  # [sync] record: only what the recorder writes
     uplink = UplinkLayer(streams, cfg.hub)
     layers: list[Layer] = [uplink]
     # the policy point every message passes (docs/policy.md); without [policy] file: metering only
@@ -319,8 +320,9 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
             return (finder(None) if finder is not None else None), None
 
     language = build_language(cfg)  # started after the agents: LANG is created after their decision stream
-    layers.append(ToolsService(cfg.tools, models=inference.registry if inference else None, camera=camera,
-                               knowledge=language.knowledge if language is not None else None, policy=point))
+    tools = ToolsService(cfg.tools, models=inference.registry if inference else None, camera=camera,
+                         knowledge=language.knowledge if language is not None else None, policy=point)
+    layers.append(tools)
     # after the uplink: the decision stream copies records out of the EVT stream it creates
     agents = AgentHost(cfg.agents, wasm_agents=sandbox.wasm_agents)
     layers.append(agents)
@@ -329,7 +331,7 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
     if record:  # before the sandbox: it records every component load, and stops after it
         from edge.replay.recorder import RecorderLayer
 
-        sandbox.recorder = agents.recorder = recorder = RecorderLayer()
+        sandbox.recorder = agents.recorder = tools.recorder = recorder = RecorderLayer()
         layers.append(recorder)
     layers.append(sandbox)
     if cfg.ota is not None:  # after the sandbox: it swaps components in it (docs/ota.md)

@@ -61,6 +61,8 @@ PUB_FLUSH_S = 0.2
 #: a larger one is recorded without them (``too_large``: its size) and that component cannot be
 #: replayed over it.
 MAX_TICK_BYTES = 256 * 1024
+#: A tool call's request or reply larger than this is recorded by its size and hash (bytes).
+MAX_TOOL_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,8 @@ class RecorderLayer:
                                       "too_large": nbytes})
 
     def on_tick(self, component: str, dt: float, ids: Sequence[str],
-                before: Sequence[np.ndarray], after: Sequence[np.ndarray], ok: bool) -> None:
+                before: Sequence[np.ndarray], after: Sequence[np.ndarray], ok: bool,
+                clocks: Sequence[tuple[int, int]] = (), cut: int = 0) -> None:
         rec = self._comps.get(component)
         if rec is None:
             return
@@ -198,8 +201,13 @@ class RecorderLayer:
                                           "too_large": size})
             return
         out = [after[i] for i in rec.writable] if ok else []
-        self._put("tick", component, {"step": rec.step, "dt": dt, "ids": list(ids), "ok": ok,
-                                      "in": pack_columns(before), "out": pack_columns(out)})
+        body: dict[str, Any] = {"step": rec.step, "dt": dt, "ids": list(ids), "ok": ok,
+                                "in": pack_columns(before), "out": pack_columns(out)}
+        if clocks or cut:  # the clock reads of the call, in order: [kind, value]
+            body["clock"] = [[k, v] for k, v in clocks]
+            if cut:
+                body["clock_cut"] = cut
+        self._put("tick", component, body)
 
     def on_deliver(self, component: str, messages: Sequence[tuple[str, bytes]],
                    hops: int) -> None:
@@ -276,6 +284,22 @@ class RecorderLayer:
 
     def on_decide(self, agent: str, decisions: Sequence[Decision]) -> None:
         self._put("decide", agent, {"decisions": [decision_dict(d) for d in decisions]})
+
+    # -- the tools service's hook (edge.agents.tools.service.ToolCallRecorder) ----------------
+
+    def on_tool_call(self, tool: str, caller: str, request: bytes, code: str,
+                     reply: bytes) -> None:
+        body: dict[str, Any] = {"tool": tool, "caller": caller, "code": code,
+                                "request_sha": digest(request), "reply_sha": digest(reply)}
+        if len(request) <= MAX_TOOL_BYTES:
+            body["request"] = b64(request)
+        else:
+            body["request_too_large"] = len(request)
+        if len(reply) <= MAX_TOOL_BYTES:
+            body["reply"] = b64(reply)
+        else:
+            body["reply_too_large"] = len(reply)
+        self._put("tool", None, body)
 
     # -- internals --------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from edge.wasm.record import record_prefix
 REC_STREAM = "REC"
 #: Record kinds (the subject token after ``rec``).
 KINDS = ("start", "load", "unload", "tick", "msg", "pub", "kv", "infer", "snap",
-         "agent", "obs", "read", "decide")
+         "agent", "obs", "read", "decide", "tool")
 #: Kinds of the records about native agents.
 AGENT_KINDS = ("agent", "obs", "read", "decide")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 from collections import deque
@@ -37,6 +38,7 @@ from edge.replay.records import AGENT_KINDS, ReplayError, digest, unb64, unpack_
 from edge.replay.source import Records, Window
 from edge.wasm.manifest import Manifest, load_manifest, parse_manifest
 from edge.wasm.pool import SandboxPool
+from edge.wasm.protocol import CLOCK_MS, CLOCK_NS, CLOCK_REPLAY
 from edge.wasm.wasmbin import module_imports
 
 log = logging.getLogger("edge.replay.replayer")
@@ -99,6 +101,9 @@ class ReplayInfer:
                         expected=rec.get("expected"))
 
 
+TOOL_CALLS_SHOWN = 10  # tool calls listed in the text report
+
+
 @dataclass
 class Divergence:
     """Where a replayed output first differs from the recorded one."""
@@ -119,6 +124,7 @@ class Divergence:
         what = {"ok": "the call's success", "columns": f"{self.field} of {self.entity}",
                 "publish": "a publish", "kv": "a key-value write", "decision": "the decisions",
                 "infer": "an infer call (model, input hash)",
+                "clock": "the clock reads ([kind, value]: 0 clock_ms, 1 monotonic_ns)",
                 "fault": "the run"}.get(self.what, self.what)
         return f"first divergence: {where}: {what} was {self.recorded!r}, replayed {self.replayed!r}"
 
@@ -139,7 +145,7 @@ class ComponentReport:
     decisions: int = 0  # agents: decisions compared
     decisions_differing: int = 0
     exact_start: bool = True  # False: the window started from a checkpoint, not a load
-    reads_clock: bool = False  # the module imports clock_ms or monotonic_ns (not replayed)
+    reads_clock: bool = False  # the module imports clock_ms or monotonic_ns (ticks: replayed)
     first: Divergence | None = None
 
     @property
@@ -160,6 +166,9 @@ class ReplayReport:
     components: dict[str, ComponentReport]
     replay_s: float
     recorded_s: float
+    #: the tools service's calls inside the window (answers external agents got): stream seq,
+    #: time, tool, caller, code, request and reply (JSON, None when too large to record)
+    tools: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def identical(self) -> bool:
@@ -181,7 +190,8 @@ class ReplayReport:
                 "identical": self.identical, "replay_s": round(self.replay_s, 3),
                 "recorded_s": round(self.recorded_s, 3), "speed": round(self.speed, 1),
                 "first_divergence": dataclasses.asdict(first) if first else None,
-                "components": {n: c.to_dict() for n, c in sorted(self.components.items())}}
+                "components": {n: c.to_dict() for n, c in sorted(self.components.items())},
+                "tools": self.tools}
 
     def render(self) -> str:
         lines = [f"replayed {self.records} records ({self.recorded_s:.1f} s recorded) in "
@@ -199,9 +209,17 @@ class ReplayReport:
                 f"{c.publishes} publishes, {c.kv_differing} of {c.kv_puts} KV writes differ")
             exact = "" if c.exact_start else " (started from a checkpoint)"
             if c.reads_clock:
-                exact += " (reads the clock, which a replay does not reproduce)"
+                exact += " (reads the clock: its ticks' reads answered from the record)"
             lines.append(f"  {name:<12} {c.ticks} ticks, {c.messages} message batches, "
                          f"{c.publishes} publishes: {state}  [{vers}]{exact}")
+        if self.tools:
+            lines.append(f"  tool calls in the window (answers from outside, not replayed): "
+                         f"{len(self.tools)}")
+            for call in self.tools[:TOOL_CALLS_SHOWN]:
+                lines.append(f"    seq {call['seq']} t {call['t']:.3f} {call['caller']} -> "
+                             f"{call['tool']}: {call['code']}")
+            if len(self.tools) > TOOL_CALLS_SHOWN:
+                lines.append(f"    ... {len(self.tools) - TOOL_CALLS_SHOWN} more (--json)")
         first = self.first
         lines.append(first.sentence() if first else "every output is identical to the record")
         if first is not None and first.context:
@@ -305,7 +323,7 @@ class Replayer:
         with tempfile.TemporaryDirectory(prefix="edge-replay-") as tmp:
             self._tmp = Path(tmp)
             async with SandboxPool(self.device, self.host, workers=workers,
-                                   infer=self.infer) as pool:
+                                   infer=self.infer, clock=CLOCK_REPLAY) as pool:
                 await asyncio.gather(*(self._replay_one(pool, name, recs)
                                        for name, recs in streams.items()),
                                      *(self._replay_agent(name, recs)
@@ -324,8 +342,10 @@ class Replayer:
         window = {"from": w.t_from, "to": w.t_to if w.t_to != float("inf") else None,
                   "seq_from": items[first_in][0] if first_in <= last_in else None,
                   "seq_to": items[last_in][0] if first_in <= last_in else None}
+        tools = [_tool_call(seq, rec) for seq, rec in items[first_in:last_in + 1]
+                 if rec["k"] == "tool"] if first_in <= last_in else []
         return ReplayReport(window, last_in - start + 1 if first_in <= last_in else 0,
-                            self.records.malformed, self._reports, replay_s, span)
+                            self.records.malformed, self._reports, replay_s, span, tools)
 
     # -- planning --------------------------------------------------------------------------
 
@@ -518,12 +538,19 @@ class Replayer:
         views = pool.batch(name, n)
         for view, col in zip(views, inputs, strict=True):
             view[:] = col
+        if rec.get("clock_cut"):
+            raise ReplayError(f"tick {rec.get('step')} of '{name}' (stream seq {seq}) read the "
+                              f"clock {rec['clock_cut']} times more than a record keeps",
+                              component=name, seq=seq, reason="not-recorded")
+        clocks = _clock_list(rec.get("clock", []), name, seq)
         send = ids if ids != live.ids else None
-        ok = await pool.tick(name, n, float(rec["dt"]), send)
+        report = live.report
+        ok = await pool.tick(name, n, float(rec["dt"]), send,
+                             clock=clocks if report.reads_clock else None)
+        read = pool.tick_clocks(name)[0] if report.reads_clock else []
         live.ids = ids if ok else None
         step = int(rec.get("step", 0))
         self._take_effects(live, step, seq, t, inside)
-        report = live.report
         if not inside:
             report.warmup_ticks += 1
             return
@@ -537,6 +564,11 @@ class Replayer:
                                            context=self._context(m, ids, inputs, rec)))
             return
         if not ok:
+            return
+        if read != clocks:  # read the clock more or fewer times, or the other clock
+            report.ticks_differing += 1
+            self._diverge(live, Divergence(name, "clock", step, seq, t, clocks, read,
+                                           context=self._context(m, ids, inputs, rec)))
             return
         recorded = unpack_columns(rec["out"], len(writable), n, "out")
         replayed = np.stack([views[i] for i in writable]) if writable else recorded
@@ -621,6 +653,44 @@ class Replayer:
                 report.publishes, report.publishes_differing = len(rec_list), differing
             else:
                 report.kv_puts, report.kv_differing = len(rec_list), differing
+
+
+def _tool_call(seq: int, rec: dict[str, Any]) -> dict[str, Any]:
+    """A ``tool`` record as the report shows it (a record lacking a field stops the replay)."""
+    try:
+        call = {"seq": seq, "t": float(rec["t"]), "tool": str(rec["tool"]),
+                "caller": str(rec["caller"]), "code": str(rec["code"]),
+                "request_sha": str(rec["request_sha"]), "reply_sha": str(rec["reply_sha"])}
+    except (KeyError, TypeError, ValueError):
+        raise ReplayError(f"the tool record at stream seq {seq} lacks a field",
+                          seq=seq, reason="malformed") from None
+    for part in ("request", "reply"):
+        raw = rec.get(part)
+        value: Any = None
+        if isinstance(raw, str):
+            try:
+                value = json.loads(unb64(raw, part) or b"{}")
+            except ReplayError as err:
+                raise ReplayError(f"the tool record at stream seq {seq}: {err.message}",
+                                  seq=seq, reason="malformed") from None
+            except ValueError:
+                value = None  # recorded as it was sent, not JSON
+        call[part] = value
+    return call
+
+
+def _clock_list(raw: Any, name: str, seq: int) -> list[tuple[int, int]]:
+    """A tick record's ``clock`` field as ``(kind, value)`` pairs (a malformed one stops the
+    replay with its stream sequence)."""
+    try:
+        out = [(int(k), int(v)) for k, v in raw]
+        good = all(k in (CLOCK_MS, CLOCK_NS) for k, _ in out)
+    except (TypeError, ValueError):
+        out, good = [], False
+    if not good:
+        raise ReplayError(f"the tick record at stream seq {seq} of '{name}' has a malformed "
+                          f"clock field", component=name, seq=seq, reason="malformed")
+    return out
 
 
 def _show(e: _Effect | None) -> str | None:

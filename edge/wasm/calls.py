@@ -48,8 +48,10 @@ def batch(comp: Component, shm: Callable[[], Path], n: int) -> list[np.ndarray]:
 
 
 async def tick(sup: Supervisor, comp: Component, n: int, dt: float,
-               ids: Sequence[str] | None) -> bool:
-    """Copy mode: run ``edge_tick`` on the batch file."""
+               ids: Sequence[str] | None,
+               clock: Sequence[tuple[int, int]] | None = None) -> bool:
+    """Copy mode: run ``edge_tick`` on the batch file (``clock``: the values its clock reads
+    answer, replay clock mode)."""
     name = comp.name
     if ids is not None:
         comp.ids = list(ids)
@@ -68,6 +70,10 @@ async def tick(sup: Supervisor, comp: Component, n: int, dt: float,
     gen = comp.generation
     if shm is not None or send_ids is not None:
         worker.send(("setup", name, send_ids, shm), name, "edge_tick")  # answered in order
+    if comp.tick_clocks or comp.tick_clocks_cut:
+        comp.tick_clocks, comp.tick_clocks_cut = [], 0
+    if clock is not None:  # [replay hook] answered in order, before the tick
+        worker.send(("clock", name, list(clock)), name, "edge_tick")
     fut = worker.send(encode_tick(comp.handle, n, float(dt)), name, "edge_tick")
     comp.batch_sent = True
     comp.ids_sent = True

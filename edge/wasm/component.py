@@ -48,6 +48,10 @@ class Component:
     world: WorldColumns | None = None  # shared mode: the runtime's own view of the columns
     timer: asyncio.TimerHandle | None = None
     denied_logged_at: float = 0.0
+    #: [replay hook] the clock values its last tick read, and the reads not reported (clock
+    #: modes record / replay only; edge.wasm.protocol.CLOCK_RECORD)
+    tick_clocks: list[tuple[int, int]] = field(default_factory=list)
+    tick_clocks_cut: int = 0
     loading: bool = False  # its first start, inside pool.load (a fault there refuses the load)
     grant: PublishGrant = field(init=False)
     kv_usage: KvUsage = field(init=False)  # what its KV holds, against limits.kv_keys/kv_bytes

@@ -40,6 +40,7 @@ from edge.wasm.inbox import COMPONENT_KV_BUCKET, ComponentInbox
 from edge.wasm.manifest import Manifest, load_manifest, read_module
 from edge.wasm.origin import origin_headers, origin_id
 from edge.wasm.pool import SandboxPool
+from edge.wasm.protocol import CLOCK_LIVE, CLOCK_RECORD
 from edge.wasm.record import RecordingBridge, SandboxRecorder, record_prefix
 from edge.world.scheduler import SharedBatch, TickLoop
 from edge.world.store import F64Array
@@ -77,7 +78,8 @@ class WasmTickRunner:
             self._ids = list(ids)
         before = [v.copy() for v in self._views]
         ok = await self.pool.tick(self.name, n, dt, ids)
-        rec.on_tick(self.name, dt, self._ids, before, self._views, ok)
+        clocks, cut = self.pool.tick_clocks(self.name)
+        rec.on_tick(self.name, dt, self._ids, before, self._views, ok, clocks, cut)
         return ok
 
     # [shared world columns] the scheduler's SharedTickRunner method: the worker reads and writes
@@ -153,7 +155,8 @@ class SandboxLayer:
             bridge = RecordingBridge(bridge, self.recorder)
         self.pool = SandboxPool(ctx.device, self, infer=bridge, recycle_after=s.recycle_after,
                                 recycle_rss_bytes=rss, deadline_s=s.deadline_s, workers=s.workers,
-                                max_hops=s.max_hops, policy=self.policy)
+                                max_hops=s.max_hops, policy=self.policy,
+                                clock=CLOCK_LIVE if self.recorder is None else CLOCK_RECORD)
         await self.pool.start()
         for manifest_path in self.manifests:
             try:

@@ -72,6 +72,7 @@ from edge.wasm.host import (
 )
 from edge.wasm.manifest import Manifest, read_module
 from edge.wasm.procs import DEFAULT_WORKER_COMMAND, HostRequest, WorkerGone
+from edge.wasm.protocol import CLOCK_LIVE
 from edge.wasm.supervision import (
     DEFAULT_RSS_CHECK_S,
     FAIL_LIMIT,
@@ -131,6 +132,7 @@ class SandboxPool:
                  infer_budget_s: float = DEFAULT_INFER_BUDGET_S,
                  max_hops: int = DEFAULT_MAX_HOPS,
                  policy: MessagePolicy | None = None,
+                 clock: int = CLOCK_LIVE,
                  worker_command: Sequence[str] | Callable[[int], Sequence[str]] = (
                      DEFAULT_WORKER_COMMAND)) -> None:
         if recycle_after < 1:
@@ -155,7 +157,7 @@ class SandboxPool:
         self._sup = Supervisor(
             SupervisionConfig(device, recycle_after, recycle_leak_bytes, deadline_s,
                               backoff_base_s, backoff_max_s, max_in_flight, stack_bytes,
-                              command, recycle_rss_bytes, rss_check_s),
+                              command, recycle_rss_bytes, rss_check_s, clock),
             host, self._effects, self._comps, self._on_host_request)
         self._prepared: dict[tuple[bytes, Manifest], tuple[bytes, ModuleInfo]] = {}
         self._shm_dir: Path | None = None
@@ -301,12 +303,20 @@ class SandboxPool:
         return calls.batch(self._get(name), self._shm, n)
 
     async def tick(self, name: str, n: int, dt: float,
-                   ids: Sequence[str] | None = None) -> bool:
+                   ids: Sequence[str] | None = None, *,
+                   clock: Sequence[tuple[int, int]] | None = None) -> bool:
         """Run ``edge_tick`` over the first ``n`` rows of the batch; write columns are updated in
         place. ``ids`` are the entity IDs of the rows (None = unchanged since the last tick).
-        Returns False if the component is not running (backoff, failed, restarting) or the call
-        faulted (the fault is reported through ``on_fault``)."""
-        return await calls.tick(self._sup, self._get(name), n, dt, ids)
+        ``clock`` (a pool in the replay clock mode): the ``(kind, value)`` the tick's clock
+        reads answer, in order. Returns False if the component is not running (backoff,
+        failed, restarting) or the call faulted (the fault is reported through ``on_fault``)."""
+        return await calls.tick(self._sup, self._get(name), n, dt, ids, clock)
+
+    def tick_clocks(self, name: str) -> tuple[list[tuple[int, int]], int]:
+        """The clock values the last tick of ``name`` read and the reads not reported (empty
+        unless the pool records or replays clocks: ``clock`` CLOCK_RECORD or CLOCK_REPLAY)."""
+        comp = self._get(name)
+        return comp.tick_clocks, comp.tick_clocks_cut
 
     async def tick_shared(self, name: str, n: int, dt: float, *, version: object,
                           columns: Sequence[tuple[str, int, int]],

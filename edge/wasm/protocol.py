@@ -23,6 +23,8 @@ Requests (pickled tuples, first item the op; the tick is a struct) and their ans
   ``flags & FLAG_SHARED`` runs on the bound world columns instead of the copy-mode batch.
 * ``("deliver", name, [(subject, data), ...])`` -> ok | fault | gone (``C``)
 * ``("ping",)`` -> a ``P`` frame (pid, instances, rss_kb)
+* ``("clock", name, [(kind, value), ...])`` -> ok | gone: the values the clock imports answer
+  during the component's next calls (replay mode, :data:`CLOCK_REPLAY`).
 
 Nested host requests. While a call runs, a host import that needs the runtime (``infer``) writes
 a host request frame (``b"Q"``) on the reply pipe and blocks until the runtime writes a host
@@ -69,6 +71,19 @@ STATUS_GONE = 1
 HOST_REPLY = struct.Struct("<IBxxxiI")
 KIND_HOST_REPLY = 0x41  # "A"
 
+#: Clock modes of a component (``LoadSpec.clock``): the clock imports answer the live clocks
+#: and report nothing; answer the live clocks and report every value handed out (recording);
+#: answer the values the runtime sent with ``("clock", name, values)`` before the call, in
+#: order, and report them (replaying; 0 once they run out).
+CLOCK_LIVE = 0
+CLOCK_RECORD = 1
+CLOCK_REPLAY = 2
+#: Clock imports told apart in a reported value: ``clock_ms`` and ``monotonic_ns``.
+CLOCK_MS = 0
+CLOCK_NS = 1
+#: Clock values one call reports at most (more are counted in ``clocks_cut``, not kept).
+CLOCK_REPORT_MAX = 1024
+
 
 def encode_host_reply(code: int, hint: int, payload: bytes = b"") -> bytes:
     """The frame answering a host request (runtime side)."""
@@ -100,6 +115,7 @@ class LoadSpec:
     models: tuple[str, ...] = ()  # model names the manifest grants (run.models)
     kv_keys: int = DEFAULT_KV_KEYS  # KV quota: keys the component may store (limits.kv_keys)
     kv_bytes: int = DEFAULT_KV_BYTES  # KV quota: bytes of key names and values (limits.kv_bytes)
+    clock: int = CLOCK_LIVE  # CLOCK_LIVE | CLOCK_RECORD | CLOCK_REPLAY
 
 
 @dataclass(frozen=True)
@@ -141,19 +157,27 @@ class CallResult:
     dropped: int = 0  # messages not handled (no room, or after a fault)
     errors: int = 0  # exports that returned non-zero
     kv_refused: int = 0  # kv_put calls refused by the KV quota
+    #: (kind, value) of each clock read, in order (clock modes record / replay only)
+    clocks: list[tuple[int, int]] = field(default_factory=list)
+    clocks_cut: int = 0  # clock reads past CLOCK_REPORT_MAX: counted, not reported
     fault: tuple[str, str, str] | None = None  # (reason, export, text)
 
-    def has_effects(self) -> bool:
-        """True if the result carries more than counters (it then travels as a ``C`` frame)."""
+    def has_effects(self, clocks: bool = True) -> bool:
+        """True if the result carries more than counters (it then travels as a ``C`` frame; a
+        tick whose only extra is its clock reads, ``has_effects(clocks=False)`` False, as a
+        compact ``K`` frame)."""
         return bool(self.publishes or self.kv_puts or self.logs or self.denied
                     or self.denied_models or self.denied_extra or self.denied_models_extra
                     or self.fault is not None or self.messages or self.dropped
-                    or self.kv_refused)
+                    or self.kv_refused or (clocks and (self.clocks or self.clocks_cut)))
 
     def reset(self) -> None:
         """Empty it for the next call (the worker reuses one per instance)."""
         self.gas_used = self.logs_dropped = self.messages = self.dropped = self.errors = 0
         self.denied_extra = self.denied_models_extra = self.written = self.kv_refused = 0
+        self.clocks_cut = 0
+        if self.clocks:
+            self.clocks = []
         self.fault = None
         if self.publishes:
             self.publishes = []

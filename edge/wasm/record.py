@@ -6,7 +6,9 @@ boundary:
 
 * ``on_load`` when a component is loaded (its manifest text, module bytes and KV snapshot);
 * ``on_tick`` after each tick, with the exact inputs the worker read (the batch columns before
-  the call, the entity ids, ``dt``) and the columns after it;
+  the call, the entity ids, ``dt``), the columns after it and the ``(kind, value)`` of every
+  clock read of the call, in order (the pool runs in the record clock mode: the worker reports
+  them with the call's result; ``cut``: reads past the report's limit, not kept);
 * ``on_deliver`` for each message batch handed to ``edge_on_message``;
 * ``on_publish`` / ``on_kv_put`` for each effect the host carried out;
 * ``on_infer`` for each answer of the ``infer`` bridge (wrapped in :class:`RecordingBridge`);
@@ -57,7 +59,8 @@ class SandboxRecorder(Protocol):
     def on_unload(self, component: str) -> None: ...
 
     def on_tick(self, component: str, dt: float, ids: Sequence[str],
-                before: Sequence[np.ndarray], after: Sequence[np.ndarray], ok: bool) -> None: ...
+                before: Sequence[np.ndarray], after: Sequence[np.ndarray], ok: bool,
+                clocks: Sequence[tuple[int, int]] = (), cut: int = 0) -> None: ...
 
     def on_deliver(self, component: str, messages: Sequence[tuple[str, bytes]],
                    hops: int) -> None: ...

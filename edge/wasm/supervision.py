@@ -69,6 +69,7 @@ class SupervisionConfig:
     worker_command: Callable[[int], Sequence[str]]  # slot -> argv of a worker process
     recycle_rss_bytes: int | None = None  # replace a worker whose RSS passes this; None = never
     rss_check_s: float = DEFAULT_RSS_CHECK_S
+    clock: int = 0  # the components' clock mode (edge.wasm.protocol.CLOCK_LIVE | _RECORD | _REPLAY)
 
 
 class Supervisor:
@@ -109,7 +110,7 @@ class Supervisor:
             writable=m.writable, publish=m.publish, gas=m.limits.gas,
             publish_per_call=m.limits.publish_per_call, kv=dict(comp.kv),
             stack_bytes=self.cfg.stack_bytes, handle=comp.handle, models=m.models,
-            kv_keys=m.limits.kv_keys, kv_bytes=m.limits.kv_bytes,
+            kv_keys=m.limits.kv_keys, kv_bytes=m.limits.kv_bytes, clock=self.cfg.clock,
         )
         comp.generation += 1
         comp.state = "starting"
@@ -159,6 +160,8 @@ class Supervisor:
             return False
         if export == "edge_tick":
             comp.counters["ticks"] += 1
+            if payload.clocks or comp.tick_clocks or payload.clocks_cut:  # [replay hook]
+                comp.tick_clocks, comp.tick_clocks_cut = payload.clocks, payload.clocks_cut
         self.effects.apply(comp, payload, hops)
         if status == "fault":
             if current:

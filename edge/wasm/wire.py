@@ -18,7 +18,12 @@ Kinds (all integers little-endian):
   smallest item must fit in the frame); then the items in that order:
   publish ``<HI`` + subject + data, kv ``<HI`` + key + value, log ``<BH`` + level + text,
   denied ``<H`` + subject, denied model ``<H`` + name; then ``<I`` + a text (fault text, or the
-  reason of ``refused`` / ``error``).
+  reason of ``refused`` / ``error``); then, only when the call reported clock reads (a
+  component recorded or replayed, :data:`~edge.wasm.protocol.CLOCK_RECORD`), ``<II`` count and
+  reads cut, and ``count`` items ``<Bq`` kind (0 ``clock_ms``, 1 ``monotonic_ns``) and value.
+* ``K`` compact tick reply with clock reads (a recorded or replayed tick whose only other
+  results are counters): ``<BBxxIIQQII`` kind, status (ok), errors, logs_dropped, gas_used,
+  written, count, reads cut; then ``count`` items ``<Bq`` as in the ``C`` frame's clock section.
 * ``P`` ping reply: ``<BxxxIIQ`` kind, pid, instances, rss_kb.
 * ``Q`` host request (during a call): ``<BBxxiI`` kind, op, out_cap, model_len; then the model
   name and the input bytes (see :mod:`edge.wasm.protocol`).
@@ -39,11 +44,20 @@ from edge.wasm.abi import (
     PUBLISH_MAX_BYTES,
     SUBJECT_MAX_BYTES,
 )
-from edge.wasm.protocol import HEADER, KIND_REPLY, STATUS_GONE, STATUS_OK, CallResult
+from edge.wasm.protocol import (
+    CLOCK_NS,
+    CLOCK_REPORT_MAX,
+    HEADER,
+    KIND_REPLY,
+    STATUS_GONE,
+    STATUS_OK,
+    CallResult,
+)
 
 KIND_RESULT = 0x43  # "C"
 KIND_PING = 0x50  # "P"
 KIND_HOST_REQUEST = 0x51  # "Q"
+KIND_CLOCK_REPLY = 0x4B  # "K"
 
 STATUS_FAULT = 2
 STATUS_REFUSED = 3
@@ -71,6 +85,9 @@ _PUB = struct.Struct("<HI")
 _LOG = struct.Struct("<BH")
 _STR = struct.Struct("<H")
 _TEXT = struct.Struct("<I")
+_CLOCK_HEAD = struct.Struct("<II")
+CLOCK_REPLY = struct.Struct("<BBxxIIQQII")
+_CLOCK = struct.Struct("<Bq")
 
 #: Longest fault / refusal text (bytes).
 TEXT_MAX_BYTES = 64 * 1024
@@ -143,7 +160,17 @@ def encode_result(status: str, res: CallResult | None = None, text: str = "") ->
             parts += (_STR.pack(len(nb)), nb)
     tb = _cut(text, TEXT_MAX_BYTES)
     parts += (_TEXT.pack(len(tb)), tb)
+    if r.clocks or r.clocks_cut:
+        parts.append(_CLOCK_HEAD.pack(len(r.clocks), r.clocks_cut))
+        parts += [_CLOCK.pack(k, v) for k, v in r.clocks]
     return _frame(b"".join(parts))
+
+
+def encode_clock_reply(res: CallResult) -> bytes:
+    """A ``K`` frame: a tick that only counted and read the clock."""
+    head = CLOCK_REPLY.pack(KIND_CLOCK_REPLY, STATUS_OK, res.errors, res.logs_dropped,
+                            res.gas_used, res.written, len(res.clocks), res.clocks_cut)
+    return _frame(head + b"".join([_CLOCK.pack(k, v) for k, v in res.clocks]))
 
 
 def encode_ping(pid: int, instances: int, rss_kb: int) -> bytes:
@@ -251,12 +278,45 @@ def decode_result(body: memoryview) -> tuple[str, Any]:
         res.denied_models.append(r.text(mlen, MODEL_NAME_MAX_BYTES, "denied model"))
     (tlen,) = r.unpack(_TEXT)
     text = r.text(tlen, TEXT_MAX_BYTES, "text")
+    if len(body) - r.pos >= _CLOCK_HEAD.size:
+        _clocks(r, res)
     r.end()
     if name in ("refused", "error"):
         return name, text
     if name == "fault":
         res.fault = (REASONS[reason], EXPORTS[export], text)
     return name, res
+
+
+def _clocks(r: _Reader, res: CallResult) -> None:
+    """The optional clock section of a ``C`` body."""
+    n, cut = r.unpack(_CLOCK_HEAD)
+    if n > CLOCK_REPORT_MAX:
+        raise ProtocolError(f"{n} clock values, at most {CLOCK_REPORT_MAX} allowed")
+    if n * _CLOCK.size != len(r.body) - r.pos:
+        raise ProtocolError(f"{n} clock values need {n * _CLOCK.size} bytes, the frame has "
+                            f"{len(r.body) - r.pos} left")
+    clocks = list(_CLOCK.iter_unpack(r.body[r.pos:]))
+    r.pos = len(r.body)
+    if any(kind > CLOCK_NS for kind, _ in clocks):
+        raise ProtocolError(f"unknown clock kind in {sorted({k for k, _ in clocks})}")
+    res.clocks = clocks
+    res.clocks_cut = cut
+
+
+def decode_clock_reply(body: memoryview) -> tuple[str, CallResult]:
+    """Decode a ``K`` body (status ok)."""
+    if len(body) < CLOCK_REPLY.size:
+        raise ProtocolError(f"clock reply of {len(body)} bytes, at least {CLOCK_REPLY.size}")
+    _, status, errors, logs_dropped, gas, written, n, cut = CLOCK_REPLY.unpack_from(body, 0)
+    if status != STATUS_OK:
+        raise ProtocolError(f"clock reply with status code {status}")
+    res = CallResult(gas_used=gas, errors=errors, logs_dropped=logs_dropped, written=written)
+    r = _Reader(body)
+    r.pos = CLOCK_REPLY.size - _CLOCK_HEAD.size
+    _clocks(r, res)
+    r.end()
+    return "ok", res
 
 
 def decode_ping(body: memoryview) -> tuple[str, dict[str, int]]:
@@ -279,17 +339,19 @@ def decode_host_request(body: memoryview) -> HostRequestFrame:
 
 
 #: Reply kinds a pending request accepts, by what it expects.
-EXPECT_TICK = frozenset({KIND_REPLY, KIND_RESULT})
+EXPECT_TICK = frozenset({KIND_REPLY, KIND_RESULT, KIND_CLOCK_REPLY})
 EXPECT_RESULT = frozenset({KIND_RESULT})
 EXPECT_PING = frozenset({KIND_PING})
 
 
 def decode_answer(kind: int, body: memoryview) -> tuple[str, Any]:
-    """Decode a reply body of a known kind (``R``, ``C`` or ``P``)."""
+    """Decode a reply body of a known kind (``R``, ``C``, ``K`` or ``P``)."""
     if kind == KIND_REPLY:
         return decode_reply(body)
     if kind == KIND_RESULT:
         return decode_result(body)
     if kind == KIND_PING:
         return decode_ping(body)
+    if kind == KIND_CLOCK_REPLY:
+        return decode_clock_reply(body)
     raise ProtocolError(f"unknown frame kind {kind:#04x}")

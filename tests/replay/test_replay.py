@@ -4,6 +4,7 @@ windows across a restart and a component update, and the fault paths."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ from edge.replay.records import REC_STREAM, ReplayError, unpack_columns
 from edge.replay.replayer import Replayer, replay
 from edge.replay.source import Window, parse_seq, parse_time
 from edge.runtime import Runtime
+from edge.wasm.protocol import CLOCK_REPORT_MAX
 from replay_support import (DEVICE, ROOT, all_records, fleet_config, physics_variant, publish_garbage,
                      run_for, ticks_of)
 
@@ -371,6 +373,94 @@ async def test_a_component_that_reads_the_clock_is_flagged(tmp_path: Path, nats_
                            what_if={"physics": clocked})
     assert report2.components["physics"].reads_clock
     assert "reads the clock" in report2.render()
+
+
+async def test_clock_reads_are_recorded_and_replayed_from_the_record(
+        tmp_path: Path, nats_url: str, js_nc: Client) -> None:
+    cfg = fleet_config(tmp_path / "dev", nats_url)
+    clocked = physics_variant(tmp_path / "clk", "        px[i] += vx[i] * dt + "
+                              "(double)(edge_clock_ms() % 100000000) * 1e-3 + "
+                              "(double)(edge_monotonic_ns() % 1000);", version="1.1.0")
+    rt = Runtime(cfg)
+    await rt.start()
+    try:
+        await rt.unload_component("physics")
+        await rt.load_component(str(clocked))
+        t0 = time.time()
+        await asyncio.sleep(1.5)
+    finally:
+        await rt.stop()
+    js = js_nc.jetstream()
+    records = await all_records(js)
+    window = Window(t0 + 0.3, time.time())
+    clocked_ticks = [(s, r) for s, r in ticks_of(records, "physics") if r.get("clock")]
+    assert len(clocked_ticks) > 10
+    seq0, tick0 = next((s, r) for s, r in clocked_ticks if window.contains(s, r["t"]))
+    # two reads per entity, in call order: clock_ms (kind 0) then monotonic_ns (kind 1)
+    assert [k for k, _ in tick0["clock"]] == [0, 1] * len(tick0["ids"])
+    ms = tick0["clock"][0][1]
+    assert abs(ms / 1000 - tick0["t"]) < 5.0  # a wall clock reading, in milliseconds
+    report = await Replayer(DEVICE, records, window, systems=["physics"]).run()
+    assert report.identical, report.render()
+    phys = report.components["physics"]
+    assert phys.reads_clock and phys.ticks > 10
+    assert "reads the clock" in report.render()
+
+    # the record's clock values altered at one tick: the replay answers them, and the column
+    # derived from them diverges there
+    altered = copy.deepcopy(records)
+    for s, r in altered.items:
+        if s == seq0:
+            r["clock"][0][1] += 7000
+    report2 = await Replayer(DEVICE, altered, window, systems=["physics"]).run()
+    first = report2.first
+    assert first is not None and first.seq == seq0, report2.render()
+    assert first.what == "columns" and first.field == "position.x"
+    assert first.replayed - first.recorded == pytest.approx(7.0, abs=0.01)
+    assert report2.components["physics"].ticks_differing >= 1
+
+    # a record with fewer clock values than the component reads: a clock divergence there
+    short = copy.deepcopy(records)
+    for s, r in short.items:
+        if s == seq0:
+            r["clock"] = r["clock"][:1]
+    report3 = await Replayer(DEVICE, short, window, systems=["physics"]).run()
+    assert report3.first is not None and report3.first.what == "clock"
+    assert report3.first.seq == seq0
+
+    # a malformed clock field stops the replay with its stream sequence
+    bad = copy.deepcopy(records)
+    for s, r in bad.items:
+        if s == seq0:
+            r["clock"] = [["x", 1]]
+    with pytest.raises(ReplayError, match=f"stream seq {seq0}.*malformed clock"):
+        await Replayer(DEVICE, bad, window, systems=["physics"]).run()
+
+
+async def test_a_tick_reading_the_clock_too_often_is_marked_and_refused_in_replay(
+        tmp_path: Path, nats_url: str, js_nc: Client) -> None:
+    cfg = fleet_config(tmp_path / "dev", nats_url)
+    chatty = physics_variant(tmp_path / "chatty", "        for (int k = 0; k < 400; k++) "
+                             "px[i] += 0.0 * (double)edge_clock_ms();\n"
+                             "        px[i] += vx[i] * dt;", version="1.2.0")
+    rt = Runtime(cfg)
+    await rt.start()
+    try:
+        await rt.unload_component("physics")
+        await rt.load_component(str(chatty))
+        t0 = time.time()
+        await asyncio.sleep(0.8)
+    finally:
+        await rt.stop()
+    js = js_nc.jetstream()
+    records = await all_records(js)
+    cut = [(s, r) for s, r in ticks_of(records, "physics") if r.get("clock_cut")]
+    assert cut, "3 entities x 400 reads: past the 1024 a record keeps"
+    seq, tick = cut[0]
+    assert len(tick["clock"]) == CLOCK_REPORT_MAX
+    assert tick["clock_cut"] == 400 * len(tick["ids"]) - CLOCK_REPORT_MAX
+    with pytest.raises(ReplayError, match=f"stream seq {seq}.*read the clock"):
+        await Replayer(DEVICE, records, Window(t0), systems=["physics"]).run()
 
 
 async def test_infer_answers_are_recorded_and_replayed_without_the_model(

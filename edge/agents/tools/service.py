@@ -32,7 +32,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from nats.aio.msg import Msg
@@ -73,7 +73,7 @@ from edge.layer import DeviceContext
 from edge.errors import LifecycleError
 from edge.nats import subjects
 from edge.nats.commands import CommandClient, CommandTimeout, CommandUnanswered
-from edge.nats.service import code_of, respond_error, respond_ok
+from edge.nats.service import code_of, error_body, ok_body, respond_error, respond_ok
 from edge.policy.point import PolicyPoint
 from edge.world.store import World
 
@@ -94,6 +94,15 @@ __all__ = [
     "CALLER_HEADER", "SERVICE_NAME", "TOOL_NAMES", "ToolDenied", "ToolError", "ToolNotFound", "ToolPermissions",
     "ToolTimeout", "ToolUnavailable", "ToolsConfig", "ToolsService", "parse_tools_config",
 ]
+
+
+class ToolCallRecorder(Protocol):
+    """[replay hook] Told every tool call and the reply it got (set by the composition root;
+    None = not recorded): the tool, the caller, the request body, the reply's code ("200" or
+    the error code) and its body. Synchronous; must not block or raise (docs/replay.md)."""
+
+    def on_tool_call(self, tool: str, caller: str, request: bytes, code: str,
+                     reply: bytes) -> None: ...
 
 
 class ToolsService:
@@ -135,6 +144,8 @@ class ToolsService:
         self._sensors: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
         self.tools = self._tools()
         self._commands: CommandClient | None = None
+        #: [replay hook] told every call and its reply; None = not recorded (edge.replay)
+        self.recorder: ToolCallRecorder | None = None
 
     @property
     def ctx(self) -> DeviceContext:
@@ -256,6 +267,7 @@ class ToolsService:
                 log.warning("tool %s denied to caller %s", tool.name, caller)
                 err = ToolDenied(f"caller '{caller}' may not use tool '{tool.name}'"
                                  + (f": {rule['why']}" if rule else ""), tool=tool.name, caller=caller, **rule)
+                self._record(tool.name, caller, req.data, code_of(err), err)
                 await respond_error(req, err)
                 return
             try:
@@ -269,17 +281,27 @@ class ToolsService:
                 self.errors[tool.name] += 1
                 code = "404" if isinstance(err, EntityError) else code_of(err)
                 err.fields.setdefault("tool", tool.name)
+                self._record(tool.name, caller, req.data, code, err)
                 await respond_error(req, err, code)
                 return
             except Exception as exc:  # noqa: BLE001  never let a tool kill the service
                 self.errors[tool.name] += 1
                 log.exception("tool %s failed", tool.name)
-                await respond_error(req, EdgeError(f"internal error: {type(exc).__name__}: {exc}",
-                                                   tool=tool.name), "500")
+                internal = EdgeError(f"internal error: {type(exc).__name__}: {exc}", tool=tool.name)
+                self._record(tool.name, caller, req.data, "500", internal)
+                await respond_error(req, internal, "500")
                 return
+            self._record(tool.name, caller, req.data, "200", result)
             await respond_ok(req, result)
 
         return handle
+
+    def _record(self, tool: str, caller: str, request: bytes, code: str, answer: Any) -> None:
+        rec = self.recorder
+        if rec is None:  # [replay hook] nothing is built when not recording
+            return
+        reply = error_body(answer) if isinstance(answer, EdgeError) else ok_body(answer)
+        rec.on_tool_call(tool, caller, bytes(request), code, reply)
 
     # -- the tools ----------------------------------------------------------------------------
 

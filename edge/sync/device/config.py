@@ -8,6 +8,7 @@
     nkey_seed = "drone7.nk"                # paths are relative to the config file
     [sync]
     tele_max_bytes = 67108864              # device stream limits, bytes and seconds
+    record = false                         # also sync the replay records (REC), ~22 KiB/s
 
 Read with the config reader (:class:`edge.config.table.Table`) when the config loads; errors
 name the key (``hub.<key>``, ``sync.<key>``) and the file.
@@ -45,6 +46,7 @@ class SyncConfig:
     evt_max_age_s: float = DEFAULT_EVT_MAX_AGE_S
     cmd_max_age_s: float = DEFAULT_CMD_MAX_AGE_S
     duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S
+    record: bool = False  # the replay records (REC) sync to the hub too (opt-in: ~22 KiB/s)
 
     def streams(self, device: str, *, bucket: str, hub: bool) -> DeviceStreamConfig:
         """The device's stream config: these limits, CMD when the device has a hub, the state
@@ -94,6 +96,7 @@ def read_sync(t: Table) -> SyncConfig:
         evt_max_age_s=t.number("evt_max_age_s", d.evt_max_age_s, lo=0, unit="s"),
         cmd_max_age_s=t.number("cmd_max_age_s", d.cmd_max_age_s, lo=0, unit="s"),
         duplicate_window_s=t.number("duplicate_window_s", d.duplicate_window_s, lo=0, unit="s"),
+        record=t.flag("record", d.record),
     )
     t.finish()
     return cfg

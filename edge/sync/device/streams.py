@@ -7,6 +7,10 @@
   ``discard=new``: the publish is refused with an error the publisher surfaces, never silently.
 * ``CMD`` (only with a hub) has no subjects of its own: it sources the hub's ``CMD_<dev>`` stream
   across domains, so commands issued while the device was offline arrive on reconnect, in order.
+* ``REC`` (only with ``[sync] record = true``, off by default: the replay records are about
+  22 KiB/s a device) is the replay recorder's stream (docs/replay.md), with its own limits (1 h,
+  256 MiB, oldest first): created here if the recorder has not yet, and given a durable sync
+  consumer like TELE and EVT, for a hub to source it into ``REC_<dev>``.
 
 All streams keep a duplicate window so a publish retried with the same ``Nats-Msg-Id`` is stored
 once. JetStream reserves each stream's ``max_bytes`` against the server's ``max_file_store``, so
@@ -64,6 +68,7 @@ class DeviceStreamConfig:
     # (what the hub's per-device account imports); "$JS.<hub domain>.API" for a single-account hub
     hub_api: str | None = None
     state_bucket: bool = True  # create the entity-state KV bucket if missing and sync it
+    record: bool = False  # [sync] record: the replay records (REC) can sync to the hub too
     storage: StorageType = StorageType.FILE
 
     def stream_configs(self) -> list[StreamConfig]:
@@ -142,9 +147,19 @@ async def ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> StreamInfo:
     return info
 
 
-def device_sync_consumers(device: str, state: bool = True) -> list[SyncConsumer]:
+def rec_sync_consumer(device: str) -> SyncConsumer:
+    """The durable consumer a hub sources the device's replay records (``REC``) through."""
+    from edge.replay.records import REC_STREAM, rec_filter  # the recorder's stream (docs/replay.md)
+
+    d = naming.check_device_id(device)
+    return SyncConsumer(REC_STREAM, naming.sync_consumer_name(REC_STREAM, d),
+                        naming.sync_deliver_subject(d, "rec"), (rec_filter(d),))
+
+
+def device_sync_consumers(device: str, state: bool = True,
+                          record: bool = False) -> list[SyncConsumer]:
     """The durable consumers the hub sources the device's TELE and EVT streams (and mirrors its
-    entity-state bucket) through."""
+    entity-state bucket; with ``record``, sources its REC stream) through."""
     d = naming.check_device_id(device)
     kv = f"KV_{naming.STATE_BUCKET}"
     state_consumer = (
@@ -172,20 +187,37 @@ def device_sync_consumers(device: str, state: bool = True) -> list[SyncConsumer]
             naming.sync_deliver_subject(d, "evt"),
             (naming.event(d), naming.ack(d)),
         ),
-    ]
+    ] + ([rec_sync_consumer(d)] if record else [])
+
+
+async def ensure_rec_stream(js: JetStreamContext, device: str) -> None:
+    """Create the replay recorder's ``REC`` stream with its default limits unless it exists
+    (the recorder owns its limits: an existing stream is left as it is)."""
+    from edge.replay.recorder import RecordSettings
+
+    cfg = RecordSettings().stream_config(device)
+    try:
+        await js.add_stream(cfg)
+    except APIError as exc:
+        if exc.err_code != ERR_STREAM_NAME_IN_USE:
+            raise NatsError(f"Could not create stream {cfg.name}: {exc.description}.",
+                            stream=cfg.name, code=exc.err_code) from exc
 
 
 async def ensure_device_streams(js: JetStreamContext, cfg: DeviceStreamConfig) -> list[StreamInfo]:
     """Create or update the device's TELE, EVT (and CMD with a hub) streams, and the durable
-    consumers the hub sources TELE and EVT through (see :mod:`edge.sync.durable`)."""
+    consumers the hub sources TELE and EVT (and REC with ``record``) through (see
+    :mod:`edge.sync.durable`)."""
     infos = [await ensure_stream(js, sc) for sc in cfg.stream_configs()]
     if cfg.state_bucket:
         try:
             await js.key_value(naming.STATE_BUCKET)
         except NotFoundError:
             await js.create_key_value(bucket=naming.STATE_BUCKET, history=1)
+    if cfg.record:
+        await ensure_rec_stream(js, cfg.device)
     nc: NATS = js._nc  # the context's connection (nats-py keeps it there)
-    for consumer in device_sync_consumers(cfg.device, cfg.state_bucket):
+    for consumer in device_sync_consumers(cfg.device, cfg.state_bucket, cfg.record):
         await ensure_sync_consumer(nc, consumer)
         # before the consumer names carried the device they were sync-<stream>: retire those
         legacy = naming.sync_consumer_name(consumer.stream)

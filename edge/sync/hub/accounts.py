@@ -73,6 +73,9 @@ def device_exports(device: str) -> tuple[list[str], list[str]]:
     streams += [naming.sync_deliver_subject(d, k) for k in SYNC_KINDS]
     services = [f"{naming.js_api(d)}.>", naming.api(d)]  # the hub's sources; the device API
     services += [f"$JS.FC.{s}.{naming.sync_consumer_name(s, d)}.>" for s in source_streams()]
+    # [sync] record (edge.replay.hub, docs/replay.md): the REC stream's sourcing consumer
+    streams.append(naming.sync_deliver_subject(d, "rec"))
+    services.append(f"$JS.FC.REC.{naming.sync_consumer_name('REC', d)}.>")
     return streams, services
 
 

@@ -30,7 +30,7 @@ from edge.wasm.protocol import (
     CallResult,
     LoadSpec,
 )
-from edge.wasm.wire import encode_host_request, encode_ping, encode_result
+from edge.wasm.wire import encode_clock_reply, encode_host_request, encode_ping, encode_result
 from edge.wasm.worker.imports import GuestFault
 from edge.wasm.worker.instance import Instance, ModuleRefused
 
@@ -95,7 +95,9 @@ class Worker:
         except GuestFault as exc:
             return encode_result("error", text=f"GuestFault: {exc}")
         if res.has_effects():
-            return self._finish(inst, res)
+            if res.has_effects(clocks=False):
+                return self._finish(inst, res)
+            return encode_clock_reply(res)  # recorded or replayed: only the clock reads
         REPLY_FRAME.pack_into(self.reply, 0, REPLY_BODY_SIZE, KIND_REPLY, STATUS_OK, res.errors,
                               res.logs_dropped, res.gas_used, res.written)
         return self.reply
@@ -136,6 +138,13 @@ class Worker:
             inst = self.instances.pop(req[1], None)
             if inst is not None:
                 self._drop(inst)
+            return encode_result("ok")
+        if op == "clock":  # replay: the values the next calls' clock reads answer
+            inst = self.instances.get(req[1])
+            if inst is None:
+                return encode_result("gone")
+            inst.clock_feed = [(int(k), int(v)) for k, v in req[2]]
+            inst.clock_next = 0
             return encode_result("ok")
         if op == "nop":
             return encode_result("ok")

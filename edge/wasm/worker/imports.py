@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from edge.wasm.abi import (
@@ -29,7 +29,15 @@ from edge.wasm.abi import (
     SUBJECT_MAX_BYTES,
 )
 from edge.wasm.grants import KV_KEY_RE, PublishGrant
-from edge.wasm.protocol import CallResult, LoadSpec
+from edge.wasm.protocol import (
+    CLOCK_LIVE,
+    CLOCK_MS,
+    CLOCK_NS,
+    CLOCK_REPLAY,
+    CLOCK_REPORT_MAX,
+    CallResult,
+    LoadSpec,
+)
 from edge.wasm.quotas import KvUsage
 from edge.wasm.wire import INFER_MAX_INPUT_BYTES, OP_INFER
 from edge.wasm.worker.columns import Columns
@@ -98,12 +106,20 @@ class HostImports:
     tokens_at: float
     gas_spent: float
     clock_last: int = 0  # the int object clock_ms returned last
+    #: replay mode: the clock values the next reads answer, in order (("clock", ...) request)
+    clock_feed: Sequence[tuple[int, int]] = ()
+    clock_next: int = 0
 
     def host_functions(self) -> dict[str, Callable[..., Any]]:
+        mode = self.spec.clock
+        clock_ms: Callable[[], int] = self.h_clock_ms
+        mono_ns: Callable[[], int] = self.h_monotonic_ns
+        if mode != CLOCK_LIVE:  # recorded or replayed: every value handed out is reported
+            clock_ms, mono_ns = self.h_clock_ms_reported, self.h_monotonic_ns_reported
         return {
             "log": self.h_log, "publish": self.h_publish, "kv_get": self.h_kv_get,
-            "kv_put": self.h_kv_put, "clock_ms": self.h_clock_ms,
-            "monotonic_ns": self.h_monotonic_ns, "batch_len": self.h_batch_len,
+            "kv_put": self.h_kv_put, "clock_ms": clock_ms,
+            "monotonic_ns": mono_ns, "batch_len": self.h_batch_len,
             "col_read": self.h_col_read, "col_write": self.h_col_write,
             "entity_id": self.h_entity_id, "device_id": self.h_device_id,
             "infer": self.h_infer,
@@ -199,6 +215,28 @@ class HostImports:
 
     def h_monotonic_ns(self) -> int:
         return time.monotonic_ns()
+
+    def _reported(self, kind: int, live: int) -> int:
+        """A clock read of a recorded or replayed component: ``live`` when recording, the next
+        fed value when replaying (0 once the feed runs out); reported in the call's result."""
+        value = live
+        if self.spec.clock == CLOCK_REPLAY:
+            i = self.clock_next
+            feed = self.clock_feed
+            value = feed[i][1] if i < len(feed) else 0
+            self.clock_next = i + 1
+        res = self.result
+        if len(res.clocks) < CLOCK_REPORT_MAX:
+            res.clocks.append((kind, value))
+        else:
+            res.clocks_cut += 1
+        return value
+
+    def h_clock_ms_reported(self) -> int:
+        return self._reported(CLOCK_MS, time.time_ns() // 1_000_000)
+
+    def h_monotonic_ns_reported(self) -> int:
+        return self._reported(CLOCK_NS, time.monotonic_ns())
 
     def h_batch_len(self) -> int:
         return self.n
