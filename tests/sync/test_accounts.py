@@ -34,10 +34,11 @@ def test_each_device_has_its_own_account_and_only_its_own_subjects() -> None:
         assert all(f".{d}." in s or s.endswith(f"-{d}.>") for s in subjects), subjects
         # the flow-control subjects of its sourcing consumers carry the device
         assert f"$JS.FC.EVT.sync-EVT-{d}.>" in device_exports(d)[1]
-        # nothing of the cmd subjects goes up, and only command deliveries come down
+        # nothing of the cmd subjects goes up; only command deliveries and the update
+        # connection's object deliveries (its own inbox) come down
         assert not [s for s in subjects if ".cmd" in s]
         streams_down = [i["stream"]["subject"] for i in acc[f"DEV_{d}"]["imports"] if "stream" in i]
-        assert streams_down == [f"edge.{d}.sync.cmd"]
+        assert streams_down == [f"edge.{d}.sync.cmd", f"edge.{d}.ota.inbox.>"]
     cloud_exports = acc["CLOUD"]["exports"]
     assert {tuple(e["accounts"]) for e in cloud_exports} == {("DEV_a",), ("DEV_b",)}
 
