@@ -34,6 +34,9 @@ from edge.nats import subjects as naming
 log = logging.getLogger("edge.sync.hub")
 
 SOURCE_HEADER = "Nats-Stream-Source"
+#: A message backfilled by :mod:`edge.sync.hub.repair` carries ``<stream identity> <device seq>``
+#: here instead (the server reserves ``Nats-Stream-Source`` for what it sourced itself).
+REPAIRED_SOURCE_HEADER = "Edge-Repaired-Source"
 DEVICE_API_TIMEOUT_S = 1.0
 #: Replies of the hub's requests to a device's JetStream API use this prefix (the one nats-server
 #: uses for its own); the per-device account's service export maps the answer back either way.
@@ -61,8 +64,9 @@ class StreamAudit:
 
 def source_sequence(headers: dict[str, str] | None) -> tuple[int, str] | None:
     """``(sequence, stream identity)`` from a sourced message's ``Nats-Stream-Source`` header
-    (``<stream>[:<ident>] <seq> <filter> <transform> <subject> [<ident>]``)."""
-    raw = (headers or {}).get(SOURCE_HEADER)
+    (``<stream>[:<ident>] <seq> <filter> <transform> <subject> [<ident>]``) or a backfilled one's
+    ``Edge-Repaired-Source`` (``<stream>[:<ident>] <seq>``)."""
+    raw = (headers or {}).get(SOURCE_HEADER) or (headers or {}).get(REPAIRED_SOURCE_HEADER)
     if not raw:
         return None
     parts = raw.split(" ")
@@ -98,12 +102,14 @@ async def device_stream_state(nc: NATS, device: str, stream: str,
     return state if isinstance(state, dict) else None
 
 
-async def _edge_source_seq(js: JetStreamContext, hub_stream: str, seq: int) -> tuple[int, str] | None:
+async def _edge_source_seq(js: JetStreamContext, hub_stream: str, seq: int) -> tuple[int, str, bool] | None:
+    """(device sequence, identity, backfilled?) of the hub stream's message ``seq``."""
     try:
         msg = await js.get_msg(hub_stream, seq)
     except NotFoundError:
         return None
-    return source_sequence(msg.headers)
+    src = source_sequence(msg.headers)
+    return None if src is None else (*src, REPAIRED_SOURCE_HEADER in (msg.headers or {}))
 
 
 async def audit_stream(js: JetStreamContext, device: str, stream: str) -> StreamAudit:
@@ -115,6 +121,13 @@ async def audit_stream(js: JetStreamContext, device: str, stream: str) -> Stream
     if st.messages:
         oldest = await _edge_source_seq(js, hub_stream, st.first_seq)
         newest = await _edge_source_seq(js, hub_stream, st.last_seq)
+    if newest and newest[2]:
+        # backfilled messages are stored after newer ones: the newest stored is not the position
+        from edge.sync.hub.repair import hub_source_sequences
+
+        seqs, ident = await hub_source_sequences(js, hub_stream)
+        if seqs and ident:
+            newest = (max(seqs), ident, False)
     position = newest[0] if newest else 0
     holes = 0
     if oldest and newest and oldest[1] == newest[1]:  # one incarnation of the device stream

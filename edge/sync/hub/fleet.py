@@ -41,6 +41,7 @@ from edge.errors import NatsError
 from edge.nats import subjects as naming
 from edge.sync.durable import SyncConsumer, ensure_sync_consumer
 from edge.sync.hub.audit import audit_device
+from edge.sync.hub.repair import repair_subject, repair_transform
 from edge.sync.hub.server import DeviceCredential, HubServer
 from edge.sync.device.streams import MIB, ensure_stream
 
@@ -111,7 +112,9 @@ def hub_stream_configs(device: str, opts: ProvisionOptions | None = None) -> lis
         ),
         StreamConfig(
             name=naming.hub_stream(naming.EVT_STREAM, d),
-            subjects=[],
+            # only the hub-side backfill (edge.sync.hub.repair) publishes here, stored as the original
+            subjects=[repair_subject(d)],
+            subject_transform=SubjectTransform(*repair_transform(d)),
             max_bytes=o.evt_max_bytes,
             discard=DiscardPolicy.OLD,
             duplicate_window=o.duplicate_window_s,
