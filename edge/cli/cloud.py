@@ -82,6 +82,10 @@ def register(sub: Any) -> None:
         p = csub.add_parser(name, help=text)
         _hub_args(p)
         p.add_argument("devices", nargs="+")
+    rep = csub.add_parser("repair", help="backfill events the hub's sourcing skipped, from the devices' own "
+                                         "streams (one pass; exit 3 if some stay missing)")
+    _hub_args(rep)
+    rep.add_argument("devices", nargs="*", help="default: every provisioned device")
     send = csub.add_parser("send", help="queue a command for a device (delivered when it is online)")
     _hub_args(send)
     send.add_argument("device")
@@ -158,6 +162,16 @@ async def dispatch(args: argparse.Namespace) -> int:
             for device in args.devices:
                 await hubops.deprovision_device(js, device)
                 print(f"deprovisioned {device}")
+        elif args.verb == "repair":
+            from edge.sync.hub.repair import repair_device
+
+            left = 0
+            for device in args.devices or await hubops.list_devices(js):
+                r = await repair_device(js, device)
+                print(json.dumps(r.as_dict()))
+                left += r.missing - r.repaired - r.duplicates + (1 if r.error else 0)
+            if left:
+                return 3
         elif args.verb == "send":
             try:
                 payload = json.dumps(json.loads(args.payload)).encode()

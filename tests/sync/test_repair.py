@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,6 +90,20 @@ async def test_repair_of_an_unreachable_device_reports_and_changes_nothing(tmp_p
         assert await rig.hub_count("EVT") == 10
         with pytest.raises(NatsError):
             repair_subject("dev1", "TELE")
+        # `edge cloud repair` says so and exits 3
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "edge.cli.main", "cloud", "repair",
+                                                       "--hub-url", rig.hub.client_url],
+                                      env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 3, out.stderr
+        assert json.loads(out.stdout.splitlines()[0])["error"] == "device not reachable"
+        await rig.links["dev1"].restore()
+        await rig.wait_linked("dev1")
+        out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "edge.cli.main", "cloud", "repair",
+                                                       "--hub-url", rig.hub.client_url, "dev1"],
+                                      env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["missing"] == 0
 
 
 async def test_the_running_repairer_heals_a_hole_by_itself(tmp_path: Path) -> None:
