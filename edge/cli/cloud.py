@@ -167,9 +167,9 @@ async def dispatch(args: argparse.Namespace) -> int:
 
             left = 0
             for device in args.devices or await hubops.list_devices(js):
-                r = await repair_device(js, device)
-                print(json.dumps(r.as_dict()))
-                left += r.missing - r.repaired - r.duplicates + (1 if r.error else 0)
+                done = await repair_device(js, device)
+                print(json.dumps(done.as_dict()))
+                left += done.missing - done.repaired - done.duplicates + (1 if done.error else 0)
             if left:
                 return 3
         elif args.verb == "send":
