@@ -112,7 +112,8 @@ class FaultMix:
     def __init__(self, rig: SyncRig, *, device: str = "dev1", rate_hz: float = 200.0,
                  seed: int = 1, down_s: tuple[float, float] = (0.3, 1.5),
                  outage_msgs: int = 1500, hub_stop_s: tuple[float, float] | None = None,
-                 dangle_s: tuple[float, float] = (2.0, 12.0), keepers: bool = False) -> None:
+                 dangle_s: tuple[float, float] = (2.0, 12.0), dangle_kill_p: float = 0.5,
+                 keepers: bool = False) -> None:
         self.rig = rig
         self.device = device
         self.rate_hz = rate_hz
@@ -121,6 +122,7 @@ class FaultMix:
         self.outage_msgs = outage_msgs
         self.hub_stop_s = hub_stop_s or down_s  # a clean stop can be longer (the 30 s)
         self.dangle_s = dangle_s
+        self.dangle_kill_p = dangle_kill_p  # share of dangles with a hub kill -9 in the middle
         # what `edge cloud run` runs beside the hub: the repairer and the source watch
         self.repairer: Repairer | None = Repairer(rig.hub_js, interval_s=1.0) if keepers else None
         self.watch: SourceWatch | None = SourceWatch(rig.hub_js) if keepers else None
@@ -204,7 +206,7 @@ class FaultMix:
                 raise ValueError("dangle needs the namespace rig (rigs.netns.NetnsSyncRig)")
             await link.cut()
             down = self.rng.uniform(*self.dangle_s)
-            if self.rng.random() < 0.5:  # the hub dies while the link dangles
+            if self.rng.random() < self.dangle_kill_p:  # the hub dies while the link dangles
                 await asyncio.sleep(down / 2)
                 await self.rig.hub.kill()
                 await asyncio.sleep(self.rng.uniform(*self.down_s))

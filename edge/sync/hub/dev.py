@@ -31,6 +31,7 @@ from typing import Any
 from edge.errors import ConfigError, EdgeError
 from edge.nats.server import ClusterOptions, TlsFiles
 from edge.sync.hub.fleet import ProvisionOptions, provision_device
+from edge.sync.hub.reattach import SourceWatch
 from edge.sync.hub.repair import DEFAULT_INTERVAL_S as DEFAULT_REPAIR_INTERVAL_S, Repairer
 from edge.sync.hub.server import DeviceCredential, HubServer, generate_nkey, write_seed
 
@@ -100,6 +101,7 @@ class DevHub:
         # backfills events the hub's sourcing skipped (edge.sync.hub.repair); None: off
         self.repair_interval_s = repair_interval_s
         self.repairer: Repairer | None = None
+        self.watch: SourceWatch | None = None  # re-attaches stalled sources (edge.sync.hub.reattach)
         self._repair_nc: Any = None
 
     @property
@@ -168,6 +170,8 @@ class DevHub:
                                                  max_reconnect_attempts=-1, reconnect_time_wait=0.5)
             self.repairer = Repairer(self._repair_nc.jetstream(timeout=10), interval_s=self.repair_interval_s)
             self.repairer.start()
+            self.watch = SourceWatch(self._repair_nc.jetstream(timeout=10))
+            self.watch.start()
         log.info("hub running: %d node(s), clients %s, leaf nodes %s, store %s", len(self.servers),
                  ", ".join(s.url for s in self.servers), ", ".join(self.leaf_urls()), self.store)
 
@@ -175,9 +179,10 @@ class DevHub:
         return [u for u in (s.leaf_url for s in self.servers) if u]
 
     async def stop(self) -> None:
-        if self.repairer is not None:
-            await self.repairer.stop()
-            self.repairer = None
+        for keeper in (self.repairer, self.watch):
+            if keeper is not None:
+                await keeper.stop()
+        self.repairer = self.watch = None
         if self._repair_nc is not None:
             await self._repair_nc.close()
             self._repair_nc = None

@@ -123,6 +123,8 @@ async def device_js_request(nc: NATS, device: str, api: str, payload: dict[str, 
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+    if not msg.data:  # a status reply (503: no responders while the leaf is away)
+        return None
     try:
         resp = json.loads(msg.data)
     except ValueError:
