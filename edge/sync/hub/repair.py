@@ -48,7 +48,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from edge.errors import NatsError
 from edge.nats import subjects as naming
-from edge.sync.hub.audit import REPAIRED_SOURCE_HEADER, REPLY_PREFIX, SOURCE_HEADER, source_sequence
+from edge.sync.hub.audit import REPAIRED_SOURCE_HEADER, REPLY_PREFIX, SOURCE_HEADER, audit_stream, source_sequence
 
 log = logging.getLogger("edge.sync.hub.repair")
 
@@ -195,19 +195,23 @@ async def repair_device(js: JetStreamContext, device: str, *, stream: str = nami
     report = RepairReport(d, stream)
     nc: NATS = js._nc
     hub_stream = naming.hub_stream(stream, d)
-    info = await device_js_request(nc, d, f"STREAM.INFO.{stream}")
-    cons = await device_js_request(nc, d, f"CONSUMER.INFO.{stream}.{naming.sync_consumer_name(stream, d)}")
-    if info is None or "state" not in info:
-        report.error = "device not reachable" if info is None else f"no {stream} stream on the device"
+    # the cheap check first (a few requests): a full scan only when something is missing
+    audit = await audit_stream(js, d, stream)
+    if audit.device_last_seq is None:
+        report.error = "device not reachable"
         return report
-    first, last = int(info["state"].get("first_seq") or 0), int(info["state"].get("last_seq") or 0)
-    have, ident = await hub_source_sequences(js, hub_stream)
-    position = max(have) if have else 0
-    report.hub_position = position
+    first, last = audit.device_first_seq or 0, audit.device_last_seq
+    report.hub_position = audit.hub_position
+    cons = await device_js_request(nc, d, f"CONSUMER.INFO.{stream}.{naming.sync_consumer_name(stream, d)}")
     floor = None
     if cons and isinstance(cons.get("ack_floor"), dict):
         floor = int(cons["ack_floor"].get("stream_seq") or 0)
     report.ack_floor = floor
+    if audit.holes == 0 and (floor or 0) <= audit.hub_position:
+        return report
+    have, ident = await hub_source_sequences(js, hub_stream)
+    position = max(have) if have else 0
+    report.hub_position = position
     if ident is None:
         return report  # nothing sourced yet: the source delivers from the beginning
     # Holes in the hub's range, and what the device acknowledged past the hub's position.
