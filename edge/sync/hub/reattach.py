@@ -34,7 +34,7 @@ log = logging.getLogger("edge.sync.hub.reattach")
 
 DEFAULT_STALL_S = 1.5  # an attached source hears the consumer's heartbeat every second
 DEFAULT_INTERVAL_S = 0.25
-MIN_GAP_S = 3.0  # at most one re-attach per stream in this many seconds
+MIN_GAP_S = 1.0  # at most one re-attach per stream in this many seconds (an attach may miss again)
 SOURCED = (naming.TELE_STREAM, naming.EVT_STREAM)
 
 
