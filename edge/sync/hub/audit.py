@@ -19,6 +19,7 @@ block shows it as lag until newer messages arrive and as holes afterwards, never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -75,30 +76,38 @@ def source_sequence(headers: dict[str, str] | None) -> tuple[int, str] | None:
     return int(parts[1]), parts[0]
 
 
+async def device_js_request(nc: NATS, device: str, api: str, payload: dict[str, Any] | None = None,
+                            timeout: float = DEVICE_API_TIMEOUT_S) -> dict[str, Any] | None:
+    """A request to the device's JetStream API (``$JS.<dev>.API.<api>``) over the leaf link; the
+    decoded answer, or ``None`` when the device does not answer in time."""
+    subject = f"{naming.js_api(naming.check_device_id(device))}.{api}"
+    inbox = f"{REPLY_PREFIX}.{secrets.token_hex(8)}"
+    sub = await nc.subscribe(inbox, max_msgs=1)
+    try:
+        await nc.publish(subject, json.dumps(payload).encode() if payload else b"", reply=inbox)
+        msg = await sub.next_msg(timeout=timeout)
+    except Exception as err:  # timeout: the device is not reachable now
+        log.debug("device %s: no answer to %s (%r)", device, api, err)
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    if not msg.data:  # a status reply (503: no responders while the leaf is away)
+        return None
+    try:
+        resp = json.loads(msg.data)
+    except ValueError:
+        log.warning("device %s answered %s with something that is not JSON", device, api)
+        return None
+    return resp if isinstance(resp, dict) else None
+
+
 async def device_stream_state(nc: NATS, device: str, stream: str,
                               timeout: float = DEVICE_API_TIMEOUT_S) -> dict[str, Any] | None:
     """The device's live stream state through its JetStream domain, or ``None`` if it does not
     answer (link down) or has no such stream."""
-    subject = f"{naming.js_api(naming.check_device_id(device))}.STREAM.INFO.{stream}"
-    inbox = f"{REPLY_PREFIX}.{secrets.token_hex(8)}"
-    sub = await nc.subscribe(inbox, max_msgs=1)
-    try:
-        await nc.publish(subject, b"", reply=inbox)
-        msg = await sub.next_msg(timeout=timeout)
-    except Exception as err:  # timeout: the device is not reachable now
-        log.debug("device %s stream %s: no answer (%r)", device, stream, err)
-        return None
-    finally:
-        try:
-            await sub.unsubscribe()
-        except Exception:
-            pass
-    try:
-        resp = json.loads(msg.data)
-    except ValueError:
-        log.warning("device %s answered STREAM.INFO.%s with something that is not JSON", device, stream)
-        return None
-    state = resp.get("state") if isinstance(resp, dict) and not resp.get("error") else None
+    resp = await device_js_request(nc, device, f"STREAM.INFO.{stream}", timeout=timeout)
+    state = resp.get("state") if resp is not None and not resp.get("error") else None
     return state if isinstance(state, dict) else None
 
 

@@ -28,7 +28,7 @@ import time
 from nats.js import JetStreamContext
 
 from edge.nats import subjects as naming
-from edge.sync.hub.repair import device_js_request
+from edge.sync.hub.audit import device_js_request
 
 log = logging.getLogger("edge.sync.hub.reattach")
 

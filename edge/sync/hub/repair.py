@@ -35,9 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
-import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,14 +46,19 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from edge.errors import NatsError
 from edge.nats import subjects as naming
-from edge.sync.hub.audit import REPAIRED_SOURCE_HEADER, REPLY_PREFIX, SOURCE_HEADER, audit_stream, source_sequence
+from edge.sync.hub.audit import (
+    REPAIRED_SOURCE_HEADER,
+    SOURCE_HEADER,
+    audit_stream,
+    device_js_request,
+    source_sequence,
+)
 
 log = logging.getLogger("edge.sync.hub.repair")
 
 REPAIRED_HEADER = REPAIRED_SOURCE_HEADER
 MSG_ID_HEADER = "Nats-Msg-Id"
 REPAIR_TOKEN = "repair"
-DEVICE_API_TIMEOUT_S = 2.0
 SCAN_BATCH = 1000
 DEFAULT_MAX_PER_PASS = 10_000  # messages backfilled per device and pass (the rest next pass)
 DEFAULT_INTERVAL_S = 5.0
@@ -106,31 +109,6 @@ def _ranges(seqs: list[int]) -> list[tuple[int, int]]:
         else:
             out.append((s, s))
     return out
-
-
-async def device_js_request(nc: NATS, device: str, api: str, payload: dict[str, Any] | None = None,
-                            timeout: float = DEVICE_API_TIMEOUT_S) -> dict[str, Any] | None:
-    """A request to the device's JetStream API (``$JS.<dev>.API.<api>``) over the leaf link; the
-    decoded answer, or ``None`` when the device does not answer in time."""
-    subject = f"{naming.js_api(naming.check_device_id(device))}.{api}"
-    inbox = f"{REPLY_PREFIX}.{secrets.token_hex(8)}"
-    sub = await nc.subscribe(inbox, max_msgs=1)
-    try:
-        await nc.publish(subject, json.dumps(payload).encode() if payload else b"", reply=inbox)
-        msg = await sub.next_msg(timeout=timeout)
-    except (nats.errors.TimeoutError, TimeoutError):
-        return None
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-    if not msg.data:  # a status reply (503: no responders while the leaf is away)
-        return None
-    try:
-        resp = json.loads(msg.data)
-    except ValueError:
-        log.warning("device %s answered %s with something that is not JSON", device, api)
-        return None
-    return resp if isinstance(resp, dict) else None
 
 
 async def hub_source_sequences(js: JetStreamContext, hub_stream: str) -> tuple[set[int], str | None]:
