@@ -5,9 +5,11 @@ client connected to the hub). The ``edge cloud ...`` / ``edge fleet status`` com
 
 Per device ``d`` the hub holds:
 
-* ``TELE_d`` and ``EVT_d``: no subjects of their own; each *sources* the device's stream across
-  domains (``$JS.d.API``), filtered by a subject transform pinned to ``edge.d.…``, so whatever the
-  device does locally, only its own subjects are attributed to it.
+* ``TELE_d`` and ``EVT_d``: each *sources* the device's stream across domains (``$JS.d.API``),
+  filtered by a subject transform pinned to ``edge.d.…``, so whatever the device does locally,
+  only its own subjects are attributed to it. ``TELE_d`` has no subjects of its own; ``EVT_d``
+  only ``edge.d.repair.>`` (stored as ``edge.d.…``), where the hub's backfill of skipped events
+  publishes (:mod:`edge.sync.hub.repair`; no device account shares that subject).
 * ``CMD_d``: subjects ``edge.d.cmd.>``; the device's ``CMD`` stream sources it, so commands
   issued while the device is offline arrive when it reconnects, in order. ``max_age`` expires them.
 * ``KV_edge-state-d``: a mirror of the device's ``edge-state`` bucket, readable on the hub as the
