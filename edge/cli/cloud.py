@@ -190,12 +190,18 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-async def _until_signalled() -> None:
+def _stop_on_signal() -> asyncio.Event:
+    """An event set by SIGINT/SIGTERM from now on (installed before anything starts, so a signal
+    during start-up stops cleanly instead of interrupting whatever task runs)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
+
+
+async def _until_signalled() -> None:
+    await _stop_on_signal().wait()
 
 
 async def serve_page(args: argparse.Namespace) -> int:
@@ -220,6 +226,7 @@ async def run_hub(args: argparse.Namespace) -> int:
     from edge.sync.hub.dev import DevHub
 
     logs.configure("info")
+    stop = _stop_on_signal()
     from edge.nats.server import TlsFiles
 
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -245,7 +252,7 @@ async def run_hub(args: argparse.Namespace) -> int:
         for device in args.device:
             print("\n" + hub.device_table(device))
         sys.stdout.flush()
-        await _until_signalled()
+        await stop.wait()
     finally:
         if page is not None:
             await page.stop()

@@ -19,8 +19,6 @@ device every ``interval_s`` (``edge cloud run`` runs one).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import copy
 import logging
 import time
@@ -28,6 +26,7 @@ import time
 from nats.js import JetStreamContext
 
 from edge.nats import subjects as naming
+from edge.sync.hub.periodic import Periodic
 from edge.sync.hub.audit import device_js_request
 
 log = logging.getLogger("edge.sync.hub.reattach")
@@ -74,18 +73,18 @@ async def reattach_stalled(js: JetStreamContext, device: str, *, stall_s: float 
     return done
 
 
-class SourceWatch:
+class SourceWatch(Periodic):
     """Runs :func:`reattach_stalled` for every provisioned device every ``interval_s``."""
+
+    name = "edge-hub-source-watch"
 
     def __init__(self, js: JetStreamContext, *, interval_s: float = DEFAULT_INTERVAL_S,
                  stall_s: float = DEFAULT_STALL_S) -> None:
+        super().__init__(interval_s)
         self.js = js
-        self.interval_s = interval_s
         self.stall_s = stall_s
         self.reattached = 0
-        self.errors = 0
         self._last: dict[str, float] = {}
-        self._task: asyncio.Task[None] | None = None
 
     async def run_once(self) -> list[str]:
         from edge.sync.hub.fleet import list_devices
@@ -99,23 +98,3 @@ class SourceWatch:
                 log.debug("source watch of device %s: %r", d, err)
         self.reattached += len(out)
         return out
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception as err:  # the hub not answering (restarting): next round
-                self.errors += 1
-                log.debug("source watch round failed: %r", err)
-            await asyncio.sleep(self.interval_s)
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="edge-hub-source-watch")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task

@@ -32,7 +32,6 @@ periodically for every provisioned device (``edge cloud run`` starts one).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import logging
@@ -46,6 +45,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from edge.errors import NatsError
 from edge.nats import subjects as naming
+from edge.sync.hub.periodic import Periodic
 from edge.sync.hub.audit import (
     REPAIRED_SOURCE_HEADER,
     SOURCE_HEADER,
@@ -232,17 +232,16 @@ async def repair_device(js: JetStreamContext, device: str, *, stream: str = nami
     return report
 
 
-class Repairer:
+class Repairer(Periodic):
     """Runs :func:`repair_device` for every provisioned device every ``interval_s`` seconds."""
 
+    name = "edge-hub-repair"
+
     def __init__(self, js: JetStreamContext, *, interval_s: float = DEFAULT_INTERVAL_S) -> None:
+        super().__init__(interval_s)
         self.js = js
-        self.interval_s = interval_s
-        self.passes = 0
         self.repaired = 0
-        self.errors = 0
         self.last: dict[str, RepairReport] = {}
-        self._task: asyncio.Task[None] | None = None
 
     async def run_once(self) -> list[RepairReport]:
         from edge.sync.hub.fleet import list_devices
@@ -258,25 +257,4 @@ class Repairer:
             self.last[d] = rep
             self.repaired += rep.repaired
             out.append(rep)
-        self.passes += 1
         return out
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception as err:  # the hub itself not answering: try again next pass
-                self.errors += 1
-                log.warning("repair pass failed: %r", err)
-            await asyncio.sleep(self.interval_s)
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="edge-hub-repair")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
