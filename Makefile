@@ -12,8 +12,8 @@ STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS = clang lld python3-venv python3-dev openssl
 # Only the tests need these: Debian's chromium for the fleet page's browser test (Playwright drives
-# it; no browser is downloaded).
-TEST_APT_PKGS = chromium
+# it; no browser is downloaded), iproute2 (`ip`) for the sync tests' network namespaces (as root).
+TEST_APT_PKGS = chromium iproute2
 
 .PHONY: setup system-deps test-deps components run test check bench bench-fleet fuzz clean
 
@@ -26,7 +26,7 @@ system-deps:
 	fi
 
 test-deps:
-	@if ! command -v chromium >/dev/null; then \
+	@if ! command -v chromium >/dev/null || ! command -v ip >/dev/null; then \
 	  echo "installing test packages: $(TEST_APT_PKGS)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(TEST_APT_PKGS) >/dev/null; \
 	fi
