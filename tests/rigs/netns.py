@@ -8,7 +8,8 @@ sets the uplink's root-side end down: packets from either side vanish, both TCP 
 and keep writing into a dead connection until a ping or write deadline notices.
 :meth:`~NetnsLink.restore` brings it up again (the old TCP connection may even resume).
 
-Needs root (``ip netns``, ``ip link``); :func:`netns_available` says why not otherwise.
+Needs root and iproute2 (``ip netns``, ``ip link``); :func:`netns_available` says why not when
+not root.
 :class:`NetnsSyncRig` is :class:`rigs.link.SyncRig` with its devices behind such links.
 """
 
@@ -35,12 +36,12 @@ def netns_available() -> str | None:
     """``None`` when namespaces can be made here, else the reason."""
     if os.geteuid() != 0:
         return "network namespaces need root (CI runs as root)"
-    if shutil.which("ip") is None:
-        return "the 'ip' command (iproute2) is missing"
-    return None
+    return None  # as root a missing `ip` is a failure (make test-deps installs iproute2), not a skip
 
 
 async def _ip(*args: str) -> None:
+    if shutil.which("ip") is None:
+        raise NatsError("the 'ip' command (iproute2) is missing: run `make test-deps`")
     proc = await asyncio.create_subprocess_exec("ip", *args, stdout=asyncio.subprocess.DEVNULL,
                                                 stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate()
