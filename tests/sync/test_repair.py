@@ -124,3 +124,34 @@ async def test_the_running_repairer_heals_a_hole_by_itself(tmp_path: Path) -> No
             await repairer.stop()
         assert repairer.repaired == 10 and repairer.errors == 0
         assert sorted(int(d) for _, d in await hub_source_seqs(rig.hub_js, "EVT_dev1")) == list(range(40))
+
+
+async def test_a_stalled_source_is_read_back_after_stall_s_and_not_doubled_when_it_resumes(tmp_path: Path) -> None:
+    async with sync_rig(tmp_path) as rig:
+        dev = rig.dev_nc["dev1"]
+        async with Publisher(dev) as pub:
+            await publish(pub, 0, 10)
+            await rig.wait_hub_count("EVT", 10)
+            # the hub's source stops taking anything (removed), the device keeps storing
+            cfg = (await rig.hub_js.stream_info("EVT_dev1")).config
+            sources = cfg.sources
+            cfg.sources = []
+            await rig.hub_js.update_stream(cfg)
+            await publish(pub, 10, 30)
+        repairer = Repairer(rig.hub_js, interval_s=0.2)
+        repairer.stall_s = 0.6
+        first = await repairer.run_once()
+        assert first[0].missing == 0  # lag alone is the source's job until it stands still
+        repairer.start()
+        try:
+            await rig.wait_hub_count("EVT", 30, timeout=20)
+        finally:
+            await repairer.stop()
+        assert repairer.repaired == 20
+        cfg.sources = sources
+        await rig.hub_js.update_stream(cfg)  # the source resumes: its copies are duplicates by id
+        async with Publisher(dev) as pub:
+            await publish(pub, 30, 35)
+        await rig.wait_hub_count("EVT", 35, timeout=20)
+        await asyncio.sleep(1.0)
+        assert sorted(int(d) for _, d in await hub_source_seqs(rig.hub_js, "EVT_dev1")) == list(range(35))

@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -62,6 +63,7 @@ REPAIR_TOKEN = "repair"
 SCAN_BATCH = 1000
 DEFAULT_MAX_PER_PASS = 10_000  # messages backfilled per device and pass (the rest next pass)
 DEFAULT_INTERVAL_S = 5.0
+DEFAULT_STALL_S = 10.0  # the hub's position standing this long while the device has more: read it back
 # Headers the server sets itself or that must not be validated again on the hub.
 _DROP_HEADERS = (SOURCE_HEADER, REPAIRED_SOURCE_HEADER, "Nats-Expected-", "Nats-Batch-")
 
@@ -165,7 +167,7 @@ async def _device_msg(nc: NATS, device: str, stream: str, seq: int) -> dict[str,
 
 
 async def repair_device(js: JetStreamContext, device: str, *, stream: str = naming.EVT_STREAM,
-                        max_messages: int = DEFAULT_MAX_PER_PASS) -> RepairReport:
+                        max_messages: int = DEFAULT_MAX_PER_PASS, stalled: bool = False) -> RepairReport:
     """One backfill pass for ``device``'s ``stream`` (see the module doc). Never raises for an
     unreachable device (``report.error``); at most ``max_messages`` are read per pass."""
     d = naming.check_device_id(device)
@@ -185,7 +187,9 @@ async def repair_device(js: JetStreamContext, device: str, *, stream: str = nami
     if cons and isinstance(cons.get("ack_floor"), dict):
         floor = int(cons["ack_floor"].get("stream_seq") or 0)
     report.ack_floor = floor
-    if audit.holes == 0 and (floor or 0) <= audit.hub_position:
+    # ``stalled``: the caller saw the hub's position stand still while the device had more; then
+    # everything up to the device's last sequence is read back (the source deduplicates by id)
+    if audit.holes == 0 and (floor or 0) <= audit.hub_position and not (stalled and last > audit.hub_position):
         return report
     have, ident = await hub_source_sequences(js, hub_stream)
     position = max(have) if have else 0
@@ -193,7 +197,7 @@ async def repair_device(js: JetStreamContext, device: str, *, stream: str = nami
     if ident is None:
         return report  # nothing sourced yet: the source delivers from the beginning
     # Holes in the hub's range, and what the device acknowledged past the hub's position.
-    upto = max(position, min(floor or 0, last))
+    upto = last if stalled else max(position, min(floor or 0, last))
     lo = max(first, min(have) if have else 1)
     missing = [s for s in range(lo, upto + 1) if s not in have]
     report.missing = len(missing)
@@ -242,19 +246,27 @@ class Repairer(Periodic):
         self.js = js
         self.repaired = 0
         self.last: dict[str, RepairReport] = {}
+        self.stall_s = DEFAULT_STALL_S
+        self._since: dict[str, tuple[int, float]] = {}  # device -> (hub position, since when)
 
     async def run_once(self) -> list[RepairReport]:
         from edge.sync.hub.fleet import list_devices
 
         out = []
         for d in await list_devices(self.js):
+            seen = self.last.get(d)
+            pos, since = self._since.get(d, (-1, time.monotonic()))
+            stalled = (seen is not None and seen.error is None and seen.hub_position == pos
+                       and time.monotonic() - since >= self.stall_s)
             try:
-                rep = await repair_device(self.js, d)
+                rep = await repair_device(self.js, d, stalled=stalled)
             except Exception as err:  # one device's trouble never stops the others
                 self.errors += 1
                 log.warning("repair of device %s failed: %r", d, err)
                 continue
             self.last[d] = rep
+            if rep.hub_position != pos or rep.error is not None:
+                self._since[d] = (rep.hub_position, time.monotonic())
             self.repaired += rep.repaired
             out.append(rep)
         return out
