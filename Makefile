@@ -12,8 +12,9 @@ STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS = clang lld python3-venv python3-dev openssl
 # Only the tests need these: Debian's chromium for the fleet page's browser test (Playwright drives
-# it; no browser is downloaded), nix-instantiate to parse the Nix files, systemd-analyze for the unit.
-TEST_APT_PKGS = chromium nix-bin systemd
+# it; no browser is downloaded), nix-instantiate to parse the Nix files, systemd-analyze for the unit,
+# iproute2 (`ip`) for the sync tests' network namespaces (as root).
+TEST_APT_PKGS = chromium nix-bin systemd iproute2
 # Only for the images (make image, image-amd64, image-boot*, image-test), never for make run.
 IMAGE_APT_PKGS = mmdebstrap qemu-user-static qemu-system-x86 qemu-system-arm qemu-utils genimage \
   systemd-container dosfstools mtools fdisk e2fsprogs xz-utils bmap-tools arch-test binfmt-support
@@ -33,7 +34,7 @@ system-deps:
 	fi
 
 test-deps:
-	@if ! command -v chromium >/dev/null || ! command -v nix-instantiate >/dev/null || ! command -v systemd-analyze >/dev/null; then \
+	@if ! command -v chromium >/dev/null || ! command -v nix-instantiate >/dev/null || ! command -v systemd-analyze >/dev/null || ! command -v ip >/dev/null; then \
 	  echo "installing test packages: $(TEST_APT_PKGS)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(TEST_APT_PKGS) >/dev/null; \
 	fi

@@ -82,6 +82,10 @@ def register(sub: Any) -> None:
         p = csub.add_parser(name, help=text)
         _hub_args(p)
         p.add_argument("devices", nargs="+")
+    rep = csub.add_parser("repair", help="backfill events the hub's sourcing skipped, from the devices' own "
+                                         "streams (one pass; exit 3 if some stay missing)")
+    _hub_args(rep)
+    rep.add_argument("devices", nargs="*", help="default: every provisioned device")
     send = csub.add_parser("send", help="queue a command for a device (delivered when it is online)")
     _hub_args(send)
     send.add_argument("device")
@@ -165,6 +169,16 @@ async def dispatch(args: argparse.Namespace) -> int:
             for device in args.devices:
                 await hubops.deprovision_device(js, device)
                 print(f"deprovisioned {device}")
+        elif args.verb == "repair":
+            from edge.sync.hub.repair import repair_device
+
+            left = 0
+            for device in args.devices or await hubops.list_devices(js):
+                done = await repair_device(js, device)
+                print(json.dumps(done.as_dict()))
+                left += done.missing - done.repaired - done.duplicates + (1 if done.error else 0)
+            if left:
+                return 3
         elif args.verb == "send":
             try:
                 payload = json.dumps(json.loads(args.payload)).encode()
@@ -183,12 +197,18 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-async def _until_signalled() -> None:
+def _stop_on_signal() -> asyncio.Event:
+    """An event set by SIGINT/SIGTERM from now on (installed before anything starts, so a signal
+    during start-up stops cleanly instead of interrupting whatever task runs)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
+
+
+async def _until_signalled() -> None:
+    await _stop_on_signal().wait()
 
 
 async def serve_page(args: argparse.Namespace) -> int:
@@ -213,6 +233,7 @@ async def run_hub(args: argparse.Namespace) -> int:
     from edge.sync.hub.dev import DevHub
 
     logs.configure("info")
+    stop = _stop_on_signal()
     from edge.nats.server import TlsFiles
 
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -238,7 +259,7 @@ async def run_hub(args: argparse.Namespace) -> int:
         for device in args.device:
             print("\n" + hub.device_table(device))
         sys.stdout.flush()
-        await _until_signalled()
+        await stop.wait()
     finally:
         if page is not None:
             await page.stop()

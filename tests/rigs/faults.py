@@ -13,7 +13,9 @@ and compares, independently of the sourcing bookkeeping:
 Fault kinds: ``hub_stop`` (clean stop, down for a while), ``hub_kill`` (kill -9), ``device_kill``
 (kill -9 of the device's nats-server, supervised restart), ``flap`` (the link cut and restored
 several times), ``outage`` (a long cut that overruns the device's ``TELE`` budget),
-``node_kill`` (kill -9 of one node of a clustered hub, when the rig has one).
+``node_kill`` (kill -9 of one node of a clustered hub, when the rig has one), ``dangle`` (a link
+cut that neither side is told about, for ``dangle_s`` seconds, sometimes with a hub kill -9 in
+the middle: needs the namespace rig, :mod:`rigs.netns`).
 Used by ``tests/sync/test_fault_mix.py`` (a bounded slice) and ``bench/bench_faults.py``.
 """
 
@@ -31,12 +33,15 @@ from nats.js import JetStreamContext
 
 from edge.nats import subjects as naming
 from edge.nats.publisher import Publisher
-from edge.sync.hub.audit import source_sequence
+from edge.sync.hub.audit import REPAIRED_SOURCE_HEADER, source_sequence
+from edge.sync.hub.reattach import SourceWatch
+from edge.sync.hub.repair import Repairer, hub_source_sequences
 from rigs.link import SyncRig, read_stream
 
 log = logging.getLogger("edge.sync")
 
 FAULT_KINDS = ("hub_stop", "hub_kill", "device_kill", "flap", "outage")
+NETNS_FAULT_KINDS = (*FAULT_KINDS, "dangle")
 
 
 @dataclass
@@ -62,6 +67,8 @@ class MixResult:
     payload_duplicates: dict[str, int]
     evicted_tele: int
     catch_up_s: list[float] = field(default_factory=list)  # per hub restart: first new data on the hub
+    repaired: int = 0  # events the hub's repairer backfilled (the sourcing had skipped them)
+    reattached: int = 0  # stalled sources the hub's source watch re-attached
 
     @property
     def lost(self) -> int:
@@ -104,13 +111,21 @@ class FaultMix:
 
     def __init__(self, rig: SyncRig, *, device: str = "dev1", rate_hz: float = 200.0,
                  seed: int = 1, down_s: tuple[float, float] = (0.3, 1.5),
-                 outage_msgs: int = 1500) -> None:
+                 outage_msgs: int = 1500, hub_stop_s: tuple[float, float] | None = None,
+                 dangle_s: tuple[float, float] = (2.0, 12.0), dangle_kill_p: float = 0.5,
+                 keepers: bool = False) -> None:
         self.rig = rig
         self.device = device
         self.rate_hz = rate_hz
         self.rng = random.Random(seed)
         self.down_s = down_s
         self.outage_msgs = outage_msgs
+        self.hub_stop_s = hub_stop_s or down_s  # a clean stop can be longer (the issue's 30 s)
+        self.dangle_s = dangle_s
+        self.dangle_kill_p = dangle_kill_p  # share of dangles with a hub kill -9 in the middle
+        # what `edge cloud run` runs beside the hub: the repairer and the source watch
+        self.repairer: Repairer | None = Repairer(rig.hub_js, interval_s=1.0) if keepers else None
+        self.watch: SourceWatch | None = SourceWatch(rig.hub_js) if keepers else None
         self.next = {"EVT": 0, "TELE": 0}
         self.catch_up: list[float] = []
         self._paused = asyncio.Event()
@@ -144,7 +159,7 @@ class FaultMix:
     async def _hub_restart(self, kill: bool) -> None:
         hub = self.rig.hub
         await (hub.kill() if kill else hub.stop())
-        await asyncio.sleep(self.rng.uniform(*self.down_s))
+        await asyncio.sleep(self.rng.uniform(*(self.down_s if kill else self.hub_stop_s)))
         await hub.start()
         t0 = time.monotonic()
         # the count the hub held when it came back, then the first new message stored
@@ -159,9 +174,9 @@ class FaultMix:
 
     async def fault(self, kind: str, pub: Publisher) -> None:
         link = self.rig.links.get(self.device)
-        if kind in ("flap", "outage") and link is None:
+        if kind in ("flap", "outage", "dangle") and link is None:
             raise ValueError(f"{kind} needs a rig with a cuttable link")
-        assert link is not None or kind not in ("flap", "outage")
+        assert link is not None or kind not in ("flap", "outage", "dangle")
         if kind in ("hub_stop", "hub_kill"):
             await self._hub_restart(kill=kind == "hub_kill")
         elif kind == "device_kill":
@@ -186,6 +201,20 @@ class FaultMix:
             finally:
                 self._paused.set()
             await link.restore()
+        elif kind == "dangle" and link is not None:
+            if not hasattr(link, "ns"):
+                raise ValueError("dangle needs the namespace rig (rigs.netns.NetnsSyncRig)")
+            await link.cut()
+            down = self.rng.uniform(*self.dangle_s)
+            if self.rng.random() < self.dangle_kill_p:  # the hub dies while the link dangles
+                await asyncio.sleep(down / 2)
+                await self.rig.hub.kill()
+                await asyncio.sleep(self.rng.uniform(*self.down_s))
+                await self.rig.hub.start()
+                await asyncio.sleep(down / 2)
+            else:
+                await asyncio.sleep(down)
+            await link.restore()
         elif kind == "node_kill":
             killer = getattr(self.rig, "kill_hub_node", None)
             if killer is None:
@@ -196,6 +225,9 @@ class FaultMix:
 
     async def run(self, faults: Sequence[str], *, settle_s: float = 60.0) -> MixResult:
         stop = asyncio.Event()
+        for keeper in (self.repairer, self.watch):
+            if keeper is not None:
+                keeper.start()
         async with Publisher(self.rig.dev_nc[self.device], ack_timeout_s=0.5, max_attempts=100_000) as pub:
             producer = asyncio.create_task(self._producer(pub, stop))
             try:
@@ -209,7 +241,12 @@ class FaultMix:
                 await producer
             await pub.flush(60)
             acked = {"EVT": pub.stats.acked, "TELE": 0}
-        return await self.collect(list(faults), acked, settle_s)
+        try:
+            return await self.collect(list(faults), acked, settle_s)
+        finally:
+            for keeper in (self.repairer, self.watch):
+                if keeper is not None:
+                    await keeper.stop()
 
     async def collect(self, faults: list[str], acked: dict[str, int], settle_s: float) -> MixResult:
         djs = self.rig.dev_js(self.device)
@@ -231,12 +268,18 @@ class FaultMix:
                     done = False
                     continue
                 src = source_sequence(last.headers)
+                if REPAIRED_SOURCE_HEADER in (last.headers or {}):  # backfilled: stored after newer ones
+                    seqs, _ = await hub_source_sequences(hjs, naming.hub_stream(k, self.device))
+                    src = (max(seqs), "") if seqs else None
                 if not src or src[0] < states[k].last_seq:
                     done = False
             if done or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.3)
+        if self.repairer is not None:
+            await self.repairer.stop()
+            await self.repairer.run_once()  # a last pass once the hub has caught up
         for k in ("EVT", "TELE"):
             hub[k] = await hub_source_seqs(hjs, naming.hub_stream(k, self.device))
         tally = {k: _tally(k, states[k].first_seq, states[k].last_seq, [s for s, _ in hub[k]]) for k in hub}
@@ -249,7 +292,9 @@ class FaultMix:
             if k == "EVT":  # every published event was acknowledged (flushed) and must be there
                 missing[k] = [n for n in range(self.next[k]) if n not in seen]
         tele_removed = max(states["TELE"].first_seq - 1, 0) + (states["TELE"].num_deleted or 0)
-        return MixResult(faults, dict(self.next), acked, tally, missing, dups, tele_removed, self.catch_up)
+        return MixResult(faults, dict(self.next), acked, tally, missing, dups, tele_removed, self.catch_up,
+                         repaired=self.repairer.repaired if self.repairer else 0,
+                         reattached=self.watch.reattached if self.watch else 0)
 
 
 def fault_plan(n: int, kinds: Sequence[str] = FAULT_KINDS, seed: int = 1) -> list[str]:

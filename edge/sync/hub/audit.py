@@ -19,6 +19,7 @@ block shows it as lag until newer messages arrive and as holes afterwards, never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -34,6 +35,9 @@ from edge.nats import subjects as naming
 log = logging.getLogger("edge.sync.hub")
 
 SOURCE_HEADER = "Nats-Stream-Source"
+#: A message backfilled by :mod:`edge.sync.hub.repair` carries ``<stream identity> <device seq>``
+#: here instead (the server reserves ``Nats-Stream-Source`` for what it sourced itself).
+REPAIRED_SOURCE_HEADER = "Edge-Repaired-Source"
 DEVICE_API_TIMEOUT_S = 1.0
 #: Replies of the hub's requests to a device's JetStream API use this prefix (the one nats-server
 #: uses for its own); the per-device account's service export maps the answer back either way.
@@ -61,8 +65,9 @@ class StreamAudit:
 
 def source_sequence(headers: dict[str, str] | None) -> tuple[int, str] | None:
     """``(sequence, stream identity)`` from a sourced message's ``Nats-Stream-Source`` header
-    (``<stream>[:<ident>] <seq> <filter> <transform> <subject> [<ident>]``)."""
-    raw = (headers or {}).get(SOURCE_HEADER)
+    (``<stream>[:<ident>] <seq> <filter> <transform> <subject> [<ident>]``) or a backfilled one's
+    ``Edge-Repaired-Source`` (``<stream>[:<ident>] <seq>``)."""
+    raw = (headers or {}).get(SOURCE_HEADER) or (headers or {}).get(REPAIRED_SOURCE_HEADER)
     if not raw:
         return None
     parts = raw.split(" ")
@@ -71,39 +76,49 @@ def source_sequence(headers: dict[str, str] | None) -> tuple[int, str] | None:
     return int(parts[1]), parts[0]
 
 
+async def device_js_request(nc: NATS, device: str, api: str, payload: dict[str, Any] | None = None,
+                            timeout: float = DEVICE_API_TIMEOUT_S) -> dict[str, Any] | None:
+    """A request to the device's JetStream API (``$JS.<dev>.API.<api>``) over the leaf link; the
+    decoded answer, or ``None`` when the device does not answer in time."""
+    subject = f"{naming.js_api(naming.check_device_id(device))}.{api}"
+    inbox = f"{REPLY_PREFIX}.{secrets.token_hex(8)}"
+    sub = await nc.subscribe(inbox, max_msgs=1)
+    try:
+        await nc.publish(subject, json.dumps(payload).encode() if payload else b"", reply=inbox)
+        msg = await sub.next_msg(timeout=timeout)
+    except Exception as err:  # timeout: the device is not reachable now
+        log.debug("device %s: no answer to %s (%r)", device, api, err)
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    if not msg.data:  # a status reply (503: no responders while the leaf is away)
+        return None
+    try:
+        resp = json.loads(msg.data)
+    except ValueError:
+        log.warning("device %s answered %s with something that is not JSON", device, api)
+        return None
+    return resp if isinstance(resp, dict) else None
+
+
 async def device_stream_state(nc: NATS, device: str, stream: str,
                               timeout: float = DEVICE_API_TIMEOUT_S) -> dict[str, Any] | None:
     """The device's live stream state through its JetStream domain, or ``None`` if it does not
     answer (link down) or has no such stream."""
-    subject = f"{naming.js_api(naming.check_device_id(device))}.STREAM.INFO.{stream}"
-    inbox = f"{REPLY_PREFIX}.{secrets.token_hex(8)}"
-    sub = await nc.subscribe(inbox, max_msgs=1)
-    try:
-        await nc.publish(subject, b"", reply=inbox)
-        msg = await sub.next_msg(timeout=timeout)
-    except Exception as err:  # timeout: the device is not reachable now
-        log.debug("device %s stream %s: no answer (%r)", device, stream, err)
-        return None
-    finally:
-        try:
-            await sub.unsubscribe()
-        except Exception:
-            pass
-    try:
-        resp = json.loads(msg.data)
-    except ValueError:
-        log.warning("device %s answered STREAM.INFO.%s with something that is not JSON", device, stream)
-        return None
-    state = resp.get("state") if isinstance(resp, dict) and not resp.get("error") else None
+    resp = await device_js_request(nc, device, f"STREAM.INFO.{stream}", timeout=timeout)
+    state = resp.get("state") if resp is not None and not resp.get("error") else None
     return state if isinstance(state, dict) else None
 
 
-async def _edge_source_seq(js: JetStreamContext, hub_stream: str, seq: int) -> tuple[int, str] | None:
+async def _edge_source_seq(js: JetStreamContext, hub_stream: str, seq: int) -> tuple[int, str, bool] | None:
+    """(device sequence, identity, backfilled?) of the hub stream's message ``seq``."""
     try:
         msg = await js.get_msg(hub_stream, seq)
     except NotFoundError:
         return None
-    return source_sequence(msg.headers)
+    src = source_sequence(msg.headers)
+    return None if src is None else (*src, REPAIRED_SOURCE_HEADER in (msg.headers or {}))
 
 
 async def audit_stream(js: JetStreamContext, device: str, stream: str) -> StreamAudit:
@@ -115,6 +130,13 @@ async def audit_stream(js: JetStreamContext, device: str, stream: str) -> Stream
     if st.messages:
         oldest = await _edge_source_seq(js, hub_stream, st.first_seq)
         newest = await _edge_source_seq(js, hub_stream, st.last_seq)
+    if newest and newest[2]:
+        # backfilled messages are stored after newer ones: the newest stored is not the position
+        from edge.sync.hub.repair import hub_source_sequences
+
+        seqs, ident = await hub_source_sequences(js, hub_stream)
+        if seqs and ident:
+            newest = (max(seqs), ident, False)
     position = newest[0] if newest else 0
     holes = 0
     if oldest and newest and oldest[1] == newest[1]:  # one incarnation of the device stream

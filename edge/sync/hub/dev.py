@@ -31,6 +31,8 @@ from typing import Any
 from edge.errors import ConfigError, EdgeError
 from edge.nats.server import ClusterOptions, TlsFiles
 from edge.sync.hub.fleet import ProvisionOptions, provision_device
+from edge.sync.hub.reattach import SourceWatch
+from edge.sync.hub.repair import DEFAULT_INTERVAL_S as DEFAULT_REPAIR_INTERVAL_S, Repairer
 from edge.sync.hub.server import DeviceCredential, HubServer, generate_nkey, write_seed
 
 log = logging.getLogger("edge.sync.hub")
@@ -81,7 +83,7 @@ class DevHub:
     def __init__(self, store: Path, *, devices: Sequence[str] = (), secure: bool = True, nkeys: bool = False,
                  port: int = DEFAULT_CLIENT_PORT, leaf_port: int = DEFAULT_LEAF_PORT, nodes: int = 1,
                  host: str = DEFAULT_HOST, cluster_port: int = DEFAULT_CLUSTER_PORT,
-                 leaf_tls: TlsFiles | None = None) -> None:
+                 leaf_tls: TlsFiles | None = None, repair_interval_s: float | None = DEFAULT_REPAIR_INTERVAL_S) -> None:
         if nodes < 1 or nodes == 2:
             raise ConfigError(f"--nodes {nodes}: a hub is 1 server or a cluster of 3 or more", key="nodes")
         self.store = store
@@ -96,6 +98,11 @@ class DevHub:
         self.leaf_tls = leaf_tls
         self.seed_paths: dict[str, Path] = {}
         self.servers: list[HubServer] = []
+        # backfills events the hub's sourcing skipped (edge.sync.hub.repair); None: off
+        self.repair_interval_s = repair_interval_s
+        self.repairer: Repairer | None = None
+        self.watch: SourceWatch | None = None  # re-attaches stalled sources (edge.sync.hub.reattach)
+        self._repair_nc: Any = None
 
     @property
     def server(self) -> HubServer | None:
@@ -158,6 +165,13 @@ class DevHub:
             "client_urls": [s.client_url for s in self.servers], "leaf_urls": self.leaf_urls(),
         }))
         self.hub_file.chmod(0o600)
+        if self.repair_interval_s:
+            self._repair_nc = await nats.connect(servers=[s.client_url for s in self.servers],
+                                                 max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+            self.repairer = Repairer(self._repair_nc.jetstream(timeout=10), interval_s=self.repair_interval_s)
+            self.repairer.start()
+            self.watch = SourceWatch(self._repair_nc.jetstream(timeout=10))
+            self.watch.start()
         log.info("hub running: %d node(s), clients %s, leaf nodes %s, store %s", len(self.servers),
                  ", ".join(s.url for s in self.servers), ", ".join(self.leaf_urls()), self.store)
 
@@ -165,6 +179,13 @@ class DevHub:
         return [u for u in (s.leaf_url for s in self.servers) if u]
 
     async def stop(self) -> None:
+        for keeper in (self.repairer, self.watch):
+            if keeper is not None:
+                await keeper.stop()
+        self.repairer = self.watch = None
+        if self._repair_nc is not None:
+            await self._repair_nc.close()
+            self._repair_nc = None
         for srv in reversed(self.servers):
             await srv.stop()
         self.servers = []

@@ -5,9 +5,11 @@ client connected to the hub). The ``edge cloud ...`` / ``edge fleet status`` com
 
 Per device ``d`` the hub holds:
 
-* ``TELE_d`` and ``EVT_d``: no subjects of their own; each *sources* the device's stream across
-  domains (``$JS.d.API``), filtered by a subject transform pinned to ``edge.d.…``, so whatever the
-  device does locally, only its own subjects are attributed to it.
+* ``TELE_d`` and ``EVT_d``: each *sources* the device's stream across domains (``$JS.d.API``),
+  filtered by a subject transform pinned to ``edge.d.…``, so whatever the device does locally,
+  only its own subjects are attributed to it. ``TELE_d`` has no subjects of its own; ``EVT_d``
+  only ``edge.d.repair.>`` (stored as ``edge.d.…``), where the hub's backfill of skipped events
+  publishes (:mod:`edge.sync.hub.repair`; no device account shares that subject).
 * ``CMD_d``: subjects ``edge.d.cmd.>``; the device's ``CMD`` stream sources it, so commands
   issued while the device is offline arrive when it reconnects, in order. ``max_age`` expires them.
 * ``KV_edge-state-d``: a mirror of the device's ``edge-state`` bucket, readable on the hub as the
@@ -41,6 +43,7 @@ from edge.errors import NatsError
 from edge.nats import subjects as naming
 from edge.sync.durable import SyncConsumer, ensure_sync_consumer
 from edge.sync.hub.audit import audit_device
+from edge.sync.hub.repair import repair_subject, repair_transform
 from edge.sync.hub.server import DeviceCredential, HubServer
 from edge.sync.device.streams import MIB, ensure_stream
 
@@ -111,7 +114,9 @@ def hub_stream_configs(device: str, opts: ProvisionOptions | None = None) -> lis
         ),
         StreamConfig(
             name=naming.hub_stream(naming.EVT_STREAM, d),
-            subjects=[],
+            # only the hub-side backfill (edge.sync.hub.repair) publishes here, stored as the original
+            subjects=[repair_subject(d)],
+            subject_transform=SubjectTransform(*repair_transform(d)),
             max_bytes=o.evt_max_bytes,
             discard=DiscardPolicy.OLD,
             duplicate_window=o.duplicate_window_s,
