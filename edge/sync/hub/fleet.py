@@ -52,6 +52,7 @@ log = logging.getLogger("edge.sync")
 DEFAULT_HUB_TELE_MAX_BYTES = 256 * MIB
 DEFAULT_HUB_TELE_MAX_AGE_S = 30 * 24 * 3600.0
 DEFAULT_HUB_EVT_MAX_BYTES = 256 * MIB
+DEFAULT_SEND_RETRY_S = 20.0  # seconds a command publish is retried while its stream has no leader
 DEFAULT_CMD_TTL_S = 3600.0
 DEFAULT_DUPLICATE_WINDOW_S = 600.0
 DEFAULT_LINK_DOWN_AFTER_S = 10.0  # a source inactive this long counts as a link down
@@ -211,10 +212,25 @@ async def send_command(
     *,
     ttl_s: float = DEFAULT_CMD_TTL_S,
     msg_id: str | None = None,
+    retry_s: float = DEFAULT_SEND_RETRY_S,
 ) -> PubAck:
-    """Queue a command for ``device``; it is void ``ttl_s`` seconds from now."""
+    """Queue a command for ``device``; it is void ``ttl_s`` seconds from now.
+
+    While a cluster elects the command stream's leader (a node was just lost) the stream has no
+    responders for a few seconds: the publish is retried for up to ``retry_s``, safely, since
+    every attempt carries the same ``Nats-Msg-Id`` and the stream stores it once."""
+    import nats.errors
+    import nats.js.errors
+
     headers = {"Nats-Msg-Id": msg_id or secrets.token_hex(8), EXPIRES_HEADER: f"{time.time() + ttl_s:.3f}"}
-    return await js.publish(naming.command(device, name), payload, headers=headers)
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            return await js.publish(naming.command(device, name), payload, headers=headers)
+        except (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 @dataclass
