@@ -304,9 +304,10 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
         from edge.inference.bridge import RegistryInferBridge
         from edge.inference.layer import InferenceLayer
 
-        inference = InferenceLayer(cfg.models, cfg.vision, frames=hardware.frames if hardware else None)
+        inference = InferenceLayer(cfg.models, cfg.vision, frames=hardware.frames if hardware else None,
+                                   policy=point)
         sandbox.bridge = RegistryInferBridge(inference.registry, policy=point)
-    api = DeviceApi(sandbox, status=status or dict, policy=policy)
+    api = DeviceApi(sandbox, status=status or dict, policy=policy, point=point)
     layers.append(api)
     if hardware is not None:
         layers.append(hardware)

@@ -3,7 +3,16 @@
 Every endpoint lives under ``edge.<device>.api.`` and takes and returns JSON. A success is
 ``{"ok": true, "result": ...}``; a refusal is ``{"ok": false, "error": {"error": "EntityError",
 "message": "...", ...fields}}`` with the micro service error headers set (400 for bad requests,
-500 for internal errors). Subjects are listed in docs/subjects.md.
+403 for a write the policy point denies, 500 for internal errors). Subjects are listed in
+docs/subjects.md.
+
+Writes to the world (``entity.spawn``, ``entity.set``, ``entity.unset``, ``entity.rm``) pass the
+device's policy point (``point``) before anything is written: principal ``caller:<name>`` (the
+request's ``Edge-Caller`` header, else ``anonymous``), action ``kv``, resource
+``<entity>.<component>`` for each component written or removed and ``<entity>`` for the entity
+itself (spawn, rm), the target entity's labels as context. Nothing grants them: with a policy
+file each needs an ``allow`` rule (docs/policy.md). Every write is metered for its caller
+(``kv_writes``, ``edge accounting``).
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nats.micro import add_service
 from nats.micro.request import Request
@@ -19,19 +28,35 @@ from nats.micro.service import Service
 
 from edge.nats import subjects
 from edge.errors import EdgeError
-from edge.nats.service import RequestError, endpoint
+from edge.nats.service import RequestError, code_of, endpoint
 from edge.layer import DeviceContext
 from edge.errors import LifecycleError
-from edge.world.store import World
+from edge.policy.model import Action, PolicyDenied
+from edge.world.schema import NAME_RE
+from edge.world.store import World, check_entity_id
+
+if TYPE_CHECKING:
+    from edge.policy.point import PolicyPoint
 
 log = logging.getLogger("edge.api.service")
 
 SERVICE_NAME = "edge-device"
 SERVICE_VERSION = "1.0.0"
 
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+#: Who a request is from when it has no ``Edge-Caller`` header.
+ANONYMOUS = "anonymous"
+_KV = Action.KV.value
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent one API request (its ``Edge-Caller``, else :data:`ANONYMOUS`) and its size."""
+
+    name: str
+    size: int = 0
+
+
+Handler = Callable[[dict[str, Any], Caller], Awaitable[Any]]
 
 
 class ComponentOps(Protocol):
@@ -74,9 +99,10 @@ class DeviceApi:
     name = "api"
 
     def __init__(self, components: ComponentOps, status: StatusFn, *,
-                 policy: PolicyOps | None = None) -> None:
+                 policy: PolicyOps | None = None, point: PolicyPoint | None = None) -> None:
         self.ops = components
         self.policy = policy
+        self.point = point  # the policy point the world writes pass
         self.status_fn = status
         self._world: World | None = None
         self._device = ""
@@ -139,65 +165,99 @@ class DeviceApi:
         return {"endpoints": len(self.endpoints), "requests": self.requests, "errors": self.errors}
 
     def _wrap(self, ep: Endpoint) -> Callable[[Request], Awaitable[None]]:
-        inner = endpoint(ep.handler, name=f"{ep.group}.{ep.name}", on_error=self._count_error)
+        name = f"{ep.group}.{ep.name}"
 
         async def handle(req: Request) -> None:
             self.requests += 1
-            await inner(req)
+            who = Caller((req.headers or {}).get(subjects.CALLER_HEADER) or ANONYMOUS, len(req.data))
+
+            async def run(body: dict[str, Any]) -> Any:
+                return await ep.handler(body, who)
+
+            await endpoint(run, name=name, code_for=_code, on_error=self._count_error)(req)
 
         return handle
 
     def _count_error(self, err: EdgeError) -> None:
         self.errors += 1
 
+    def _admit(self, who: Caller, entity: str, *components: str) -> None:
+        """Decide a write of ``components`` of ``entity`` (none: the entity itself) by ``who``;
+        raises :class:`PolicyDenied` (403) naming the rule. The ids are checked first, so a
+        resource is always ``<entity>`` or ``<entity>.<component>``."""
+        check_entity_id(entity)
+        for comp in components:
+            if not NAME_RE.match(comp):
+                raise RequestError(f"component name {comp!r} is invalid: use [a-z][a-z0-9_]*, at most 63",
+                                   key="component")
+        point = self.point
+        if point is None:
+            return
+        resources = [f"{entity}.{c}" for c in components] or [entity]
+        size = who.size // len(resources)
+        for resource in resources:
+            d = point.check("caller", who.name, _KV, resource, size=size, entity=entity)
+            if not d.allowed:
+                raise PolicyDenied(f"caller:{who.name} may not write '{resource}': {d.reason}",
+                                   principal=f"caller:{who.name}", action=_KV, resource=resource,
+                                   rule=d.rule, reason=d.reason)
+
     # -- endpoints ---------------------------------------------------------------------------
 
-    async def entity_list(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+    async def entity_list(self, body: dict[str, Any], who: Caller) -> list[dict[str, Any]]:
         labels = body.get("labels")
         if labels is not None and not isinstance(labels, dict):
             raise RequestError("'labels' must be an object", key="labels")
         metas = self.world.entities(kind=body.get("kind"), labels=labels)
         return [{**m.to_dict(), "components": self.world.components_of(m.id)} for m in metas]
 
-    async def entity_get(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def entity_get(self, body: dict[str, Any], who: Caller) -> dict[str, Any]:
         entity = _need(body, "id")
         return {**self.world.meta(entity).to_dict(), "components": self.world.get_all(entity),
                 "freshness": self.world.freshness(entity)}
 
-    async def entity_spawn(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def entity_spawn(self, body: dict[str, Any], who: Caller) -> dict[str, Any]:
         entity = _need(body, "id")
         comps = body.get("components") or {}
         labels = body.get("labels") or {}
         if not isinstance(comps, dict) or not isinstance(labels, dict):
             raise RequestError("'components' and 'labels' must be objects")
+        self._admit(who, entity)
+        if comps:
+            self._admit(who, entity, *comps)
         self.world.spawn(entity, str(body.get("kind", "")), labels, comps)
-        return await self.entity_get({"id": entity})
+        return await self.entity_get({"id": entity}, who)
 
-    async def entity_set(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def entity_set(self, body: dict[str, Any], who: Caller) -> dict[str, Any]:
         entity = _need(body, "id")
         comp = _need(body, "component")
         values = _need(body, "values", dict)
+        self._admit(who, entity, comp)
         return self.world.set(entity, comp, values)
 
-    async def entity_unset(self, body: dict[str, Any]) -> None:
-        self.world.unset(_need(body, "id"), _need(body, "component"))
+    async def entity_unset(self, body: dict[str, Any], who: Caller) -> None:
+        entity, comp = _need(body, "id"), _need(body, "component")
+        self._admit(who, entity, comp)
+        self.world.unset(entity, comp)
 
-    async def entity_rm(self, body: dict[str, Any]) -> None:
-        self.world.remove(_need(body, "id"))
+    async def entity_rm(self, body: dict[str, Any], who: Caller) -> None:
+        entity = _need(body, "id")
+        self._admit(who, entity)
+        self.world.remove(entity)
 
-    async def component_list(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+    async def component_list(self, body: dict[str, Any], who: Caller) -> list[dict[str, Any]]:
         return self.ops.components_status()
 
-    async def component_load(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def component_load(self, body: dict[str, Any], who: Caller) -> dict[str, Any]:
         return await self.ops.load_component(_need(body, "manifest"))
 
-    async def component_unload(self, body: dict[str, Any]) -> None:
+    async def component_unload(self, body: dict[str, Any], who: Caller) -> None:
         await self.ops.unload_component(_need(body, "name"))
 
-    async def schema_list(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+    async def schema_list(self, body: dict[str, Any], who: Caller) -> list[dict[str, Any]]:
         return [self.world.schemas.get(n).to_dict() for n in self.world.schemas.names()]
 
-    async def device_status(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def device_status(self, body: dict[str, Any], who: Caller) -> dict[str, Any]:
         return self.status_fn()
 
     def _policy(self) -> PolicyOps:
@@ -205,11 +265,15 @@ class DeviceApi:
             raise RequestError("this device has no policy point")
         return self.policy
 
-    async def accounting_get(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def accounting_get(self, body: dict[str, Any], who: Caller) -> dict[str, Any]:
         n = body.get("top", 10)
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 1000:
             raise RequestError("'top' must be an integer within 1..1000", key="top")
         return self._policy().accounting(n)
 
-    async def policy_reload(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def policy_reload(self, body: dict[str, Any], who: Caller) -> dict[str, Any]:
         return self._policy().reload()
+
+
+def _code(err: EdgeError) -> str:
+    return "403" if isinstance(err, PolicyDenied) else code_of(err)

@@ -68,12 +68,17 @@ def locate(args: argparse.Namespace) -> tuple[str | None, str]:
     return str(found[0]["device"]), str(found[0]["url"])
 
 
+#: Who the CLI's API requests are from (``Edge-Caller``; ``edge cmd``'s default ``--caller`` too).
+CLI_CALLER = "cli"
+
+
 class DeviceClient:
     """``async with DeviceClient(url, device) as c: await c.call("entity", "list")``."""
 
-    def __init__(self, url: str, device: str | None = None) -> None:
+    def __init__(self, url: str, device: str | None = None, *, caller: str = CLI_CALLER) -> None:
         self.url = url
         self.device = device
+        self.caller = caller  # the Edge-Caller of its requests (the policy's caller:<name>)
         self.nc: Client | None = None
 
     async def __aenter__(self) -> DeviceClient:
@@ -105,7 +110,8 @@ class DeviceClient:
             raise LifecycleError("DeviceClient is not connected; use `async with DeviceClient(url)`")
         subject = subjects.api(self.device, group, verb)
         try:
-            msg = await self.nc.request(subject, json.dumps(body or {}).encode(), timeout=REQUEST_TIMEOUT)
+            msg = await self.nc.request(subject, json.dumps(body or {}).encode(), timeout=REQUEST_TIMEOUT,
+                                        headers={subjects.CALLER_HEADER: self.caller})
         except Exception as err:
             raise NatsError(f"device {self.device} did not answer {subject}: {type(err).__name__}") from None
         reply = json.loads(msg.data)

@@ -3,7 +3,9 @@
 ``[[models]]`` tables load models (files or the JetStream object store, hot-reloaded);
 ``[[vision]]`` tables connect a camera driver's latest frame to a detection model and write the
 results into the entity's ``detections`` component and onto ``edge.<device>.evt.<entity>.detections``
-(:data:`DETECTIONS`, the name the agents subscribe to). Every object store bucket a model comes from
+(:data:`DETECTIONS`, the name the agents subscribe to). With the device's policy point
+(``policy``), every frame's inference is decided and metered there first (principal
+``device:<entity>``, action ``infer``, resource the model; :mod:`edge.inference.admission`). Every object store bucket a model comes from
 is watched while the device runs: a new version is verified and swapped in, a refused one leaves
 the old model serving, with the error in ``edge status``. ``edge status`` shows the section
 ``inference``: backend, models with latency and load errors, pipelines with drops, layer errors
@@ -16,9 +18,10 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivers.camera.frames import Frame, LatestFrame
+from edge.inference.admission import PolicedDetector
 from edge.inference.blazeface import FaceDetector
 from edge.inference.config import ModelSpec, VisionSpec
 from edge.inference.config import parse_vision as parse_vision  # re-exported
@@ -27,6 +30,9 @@ from edge.inference.registry import ModelRegistry
 from edge.inference.vision import Detection, DetectionPipeline, Detector
 from edge.layer import DeviceContext
 from edge.nats import subjects
+
+if TYPE_CHECKING:
+    from edge.policy.point import PolicyPoint
 
 #: Finds a camera's latest-frame slot by driver name (None = the first camera); None if absent.
 FrameFinder = Callable[[str | None], LatestFrame | None]
@@ -41,27 +47,32 @@ class InferenceLayer:
 
     ``frames`` finds camera frame slots (the hardware layer's); the registry exists from
     construction, so other layers (the tools service, the wasm ``infer`` bridge) are given it
-    before anything starts.
+    before anything starts. ``policy`` is the device's policy point every pipeline's inference
+    passes (None: the pipelines run their models directly).
     """
 
     name = "inference"
 
     def __init__(self, models: list[ModelSpec], vision: list[VisionSpec], *,
-                 frames: FrameFinder | None = None) -> None:
+                 frames: FrameFinder | None = None, policy: PolicyPoint | None = None) -> None:
         self.models = models
+        self.policy = policy
         self.vision = vision
         self.frames = frames
         self.registry = ModelRegistry()
         self.pipelines: list[DetectionPipeline] = []
+        self.detectors: list[FaceDetector] = []  # each pipeline's own detector (before the policy)
         self.load_errors: dict[str, str] = {}
         self._error_at: dict[str, float] = {}  # monotonic time of each load error
         self.watched: list[str] = []  # object store buckets followed for new model versions
         self._started = False
 
     def camera(self) -> tuple[LatestFrame | None, Detector | None]:
-        """The frames and detector of the first vision pipeline, else the first camera alone."""
+        """The frames and detector of the first vision pipeline, else the first camera alone. The
+        detector is the pipeline's own: whoever runs it decides it as its own principal (the
+        tools' ``capture_frame`` as its caller)."""
         if self.pipelines:
-            return self.pipelines[0].source, self.pipelines[0].detector
+            return self.pipelines[0].source, self.detectors[0]
         frames = self.frames(None) if self.frames is not None else None
         return frames, None
 
@@ -88,9 +99,12 @@ class InferenceLayer:
                 log.error("vision for %s: no camera driver %s", spec.entity, spec.camera or "")
                 continue
             detector = FaceDetector(self.registry, spec.model)
-            pipeline = DetectionPipeline(frames, detector, self._sink(ctx, spec), name=f"{spec.entity}:{spec.model}")
+            runs: Detector = detector if self.policy is None else PolicedDetector(
+                detector, self.policy, entity=spec.entity, model=spec.model)
+            pipeline = DetectionPipeline(frames, runs, self._sink(ctx, spec), name=f"{spec.entity}:{spec.model}")
             pipeline.start()
             self.pipelines.append(pipeline)
+            self.detectors.append(detector)
 
     def _fail(self, name: str, message: str) -> None:
         self.load_errors[name] = message
@@ -122,6 +136,7 @@ class InferenceLayer:
         for p in self.pipelines:
             await p.stop()
         self.pipelines.clear()
+        self.detectors.clear()
         await self.registry.close()
 
     def status(self) -> dict[str, Any]:

@@ -6,7 +6,9 @@
 * :class:`DetectionPipeline` - takes the newest frame from a
   :class:`~drivers.camera.frames.LatestFrame` whenever the detector is idle (frames that arrive
   meanwhile are dropped and counted, never queued) and hands ``(frame, detections, latency_s)`` to a
-  sink.
+  sink. A frame whose inference the device's policy point denies (the detector raises
+  :class:`~edge.inference.errors.InferenceError` with reason ``denied``,
+  :mod:`edge.inference.admission`) is counted as ``denied`` and skipped.
 
 A detector (see :class:`Detector`) must implement ``async detect(image) -> list[Detection]`` with
 boxes and keypoints normalised to the image it was given (0..1, origin top-left).
@@ -21,12 +23,13 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from drivers.camera.frames import Frame, LatestFrame
+from edge.inference.errors import InferenceError
 from edge.tasks import cancel_and_wait
 
 log = logging.getLogger("edge.inference.vision")
@@ -166,6 +169,14 @@ class Detector(Protocol):
     async def detect(self, image: npt.NDArray[np.uint8]) -> list[Detection]: ...
 
 
+@runtime_checkable
+class ModelDetector(Detector, Protocol):
+    """A detector that names the registry model it runs (``name``; the resource of its
+    ``infer`` decisions, docs/policy.md)."""
+
+    name: str
+
+
 Sink = Callable[[Frame, list[Detection], float], Awaitable[None] | None]
 """``on_detections(frame, detections, latency_s)``; plain or async function."""
 
@@ -178,6 +189,7 @@ class PipelineStats:
         self.dropped = 0
         self.errors = 0
         self.sink_errors = 0
+        self.denied = 0  # frames whose inference the policy point denied
         self.last_error: str | None = None
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
 
@@ -188,7 +200,7 @@ class PipelineStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {"processed": self.processed, "dropped": self.dropped, "errors": self.errors,
-                "sink_errors": self.sink_errors, "last_error": self.last_error,
+                "sink_errors": self.sink_errors, "denied": self.denied, "last_error": self.last_error,
                 "p50_ms": self.percentile_ms(50), "p99_ms": self.percentile_ms(99)}
 
 
@@ -218,10 +230,14 @@ class DetectionPipeline:
             last_seq = frame.seq
             try:
                 detections = await self.detector.detect(frame.image)
+            except InferenceError as exc:
+                if exc.reason == "denied":  # the policy point counted, recorded and logged it
+                    self.stats.denied += 1
+                    continue
+                self._failed(frame, exc)
+                continue
             except Exception as exc:  # noqa: BLE001  a bad frame must not stop the pipeline
-                self.stats.errors += 1
-                self.stats.last_error = str(exc)
-                log.warning("pipeline %s: frame %d failed: %s", self.name, frame.seq, exc)
+                self._failed(frame, exc)
                 continue
             latency = time.monotonic() - frame.t
             self.stats.processed += 1
@@ -234,6 +250,11 @@ class DetectionPipeline:
                 self.stats.sink_errors += 1
                 self.stats.last_error = str(exc)
                 log.warning("pipeline %s: sink failed on frame %d: %s", self.name, frame.seq, exc)
+
+    def _failed(self, frame: Frame, exc: Exception) -> None:
+        self.stats.errors += 1
+        self.stats.last_error = str(exc)
+        log.warning("pipeline %s: frame %d failed: %s", self.name, frame.seq, exc)
 
     def start(self) -> asyncio.Task[None]:
         if self._task is None or self._task.done():

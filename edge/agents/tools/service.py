@@ -19,8 +19,8 @@ is attribution and a second check only: on a real deployment the enforcement poi
 account/user permissions on the ``edge.<device>.tools.*`` subjects
 (:meth:`ToolPermissions.nats_permissions` prints the matching snippet). With the device's policy
 point (``policy``), every call is decided there (principal ``caller:<name>``, action ``call``,
-the permissions as the grant; ``run_model`` also ``infer`` of the model) and a denial's 403
-names the rule (docs/policy.md).
+the permissions as the grant; ``run_model`` and ``capture_frame``'s detection also ``infer`` of
+the model, their time metered) and a denial's 403 names the rule (docs/policy.md).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ from edge.agents.tools.schemas import (
 from edge.agents.tools.tensors import tensor_in, tensor_out
 from edge.errors import EdgeError, EntityError
 from edge.inference.registry import ModelRegistry
-from edge.inference.vision import Detector, resize
+from edge.inference.vision import Detector, ModelDetector, resize
 from edge.layer import DeviceContext
 from edge.errors import LifecycleError
 from edge.nats import subjects
@@ -85,6 +85,8 @@ log = logging.getLogger("edge.agents.tools")
 SERVICE_NAME = "edge-tools"
 SERVICE_VERSION = "1.0.0"
 DETECT_TIMEOUT_S = 5.0  # capture_frame's detector run
+#: The ``infer`` resource of a detector that does not name its model.
+DETECTOR_RESOURCE = "detector"
 MAX_SENSOR_KEYS = 4096  # (entity, component) telemetry entries remembered
 
 #: The camera the tools use: its frames and a detector (either may be None).
@@ -416,11 +418,22 @@ class ToolsService:
                                "age_s": round(max(0.0, time.monotonic() - frame.t), 3),
                                "source": frame.source, "detections": None}
         if body.get("detect", True) and detector is not None:
+            model = detector.name if isinstance(detector, ModelDetector) else DETECTOR_RESOURCE
+            if self.policy is not None:  # the detection is the caller's inference
+                d = self.policy.check("caller", caller, "infer", model, size=int(frame.image.nbytes),
+                                      granted=True)
+                if not d.allowed:
+                    raise ToolDenied(f"caller '{caller}' may not run model '{model}': {d.reason}",
+                                     tool="capture_frame", caller=caller, rule=d.rule, why=d.reason)
+            t0 = time.perf_counter()
             try:
                 async with asyncio.timeout(DETECT_TIMEOUT_S):
                     found = await detector.detect(frame.image)
             except TimeoutError as err:
                 raise ToolTimeout(f"the detector took longer than {DETECT_TIMEOUT_S} s") from err
+            finally:
+                if self.policy is not None:
+                    self.policy.add_infer("caller", caller, time.perf_counter() - t0)
             floor = float(body.get("min_score", 0.0))
             out["detections"] = [
                 {"label": d.label, "score": round(float(d.score), 4), "box": [round(float(v), 4) for v in d.box],
@@ -444,7 +457,7 @@ class ToolsService:
             d = self.policy.check("caller", caller, "infer", name, granted=True)
             if not d.allowed:
                 raise ToolDenied(f"caller '{caller}' may not run model '{name}': {d.reason}",
-                                 tool="run_model", caller=caller, rule=d.rule)
+                                 tool="run_model", caller=caller, rule=d.rule, why=d.reason)
         model = models.get(name)  # InferenceError (400) names the loaded models
         arrays = []
         for i, spec in enumerate(body["inputs"]):
