@@ -18,7 +18,7 @@ file each needs an ``allow`` rule (docs/policy.md). Every write is metered for i
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -185,15 +185,10 @@ class DeviceApi:
         """Decide a write of ``components`` of ``entity`` (none: the entity itself) by ``who``;
         raises :class:`PolicyDenied` (403) naming the rule. The ids are checked first, so a
         resource is always ``<entity>`` or ``<entity>.<component>``."""
-        check_entity_id(entity)
-        for comp in components:
-            if not NAME_RE.match(comp):
-                raise RequestError(f"component name {comp!r} is invalid: use [a-z][a-z0-9_]*, at most 63",
-                                   key="component")
+        resources = write_resources(entity, components)
         point = self.point
         if point is None:
             return
-        resources = [f"{entity}.{c}" for c in components] or [entity]
         size = who.size // len(resources)
         for resource in resources:
             d = point.check("caller", who.name, _KV, resource, size=size, entity=entity)
@@ -277,3 +272,17 @@ class DeviceApi:
 
 def _code(err: EdgeError) -> str:
     return "403" if isinstance(err, PolicyDenied) else code_of(err)
+
+
+def write_resources(entity: str, components: Iterable[str] = ()) -> list[str]:
+    """The policy resources of a world write: ``<entity>.<component>`` for each component, or
+    ``<entity>`` for the entity itself. The entity id and component names are checked first
+    (EntityError, or RequestError naming ``component``), so a name with a dot or a wildcard can
+    never stand for another entity's resource."""
+    check_entity_id(entity)
+    comps = list(components)
+    for comp in comps:
+        if not isinstance(comp, str) or not NAME_RE.match(comp):
+            raise RequestError(f"component name {comp!r} is invalid: use [a-z][a-z0-9_]*, at most 63 characters",
+                               key="component")
+    return [f"{entity}.{c}" for c in comps] or [entity]
