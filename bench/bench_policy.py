@@ -4,7 +4,8 @@ Every figure is interleaved with its baseline in one loop (see bench/harness.py)
 
 (a) Decision cost on the hot path, one decision per call, a policy of 40 rules and 2 limits: the
     compiled engine's cached decision, the same decision uncached (computed from the rules), and
-    the whole policy point (meter + cached decision) as a component's publish meets it; each
+    the whole policy point (meter + cached decision) as a component's publish meets it, and the
+    point's work on one wasm batch of 256 (its deliveries, its publishes, its gas) per message; each
     sample is the median of 2,000 individually timed calls (timer included), the figure the
     median of the samples (target: cached p50 <= 2 us).
 (b) The wasm message path with the policy point on (a loaded policy: every delivery and every
@@ -44,6 +45,8 @@ from edge.wasm.pool import SandboxPool  # noqa: E402
 from edge.world.scheduler import TickLoop  # noqa: E402
 
 CALLS = 2000
+#: Messages of one wasm delivery in (a) and (b).
+BATCH = 256
 SUBJECT = f"edge.{DEVICE}.evt.echo"
 
 
@@ -77,11 +80,21 @@ def decisions(rounds: int) -> list[Row]:
     point = PolicyPoint(DEVICE)
     point.load(policy())
     args = ("component", "echo", "publish", SUBJECT, True)
+    sandbox = SandboxPolicy(point)
+    inbox = [(f"edge.{DEVICE}.cmd.echo", b"x" * 64)] * BATCH
+    outbox = [(SUBJECT, b"x" * 64)] * BATCH
+
+    def batch() -> None:  # what the sandbox asks of the point for one delivery of BATCH messages
+        sandbox.deliveries("echo", inbox)
+        sandbox.publishes("echo", outbox)
+        sandbox.on_call("echo", 1000)
+
     s = interleave({
         "cached": per_call(lambda: c.decide(*args)),
         "uncached": per_call(lambda: c.decide_uncached(*args)),
         "policy point": per_call(lambda: point.check("component", "echo", "publish", SUBJECT, size=64,
                                                      granted=True)),
+        "batch": per_call(batch),
     }, rounds=rounds, measure="value")
     return [
         Absolute.of("policy decision, cached (40 rules), p50 of one call", s["cached"],
@@ -89,6 +102,8 @@ def decisions(rounds: int) -> list[Row]:
         Absolute.of("policy decision, uncached (40 rules), p50 of one call", s["uncached"]),
         Absolute.of("policy point: meter + cached decision of a publish, p50 of one call",
                     s["policy point"], note="target <= 2 µs"),
+        Absolute.of(f"policy point on a wasm batch of {BATCH} (deliveries + publishes + gas), per message",
+                    [t / BATCH for t in s["batch"]]),
         Comparison.of("policy decision cached vs uncached", s, "cached", "uncached"),
     ]
 
@@ -198,7 +213,7 @@ def main() -> None:
     rounds = 10 if args.quick else 30
     build_components()
     rows = decisions(rounds)
-    rows.append(asyncio.run(wasm_path(rounds, 20 if args.quick else 40, 256)))
+    rows.append(asyncio.run(wasm_path(rounds, 20 if args.quick else 40, BATCH)))
     rows.append(asyncio.run(physics(rounds, 3, args.entities)))
     rows.append(asyncio.run(vision(rounds, 10)))
     report(rows, command="bench/bench_policy.py")
