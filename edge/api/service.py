@@ -33,7 +33,7 @@ from edge.layer import DeviceContext
 from edge.errors import LifecycleError
 from edge.policy.model import Action, PolicyDenied
 from edge.world.schema import NAME_RE
-from edge.world.store import World, check_entity_id
+from edge.world.store import ENTITY_ID_RE, World
 
 if TYPE_CHECKING:
     from edge.policy.point import PolicyPoint
@@ -181,11 +181,11 @@ class DeviceApi:
     def _count_error(self, err: EdgeError) -> None:
         self.errors += 1
 
-    def _admit(self, who: Caller, entity: str, *components: str) -> None:
+    def _admit(self, who: Caller, entity: str, *components: str, key: str = "component") -> None:
         """Decide a write of ``components`` of ``entity`` (none: the entity itself) by ``who``;
         raises :class:`PolicyDenied` (403) naming the rule. The ids are checked first, so a
         resource is always ``<entity>`` or ``<entity>.<component>``."""
-        resources = write_resources(entity, components)
+        resources = write_resources(entity, components, key=key)
         point = self.point
         if point is None:
             return
@@ -219,7 +219,7 @@ class DeviceApi:
             raise RequestError("'components' and 'labels' must be objects")
         self._admit(who, entity)
         if comps:
-            self._admit(who, entity, *comps)
+            self._admit(who, entity, *comps, key="components")
         self.world.spawn(entity, str(body.get("kind", "")), labels, comps)
         return await self.entity_get({"id": entity}, who)
 
@@ -274,15 +274,17 @@ def _code(err: EdgeError) -> str:
     return "403" if isinstance(err, PolicyDenied) else code_of(err)
 
 
-def write_resources(entity: str, components: Iterable[str] = ()) -> list[str]:
+def write_resources(entity: str, components: Iterable[str] = (), *, key: str = "component") -> list[str]:
     """The policy resources of a world write: ``<entity>.<component>`` for each component, or
-    ``<entity>`` for the entity itself. The entity id and component names are checked first
-    (EntityError, or RequestError naming ``component``), so a name with a dot or a wildcard can
-    never stand for another entity's resource."""
-    check_entity_id(entity)
+    ``<entity>`` for the entity itself. The entity id and component names are checked first (a
+    RequestError naming the key: ``id``, or ``key`` for the components), so a name with a dot or
+    a wildcard can never stand for another entity's resource."""
+    if not isinstance(entity, str) or not ENTITY_ID_RE.match(entity):
+        raise RequestError(f"entity id {entity!r} is invalid: use 1-64 characters of A-Z a-z 0-9 _ -",
+                           key="id", entity=str(entity))
     comps = list(components)
     for comp in comps:
         if not isinstance(comp, str) or not NAME_RE.match(comp):
             raise RequestError(f"component name {comp!r} is invalid: use [a-z][a-z0-9_]*, at most 63 characters",
-                               key="component")
+                               key=key)
     return [f"{entity}.{c}" for c in comps] or [entity]
