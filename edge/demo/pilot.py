@@ -40,6 +40,8 @@ DEFAULT_TAKEOFF_ALT_M = 10.0
 DEFAULT_STREAM_HZ = 10.0
 DEFAULT_MAX_SPEED = 5.0  # m/s per axis; larger velocity commands are refused
 LAUNCH_TIMEOUT_S = 5.0  # s for one launch command's answer
+#: Who the launch commands are from (``Edge-Caller``: ``caller:demo-pilot`` at the policy point).
+CALLER = "demo-pilot"
 VELOCITY_MASK = 0b0000_1101_1100_0111  # POSITION_TARGET_TYPEMASK: use vx, vy, vz only
 COMPANION_SYSTEM = 1  # a companion computer on the vehicle's own system id
 COMPANION_COMPONENT = mavlink.MAV_COMP_ID_ONBOARD_COMPUTER
@@ -113,7 +115,8 @@ class DemoPilot:
             verb, args = steps[i]
             try:
                 msg = await ctx.nc.request(subjects.command(ctx.device, self.entity, verb),
-                                           json.dumps(args).encode(), timeout=LAUNCH_TIMEOUT_S)
+                                           json.dumps(args).encode(), timeout=LAUNCH_TIMEOUT_S,
+                                           headers={subjects.CALLER_HEADER: CALLER})
                 answer = json.loads(msg.data)
             except Exception as exc:  # noqa: BLE001 - no answer yet (driver starting): retry
                 answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
