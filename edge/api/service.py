@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nats.micro import add_service
@@ -32,6 +33,7 @@ from edge.nats.service import RequestError, code_of, endpoint
 from edge.layer import DeviceContext
 from edge.errors import LifecycleError
 from edge.policy.model import Action, PolicyDenied
+from edge.wasm.manifest import NAME_RE as COMPONENT_NAME_RE, load_manifest
 from edge.world.schema import NAME_RE
 from edge.world.store import ENTITY_ID_RE, World
 
@@ -243,11 +245,32 @@ class DeviceApi:
     async def component_list(self, body: dict[str, Any], who: Caller) -> list[dict[str, Any]]:
         return self.ops.components_status()
 
+    def _admit_deploy(self, who: Caller, resource: str) -> None:
+        """Decide a component load or unload by ``who`` (action ``deploy``, resource
+        ``component.<name>.<version>`` or ``component.<name>``); raises :class:`PolicyDenied`."""
+        point = self.point
+        if point is None:
+            return
+        d = point.check("caller", who.name, Action.DEPLOY, resource, size=who.size)
+        if not d.allowed:
+            raise PolicyDenied(f"caller:{who.name} may not deploy '{resource}': {d.reason}",
+                               principal=f"caller:{who.name}", action=Action.DEPLOY.value,
+                               resource=resource, rule=d.rule, reason=d.reason)
+
     async def component_load(self, body: dict[str, Any], who: Caller) -> dict[str, Any]:
-        return await self.ops.load_component(_need(body, "manifest"))
+        path = _need(body, "manifest")
+        if self.point is not None:
+            # the manifest is read (capped, validated) to name the resource before deciding
+            m = load_manifest(Path(path), self.device)
+            self._admit_deploy(who, f"component.{m.name}.{m.version}")
+        return await self.ops.load_component(path)
 
     async def component_unload(self, body: dict[str, Any], who: Caller) -> None:
-        await self.ops.unload_component(_need(body, "name"))
+        name = _need(body, "name")
+        if not COMPONENT_NAME_RE.match(name):
+            raise RequestError(f"component name {name!r} is invalid (use [a-z0-9_-], at most 64)", key="name")
+        self._admit_deploy(who, f"component.{name}")
+        await self.ops.unload_component(name)
 
     async def schema_list(self, body: dict[str, Any], who: Caller) -> list[dict[str, Any]]:
         return [self.world.schemas.get(n).to_dict() for n in self.world.schemas.names()]
