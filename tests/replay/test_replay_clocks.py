@@ -1,0 +1,153 @@
+"""Clock reads inside edge_init and edge_on_message: recorded with the load and the message
+batches, fed back in a replay, and a divergence where a recorded value is altered."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from edge.replay.records import ReplayError
+from edge.replay.replayer import Replayer
+from edge.replay.source import Records, Window
+from edge.runtime import Runtime
+from replay_support import DEVICE, all_records, build_stamp, fleet_config
+
+MESSAGES = 12
+
+
+@pytest.fixture(autouse=True)
+def built(components_dir: Path) -> Path:
+    return components_dir
+
+
+@pytest.fixture
+async def js_nc(nats_url: str) -> Client:
+    client = await nats.connect(nats_url)
+    yield client
+    await client.close()
+
+
+async def _record_stamp(tmp_path: Path, nats_url: str, client: Client) -> tuple[Records, float]:
+    """Run the demo fleet with the stamp component, send it MESSAGES messages, return the
+    records and the time before its load."""
+    cfg = fleet_config(tmp_path / "dev", nats_url)
+    manifest = build_stamp(tmp_path / "stamp")
+    replies: list[bytes] = []
+    async def on_reply(msg: Msg) -> None:
+        replies.append(msg.data)
+
+    sub = await client.subscribe(f"edge.{DEVICE}.evt.stamp", cb=on_reply)
+    rt = Runtime(cfg)
+    await rt.start()
+    try:
+        t0 = time.time()
+        await rt.load_component(str(manifest))
+        for i in range(MESSAGES):
+            await client.publish(f"edge.{DEVICE}.cmd.stamp", b"x" * (i + 1))
+            await client.flush()
+            await asyncio.sleep(0.03)
+        for _ in range(100):
+            if len(replies) >= MESSAGES:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await rt.stop()
+        await sub.unsubscribe()
+    assert len(replies) == MESSAGES
+    born = {r.split()[0] for r in replies}
+    assert len(born) == 1  # edge_init's read, kept in memory
+    return await all_records(client.jetstream()), t0
+
+
+def _of(records: Records, kind: str, component: str = "stamp") -> list[tuple[int, dict[str, Any]]]:
+    return [(s, r) for s, r in records.items if r["k"] == kind and r.get("c") == component]
+
+
+async def test_init_and_message_clock_reads_are_recorded_and_replayed(
+        tmp_path: Path, nats_url: str, js_nc: Client) -> None:
+    records, t0 = await _record_stamp(tmp_path, nats_url, js_nc)
+    (load_seq, load), = [(s, r) for s, r in _of(records, "load") if not r.get("checkpoint")]
+    assert [k for k, _ in load["clock"]] == [0]  # one clock_ms read in edge_init
+    assert abs(load["clock"][0][1] / 1000 - load["t"]) < 5.0
+    msgs = _of(records, "msg")
+    assert sum(len(r["msgs"]) for _, r in msgs) == MESSAGES
+    for _, r in msgs:  # one clock_ms read per message, in the batch's record
+        assert [k for k, _ in r["clock"]] == [0] * len(r["msgs"])
+    (_, born), = _of(records, "kv")
+    assert born["key"] == "born" and isinstance(born.get("rev"), int)
+
+    window = Window(t0)
+    report = await Replayer(DEVICE, records, window, systems=["stamp"]).run()
+    assert report.identical, report.render()
+    stamp = report.components["stamp"]
+    assert stamp.reads_clock and stamp.messages == len(msgs)
+    assert stamp.publishes == MESSAGES and stamp.kv_puts == 1
+
+    # an altered clock value of one message batch: that batch's publish diverges, and only it
+    seq, target = msgs[len(msgs) // 2]
+    altered = copy.deepcopy(records)
+    for s, r in altered.items:
+        if s == seq and r["k"] == "msg" and r["step"] == target["step"]:
+            r["clock"][0][1] += 5000
+    report2 = await Replayer(DEVICE, altered, window, systems=["stamp"]).run()
+    first = report2.first
+    assert first is not None, report2.render()
+    assert (first.what, first.step) == ("publish", target["step"])
+    now = int(str(first.recorded).split("now=")[1].split()[0])
+    assert str(first.replayed).split("now=")[1].startswith(str(now + 5000))
+    assert report2.components["stamp"].publishes_differing == 1
+
+    # an altered clock value of edge_init: the KV write and every reply derived from it differ
+    init = copy.deepcopy(records)
+    for s, r in init.items:
+        if s == load_seq and r["k"] == "load":
+            r["clock"][0][1] += 1
+    report3 = await Replayer(DEVICE, init, window, systems=["stamp"]).run()
+    first = report3.first
+    assert first is not None and first.what == "kv", report3.render()
+    assert report3.components["stamp"].publishes_differing == MESSAGES
+
+    # a batch recorded with fewer reads than the component makes: a clock divergence there
+    short = copy.deepcopy(records)
+    for s, r in short.items:
+        if s == seq and r["k"] == "msg" and r["step"] == target["step"]:
+            r["clock"] = []
+    report4 = await Replayer(DEVICE, short, window, systems=["stamp"]).run()
+    first = report4.first
+    assert first is not None and (first.what, first.seq) == ("clock", seq), report4.render()
+    assert first.context["call"] == "edge_on_message"
+    assert first.replayed == [(0, 0)]  # a read past the recorded ones answers 0
+
+    # and one for edge_init: the load's divergence, at the load
+    no_init = copy.deepcopy(records)
+    for s, r in no_init.items:
+        if s == load_seq and r["k"] == "load":
+            r["clock"] = []
+    report5 = await Replayer(DEVICE, no_init, window, systems=["stamp"]).run()
+    first = report5.first
+    assert first is not None and (first.what, first.seq) == ("clock", load_seq)
+    assert first.context["call"] == "edge_init"
+
+    # a malformed clock field of a message batch stops the replay with its stream sequence
+    bad = copy.deepcopy(records)
+    for s, r in bad.items:
+        if s == seq and r["k"] == "msg":
+            r["clock"] = [["x"]]
+    with pytest.raises(ReplayError, match=f"msg record at stream seq {seq}.*malformed clock"):
+        await Replayer(DEVICE, bad, window, systems=["stamp"]).run()
+
+    # a batch whose reads were not kept stops the replay with its stream sequence
+    cut = copy.deepcopy(records)
+    for s, r in cut.items:
+        if s == seq and r["k"] == "msg":
+            r["clock_cut"] = 3
+    with pytest.raises(ReplayError, match=f"stream seq {seq}.*read the clock 3 times more"):
+        await Replayer(DEVICE, cut, window, systems=["stamp"]).run()
