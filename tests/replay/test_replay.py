@@ -48,7 +48,11 @@ async def test_recorded_window_replays_identically(tmp_path: Path, nats_url: str
     records = await all_records(js)
     kinds = {r["k"] for _, r in records.items}
     assert {"start", "load", "tick", "snap"} <= kinds
-    window = Window(t0 + 1.0, time.time())
+    # the window starts 1 s after the last component load (a slow start-up takes longer than
+    # that), so each component has ticks before it to warm up on
+    loaded = max(r["t"] for _, r in records.items if r["k"] == "load")
+    assert loaded >= t0
+    window = Window(loaded + 1.0, time.time())
     report = await replay(js, DEVICE, window)
     assert report.identical, report.render()
     assert set(report.components) == {"physics", "patrol", "battery", "follow-drone-0"}

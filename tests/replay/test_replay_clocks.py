@@ -50,6 +50,7 @@ async def _record_stamp(tmp_path: Path, nats_url: str, client: Client) -> tuple[
     try:
         t0 = time.time()
         await rt.load_component(str(manifest))
+        await asyncio.sleep(0.5)  # its subscription reaches the server
         for i in range(MESSAGES):
             await client.publish(f"edge.{DEVICE}.cmd.stamp", b"x" * (i + 1))
             await client.flush()
