@@ -521,10 +521,16 @@ async def test_infer_answers_are_recorded_and_replayed_without_the_model(
     records = await all_records(js)
     infers = [r for _, r in records.items if r["k"] == "infer" and r["t"] >= t0]
     assert len(infers) == 10 and all("out" in r for r in infers)
+    import hashlib
+
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert {r["model_sha"] for r in infers} == {sha}  # the model that answered
     # the replay has no model at all: the outputs it publishes are the recorded answers
     report = await replay(js, DEVICE, Window(t0))
     assert report.identical, report.render()
     assert report.components["inf"].publishes == 10
+    assert report.components["inf"].models == {"fc": [sha]}
+    assert f"model fc: {sha[:12]}" in report.render()
     # an answer missing from the record is a divergence at that call
     last_seq = max(s for s, r in records.items if r["k"] == "infer")
     records.items = [(s, r) for s, r in records.items if s != last_seq]

@@ -152,3 +152,52 @@ async def test_init_and_message_clock_reads_are_recorded_and_replayed(
             r["clock_cut"] = 3
     with pytest.raises(ReplayError, match=f"stream seq {seq}.*read the clock 3 times more"):
         await Replayer(DEVICE, cut, window, systems=["stamp"]).run()
+
+
+ALLOW_ALL = '[[rule]]\nname = "all"\neffect = "allow"\nprincipal = "*"\naction = "*"\n'
+
+
+async def test_policy_in_use_and_kv_revisions_are_recorded_and_reported(
+        tmp_path: Path, nats_url: str, js_nc: Client) -> None:
+    from edge.policy.config import PolicyConfig
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text(ALLOW_ALL)
+    cfg = fleet_config(tmp_path / "dev", nats_url)
+    cfg.policy = PolicyConfig(file=policy, watch_interval=0)
+    manifest = build_stamp(tmp_path / "stamp")
+    rt = Runtime(cfg)
+    await rt.start()
+    try:
+        await rt.load_component(str(manifest))  # edge_init writes "born"
+        await asyncio.sleep(0.3)
+        await rt.unload_component("stamp")
+        t0 = time.time()
+        await rt.load_component(str(manifest))  # loaded with "born" at its revision
+        await asyncio.sleep(0.3)
+        policy.write_text(ALLOW_ALL + '\n[[rule]]\nname = "none"\neffect = "deny"\n'
+                          'principal = "caller:nobody"\naction = "call"\n')
+        rt.reload_policy()
+        await asyncio.sleep(0.5)
+    finally:
+        await rt.stop()
+    records = await all_records(js_nc.jetstream())
+    pols = [r for _, r in records.items if r["k"] == "policy"]
+    assert [p["reload"] for p in pols] == [False, True]
+    import hashlib
+
+    assert pols[1]["sha256"] == hashlib.sha256(policy.read_bytes()).hexdigest()
+    assert pols[0]["sha256"] != pols[1]["sha256"] and pols[0]["enforcing"]
+    assert (pols[0]["rules"], pols[1]["rules"]) == (1, 2)
+    assert pols[1]["generation"] == pols[0]["generation"] + 1
+    kvs = [r for _, r in _of(records, "kv")]
+    loads = [r for _, r in _of(records, "load") if not r.get("checkpoint")]
+    assert len(loads) == 2 and "kv_rev" not in loads[0]
+    assert loads[1]["kv_rev"] == {"born": kvs[0]["rev"]}  # the revision the first write got
+    assert kvs[1]["rev"] > kvs[0]["rev"]
+    report = await Replayer(DEVICE, records, Window(t0), systems=["stamp"]).run()
+    assert [(p["sha256"], p["generation"]) for p in report.policies] == [
+        (p["sha256"], p["generation"]) for p in pols]
+    assert report.components["stamp"].versions[-1]["kv_rev"] == {"born": kvs[0]["rev"]}
+    text = report.render()
+    assert f"policy at seq {report.policies[1]['seq']}: {policy} sha256 {pols[1]['sha256'][:12]}" in text
