@@ -115,6 +115,8 @@ class _Recorded:
     reads_clock: bool = False
     #: message records waiting for the clock reads of their call, in the order handed over
     waiting: deque[dict[str, Any]] = field(default_factory=deque)
+    #: answers still to come for records written early (``clock_lost``): skipped, in order
+    unanswered: int = 0
 
 
 @dataclass
@@ -259,8 +261,11 @@ class RecorderLayer:
         else:
             body = {"step": rec.step, "hops": hops, "msgs": [[s, b64(d)] for s, d in messages]}
         if rec.reads_clock:  # written when the call's clock reads are known
-            if len(rec.waiting) >= MAX_WAITING:
-                self._put("msg", component, rec.waiting.popleft())  # its reads are not kept
+            if len(rec.waiting) >= MAX_WAITING:  # the oldest goes out without its reads
+                oldest = rec.waiting.popleft()
+                oldest["clock_lost"] = True
+                rec.unanswered += 1
+                self._put("msg", component, oldest)
             rec.waiting.append(body)
             return
         self._put("msg", component, body)
@@ -269,7 +274,12 @@ class RecorderLayer:
                           cut: int) -> None:
         """The clock reads of the oldest message batch of ``component`` still waiting."""
         rec = self._comps.get(component)
-        if rec is None or not rec.waiting:
+        if rec is None:
+            return
+        if rec.unanswered:  # the answer of a record already written without its reads
+            rec.unanswered -= 1
+            return
+        if not rec.waiting:
             return
         body = rec.waiting.popleft()
         if clocks or cut:
@@ -281,6 +291,7 @@ class RecorderLayer:
     def _release_waiting(self, rec: _Recorded) -> None:
         """Message records whose call will not answer (an unload or a new load): written as
         they are, marked ``clock_lost``."""
+        rec.unanswered = 0
         while rec.waiting:
             body = rec.waiting.popleft()
             body["clock_lost"] = True

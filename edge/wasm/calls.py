@@ -201,6 +201,7 @@ async def deliver(sup: Supervisor, comp: Component,
         return
     window = worker.window
     if window is None:
+        _message_clocks(sup, comp.name)
         raise SandboxError(f"the worker of component '{comp.name}' is not started",
                            component=comp.name, reason="usage")
     await window.acquire()

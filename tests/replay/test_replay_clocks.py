@@ -18,7 +18,7 @@ from edge.replay.records import ReplayError
 from edge.replay.replayer import Replayer
 from edge.replay.source import Records, Window
 from edge.runtime import Runtime
-from replay_support import DEVICE, all_records, build_stamp, fleet_config
+from replay_support import DEVICE, ROOT, all_records, build_stamp, fleet_config
 
 MESSAGES = 12
 
@@ -145,6 +145,14 @@ async def test_init_and_message_clock_reads_are_recorded_and_replayed(
     with pytest.raises(ReplayError, match=f"msg record at stream seq {seq}.*malformed clock"):
         await Replayer(DEVICE, bad, window, systems=["stamp"]).run()
 
+    # a batch written without its reads (its component was unloaded first) stops it too
+    lost = copy.deepcopy(records)
+    for s, r in lost.items:
+        if s == seq and r["k"] == "msg":
+            r["clock_lost"] = True
+    with pytest.raises(ReplayError, match=f"stream seq {seq}.*without its clock reads"):
+        await Replayer(DEVICE, lost, window, systems=["stamp"]).run()
+
     # a batch whose reads were not kept stops the replay with its stream sequence
     cut = copy.deepcopy(records)
     for s, r in cut.items:
@@ -201,3 +209,45 @@ async def test_policy_in_use_and_kv_revisions_are_recorded_and_reported(
     assert report.components["stamp"].versions[-1]["kv_rev"] == {"born": kvs[0]["rev"]}
     text = report.render()
     assert f"policy at seq {report.policies[1]['seq']}: {policy} sha256 {pols[1]['sha256'][:12]}" in text
+
+
+def test_message_records_wait_for_their_clock_reads(tmp_path: Path) -> None:
+    """The recorder holds a clock-reading component's msg records until the batch's reads come
+    (in order), writes one still waiting at an unload with clock_lost, and never holds those of
+    a component that reads no clock."""
+    from edge.replay.recorder import MAX_WAITING, RecorderLayer
+    from edge.wasm.manifest import load_manifest, read_module
+
+    stamp = load_manifest(build_stamp(tmp_path / "stamp"), DEVICE)
+    echo = load_manifest(ROOT / "components" / "echo" / "manifest.toml", DEVICE)
+    rec = RecorderLayer()
+    rec.on_load(stamp, read_module(stamp), {}, [(0, 111)])
+    rec.on_load(echo, read_module(echo), {})
+    rec.on_deliver("stamp", [("a", b"1")], 0)
+    rec.on_deliver("stamp", [("b", b"2"), ("c", b"3")], 0)
+    rec.on_deliver("echo", [("d", b"4")], 0)
+    kinds = [(k, c) for k, c, _ in rec._queue]
+    assert kinds == [("load", "stamp"), ("load", "echo"), ("msg", "echo")]  # stamp's wait
+    assert rec._queue[0][2]["clock"] == [[0, 111]]
+    rec.on_message_clocks("echo", [], 0)  # nothing of echo waits: ignored
+    rec.on_message_clocks("stamp", [(0, 5)], 0)
+    first = rec._queue[-1][2]
+    assert (first["k"], first["msgs"], first["clock"]) == ("msg", [["a", "MQ=="]], [[0, 5]])
+    rec.on_unload("stamp")
+    lost, unload = rec._queue[-2][2], rec._queue[-1][2]
+    assert lost["clock_lost"] is True and "clock" not in lost and len(lost["msgs"]) == 2
+    assert unload["k"] == "unload"
+    # answers that lag: past MAX_WAITING the oldest is written without its reads, and its answer,
+    # when it comes, is not given to the next one
+    rec.on_load(stamp, read_module(stamp), {})
+    before = len(rec._queue)
+    for i in range(MAX_WAITING + 2):
+        rec.on_deliver("stamp", [("x", b"%d" % i)], 0)
+    early = [b for _, _, b in list(rec._queue)[before:]]
+    assert [b["msgs"][0][1] for b in early] == ["MA==", "MQ=="] and all(b["clock_lost"] for b in early)
+    rec.on_message_clocks("stamp", [(0, 1)], 0)
+    rec.on_message_clocks("stamp", [(0, 2)], 0)
+    assert len(rec._queue) - before == 2  # the answers of the two written early
+    rec.on_message_clocks("stamp", [(0, 3)], 0)
+    third = rec._queue[-1][2]
+    assert third["msgs"][0][1] == "Mg==" and third["clock"] == [[0, 3]]
