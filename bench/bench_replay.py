@@ -22,6 +22,7 @@ over 5 drones; the emulated hardware is left out: it is not recorded).
   ``--shared`` runs only this part.
 * Replay speed: the recorded span of a window of the last recorded run divided by the wall time
   ``edge replay`` needs for it (start of its sandbox included); the target is at least 20x.
+  ``--speed`` runs only this, for a 6 s and a 30 s window (the machine's load average printed).
 """
 
 from __future__ import annotations
@@ -218,7 +219,35 @@ async def clock_path(base: Path, rounds: int) -> list[Row]:
             await pool.stop()
 
 
-async def main(quick: bool, clock_only: bool = False, shared_only: bool = False) -> None:
+async def replay_speed(base: Path, url: str, seconds: float, times: int) -> Row:
+    """Record the fleet for ``seconds``, then replay that window ``times`` times."""
+    out: dict[str, float] = {}
+    await fleet_run(base, url, seconds, record=True, out=out)
+    nc = await nats.connect(url)
+    try:
+        speeds, spans = [], []
+        for _ in range(times):
+            rep = await replay(nc.jetstream(), "demo", Window(out["t_from"], out["t_to"]))
+            assert rep.identical, rep.render()
+            speeds.append(rep.speed)
+            spans.append(rep.recorded_s)
+    finally:
+        await nc.close()
+    return Absolute(f"replay speed vs real time, demo fleet, {seconds:.0f} s window",
+                    f"{statistics.median(speeds):.0f}x, median of {len(speeds)} "
+                    f"(min {min(speeds):.0f}x, max {max(speeds):.0f}x)",
+                    f"window of {statistics.median(spans):.1f} s; target >= 20x; sandbox start "
+                    f"included; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+
+
+async def main(quick: bool, clock_only: bool = False, shared_only: bool = False,
+               speed_only: bool = False) -> None:
+    if speed_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            async with running_server(Path(tmp)) as srv:
+                speed_rows = [await replay_speed(Path(tmp), srv.url, s, 3) for s in (6.0, 30.0)]
+        report(speed_rows, command="bench/bench_replay.py --speed")
+        return
     if shared_only:
         with tempfile.TemporaryDirectory() as tmp:
             async with running_server(Path(tmp)) as srv:
@@ -290,5 +319,6 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--clock", action="store_true", help="only the clock path")
     ap.add_argument("--shared", action="store_true", help="only the copy mode's cost on the tick")
+    ap.add_argument("--speed", action="store_true", help="only the replay speed (6 s and 30 s windows)")
     args = ap.parse_args()
-    asyncio.run(main(args.quick, args.clock, args.shared))
+    asyncio.run(main(args.quick, args.clock, args.shared, args.speed))
