@@ -613,7 +613,8 @@ class Replayer:
         if read != clocks:  # read the clock more or fewer times, or the other clock
             report.ticks_differing += 1
             self._diverge(live, Divergence(name, "clock", step, seq, t, clocks, read,
-                                           context=self._context(m, ids, inputs, rec)))
+                                           context={"call": "edge_tick",
+                                                    **self._context(m, ids, inputs, rec)}))
             return
         recorded = unpack_columns(rec["out"], len(writable), n, "out")
         replayed = np.stack([views[i] for i in writable]) if writable else recorded

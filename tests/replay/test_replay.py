@@ -430,7 +430,7 @@ async def test_clock_reads_are_recorded_and_replayed_from_the_record(
             r["clock"] = r["clock"][:1]
     report3 = await Replayer(DEVICE, short, window, systems=["physics"]).run()
     assert report3.first is not None and report3.first.what == "clock"
-    assert report3.first.seq == seq0
+    assert report3.first.seq == seq0 and report3.first.context["call"] == "edge_tick"
 
     # a malformed clock field stops the replay with its stream sequence
     bad = copy.deepcopy(records)

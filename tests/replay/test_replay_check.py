@@ -137,3 +137,13 @@ async def test_a_device_without_record_sync_has_no_rec_copy(tmp_path: Path) -> N
         (status,) = await fleet_status(rig.hub_js, [DEVICE])
         assert (status.rec_messages, status.rec_bytes, status.rec_lag) == (None, None, None)
         assert REC_STREAM not in status.device_seq
+        # `edge cloud provision --record` adds the copy to a provisioned device
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        res = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "edge.cli.main", "cloud", "provision",
+                             "--hub-url", rig.hub.client_url, "--record", DEVICE],
+            capture_output=True, text=True, env=env, timeout=60, check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert naming.hub_stream(REC_STREAM, DEVICE) in res.stdout
+        info = await rig.hub_js.stream_info(naming.hub_stream(REC_STREAM, DEVICE))
+        assert info.config.max_bytes == 1024 * 2**20 and info.config.max_age == 24 * 3600.0
