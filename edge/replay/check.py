@@ -2,7 +2,7 @@
 
 Key components
 - :func:`replay_check`: replays ``window`` of ``device``'s records (the hub's copy
-  ``REC_<device>`` when there is one, else the device's own ``REC`` through its JetStream domain)
+  ``REC_<device>`` on a client of the hub, or the device's own ``REC`` on a client of the device)
   with candidate modules or manifests instead of the recorded versions, and returns a
   :class:`CheckVerdict`: identical, or diverged with the first divergence and the counts of
   ticks, publishes, KV writes and decisions that differ.
@@ -98,16 +98,21 @@ def parse_check(text: str) -> tuple[str, Window]:
 
 async def _record_js(nc: Any, device: str, stream: str | None) -> tuple[Any, str]:
     """The JetStream context and stream holding ``device``'s records: the hub's
-    ``REC_<device>`` if it exists, else the device's ``REC`` in its own domain."""
+    ``REC_<device>`` if the client's server has it, else its ``REC`` (a client of the device)."""
     js = nc.jetstream()
     if stream is not None:
         return js, stream
     hub_copy = naming.hub_stream(REC_STREAM, device)
-    try:
-        await js.stream_info(hub_copy)
-        return js, hub_copy
-    except NotFoundError:
-        return nc.jetstream(domain=device), REC_STREAM
+    for name in (hub_copy, REC_STREAM):
+        try:
+            await js.stream_info(name)
+            return js, name
+        except NotFoundError:
+            continue
+    raise ReplayError(f"no records of {device} here: neither the hub's copy {hub_copy} (provision "
+                      f"it with `edge cloud provision --record {device}` for a device with [sync] "
+                      f"record = true) nor a device's {REC_STREAM}", device=device,
+                      reason="no-stream")
 
 
 async def replay_check(nc: Any, device: str, window: Window, candidates: Mapping[str, Path], *,

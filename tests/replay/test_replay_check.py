@@ -87,13 +87,19 @@ async def test_hub_rec_copy_status_and_a_rollout_checked_by_replay(tmp_path: Pat
         changed = physics_variant(tmp_path / "cand", "        px[i] += 2.0 * vx[i] * dt;")
         _publish(repo, changed, "2.0.0")
         _publish(repo, ROOT / "components" / "physics" / "manifest.toml", "1.0.1")
+        _publish(repo, changed, "3.0.0")
         await fleet.upload(rig.hub_js, repo)
+        obs = await rig.hub_js.object_store("edge-ota")
+        (bad,) = [i.name for i in await obs.list() if i.name.endswith(".3.0.0.tar")]
+        await obs.put(bad, b"not the artifact the metadata names")  # tampered on the hub
         hub_nc = await nats.connect(rig.hub.client_url)
         try:
             got = await fetch_target(hub_nc.jetstream(), "physics", "2.0.0", tmp_path / "t")
             assert got.name == "manifest.toml" and (got.parent / "module.wasm").is_file()
             with pytest.raises(ReplayError, match="no published OTA target component/physics/9.9.9"):
                 await fetch_target(hub_nc.jetstream(), "physics", "9.9.9", tmp_path / "t9")
+            with pytest.raises(ReplayError, match="does not match its metadata"):
+                await fetch_target(hub_nc.jetstream(), "physics", "3.0.0", tmp_path / "t3")
             spec = f"{DEVICE}:{t0 + 0.5!r}..{t1!r}"
             verdict = await rollout_check(hub_nc, spec, {"physics": "2.0.0"})
             assert not verdict.identical and verdict.stream == copy
@@ -128,6 +134,23 @@ async def test_hub_rec_copy_status_and_a_rollout_checked_by_replay(tmp_path: Pat
         await deprovision_device(rig.hub_js, DEVICE)
         names = {s.config.name for s in await rig.hub_js.streams_info()}
         assert copy not in names
+        # without the hub's copy the check says where records would be; on a client of the
+        # device itself it reads the device's own REC
+        candidate = physics_variant(tmp_path / "cand4", "        px[i] += 3.0 * vx[i] * dt;")
+        for url in (rig.hub.client_url, rig.devices[DEVICE].url):
+            client = await nats.connect(url)
+            try:
+                if url == rig.hub.client_url:
+                    with pytest.raises(ReplayError, match=f"no records of {DEVICE} here.*"
+                                       f"provision --record {DEVICE}"):
+                        await replay_check(client, DEVICE, parse_check(spec)[1],
+                                           {"physics": candidate})
+                    continue
+                verdict = await replay_check(client, DEVICE, parse_check(spec)[1],
+                                             {"physics": candidate})
+                assert verdict.stream == REC_STREAM and not verdict.identical
+            finally:
+                await client.close()
 
 
 async def test_a_device_without_record_sync_has_no_rec_copy(tmp_path: Path) -> None:
@@ -137,6 +160,8 @@ async def test_a_device_without_record_sync_has_no_rec_copy(tmp_path: Path) -> N
         (status,) = await fleet_status(rig.hub_js, [DEVICE])
         assert (status.rec_messages, status.rec_bytes, status.rec_lag) == (None, None, None)
         assert REC_STREAM not in status.device_seq
+        with pytest.raises(ReplayError, match="no OTA targets are published"):
+            await fetch_target(rig.hub_js, "physics", "1.0.0", tmp_path / "t")
         # `edge cloud provision --record` adds the copy to a provisioned device
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         res = await asyncio.to_thread(
