@@ -14,8 +14,15 @@ over 5 drones; the emulated hardware is left out: it is not recorded).
   one in the live mode (what a device without the recorder, and every device before clock
   recording, runs), interleaved; and the plain physics (no clock import) in the two modes, whose
   wire is the same compact reply in both. ``--clock`` runs only this part.
+* Copy mode: a recorded tick system runs in the copy mode (the batch gathered in the runtime, so
+  the record holds exactly what the worker read). The physics tick's duration (the tick loop's
+  own timing, median of its last 256 ticks) on the demo fleet with the recorder on (copy mode)
+  against the recorder on but every batch left unrecorded (shared mode, what recording would
+  cost if it did not force copies) and the recorder off (shared mode), interleaved.
+  ``--shared`` runs only this part.
 * Replay speed: the recorded span of a window of the last recorded run divided by the wall time
   ``edge replay`` needs for it (start of its sandbox included); the target is at least 20x.
+  ``--speed`` runs only this, for a 6 s and a 30 s window (the machine's load average printed).
 """
 
 from __future__ import annotations
@@ -89,6 +96,52 @@ async def fleet_run(base: Path, url: str, seconds: float, *, record: bool,
     finally:
         await rt.stop()
     return cpu / wall
+
+
+class _SharedModeRecorder(RecorderLayer):
+    """The recorder with every tick batch left unrecorded: its systems keep the shared mode."""
+
+    def records_batch(self, component: str, nbytes: int) -> bool:
+        return False
+
+
+async def physics_tick(base: Path, url: str, seconds: float, mode: str) -> float:
+    """The median physics tick duration (seconds) of one fleet run; ``mode``: ``copy``
+    (recorded), ``shared`` (recorder on, batches unrecorded) or ``off`` (no recorder)."""
+    import edge.replay.recorder as recorder_module
+
+    cfg = apply_demo(embedded_default(data_dir=Path(tempfile.mkdtemp(dir=base)), drones=5))
+    cfg.demo = False
+    cfg.nats.url = url
+    original = recorder_module.RecorderLayer
+    if mode == "shared":  # the composition root builds the recorder from this name
+        recorder_module.RecorderLayer = _SharedModeRecorder  # type: ignore[misc]
+    try:
+        rt = Runtime(cfg, record=mode != "off")
+        await rt.start()
+    finally:
+        recorder_module.RecorderLayer = original  # type: ignore[misc]
+    try:
+        await asyncio.sleep(seconds)
+        loop = rt.sandbox.components["physics"].tick
+        assert loop is not None
+        want = "copy" if mode == "copy" else "shared"
+        assert loop.mode == want, f"{mode}: the physics tick ran in the {loop.mode} mode"
+        durations = list(loop.stats.durations)
+    finally:
+        await rt.stop()
+    return statistics.median(durations)
+
+
+async def copy_mode(base: Path, url: str, rounds: int, seconds: float) -> list[Row]:
+    samples = await ainterleave({m: (lambda m=m: physics_tick(base, url, seconds, m))
+                                 for m in ("copy", "shared", "off")},
+                                rounds=rounds, warmup=0, measure="value")
+    note = "demo fleet, 5 drones, 20 Hz; median of the last 256 ticks a run"
+    return [Comparison.of("physics tick, recorded (copy mode) vs recorder on, batch unrecorded "
+                          "(shared mode)", samples, "copy", "shared", op="tick", note=note),
+            Comparison.of("physics tick, recorded (copy mode) vs recorder off (shared mode)",
+                          samples, "copy", "off", op="tick", note=note)]
 
 
 async def message_path(base: Path, url: str, rounds: int) -> Comparison:
@@ -166,7 +219,42 @@ async def clock_path(base: Path, rounds: int) -> list[Row]:
             await pool.stop()
 
 
-async def main(quick: bool, clock_only: bool = False) -> None:
+async def replay_speed(base: Path, url: str, seconds: float, times: int) -> Row:
+    """Record the fleet for ``seconds``, then replay that window ``times`` times."""
+    out: dict[str, float] = {}
+    await fleet_run(base, url, seconds, record=True, out=out)
+    nc = await nats.connect(url)
+    try:
+        speeds, spans = [], []
+        for _ in range(times):
+            rep = await replay(nc.jetstream(), "demo", Window(out["t_from"], out["t_to"]))
+            assert rep.identical, rep.render()
+            speeds.append(rep.speed)
+            spans.append(rep.recorded_s)
+    finally:
+        await nc.close()
+    return Absolute(f"replay speed vs real time, demo fleet, {seconds:.0f} s window",
+                    f"{statistics.median(speeds):.0f}x, median of {len(speeds)} "
+                    f"(min {min(speeds):.0f}x, max {max(speeds):.0f}x)",
+                    f"window of {statistics.median(spans):.1f} s; target >= 20x; sandbox start "
+                    f"included; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+
+
+async def main(quick: bool, clock_only: bool = False, shared_only: bool = False,
+               speed_only: bool = False) -> None:
+    if speed_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            async with running_server(Path(tmp)) as srv:
+                speed_rows = [await replay_speed(Path(tmp), srv.url, s, 3) for s in (6.0, 30.0)]
+        report(speed_rows, command="bench/bench_replay.py --speed")
+        return
+    if shared_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            async with running_server(Path(tmp)) as srv:
+                shared_rows = await copy_mode(Path(tmp), srv.url, 3 if quick else 6,
+                                              8.0 if quick else 14.0)
+        report(shared_rows, command="bench/bench_replay.py --shared")
+        return
     if clock_only:
         with tempfile.TemporaryDirectory() as tmp:
             rows = await clock_path(Path(tmp), 4 if quick else 8)
@@ -192,6 +280,7 @@ async def main(quick: bool, clock_only: bool = False) -> None:
                                         measure="value")
             burst = await message_path(base, srv.url, 3 if quick else 6)
             clock_rows = await clock_path(base, 4 if quick else 8)
+            copy_rows = await copy_mode(base, srv.url, 3 if quick else 6, 8.0 if quick else 14.0)
             nc = await nats.connect(srv.url)
             try:
                 js = nc.jetstream()
@@ -210,6 +299,7 @@ async def main(quick: bool, clock_only: bool = False) -> None:
                       note="CPU s per wall s (0.05 = 5 % of a core): runtime process + sandbox worker; 3 systems, 5 drones"),
         burst,
         *clock_rows,
+        *copy_rows,
         Absolute("recording rate, demo fleet (5 drones)",
                  f"{statistics.median(rates) / 1024:.1f} KiB/s, median of {len(rates)} "
                  f"(min {min(rates) / 1024:.1f}, max {max(rates) / 1024:.1f})",
@@ -228,5 +318,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--clock", action="store_true", help="only the clock path")
+    ap.add_argument("--shared", action="store_true", help="only the copy mode's cost on the tick")
+    ap.add_argument("--speed", action="store_true", help="only the replay speed (6 s and 30 s windows)")
     args = ap.parse_args()
-    asyncio.run(main(args.quick, args.clock))
+    asyncio.run(main(args.quick, args.clock, args.shared, args.speed))

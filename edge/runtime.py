@@ -333,6 +333,10 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
         from edge.replay.recorder import RecorderLayer
 
         sandbox.recorder = agents.recorder = tools.recorder = recorder = RecorderLayer()
+        recorder.policy_state = point.in_use  # the policy in use at start, and every reload
+        point.load_listeners.append(recorder.on_policy)
+        if inference is not None:  # the model answering each infer
+            recorder.model_sha = _model_sha(inference.registry)
         layers.append(recorder)
     layers.append(sandbox)
     if cfg.ota is not None:  # after the sandbox: it swaps components in it (docs/ota.md)
@@ -341,6 +345,19 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
         layers.append(OtaLayer(cfg.ota, sandbox, credentials=cfg.nats.credentials,
                               models=inference.registry if inference is not None else None))
     return layers
+
+
+def _model_sha(registry: Any) -> Callable[[str], str | None]:
+    """The sha256 of the model a registry serves under a name (None when none is loaded)."""
+    from edge.inference.errors import InferenceError
+
+    def sha(name: str) -> str | None:
+        try:
+            return str(registry.get(name).sha256)
+        except InferenceError:
+            return None
+
+    return sha
 
 
 async def run_until_signal(runtime: Runtime, stop: asyncio.Event) -> None:

@@ -82,6 +82,10 @@ def register(sub: Any) -> None:
         p = csub.add_parser(name, help=text)
         _hub_args(p)
         p.add_argument("devices", nargs="+")
+        if name == "provision":
+            p.add_argument("--record", action="store_true",
+                           help="also REC_<device>, the copy of replay records of a device with "
+                                "[sync] record = true (docs/replay.md)")
     rep = csub.add_parser("repair", help="backfill events the hub's sourcing skipped, from the devices' own "
                                          "streams (one pass; exit 3 if some stay missing)")
     _hub_args(rep)
@@ -155,7 +159,7 @@ async def dispatch(args: argparse.Namespace) -> int:
                 from edge.cli.status import table
 
                 cols = ["device", "link", "last_seen_s", "lag", "evt_missing", "tele_messages", "evt_messages",
-                        "cmd_pending"]
+                        "cmd_pending", "rec_lag"]
                 print(table([c.upper() for c in cols], [[_fmt(r[c]) for c in cols] for r in rows]))
                 for r in rows:
                     for alarm in r["alarms"]:
@@ -164,7 +168,8 @@ async def dispatch(args: argparse.Namespace) -> int:
                 return 3  # something needs attention (scripts and monitoring)
         elif args.verb == "provision":
             for device in args.devices:
-                print(json.dumps(await hubops.provision_device(js, device)))
+                opts = hubops.ProvisionOptions(record=args.record)
+                print(json.dumps(await hubops.provision_device(js, device, opts)))
         elif args.verb == "deprovision":
             for device in args.devices:
                 await hubops.deprovision_device(js, device)

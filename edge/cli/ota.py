@@ -76,6 +76,10 @@ def add_parser(sub: Any) -> None:
     st.add_argument("--probation", type=float, default=None, help="seconds on probation (default: the device's)")
     st.add_argument("--device-timeout", type=float, default=300.0, help="seconds a device may take to report")
     st.add_argument("--hub", default="nats://127.0.0.1:4222")
+    st.add_argument("--replay-check", metavar="DEVICE[:WINDOW]", help="first replay the device's recorded "
+                    "window (FROM[..TO], default -10m) with the published targets; refuse to start if it "
+                    "diverges (docs/replay.md)")
+    st.add_argument("--allow-divergence", action="store_true", help="start even if the replay check diverges")
     ss = rs.add_parser("status", help="per-device progress of a rollout")
     ss.add_argument("id", nargs="?", default="current")
     ss.add_argument("--json", action="store_true")
@@ -198,6 +202,16 @@ async def _rollout(args: argparse.Namespace) -> int:
             if not name or not version:
                 raise OtaError(f"{item!r}: use NAME=VERSION")
             comps[name] = version
+        if args.replay_check:  # [replay] the candidates over a device's recorded window first
+            from edge.cli.replay import EXIT_DIVERGED
+            from edge.replay.check import rollout_check
+
+            verdict = await rollout_check(nc, args.replay_check, comps)
+            print(verdict.sentence())
+            if not verdict.identical and not args.allow_divergence:
+                print(f"rollout {args.id} not started: the candidates diverge on {verdict.device}'s "
+                      "records (--allow-divergence starts it anyway)")
+                return EXIT_DIVERGED
         spec = rollout.RolloutSpec(args.id, rollout.parse_selector(args.selector), comps, canary=args.canary,
                                    batch=args.batch, max_failure_pct=args.max_failure,
                                    probation_s=args.probation, device_timeout_s=args.device_timeout)

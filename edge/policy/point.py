@@ -75,6 +75,9 @@ class PolicyPoint:
         self._limit_states: collections.OrderedDict[tuple[str, str, str, Limit], LimitState] = (
             collections.OrderedDict())
         self._reported: dict[tuple[str, str, str], tuple[float, int]] = {}
+        #: called with :meth:`in_use` after every load, the off switch included (the replay
+        #: recorder's ``policy`` records); a listener must not block or raise
+        self.load_listeners: list[Callable[[dict[str, Any]], None]] = []
 
     @property
     def enforcing(self) -> bool:
@@ -86,6 +89,7 @@ class PolicyPoint:
         """Compile ``policy`` and swap it in (None: the off switch)."""
         if policy is None:
             self.compiled = None
+            self._loaded()
             return
         self.generation += 1
         compiled = CompiledPolicy(policy, self.generation)  # fully built before anyone sees it
@@ -94,6 +98,24 @@ class PolicyPoint:
         self.loaded_at = time.time()
         log.info("policy %s loaded (generation %d: %d rules, %d limits)", policy.file or "(inline)",
                  self.generation, len(policy.rules), len(policy.limits))
+        self._loaded()
+
+    def in_use(self) -> dict[str, Any]:
+        """The policy deciding now: file, sha256 of its text, generation, rule and limit counts."""
+        c = self.compiled
+        return {"enforcing": c is not None, "file": c.policy.file if c is not None else None,
+                "sha256": c.policy.digest if c is not None else None,
+                "generation": self.generation,
+                "rules": len(c.policy.rules) if c is not None else 0,
+                "limits": len(c.policy.limits) if c is not None else 0}
+
+    def _loaded(self) -> None:
+        state = self.in_use()
+        for listener in list(self.load_listeners):
+            try:
+                listener(state)
+            except Exception:
+                log.exception("a policy load listener failed")
 
     def load_file(self, path: str | Path) -> bool:
         """Load a policy file; a bad one is refused (logged, kept as :attr:`error`) and the old

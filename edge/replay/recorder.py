@@ -28,7 +28,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,16 @@ from edge.agents.base import Agent, Decision
 from edge.agents.record import decision_dict
 from edge.errors import EdgeError
 from edge.layer import DeviceContext
-from edge.replay.records import REC_STREAM, b64, digest, encode, pack_columns, rec_filter, rec_subject
+from edge.replay.records import (
+    REC_STREAM,
+    b64,
+    digest,
+    encode,
+    imports_clock,
+    pack_columns,
+    rec_filter,
+    rec_subject,
+)
 from edge.tasks import cancel_and_wait
 from edge.wasm.manifest import Manifest
 
@@ -63,6 +72,9 @@ PUB_FLUSH_S = 0.2
 MAX_TICK_BYTES = 256 * 1024
 #: A tool call's request or reply larger than this is recorded by its size and hash (bytes).
 MAX_TOOL_BYTES = 64 * 1024
+#: Message records of one clock-reading component waiting for their call's clock reads; past
+#: this the oldest is written without them (the sandbox keeps at most 8 batches in flight).
+MAX_WAITING = 256
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,12 @@ class _Recorded:
     kv: dict[str, bytes]
     writable: tuple[int, ...]
     step: int = 0
+    #: the module imports a clock: its message records wait for their call's clock reads
+    reads_clock: bool = False
+    #: message records waiting for the clock reads of their call, in the order handed over
+    waiting: deque[dict[str, Any]] = field(default_factory=deque)
+    #: answers still to come for records written early (``clock_lost``): skipped, in order
+    unanswered: int = 0
 
 
 @dataclass
@@ -125,6 +143,11 @@ class RecorderLayer:
         self._pubs: dict[str, list[tuple[int, list[str]]]] = {}
         self._ctx: DeviceContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        #: the sha256 of the model serving a name (None: unknown); set by the composition root
+        self.model_sha: Callable[[str], str | None] | None = None
+        #: the policy in use (a ``policy`` record body), asked at start; set by the composition
+        #: root with :meth:`on_policy` as the policy point's load listener
+        self.policy_state: Callable[[], dict[str, Any]] | None = None
 
     # -- layer ------------------------------------------------------------------------------
 
@@ -134,6 +157,8 @@ class RecorderLayer:
         self._ctx = ctx
         await ensure_stream(ctx.js, self.settings.stream_config(ctx.device))
         self._put("start", None, {"device": ctx.device})
+        if self.policy_state is not None:
+            self._put("policy", None, {**self.policy_state(), "reload": False})
         self._tasks = [asyncio.create_task(self._write(), name="edge.replay.write"),
                        asyncio.create_task(self._periodic(), name="edge.replay.periodic")]
 
@@ -160,19 +185,33 @@ class RecorderLayer:
 
     # -- the sandbox's hooks (edge.wasm.record.SandboxRecorder) ------------------------------
 
-    def on_load(self, manifest: Manifest, module: bytes, kv: dict[str, bytes]) -> None:
+    def on_load(self, manifest: Manifest, module: bytes, kv: dict[str, bytes],
+                clocks: Sequence[tuple[int, int]] = (), cut: int = 0,
+                kv_revisions: Mapping[str, int] | None = None) -> None:
         text = ""
         if manifest.path is not None:
             with contextlib.suppress(OSError, UnicodeDecodeError):
                 text = manifest.path.read_text("utf-8")
+        old = self._comps.get(manifest.name)
+        if old is not None:
+            self._release_waiting(old)
         rec = _Recorded(manifest, text, module, hashlib.sha256(module).hexdigest(), dict(kv),
-                        manifest.writable)
+                        manifest.writable, reads_clock=imports_clock(module))
         self._comps[manifest.name] = rec
-        self._put("load", manifest.name, self._load_body(rec, checkpoint=False))
+        body = self._load_body(rec, checkpoint=False)
+        if kv_revisions:  # the bucket's revision of each key as it was read at the load
+            body["kv_rev"] = {k: int(v) for k, v in sorted(kv_revisions.items())}
+        if clocks or cut:  # the start function's and edge_init's clock reads, in order
+            body["clock"] = [[k, v] for k, v in clocks]
+            if cut:
+                body["clock_cut"] = cut
+        self._put("load", manifest.name, body)
 
     def on_unload(self, component: str) -> None:
         self._flush_pubs(component)
-        if self._comps.pop(component, None) is not None:
+        rec = self._comps.pop(component, None)
+        if rec is not None:
+            self._release_waiting(rec)
             self._put("unload", component, {})
 
     def records_batch(self, component: str, nbytes: int) -> bool:
@@ -218,10 +257,45 @@ class RecorderLayer:
         rec.step += 1
         size = sum(len(d) + len(s) for s, d in messages)
         if size > MAX_TICK_BYTES:
-            self._put("msg", component, {"step": rec.step, "hops": hops, "too_large": size})
+            body: dict[str, Any] = {"step": rec.step, "hops": hops, "too_large": size}
+        else:
+            body = {"step": rec.step, "hops": hops, "msgs": [[s, b64(d)] for s, d in messages]}
+        if rec.reads_clock:  # written when the call's clock reads are known
+            if len(rec.waiting) >= MAX_WAITING:  # the oldest goes out without its reads
+                oldest = rec.waiting.popleft()
+                oldest["clock_lost"] = True
+                rec.unanswered += 1
+                self._put("msg", component, oldest)
+            rec.waiting.append(body)
             return
-        self._put("msg", component, {"step": rec.step, "hops": hops,
-                                     "msgs": [[s, b64(d)] for s, d in messages]})
+        self._put("msg", component, body)
+
+    def on_message_clocks(self, component: str, clocks: Sequence[tuple[int, int]],
+                          cut: int) -> None:
+        """The clock reads of the oldest message batch of ``component`` still waiting."""
+        rec = self._comps.get(component)
+        if rec is None:
+            return
+        if rec.unanswered:  # the answer of a record already written without its reads
+            rec.unanswered -= 1
+            return
+        if not rec.waiting:
+            return
+        body = rec.waiting.popleft()
+        if clocks or cut:
+            body["clock"] = [[k, v] for k, v in clocks]
+            if cut:
+                body["clock_cut"] = cut
+        self._put("msg", component, body)
+
+    def _release_waiting(self, rec: _Recorded) -> None:
+        """Message records whose call will not answer (an unload or a new load): written as
+        they are, marked ``clock_lost``."""
+        rec.unanswered = 0
+        while rec.waiting:
+            body = rec.waiting.popleft()
+            body["clock_lost"] = True
+            self._put("msg", rec.manifest.name, body)
 
     def on_publish(self, component: str, subject: str, data: bytes) -> None:
         rec = self._comps.get(component)
@@ -248,18 +322,24 @@ class RecorderLayer:
         for component in list(self._pubs):
             self._flush_pubs(component)
 
-    def on_kv_put(self, component: str, key: str, value: bytes) -> None:
+    def on_kv_put(self, component: str, key: str, value: bytes,
+                  revision: int | None = None) -> None:
         rec = self._comps.get(component)
         if rec is not None:
             rec.kv[key] = value
-        self._put("kv", component, {"step": rec.step if rec else 0, "key": key,
-                                    "value": b64(value)})
+        body: dict[str, Any] = {"step": rec.step if rec else 0, "key": key, "value": b64(value)}
+        if revision is not None:  # the bucket's revision the write got (its stream sequence)
+            body["rev"] = revision
+        self._put("kv", component, body)
 
     def on_infer(self, component: str, model: str, data: bytes, out: bytes | None,
                  error: EdgeError | None) -> None:
         rec = self._comps.get(component)
         body: dict[str, Any] = {"step": rec.step if rec else 0, "model": model,
                                 "in": digest(data)}
+        sha = self.model_sha(model) if self.model_sha is not None else None
+        if sha:  # the model that answered: its sha256 (the registry's, when the answer came)
+            body["model_sha"] = sha
         if out is not None:
             body["out"] = b64(out)
         elif error is not None:
@@ -269,6 +349,13 @@ class RecorderLayer:
         else:
             body["reason"] = "failed"
         self._put("infer", component, body)
+
+    # -- the policy point's load listener --------------------------------------------------
+
+    def on_policy(self, state: Mapping[str, Any]) -> None:
+        """A policy was loaded (or switched off): file, sha256, generation, counts."""
+        if self._ctx is not None:  # the one in use at start is recorded by start()
+            self._put("policy", None, {**dict(state), "reload": True})
 
     # -- the agent host's hooks (edge.agents.record.AgentRecorder) ----------------------------
 

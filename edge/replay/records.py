@@ -18,12 +18,13 @@ import numpy as np
 from edge.errors import EdgeError
 from edge.nats import subjects
 from edge.wasm.record import record_prefix
+from edge.wasm.wasmbin import module_imports
 
 #: The device's record stream.
 REC_STREAM = "REC"
 #: Record kinds (the subject token after ``rec``).
 KINDS = ("start", "load", "unload", "tick", "msg", "pub", "kv", "infer", "snap",
-         "agent", "obs", "read", "decide", "tool")
+         "agent", "obs", "read", "decide", "tool", "policy")
 #: Kinds of the records about native agents.
 AGENT_KINDS = ("agent", "obs", "read", "decide")
 
@@ -42,6 +43,18 @@ def rec_subject(device: str, kind: str, component: str | None = None) -> str:
 def rec_filter(device: str) -> str:
     """The subjects of every record of ``device``: ``edge.<device>.rec.>``."""
     return f"{subjects.device_prefix(device)}.rec.>"
+
+
+#: The imports whose answers a record holds (docs/replay.md, *Clock reads*).
+CLOCK_IMPORTS = frozenset({"clock_ms", "monotonic_ns"})
+
+
+def imports_clock(module: bytes) -> bool:
+    """Whether a wasm module imports a clock (a module that cannot be parsed: False)."""
+    try:
+        return bool(CLOCK_IMPORTS & {name for _, name, _ in module_imports(module)})
+    except Exception:  # noqa: BLE001  the sandbox already checked it; here only a hint
+        return False
 
 
 def b64(data: bytes) -> str:

@@ -34,20 +34,24 @@ import numpy as np
 
 from edge.errors import EdgeError, SandboxError
 from edge.replay.agents import AgentFactory, AgentReplay, LiveAgent, is_agent_table
-from edge.replay.records import AGENT_KINDS, ReplayError, digest, unb64, unpack_columns
+from edge.replay.records import (
+    AGENT_KINDS,
+    ReplayError,
+    digest,
+    imports_clock,
+    unb64,
+    unpack_columns,
+)
 from edge.replay.source import Records, Window
 from edge.wasm.manifest import Manifest, load_manifest, parse_manifest
 from edge.wasm.pool import SandboxPool
 from edge.wasm.protocol import CLOCK_MS, CLOCK_NS, CLOCK_REPLAY
-from edge.wasm.wasmbin import module_imports
 
 log = logging.getLogger("edge.replay.replayer")
 
 #: Most sandbox worker processes one replay starts. One: the components' calls are pipelined
 #: into it, and starting a second worker cost more than it saved on demo windows (measured).
 MAX_WORKERS = 1
-#: Imports whose answers are not recorded: a component using them is flagged in the report.
-CLOCK_IMPORTS = frozenset({"clock_ms", "monotonic_ns"})
 
 
 class CaptureHost:
@@ -145,7 +149,9 @@ class ComponentReport:
     decisions: int = 0  # agents: decisions compared
     decisions_differing: int = 0
     exact_start: bool = True  # False: the window started from a checkpoint, not a load
-    reads_clock: bool = False  # the module imports clock_ms or monotonic_ns (ticks: replayed)
+    reads_clock: bool = False  # the module imports clock_ms or monotonic_ns (answered from the record)
+    #: model name -> the sha256 of the models that answered its infer calls in the window
+    models: dict[str, list[str]] = field(default_factory=dict)
     first: Divergence | None = None
 
     @property
@@ -169,6 +175,9 @@ class ReplayReport:
     #: the tools service's calls inside the window (answers external agents got): stream seq,
     #: time, tool, caller, code, request and reply (JSON, None when too large to record)
     tools: list[dict[str, Any]] = field(default_factory=list)
+    #: the policies in use: the one at the window's start and every reload inside it (stream
+    #: seq, time, file, sha256, generation, rules, limits, enforcing)
+    policies: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def identical(self) -> bool:
@@ -191,7 +200,7 @@ class ReplayReport:
                 "recorded_s": round(self.recorded_s, 3), "speed": round(self.speed, 1),
                 "first_divergence": dataclasses.asdict(first) if first else None,
                 "components": {n: c.to_dict() for n, c in sorted(self.components.items())},
-                "tools": self.tools}
+                "tools": self.tools, "policies": self.policies}
 
     def render(self) -> str:
         lines = [f"replayed {self.records} records ({self.recorded_s:.1f} s recorded) in "
@@ -209,9 +218,15 @@ class ReplayReport:
                 f"{c.publishes} publishes, {c.kv_differing} of {c.kv_puts} KV writes differ")
             exact = "" if c.exact_start else " (started from a checkpoint)"
             if c.reads_clock:
-                exact += " (reads the clock: its ticks' reads answered from the record)"
+                exact += " (reads the clock: its reads answered from the record)"
             lines.append(f"  {name:<12} {c.ticks} ticks, {c.messages} message batches, "
                          f"{c.publishes} publishes: {state}  [{vers}]{exact}")
+            for model, shas in sorted(c.models.items()):
+                lines.append(f"    model {model}: {', '.join(s[:12] for s in shas) or 'unknown'}")
+        for p in self.policies:
+            what = (f"{p.get('file')} sha256 {str(p.get('sha256'))[:12]}" if p.get("enforcing")
+                    else "none (metering only)")
+            lines.append(f"  policy at seq {p['seq']}: {what}, generation {p.get('generation')}")
         if self.tools:
             lines.append(f"  tool calls in the window (answers from outside, not replayed): "
                          f"{len(self.tools)}")
@@ -254,6 +269,11 @@ class LiveComponent:
     rec_kv: list[_Effect] = field(default_factory=list)
     rep_kv: list[_Effect] = field(default_factory=list)
     inside_steps: set[int] = field(default_factory=set)  # calls replayed inside the window
+    #: clock-reading components: each message batch's recorded reads (step, seq, time, reads,
+    #: inside the window) and the replayed reads, in the order the batches were handed over
+    rec_msg_clocks: list[tuple[int, int, float, list[tuple[int, int]], bool]] = field(
+        default_factory=list)
+    rep_msg_clocks: list[list[tuple[int, int]]] = field(default_factory=list)
 
 
 def candidate(path: Path, device: str) -> tuple[Path, Manifest | None]:
@@ -324,6 +344,7 @@ class Replayer:
             self._tmp = Path(tmp)
             async with SandboxPool(self.device, self.host, workers=workers,
                                    infer=self.infer, clock=CLOCK_REPLAY) as pool:
+                pool.message_clocks = self._message_clocks
                 await asyncio.gather(*(self._replay_one(pool, name, recs)
                                        for name, recs in streams.items()),
                                      *(self._replay_agent(name, recs)
@@ -345,7 +366,8 @@ class Replayer:
         tools = [_tool_call(seq, rec) for seq, rec in items[first_in:last_in + 1]
                  if rec["k"] == "tool"] if first_in <= last_in else []
         return ReplayReport(window, last_in - start + 1 if first_in <= last_in else 0,
-                            self.records.malformed, self._reports, replay_s, span, tools)
+                            self.records.malformed, self._reports, replay_s, span, tools,
+                            _policies(items, first_in, last_in))
 
     # -- planning --------------------------------------------------------------------------
 
@@ -444,7 +466,7 @@ class Replayer:
             if kind == "load":
                 if rec.get("checkpoint") and live is not None and live.running:
                     return  # a checkpoint of what already runs here
-                await self._load(pool, name, rec)
+                await self._load(pool, name, rec, seq, t, inside)
             elif kind == "unload" and live is not None and live.running:
                 await pool.unload(name)
                 live.running = False
@@ -454,6 +476,11 @@ class Replayer:
                 await self._deliver(pool, live, seq, t, rec, inside)
             elif kind == "pub" and live is not None:
                 self._recorded_pubs(live, seq, t, rec)
+            elif kind == "infer" and inside:
+                shas = self._reports[name].models.setdefault(str(rec["model"]), [])
+                sha = rec.get("model_sha")
+                if isinstance(sha, str) and sha not in shas:
+                    shas.append(sha)
             elif kind == "kv" and live is not None and inside:
                 value = unb64(rec["value"], "value")
                 live.rec_kv.append(_Effect(int(rec.get("step", 0)), seq, t, str(rec["key"]),
@@ -473,7 +500,8 @@ class Replayer:
             data = unb64(entry[2], "pubs") if len(entry) > 2 else None
             live.rec_pubs.append(_Effect(step, seq, t, str(entry[0]), str(entry[1]), data))
 
-    async def _load(self, pool: SandboxPool, name: str, rec: dict[str, Any]) -> None:
+    async def _load(self, pool: SandboxPool, name: str, rec: dict[str, Any], seq: int = 0,
+                    t: float = 0.0, inside: bool = False) -> None:
         assert self._tmp is not None
         module = unb64(rec["module"], "module")
         sha = str(rec["sha256"])
@@ -491,15 +519,32 @@ class Replayer:
         kv = {k: unb64(v, f"kv.{k}") for k, v in dict(rec.get("kv", {})).items()}
         live = self._live.get(name)
         report = self._reports[name]
+        running = Path(manifest.module).read_bytes() if what_if else module
+        reads_clock = imports_clock(running)
+        report.reads_clock = report.reads_clock or reads_clock
+        # a load (not a checkpoint: the device did not run edge_init there) feeds edge_init the
+        # clock values it read on the device
+        fed = not rec.get("checkpoint") and reads_clock
+        if fed and rec.get("clock_cut"):
+            raise ReplayError(f"the load of '{name}' (stream seq {seq}) read the clock "
+                              f"{rec['clock_cut']} times more than a record keeps",
+                              component=name, seq=seq, reason="not-recorded")
+        feed = _clock_list(rec.get("clock", []), name, seq, "load") if fed else []
         try:
-            await pool.load(manifest, kv)
+            await pool.load(manifest, kv, clock=feed if fed else None)
         except EdgeError as err:
             raise ReplayError(f"cannot load {name} {manifest.version} for the replay: "
                               f"{err.message}", component=name, reason="load") from err
-        report.versions.append({"version": manifest.version, "sha256": sha, "what_if": what_if})
-        running = Path(manifest.module).read_bytes() if what_if else module
-        if CLOCK_IMPORTS & {name for _, name, _ in module_imports(running)}:
-            report.reads_clock = True
+        version: dict[str, Any] = {"version": manifest.version, "sha256": sha, "what_if": what_if}
+        if isinstance(rec.get("kv_rev"), dict):
+            version["kv_rev"] = dict(rec["kv_rev"])
+        report.versions.append(version)
+        if fed:
+            read = [tuple(c) for c in pool.init_clocks(name)[0]]
+            if read != feed and inside:
+                self._reports[name].first = _earliest(
+                    report.first, Divergence(name, "clock", int(rec.get("step", 0)), seq, t,
+                                             feed, read, context={"call": "edge_init"}))
         if live is None:
             live = self._live[name] = LiveComponent(recorded, report)
         live.manifest = recorded
@@ -542,7 +587,7 @@ class Replayer:
             raise ReplayError(f"tick {rec.get('step')} of '{name}' (stream seq {seq}) read the "
                               f"clock {rec['clock_cut']} times more than a record keeps",
                               component=name, seq=seq, reason="not-recorded")
-        clocks = _clock_list(rec.get("clock", []), name, seq)
+        clocks = _clock_list(rec.get("clock", []), name, seq, "tick")
         send = ids if ids != live.ids else None
         report = live.report
         ok = await pool.tick(name, n, float(rec["dt"]), send,
@@ -568,7 +613,8 @@ class Replayer:
         if read != clocks:  # read the clock more or fewer times, or the other clock
             report.ticks_differing += 1
             self._diverge(live, Divergence(name, "clock", step, seq, t, clocks, read,
-                                           context=self._context(m, ids, inputs, rec)))
+                                           context={"call": "edge_tick",
+                                                    **self._context(m, ids, inputs, rec)}))
             return
         recorded = unpack_columns(rec["out"], len(writable), n, "out")
         replayed = np.stack([views[i] for i in writable]) if writable else recorded
@@ -590,8 +636,20 @@ class Replayer:
                               f"seq {seq}) was too large to record ({rec['too_large']} bytes)",
                               component=live.manifest.name, seq=seq, reason="not-recorded")
         msgs = [(str(s), unb64(d, "msgs")) for s, d in rec["msgs"]]
-        await pool.deliver(live.manifest.name, msgs, int(rec.get("hops", 0)))
-        self._take_effects(live, int(rec.get("step", 0)), seq, t, inside)
+        name = live.manifest.name
+        step = int(rec.get("step", 0))
+        feed: list[tuple[int, int]] | None = None
+        if live.report.reads_clock:  # its reads answer the recorded values, in order
+            if rec.get("clock_cut") or rec.get("clock_lost"):
+                why = (f"read the clock {rec['clock_cut']} times more than a record keeps"
+                       if rec.get("clock_cut") else
+                       "was recorded without its clock reads (the component was unloaded first)")
+                raise ReplayError(f"message batch {step} of '{name}' (stream seq {seq}) {why}",
+                                  component=name, seq=seq, reason="not-recorded")
+            feed = _clock_list(rec.get("clock", []), name, seq, "msg")
+            live.rec_msg_clocks.append((step, seq, t, feed, inside))
+        await pool.deliver(name, msgs, int(rec.get("hops", 0)), clock=feed)
+        self._take_effects(live, step, seq, t, inside)
         if inside:
             live.report.messages += 1
             live.inside_steps.add(int(rec.get("step", 0)))
@@ -605,6 +663,12 @@ class Replayer:
             return
         live.rep_pubs += [_Effect(step, seq, t, s, digest(d), d) for s, d in pubs]
         live.rep_kv += [_Effect(step, seq, t, k, digest(v), v) for k, v in kvs]
+
+    def _message_clocks(self, name: str, clocks: Sequence[tuple[int, int]], cut: int) -> None:
+        """The replay pool's listener: the reads of each message batch, in the order sent."""
+        live = self._live.get(name)
+        if live is not None and live.report.reads_clock:
+            live.rep_msg_clocks.append([(int(k), int(v)) for k, v in clocks])
 
     # -- comparing --------------------------------------------------------------------------
 
@@ -634,6 +698,12 @@ class Replayer:
     def _compare_effects(self, live: LiveComponent) -> None:
         report = live.report
         name = live.manifest.name
+        for i, (step, seq, t, recorded, inside) in enumerate(live.rec_msg_clocks):
+            replayed = live.rep_msg_clocks[i] if i < len(live.rep_msg_clocks) else None
+            if inside and replayed != recorded:  # more, fewer or other reads than recorded
+                self._diverge(live, Divergence(name, "clock", step, seq, t, recorded, replayed,
+                                               context={"call": "edge_on_message"}))
+                break
         for what, rec_list, rep_list in (("publish", live.rec_pubs, live.rep_pubs),
                                          ("kv", live.rec_kv, live.rep_kv)):
             count = max(len(rec_list), len(rep_list))
@@ -679,8 +749,8 @@ def _tool_call(seq: int, rec: dict[str, Any]) -> dict[str, Any]:
     return call
 
 
-def _clock_list(raw: Any, name: str, seq: int) -> list[tuple[int, int]]:
-    """A tick record's ``clock`` field as ``(kind, value)`` pairs (a malformed one stops the
+def _clock_list(raw: Any, name: str, seq: int, kind: str) -> list[tuple[int, int]]:
+    """A record's ``clock`` field as ``(kind, value)`` pairs (a malformed one stops the
     replay with its stream sequence)."""
     try:
         out = [(int(k), int(v)) for k, v in raw]
@@ -688,8 +758,31 @@ def _clock_list(raw: Any, name: str, seq: int) -> list[tuple[int, int]]:
     except (TypeError, ValueError):
         out, good = [], False
     if not good:
-        raise ReplayError(f"the tick record at stream seq {seq} of '{name}' has a malformed "
+        raise ReplayError(f"the {kind} record at stream seq {seq} of '{name}' has a malformed "
                           f"clock field", component=name, seq=seq, reason="malformed")
+    return out
+
+
+def _earliest(first: Divergence | None, div: Divergence) -> Divergence:
+    return div if first is None or (div.seq, div.t) < (first.seq, first.t) else first
+
+
+def _policies(items: list[tuple[int, dict[str, Any]]], first_in: int,
+              last_in: int) -> list[dict[str, Any]]:
+    """The ``policy`` records in use over the window: the last one before it and those in it."""
+    if first_in > last_in:
+        return []
+    keys = ("file", "sha256", "generation", "rules", "limits", "enforcing")
+    out: list[dict[str, Any]] = []
+    for i in range(first_in - 1, -1, -1):
+        seq, rec = items[i]
+        if rec["k"] == "policy":
+            out.append({"seq": seq, "t": rec.get("t"), **{k: rec.get(k) for k in keys}})
+            break
+        if rec["k"] == "start":  # a new run: its own policy record follows the start
+            break
+    out += [{"seq": seq, "t": rec.get("t"), **{k: rec.get(k) for k in keys}}
+            for seq, rec in items[first_in:last_in + 1] if rec["k"] == "policy"]
     return out
 
 

@@ -20,7 +20,7 @@ from edge.errors import SandboxError
 from edge.wasm.columns import CopyBatch, OutputArea, WorldColumns
 from edge.wasm.component import Component
 from edge.wasm.procs import WorkerGone
-from edge.wasm.protocol import FLAG_SHARED, BindSpec, encode_tick
+from edge.wasm.protocol import FLAG_SHARED, BindSpec, CallResult, encode_tick
 from edge.wasm.supervision import Supervisor
 from edge.wasm.worker.columns import MAX_SHARED_WRITE_COLUMNS
 
@@ -176,36 +176,55 @@ def bind_spec(comp: Component, shm: Callable[[], Path], n: int,
     return BindSpec(n, cols, idx, tuple(ids), (str(out.path), out.capacity))
 
 
+def _message_clocks(sup: Supervisor, name: str, res: object = None) -> None:
+    """[replay hook] tell the listener a batch's clock reads (none: it was not run)."""
+    listener = sup.message_clocks
+    if listener is not None:
+        if isinstance(res, CallResult):
+            listener(name, res.clocks, res.clocks_cut)
+        else:
+            listener(name, (), 0)
+
+
 async def deliver(sup: Supervisor, comp: Component,
-                  messages: Sequence[tuple[str, bytes]], hops: int = 0) -> None:
+                  messages: Sequence[tuple[str, bytes]], hops: int = 0,
+                  clock: Sequence[tuple[int, int]] | None = None) -> None:
     """Send one message batch once the worker's window has room; the reply is accounted for
-    in a done-callback (``hops``: the batch's largest hop count)."""
+    in a done-callback (``hops``: the batch's largest hop count; ``clock``: the values the
+    batch's clock reads answer, replay clock mode)."""
     if not messages:
         return
     worker = comp.worker
     if comp.state != "running" or worker is None or not comp.info.handles_messages:
         comp.counters["dropped"] += len(messages)
+        _message_clocks(sup, comp.name)
         return
     window = worker.window
     if window is None:
+        _message_clocks(sup, comp.name)
         raise SandboxError(f"the worker of component '{comp.name}' is not started",
                            component=comp.name, reason="usage")
     await window.acquire()
     if comp.worker is not worker or comp.state != "running":
         window.release()
         comp.counters["dropped"] += len(messages)
+        _message_clocks(sup, comp.name)
         return
     gen = comp.generation
     count = len(messages)
+    if clock is not None:  # [replay hook] answered in order, before the batch
+        worker.send(("clock", comp.name, list(clock)), comp.name, "edge_on_message")
     fut = worker.send(("deliver", comp.name, list(messages)), comp.name, "edge_on_message")
 
     def done(f: asyncio.Future[tuple[str, Any]]) -> None:
         window.release()
         if f.cancelled() or f.exception() is not None:
             comp.counters["dropped"] += count
+            _message_clocks(sup, comp.name)
             return
         status, payload = f.result()
         sup.finish_call(comp, worker, status, payload, "edge_on_message", count,
                         current=comp.generation == gen, hops=hops)
+        _message_clocks(sup, comp.name, payload)
 
     fut.add_done_callback(done)

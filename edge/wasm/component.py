@@ -52,6 +52,11 @@ class Component:
     #: modes record / replay only; edge.wasm.protocol.CLOCK_RECORD)
     tick_clocks: list[tuple[int, int]] = field(default_factory=list)
     tick_clocks_cut: int = 0
+    #: [replay hook] the clock values its last load (start function and ``edge_init``) read,
+    #: the reads not reported, and (replay clock mode) the values those reads answer
+    init_clocks: list[tuple[int, int]] = field(default_factory=list)
+    init_clocks_cut: int = 0
+    init_feed: tuple[tuple[int, int], ...] = ()
     loading: bool = False  # its first start, inside pool.load (a fault there refuses the load)
     grant: PublishGrant = field(init=False)
     kv_usage: KvUsage = field(init=False)  # what its KV holds, against limits.kv_keys/kv_bytes

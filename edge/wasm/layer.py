@@ -157,6 +157,8 @@ class SandboxLayer:
                                 recycle_rss_bytes=rss, deadline_s=s.deadline_s, workers=s.workers,
                                 max_hops=s.max_hops, policy=self.policy,
                                 clock=CLOCK_LIVE if self.recorder is None else CLOCK_RECORD)
+        if self.recorder is not None:  # [replay hook] the clock reads of message calls
+            self.pool.message_clocks = self.recorder.on_message_clocks
         await self.pool.start()
         for manifest_path in self.manifests:
             try:
@@ -202,11 +204,14 @@ class SandboxLayer:
                 raise ComponentLoadError(
                     f"component '{manifest.name}' queries {column}: {err.message}", component=manifest.name
                 ) from err
-        kv = await self._component_state(manifest.name)
+        revisions: dict[str, int] = {}
+        kv = await self._component_state(manifest.name, revisions)
         await pool.load(manifest, kv)
         rec = self.recorder
-        if rec is not None:  # [replay hook] the version that runs, and its KV as loaded
-            rec.on_load(manifest, await asyncio.to_thread(read_module, manifest), kv)
+        if rec is not None:  # [replay hook] the version that runs, its KV as loaded, init's clock
+            clocks, cut = pool.init_clocks(manifest.name)
+            rec.on_load(manifest, await asyncio.to_thread(read_module, manifest), kv, clocks, cut,
+                        revisions)
         loaded = LoadedComponent(manifest)
         if manifest.tick_hz > 0:
             loaded.tick = TickLoop(ctx.world, WasmTickRunner(pool, manifest.name, rec), read=manifest.read,
@@ -288,7 +293,8 @@ class SandboxLayer:
                 self._kv = await js.create_key_value(bucket=COMPONENT_KV_BUCKET, history=1)
         return self._kv
 
-    async def _component_state(self, component: str) -> dict[str, bytes]:
+    async def _component_state(self, component: str,
+                               revisions: dict[str, int] | None = None) -> dict[str, bytes]:
         """The component's private keys, read without a consumer.
 
         A ``kv.watch`` here left one ephemeral consumer per load on the bucket's stream (nats-py
@@ -309,6 +315,8 @@ class SandboxLayer:
             except KeyNotFoundError:  # deleted or purged: its last message is a marker
                 continue
             out[key[len(prefix):]] = entry.value or b""
+            if revisions is not None and entry.revision is not None:  # [replay hook]
+                revisions[key[len(prefix):]] = entry.revision
         return out
 
     # -- the pool's host callbacks ----------------------------------------------------------------
@@ -328,10 +336,14 @@ class SandboxLayer:
         # component subscribed to $KV.> does not hear its own writes either (edge.wasm.origin)
         await self._bucket()
         ctx = self.ctx
-        if self.recorder is not None:  # [replay hook]
-            self.recorder.on_kv_put(component, key, value)
-        await ctx.js.publish(f"{KV_SUBJECT_PREFIX}{component}.{key}", value,
-                             headers=origin_headers(origin_id(component, ctx.device), hops))
+        revision: int | None = None
+        try:
+            ack = await ctx.js.publish(f"{KV_SUBJECT_PREFIX}{component}.{key}", value,
+                                       headers=origin_headers(origin_id(component, ctx.device), hops))
+            revision = ack.seq
+        finally:
+            if self.recorder is not None:  # [replay hook] the write, and the revision it got
+                self.recorder.on_kv_put(component, key, value, revision)
 
     def on_limit(self, component: str, limit: str, dropped: int) -> None:
         ctx = self._ctx

@@ -77,6 +77,7 @@ from edge.wasm.supervision import (
     DEFAULT_RSS_CHECK_S,
     FAIL_LIMIT,
     FAIL_WINDOW_S,
+    MessageClocks,
     SupervisionConfig,
     Supervisor,
 )
@@ -222,7 +223,8 @@ class SandboxPool:
 
     # -- loading -----------------------------------------------------------------------------
 
-    async def load(self, manifest: Manifest, kv: Mapping[str, bytes] | None = None) -> None:
+    async def load(self, manifest: Manifest, kv: Mapping[str, bytes] | None = None, *,
+                   clock: Sequence[tuple[int, int]] | None = None) -> None:
         """Check and instrument the module, start it in a worker and call ``edge_init``.
 
         Raises ComponentLoadError if the module is refused (file, contract, memory, wasm3 load
@@ -232,7 +234,8 @@ class SandboxPool:
         error's sentence gives the reason; ``on_fault`` is not called. Later faults, restarts
         included, are reported through ``on_fault`` and restart with backoff. Loading a name
         that is already loaded replaces it (the old instance is unloaded first, also if the new
-        one then fails).
+        one then fails). ``clock`` (a pool in the replay clock mode): the ``(kind, value)`` the
+        start function's and ``edge_init``'s clock reads answer, in order.
         """
         self._check_started("load a component")
         wasm_src = await asyncio.to_thread(read_module, manifest)  # size-capped
@@ -251,7 +254,7 @@ class SandboxPool:
                 await self._unload_locked(old)
             self._handles += 1
             comp = Component(manifest=manifest, wasm=wasm, info=info, kv=dict(kv or {}),
-                             handle=self._handles)
+                             handle=self._handles, init_feed=tuple(clock or ()))
             self._comps[manifest.name] = comp
             comp.loading = True
             try:
@@ -312,6 +315,22 @@ class SandboxPool:
         failed, restarting) or the call faulted (the fault is reported through ``on_fault``)."""
         return await calls.tick(self._sup, self._get(name), n, dt, ids, clock)
 
+    def init_clocks(self, name: str) -> tuple[list[tuple[int, int]], int]:
+        """The clock values the last load (start function and ``edge_init``) of ``name`` read
+        and the reads not reported (clock modes record / replay only)."""
+        comp = self._get(name)
+        return comp.init_clocks, comp.init_clocks_cut
+
+    @property
+    def message_clocks(self) -> MessageClocks | None:
+        """[replay hook] called with ``(component, clock reads, reads cut)`` of each message
+        batch once it is answered (dropped or failed: no reads), in the order sent."""
+        return self._sup.message_clocks
+
+    @message_clocks.setter
+    def message_clocks(self, listener: MessageClocks | None) -> None:
+        self._sup.message_clocks = listener
+
     def tick_clocks(self, name: str) -> tuple[list[tuple[int, int]], int]:
         """The clock values the last tick of ``name`` read and the reads not reported (empty
         unless the pool records or replays clocks: ``clock`` CLOCK_RECORD or CLOCK_REPLAY)."""
@@ -343,7 +362,7 @@ class SandboxPool:
                                        columns=columns, index=index, ids=ids, on_done=on_done)
 
     async def deliver(self, name: str, messages: Sequence[tuple[str, bytes]],
-                      hops: int = 0) -> None:
+                      hops: int = 0, *, clock: Sequence[tuple[int, int]] | None = None) -> None:
         """Hand ``messages`` (subject, payload) to ``edge_on_message``, one round trip for all.
 
         ``hops`` is the largest number of handlers the messages have passed through (their
@@ -352,11 +371,12 @@ class SandboxPool:
 
         Returns once the batch is sent; at most ``max_in_flight`` batches per worker are
         outstanding (this call waits for room). Messages for a component that is not running
-        are dropped and counted. Use :meth:`flush` to wait for the results.
+        are dropped and counted. Use :meth:`flush` to wait for the results. ``clock`` (a pool
+        in the replay clock mode): the ``(kind, value)`` the batch's clock reads answer.
         """
         if hops < 0:
             raise ValueError(f"hops must be >= 0 (got {hops})")
-        await calls.deliver(self._sup, self._get(name), messages, hops)
+        await calls.deliver(self._sup, self._get(name), messages, hops, clock)
 
     async def flush(self) -> None:
         """Wait until every sent request is answered and every effect is handed to the host."""

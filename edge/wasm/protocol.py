@@ -116,6 +116,9 @@ class LoadSpec:
     kv_keys: int = DEFAULT_KV_KEYS  # KV quota: keys the component may store (limits.kv_keys)
     kv_bytes: int = DEFAULT_KV_BYTES  # KV quota: bytes of key names and values (limits.kv_bytes)
     clock: int = CLOCK_LIVE  # CLOCK_LIVE | CLOCK_RECORD | CLOCK_REPLAY
+    #: replay clock mode: the (kind, value) the start function's and edge_init's clock reads
+    #: answer, in order
+    clock_feed: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,18 @@
 the composition root; None = recording off, nothing is called) at the sandbox's call
 boundary:
 
-* ``on_load`` when a component is loaded (its manifest text, module bytes and KV snapshot);
+* ``on_load`` when a component is loaded (its manifest text, module bytes and KV snapshot,
+  the bucket revision of each key, and the clock reads of its start function and
+  ``edge_init``);
 * ``on_tick`` after each tick, with the exact inputs the worker read (the batch columns before
   the call, the entity ids, ``dt``), the columns after it and the ``(kind, value)`` of every
   clock read of the call, in order (the pool runs in the record clock mode: the worker reports
   them with the call's result; ``cut``: reads past the report's limit, not kept);
-* ``on_deliver`` for each message batch handed to ``edge_on_message``;
-* ``on_publish`` / ``on_kv_put`` for each effect the host carried out;
+* ``on_deliver`` for each message batch handed to ``edge_on_message``, and
+  ``on_message_clocks`` with the clock reads of each batch once it is answered (in the order
+  the batches were handed over; none for a batch that was dropped);
+* ``on_publish`` / ``on_kv_put`` for each effect the host carried out (a KV write with the
+  bucket revision it got, None when the write failed);
 * ``on_infer`` for each answer of the ``infer`` bridge (wrapped in :class:`RecordingBridge`);
 * ``on_unload``.
 
@@ -25,7 +30,7 @@ shared mode, and its ticks are recorded without their columns. Messages on the r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -46,7 +51,9 @@ def record_prefix(device: str) -> str:
 class SandboxRecorder(Protocol):
     """Told what each component saw and did (see the module docstring)."""
 
-    def on_load(self, manifest: Manifest, module: bytes, kv: dict[str, bytes]) -> None: ...
+    def on_load(self, manifest: Manifest, module: bytes, kv: dict[str, bytes],
+                clocks: Sequence[tuple[int, int]] = (), cut: int = 0,
+                kv_revisions: Mapping[str, int] | None = None) -> None: ...
 
     def records_batch(self, component: str, nbytes: int) -> bool:
         """Whether a tick batch of ``nbytes`` of columns is recorded in full (it then runs in
@@ -65,9 +72,13 @@ class SandboxRecorder(Protocol):
     def on_deliver(self, component: str, messages: Sequence[tuple[str, bytes]],
                    hops: int) -> None: ...
 
+    def on_message_clocks(self, component: str, clocks: Sequence[tuple[int, int]],
+                          cut: int) -> None: ...
+
     def on_publish(self, component: str, subject: str, data: bytes) -> None: ...
 
-    def on_kv_put(self, component: str, key: str, value: bytes) -> None: ...
+    def on_kv_put(self, component: str, key: str, value: bytes,
+                  revision: int | None = None) -> None: ...
 
     def on_infer(self, component: str, model: str, data: bytes, out: bytes | None,
                  error: EdgeError | None) -> None: ...

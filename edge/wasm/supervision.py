@@ -39,6 +39,9 @@ from edge.wasm.protocol import CallResult, LoadSpec
 
 log = logging.getLogger("edge.wasm.pool")
 
+#: [replay hook] ``(component, clock reads, reads cut)`` of one answered message batch.
+MessageClocks = Callable[[str, Sequence[tuple[int, int]], int], None]
+
 #: Estimated memory wasm3 keeps per instantiation besides linear memory (bytes).
 INSTANCE_OVERHEAD_BYTES = 256 * 1024
 #: Failures within FAIL_WINDOW_S after which a component stays failed.
@@ -88,6 +91,9 @@ class Supervisor:
         self.bg: set[asyncio.Task[Any]] = set()
         self.running = False
         self.protocol_violations = 0  # workers killed for breaking the protocol
+        #: [replay hook] told the clock reads of every message batch when it is answered (or
+        #: dropped: no reads), in the order the batches were sent (clock modes record / replay)
+        self.message_clocks: MessageClocks | None = None
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
@@ -111,6 +117,7 @@ class Supervisor:
             publish_per_call=m.limits.publish_per_call, kv=dict(comp.kv),
             stack_bytes=self.cfg.stack_bytes, handle=comp.handle, models=m.models,
             kv_keys=m.limits.kv_keys, kv_bytes=m.limits.kv_bytes, clock=self.cfg.clock,
+            clock_feed=comp.init_feed,
         )
         comp.generation += 1
         comp.state = "starting"
@@ -162,6 +169,8 @@ class Supervisor:
             comp.counters["ticks"] += 1
             if payload.clocks or comp.tick_clocks or payload.clocks_cut:  # [replay hook]
                 comp.tick_clocks, comp.tick_clocks_cut = payload.clocks, payload.clocks_cut
+        elif export == "edge_init":  # [replay hook]
+            comp.init_clocks, comp.init_clocks_cut = payload.clocks, payload.clocks_cut
         self.effects.apply(comp, payload, hops)
         if status == "fault":
             if current:

@@ -72,3 +72,19 @@ async def publish_garbage(js: JetStreamContext) -> None:
     subject = rec_filter(DEVICE).replace(">", "tick.physics")
     await js.publish(subject, b"not a record")
     await js.publish(subject, json.dumps({"k": "nonsense"}).encode())
+
+
+def build_stamp(out_dir: Path) -> Path:
+    """The clock_stamp test component (clock reads in edge_init and edge_on_message), compiled
+    with components/build.py; returns its manifest."""
+    spec = importlib.util.spec_from_file_location("edge_components_build",
+                                                  ROOT / "components" / "build.py")
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    here = Path(__file__).resolve().parent / "components"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    build.compile_wasm([here / "clock_stamp.c"], out_dir / "clock_stamp.wasm")
+    path = out_dir / "manifest.toml"
+    path.write_text((here / "clock_stamp.toml").read_text())
+    return path

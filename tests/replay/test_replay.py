@@ -48,7 +48,11 @@ async def test_recorded_window_replays_identically(tmp_path: Path, nats_url: str
     records = await all_records(js)
     kinds = {r["k"] for _, r in records.items}
     assert {"start", "load", "tick", "snap"} <= kinds
-    window = Window(t0 + 1.0, time.time())
+    # the window starts 1 s after the last component load (a slow start-up takes longer than
+    # that), so each component has ticks before it to warm up on
+    loaded = max(r["t"] for _, r in records.items if r["k"] == "load")
+    assert loaded >= t0
+    window = Window(loaded + 1.0, time.time())
     report = await replay(js, DEVICE, window)
     assert report.identical, report.render()
     assert set(report.components) == {"physics", "patrol", "battery", "follow-drone-0"}
@@ -426,7 +430,7 @@ async def test_clock_reads_are_recorded_and_replayed_from_the_record(
             r["clock"] = r["clock"][:1]
     report3 = await Replayer(DEVICE, short, window, systems=["physics"]).run()
     assert report3.first is not None and report3.first.what == "clock"
-    assert report3.first.seq == seq0
+    assert report3.first.seq == seq0 and report3.first.context["call"] == "edge_tick"
 
     # a malformed clock field stops the replay with its stream sequence
     bad = copy.deepcopy(records)
@@ -517,10 +521,16 @@ async def test_infer_answers_are_recorded_and_replayed_without_the_model(
     records = await all_records(js)
     infers = [r for _, r in records.items if r["k"] == "infer" and r["t"] >= t0]
     assert len(infers) == 10 and all("out" in r for r in infers)
+    import hashlib
+
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert {r["model_sha"] for r in infers} == {sha}  # the model that answered
     # the replay has no model at all: the outputs it publishes are the recorded answers
     report = await replay(js, DEVICE, Window(t0))
     assert report.identical, report.render()
     assert report.components["inf"].publishes == 10
+    assert report.components["inf"].models == {"fc": [sha]}
+    assert f"model fc: {sha[:12]}" in report.render()
     # an answer missing from the record is a divergence at that call
     last_seq = max(s for s, r in records.items if r["k"] == "infer")
     records.items = [(s, r) for s, r in records.items if s != last_seq]

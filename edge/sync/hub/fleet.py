@@ -14,6 +14,9 @@ Per device ``d`` the hub holds:
   issued while the device is offline arrive when it reconnects, in order. ``max_age`` expires them.
 * ``KV_edge-state-d``: a mirror of the device's ``edge-state`` bucket, readable on the hub as the
   KV bucket ``edge-state-d``.
+* ``REC_d`` (only with ``ProvisionOptions.record``, for a device with ``[sync] record = true``):
+  the device's replay records sourced through their durable sync consumer, with their own limits
+  (:mod:`edge.replay.hub`; docs/replay.md, *On the hub*).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from nats.js.errors import NotFoundError
 from edge.errors import NatsError
 from edge.nats import subjects as naming
 from edge.sync.durable import SyncConsumer, ensure_sync_consumer
-from edge.sync.hub.audit import audit_device
+from edge.sync.hub.audit import StreamAudit, audit_device, audit_stream
 from edge.sync.hub.repair import repair_subject, repair_transform
 from edge.sync.hub.server import DeviceCredential, HubServer
 from edge.sync.device.streams import MIB, ensure_stream
@@ -71,6 +74,11 @@ class ProvisionOptions:
     duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S
     state_mirror: bool = True
     replicas: int = 1  # 3 on a three-node hub cluster: every stream survives a node loss
+    #: also ``REC_<dev>``, the copy of the device's replay records (a device that syncs them:
+    #: ``[sync] record = true``; without it the source has no consumer to attach to)
+    record: bool = False
+    rec_max_bytes: int = 1024 * MIB
+    rec_max_age_s: float = 24 * 3600.0
 
 
 def _device_source(
@@ -154,6 +162,11 @@ def hub_stream_configs(device: str, opts: ProvisionOptions | None = None) -> lis
                 description=f"mirror of device {d}'s entity state",
             )
         )
+    if o.record:
+        from edge.replay.hub import hub_rec_config  # the record format's side of the copy
+
+        out.append(hub_rec_config(d, max_bytes=o.rec_max_bytes, max_age_s=o.rec_max_age_s,
+                                  replicas=o.replicas))
     return out
 
 
@@ -196,8 +209,8 @@ async def provision_fleet(
 
 
 async def deprovision_device(js: JetStreamContext, device: str) -> None:
-    """Delete the device's hub streams (its data on the hub is gone)."""
-    for cfg in hub_stream_configs(device):
+    """Delete the device's hub streams, its ``REC_<dev>`` too (its data on the hub is gone)."""
+    for cfg in hub_stream_configs(device, ProvisionOptions(record=True)):
         try:
             await js.delete_stream(str(cfg.name))
         except NotFoundError:
@@ -260,6 +273,11 @@ class DeviceStatus:
     evt_missing: int = 0
     tele_gaps: int = 0
     alarms: list[str] = field(default_factory=list)
+    #: the hub's ``REC_<dev>`` (None: not provisioned): records held, their bytes, and the lag
+    #: by sequence (None: the device does not answer); also in ``lag``, device_seq and hub_seq
+    rec_messages: int | None = None
+    rec_bytes: int | None = None
+    rec_lag: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -306,6 +324,9 @@ async def _device_status(js: JetStreamContext, d: str, down_after_s: float) -> D
     last = min(seen) if seen else None
     link = "never" if last is None else ("up" if last <= down_after_s else "down")
     audits = await audit_device(js, d)
+    rec, rec_bytes = await _rec_audit(js, d)
+    if rec is not None:
+        audits[rec.stream] = rec
     lags = [a.lag for a in audits.values()]
     by_seq = all(lag is not None for lag in lags)
     evt_audit, tele_audit = audits[naming.EVT_STREAM], audits[naming.TELE_STREAM]
@@ -335,7 +356,22 @@ async def _device_status(js: JetStreamContext, d: str, down_after_s: float) -> D
         evt_missing=evt_audit.holes,
         tele_gaps=tele_audit.holes,
         alarms=alarms,
+        rec_messages=rec.hub_messages if rec is not None else None,
+        rec_bytes=rec_bytes,
+        rec_lag=rec.lag if rec is not None else None,
     )
+
+
+async def _rec_audit(js: JetStreamContext, d: str) -> tuple[StreamAudit | None, int | None]:
+    """The audit of ``REC_<d>`` against the device's ``REC`` and the copy's bytes; (None,
+    None) when the hub has no copy."""
+    from edge.replay.records import REC_STREAM  # the recorder's stream (docs/replay.md)
+
+    try:
+        info = await js.stream_info(naming.hub_stream(REC_STREAM, d))
+    except NotFoundError:
+        return None, None
+    return await audit_stream(js, d, REC_STREAM), int(info.state.bytes)
 
 
 async def run_hub(

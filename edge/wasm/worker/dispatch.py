@@ -175,6 +175,9 @@ class Worker:
         except (RuntimeError, SystemError, ValueError) as exc:
             return encode_result("refused", text=str(exc))
         res = inst.begin()
+        if spec.clock_feed:  # replay: what the start function's and edge_init's reads answer
+            inst.clock_feed = list(spec.clock_feed)
+            inst.clock_next = 0
         try:
             started = inst.start()  # runs the module's start function, if it has one
         except ModuleRefused as exc:
