@@ -113,6 +113,8 @@ components = {{ position = {{ x = 0.0 }} }}
         assert rt is not None
         await wait_for(lambda: ota_status(rt)["revision"] == revision and ota_status(rt)["probation"] is None,
                        timeout)
+        # and on disk (the pointer is written off the event loop, just after)
+        await wait_for(lambda: self.state()["revision"] == revision and self.state()["probation"] is None, timeout)
 
     def layer(self, name: str) -> Any:
         assert self.rt is not None and self.rt.layers is not None
