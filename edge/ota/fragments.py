@@ -265,6 +265,7 @@ def abandon_start(cfg: DeviceConfig, err: Exception) -> bool:
     log.error("the device did not start with config fragments %s (%s): going back to the previous ones",
               ", ".join(cfg.fragments), err)
     prob.boots = max(prob.boots, cfg.ota.max_boots)
+    prob.failed = f"the device did not start with config fragments {', '.join(cfg.fragments)}: {err}"[:500]
     atomic_write(root / "state.json", state.to_json())
     return True
 
@@ -283,7 +284,7 @@ def _candidates(state: OtaState, max_boots: int) -> list[tuple[str, list[tuple[s
         else:
             previous[name] = entry
     back = fragment_entries(previous)
-    if prob.boots > max_boots:  # this start is past the limit: the update layer rolls it back
+    if prob.boots > max_boots or prob.failed:  # past the limit: the update layer rolls it back
         return [(f"the probation of revision {prob.revision} used its {max_boots} restarts", back)]
     return [("", active), (f"the fragments of revision {prob.revision} did not load", back)]
 

@@ -169,9 +169,9 @@ class OtaLayer:
             boot = self.fragments.config.boot or new_boot_id()
             if count_boot(self.state, boot):  # not counted yet by the config loader
                 await self._save()
-            if prob.boots > self.cfg.max_boots:
+            if prob.boots > self.cfg.max_boots or prob.failed:
                 await self._apply(self.state.active)
-                await self._rollback(f"device restarted {prob.boots} times during probation")
+                await self._rollback(prob.failed or f"device restarted {prob.boots} times during probation")
             else:
                 log.info("resuming probation of revision %s after a restart", prob.revision)
                 await self._apply_or_rollback()

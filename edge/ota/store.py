@@ -78,11 +78,12 @@ class Probation:
     components: dict[str, Entry | None]  # what the activation changed (None: removed)
     previous: dict[str, Entry | None]
     boots: int = 0  # restarts of the device during this probation
-    boot: str = ""  # the process that counted the last restart (:func:`count_boot`)
+    boot: str = ""  # the start that counted the last restart (:func:`count_boot`)
+    failed: str = ""  # why a start with this activation failed (rolled back at the next start)
 
     def to_dict(self) -> dict[str, Any]:
         return {"revision": self.revision, "started": self.started, "duration_s": self.duration_s,
-                "boots": self.boots, "boot": self.boot,
+                "boots": self.boots, "boot": self.boot, "failed": self.failed,
                 "components": {k: v.to_dict() if v else None for k, v in self.components.items()},
                 "previous": {k: v.to_dict() if v else None for k, v in self.previous.items()}}
 
@@ -112,7 +113,8 @@ class OtaState:
         if prob:
             probation = Probation(str(prob["revision"]), float(prob["started"]), float(prob["duration_s"]),
                                   _entries(prob["components"]), _entries(prob["previous"]),
-                                  int(prob.get("boots", 0)), str(prob.get("boot", "")))
+                                  int(prob.get("boots", 0)), str(prob.get("boot", "")),
+                                  str(prob.get("failed", "")))
         active = {k: v for k, v in _entries(raw.get("active")).items() if v is not None}
         return cls(active=active, previous=_entries(raw.get("previous")), probation=probation,
                    revision=str(raw.get("revision", "")), bad=dict(raw.get("bad", {})),

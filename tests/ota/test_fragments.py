@@ -4,6 +4,11 @@ bundle, rolled back with it, and crash-safe across restarts (docs/ota.md, *Confi
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -160,17 +165,43 @@ async def test_starts_past_max_boots_come_up_with_the_previous_fragments(tmp_pat
         await rig.stop()
 
 
-async def test_a_start_that_fails_with_a_new_fragment_goes_back_to_the_previous_one(rig: SettingsRig) -> None:
+async def test_edge_run_comes_up_with_the_previous_fragments_when_a_new_one_breaks_the_start(
+        rig: SettingsRig) -> None:
+    # valid config, but no server can hold a stream this large: the runtime cannot start with it
+    rig.fragment("streams", "1.0.0", "[sync]\nevt_max_bytes = 1000000000000000\n")
+    await rig.upload()
     rt = await rig.start()
     await rig.desire("r1", {"blink": "1.0.0", "config:limits": "1.0.0"})
     await rig.committed("r1")
-    await rig.desire("r2", {"blink": "1.0.0", "config:limits": "2.0.0"}, probation_s=60.0)
+    await rig.desire("r2", {"blink": "1.0.0", "config:limits": "1.0.0", "config:streams": "1.0.0"},
+                     probation_s=60.0)
     await wait_for(lambda: (rig.state()["probation"] or {}).get("revision") == "r2")
+    assert ota_status(rt)["config"]["pending_restart"] == ["sandbox", "sync"]
     await rig.stop()
-    cfg = load_device_config(rig.config)
-    assert cfg.fragments == ["limits@2.0.0"]
-    # what `edge run` does when the runtime of this config fails to start
-    assert abandon_start(cfg, RuntimeError("a layer did not start"))
-    again = load_device_config(rig.config)
-    assert again.fragments == ["limits@1.0.0"]
-    assert not abandon_start(DeviceConfig(device="x", data_dir=rig.tmp), RuntimeError())  # no fragments: not ours
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import sys; from edge.cli.main import main; sys.exit(main(sys.argv[1:]))",
+        "run", "--config", str(rig.config), "--quiet", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        await wait_for(lambda: "config:streams@1.0.0" in rig.state()["bad"], timeout=60)
+        state = rig.state()
+        assert state["probation"] is None and state["revision"] == "r1"
+        assert "config:streams" not in state["active"] and state["active"]["config:limits"]["version"] == "1.0.0"
+        reason = state["bad"]["config:streams@1.0.0"]
+        assert "did not start with config fragments limits@1.0.0, streams@1.0.0" in reason, reason
+        assert "insufficient storage" in reason, reason
+        assert proc.returncode is None  # it runs, with the previous fragments
+        runtime_file = rig.tmp / "data" / "runtime.json"  # written once a start succeeded
+        await wait_for(lambda: runtime_file.exists() and json.loads(runtime_file.read_text())["pid"] == proc.pid,
+                       timeout=30)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+
+
+def test_abandon_start_only_acts_on_fragments_of_a_probation(tmp_path: Path) -> None:
+    cfg = DeviceConfig(device="x", data_dir=tmp_path)
+    assert not abandon_start(cfg, RuntimeError("no fragments, no [ota]: not ours"))
