@@ -27,6 +27,8 @@ def status_lines(ota: dict[str, Any] | None) -> list[str]:
         lines.append(f"       config fragments: {', '.join(config['fragments'])}")
     if config.get("pending_restart"):
         lines.append(f"       pending restart: [{'], ['.join(config['pending_restart'])}] (applies at the next start)")
+    if config.get("error"):
+        lines.append(f"       config fragments not in force: {config['error']}")
     policy = ota.get("policy")
     if policy:
         lines.append(f"       policy {policy['name']}@{policy['version']} (sha256 {str(policy['sha256'])[:16]})")

@@ -128,9 +128,11 @@ class Applied:
     fragments: list[str]
     live: list[str]
     pending_restart: list[str]
+    error: str | None = None  # why the fragments the pointer names are not the ones in force
 
     def to_dict(self) -> dict[str, Any]:
-        return {"fragments": self.fragments, "live": self.live, "pending_restart": self.pending_restart}
+        return {"fragments": self.fragments, "live": self.live, "pending_restart": self.pending_restart,
+                "error": self.error}
 
 
 class Fragments:
@@ -173,7 +175,17 @@ class Fragments:
         if not entries and not self.config.fragments and self._key is None:
             self._key = key
             return self.applied
-        cfg = self.validate(staged, entries) if entries else self._base()
+        try:
+            cfg = self.validate(staged, entries) if entries else self._base()
+        except OtaError as err:
+            if self._key is not None:
+                raise
+            # at start: the config loader already fell back (logged); the device runs, and says why
+            self._key = key
+            self.applied = Applied(list(self.config.fragments), [], [], f"{err.message}; running with "
+                                   f"{', '.join(self.config.fragments) or 'the base config alone'}")
+            log.error("%s", self.applied.error)
+            return self.applied
         live: list[str] = []
         pending: list[str] = []
         now, then = cfg.overlay, self.config.overlay

@@ -153,6 +153,7 @@ class OtaLayer:
 
     async def start(self, ctx: DeviceContext) -> None:
         self._ctx = ctx
+        self.policies.device = ctx.device  # a policy artifact's {device} patterns
         self.store = Store(ctx.data_dir / "ota")
         self.state = self.store.open()
         root: bytes | None = None

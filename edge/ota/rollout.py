@@ -60,7 +60,7 @@ class RolloutSpec:
         if not 0 <= self.max_failure_pct <= 100:
             raise OtaError("max_failure_pct must be within 0..100", reason="invalid")
         if not self.components:
-            raise OtaError("a rollout needs at least one component=version", reason="invalid")
+            raise OtaError("a rollout needs at least one artifact (NAME=VERSION)", reason="invalid")
 
 
 def parse_selector(text: str) -> dict[str, str]:

@@ -25,7 +25,7 @@ from support import ota_status, versions, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
-V1 = "[safety]\nceiling = 50.0\n\n[sandbox]\ndeadline = 1.5\n"
+V1 = "[safety]\nceiling = 50.0\n\n[sandbox]\ndeadline = 1.5\n\n[policy]\nusage_interval = 2.5\n"
 V2 = "[safety]\nceiling = 40.0\nmax_horizontal_speed = 3.0\n"
 
 
@@ -51,7 +51,9 @@ async def test_good_fragment_is_applied_live_and_reported_with_pending_restart(r
     assert versions(rt) == {"blink": "1.0.0"}
     assert rig.ceiling() == 50.0  # [safety] applied live
     config = ota_status(rt)["config"]
-    assert config == {"fragments": ["limits@1.0.0"], "live": ["safety"], "pending_restart": ["sandbox"]}
+    assert config == {"fragments": ["limits@1.0.0"], "live": ["policy", "safety"], "pending_restart": ["sandbox"],
+                      "error": None}
+    assert rig.layer("policy").config.usage_interval == 2.5  # [policy] applied live
     assert rig.state()["active"]["config:limits"]["version"] == "1.0.0"
     text = render(rt.status())
     assert "config fragments: limits@1.0.0" in text and "pending restart: [sandbox]" in text
@@ -93,6 +95,22 @@ async def test_bad_fragments_are_refused_naming_the_key_and_nothing_changes(rig:
     assert "key 'hub' in config fragment link@1.0.0" in err["message"], err["message"]
     assert (rig.tmp / "data" / "ota" / "state.json").read_bytes() == before
     assert rt.config.hub is None
+
+
+async def test_a_fragment_that_no_longer_loads_over_a_changed_base_is_not_used(rig: SettingsRig) -> None:
+    await rig.start()
+    await rig.desire("r1", {"blink": "1.0.0", "config:limits": "1.0.0"})
+    await rig.committed("r1")
+    await rig.stop()
+    # the base now has a floor above the fragment's ceiling: base + fragment no longer loads
+    rig.config.write_text(rig.config.read_text().replace("[safety]\n", "[safety]\nfloor = 60.0\n"))
+    rt = await rig.start()
+    assert rt.config.fragments == [] and rig.ceiling() == BASE_CEILING
+    config = ota_status(rt)["config"]
+    assert config["fragments"] == [] and "the floor (60 m) must be below the ceiling (50 m)" in config["error"]
+    assert "key 'safety.floor'" in config["error"] and "running with the base config alone" in config["error"]
+    assert "config fragments not in force:" in render(rt.status())
+    assert versions(rt) == {"blink": "1.0.0"}  # everything else runs as committed
 
 
 def test_the_publisher_refuses_forbidden_sections(tmp_path: Path) -> None:

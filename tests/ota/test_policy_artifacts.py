@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from nats.aio.client import Client
 
 from edge.cli.status import render
+from edge.errors import LifecycleError
 from edge.nats.commands import CommandClient, CommandRequest
 
 from settings_rig import SettingsRig
@@ -120,6 +122,7 @@ reason = "blink 2 is not for this device"
 '''
     rig = SettingsRig(tmp_path, nc, nats_url, policy=local)
     publish_component(rig.repo, tmp_path, component(tmp_path / "src", "blink", "2.0.0"))
+    rig.policy("fleet", "1.0.0", ALLOW_ARM)
     await rig.upload()
     try:
         rt = await rig.start()
@@ -134,5 +137,22 @@ reason = "blink 2 is not for this device"
         assert len(staged) == 1  # nothing of 2.0.0 was fetched
         denials = rt.status()["policy"]["denied"]
         assert denials >= 1
+        # a policy artifact takes the file's place: the file is neither reloaded nor watched
+        local_file = str(tmp_path / "local-policy.toml")
+        assert rt.status()["policy"]["file"] == local_file
+        await rig.desire("r3", {"blink": "1.0.0", "policy:fleet": "1.0.0"})
+        await rig.committed("r3")
+        assert rt.status()["policy"]["file"] == "policy fleet@1.0.0"
+        with pytest.raises(LifecycleError, match="OTA artifact fleet@1.0.0"):
+            rig.layer("policy").reload()
+        (tmp_path / "local-policy.toml").write_text(local.replace("no-blink-2", "no-blink-two") + "\n")
+        generation = rt.status()["policy"]["generation"]
+        await asyncio.sleep(0.6)  # three watch intervals
+        assert rt.status()["policy"]["generation"] == generation
+        # no policy desired any more: the configured file decides again (as it is now)
+        await rig.desire("r4", {"blink": "1.0.0"})
+        await rig.committed("r4")
+        status = rt.status()["policy"]
+        assert status["file"] == local_file and status["artifact"] is None and status["generation"] > generation
     finally:
         await rig.stop()
