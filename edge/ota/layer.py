@@ -140,6 +140,7 @@ class OtaLayer:
         self._lock = asyncio.Lock()
         self._apply_lock = asyncio.Lock()
         self._save_lock = asyncio.Lock()
+        self._writing: asyncio.Future[None] | None = None  # the pointer write under way
         self._hub_js: Any = None
         self._hub_kv: dict[str, Any] = {}
 
@@ -188,6 +189,9 @@ class OtaLayer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self._writing is not None:  # the last pointer write lands before stop returns
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._writing), 10.0)
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._nc.close(), 5.0)
@@ -670,7 +674,9 @@ class OtaLayer:
         assert self.store is not None
         data = self.state.to_json()
         async with self._save_lock:
-            await asyncio.to_thread(self.store.save_bytes, data)
+            # shielded: a cancelled caller (stop) never leaves a write landing after the layer stopped
+            self._writing = asyncio.ensure_future(asyncio.to_thread(self.store.save_bytes, data))
+            await asyncio.shield(self._writing)
 
     async def _outcome(self, kind: str, body: dict[str, Any]) -> None:
         ctx = self.ctx
