@@ -13,9 +13,14 @@
    of one hub, one runtime each), canary 1 then batches of 3, probation 1 s: time from start to
    all committed; the same with a device of the first batch offline (stopped) for its first 5 s.
 
+5. A config fragment update and a policy update on a device started from a config file: bytes
+   fetched over the link (TUF metadata + the artifact) and the time from the desired state to
+   the new fragment's live section in force (the safety envelope's limit) or the new policy
+   deciding, one sample per update.
+
 All are absolute figures (no natural baseline), labelled so; rounds are medians.
 
-    python bench/bench_ota.py [--quick] [--devices 10]
+    python bench/bench_ota.py [--quick] [--devices 10] [--only settings]
 """
 
 from __future__ import annotations
@@ -179,6 +184,62 @@ async def model_update(tmp: Path, rounds: int) -> list[Row]:
                           f"{statistics.median(times) * 1000:.0f} ms (probe included)")]
 
 
+async def settings_update(tmp: Path, rounds: int) -> list[Row]:
+    """Bytes and time of config fragment and policy updates (see the module docstring, 5)."""
+    from settings_rig import SettingsRig
+
+    rows: list[Row] = []
+    async with server_factory(tmp) as make:
+        srv = await make("hub")
+        nc = await nats.connect(srv.url)
+        rig = SettingsRig(tmp, nc, srv.url, probation_s=0.1)
+        for i in range(rounds + 1):
+            rig.fragment("limits", f"1.0.{i}", f"[safety]\nceiling = {50.0 + i}\nmax_horizontal_speed = 4.0\n")
+            rig.policy("fleet", f"1.0.{i}", f'[[rule]]\nname = "r{i}"\neffect = "allow"\n'
+                                            f'principal = "caller:tester"\naction = "command"\nresource = "e1.v{i}"\n')
+        await rig.upload()
+        rt = await rig.start()
+        ota = _ota(rt)
+        policy = rig.layer("policy")
+        sizes: dict[str, list[int]] = {"config": [], "policy": []}
+        times: dict[str, list[float]] = {"config": [], "policy": []}
+        artifact_sizes = {"config": 0, "policy": 0}
+        try:
+            await rig.desire("s0", {"blink": "1.0.0", "config:limits": "1.0.0", "policy:fleet": "1.0.0"})
+            ota.wake()
+            await _until(lambda: ota.state.revision == "s0" and ota.state.probation is None)
+            for i in range(1, rounds + 1):
+                for kind in ("config", "policy"):
+                    # round i: the fragment goes to 1.0.i first (the policy still 1.0.{i-1}), then the policy
+                    cur = {"blink": "1.0.0", "config:limits": f"1.0.{i}",
+                           "policy:fleet": f"1.0.{i if kind == 'policy' else i - 1}"}
+                    before = ota.trust.bytes_in if ota.trust else 0
+                    t0 = time.monotonic()
+                    await rig.desire(f"s{i}{kind}", cur)
+                    ota.wake()
+                    if kind == "config":
+                        await _until(lambda i=i: rig.ceiling() == 50.0 + i)
+                    else:
+                        await _until(lambda i=i: (policy.artifact or {}).get("version") == f"1.0.{i}")
+                    times[kind].append(time.monotonic() - t0)
+                    await _until(lambda i=i, kind=kind: ota.state.revision == f"s{i}{kind}"
+                                 and ota.state.probation is None)
+                    sizes[kind].append((ota.trust.bytes_in if ota.trust else 0) - before)
+            repo = fleet.open_repo(rig.repo).load("targets").signed.targets
+            artifact_sizes = {"config": repo["config/limits/1.0.1.tar"].length,
+                              "policy": repo["policy/fleet/1.0.1.tar"].length}
+        finally:
+            await rig.stop()
+            await nc.close()
+    for kind, what in (("config", "config fragment ([safety] live)"), ("policy", "policy")):
+        rows.append(Absolute(what=f"OTA bytes fetched per {what} update (TUF metadata + artifact)",
+                             value=f"{statistics.median(sizes[kind]):,.0f} B",
+                             note=f"the artifact alone {artifact_sizes[kind]:,} B (a tar of one file); desired "
+                                  f"state -> in force: median {statistics.median(times[kind]) * 1000:.0f} ms "
+                                  f"(max {max(times[kind]) * 1000:.0f} ms over {len(times[kind])} updates)"))
+    return rows
+
+
 async def fleet_rollout(tmp: Path, devices: int) -> list[Row]:
     server = HubServer(tmp / "hub")
     await server.start(supervise=True)
@@ -247,10 +308,16 @@ async def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--devices", type=int, default=10)
+    ap.add_argument("--only", choices=("all", "settings"), default="all",
+                    help="settings: only the config fragment and policy updates")
     args = ap.parse_args()
     rounds = 3 if args.quick else 8
     with tempfile.TemporaryDirectory(prefix="edge-bench-ota-") as tmp:
-        rows = await single_device(Path(tmp) / "one", rounds)
+        rows = await settings_update(Path(tmp) / "settings", rounds)
+        if args.only == "settings":
+            report(rows, command="bench/bench_ota.py --only settings")
+            return 0
+        rows += await single_device(Path(tmp) / "one", rounds)
         rows += await model_update(Path(tmp) / "model", rounds)
         rows += await fleet_rollout(Path(tmp) / "fleet", args.devices if not args.quick else min(args.devices, 5))
     report(rows, command="bench/bench_ota.py")

@@ -297,7 +297,8 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
         hardware = HardwareLayer([*build_drivers(cfg.drivers), *extra_drivers])
     vehicles = [d.entity for d in (hardware.drivers if hardware else []) if d.vehicle]
     # first: the guard is on the router before any command source or driver starts
-    layers.insert(0, SafetyLayer(cfg.safety, vehicles))
+    safety = SafetyLayer(cfg.safety, vehicles)
+    layers.insert(0, safety)
     layers.insert(0, policy)  # before the envelope: a denied command is refused before it queues
     inference = None
     if cfg.models or cfg.vision:
@@ -343,7 +344,8 @@ def build_layers(cfg: DeviceConfig, *, sandbox: SandboxLayer | None = None,
         from edge.ota.layer import OtaLayer
 
         layers.append(OtaLayer(cfg.ota, sandbox, credentials=cfg.nats.credentials,
-                              models=inference.registry if inference is not None else None))
+                              models=inference.registry if inference is not None else None,
+                              policy=policy, safety=safety, device_config=cfg))
     return layers
 
 

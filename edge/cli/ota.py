@@ -1,5 +1,5 @@
-"""``edge ota`` (fleet side: keygen, publish, rotate, upload, desire, report) and the ``ota``
-lines of ``edge status``."""
+"""``edge ota`` (fleet side: keygen, publish, publish-model, publish-config, publish-policy,
+rotate, upload, desire, report) and the ``ota`` lines of ``edge status``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,16 @@ def status_lines(ota: dict[str, Any] | None) -> list[str]:
         lines.append(f"       bad {key}: {reason}")
     if ota.get("waiting"):
         lines.append(f"       waiting: {ota['waiting']}")
+    config = ota.get("config") or {}
+    if config.get("fragments"):
+        lines.append(f"       config fragments: {', '.join(config['fragments'])}")
+    if config.get("pending_restart"):
+        lines.append(f"       pending restart: [{'], ['.join(config['pending_restart'])}] (applies at the next start)")
+    if config.get("error"):
+        lines.append(f"       config fragments not in force: {config['error']}")
+    policy = ota.get("policy")
+    if policy:
+        lines.append(f"       policy {policy['name']}@{policy['version']} (sha256 {str(policy['sha256'])[:16]})")
     err = ota.get("last_error")
     if err:
         lines.append(f"       update refused ({err.get('reason')}): {err.get('message')}")
@@ -44,6 +54,16 @@ def add_parser(sub: Any) -> None:
     pm.add_argument("--name", required=True)
     pm.add_argument("--version", required=True)
     pm.add_argument("--repo", default="fleet")
+    pc = s.add_parser("publish-config", help="sign a device config fragment (TOML) as a new target")
+    pc.add_argument("path")
+    pc.add_argument("--name", default=None, help="the fragment's name (default: the file's stem)")
+    pc.add_argument("--version", required=True)
+    pc.add_argument("--repo", default="fleet")
+    pp = s.add_parser("publish-policy", help="sign a policy file (docs/policy.md) as a new target")
+    pp.add_argument("path")
+    pp.add_argument("--name", default=None, help="the policy's name (default: the file's stem)")
+    pp.add_argument("--version", required=True)
+    pp.add_argument("--repo", default="fleet")
     r = s.add_parser("rotate", help="replace a role's keys in a new root version")
     r.add_argument("role")
     r.add_argument("--repo", default="fleet")
@@ -51,11 +71,13 @@ def add_parser(sub: Any) -> None:
     u = s.add_parser("upload", help="copy metadata and targets into the hub's object store")
     u.add_argument("--repo", default="fleet")
     u.add_argument("--hub", default="nats://127.0.0.1:4222")
-    d = s.add_parser("desire", help="set what a device should run: NAME=VERSION ...")
+    d = s.add_parser("desire", help="set what a device should run: NAME=VERSION ... (model:NAME=V, "
+                                    "config:NAME=V, policy:NAME=V for the other kinds)")
     d.add_argument("device")
     d.add_argument("revision")
     d.add_argument("components", nargs="*")
     d.add_argument("--hub", default="nats://127.0.0.1:4222")
+    _fleet_policy_args(d)
     rep = s.add_parser("report", help="what a device reports it runs")
     rep.add_argument("device")
     rep.add_argument("--hub", default="nats://127.0.0.1:4222")
@@ -80,10 +102,29 @@ def add_parser(sub: Any) -> None:
                     "window (FROM[..TO], default -10m) with the published targets; refuse to start if it "
                     "diverges (docs/replay.md)")
     st.add_argument("--allow-divergence", action="store_true", help="start even if the replay check diverges")
+    _fleet_policy_args(st)
     ss = rs.add_parser("status", help="per-device progress of a rollout")
     ss.add_argument("id", nargs="?", default="current")
     ss.add_argument("--json", action="store_true")
     ss.add_argument("--hub", default="nats://127.0.0.1:4222")
+
+
+def _fleet_policy_args(p: Any) -> None:
+    p.add_argument("--policy", default=None, metavar="FILE",
+                   help="fleet policy file: decide deploy per device before its desired state is written")
+    p.add_argument("--operator", default="cloud", help="who deploys (the policy's operator:<name>)")
+
+
+def parse_artifacts(items: list[str]) -> dict[str, str]:
+    from edge.ota.errors import OtaError
+
+    out: dict[str, str] = {}
+    for item in items:
+        name, _, version = item.partition("=")
+        if not name or not version:
+            raise OtaError(f"{item!r}: use NAME=VERSION (model:NAME, config:NAME or policy:NAME for other kinds)")
+        out[name] = version
+    return out
 
 
 def progress_bar(counts: dict[str, int], total: int, width: int = 30) -> str:
@@ -142,6 +183,16 @@ async def dispatch(args: argparse.Namespace) -> int:
         tpath = fleet.publish(args.repo, data, kind="model", name=args.name, version=args.version)
         print(f"signed {tpath} ({len(data)} bytes)")
         return 0
+    if cmd in ("publish-config", "publish-policy"):
+        from edge.ota.fragments import pack_fragment
+        from edge.ota.policies import pack_policy
+
+        path = Path(args.path)
+        kind = "config" if cmd == "publish-config" else "policy"
+        data = (pack_fragment if kind == "config" else pack_policy)(path)
+        tpath = fleet.publish(args.repo, data, kind=kind, name=args.name or path.stem, version=args.version)
+        print(f"signed {tpath} ({len(data)} bytes)")
+        return 0
     if cmd == "rotate":
         print(f"root version {fleet.rotate(args.repo, args.role, count=args.count)}")
         return 0
@@ -160,12 +211,17 @@ async def _remote(args: argparse.Namespace) -> int:
         if args.ota_cmd == "upload":
             print(f"{await fleet.upload(js, args.repo)} objects written")
         elif args.ota_cmd == "desire":
-            comps: dict[str, str] = {}
-            for item in args.components:
-                name, _, version = item.partition("=")
-                if not name or not version:
-                    raise OtaError(f"{item!r}: use NAME=VERSION")
-                comps[name] = version
+            comps = parse_artifacts(args.components)
+            hub.desired_document(args.revision, comps)  # malformed: refused before the policy is read
+            if args.policy is not None:
+                from edge.ota.rollout import check_deploy, get_labels
+                from edge.policy.hub import FleetPolicy
+
+                why = check_deploy(FleetPolicy.from_file(args.policy), args.operator, args.device, comps,
+                                   await get_labels(js, args.device))
+                if why is not None:
+                    raise OtaError(f"operator '{args.operator}' may not deploy to device '{args.device}': {why}; "
+                                   "its desired state is unchanged", reason="denied")
             await hub.set_desired(js, args.device, args.revision, comps)
         elif args.ota_cmd == "report":
             print(json.dumps(await hub.get_report(js, args.device), indent=2))
@@ -196,17 +252,17 @@ async def _rollout(args: argparse.Namespace) -> int:
             else:
                 print(render_rollout(rec))
             return 0
-        comps: dict[str, str] = {}
-        for item in args.components:
-            name, _, version = item.partition("=")
-            if not name or not version:
-                raise OtaError(f"{item!r}: use NAME=VERSION")
-            comps[name] = version
-        if args.replay_check:  # [replay] the candidates over a device's recorded window first
+        comps = parse_artifacts(args.components)
+        if args.replay_check:  # [replay] the component candidates over a device's recorded window first
             from edge.cli.replay import EXIT_DIVERGED
             from edge.replay.check import rollout_check
 
-            verdict = await rollout_check(nc, args.replay_check, comps)
+            # models, config fragments and policies (kind:NAME) are not re-run by a replay
+            wasm = {n: v for n, v in comps.items() if ":" not in n}
+            if not wasm:
+                raise OtaError("--replay-check needs a component in the rollout: a replay re-runs "
+                               "components, not models, config fragments or policies")
+            verdict = await rollout_check(nc, args.replay_check, wasm)
             print(verdict.sentence())
             if not verdict.identical and not args.allow_divergence:
                 print(f"rollout {args.id} not started: the candidates diverge on {verdict.device}'s "
@@ -214,7 +270,8 @@ async def _rollout(args: argparse.Namespace) -> int:
                 return EXIT_DIVERGED
         spec = rollout.RolloutSpec(args.id, rollout.parse_selector(args.selector), comps, canary=args.canary,
                                    batch=args.batch, max_failure_pct=args.max_failure,
-                                   probation_s=args.probation, device_timeout_s=args.device_timeout)
+                                   probation_s=args.probation, device_timeout_s=args.device_timeout,
+                                   policy_file=args.policy, operator=args.operator)
         rec = await rollout.run_rollout(js, spec, on_progress=lambda r: print(render_rollout(r).splitlines()[0]))
         print(render_rollout(rec))
         return 0 if rec.status == "completed" else 1

@@ -124,6 +124,9 @@ class DeviceConfig:
     policy: PolicyConfig = field(default_factory=lambda: _policy_default())  # the policy point
     record: bool = True  # [record] enabled: the replay recorder (docs/replay.md)
     ota: OtaConfig | None = None  # [ota] signed over-the-air updates (docs/ota.md); None = off
+    fragments: list[str] = field(default_factory=list)  # OTA config fragments laid over the file (name@version)
+    overlay: dict[str, Any] = field(default_factory=dict)  # what those fragments set, merged (edge.config.overlay)
+    boot: str = ""  # the start this config was loaded for, when it counted one (edge.ota.fragments)
     demo: bool = False
     demo_drones: int = 0
 

@@ -24,13 +24,40 @@ async def _kv(js: Any, bucket: str) -> Any:
         return await js.create_key_value(bucket=bucket, history=1, direct=True)
 
 
-async def set_desired(js: Any, device: str, revision: str, components: dict[str, str]) -> None:
-    """Ask ``device`` to run ``components`` (name -> version) as ``revision``."""
-    subjects.check_device_id(device)
+#: Prefixes of artifact names (as in the pointer file and ``edge ota desire``) -> desired-state key.
+PREFIXES = {"model:": "models", "config:": "config", "policy:": "policy"}
+
+
+def desired_document(revision: str, artifacts: dict[str, str]) -> dict[str, Any]:
+    """The desired-state document of ``artifacts``: ``name`` (a component), ``model:<name>``,
+    ``config:<name>``, ``policy:<name>`` -> version."""
     if not revision:
         raise OtaError("a desired state needs a revision", reason="invalid")
+    doc: dict[str, Any] = {"revision": revision, "components": {}}
+    for name, version in artifacts.items():
+        prefix, key = next(((p, k) for p, k in PREFIXES.items() if name.startswith(p)), ("", "components"))
+        doc.setdefault(key, {})[name[len(prefix):]] = version
+    if len(doc.get("policy", {})) > 1:
+        raise OtaError("a desired state names at most one policy", reason="invalid")
+    return doc
+
+
+def artifact_names(artifacts: dict[str, str]) -> list[str]:
+    """Each artifact as the resource the fleet policy decides on: ``<kind>.<name>.<version>``."""
+    out = []
+    for name, version in sorted(artifacts.items()):
+        prefix = next((p for p in PREFIXES if name.startswith(p)), "")
+        kind = prefix[:-1] if prefix else "component"
+        out.append(f"{kind}.{name[len(prefix):]}.{version}")
+    return out
+
+
+async def set_desired(js: Any, device: str, revision: str, components: dict[str, str]) -> None:
+    """Ask ``device`` to run ``components`` (name -> version; ``model:``, ``config:`` and
+    ``policy:`` names for the other kinds) as ``revision``."""
+    subjects.check_device_id(device)
     kv = await _kv(js, DESIRED_BUCKET)
-    await kv.put(device, json.dumps({"revision": revision, "components": components}).encode())
+    await kv.put(device, json.dumps(desired_document(revision, components)).encode())
 
 
 async def put_desired(js: Any, device: str, desired: dict[str, Any]) -> None:

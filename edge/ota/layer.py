@@ -21,7 +21,12 @@ Desired state (JSON)::
 bundle); the artifact of a component ``name`` at ``version`` is the signed target
 ``component/<name>/<version>.tar``, of a model ``model/<name>/<version>.tar``: a model is run on
 its stored probe before it is activated (:mod:`edge.ota.models`) and served through the
-inference registry. Models are kept in the pointer file as ``model:<name>``.
+inference registry. Models are kept in the pointer file as ``model:<name>``; config fragments
+(``config/<name>/<version>.tar``, :mod:`edge.ota.fragments`) as ``config:<name>`` and the policy
+(``policy/<name>/<version>.tar``, :mod:`edge.ota.policies`) as ``policy:<name>``: they are checked
+at staging (the merged config loads, the policy compiles) and applied with the rest of the bundle.
+Before an artifact is fetched the device's own policy point decides ``deploy`` (principal
+``device:ota``, resource ``<kind>.<name>.<version>``; granted unless a deny rule matches).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import contextlib
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from edge.backoff import Backoff
@@ -39,8 +45,10 @@ from edge.layer import DeviceContext
 from edge.nats import subjects
 from edge.ota.config import OtaConfig
 from edge.ota.errors import OtaError
+from edge.ota.fragments import CONFIG_PREFIX, Fragments, fragment_entries
+from edge.ota.policies import POLICY_PREFIX, Policies, compile_staged
 from edge.ota.repo import target_path
-from edge.ota.store import Entry, OtaState, Probation, Store
+from edge.ota.store import Entry, OtaState, Probation, Store, count_boot, new_boot_id
 from edge.ota.trust import TrustClient
 from edge.wasm.layer import SandboxLayer
 
@@ -50,6 +58,19 @@ PROBATION_CHECK_S = 0.1  # how often probation looks at tick latencies and the c
 MAX_DESIRED_BYTES = 64 * 1024  # a desired-state document larger than this is refused
 MODEL_PREFIX = "model:"  # models share the pointer file with components under this prefix
 REPORT_EVERY_S = 60.0  # an unchanged report is sent again after this long
+#: Desired-state keys of the artifact kinds -> their prefix in the pointer file ("" for components).
+KIND_KEYS = {"components": ("component", ""), "models": ("model", MODEL_PREFIX),
+             "config": ("config", CONFIG_PREFIX), "policy": ("policy", POLICY_PREFIX)}
+#: The device's own policy point decides this before an artifact is fetched.
+DEPLOY_PRINCIPAL = ("device", "ota")
+
+
+def artifact_kind(name: str) -> tuple[str, str]:
+    """``(kind, short name)`` of a pointer-file name (``config:limits`` -> ``("config", "limits")``)."""
+    for kind, prefix in KIND_KEYS.values():
+        if prefix and name.startswith(prefix):
+            return kind, name[len(prefix):]
+    return "component", name
 
 
 def parse_desired(data: bytes) -> tuple[str, dict[str, str], float | None]:
@@ -63,16 +84,15 @@ def parse_desired(data: bytes) -> tuple[str, dict[str, str], float | None]:
         raise OtaError(f"desired state is not JSON: {err}", reason="invalid") from err
     if not isinstance(raw, dict) or not isinstance(raw.get("revision"), str) or not raw["revision"]:
         raise OtaError("desired state needs a non-empty string 'revision'", reason="invalid")
-    comps = raw.get("components", {})
-    if not isinstance(comps, dict) or not all(
-            subjects.is_id(k) and isinstance(v, str) and v for k, v in comps.items()):
-        raise OtaError("desired state 'components' must map component names to version strings",
-                       reason="invalid")
-    models = raw.get("models", {})
-    if not isinstance(models, dict) or not all(
-            subjects.is_id(k) and isinstance(v, str) and v for k, v in models.items()):
-        raise OtaError("desired state 'models' must map model names to version strings", reason="invalid")
-    comps = {**comps, **{f"{MODEL_PREFIX}{k}": v for k, v in models.items()}}
+    comps: dict[str, str] = {}
+    for key, (kind, prefix) in KIND_KEYS.items():
+        got = raw.get(key, {})
+        if not isinstance(got, dict) or not all(
+                subjects.is_id(k) and isinstance(v, str) and v for k, v in got.items()):
+            raise OtaError(f"desired state '{key}' must map {kind} names to version strings", reason="invalid")
+        if key == "policy" and len(got) > 1:
+            raise OtaError("desired state 'policy' names at most one policy", reason="invalid")
+        comps.update({f"{prefix}{k}": v for k, v in got.items()})
     probation = raw.get("probation_s")
     if probation is not None and (not isinstance(probation, (int, float)) or not 0 <= probation <= 86400):
         raise OtaError("desired state 'probation_s' must be a number of seconds within 0..86400",
@@ -86,9 +106,16 @@ class OtaLayer:
     name = "ota"
 
     def __init__(self, cfg: OtaConfig, sandbox: SandboxLayer, *, credentials: str | None = None,
-                 models: Any = None) -> None:
+                 models: Any = None, policy: Any = None, safety: Any = None,
+                 device_config: Any = None) -> None:
+        from edge.config.device import DeviceConfig
+
         self.cfg = cfg
         self.sandbox = sandbox
+        self.policy = policy  # the PolicyLayer: decides deploy, swaps policy artifacts (None: neither)
+        base = device_config if device_config is not None else DeviceConfig(device="-", data_dir=Path("."))
+        self.fragments = Fragments(base, safety=safety, policy=policy)
+        self.policies = Policies(policy, base.device)
         self.models = models  # the inference layer's ModelRegistry (None: no model updates)
         self._model_loaded: dict[str, str] = {}  # model name -> sha256 of the artifact serving
         self.credentials = credentials  # the device's NATS login (an external server's .creds)
@@ -113,6 +140,7 @@ class OtaLayer:
         self._lock = asyncio.Lock()
         self._apply_lock = asyncio.Lock()
         self._save_lock = asyncio.Lock()
+        self._writing: asyncio.Future[None] | None = None  # the pointer write under way
         self._hub_js: Any = None
         self._hub_kv: dict[str, Any] = {}
 
@@ -126,6 +154,7 @@ class OtaLayer:
 
     async def start(self, ctx: DeviceContext) -> None:
         self._ctx = ctx
+        self.policies.device = ctx.device  # a policy artifact's {device} patterns
         self.store = Store(ctx.data_dir / "ota")
         self.state = self.store.open()
         root: bytes | None = None
@@ -139,11 +168,12 @@ class OtaLayer:
         self.sandbox.fault_listeners.append(self._on_fault)
         prob = self.state.probation
         if prob is not None:
-            prob.boots += 1
-            await self._save()
-            if prob.boots > self.cfg.max_boots:
+            boot = self.fragments.config.boot or new_boot_id()
+            if count_boot(self.state, boot):  # not counted yet by the config loader
+                await self._save()
+            if prob.boots > self.cfg.max_boots or prob.failed:
                 await self._apply(self.state.active)
-                await self._rollback(f"device restarted {prob.boots} times during probation")
+                await self._rollback(prob.failed or f"device restarted {prob.boots} times during probation")
             else:
                 log.info("resuming probation of revision %s after a restart", prob.revision)
                 await self._apply_or_rollback()
@@ -159,6 +189,9 @@ class OtaLayer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self._writing is not None:  # the last pointer write lands before stop returns
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._writing), 10.0)
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._nc.close(), 5.0)
@@ -183,6 +216,8 @@ class OtaLayer:
             "last_rollback_ms": self.last_rollback_ms,
             "hub_error": self.hub_error,
             "waiting": self.waiting,
+            "config": self.fragments.status(),
+            "policy": (self.policy.artifact if self.policy is not None else None),
             **self.counters,
         }
         if prob is not None:
@@ -331,8 +366,8 @@ class OtaLayer:
             have = self.state.active.get(name)
             if have is not None and have.version == version:
                 continue
-            kind = "model" if name.startswith(MODEL_PREFIX) else "component"
-            short = name[len(MODEL_PREFIX):] if kind == "model" else name
+            kind, short = artifact_kind(name)
+            self._decide_deploy(kind, short, version)
             if kind == "model" and self.models is None:
                 raise OtaError(f"model {short}: this device has no inference layer (configure a [[models]] "
                                "entry)", artifact=target_path(kind, short, version), reason="invalid")
@@ -354,6 +389,13 @@ class OtaLayer:
                 await probe(short, staged_path, await self.models.start(), artifact=tpath)
                 out[name] = Entry(version, verified.sha256)
                 continue
+            if kind == "policy":  # compiled now: a policy that does not compile never activates
+                compile_staged(store.staged, short, Entry(version, verified.sha256), self.ctx.device)
+                out[name] = Entry(version, verified.sha256)
+                continue
+            if kind == "config":  # the whole set is checked below, once every fragment is here
+                out[name] = Entry(version, verified.sha256)
+                continue
             manifest_path = staged_path
             try:
                 manifest = load_manifest(manifest_path, self.ctx.device)
@@ -364,7 +406,24 @@ class OtaLayer:
                 raise OtaError(f"artifact {tpath} holds {manifest.name} {manifest.version}", artifact=tpath,
                                reason="invalid")
             out[name] = Entry(version, verified.sha256)
+        frags = {n: out.get(n) or self.state.active[n] for n in wanted if n.startswith(CONFIG_PREFIX)}
+        if any(n in out for n in frags) or (not frags and fragment_entries(self.state.active)):
+            # the base config with the new set of fragments must load before anything changes
+            await asyncio.to_thread(self.fragments.validate, store.staged, fragment_entries(frags))
         return out
+
+    def _decide_deploy(self, kind: str, name: str, version: str) -> None:
+        """The device's own policy point on this artifact, before it is fetched."""
+        if self.policy is None:
+            return
+        from edge.policy.model import Action
+
+        resource = f"{kind}.{name}.{version}"
+        d = self.policy.point.check(*DEPLOY_PRINCIPAL, Action.DEPLOY, resource, granted=True)
+        if not d.allowed:
+            tpath = target_path(kind, name, version)
+            raise OtaError(f"artifact {tpath} refused by the device's policy: {d.reason} (rule '{d.rule}')",
+                           artifact=tpath, reason="denied")
 
     # -- activation, probation, commit, rollback ----------------------------------------------
 
@@ -417,6 +476,8 @@ class OtaLayer:
         first_error: EdgeError | None = None
         for name in sorted(managed):
             entry = active.get(name)
+            if name.startswith((CONFIG_PREFIX, POLICY_PREFIX)):
+                continue  # applied together below
             if name.startswith(MODEL_PREFIX):
                 try:
                     await self._apply_model(name[len(MODEL_PREFIX):], entry)
@@ -437,6 +498,12 @@ class OtaLayer:
             except EdgeError as err:
                 log.error("component %s %s did not load: %s", name, entry.version, err.message)
                 first_error = first_error or err
+        try:  # the policy first: a fragment's live [policy] intervals then apply to it
+            self.policies.apply(store.staged, active)
+            self.fragments.apply(store.staged, fragment_entries(active))
+        except EdgeError as err:
+            log.error("config or policy of the bundle did not apply: %s", err.message)
+            first_error = first_error or err
         self.last_switch_ms = round((time.monotonic() - t0) * 1000, 2)
         if first_error is not None:
             raise first_error
@@ -511,8 +578,8 @@ class OtaLayer:
                            seen: dict[str, float], t0: float) -> str | None:
         now = time.monotonic()
         for name, entry in prob.components.items():
-            if entry is None or name.startswith(MODEL_PREFIX):  # a model was probed before activation
-                continue
+            if entry is None or name.startswith((MODEL_PREFIX, CONFIG_PREFIX, POLICY_PREFIX)):
+                continue  # a model was probed, a fragment validated, a policy compiled before activation
             loaded = self.sandbox.components.get(name)
             if loaded is None:
                 return f"component {name} {entry.version} is not running"
@@ -607,7 +674,9 @@ class OtaLayer:
         assert self.store is not None
         data = self.state.to_json()
         async with self._save_lock:
-            await asyncio.to_thread(self.store.save_bytes, data)
+            # shielded: a cancelled caller (stop) never leaves a write landing after the layer stopped
+            self._writing = asyncio.ensure_future(asyncio.to_thread(self.store.save_bytes, data))
+            await asyncio.shield(self._writing)
 
     async def _outcome(self, kind: str, body: dict[str, Any]) -> None:
         ctx = self.ctx

@@ -13,6 +13,11 @@ rollout id, plus ``current``), which ``edge rollout status`` reads.
 
 Device labels are the hub's KV bucket ``edge-ota-labels`` (key = device id, value = a JSON
 object); the selector ``k=v,k2=v2`` matches devices having every pair.
+
+With a fleet policy (``policy_file``), each device of a batch is decided before its desired
+state is written (:func:`check_deploy`: operator ``operator``, action ``deploy``, every artifact
+of the rollout, the device's labels): a denied device is not given anything and is recorded as
+``denied`` with the rule and the reason; it does not count as failed.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ class RolloutSpec:
     max_failure_pct: float = 20.0
     probation_s: float | None = None
     device_timeout_s: float = 300.0
+    policy_file: str | None = None  # the fleet policy deciding deploy per device (None: no check)
+    operator: str = "cloud"  # the operator the fleet policy decides for
 
     def check(self) -> None:
         subjects.check_id(self.id, "rollout id")
@@ -53,7 +60,7 @@ class RolloutSpec:
         if not 0 <= self.max_failure_pct <= 100:
             raise OtaError("max_failure_pct must be within 0..100", reason="invalid")
         if not self.components:
-            raise OtaError("a rollout needs at least one component=version", reason="invalid")
+            raise OtaError("a rollout needs at least one artifact (NAME=VERSION)", reason="invalid")
 
 
 def parse_selector(text: str) -> dict[str, str]:
@@ -80,6 +87,29 @@ async def set_labels(js: Any, device: str, labels: dict[str, str]) -> None:
     await kv.put(subjects.check_device_id(device), json.dumps(labels).encode())
 
 
+async def get_labels(js: Any, device: str) -> dict[str, str]:
+    """The labels of ``device`` (empty when it has none, or a record that is not a JSON object)."""
+    from nats.js.errors import KeyNotFoundError
+
+    kv = await _kv(js, LABELS_BUCKET)
+    try:
+        raw = json.loads((await kv.get(subjects.check_device_id(device))).value or b"{}")
+    except (KeyNotFoundError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
+def check_deploy(policy: Any, operator: str, device: str, artifacts: dict[str, str],
+                 labels: dict[str, str]) -> str | None:
+    """None if the fleet ``policy`` lets ``operator`` give ``device`` every artifact, else why not
+    (the first artifact denied, the rule and the reason)."""
+    for artifact in hub.artifact_names(artifacts):
+        d = policy.artifact(operator, device, artifact, labels)
+        if not d.allowed:
+            return f"{artifact}: {d.reason} (rule '{d.rule}')"
+    return None
+
+
 async def select(js: Any, selector: dict[str, str]) -> list[str]:
     """Devices whose labels hold every pair of ``selector``, sorted."""
     from nats.js.errors import NoKeysError
@@ -102,7 +132,7 @@ async def select(js: Any, selector: dict[str, str]) -> list[str]:
 
 @dataclass
 class DeviceProgress:
-    state: str = "pending"  # pending | updating | committed | failed | timed_out
+    state: str = "pending"  # pending | updating | committed | failed | timed_out | denied
     batch: int = -1
     reason: str = ""
     started: float = 0.0
@@ -196,6 +226,12 @@ async def run_rollout(js: Any, spec: RolloutSpec, *, on_progress: Any = None) ->
     from nats.js.errors import KeyWrongLastSequenceError
 
     spec.check()
+    fleet_policy = None
+    if spec.policy_file is not None:
+        from edge.policy.hub import FleetPolicy
+
+        fleet_policy = FleetPolicy.from_file(spec.policy_file)  # a bad file stops it before anything
+    hub.desired_document(spec.id, spec.components)  # a malformed set is refused before anything too
     kv = await _kv(js, ROLLOUTS_BUCKET)
     for _ in range(10):
         previous, revision = await _get_entry(js, "current")
@@ -235,7 +271,13 @@ async def run_rollout(js: Any, spec: RolloutSpec, *, on_progress: Any = None) ->
     for index, batch in enumerate(batches):
         now = time.time()
         for d in batch:
-            desired: dict[str, Any] = {"revision": spec.id, "components": spec.components}
+            if fleet_policy is not None:
+                why = check_deploy(fleet_policy, spec.operator, d, spec.components, await get_labels(js, d))
+                if why is not None:  # not given anything; not a failure of the update
+                    rec.devices[d] = DeviceProgress("denied", index, why, now, now)
+                    log.warning("rollout %s: %s denied: %s", spec.id, d, why)
+                    continue
+            desired = hub.desired_document(spec.id, spec.components)
             if spec.probation_s is not None:
                 desired["probation_s"] = spec.probation_s
             await hub.put_desired(js, d, desired)
@@ -264,7 +306,7 @@ async def run_rollout(js: Any, spec: RolloutSpec, *, on_progress: Any = None) ->
                     rec.status, rec.halt_reason, rec.finished = ("superseded", current.halt_reason,
                                                                  current.finished)
                     return rec
-        tried = [p for p in rec.devices.values() if p.batch >= 0]
+        tried = [p for p in rec.devices.values() if p.batch >= 0 and p.state != "denied"]
         failed = [p for p in tried if p.state in ("failed", "timed_out")]
         if tried and 100.0 * len(failed) / len(tried) > spec.max_failure_pct:
             names = [f"{d} ({p.reason})" for d, p in rec.devices.items() if p.state in ("failed", "timed_out")]

@@ -78,10 +78,12 @@ class Probation:
     components: dict[str, Entry | None]  # what the activation changed (None: removed)
     previous: dict[str, Entry | None]
     boots: int = 0  # restarts of the device during this probation
+    boot: str = ""  # the start that counted the last restart (:func:`count_boot`)
+    failed: str = ""  # why a start with this activation failed (rolled back at the next start)
 
     def to_dict(self) -> dict[str, Any]:
         return {"revision": self.revision, "started": self.started, "duration_s": self.duration_s,
-                "boots": self.boots,
+                "boots": self.boots, "boot": self.boot, "failed": self.failed,
                 "components": {k: v.to_dict() if v else None for k, v in self.components.items()},
                 "previous": {k: v.to_dict() if v else None for k, v in self.previous.items()}}
 
@@ -111,11 +113,43 @@ class OtaState:
         if prob:
             probation = Probation(str(prob["revision"]), float(prob["started"]), float(prob["duration_s"]),
                                   _entries(prob["components"]), _entries(prob["previous"]),
-                                  int(prob.get("boots", 0)))
+                                  int(prob.get("boots", 0)), str(prob.get("boot", "")),
+                                  str(prob.get("failed", "")))
         active = {k: v for k, v in _entries(raw.get("active")).items() if v is not None}
         return cls(active=active, previous=_entries(raw.get("previous")), probation=probation,
                    revision=str(raw.get("revision", "")), bad=dict(raw.get("bad", {})),
                    history=list(raw.get("history", [])))
+
+
+def new_boot_id() -> str:
+    """An id for one start of the device (whoever counts a start tags the probation with it)."""
+    return uuid.uuid4().hex[:16]
+
+
+def count_boot(state: OtaState, boot: str) -> bool:
+    """Count the start ``boot`` against the probation of ``state`` once (the config loader and
+    the update layer both call it with the same id: whichever runs first counts). True if it
+    counted now."""
+    prob = state.probation
+    if prob is None or prob.boot == boot:
+        return False
+    prob.boots += 1
+    prob.boot = boot
+    return True
+
+
+def read_state(root: Path) -> OtaState | None:
+    """The pointer file under ``root`` (``<data_dir>/ota``) without touching anything else (None:
+    there is none)."""
+    path = root / STATE_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return OtaState.from_json(data)
+    except (ValueError, KeyError, TypeError) as err:
+        raise OtaError(f"{path} is not a valid update state: {err}", reason="invalid") from err
 
 
 class Store:
@@ -166,8 +200,12 @@ class Store:
         """Keep the verified ``data`` under its digest and unpack it; returns the directory's
         manifest path (components) or the directory (models)."""
         from edge.ota.bundle import unpack
+        from edge.ota.fragments import unpack_fragment
         from edge.ota.models import unpack_model
+        from edge.ota.policies import unpack_policy
 
+        unpackers = {"component": unpack, "model": unpack_model, "config": unpack_fragment,
+                     "policy": unpack_policy}
         done = self.staged / sha256
         if done.is_dir():
             return done / MANIFEST if kind == "component" else done
@@ -180,7 +218,7 @@ class Store:
             part.replace(obj)
         tmp = self.staged / f".{sha256}.{uuid.uuid4().hex[:8]}"
         try:
-            (unpack if kind == "component" else unpack_model)(data, tmp, artifact=artifact)
+            unpackers[kind](data, tmp, artifact=artifact)
             for p in tmp.iterdir():
                 with open(p, "rb+") as f:
                     os.fsync(f.fileno())
@@ -193,9 +231,13 @@ class Store:
     def model_file(self, entry: Entry) -> Path:
         from edge.ota.models import MODEL
 
-        path = self.staged / entry.sha256 / MODEL
+        return self.staged_file(entry, MODEL)
+
+    def staged_file(self, entry: Entry, member: str) -> Path:
+        """The file ``member`` of the staged artifact ``entry`` (OtaError if it is gone)."""
+        path = self.staged / entry.sha256 / member
         if not path.is_file():
-            raise OtaError(f"staged model {entry.sha256} is missing from {self.staged}", reason="missing")
+            raise OtaError(f"staged artifact {entry.sha256} is missing from {self.staged}", reason="missing")
         return path
 
     def collect(self, state: OtaState) -> int:
@@ -216,4 +258,4 @@ class Store:
         return removed
 
 
-__all__ = ["Entry", "OtaState", "Probation", "Store", "atomic_write"]
+__all__ = ["Entry", "OtaState", "Probation", "Store", "atomic_write", "count_boot", "new_boot_id", "read_state"]

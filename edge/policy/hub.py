@@ -4,11 +4,13 @@ Key components
 - :class:`FleetPolicy`: a policy file compiled for the hub. :meth:`FleetPolicy.command` decides
   whether operator ``op`` may queue a command for a device (principal ``operator:<op>``, action
   ``command``, resource ``<device>.<entity>.<verb>``, the device's labels as context), checked
-  before the command is queued; :meth:`FleetPolicy.artifact` whether a device may receive an
-  OTA artifact (principal ``device:<device>``, action ``deploy``, resource the artifact name).
+  before the command is queued; :meth:`FleetPolicy.artifact` whether operator ``op`` may give a
+  device an OTA artifact (principal ``operator:<op>``, action ``deploy``, resource
+  ``<device>.<kind>.<name>.<version>``, the device's labels as context), checked before the
+  desired state is written (``edge ota desire``, each batch of ``edge rollout start``).
   Nothing is granted implicitly on the hub: default deny.
-- :meth:`FleetPolicy.require_command` raises :class:`~edge.policy.model.PolicyDenied` naming
-  the rule and the reason.
+- :meth:`FleetPolicy.require_command` and :meth:`FleetPolicy.require_artifact` raise
+  :class:`~edge.policy.model.PolicyDenied` naming the rule and the reason.
 """
 
 from __future__ import annotations
@@ -56,7 +58,21 @@ class FleetPolicy:
                                resource=f"{device}.{name}", rule=d.rule, reason=d.reason)
         return d
 
-    def artifact(self, device: str, artifact: str, labels: Mapping[str, str] | None = None) -> Decision:
-        """May ``device`` receive the OTA ``artifact``?"""
+    def artifact(self, operator: str, device: str, artifact: str,
+                 labels: Mapping[str, str] | None = None) -> Decision:
+        """May ``operator`` give ``device`` the OTA ``artifact`` (``<kind>.<name>.<version>``)?"""
         ctx = Context(labels=dict(labels or {}))
-        return self.compiled.decide("device", device, Action.DEPLOY, artifact, False, lambda: ctx)
+        return self.compiled.decide("operator", operator, Action.DEPLOY, f"{device}.{artifact}", False,
+                                    lambda: ctx)
+
+    def require_artifact(self, operator: str, device: str, artifact: str,
+                         labels: Mapping[str, str] | None = None) -> Decision:
+        d = self.artifact(operator, device, artifact, labels)
+        if not d.allowed:
+            log.warning("operator %s may not deploy %s to %s: %s (%s)", operator, artifact, device,
+                        d.reason, d.rule)
+            raise PolicyDenied(f"operator '{operator}' may not deploy '{artifact[:160]}' to device "
+                               f"'{device[:64]}': {d.reason} (rule '{d.rule}')",
+                               principal=f"operator:{operator}", action="deploy",
+                               resource=f"{device}.{artifact}", rule=d.rule, reason=d.reason)
+        return d

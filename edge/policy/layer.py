@@ -6,6 +6,10 @@ guard, which runs when the command's handler would), watches the file (a changed
 reloaded; a bad one refused, the old policy kept, the error in ``edge status``) and publishes the
 usage of every interval on ``edge.<device>.evt.policy.usage`` (the ``EVT`` stream, which syncs to
 the hub).
+
+A policy can also come as a signed OTA artifact (:mod:`edge.ota.policies`): :meth:`PolicyLayer.use_artifact`
+swaps it in through the same compiled swap and, while it is in force, the file is neither watched
+nor reloaded (the artifact decides); :meth:`PolicyLayer.clear_artifact` goes back to the file.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from edge.nats.commands import CommandRequest
 from edge.policy.config import PolicyConfig
 from edge.policy.model import Action
 from edge.policy.point import PolicyPoint
-from edge.policy.rules import load_policy
+from edge.policy.rules import Policy, load_policy
 
 log = logging.getLogger("edge.policy")
 
@@ -52,6 +56,8 @@ class PolicyLayer:
         self._tasks: list[asyncio.Task[None]] = []
         self._remove: Callable[[], None] | None = None
         self._mtime: tuple[int, int] | None = None
+        self.artifact: dict[str, Any] | None = None  # the OTA policy in force: name, version, sha256
+        self._watching = False
 
     async def start(self, ctx: DeviceContext) -> None:
         self._ctx = ctx
@@ -64,8 +70,7 @@ class PolicyLayer:
         if f is not None:
             self._mtime = _mtime(f)
             self.point.load(load_policy(f, ctx.device))  # a bad file refuses the start
-            if self.config.watch_interval > 0:
-                self._tasks.append(asyncio.create_task(self._watch(), name="edge.policy.watch"))
+        self._start_watch()
         self._remove = ctx.commands.set_admission(self.admit)
         self._tasks.append(asyncio.create_task(self._usage(), name="edge.policy.usage"))
 
@@ -79,11 +84,42 @@ class PolicyLayer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self._watching = False
         if self._ctx is not None:
             self.publish_usage()  # the last interval is recorded too
 
     def status(self) -> dict[str, Any]:
-        return {**self.point.status(), "usage_records": self.records}
+        return {**self.point.status(), "usage_records": self.records, "artifact": self.artifact}
+
+    def _start_watch(self) -> None:
+        if self.config.file is not None and self.config.watch_interval > 0 and not self._watching \
+                and self._ctx is not None:
+            self._watching = True
+            self._tasks.append(asyncio.create_task(self._watch(), name="edge.policy.watch"))
+
+    def configure(self, config: PolicyConfig) -> None:
+        """New intervals while running (a config fragment's ``[policy]``); the file stays."""
+        self.config = PolicyConfig(self.config.file, config.usage_interval, config.watch_interval)
+        self._start_watch()
+
+    # -- policies shipped as OTA artifacts -------------------------------------------------------
+
+    def use_artifact(self, policy: Policy, info: Mapping[str, Any]) -> None:
+        """Put the compiled-and-checked ``policy`` of an OTA artifact in force (one swap)."""
+        self.point.load(policy)
+        self.artifact = dict(info)
+
+    def clear_artifact(self) -> None:
+        """No OTA policy any more: the configured file decides again (or no policy at all)."""
+        if self.artifact is None:
+            return
+        self.artifact = None
+        f = self.config.file
+        if f is None:
+            self.point.load(None)
+            return
+        self._mtime = _mtime(f)
+        self.point.load_file(f)
 
     def accounting(self, n: int = 10) -> dict[str, Any]:
         return self.point.accounting(n)
@@ -123,6 +159,9 @@ class PolicyLayer:
         f = self.config.file
         if f is None:
             raise LifecycleError("no policy file is configured ([policy] file)")
+        if self.artifact is not None:
+            raise LifecycleError(f"the policy in force is the OTA artifact {self.artifact['name']}@"
+                                 f"{self.artifact['version']}; the file {f} is not read while it is")
         self._mtime = _mtime(f)
         ok = self.point.load_file(f)
         return {"loaded": ok, **self.point.status()}
@@ -131,7 +170,9 @@ class PolicyLayer:
         f = self.config.file
         assert f is not None
         while True:
-            await asyncio.sleep(self.config.watch_interval)
+            await asyncio.sleep(self.config.watch_interval or 1.0)
+            if self.artifact is not None or not self.config.watch_interval:  # an OTA policy decides; the file waits
+                continue
             m = _mtime(f)
             if m != self._mtime:
                 self._mtime = m

@@ -85,6 +85,11 @@ def load_policy(path: str | Path, device: str) -> Policy:
         raise PolicyError(f"policy file not found (in {file})", file=file) from None
     except OSError as err:
         raise PolicyError(f"policy file cannot be read: {err.strerror} (in {file})", file=file) from None
+    return policy_from_bytes(data, device, file)
+
+
+def policy_from_bytes(data: bytes, device: str, file: str) -> Policy:
+    """A policy file's bytes -> :class:`Policy` (``file`` names it in errors and the status)."""
     try:
         raw = tomllib.loads(data.decode())
     except UnicodeDecodeError:

@@ -64,3 +64,23 @@ async def test_upload_desire_and_rollout_status(tmp_path: Path, nc: Client, nats
 
 def test_progress_bar() -> None:
     assert progress_bar({"committed": 1, "failed": 1}, 4, width=8) == "[##xx....]"
+
+
+def test_publish_config_and_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = str(tmp_path / "fleet")
+    assert run("ota", "keygen", "--repo", repo) == 0
+    frag = tmp_path / "limits.toml"
+    frag.write_text("[safety]\nceiling = 40.0\n")
+    assert run("ota", "publish-config", str(frag), "--version", "1.0.0", "--repo", repo) == 0
+    pol = tmp_path / "fleet.toml"
+    pol.write_text('[[rule]]\nname = "r1"\neffect = "deny"\nprincipal = "*"\naction = "command"\n')
+    assert run("ota", "publish-policy", str(pol), "--name", "base", "--version", "2.0.0", "--repo", repo) == 0
+    assert fleet.describe(repo)["targets"]["artifacts"] == ["config/limits/1.0.0.tar", "policy/base/2.0.0.tar"]
+    capsys.readouterr()
+    frag.write_text('[hub]\nurl = "nats://elsewhere:7422"\n')  # a fragment may not move the hub link
+    assert run("ota", "publish-config", str(frag), "--version", "2.0.0", "--repo", repo) == 1
+    assert "may not set section 'hub'" in capsys.readouterr().err
+    pol.write_text('[[rule]]\nname = "r1"\neffect = "maybe"\n')
+    assert run("ota", "publish-policy", str(pol), "--version", "3.0.0", "--repo", repo) == 1
+    assert "rule 'r1'" in capsys.readouterr().err
+    assert len(fleet.describe(repo)["targets"]["artifacts"]) == 2  # nothing signed

@@ -108,3 +108,51 @@ def test_ota_exports_name_only_the_device_itself() -> None:
     assert keyed and all(s.endswith(".dev1") for s in keyed)
     assert streams == ["edge.dev1.ota.inbox.>"]
     assert json.dumps([streams, services]).count("dev2") == 0
+
+
+async def test_config_fragment_and_policy_over_the_leaf_link(tmp_path: Path, hub: HubServer) -> None:
+    from edge.ota.fragments import load_device_config, pack_fragment
+    from edge.ota.policies import pack_policy
+
+    cred = await hub.add_device("dev1")
+    cloud = await nats.connect(hub.client_url)
+    try:
+        js = cloud.jetstream()
+        await provision_device(js, "dev1")
+        repo = tmp_path / "fleet"
+        fleet.keygen(repo)
+        publish_component(repo, tmp_path, component(tmp_path / "src", "blink", "1.0.0"))
+        frag = tmp_path / "limits.toml"
+        frag.write_text("[safety]\nceiling = 42.0\n")
+        fleet.publish(repo, pack_fragment(frag), kind="config", name="limits", version="1.0.0")
+        pol = tmp_path / "fleet-policy.toml"
+        pol.write_text('[[rule]]\nname = "arm-off"\neffect = "deny"\nprincipal = "*"\naction = "command"\n'
+                       'resource = "*.arm"\n')
+        fleet.publish(repo, pack_policy(pol), kind="policy", name="fleet", version="1.0.0")
+        await fleet.upload(js, repo)
+        await ota_hub.set_desired(js, "dev1", "r1", {"blink": "1.0.0", "config:limits": "1.0.0",
+                                                      "policy:fleet": "1.0.0"})
+        path = tmp_path / "dev1.toml"
+        path.write_text(DEVICE.format(leaf=hub.leaf_url, password=cred.password,
+                                      root=repo / "metadata" / "1.root.json") + "[safety]\nceiling = 100.0\n")
+        rt = Runtime(load_device_config(path, data_dir=tmp_path / "dev1"))
+        await rt.start()
+        try:
+            try:
+                await wait_for(lambda: ota_status(rt)["revision"] == "r1" and ota_status(rt)["probation"] is None,
+                               timeout=30)
+            except AssertionError:
+                raise AssertionError(ota_status(rt)) from None
+            assert rt.layers is not None
+            safety = next(layer for layer in rt.layers if layer.name == "safety")
+            assert safety.config.defaults.ceiling == 42.0  # type: ignore[attr-defined]
+            assert ota_status(rt)["config"]["fragments"] == ["limits@1.0.0"]
+            assert rt.status()["policy"]["artifact"]["name"] == "fleet"
+            assert rt.status()["policy"]["rules"] == 1
+        finally:
+            await rt.stop()
+        # the next start loads the fragment before anything else runs
+        cfg = load_device_config(path, data_dir=tmp_path / "dev1")
+        assert cfg.fragments == ["limits@1.0.0"] and cfg.safety.defaults.ceiling == 42.0
+    finally:
+        await cloud.close()

@@ -56,6 +56,8 @@ class Rig:
         await self.rt.start()
         await hub.set_desired(self.js, "dev1", "r1", {"blink": "1.0.0"})
         await wait_for(lambda: ota_status(self.rt)["revision"] == "r1")  # type: ignore[arg-type]
+        state = self.rt.config.data_dir / "ota" / STATE_FILE  # written off the event loop, just after
+        await wait_for(lambda: json.loads(state.read_text())["revision"] == "r1")
         return self.rt
 
     async def expect_refusal(self, reason: str, version: str = "2.0.0") -> dict[str, Any]:

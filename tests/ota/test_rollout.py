@@ -141,3 +141,63 @@ async def test_offline_device_times_out_then_picks_the_rollout_up(
         await asyncio.sleep(0.25)
     else:
         raise AssertionError("the late commit was not recorded")
+
+
+FLEET_POLICY = '''[[rule]]
+name = "ops-beta-blink"
+effect = "allow"
+principal = "operator:ops"
+action = "deploy"
+resource = "*.component.blink.>"
+labels = { ring = "beta" }
+'''
+
+
+async def test_the_fleet_policy_decides_which_devices_a_rollout_may_give_its_artifacts(
+        fleet_of_three: dict[str, Runtime], cloud: Client, tmp_path: Path, hub_server: HubServer) -> None:
+    from edge.cli.main import build_parser, dispatch, main
+    from edge.ota.errors import OtaError
+
+    js = cloud.jetstream()
+    for d, ring in (("dev1", "beta"), ("dev2", "stable"), ("dev3", "beta")):
+        await rollout.set_labels(js, d, {"fleet": "north", "ring": ring})
+    policy = tmp_path / "fleet-policy.toml"
+    policy.write_text(FLEET_POLICY)
+    spec = RolloutSpec("r-pol", {"fleet": "north"}, {"blink": "2.0.0"}, canary=1, batch=3,
+                       max_failure_pct=0, probation_s=0.3, device_timeout_s=20, policy_file=str(policy),
+                       operator="ops")
+    rec = await rollout.run_rollout(js, spec)
+    assert rec.status == "completed", rec.halt_reason  # denied devices are not failures
+    states = {d: p.state for d, p in rec.devices.items()}
+    assert states == {"dev1": "committed", "dev2": "denied", "dev3": "committed", "ghost": "denied"}
+    assert rec.devices["dev2"].reason == "component.blink.2.0.0: no rule, manifest or permission grants it (rule 'default')"
+    assert (await hub.get_desired(js, "dev2"))["revision"] == "base"  # type: ignore[index]
+    assert versions(fleet_of_three["dev2"]) == {"blink": "1.0.0"}
+    assert versions(fleet_of_three["dev1"]) == {"blink": "2.0.0"}
+    from edge.cli.ota import render_rollout
+
+    assert "dev2                 denied" in render_rollout(rec)
+    # another operator is denied everywhere: no rule names it
+    other = await rollout.run_rollout(js, RolloutSpec("r-pol2", {"fleet": "north"}, {"blink": "1.0.0"},
+                                                      canary=0, policy_file=str(policy), operator="intern"))
+    assert {p.state for p in other.devices.values()} == {"denied"}
+    assert (await hub.get_desired(js, "dev1"))["revision"] == "r-pol"  # type: ignore[index]
+
+    # edge ota desire: refused with the reason, the desired state unchanged
+    async def arun(*argv: str) -> int:
+        return await dispatch(build_parser().parse_args(list(argv)))
+
+    url = hub_server.client_url
+    with pytest.raises(OtaError) as info:
+        await arun("ota", "desire", "dev2", "r9", "blink=2.0.0", "--hub", url, "--policy", str(policy),
+                   "--operator", "ops")
+    assert info.value.reason == "denied"
+    assert "may not deploy to device 'dev2': component.blink.2.0.0: no rule, manifest or permission grants it (rule 'default')" \
+        in info.value.message
+    assert (await hub.get_desired(js, "dev2"))["revision"] == "base"  # type: ignore[index]
+    code = await asyncio.to_thread(main, ["ota", "desire", "dev2", "r9", "blink=2.0.0", "--hub", url,
+                                          "--policy", str(policy), "--operator", "ops"])
+    assert code == 1  # the command exits non-zero (the sentence is on stderr)
+    assert await arun("ota", "desire", "dev3", "r9", "blink=1.0.0", "--hub", url, "--policy", str(policy),
+                      "--operator", "ops") == 0
+    assert (await hub.get_desired(js, "dev3"))["revision"] == "r9"  # type: ignore[index]

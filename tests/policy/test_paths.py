@@ -68,10 +68,10 @@ FLEET = {"rule": [
     {"name": "admin-all", "effect": "allow", "principal": "operator:admin", "action": "command"},
     {"name": "never-dev9", "effect": "deny", "principal": "operator:*", "action": "command",
      "resource": "dev9.>"},
-    {"name": "fw-beta", "effect": "allow", "principal": "device:*", "action": "deploy",
-     "resource": "fw-2_0-beta", "labels": {"ring": "beta"}},
-    {"name": "fw-stable", "effect": "allow", "principal": "device:*", "action": "deploy",
-     "resource": "fw-1_9"},
+    {"name": "fw-beta", "effect": "allow", "principal": "operator:ops", "action": "deploy",
+     "resource": "*.component.fw.2.>", "labels": {"ring": "beta"}},
+    {"name": "fw-stable", "effect": "allow", "principal": "operator:ops", "action": "deploy",
+     "resource": "*.component.fw.1.>"},
 ]}
 
 
@@ -90,12 +90,17 @@ def test_the_hub_decides_which_operator_may_command_which_devices() -> None:
     assert info.value.fields["rule"] == "default" and "operator 'ops' may not send" in info.value.message
 
 
-def test_the_hub_decides_which_devices_may_receive_which_artifacts() -> None:
+def test_the_hub_decides_which_operator_may_give_which_devices_which_artifacts() -> None:
     fleet = FleetPolicy(parse_policy(FLEET, "hub"))
-    assert fleet.artifact("dev1", "fw-1_9").allowed
-    assert not fleet.artifact("dev1", "fw-2_0-beta").allowed
-    assert fleet.artifact("dev1", "fw-2_0-beta", {"ring": "beta"}).rule == "fw-beta"
-    assert fleet.artifact("dev1", "unknown").rule == "default"
+    assert fleet.artifact("ops", "dev1", "component.fw.1.9.0").rule == "fw-stable"
+    assert not fleet.artifact("ops", "dev1", "component.fw.2.0.0").allowed
+    assert fleet.artifact("ops", "dev1", "component.fw.2.0.0", {"ring": "beta"}).rule == "fw-beta"
+    assert fleet.artifact("ops", "dev1", "model.face.1.0.0").rule == "default"
+    assert fleet.artifact("nobody", "dev1", "component.fw.1.9.0").rule == "default"  # the operator decides
+    with pytest.raises(PolicyDenied) as info:
+        fleet.require_artifact("ops", "dev1", "component.fw.2.0.0", {"ring": "stable"})
+    assert info.value.fields["rule"] == "default" and "operator 'ops' may not deploy" in info.value.message
+    assert info.value.fields["resource"] == "dev1.component.fw.2.0.0"
 
 
 async def test_edge_cloud_send_queues_only_what_the_fleet_policy_allows(
