@@ -139,6 +139,6 @@ def test_the_example_policy_and_config_load() -> None:
     cfg = load_config(root / "demo-policy.toml")
     assert cfg.policy.file == root / "policy.toml" and cfg.demo
     p = load_policy(root / "policy.toml", cfg.device)
-    assert [r.name for r in p.rules] == ["agents-steer", "cli-anything", "pilot-launches", "cli-writes",
+    assert [r.name for r in p.rules] == ["agents-steer", "cli-anything", "pilot-launches", "cli-writes", "cli-deploys",
                                         "cloud-lands", "no-arming-at-night"]
     assert [lim.name for lim in p.limits] == ["tool-calls"]
