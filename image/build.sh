@@ -102,7 +102,8 @@ mkfs.vfat -C -F 32 -n EDGEBOOT "$BOOT_IMG" $((BOOT_MB * 1024)) >/dev/null
 mcopy -s -i "$BOOT_IMG" "$BOOT"/* ::/
 
 echo "== root filesystem"
-du -x -m -d 3 "$ROOT" 2>/dev/null | sort -rn | head -n 12 | sed 's/^/   MiB /'
+# (head ends the pipe early: the SIGPIPE of sort must not end the build under pipefail)
+{ du -x -m -d 3 "$ROOT" 2>/dev/null | sort -rn | head -n 12 | sed 's/^/   MiB /'; } || true
 ROOT_KB=$(du -sk "$ROOT" | cut -f1)
 # The root partition: the files, the filesystem's own tables and journal, and ROOT_SLACK_MB free
 # (blocks reserved for root included) for a first boot whose growfs has not run; the first boot
