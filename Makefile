@@ -95,6 +95,9 @@ image: wheel image-deps
 	$(SUDO) image/build.sh arm64 $(WHEEL) $(IMAGE_OUT)
 	xz -T0 -6 -k -f $(IMAGE_OUT)/edge-arm64.img
 	bmaptool create -o $(IMAGE_OUT)/edge-arm64.img.bmap $(IMAGE_OUT)/edge-arm64.img
+	@raw=$$(stat -c %s $(IMAGE_OUT)/edge-arm64.img); xz=$$(stat -c %s $(IMAGE_OUT)/edge-arm64.img.xz); \
+	  echo "edge-arm64.img: $$raw bytes raw (budget 1500000000), $$xz bytes xz (budget 400000000)"; \
+	  [ $$raw -le 1500000000 ] && [ $$xz -le 400000000 ] || { echo "the Pi image is over its size budget" >&2; exit 1; }
 
 # The same recipe for amd64 (the variant CI boots under qemu-system-x86_64).
 image-amd64: wheel image-deps

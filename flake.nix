@@ -20,7 +20,8 @@
           py = pkgs.python3Packages;
           pywasm3 = py.callPackage ./nix/pywasm3.nix { };
           picamera2 = py.callPackage ./nix/picamera2.nix { };
-          components = pkgs.callPackage ./nix/components.nix { inherit src version; };
+          ziglang = pkgs.callPackage ./nix/zig.nix { };
+          components = pkgs.callPackage ./nix/components.nix { inherit src version ziglang; };
         in
         {
           inherit pywasm3 picamera2 components;

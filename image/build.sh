@@ -22,6 +22,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 SUITE=${EDGE_IMAGE_SUITE:-bookworm}
 MIRROR=${EDGE_IMAGE_MIRROR:-http://deb.debian.org/debian}
 BOOT_MB=${EDGE_IMAGE_BOOT_MB:-256}
+ROOT_SLACK_MB=${EDGE_IMAGE_ROOT_SLACK_MB:-128}
 IMG="$OUT/edge-$ARCH.img"
 WORK="$OUT/work-$ARCH"
 T0=$(date +%s)
@@ -29,12 +30,18 @@ T0=$(date +%s)
 [ "$(id -u)" = 0 ] || { echo "image/build.sh: run as root (mmdebstrap needs it)" >&2; exit 1; }
 [ -f "$WHEEL" ] || { echo "image/build.sh: no wheel at $WHEEL (make wheel)" >&2; exit 1; }
 
+EXCLUDE=()
 COMMON="systemd,systemd-sysv,systemd-timesyncd,systemd-resolved,udev,dbus,kmod,initramfs-tools,\
 python3,python3-venv,ca-certificates,openssh-server,iproute2,wpasupplicant,fdisk,e2fsprogs,\
-dosfstools,procps,less"
+dosfstools,procps,less,zstd"
 case "$ARCH" in
   arm64) PKGS="$COMMON,linux-image-arm64,raspi-firmware,firmware-brcm80211,wireless-regdb"
-         KFLAVOUR=arm64 ;;
+         KFLAVOUR=arm64
+         # Kernel modules for hardware no Pi has: PCIe GPUs of AMD and NVIDIA, InfiniBand.
+         for d in gpu/drm/amd gpu/drm/radeon gpu/drm/nouveau infiniband; do
+           EXCLUDE+=("--dpkgopt=path-exclude=/lib/modules/*/kernel/drivers/$d/*"
+                     "--dpkgopt=path-exclude=/usr/lib/modules/*/kernel/drivers/$d/*")
+         done ;;
   amd64) PKGS="$COMMON,linux-image-cloud-amd64"; KFLAVOUR=cloud-amd64 ;;
   *) echo "image/build.sh: unknown arch '$ARCH' (arm64 or amd64)" >&2; exit 2 ;;
 esac
@@ -47,12 +54,19 @@ fi
 rm -rf "$WORK" "$IMG"
 mkdir -p "$WORK"
 echo "== mmdebstrap $SUITE $ARCH"
-# The initramfs must find the root by label and hold the SD/virtio drivers: MODULES=most (the default).
+# The initramfs must find the root by label and hold the SD/virtio drivers: MODULES=most (the
+# default); image/initramfs.conf makes it zstd -3 instead of -9. update-initramfs is diverted to a
+# no-op while the packages install (the kernel's hook and initramfs-tools' trigger would each build
+# it, and each build takes most of the time under qemu-user); customize.sh builds it once at the end.
 mmdebstrap --variant=minbase --arch="$ARCH" --components=main,non-free-firmware \
   --include="$PKGS" --aptopt='APT::Install-Recommends "false"' \
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
-  --setup-hook='mkdir -p "$1/boot/firmware"' \
+  --dpkgopt='path-exclude=/usr/share/info/*' --dpkgopt='path-exclude=/usr/share/lintian/*' \
+  "${EXCLUDE[@]}" \
+  --setup-hook='mkdir -p "$1/boot/firmware" "$1/etc/initramfs-tools/conf.d"' \
+  --setup-hook="cp \"$HERE/initramfs.conf\" \"\$1/etc/initramfs-tools/conf.d/edge.conf\"" \
+  --essential-hook="\"$HERE/initramfs-defer.sh\" \"\$1\" defer" \
   --customize-hook="\"$HERE/customize.sh\" \"\$1\" $ARCH \"$WHEEL\" \"$HERE\"" \
   "$SUITE" "$WORK/root" "$MIRROR"
 T_ROOT=$(date +%s)
@@ -88,12 +102,33 @@ mkfs.vfat -C -F 32 -n EDGEBOOT "$BOOT_IMG" $((BOOT_MB * 1024)) >/dev/null
 mcopy -s -i "$BOOT_IMG" "$BOOT"/* ::/
 
 echo "== root filesystem"
-du -x -m -d 3 "$ROOT" 2>/dev/null | sort -rn | head -n 12 | sed 's/^/   MiB /'
-ROOT_KB=$(du -sk --apparent-size "$ROOT" | cut -f1)
-# Room for the filesystem's own tables and a little state; the first boot grows it to the card.
-ROOT_MB=$(( ROOT_KB * 110 / 100 / 1024 + 160 ))
+# (head ends the pipe early: the SIGPIPE of sort must not end the build under pipefail)
+{ du -x -m -d 3 "$ROOT" 2>/dev/null | sort -rn | head -n 12 | sed 's/^/   MiB /'; } || true
+ROOT_KB=$(du -sk "$ROOT" | cut -f1)
+# The root partition: the files, the filesystem's own tables and journal, and ROOT_SLACK_MB free
+# (blocks reserved for root included) for a first boot whose growfs has not run; the first boot
+# grows it to the card. mkfs.ext4 -d is tried at an estimate, grown by 10 % while the files do not
+# fit, then made again with what is free beyond the slack given back (the tables shrink with it).
 ROOT_IMG="$WORK/root.ext4"
-mkfs.ext4 -q -F -L edgeroot -O ^metadata_csum_seed -E root_owner=0:0 -d "$ROOT" "$ROOT_IMG" "${ROOT_MB}M"
+try_mkfs() {
+  rm -f "$ROOT_IMG"
+  mkfs.ext4 -q -F -L edgeroot -O ^metadata_csum_seed -E root_owner=0:0 -d "$ROOT" "$ROOT_IMG" "${1}M" >"$WORK/mkfs.log" 2>&1
+}
+free_mb() { dumpe2fs -h "$ROOT_IMG" 2>/dev/null | awk -F: '/^Free blocks/{f=$2} /^Block size/{b=$2} END{print int(f*b/1048576)}'; }
+ROOT_MB=$(( ROOT_KB * 110 / 100 / 1024 + ROOT_SLACK_MB ))
+until try_mkfs "$ROOT_MB"; do ROOT_MB=$(( ROOT_MB * 110 / 100 )); done
+for _ in 1 2 3; do
+  FREE_MB=$(free_mb)
+  [ "$FREE_MB" -gt $(( ROOT_SLACK_MB + 16 )) ] || break
+  SMALLER=$(( ROOT_MB - FREE_MB + ROOT_SLACK_MB + 4 ))
+  if try_mkfs "$SMALLER"; then ROOT_MB=$SMALLER; else try_mkfs "$ROOT_MB"; break; fi
+done
+FREE_MB=$(free_mb)
+if [ "$FREE_MB" -lt "$ROOT_SLACK_MB" ]; then
+  ROOT_MB=$(( ROOT_MB + ROOT_SLACK_MB - FREE_MB + 8 )); try_mkfs "$ROOT_MB"; FREE_MB=$(free_mb)
+fi
+e2fsck -f -n "$ROOT_IMG" >/dev/null 2>&1 || { echo "image/build.sh: the root filesystem does not check clean" >&2; exit 1; }
+echo "   root: $((ROOT_KB / 1024)) MiB of files, partition $ROOT_MB MiB with $FREE_MB MiB free"
 
 echo "== partition table"
 START_MB=4
@@ -112,7 +147,8 @@ T_END=$(date +%s)
 RAW=$(stat -c %s "$IMG")
 cat > "$OUT/build.json" <<JSON
 {"arch": "$ARCH", "suite": "$SUITE", "kernel": "$KVER", "raw_bytes": $RAW,
- "rootfs_s": $((T_ROOT - T0)), "total_s": $((T_END - T0)), "boot_offset_mb": $START_MB}
+ "rootfs_s": $((T_ROOT - T0)), "total_s": $((T_END - T0)), "boot_offset_mb": $START_MB,
+ "root_files_mb": $((ROOT_KB / 1024)), "root_mb": $ROOT_MB, "root_free_mb": $FREE_MB, "boot_mb": $BOOT_MB}
 JSON
 rm -rf "$WORK"
 echo "== $IMG: $((RAW / 1048576)) MiB raw, built in $((T_END - T0)) s"

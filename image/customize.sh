@@ -60,3 +60,6 @@ cat > "$ROOT/etc/fstab" <<FSTAB
 LABEL=edgeroot  /              ext4  defaults,noatime  0 1
 LABEL=EDGEBOOT  /boot/firmware vfat  defaults,nofail,umask=0077  0 2
 FSTAB
+
+echo "== customize: the initramfs, once"
+"$HERE/initramfs-defer.sh" "$ROOT" build

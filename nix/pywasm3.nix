@@ -6,7 +6,7 @@ buildPythonPackage rec {
   pyproject = true;
   src = fetchPypi {
     inherit pname version;
-    hash = lib.fakeHash; # pinned on the first build on a machine with nixpkgs (docs/install.md)
+    hash = "sha256-WkfIo59/aucbMxay5dhsnQ2253GmXwmobk1Ko6Ga78w="; # the sdist on PyPI (its published SHA-256)
   };
   build-system = [ setuptools ];
   pythonImportsCheck = [ "wasm3" ];

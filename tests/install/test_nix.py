@@ -121,3 +121,66 @@ def test_module_creates_the_account_and_renders_the_config(evaluated: dict[str, 
     assert evaluated["etc"] == [desc["paths"]["config"].removeprefix("/etc/")]
     assert evaluated["options"] == ["enable", "package", "settings"]
     assert evaluated["moduleEnabledBy"] is True
+
+
+SRI_SHA256 = re.compile(r"sha256-[A-Za-z0-9+/]{43}=")
+
+# Each local derivation's fetch, evaluated with stand-ins that return their arguments: the URL or
+# PyPI name it fetches and the hash it pins.
+FETCHES = """
+let
+  root = %(root)s;
+  lib = { licenses = { mit = "mit"; bsd2 = "bsd2"; }; platforms.linux = [ ]; };
+  id = a: a;
+  # as callPackage does: each file gets the arguments it asks for
+  py = f: let fn = import f; in fn (builtins.intersectAttrs (builtins.functionArgs fn) {
+    inherit lib; buildPythonPackage = id; fetchPypi = id; setuptools = null; numpy = null;
+    pillow = null; libcamera = null; });
+  zig = system: (import (root + "/nix/zig.nix") {
+    inherit lib; fetchurl = id; unzip = null;
+    stdenvNoCC = { hostPlatform.system = system; mkDerivation = id; };
+  }).src;
+in {
+  pywasm3 = (py (root + "/nix/pywasm3.nix")).src;
+  picamera2 = (py (root + "/nix/picamera2.nix")).src;
+  zig-x86_64 = zig "x86_64-linux";
+  zig-aarch64 = zig "aarch64-linux";
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def fetches() -> dict[str, dict[str, str]]:
+    res = subprocess.run([nix_instantiate(), "--eval", "--strict", "--json", "--expr", FETCHES % {"root": ROOT}],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    out: dict[str, dict[str, str]] = json.loads(res.stdout)
+    return out
+
+
+def test_every_fetched_source_is_pinned_by_a_real_hash(fetches: dict[str, dict[str, str]]) -> None:
+    """No placeholder hash is left (lib.fakeHash is all zeros); each is an SRI SHA-256."""
+    for name, src in fetches.items():
+        assert SRI_SHA256.fullmatch(src["hash"]), (name, src)
+        assert src["hash"] != "sha256-" + "A" * 43 + "=", name  # lib.fakeHash
+    assert len({src["hash"] for src in fetches.values()}) == len(fetches)
+    for path in [ROOT / "flake.nix", *(ROOT / "nix").glob("*.nix")]:
+        assert "fakeHash" not in path.read_text() and "fakeSha256" not in path.read_text(), path
+
+
+def test_the_pinned_sources_are_the_versions_the_project_uses(fetches: dict[str, dict[str, str]]) -> None:
+    assert fetches["pywasm3"]["pname"] == "pywasm3" and fetches["pywasm3"]["version"] == "0.5.0"
+    assert fetches["picamera2"]["pname"] == "picamera2"
+    zig_version = re.search(r'^ZIG_VERSION = "([^"]+)"', (ROOT / "components" / "build.py").read_text(), re.M)
+    assert zig_version
+    for system, arch in (("zig-x86_64", "x86_64"), ("zig-aarch64", "aarch64")):
+        wheel = fetches[system]["url"].rsplit("/", 1)[1]
+        assert wheel.startswith(f"ziglang-{zig_version.group(1)}.") and wheel.endswith(".whl"), wheel
+        assert f"_{arch}." in wheel, wheel
+
+
+def test_zig_for_an_unknown_system_is_a_clear_error() -> None:
+    expr = (FETCHES % {"root": ROOT}).replace('zig-aarch64 = zig "aarch64-linux";', 'zig-riscv = zig "riscv64-linux";')
+    res = subprocess.run([nix_instantiate(), "--eval", "--strict", "--json", "--expr", expr],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "no ziglang 0.17.0 wheel for riscv64-linux" in res.stderr, res.stderr
