@@ -9,6 +9,7 @@ import asyncio
 import base64
 import importlib.util
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def built(components_dir: Path) -> Path:
 
 
 @pytest.fixture
-async def client(nats_url: str) -> Client:
+async def client(nats_url: str) -> AsyncIterator[Client]:
     nc = await nats.connect(nats_url)
     yield nc
     await nc.close()
