@@ -339,9 +339,10 @@ class RecorderLayer:
             step = rec.msg_steps.popleft() if rec.msg_steps else rec.step
         elif rec is None:  # a first edge_init: its load record comes once the load returns
             step = 0
+            self._forget_held(component)  # of a load that failed: it has no load record
             if not (outputs.publishes or outputs.kv_puts):
                 return
-            held = self._held.setdefault(component, [])
+            held = self._held[component] = []
         else:  # edge_init of a restart after a fault: the batches in flight were lost
             step = rec.step
             rec.msg_steps.clear()
@@ -401,6 +402,19 @@ class RecorderLayer:
             body["_written"] = True  # written out with its load record
             return
         self._put("kv", component, body)
+
+    def _forget_held(self, component: str) -> None:
+        """Drop the held outputs of a first ``edge_init`` whose load never got a record."""
+        held = self._held.pop(component, None)
+        if not held:
+            return
+        bodies = {id(body) for _, body in held}
+        for key in [k for k in self._kv_pending if k[0] == component]:
+            kept = deque(b for b in self._kv_pending[key] if id(b) not in bodies)
+            if kept:
+                self._kv_pending[key] = kept
+            else:
+                del self._kv_pending[key]
 
     def _release_kv(self, component: str | None) -> None:
         """Pending ``kv`` records of ``component`` (None: all) go out as they are (unloaded or

@@ -93,3 +93,21 @@ async def test_full_queue_and_hop_limit_are_told_and_recorded(components_dir: Pa
     # a tick's outputs reserve its step: the tick record that follows has the same
     recorder.on_tick_unrecorded("physics", 0.1, 10**6, True)
     assert queued(recorder, "tick")[-1]["step"] == 2
+
+
+def test_a_first_edge_inits_outputs_follow_its_load_record(components_dir: Path) -> None:
+    """edge_init runs before its load is recorded: its outputs are held and written after the
+    load record as step 0; those of an edge_init whose load failed (no load record) never."""
+    manifest = load_manifest(ROOT / "components" / "physics" / "manifest.toml", "demo")
+    recorder = RecorderLayer()
+    failed = CallOutputs("edge_init", [(SUBJECT, b"failed")], [("k", b"old")], kv_fate=[KV_QUEUED])
+    recorder.on_outputs("physics", failed)
+    good = CallOutputs("edge_init", [(SUBJECT, b"good")], [("k", b"new")], kv_fate=[KV_QUEUED])
+    recorder.on_outputs("physics", good)
+    recorder.on_kv_put("physics", "k", b"new", 5)  # written before the load returned
+    assert not recorder._queue
+    recorder.on_load(manifest, b"\0asm", {})
+    kinds = [(k, body.get("step")) for k, _, body in recorder._queue]
+    assert kinds == [("load", 0), ("pub", 0), ("kv", 0)]
+    assert queued(recorder, "pub")[0]["pubs"][0][2] == "Z29vZA=="  # b"good"
+    assert queued(recorder, "kv")[0]["rev"] == 5 and "_written" not in queued(recorder, "kv")[0]
