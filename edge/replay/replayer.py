@@ -20,6 +20,7 @@ Key components
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -103,9 +104,10 @@ class ReplayInfer:
     answers, in order; a call whose model or input differs from the recorded one is reported
     through ``on_mismatch`` (and still gets the recorded answer)."""
 
-    def __init__(self, on_mismatch: Callable[[str, int, float, str, str], None]) -> None:
+    def __init__(self, on_mismatch: Callable[[str, int, float, str, str], None] | None = None
+                 ) -> None:
         self.answers: dict[str, deque[tuple[int, float, dict[str, Any]]]] = {}
-        self.on_mismatch = on_mismatch
+        self.on_mismatch = on_mismatch or (lambda *_: None)
 
     async def infer(self, component: str, model: str, data: bytes) -> bytes:
         queue = self.answers.get(component)
@@ -125,6 +127,41 @@ class ReplayInfer:
 
 
 TOOL_CALLS_SHOWN = 10  # tool calls listed in the text report
+
+
+class ReplaySandbox:
+    """The isolated sandbox one replay runs in: its own :class:`SandboxPool` (own worker
+    process, replay clock mode), the :class:`CaptureHost` and the :class:`ReplayInfer` bridge.
+
+    :meth:`begin` starts the pool in the background, so that the worker process starts while
+    the records are read (:func:`replay`); :meth:`ready` waits for it (starting it if nobody
+    did); :meth:`close` stops it (after a start still under way has finished), and may be
+    called more than once.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.host = CaptureHost()
+        self.infer = ReplayInfer()
+        workers = max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+        self.pool = SandboxPool(device, self.host, workers=workers, infer=self.infer,
+                                clock=CLOCK_REPLAY)
+        self._starting: asyncio.Task[None] | None = None
+
+    def begin(self) -> None:
+        if self._starting is None:
+            self._starting = asyncio.create_task(self.pool.start(), name="edge.replay.sandbox")
+
+    async def ready(self) -> SandboxPool:
+        self.begin()
+        assert self._starting is not None
+        await self._starting
+        return self.pool
+
+    async def close(self) -> None:
+        if self._starting is not None:
+            with contextlib.suppress(Exception):
+                await self._starting  # a worker being started is stopped, not left behind
+        await self.pool.stop()
 
 
 @dataclass
@@ -334,15 +371,21 @@ class Replayer:
     def __init__(self, device: str, records: Records, window: Window, *,
                  systems: Sequence[str] | None = None,
                  what_if: Mapping[str, Path] | None = None,
-                 agents: Mapping[str, AgentFactory] | None = None) -> None:
+                 agents: Mapping[str, AgentFactory] | None = None,
+                 sandbox: ReplaySandbox | None = None, started: float | None = None) -> None:
         self.device = device
         self.records = records
         self.window = window
         self.systems = set(systems) if systems else None
         self.what_if = {k: candidate(v, device) for k, v in (what_if or {}).items()
                         if not is_agent_table(v)}
-        self.host = CaptureHost()
-        self.infer = ReplayInfer(self._infer_mismatch)
+        #: the sandbox (one is made when none is given; :meth:`run` closes it) and when the
+        #: replay began (``time.perf_counter()``; None: when :meth:`run` is called)
+        self.sandbox = sandbox if sandbox is not None else ReplaySandbox(device)
+        self.started = started
+        self.host = self.sandbox.host
+        self.infer = self.sandbox.infer
+        self.infer.on_mismatch = self._infer_mismatch
         agent_what_if = {k: v for k, v in (what_if or {}).items() if is_agent_table(v)}
         self._agents = AgentReplay(device, records.items, window, selected=self._selected,
                                    what_if=agent_what_if, factories=agents)
@@ -351,6 +394,13 @@ class Replayer:
         self._tmp: Path | None = None
 
     async def run(self) -> ReplayReport:
+        """Replay the window and compare; the sandbox is closed whatever happens."""
+        try:
+            return await self._run()
+        finally:
+            await self.sandbox.close()
+
+    async def _run(self) -> ReplayReport:
         items = self.records.items
         start, first_in, last_in = self._plan(items)
         if self.systems is not None:
@@ -369,20 +419,19 @@ class Replayer:
                     streams[name].append((seq, rec))
         agent_streams = {n: r for n, r in streams.items() if self._reports[n].kind == "agent"}
         streams = {n: r for n, r in streams.items() if n not in agent_streams}
-        workers = max(1, min(len(streams), os.cpu_count() or 1, MAX_WORKERS))
         for name, recs in streams.items():
             self.infer.answers[name] = deque((seq, float(r["t"]), r) for seq, r in recs
                                              if r["k"] == "infer")
-        t0 = time.perf_counter()
+        t0 = self.started if self.started is not None else time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="edge-replay-") as tmp:
             self._tmp = Path(tmp)
-            async with SandboxPool(self.device, self.host, workers=workers,
-                                   infer=self.infer, clock=CLOCK_REPLAY) as pool:
-                pool.message_clocks = self._message_clocks
-                await asyncio.gather(*(self._replay_one(pool, name, recs)
-                                       for name, recs in streams.items()),
-                                     *(self._replay_agent(name, recs)
-                                       for name, recs in agent_streams.items()))
+            pool = await self.sandbox.ready()
+            pool.message_clocks = self._message_clocks
+            await asyncio.gather(*(self._replay_one(pool, name, recs)
+                                   for name, recs in streams.items()),
+                                 *(self._replay_agent(name, recs)
+                                   for name, recs in agent_streams.items()))
+            await self.sandbox.close()  # the sandbox's stop is part of the replay's time
         replay_s = time.perf_counter() - t0
         for seq, rec in items[last_in + 1:]:  # outputs written after the window's last step
             tail = self._live.get(str(rec.get("c")))
@@ -891,12 +940,22 @@ async def replay(js: Any, device: str, window: Window, *, stream: str = "REC",
                  what_if: Mapping[str, Path] | None = None,
                  agents: Mapping[str, AgentFactory] | None = None) -> ReplayReport:
     """Read the window from ``stream`` (a device's ``REC`` or a hub's copy) and replay it
-    (the arguments are :class:`Replayer`'s)."""
+    (the arguments are :class:`Replayer`'s). The replay's sandbox worker starts while the
+    records are read; the report's ``replay_s`` counts both."""
     from edge.replay.source import read_records
 
-    records = await read_records(js, stream, device, window)
-    return await Replayer(device, records, window, systems=systems, what_if=what_if,
-                          agents=agents).run()
+    t0 = time.perf_counter()
+    sandbox = ReplaySandbox(device)
+    sandbox.begin()
+    try:
+        records = await read_records(js, stream, device, window)
+        replayer = Replayer(device, records, window, systems=systems, what_if=what_if,
+                            agents=agents, sandbox=sandbox, started=t0)
+    except BaseException:
+        await sandbox.close()
+        raise
+    return await replayer.run()
 
 
-__all__ = ["CaptureHost", "ComponentReport", "Divergence", "ReplayReport", "Replayer", "replay"]
+__all__ = ["CaptureHost", "ComponentReport", "Divergence", "ReplayReport", "ReplaySandbox",
+           "Replayer", "replay"]

@@ -111,3 +111,48 @@ def test_a_first_edge_inits_outputs_follow_its_load_record(components_dir: Path)
     assert kinds == [("load", 0), ("pub", 0), ("kv", 0)]
     assert queued(recorder, "pub")[0]["pubs"][0][2] == "Z29vZA=="  # b"good"
     assert queued(recorder, "kv")[0]["rev"] == 5 and "_written" not in queued(recorder, "kv")[0]
+
+
+def _workers() -> list[int]:
+    """Sandbox worker processes that are children of this process."""
+    import os
+
+    out = []
+    for pid in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if pid.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() \
+                and b"edge.wasm.worker" in cmd:
+            out.append(int(pid))
+    return out
+
+
+async def test_a_replay_that_fails_stops_the_sandbox_it_started(nats_url: str) -> None:
+    """The sandbox worker starts while the records are read: a read that fails (no stream)
+    and a window with no record stop it again."""
+    import nats
+
+    from edge.replay.records import ReplayError
+    from edge.replay.replayer import replay
+    from edge.replay.source import Window
+
+    nc = await nats.connect(nats_url)
+    try:
+        before = _workers()
+        with pytest.raises(ReplayError, match="no stream NOPE"):
+            await replay(nc.jetstream(), "demo", Window(), stream="NOPE")
+        js = nc.jetstream()
+        await js.add_stream(name="REC", subjects=["edge.demo.rec.>"])
+        await js.publish("edge.demo.rec.start", b'{"k":"start","t":1.0,"run":"r"}')
+        with pytest.raises(ReplayError, match="no record falls in the window"):
+            await replay(js, "demo", Window(t_from=5.0))
+        for _ in range(50):
+            if _workers() == before:
+                break
+            await asyncio.sleep(0.05)
+        assert _workers() == before
+    finally:
+        await nc.close()
