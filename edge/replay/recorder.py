@@ -11,8 +11,10 @@ Key components
 Records (docs/replay.md): ``start`` (a run of the runtime began), ``load`` (a component's
 manifest, module bytes, sha256 and KV; repeated as a checkpoint every ``checkpoint_s``),
 ``unload``, ``tick`` (dt, entity ids, the input columns, the written columns), ``msg``
-(messages handed to ``edge_on_message``), ``pub`` (the publishes of one step, up to 256 a
-record) and ``kv`` (effects), ``infer`` (the answer
+(messages handed to ``edge_on_message``), ``pub`` (the publishes of one call as its reply
+carried them, up to 256 a record, with what the device's effects pipeline refused) and ``kv``
+(each KV put of a call, with what became of it: written and its revision, denied, dropped or
+replaced while queued), ``infer`` (the answer
 a model gave: its output, or the error's reason), ``snap`` (every
 entity's components, every ``snapshot_s``); for native agents ``agent`` (an instance was built:
 kind, entity, config table), ``obs`` (a message observed, with its monotonic ``now``), ``read``
@@ -51,6 +53,7 @@ from edge.replay.records import (
 )
 from edge.tasks import cancel_and_wait
 from edge.wasm.manifest import Manifest
+from edge.wasm.record import KV_QUEUED, CallOutputs
 
 log = logging.getLogger("edge.replay.recorder")
 
@@ -62,10 +65,13 @@ MAX_MERGED = 64
 MAX_QUEUED = 20_000
 #: Publishes inlined in a ``pub`` record up to this size (bytes); larger ones keep only a hash.
 MAX_INLINE_PUBLISH = 1024
-#: Publishes of one step gathered into one ``pub`` record, at most this many (and at most
-#: ``PUB_FLUSH_S`` seconds old).
+#: Publishes of one call in one ``pub`` record, at most this many (a call with more has several).
 PUBS_PER_RECORD = 256
-PUB_FLUSH_S = 0.2
+#: Seconds between two runs of the periodic work (snapshots, checkpoints).
+PERIODIC_S = 0.2
+#: The counts of a ``pub`` record's ``dev``: what the device's effects pipeline refused, in the
+#: order it applies them (docs/replay.md).
+PUB_FATES = ("hop_limited", "rate_limited", "policy_denied", "lane_dropped")
 #: Largest batch a tick record (input columns) or a message record (payloads) holds, in bytes;
 #: a larger one is recorded without them (``too_large``: its size) and that component cannot be
 #: replayed over it.
@@ -117,6 +123,10 @@ class _Recorded:
     waiting: deque[dict[str, Any]] = field(default_factory=deque)
     #: answers still to come for records written early (``clock_lost``): skipped, in order
     unanswered: int = 0
+    #: the step of the tick whose outputs came (they come before the tick returns)
+    tick_step: int | None = None
+    #: the steps of the message batches handed over and not answered yet, in order
+    msg_steps: deque[int] = field(default_factory=deque)
 
 
 @dataclass
@@ -140,7 +150,11 @@ class RecorderLayer:
         self._queue: deque[tuple[str, str | None, dict[str, Any]]] = deque()
         self._wake = asyncio.Event()
         self._comps: dict[str, _Recorded] = {}
-        self._pubs: dict[str, list[tuple[int, list[str]]]] = {}
+        #: ``kv`` records of puts queued for the host, per (component, key), oldest first:
+        #: written once the host wrote them (with the revision) or a later put replaced them
+        self._kv_pending: dict[tuple[str, str], deque[dict[str, Any]]] = {}
+        #: records of a first ``edge_init``'s outputs, held until the component's load record
+        self._held: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self._ctx: DeviceContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
         #: the sha256 of the model serving a name (None: unknown); set by the composition root
@@ -165,7 +179,7 @@ class RecorderLayer:
     async def stop(self) -> None:
         for task in self._tasks[1:]:
             await cancel_and_wait(task)
-        self._flush_all_pubs()
+        self._release_kv(None)
         if self._tasks:
             self._wake.set()
             with contextlib.suppress(TimeoutError):
@@ -206,9 +220,12 @@ class RecorderLayer:
             if cut:
                 body["clock_cut"] = cut
         self._put("load", manifest.name, body)
+        for kind, held in self._held.pop(manifest.name, []):  # edge_init's outputs: step 0
+            if kind == "pub" or held.pop("_written", False) or "dev" in held:
+                self._put(kind, manifest.name, held)
 
     def on_unload(self, component: str) -> None:
-        self._flush_pubs(component)
+        self._release_kv(component)
         rec = self._comps.pop(component, None)
         if rec is not None:
             self._release_waiting(rec)
@@ -221,9 +238,7 @@ class RecorderLayer:
         rec = self._comps.get(component)
         if rec is None:
             return
-        self._flush_pubs(component)
-        rec.step += 1
-        self._put("tick", component, {"step": rec.step, "dt": dt, "ok": ok,
+        self._put("tick", component, {"step": self._tick_step(rec), "dt": dt, "ok": ok,
                                       "too_large": nbytes})
 
     def on_tick(self, component: str, dt: float, ids: Sequence[str],
@@ -232,15 +247,14 @@ class RecorderLayer:
         rec = self._comps.get(component)
         if rec is None:
             return
-        self._flush_pubs(component)
-        rec.step += 1
+        step = self._tick_step(rec)
         size = sum(int(c.nbytes) for c in before)
         if size > MAX_TICK_BYTES:
-            self._put("tick", component, {"step": rec.step, "dt": dt, "ok": ok,
+            self._put("tick", component, {"step": step, "dt": dt, "ok": ok,
                                           "too_large": size})
             return
         out = [after[i] for i in rec.writable] if ok else []
-        body: dict[str, Any] = {"step": rec.step, "dt": dt, "ids": list(ids), "ok": ok,
+        body: dict[str, Any] = {"step": step, "dt": dt, "ids": list(ids), "ok": ok,
                                 "in": pack_columns(before), "out": pack_columns(out)}
         if clocks or cut:  # the clock reads of the call, in order: [kind, value]
             body["clock"] = [[k, v] for k, v in clocks]
@@ -253,8 +267,10 @@ class RecorderLayer:
         rec = self._comps.get(component)
         if rec is None:
             return
-        self._flush_pubs(component)
         rec.step += 1
+        if len(rec.msg_steps) >= MAX_WAITING:  # answers lost (a crash): the oldest go
+            rec.msg_steps.popleft()
+        rec.msg_steps.append(rec.step)
         size = sum(len(d) + len(s) for s, d in messages)
         if size > MAX_TICK_BYTES:
             body: dict[str, Any] = {"step": rec.step, "hops": hops, "too_large": size}
@@ -297,40 +313,133 @@ class RecorderLayer:
             body["clock_lost"] = True
             self._put("msg", rec.manifest.name, body)
 
-    def on_publish(self, component: str, subject: str, data: bytes) -> None:
+    @staticmethod
+    def _tick_step(rec: _Recorded) -> int:
+        """The step of the tick being recorded: the one its outputs reserved, or the next."""
+        if rec.tick_step is not None:
+            step, rec.tick_step = rec.tick_step, None
+            return step
+        rec.step += 1
+        return rec.step
+
+    def on_outputs(self, component: str, outputs: CallOutputs) -> None:
+        """A call's own publishes and KV puts (before the effects pipeline), as ``pub`` and
+        ``kv`` records of the call's step."""
         rec = self._comps.get(component)
-        step = rec.step if rec else 0
-        pending = self._pubs.setdefault(component, [])
-        if pending and pending[0][0] != step:
-            self._flush_pubs(component)
-            pending = self._pubs.setdefault(component, [])
-        entry = [subject, digest(data)]
-        if len(data) <= MAX_INLINE_PUBLISH:
-            entry.append(b64(data))
-        pending.append((step, entry))
-        if len(pending) >= PUBS_PER_RECORD:
-            self._flush_pubs(component)
+        held: list[tuple[str, dict[str, Any]]] | None = None
+        export = outputs.export
+        if export == "edge_tick":
+            if rec is None:
+                return
+            rec.step += 1
+            rec.tick_step = step = rec.step
+        elif export == "edge_on_message":
+            if rec is None:
+                return
+            step = rec.msg_steps.popleft() if rec.msg_steps else rec.step
+        elif rec is None:  # a first edge_init: its load record comes once the load returns
+            step = 0
+            self._forget_held(component)  # of a load that failed: it has no load record
+            if not (outputs.publishes or outputs.kv_puts):
+                return
+            held = self._held[component] = []
+        else:  # edge_init of a restart after a fault: the batches in flight were lost
+            step = rec.step
+            rec.msg_steps.clear()
+        if outputs.publishes:
+            self._pub_records(component, step, outputs, held)
+        if outputs.kv_puts:
+            self._kv_records(component, step, outputs, held, rec)
 
-    def _flush_pubs(self, component: str) -> None:
-        """One ``pub`` record for the publishes of one step waiting for ``component``."""
-        pending = self._pubs.pop(component, None)
-        if pending:
-            self._put("pub", component, {"step": pending[0][0],
-                                         "pubs": [entry for _, entry in pending]})
+    def _pub_records(self, component: str, step: int, outputs: CallOutputs,
+                     held: list[tuple[str, dict[str, Any]]] | None) -> None:
+        pubs = outputs.publishes
+        dev = {name: n for name, n in zip(PUB_FATES, (outputs.hop_limited, outputs.rate_limited,
+                                                      outputs.policy_denied, outputs.lane_dropped))
+               if n}
+        for i in range(0, len(pubs), PUBS_PER_RECORD):
+            entries = []
+            for subject, data in pubs[i:i + PUBS_PER_RECORD]:
+                entry = [subject, digest(data)]
+                if len(data) <= MAX_INLINE_PUBLISH:
+                    entry.append(b64(data))
+                entries.append(entry)
+            body: dict[str, Any] = {"step": step, "pubs": entries}
+            if i == 0 and dev:  # what the device's pipeline refused of this call's publishes
+                body["dev"] = dev
+            if held is not None:
+                held.append(("pub", body))
+            else:
+                self._put("pub", component, body)
 
-    def _flush_all_pubs(self) -> None:
-        for component in list(self._pubs):
-            self._flush_pubs(component)
+    def _kv_records(self, component: str, step: int, outputs: CallOutputs,
+                    held: list[tuple[str, dict[str, Any]]] | None, rec: _Recorded | None) -> None:
+        replaced = set(outputs.coalesced)
+        for i, ((key, value), fate) in enumerate(zip(outputs.kv_puts, outputs.kv_fate,
+                                                      strict=True)):
+            body: dict[str, Any] = {"step": step, "i": i, "key": key, "value": b64(value)}
+            if held is not None:
+                held.append(("kv", body))
+            if fate != KV_QUEUED:  # denied by the policy or dropped from a full lane
+                body["dev"] = fate
+                if held is None:
+                    self._put("kv", component, body)
+                continue
+            pending = self._kv_pending.setdefault((component, key), deque())
+            if i in replaced and pending:  # the put still queued is never written
+                self._resolve(component, pending.pop(), "coalesced")
+            pending.append(body)
+
+    def _resolve(self, component: str, body: dict[str, Any], dev: str | None = None,
+                 revision: int | None = None) -> None:
+        """A pending ``kv`` record's put was written (``revision``, None: the write failed),
+        replaced while queued (``dev``) or will not be written any more."""
+        if dev is not None:
+            body["dev"] = dev
+        if revision is not None:  # the bucket's revision the write got (its stream sequence)
+            body["rev"] = revision
+        if component in self._held and any(b is body for _, b in self._held[component]):
+            body["_written"] = True  # written out with its load record
+            return
+        self._put("kv", component, body)
+
+    def _forget_held(self, component: str) -> None:
+        """Drop the held outputs of a first ``edge_init`` whose load never got a record."""
+        held = self._held.pop(component, None)
+        if not held:
+            return
+        bodies = {id(body) for _, body in held}
+        for key in [k for k in self._kv_pending if k[0] == component]:
+            kept = deque(b for b in self._kv_pending[key] if id(b) not in bodies)
+            if kept:
+                self._kv_pending[key] = kept
+            else:
+                del self._kv_pending[key]
+
+    def _release_kv(self, component: str | None) -> None:
+        """Pending ``kv`` records of ``component`` (None: all) go out as they are (unloaded or
+        stopped before the host wrote them)."""
+        for (name, key) in [k for k in self._kv_pending if component in (None, k[0])]:
+            for body in self._kv_pending.pop((name, key)):
+                self._resolve(name, body)
+        for name in [n for n in self._held if component in (None, n)]:
+            for kind, body in self._held.pop(name):
+                body.pop("_written", None)
+                self._put(kind, name, body)
 
     def on_kv_put(self, component: str, key: str, value: bytes,
                   revision: int | None = None) -> None:
+        """The host wrote a put of ``component`` (its oldest still pending for ``key``)."""
         rec = self._comps.get(component)
         if rec is not None:
             rec.kv[key] = value
-        body: dict[str, Any] = {"step": rec.step if rec else 0, "key": key, "value": b64(value)}
-        if revision is not None:  # the bucket's revision the write got (its stream sequence)
-            body["rev"] = revision
-        self._put("kv", component, body)
+        pending = self._kv_pending.get((component, key))
+        if not pending:
+            return
+        body = pending.popleft()
+        if not pending:
+            del self._kv_pending[(component, key)]
+        self._resolve(component, body, revision=revision)
 
     def on_infer(self, component: str, model: str, data: bytes, out: bytes | None,
                  error: EdgeError | None) -> None:
@@ -415,7 +524,6 @@ class RecorderLayer:
 
     async def drained(self) -> None:
         """Return once every record queued so far is handed to NATS (and flushed)."""
-        self._flush_all_pubs()
         await self._drain()
         ctx = self._ctx
         if ctx is not None:
@@ -457,7 +565,6 @@ class RecorderLayer:
         next_ckpt = loop.time() + s.checkpoint_s
         while True:
             now = loop.time()
-            self._flush_all_pubs()
             if now >= next_snap:
                 self._snapshot()
                 next_snap = now + s.snapshot_s
@@ -465,7 +572,7 @@ class RecorderLayer:
                 for rec in list(self._comps.values()):
                     self._put("load", rec.manifest.name, self._load_body(rec, checkpoint=True))
                 next_ckpt = now + s.checkpoint_s
-            await asyncio.sleep(max(0.0, min(next_snap, next_ckpt, now + PUB_FLUSH_S) - loop.time()))
+            await asyncio.sleep(max(0.0, min(next_snap, next_ckpt, now + PERIODIC_S) - loop.time()))
 
     def _snapshot(self) -> None:
         ctx = self._ctx

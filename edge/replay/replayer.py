@@ -2,13 +2,16 @@
 
 Key components
 - :class:`CaptureHost`: the pool's :class:`~edge.wasm.host.HostCallbacks` in a replay: keeps
-  publishes, KV writes and faults instead of carrying them out (nothing reaches a device).
+  each call's own outputs (its publishes and KV puts as the call result carried them, before
+  the replay pool's effects pipeline) and faults; carries nothing out (nothing reaches a device).
 - :class:`Replayer`: one replay. Its own :class:`~edge.wasm.pool.SandboxPool` (own worker
   processes) loads each component as recorded (the recorded module bytes and manifest, or a
   what-if candidate), from its last load at or before the window so the instance's memory is
   what it was; then every recorded tick is fed its recorded ``dt``, entity ids and input
   columns, and every message batch its messages, in stream order. Outputs inside the window
-  (``ok``, written columns, publishes, KV writes) are compared with the record.
+  (``ok``, written columns, the calls' own publishes and KV puts) are compared with the record;
+  what the device's effects pipeline did with the recorded ones (policy denials, rate and hop
+  limits, lane drops, coalesced KV puts) is counted in the report, not compared.
 - :class:`ReplayReport` / :class:`Divergence`: the result; the first divergence names the
   component, the step (tick number since load), the stream sequence, the time, the field and
   the entity, both values, and the inputs of that tick.
@@ -17,6 +20,7 @@ Key components
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -46,6 +50,7 @@ from edge.replay.source import Records, Window
 from edge.wasm.manifest import Manifest, load_manifest, parse_manifest
 from edge.wasm.pool import SandboxPool
 from edge.wasm.protocol import CLOCK_MS, CLOCK_NS, CLOCK_REPLAY
+from edge.wasm.record import CallOutputs
 
 log = logging.getLogger("edge.replay.replayer")
 
@@ -55,19 +60,34 @@ MAX_WORKERS = 1
 
 
 class CaptureHost:
-    """HostCallbacks that record instead of publishing (per component, in order)."""
+    """HostCallbacks that keep each call's own outputs instead of carrying anything out.
+
+    The outputs come from :meth:`on_call_outputs` (a
+    :class:`~edge.wasm.record.CallOutputsListener`: the call result's publishes and KV puts,
+    per component, in call order, before the pool's hop limit, rate limit and lane); what the
+    pool's pipeline then hands to :meth:`publish` / :meth:`kv_put` is only counted.
+    """
 
     def __init__(self) -> None:
         self.publishes: dict[str, list[tuple[str, bytes]]] = {}
         self.kv_puts: dict[str, list[tuple[str, bytes]]] = {}
         self.faults: list[tuple[str, SandboxError]] = []
         self.limits: list[tuple[str, str, int]] = []
+        self.carried = 0  # publishes and KV writes the pipeline let out (dropped here)
+
+    def on_call_outputs(self, component: str, outputs: CallOutputs) -> None:
+        if outputs.publishes:
+            self.publishes.setdefault(component, []).extend(
+                (s, bytes(d)) for s, d in outputs.publishes)
+        if outputs.kv_puts:
+            self.kv_puts.setdefault(component, []).extend(
+                (k, bytes(v)) for k, v in outputs.kv_puts)
 
     async def publish(self, component: str, subject: str, data: bytes, hops: int) -> None:
-        self.publishes.setdefault(component, []).append((subject, bytes(data)))
+        self.carried += 1
 
     async def kv_put(self, component: str, key: str, value: bytes, hops: int) -> None:
-        self.kv_puts.setdefault(component, []).append((key, bytes(value)))
+        self.carried += 1
 
     def on_fault(self, component: str, fault: SandboxError) -> None:
         self.faults.append((component, fault))
@@ -84,9 +104,10 @@ class ReplayInfer:
     answers, in order; a call whose model or input differs from the recorded one is reported
     through ``on_mismatch`` (and still gets the recorded answer)."""
 
-    def __init__(self, on_mismatch: Callable[[str, int, float, str, str], None]) -> None:
+    def __init__(self, on_mismatch: Callable[[str, int, float, str, str], None] | None = None
+                 ) -> None:
         self.answers: dict[str, deque[tuple[int, float, dict[str, Any]]]] = {}
-        self.on_mismatch = on_mismatch
+        self.on_mismatch = on_mismatch or (lambda *_: None)
 
     async def infer(self, component: str, model: str, data: bytes) -> bytes:
         queue = self.answers.get(component)
@@ -106,6 +127,41 @@ class ReplayInfer:
 
 
 TOOL_CALLS_SHOWN = 10  # tool calls listed in the text report
+
+
+class ReplaySandbox:
+    """The isolated sandbox one replay runs in: its own :class:`SandboxPool` (own worker
+    process, replay clock mode), the :class:`CaptureHost` and the :class:`ReplayInfer` bridge.
+
+    :meth:`begin` starts the pool in the background, so that the worker process starts while
+    the records are read (:func:`replay`); :meth:`ready` waits for it (starting it if nobody
+    did); :meth:`close` stops it (after a start still under way has finished), and may be
+    called more than once.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.host = CaptureHost()
+        self.infer = ReplayInfer()
+        workers = max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+        self.pool = SandboxPool(device, self.host, workers=workers, infer=self.infer,
+                                clock=CLOCK_REPLAY)
+        self._starting: asyncio.Task[None] | None = None
+
+    def begin(self) -> None:
+        if self._starting is None:
+            self._starting = asyncio.create_task(self.pool.start(), name="edge.replay.sandbox")
+
+    async def ready(self) -> SandboxPool:
+        self.begin()
+        assert self._starting is not None
+        await self._starting
+        return self.pool
+
+    async def close(self) -> None:
+        if self._starting is not None:
+            with contextlib.suppress(Exception):
+                await self._starting  # a worker being started is stopped, not left behind
+        await self.pool.stop()
 
 
 @dataclass
@@ -152,6 +208,12 @@ class ComponentReport:
     reads_clock: bool = False  # the module imports clock_ms or monotonic_ns (answered from the record)
     #: model name -> the sha256 of the models that answered its infer calls in the window
     models: dict[str, list[str]] = field(default_factory=dict)
+    #: what the device's effects pipeline did with the recorded outputs in the window (counts,
+    #: only those not 0): publishes refused by the hop limit (``hop_limited``), the publish
+    #: rate (``rate_limited``), the policy (``policy_denied``), a full lane (``lane_dropped``);
+    #: KV puts denied by the policy (``kv_policy_denied``), dropped (``kv_lane_dropped``),
+    #: replaced while queued (``kv_coalesced``). Not compared: the replay runs none of it.
+    device: dict[str, int] = field(default_factory=dict)
     first: Divergence | None = None
 
     @property
@@ -221,6 +283,8 @@ class ReplayReport:
                 exact += " (reads the clock: its reads answered from the record)"
             lines.append(f"  {name:<12} {c.ticks} ticks, {c.messages} message batches, "
                          f"{c.publishes} publishes: {state}  [{vers}]{exact}")
+            if c.device:
+                lines.append(f"    on the device (not replayed): {_device_sentence(c)}")
             for model, shas in sorted(c.models.items()):
                 lines.append(f"    model {model}: {', '.join(s[:12] for s in shas) or 'unknown'}")
         for p in self.policies:
@@ -264,11 +328,18 @@ class LiveComponent:
     step: int = 0  # the last call applied (step, stream seq, time)
     seq: int = 0
     t: float = 0.0
+    gen: int = 0  # loads applied so far (steps count from each load)
+    #: recorded pub and kv records: (load, step, index in the call, effect, device's fate)
+    rec_pub_records: list[tuple[int, int, int, _Effect, dict[str, int]]] = field(
+        default_factory=list)
+    rec_kv_records: list[tuple[int, int, int, _Effect, str]] = field(default_factory=list)
     rec_pubs: list[_Effect] = field(default_factory=list)
     rep_pubs: list[_Effect] = field(default_factory=list)
     rec_kv: list[_Effect] = field(default_factory=list)
     rep_kv: list[_Effect] = field(default_factory=list)
-    inside_steps: set[int] = field(default_factory=set)  # calls replayed inside the window
+    #: calls replayed inside the window: (load, step) -> the stream seq and time of the call's
+    #: record (the load, tick or msg record), which a divergence of its outputs names
+    inside_steps: dict[tuple[int, int], tuple[int, float]] = field(default_factory=dict)
     #: clock-reading components: each message batch's recorded reads (step, seq, time, reads,
     #: inside the window) and the replayed reads, in the order the batches were handed over
     rec_msg_clocks: list[tuple[int, int, float, list[tuple[int, int]], bool]] = field(
@@ -300,15 +371,21 @@ class Replayer:
     def __init__(self, device: str, records: Records, window: Window, *,
                  systems: Sequence[str] | None = None,
                  what_if: Mapping[str, Path] | None = None,
-                 agents: Mapping[str, AgentFactory] | None = None) -> None:
+                 agents: Mapping[str, AgentFactory] | None = None,
+                 sandbox: ReplaySandbox | None = None, started: float | None = None) -> None:
         self.device = device
         self.records = records
         self.window = window
         self.systems = set(systems) if systems else None
         self.what_if = {k: candidate(v, device) for k, v in (what_if or {}).items()
                         if not is_agent_table(v)}
-        self.host = CaptureHost()
-        self.infer = ReplayInfer(self._infer_mismatch)
+        #: the sandbox (one is made when none is given; :meth:`run` closes it) and when the
+        #: replay began (``time.perf_counter()``; None: when :meth:`run` is called)
+        self.sandbox = sandbox if sandbox is not None else ReplaySandbox(device)
+        self.started = started
+        self.host = self.sandbox.host
+        self.infer = self.sandbox.infer
+        self.infer.on_mismatch = self._infer_mismatch
         agent_what_if = {k: v for k, v in (what_if or {}).items() if is_agent_table(v)}
         self._agents = AgentReplay(device, records.items, window, selected=self._selected,
                                    what_if=agent_what_if, factories=agents)
@@ -317,6 +394,13 @@ class Replayer:
         self._tmp: Path | None = None
 
     async def run(self) -> ReplayReport:
+        """Replay the window and compare; the sandbox is closed whatever happens."""
+        try:
+            return await self._run()
+        finally:
+            await self.sandbox.close()
+
+    async def _run(self) -> ReplayReport:
         items = self.records.items
         start, first_in, last_in = self._plan(items)
         if self.systems is not None:
@@ -335,26 +419,26 @@ class Replayer:
                     streams[name].append((seq, rec))
         agent_streams = {n: r for n, r in streams.items() if self._reports[n].kind == "agent"}
         streams = {n: r for n, r in streams.items() if n not in agent_streams}
-        workers = max(1, min(len(streams), os.cpu_count() or 1, MAX_WORKERS))
         for name, recs in streams.items():
             self.infer.answers[name] = deque((seq, float(r["t"]), r) for seq, r in recs
                                              if r["k"] == "infer")
-        t0 = time.perf_counter()
+        t0 = self.started if self.started is not None else time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="edge-replay-") as tmp:
             self._tmp = Path(tmp)
-            async with SandboxPool(self.device, self.host, workers=workers,
-                                   infer=self.infer, clock=CLOCK_REPLAY) as pool:
-                pool.message_clocks = self._message_clocks
-                await asyncio.gather(*(self._replay_one(pool, name, recs)
-                                       for name, recs in streams.items()),
-                                     *(self._replay_agent(name, recs)
-                                       for name, recs in agent_streams.items()))
+            pool = await self.sandbox.ready()
+            pool.message_clocks = self._message_clocks
+            await asyncio.gather(*(self._replay_one(pool, name, recs)
+                                   for name, recs in streams.items()),
+                                 *(self._replay_agent(name, recs)
+                                   for name, recs in agent_streams.items()))
+            await self.sandbox.close()  # the sandbox's stop is part of the replay's time
         replay_s = time.perf_counter() - t0
-        for seq, rec in items[last_in + 1:]:  # publishes written after the window's last step
+        for seq, rec in items[last_in + 1:]:  # outputs written after the window's last step
             tail = self._live.get(str(rec.get("c")))
-            if rec["k"] == "pub" and tail is not None:
-                self._recorded_pubs(tail, seq, float(rec["t"]), rec)
+            if tail is not None and rec["k"] in ("pub", "kv"):
+                self._recorded_output(tail, seq, float(rec["t"]), rec)
         for live in self._live.values():
+            self._select_recorded(live)
             self._compare_effects(live)
         span = 0.0
         if first_in <= last_in:
@@ -474,31 +558,59 @@ class Replayer:
                 await self._tick(pool, live, seq, t, rec, inside)
             elif kind == "msg" and live is not None and live.running:
                 await self._deliver(pool, live, seq, t, rec, inside)
-            elif kind == "pub" and live is not None:
-                self._recorded_pubs(live, seq, t, rec)
+            elif kind in ("pub", "kv") and live is not None:
+                self._recorded_output(live, seq, t, rec)
             elif kind == "infer" and inside:
                 shas = self._reports[name].models.setdefault(str(rec["model"]), [])
                 sha = rec.get("model_sha")
                 if isinstance(sha, str) and sha not in shas:
                     shas.append(sha)
-            elif kind == "kv" and live is not None and inside:
-                value = unb64(rec["value"], "value")
-                live.rec_kv.append(_Effect(int(rec.get("step", 0)), seq, t, str(rec["key"]),
-                                           digest(value), value))
         except (KeyError, TypeError, ValueError) as err:
             raise ReplayError(f"record at stream seq {seq} ({kind} of {name}) is malformed: "
                               f"{type(err).__name__}: {err}", seq=seq, reason="malformed") from err
 
     @staticmethod
-    def _recorded_pubs(live: LiveComponent, seq: int, t: float, rec: dict[str, Any]) -> None:
-        """A ``pub`` record counts when its step ran inside the window (it may be written up to
-        a flush period after the step, past the window's end)."""
+    def _recorded_output(live: LiveComponent, seq: int, t: float, rec: dict[str, Any]) -> None:
+        """A ``pub`` or ``kv`` record: kept with the load and step it belongs to (it may be
+        written before its call's record, or after the window's end), selected once every
+        record is applied (:meth:`_select_recorded`)."""
         step = int(rec.get("step", 0))
-        if step not in live.inside_steps:
+        if rec["k"] == "kv":
+            value = unb64(rec["value"], "value")
+            live.rec_kv_records.append((live.gen, step, int(rec.get("i", 0)),
+                                        _Effect(step, seq, t, str(rec["key"]), digest(value),
+                                                value), str(rec.get("dev", ""))))
             return
-        for entry in rec["pubs"]:
+        dev = rec.get("dev") or {}
+        if not isinstance(dev, dict):
+            raise ValueError("field 'dev' of a pub record is not an object")
+        fates = {str(k): int(v) for k, v in dev.items()}
+        for i, entry in enumerate(rec["pubs"]):
             data = unb64(entry[2], "pubs") if len(entry) > 2 else None
-            live.rec_pubs.append(_Effect(step, seq, t, str(entry[0]), str(entry[1]), data))
+            live.rec_pub_records.append((live.gen, step, i, _Effect(step, seq, t, str(entry[0]),
+                                                                    str(entry[1]), data),
+                                         fates if i == 0 else {}))
+
+    @staticmethod
+    def _select_recorded(live: LiveComponent) -> None:
+        """The recorded outputs of the calls replayed inside the window, in call order, and the
+        counts of what the device's pipeline did with them."""
+        device = live.report.device
+        pubs = sorted((r for r in live.rec_pub_records if (r[0], r[1]) in live.inside_steps),
+                      key=lambda r: (r[0], r[1]))
+        at = live.inside_steps
+        live.rec_pubs = [dataclasses.replace(r[3], seq=at[r[0], r[1]][0], t=at[r[0], r[1]][1])
+                         for r in pubs]
+        for r in pubs:
+            for fate, n in r[4].items():
+                device[fate] = device.get(fate, 0) + n
+        kvs = sorted((r for r in live.rec_kv_records if (r[0], r[1]) in live.inside_steps),
+                     key=lambda r: (r[0], r[1], r[2]))
+        live.rec_kv = [dataclasses.replace(r[3], seq=at[r[0], r[1]][0], t=at[r[0], r[1]][1])
+                       for r in kvs]
+        for _, _, _, _, kv_fate in kvs:
+            if kv_fate:
+                device[f"kv_{kv_fate}"] = device.get(f"kv_{kv_fate}", 0) + 1
 
     async def _load(self, pool: SandboxPool, name: str, rec: dict[str, Any], seq: int = 0,
                     t: float = 0.0, inside: bool = False) -> None:
@@ -550,6 +662,13 @@ class Replayer:
         live.manifest = recorded
         live.ids = None
         live.running = True
+        live.gen += 1
+        if rec.get("checkpoint"):  # the device ran no edge_init here: its outputs are not its
+            self.host.take(name)
+            return
+        if inside:  # edge_init's outputs are step 0 of the load
+            live.inside_steps[(live.gen, 0)] = (seq, t)
+        self._take_effects(live, 0, seq, t, inside)
 
     def _recorded_manifest(self, name: str, rec: dict[str, Any], module: bytes,
                            sha: str) -> Manifest:
@@ -599,7 +718,7 @@ class Replayer:
         if not inside:
             report.warmup_ticks += 1
             return
-        live.inside_steps.add(step)
+        live.inside_steps[(live.gen, step)] = (seq, t)
         report.ticks += 1
         rec_ok = bool(rec["ok"])
         writable = m.writable
@@ -652,7 +771,7 @@ class Replayer:
         self._take_effects(live, step, seq, t, inside)
         if inside:
             live.report.messages += 1
-            live.inside_steps.add(int(rec.get("step", 0)))
+            live.inside_steps[(live.gen, step)] = (seq, t)
 
     def _take_effects(self, live: LiveComponent, step: int, seq: int, t: float, inside: bool) -> None:
         """Effects that arrived so far (they may lag their call: the publish comparison goes by
@@ -786,6 +905,22 @@ def _policies(items: list[tuple[int, dict[str, Any]]], first_in: int,
     return out
 
 
+#: How the report names what the device's effects pipeline did (ComponentReport.device).
+DEVICE_FATES = {"policy_denied": "the policy denied {n} of these publishes",
+                "rate_limited": "the publish rate limit refused {n}",
+                "hop_limited": "the hop limit refused {n}",
+                "lane_dropped": "{n} were dropped from a full queue",
+                "kv_policy_denied": "the policy denied {n} of these KV puts",
+                "kv_lane_dropped": "{n} KV puts were dropped from a full queue",
+                "kv_coalesced": "{n} KV puts were replaced by a later put of the key while "
+                                "queued (not written)"}
+
+
+def _device_sentence(c: ComponentReport) -> str:
+    return "; ".join(DEVICE_FATES.get(k, k + " {n}").format(n=n)
+                     for k, n in sorted(c.device.items()))
+
+
 def _show(e: _Effect | None) -> str | None:
     if e is None:
         return None
@@ -805,12 +940,22 @@ async def replay(js: Any, device: str, window: Window, *, stream: str = "REC",
                  what_if: Mapping[str, Path] | None = None,
                  agents: Mapping[str, AgentFactory] | None = None) -> ReplayReport:
     """Read the window from ``stream`` (a device's ``REC`` or a hub's copy) and replay it
-    (the arguments are :class:`Replayer`'s)."""
+    (the arguments are :class:`Replayer`'s). The replay's sandbox worker starts while the
+    records are read; the report's ``replay_s`` counts both."""
     from edge.replay.source import read_records
 
-    records = await read_records(js, stream, device, window)
-    return await Replayer(device, records, window, systems=systems, what_if=what_if,
-                          agents=agents).run()
+    t0 = time.perf_counter()
+    sandbox = ReplaySandbox(device)
+    sandbox.begin()
+    try:
+        records = await read_records(js, stream, device, window)
+        replayer = Replayer(device, records, window, systems=systems, what_if=what_if,
+                            agents=agents, sandbox=sandbox, started=t0)
+    except BaseException:
+        await sandbox.close()
+        raise
+    return await replayer.run()
 
 
-__all__ = ["CaptureHost", "ComponentReport", "Divergence", "ReplayReport", "Replayer", "replay"]
+__all__ = ["CaptureHost", "ComponentReport", "Divergence", "ReplayReport", "ReplaySandbox",
+           "Replayer", "replay"]

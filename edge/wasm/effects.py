@@ -17,6 +17,11 @@ passed ``max_hops`` handlers is refused: a loop between components) and its publ
 through ``on_limit`` (at most once per ``LIMIT_EVENT_INTERVAL_S`` per component and limit).
 With a policy point (:class:`~edge.wasm.host.MessagePolicy`), every call's gas is metered and the
 publishes and KV puts that passed those limits pass the policy too (``policy_denied``).
+
+[replay hook] A host that is a :class:`~edge.wasm.record.CallOutputsListener` is told, for every
+call, the component's own publishes and KV puts before any of these steps, and what each step
+did with them (:class:`~edge.wasm.record.CallOutputs`): a replay compares the former, a report
+shows the latter.
 """
 
 from __future__ import annotations
@@ -31,6 +36,13 @@ from edge.wasm.grants import kv_put_allowed
 from edge.wasm.host import HostCallbacks, MessagePolicy
 from edge.wasm.origin import DEFAULT_MAX_HOPS, MAX_HOPS
 from edge.wasm.protocol import CallResult
+from edge.wasm.record import (
+    KV_LANE_DROPPED,
+    KV_POLICY_DENIED,
+    KV_QUEUED,
+    CallOutputs,
+    CallOutputsListener,
+)
 
 log = logging.getLogger("edge.wasm.pool")
 component_log = logging.getLogger("edge.wasm.component")
@@ -77,6 +89,20 @@ def check(comp: Component, res: CallResult, *, calls: int, messages: int,
     if res.written & ~allowed:
         return f"write bits {res.written:#x} outside the write set ({allowed:#x})"
     return None
+
+
+def _kept(items: list[tuple[str, bytes]], allowed: list[tuple[str, bytes]]) -> list[str]:
+    """Per item of ``items``, ``KV_QUEUED`` if the policy let it through (``allowed`` is an
+    order-keeping subset of ``items``), else ``KV_POLICY_DENIED``."""
+    fate = []
+    j = 0
+    for item in items:
+        if j < len(allowed) and allowed[j] == item:
+            fate.append(KV_QUEUED)
+            j += 1
+        else:
+            fate.append(KV_POLICY_DENIED)
+    return fate
 
 
 class _Lane:
@@ -130,6 +156,9 @@ class Effects:
         self._idle = asyncio.Event()
         self._idle.set()
         self.dropped = 0
+        #: [replay hook] told every call's own outputs (edge.wasm.record); None = nobody asks
+        self.outputs: CallOutputsListener | None = (
+            host if isinstance(host, CallOutputsListener) else None)
 
     def _lane(self, name: str) -> _Lane:
         lane = self._lanes.get(name)
@@ -137,11 +166,13 @@ class Effects:
             lane = self._lanes[name] = _Lane()
         return lane
 
-    def apply(self, comp: Component, res: CallResult, hops: int = 0) -> None:
+    def apply(self, comp: Component, res: CallResult, hops: int = 0, *,
+              export: str = "") -> None:
         """Count a checked reply, log its lines and queue its publishes and KV puts.
 
         ``hops`` is the largest hop count of the messages the call handled (0 for a tick or
-        ``edge_init``): what the call published carries one more.
+        ``edge_init``): what the call published carries one more. ``export`` names the call
+        (``edge_init``, ``edge_tick``, ``edge_on_message``) for the outputs listener.
         """
         c = comp.counters
         comp.gas_last = res.gas_used
@@ -176,44 +207,76 @@ class Effects:
         if res.kv_refused:
             self.limited(comp, "kv_quota", res.kv_refused)
         publishes = res.publishes
+        listener = self.outputs
+        out = (CallOutputs(export, res.publishes, res.kv_puts) if listener is not None
+               else None)
         hops += 1
         if publishes and hops > self.max_hops:
             self.limited(comp, "hops", len(publishes))
+            if out is not None:
+                out.hop_limited = len(publishes)
             publishes = []
         if publishes:
             k = comp.publish_bucket.take(len(publishes), time.monotonic())
             if k < len(publishes):
                 self.limited(comp, "publish_rate", len(publishes) - k)
+                if out is not None:
+                    out.rate_limited = len(publishes) - k
                 publishes = publishes[:k]
         kv_puts = res.kv_puts
         if policy is not None and (publishes or kv_puts):  # the policy point: docs/policy.md
-            n = len(publishes) + len(kv_puts)
+            n_pub = len(publishes)
             publishes = policy.publishes(comp.name, publishes) if publishes else publishes
-            kv_puts = policy.kv_puts(comp.name, kv_puts) if kv_puts else kv_puts
-            c["policy_denied"] += n - len(publishes) - len(kv_puts)
+            allowed = policy.kv_puts(comp.name, kv_puts) if kv_puts else kv_puts
+            c["policy_denied"] += n_pub - len(publishes) + len(kv_puts) - len(allowed)
+            if out is not None:
+                out.policy_denied = n_pub - len(publishes)
+                if len(allowed) < len(kv_puts):
+                    out.kv_fate = _kept(kv_puts, allowed)
+            kv_puts = allowed
+        if out is not None and not out.kv_fate:
+            out.kv_fate = [KV_QUEUED] * len(res.kv_puts)
         if not publishes and not kv_puts:
+            if listener is not None and out is not None:
+                listener.on_call_outputs(comp.name, out)
             return
         lane = self._lane(comp.name)
         had_pub, had_kv = bool(lane.publishes), bool(lane.kv)
         dropped = 0
         usage = comp.kv_usage
+        fate = out.kv_fate if out is not None else None
+        at = 0  # the index in fate of the next put that passed the policy
         for key, value in kv_puts:
+            if fate is not None:
+                while fate[at] != KV_QUEUED:
+                    at += 1
             usage.put(key, value, comp.kv.get(key))  # within the quota: check() made sure
             comp.kv[key] = value  # the component's view is current at once
             queued = lane.kv.get(key)
             grow = len(value) - (len(queued[0]) if queued is not None else -len(key))
             if queued is None and lane.queued_bytes + grow > self.lane_bytes:
                 dropped += 1
+                if fate is not None:
+                    fate[at] = KV_LANE_DROPPED
+                at += 1
                 continue
+            if queued is not None and out is not None:  # the queued put is never written
+                out.coalesced.append(at)
+            at += 1
             lane.kv[key] = (value, hops)
             lane.queued_bytes += grow
+        pub_dropped = 0
         for subject, data in publishes:
             size = len(subject) + len(data)
             if lane.queued_bytes + size > self.lane_bytes:
                 dropped += 1
+                pub_dropped += 1
                 continue
             lane.publishes.append((subject, data, hops))
             lane.queued_bytes += size
+        if listener is not None and out is not None:  # before the drain tasks see them
+            out.lane_dropped = pub_dropped
+            listener.on_call_outputs(comp.name, out)
         if dropped:
             c["effects_dropped"] += dropped
             self.dropped += dropped

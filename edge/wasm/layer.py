@@ -41,7 +41,7 @@ from edge.wasm.manifest import Manifest, load_manifest, read_module
 from edge.wasm.origin import origin_headers, origin_id
 from edge.wasm.pool import SandboxPool
 from edge.wasm.protocol import CLOCK_LIVE, CLOCK_RECORD
-from edge.wasm.record import RecordingBridge, SandboxRecorder, record_prefix
+from edge.wasm.record import CallOutputs, RecordingBridge, SandboxRecorder, record_prefix
 from edge.world.scheduler import SharedBatch, TickLoop
 from edge.world.store import F64Array
 
@@ -326,8 +326,6 @@ class SandboxLayer:
         # high-rate stream, and the device streams capture those on evt/tele subjects. The
         # runtime's own records about components (faults) go through the acknowledged publisher.
         ctx = self.ctx
-        if self.recorder is not None:  # [replay hook]
-            self.recorder.on_publish(component, subject, data)
         await ctx.nc.publish(subject, data,
                              headers=origin_headers(origin_id(component, ctx.device), hops))
 
@@ -344,6 +342,11 @@ class SandboxLayer:
         finally:
             if self.recorder is not None:  # [replay hook] the write, and the revision it got
                 self.recorder.on_kv_put(component, key, value, revision)
+
+    def on_call_outputs(self, component: str, outputs: CallOutputs) -> None:
+        """[replay hook] a call's own outputs, before the effects pipeline (edge.wasm.record)."""
+        if self.recorder is not None:
+            self.recorder.on_outputs(component, outputs)
 
     def on_limit(self, component: str, limit: str, dropped: int) -> None:
         ctx = self._ctx

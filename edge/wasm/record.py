@@ -14,8 +14,12 @@ boundary:
 * ``on_deliver`` for each message batch handed to ``edge_on_message``, and
   ``on_message_clocks`` with the clock reads of each batch once it is answered (in the order
   the batches were handed over; none for a batch that was dropped);
-* ``on_publish`` / ``on_kv_put`` for each effect the host carried out (a KV write with the
-  bucket revision it got, None when the write failed);
+* ``on_outputs`` for every call the runtime accounted for (``edge_init``, ``edge_tick``,
+  ``edge_on_message``): the component's own publishes and KV puts as its reply carried them, in
+  call order, before any limit, policy or coalescing, with what the effects pipeline did with
+  them (:class:`CallOutputs`; told by :class:`~edge.wasm.effects.Effects` through the host);
+* ``on_kv_put`` for each KV write the host carried out (with the bucket revision it got, None
+  when the write failed);
 * ``on_infer`` for each answer of the ``infer`` bridge (wrapped in :class:`RecordingBridge`);
 * ``on_unload``.
 
@@ -31,7 +35,8 @@ shared mode, and its ticks are recorded without their columns. Messages on the r
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -46,6 +51,44 @@ def record_prefix(device: str) -> str:
     (a component subscribed to ``>`` would otherwise hear, and be recorded hearing, the records
     about itself)."""
     return f"{subjects.PREFIX}.{device}.rec."
+
+
+#: What the effects pipeline did with one KV put of a call (:attr:`CallOutputs.kv_fate`).
+KV_QUEUED = "queued"  # queued for the host (written, or later replaced while queued)
+KV_POLICY_DENIED = "policy_denied"
+KV_LANE_DROPPED = "lane_dropped"
+
+
+@dataclass(slots=True)
+class CallOutputs:
+    """One call's own outputs and what the device's effects pipeline did with them.
+
+    ``publishes`` and ``kv_puts`` are the reply's, in call order, before the hop limit, the
+    publish rate, the policy point and the lane; the counts say how many publishes each of
+    those refused (they are applied in that order); ``kv_fate`` has one entry per KV put
+    (``KV_QUEUED``, ``KV_POLICY_DENIED`` or ``KV_LANE_DROPPED``) and ``coalesced`` the indices of the queued puts that
+    replaced a put of the same key still queued (of this call or an earlier one): that earlier
+    put is never written.
+    """
+
+    export: str  # edge_init | edge_tick | edge_on_message
+    publishes: Sequence[tuple[str, bytes]]
+    kv_puts: Sequence[tuple[str, bytes]]
+    hop_limited: int = 0
+    rate_limited: int = 0
+    policy_denied: int = 0
+    lane_dropped: int = 0
+    kv_fate: list[str] = field(default_factory=list)
+    coalesced: list[int] = field(default_factory=list)
+
+
+@runtime_checkable
+class CallOutputsListener(Protocol):
+    """A host (:class:`~edge.wasm.host.HostCallbacks`) that also wants every call's own
+    outputs: :class:`~edge.wasm.effects.Effects` tells it each accounted call, synchronously,
+    before any of the call's effects reach ``publish``/``kv_put``. Must not block or raise."""
+
+    def on_call_outputs(self, component: str, outputs: CallOutputs) -> None: ...
 
 
 class SandboxRecorder(Protocol):
@@ -75,7 +118,7 @@ class SandboxRecorder(Protocol):
     def on_message_clocks(self, component: str, clocks: Sequence[tuple[int, int]],
                           cut: int) -> None: ...
 
-    def on_publish(self, component: str, subject: str, data: bytes) -> None: ...
+    def on_outputs(self, component: str, outputs: CallOutputs) -> None: ...
 
     def on_kv_put(self, component: str, key: str, value: bytes,
                   revision: int | None = None) -> None: ...

@@ -171,7 +171,7 @@ class Supervisor:
                 comp.tick_clocks, comp.tick_clocks_cut = payload.clocks, payload.clocks_cut
         elif export == "edge_init":  # [replay hook]
             comp.init_clocks, comp.init_clocks_cut = payload.clocks, payload.clocks_cut
-        self.effects.apply(comp, payload, hops)
+        self.effects.apply(comp, payload, hops, export=export)
         if status == "fault":
             if current:
                 self.fault(comp, payload.fault or ("trap", export, "unknown"))

@@ -295,7 +295,11 @@ async def test_a_message_system_replays_its_messages_and_publishes(tmp_path: Pat
     assert not report2.identical
     first = report2.first
     assert first is not None and first.what == "publish" and first.component == "echo"
-    assert first.seq == min(s for s, r in records.items if r["k"] == "pub" and r["t"] >= t0)
+    # the divergence names the call that made the publish: its msg record
+    step = min(r["step"] for _, r in records.items if r["k"] == "pub" and r["t"] >= t0)
+    assert first.step == step
+    assert first.seq == min(s for s, r in records.items
+                            if r["k"] == "msg" and r.get("step") == step and r["t"] >= t0)
     assert first.recorded.endswith("hello 0") and first.replayed is None
     assert report2.components["echo"].publishes_differing == 20
 
