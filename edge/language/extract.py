@@ -19,8 +19,11 @@ command        ``command <verb> to <entity>: ok`` or ``... refused (<reason>): <
 other          ``<kind>: key=value, ...`` of the scalar fields
 =============  ===========================================================================
 
-A body that is not a JSON object is malformed: :class:`Malformed` is raised, and the indexer
-counts and drops it.
+The kinds above are written by the runtime, its drivers and agents: a body of one of them (and of
+any ``ack`` or ``lang`` message) that is not a JSON object is malformed: :class:`Malformed` is
+raised, and the indexer counts and drops it. Any other ``evt`` kind is free-form (a component may
+publish what it likes): a body that is not a JSON object but is UTF-8 text becomes
+``<kind>: <text>``; a binary body is not an entry (counted as skipped, not malformed).
 """
 
 from __future__ import annotations
@@ -54,6 +57,20 @@ def _answer(answer: Any) -> str:
     return f"refused ({answer.get('reason', '?')}): {answer.get('error', '')}".rstrip(": ")
 
 
+KNOWN_KINDS = frozenset({"statustext", "decision", "log", "tool_call", "note", "fault"})
+
+
+def _free_text(kind: str, data: bytes) -> str | None:
+    """A free-form event body as text, or None when it is binary (not UTF-8, or control bytes)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if any(ord(c) < 32 and c not in "\t\n\r" for c in text):
+        return None
+    return f"{kind}: {' '.join(text.split())}" if text.strip() else None
+
+
 def extract(subject: str, data: bytes, *, t: float, stream: str | None, seq: int | None,
             skip_kinds: tuple[str, ...] = ()) -> Entry | None:
     """The entry of one message, or None when its kind is not indexed."""
@@ -65,11 +82,16 @@ def extract(subject: str, data: bytes, *, t: float, stream: str | None, seq: int
     family, entity, kind = parts[2], parts[3], ".".join(parts[4:])
     if family != "ack" and kind in skip_kinds:
         return None
+    free = family == "evt" and kind not in KNOWN_KINDS  # a component's own event: any body
     try:
         body = json.loads(data)
     except ValueError as err:
+        if free:
+            return _text_entry(kind, entity, subject, data, t=t, stream=stream, seq=seq)
         raise Malformed(f"message on {subject} is not JSON: {err}", subject=subject) from None
     if not isinstance(body, dict):
+        if free:
+            return _text_entry(kind, entity, subject, data, t=t, stream=stream, seq=seq)
         raise Malformed(f"message on {subject} is not a JSON object", subject=subject)
     meta: dict[str, Any] = {}
     if family == "ack" and entity == "cloud" and len(subject.split(".")) == 4:
@@ -113,3 +135,12 @@ def extract(subject: str, data: bytes, *, t: float, stream: str | None, seq: int
     when = float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) and ts > 0 else t
     return Entry(text=text[:MAX_TEXT_CHARS], kind=kind, entity=entity, source=subject, t=when,
                  stream=stream, seq=seq, meta=meta)
+
+
+def _text_entry(kind: str, entity: str, subject: str, data: bytes, *, t: float, stream: str | None,
+                seq: int | None) -> Entry | None:
+    text = _free_text(kind, data)
+    if text is None:
+        return None
+    return Entry(text=text[:MAX_TEXT_CHARS], kind=kind, entity=entity, source=subject, t=t,
+                 stream=stream, seq=seq, meta={})

@@ -54,3 +54,17 @@ def test_skipped_kinds_and_empty_lines_are_not_entries() -> None:
 def test_malformed_messages_raise_malformed(subject: str, data: bytes) -> None:
     with pytest.raises(Malformed):
         extract(subject, data, t=0.0, stream="EVT", seq=1)
+
+
+def test_a_components_free_form_event_is_text_or_skipped_never_malformed() -> None:
+    text = extract("edge.d.evt.drone-0.lap", b"lap 3 done\n  in 41 s", t=5.0, stream="EVT", seq=9)
+    assert text is not None and (text.kind, text.entity, text.text, text.seq) == (
+        "lap", "drone-0", "lap: lap 3 done in 41 s", 9)
+    listed = extract("edge.d.evt.drone-0.lap", b"[1, 2]", t=5.0, stream="EVT", seq=9)
+    assert listed is not None and listed.text == "lap: [1, 2]"
+    assert extract("edge.d.evt.drone-0.lap", b"\x00\x01\xff", t=0.0, stream="EVT", seq=1) is None
+    assert extract("edge.d.evt.drone-0.lap", b"ok\x00", t=0.0, stream="EVT", seq=1) is None
+    with pytest.raises(Malformed):  # a kind the runtime writes must be a JSON object
+        extract("edge.d.evt.runtime.fault", b"trap", t=0.0, stream="EVT", seq=1)
+    with pytest.raises(Malformed):
+        extract("edge.d.ack.drone-0.rtl", b"ok", t=0.0, stream="EVT", seq=1)
