@@ -48,15 +48,8 @@ class FleetPolicy:
 
     def require_command(self, operator: str, device: str, name: str,
                         labels: Mapping[str, str] | None = None) -> Decision:
-        d = self.command(operator, device, name, labels)
-        if not d.allowed:
-            log.warning("operator %s may not queue %s for %s: %s (%s)", operator, name, device,
-                        d.reason, d.rule)
-            raise PolicyDenied(f"operator '{operator}' may not send '{name[:80]}' to device "
-                               f"'{device[:64]}': {d.reason} (rule '{d.rule}')",
-                               principal=f"operator:{operator}", action="command",
-                               resource=f"{device}.{name}", rule=d.rule, reason=d.reason)
-        return d
+        return _required(self.command(operator, device, name, labels), operator, "command",
+                         f"send '{name[:80]}' to", device, f"{device}.{name}")
 
     def artifact(self, operator: str, device: str, artifact: str,
                  labels: Mapping[str, str] | None = None) -> Decision:
@@ -67,12 +60,15 @@ class FleetPolicy:
 
     def require_artifact(self, operator: str, device: str, artifact: str,
                          labels: Mapping[str, str] | None = None) -> Decision:
-        d = self.artifact(operator, device, artifact, labels)
-        if not d.allowed:
-            log.warning("operator %s may not deploy %s to %s: %s (%s)", operator, artifact, device,
-                        d.reason, d.rule)
-            raise PolicyDenied(f"operator '{operator}' may not deploy '{artifact[:160]}' to device "
-                               f"'{device[:64]}': {d.reason} (rule '{d.rule}')",
-                               principal=f"operator:{operator}", action="deploy",
-                               resource=f"{device}.{artifact}", rule=d.rule, reason=d.reason)
-        return d
+        return _required(self.artifact(operator, device, artifact, labels), operator, "deploy",
+                         f"deploy '{artifact[:160]}' to", device, f"{device}.{artifact}")
+
+
+def _required(d: Decision, operator: str, action: str, what: str, device: str, resource: str) -> Decision:
+    """``d`` when it allows; else the denial logged and raised as :class:`PolicyDenied`."""
+    if not d.allowed:
+        log.warning("operator %s may not %s %s: %s (%s)", operator, what, device, d.reason, d.rule)
+        raise PolicyDenied(f"operator '{operator}' may not {what} device '{device[:64]}': {d.reason} "
+                           f"(rule '{d.rule}')", principal=f"operator:{operator}", action=action,
+                           resource=resource, rule=d.rule, reason=d.reason)
+    return d
