@@ -4,8 +4,6 @@ refusal is answered at once with reason ``denied`` and recorded; a failing check
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -15,22 +13,11 @@ from edge.nats.commands import CommandClient, CommandConflict, CommandRequest, C
 from edge.policy.layer import PolicyLayer
 from edge.policy.point import PolicyPoint
 from edge.policy.rules import parse_policy
+from rigs.events import ListEvents as Events
 
 pytestmark = pytest.mark.timeout(30)
 
 DEV = "adm"
-
-
-class Events:
-    def __init__(self) -> None:
-        self.out: list[tuple[str, dict[str, Any]]] = []
-
-    def emit(self, subject: str, data: bytes, *, msg_id: str | None = None,
-             headers: Mapping[str, str] | None = None) -> None:
-        self.out.append((subject, json.loads(data)))
-
-    async def telemetry(self, subject: str, data: bytes) -> None:
-        raise AssertionError("not telemetry")
 
 
 async def test_admission_runs_before_the_guard_and_a_refusal_is_answered_and_recorded(nc: Client) -> None:

@@ -5,35 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from edge.policy.meter import MAX_PRINCIPALS, OVERFLOW
 from edge.policy.point import DENIAL_EVENT_INTERVAL_S, PolicyPoint
 from edge.policy.rules import parse_policy
+from rigs.events import ListEvents as Events, StepClock as Clock
 
 DEV = "dev1"
-
-
-class Events:
-    def __init__(self) -> None:
-        self.out: list[tuple[str, dict[str, Any]]] = []
-
-    def emit(self, subject: str, data: bytes, *, msg_id: str | None = None,
-             headers: Mapping[str, str] | None = None) -> None:
-        self.out.append((subject, json.loads(data)))
-
-    async def telemetry(self, subject: str, data: bytes) -> None:
-        raise AssertionError("not telemetry")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def point(raw: dict[str, Any] | None, **kw: Any) -> tuple[PolicyPoint, Events, Clock]:

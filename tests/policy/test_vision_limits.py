@@ -5,10 +5,8 @@ denial event, and pass again once the window restarts; a denied frame never runs
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
 
 import numpy as np
 import numpy.typing as npt
@@ -23,30 +21,11 @@ from edge.inference.registry import ModelRegistry, ModelSpec
 from edge.inference.vision import Detection, DetectionPipeline
 from edge.policy.point import PolicyPoint
 from edge.policy.rules import parse_policy
+from rigs.events import ListEvents as Events, StepClock as Clock
 
 pytestmark = pytest.mark.timeout(60)
 
 DEV = "dev1"
-
-
-class Events:
-    def __init__(self) -> None:
-        self.out: list[tuple[str, dict[str, Any]]] = []
-
-    def emit(self, subject: str, data: bytes, *, msg_id: str | None = None,
-             headers: Mapping[str, str] | None = None) -> None:
-        self.out.append((subject, json.loads(data)))
-
-    async def telemetry(self, subject: str, data: bytes) -> None:
-        raise AssertionError("not telemetry")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Counting:

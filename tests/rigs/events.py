@@ -7,7 +7,9 @@ capture each subject; unit suites of drivers, agents and tools run against a bar
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
+from typing import Any
 
 from nats.aio.client import Client
 
@@ -27,3 +29,27 @@ class CoreEvents:
 
     async def telemetry(self, subject: str, data: bytes) -> None:
         await self.nc.publish(subject, data)
+
+
+class ListEvents:
+    """``emit`` into a list of ``(subject, decoded JSON)``; telemetry is not expected (it fails)."""
+
+    def __init__(self) -> None:
+        self.out: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(self, subject: str, data: bytes, *, msg_id: str | None = None,
+             headers: Mapping[str, str] | None = None) -> None:
+        self.out.append((subject, json.loads(data)))
+
+    async def telemetry(self, subject: str, data: bytes) -> None:
+        raise AssertionError("not telemetry")
+
+
+class StepClock:
+    """A clock a test moves by hand (``clock.t += 5``)."""
+
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
