@@ -7,14 +7,13 @@ loads nothing and a denied unload keeps the component running."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from edge.cli.client import ApiError, DeviceClient
-from edge.config import load_config
 from edge.runtime import Runtime
+from rigs.runtime import url_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -51,23 +50,6 @@ id = "apd"
 file = "policy.toml"
 watch_interval = 0
 """
-
-
-@pytest.fixture
-async def rt(tmp_path: Path) -> AsyncIterator[Runtime]:
-    (tmp_path / "policy.toml").write_text(POLICY)
-    (tmp_path / "device.toml").write_text(CONFIG)
-    runtime = Runtime(load_config(tmp_path / "device.toml", data_dir=tmp_path / "data"))
-    await runtime.start()
-    try:
-        yield runtime
-    finally:
-        await runtime.stop()
-
-
-def url_of(rt: Runtime) -> str:
-    assert rt.nc is not None and rt.nc.connected_url is not None
-    return rt.nc.connected_url.geturl()
 
 
 def loaded(rt: Runtime) -> set[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from edge.cli.client import ApiError, DeviceClient
 from edge.cli.main import main
 from edge.config import load_config
 from edge.runtime import Runtime
+from rigs.runtime import url_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,23 +64,6 @@ kind = "drone"
 labels = { fleet = "north" }
 components = { position = { x = 0.0 } }
 """
-
-
-@pytest.fixture
-async def rt(tmp_path: Path) -> AsyncIterator[Runtime]:
-    (tmp_path / "policy.toml").write_text(POLICY)
-    (tmp_path / "device.toml").write_text(CONFIG)
-    runtime = Runtime(load_config(tmp_path / "device.toml", data_dir=tmp_path / "data"))
-    await runtime.start()
-    try:
-        yield runtime
-    finally:
-        await runtime.stop()
-
-
-def url_of(rt: Runtime) -> str:
-    assert rt.nc is not None and rt.nc.connected_url is not None
-    return rt.nc.connected_url.geturl()
 
 
 async def raw(rt: Runtime, verb: str, body: dict[str, Any], caller: str | None = None) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,18 +123,6 @@ async def wait_for(pred: Callable[[], Any], timeout: float = 10.0) -> Any:
             return value
         await asyncio.sleep(0.02)
     raise AssertionError("condition not met in time")
-
-
-@pytest.fixture
-async def rt(tmp_path: Path) -> AsyncIterator[Runtime]:
-    (tmp_path / "policy.toml").write_text(POLICY)
-    (tmp_path / "device.toml").write_text(CONFIG)
-    runtime = Runtime(load_config(tmp_path / "device.toml", data_dir=tmp_path / "data"))
-    await runtime.start()
-    try:
-        yield runtime
-    finally:
-        await runtime.stop()
 
 
 async def relay(rt: Runtime, tmp: Path, module: Path, name: str, out: str, subscribe: str,
