@@ -8,12 +8,11 @@ anything else (links, other names, sizes over the manifest and module caps) befo
 
 from __future__ import annotations
 
-import io
 import re
-import tarfile
 import tomllib
 from pathlib import Path
 
+from edge.ota import tarball
 from edge.ota.errors import OtaError
 from edge.wasm.manifest import MAX_MANIFEST_BYTES, MAX_MODULE_BYTES
 
@@ -46,38 +45,14 @@ def pack(manifest_path: Path, *, version: str | None = None) -> tuple[bytes, dic
             raise OtaError(f"{manifest_path}: write 'version = \"...\"' on one line of its own to publish "
                            "it with --version", reason="invalid")
         raw["version"] = version
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in ((MANIFEST, new_text.encode()), (MODULE, module.read_bytes())):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
+    data = tarball.pack(((MANIFEST, new_text.encode()), (MODULE, module.read_bytes())))
     meta = {"name": str(raw["name"]), "version": str(raw["version"]), "contract": int(raw["contract"])}
-    return buf.getvalue(), meta
+    return data, meta
 
 
 def unpack(data: bytes, dest: Path, *, artifact: str) -> None:
     """Write the two members of ``data`` into the (new, empty) directory ``dest``."""
-    try:
-        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
-    except tarfile.TarError as err:
-        raise OtaError(f"artifact {artifact} is not a component bundle: {err}", artifact=artifact,
-                       reason="invalid") from err
-    seen: dict[str, bytes] = {}
-    with tar:
-        for member in tar:
-            if member.name not in _CAPS or not member.isreg() or member.name in seen:
-                raise OtaError(f"artifact {artifact} holds {member.name!r}; a bundle holds exactly "
-                               f"{MANIFEST} and {MODULE}", artifact=artifact, reason="invalid")
-            if member.size > _CAPS[member.name]:
-                raise OtaError(f"artifact {artifact}: {member.name} is {member.size} bytes, over "
-                               f"{_CAPS[member.name]}", artifact=artifact, reason="too_large")
-            f = tar.extractfile(member)
-            seen[member.name] = f.read() if f is not None else b""
-    if set(seen) != set(_CAPS):
-        raise OtaError(f"artifact {artifact} lacks {sorted(set(_CAPS) - set(seen))}", artifact=artifact,
-                       reason="invalid")
-    dest.mkdir(parents=True)
-    for name, body in seen.items():
-        (dest / name).write_bytes(body)
+    seen = tarball.read_members(data, _CAPS, artifact=artifact, what="a component bundle",
+                                holds=f"exactly {MANIFEST} and {MODULE}")
+    tarball.require(seen, (MANIFEST, MODULE), artifact=artifact)
+    tarball.write_members(seen, dest)

@@ -19,9 +19,7 @@ Key components
 
 from __future__ import annotations
 
-import io
 import logging
-import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from edge.config.device import DeviceConfig, load_config
 from edge.config.overlay import (MAX_FRAGMENT_BYTES, SECTIONS, check_fragment, parse_toml, parse_with_fragments,
                                  read_toml)
 from edge.errors import ConfigError
+from edge.ota import tarball
 from edge.ota.errors import OtaError
 from edge.ota.store import Entry, OtaState, atomic_write, count_boot, new_boot_id, read_state
 
@@ -41,40 +40,18 @@ CONFIG_PREFIX = "config:"  # fragments share the pointer file with components un
 
 
 def pack_file(member: str, data: bytes) -> bytes:
-    """An uncompressed tar holding ``data`` as the one regular file ``member``."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo(member)
-        info.size = len(data)
-        info.mode = 0o644
-        tar.addfile(info, io.BytesIO(data))
-        end = tar.offset + 2 * tarfile.BLOCKSIZE  # the member and the end-of-archive blocks
-    # without the padding to a whole 10 KiB record: a 200-byte fragment stays a 2 KiB artifact
-    return buf.getvalue()[:end]
+    """An artifact holding ``data`` as the one regular file ``member`` (trimmed: a 200-byte
+    fragment stays a 2 KiB artifact)."""
+    return tarball.pack(((member, data),), trim=True)
 
 
 def unpack_file(data: bytes, dest: Path, *, member: str, cap: int, artifact: str) -> None:
     """Write the one member of ``data`` (it must be ``member``, at most ``cap`` bytes) into the new
     directory ``dest``."""
-    try:
-        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
-    except tarfile.TarError as err:
-        raise OtaError(f"artifact {artifact} is not a bundle: {err}", artifact=artifact, reason="invalid") from err
-    body: bytes | None = None
-    with tar:
-        for m in tar:
-            if m.name != member or not m.isreg() or body is not None:
-                raise OtaError(f"artifact {artifact} holds {m.name!r}; it must hold exactly {member}",
-                               artifact=artifact, reason="invalid")
-            if m.size > cap:
-                raise OtaError(f"artifact {artifact}: {member} is {m.size} bytes, over {cap}", artifact=artifact,
-                               reason="too_large")
-            f = tar.extractfile(m)
-            body = f.read() if f is not None else b""
-    if body is None:
-        raise OtaError(f"artifact {artifact} lacks {member}", artifact=artifact, reason="invalid")
-    dest.mkdir(parents=True)
-    (dest / member).write_bytes(body)
+    seen = tarball.read_members(data, {member: cap}, artifact=artifact, what="a bundle",
+                                holds=f"exactly {member}")
+    tarball.require(seen, (member,), artifact=artifact)
+    tarball.write_members(seen, dest)
 
 
 def pack_fragment(path: Path) -> bytes:

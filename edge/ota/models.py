@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 from typing import Any
 
+from edge.ota import tarball
 from edge.ota.errors import OtaError
 
 MODEL = "model.tflite"
@@ -53,40 +53,16 @@ def pack_model(model: bytes, *, inputs: list[Any] | None = None,
             m.close()
     files = [(MODEL, model), (PROBE, json.dumps({"outputs": expect}).encode())]
     files += [(f"probe-{i}.npy", _npy(a)) for i, a in enumerate(inputs)]
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in files:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return tarball.pack(files)
 
 
 def unpack_model(data: bytes, dest: Path, *, artifact: str) -> None:
     allowed = {MODEL: MAX_MODEL_BYTES, PROBE: 64 * 1024,
                **{f"probe-{i}.npy": MAX_PROBE_BYTES for i in range(MAX_INPUTS)}}
-    seen: dict[str, bytes] = {}
-    try:
-        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
-    except tarfile.TarError as err:
-        raise OtaError(f"artifact {artifact} is not a model bundle: {err}", artifact=artifact,
-                       reason="invalid") from err
-    with tar:
-        for member in tar:
-            if member.name not in allowed or not member.isreg() or member.name in seen:
-                raise OtaError(f"artifact {artifact} holds {member.name!r}; a model bundle holds "
-                               f"{MODEL}, {PROBE} and probe-<i>.npy", artifact=artifact, reason="invalid")
-            if member.size > allowed[member.name]:
-                raise OtaError(f"artifact {artifact}: {member.name} is {member.size} bytes, over "
-                               f"{allowed[member.name]}", artifact=artifact, reason="too_large")
-            f = tar.extractfile(member)
-            seen[member.name] = f.read() if f is not None else b""
-    if MODEL not in seen or PROBE not in seen:
-        raise OtaError(f"artifact {artifact} lacks {MODEL} or {PROBE}", artifact=artifact, reason="invalid")
-    dest.mkdir(parents=True)
-    for name, body in seen.items():
-        (dest / name).write_bytes(body)
+    seen = tarball.read_members(data, allowed, artifact=artifact, what="a model bundle",
+                                holds=f"{MODEL}, {PROBE} and probe-<i>.npy")
+    tarball.require(seen, (MODEL, PROBE), artifact=artifact)
+    tarball.write_members(seen, dest)
 
 
 async def probe(name: str, staged: Path, backend: Any, *, artifact: str) -> None:
