@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from edge.cli.main import main
 from edge.config import load_config
@@ -123,6 +123,18 @@ async def wait_for(pred: Callable[[], Any], timeout: float = 10.0) -> Any:
             return value
         await asyncio.sleep(0.02)
     raise AssertionError("condition not met in time")
+
+
+async def last_event(rt: Runtime, subject: str, timeout: float = 10.0) -> Any:
+    """The last message on ``subject`` in the EVT stream, once it is there (an emitted event is
+    published with retries, so it lands a moment after the counter moves)."""
+    assert rt.js is not None
+    for _ in range(int(timeout / 0.05)):
+        try:
+            return json.loads((await rt.js.get_last_msg("EVT", subject)).data)
+        except NotFoundError:
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"no message on {subject} in EVT in {timeout} s")
 
 
 async def relay(rt: Runtime, tmp: Path, module: Path, name: str, out: str, subscribe: str,
@@ -295,10 +307,9 @@ async def test_hot_reload_bad_files_usage_records_and_edge_accounting(
     # usage records and denials in the EVT stream (which syncs to the hub)
     usage = await wait_for(lambda: rt.status()["policy"]["usage_records"] > 0)
     assert usage
-    rec = await rt.js.get_last_msg("EVT", f"edge.{DEV}.evt.policy.usage")
-    body = json.loads(rec.data)
+    body = await last_event(rt, f"edge.{DEV}.evt.policy.usage")  # counted when emitted, stored a bit later
     assert body["device"] == DEV and all("principal" in r for r in body["principals"])
-    denial = json.loads((await rt.js.get_last_msg("EVT", f"edge.{DEV}.evt.policy.denied")).data)
+    denial = await last_event(rt, f"edge.{DEV}.evt.policy.denied")
     assert denial["principal"] == "caller:planner" and denial["rule"] == "default"
     # the CLI, through the device API (its own event loop: run in a thread)
     url = rt.nc.connected_url.geturl() if rt.nc.connected_url else ""

@@ -141,7 +141,7 @@ class DevHub:
         nc = await nats.connect(servers=[s.client_url for s in self.servers])
         opts = ProvisionOptions(replicas=3 if self.nodes >= 3 else 1)
         try:
-            await _wait_jetstream(nc)
+            await _wait_jetstream(nc, replicas=opts.replicas)
             for device in self.devices:
                 known = first.devices.get(device)
                 seed_path = self.store / SEED_DIR / f"{device}{SEED_SUFFIX}"
@@ -208,13 +208,23 @@ class DevHub:
         return "\n".join(lines)
 
 
-async def _wait_jetstream(nc: Any, timeout: float = 30.0) -> None:
-    """Until the hub's JetStream answers (a cluster first elects its meta leader)."""
+async def _wait_jetstream(nc: Any, timeout: float = 30.0, *, replicas: int = 1) -> None:
+    """Until the hub's JetStream answers and, in a cluster, can place a stream of ``replicas``
+    (the meta leader is elected first; the other peers join its group a moment later, and a stream
+    created before they have is refused with "no suitable peers for placement")."""
+    from nats.js.api import StorageType, StreamConfig
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    probe = StreamConfig(name="EDGE_PLACEMENT_PROBE", subjects=[], num_replicas=replicas,
+                         storage=StorageType.MEMORY, max_msgs=1)
     while True:
         try:
-            await nc.jetstream().account_info()
+            js = nc.jetstream()
+            await js.account_info()
+            if replicas > 1:
+                await js.add_stream(probe)
+                await js.delete_stream(probe.name)
             return
         except Exception as err:
             if loop.time() > deadline:
