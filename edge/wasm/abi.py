@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 from edge.errors import ComponentLoadError
 from edge.wasm.limits import check_structure
-from edge.wasm.manifest import Manifest
 from edge.wasm.wasmbin import (
     SEC_EXPORT,
     SEC_FUNCTION,
@@ -31,6 +32,9 @@ from edge.wasm.wasmbin import (
     read_u32,
     signature_letters,
 )
+
+if TYPE_CHECKING:  # only a type here: the sandbox worker imports this module, never a manifest parser
+    from edge.wasm.manifest import Manifest
 
 #: Contract versions this host implements.
 CONTRACT_VERSIONS: tuple[int, ...] = (1,)

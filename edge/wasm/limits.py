@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
+from typing import TYPE_CHECKING
+
 from edge.errors import ComponentLoadError
 from edge.wasm.opcodes import (
     BLOCK as _BLOCK,
@@ -37,7 +39,6 @@ from edge.wasm.opcodes import (
     PREFIX_FC as _PREFIX_FC,
     SELECTT as _SELECTT,
 )
-from edge.wasm.manifest import Manifest
 from edge.wasm.wasmbin import (
     SEC_CODE,
     SEC_DATA,
@@ -52,6 +53,9 @@ from edge.wasm.wasmbin import (
     read_u32,
     skip_leb,
 )
+
+if TYPE_CHECKING:  # only a type here: the sandbox worker imports this module, never a manifest parser
+    from edge.wasm.manifest import Manifest
 
 #: Blocks (``block``, ``loop``, ``if``) open at once in one function (levels). wasm3's compiler
 #: recurses once per level and crashes the worker near 43,600 levels with an 8 MiB C stack

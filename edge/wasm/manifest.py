@@ -28,6 +28,7 @@ from typing import Any
 
 from edge.config.table import REQUIRED, Table
 from edge.errors import ComponentLoadError, ConfigError
+from edge.wasm.quotas import DEFAULT_KV_BYTES, DEFAULT_KV_KEYS
 
 #: Default metering budget per call (gas units; about 1 s of wasm3 time on a small board at most).
 DEFAULT_GAS = 200_000_000
@@ -52,12 +53,8 @@ MAX_PUBLISH_RATE = 100_000.0
 DEFAULT_PUBLISH_BURST = 5000
 #: Upper bound of ``limits.publish_burst``.
 MAX_PUBLISH_BURST = 1_000_000
-#: Default number of keys a component may store (``limits.kv_keys``).
-DEFAULT_KV_KEYS = 1000
 #: Upper bound of ``limits.kv_keys``: the most keys a load reads back in one ``STREAM.INFO``.
 MAX_KV_KEYS = 100_000
-#: Default bytes (key names + values) a component may store (``limits.kv_bytes``).
-DEFAULT_KV_BYTES = 2**20
 #: Upper bound of ``limits.kv_bytes``.
 MAX_KV_BYTES = 64 * 2**20
 #: Highest tick rate a manifest may ask for, in Hz.

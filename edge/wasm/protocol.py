@@ -44,7 +44,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.wasm.manifest import DEFAULT_KV_BYTES, DEFAULT_KV_KEYS
+from edge.wasm.quotas import DEFAULT_KV_BYTES, DEFAULT_KV_KEYS  # not manifest: the worker never parses one
 
 #: Environment variable telling a worker its runtime's pid (it exits if its parent differs).
 PARENT_PID_ENV = "EDGE_SANDBOX_PARENT"

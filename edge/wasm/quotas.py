@@ -15,6 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+#: Default number of keys a component may store (``limits.kv_keys``).
+DEFAULT_KV_KEYS = 1000
+#: Default bytes (key names + values) a component may store (``limits.kv_bytes``).
+DEFAULT_KV_BYTES = 2**20
+
 
 class TokenBucket:
     """``rate`` tokens a second, at most ``burst`` saved; starts full."""
