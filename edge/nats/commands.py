@@ -57,6 +57,7 @@ from nats.aio.subscription import Subscription
 
 from edge.errors import EdgeError
 from edge.nats import subjects
+from edge.nats.service import loads
 from edge.wasm.origin import ORIGIN_HEADER
 
 if TYPE_CHECKING:
@@ -443,7 +444,7 @@ class CommandRouter:
                 task.add_done_callback(self._waiting.discard)
             return
         try:
-            args = json.loads(msg.data) if msg.data.strip() else {}
+            args = loads(msg.data) if msg.data.strip() else {}
         except ValueError as err:
             args = None
             why = f"command payload is not JSON: {err}"
@@ -660,7 +661,7 @@ class CommandClient:
                                  entity=entity, verb=verb, subject=subject, id=command_id) from err
         rtt = (time.perf_counter() - t0) * 1e3
         try:
-            answer = json.loads(msg.data) if msg.data else {}
+            answer = loads(msg.data) if msg.data else {}
         except ValueError:
             answer = {"ok": False, "raw": msg.data.decode(errors="replace")}
         if not isinstance(answer, dict):

@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from edge.world.schema import is_finite_number
+
 __all__ = [
     "ALWAYS_ALLOWED", "DEFAULTS", "GUARDED_VERBS", "SETPOINT_VERBS", "Decision", "EnvelopeConfig", "Fence",
     "VehicleState", "Verdict", "check", "clamp_velocity",
@@ -216,9 +218,14 @@ def _num(args: Mapping[str, Any], key: str, default: float | None = None) -> flo
     value = args.get(key, default)
     if value is None:
         raise _Bad(f"'{key}' is required (a number)")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _Bad(f"'{key}' must be a finite number, got {value!r}")
+    if not is_finite_number(value):
+        raise _Bad(f"'{key}' must be a finite number, got {_shown(value)}")
     return float(value)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "\u2026"
 
 
 def clamp_velocity(x: float, y: float, z: float, max_h: float, max_v: float) -> tuple[float, float, float]:
