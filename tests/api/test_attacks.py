@@ -1,0 +1,279 @@
+"""Attacker clients against a running device's NATS surface, written from docs/subjects.md and
+docs/agents.md: the device API (``edge.<d>.api.*``), the tools service (``edge.<d>.tools.*``) and
+the command subjects (``edge.<d>.cmd.<entity>.<verb>``). Every malformed, oversized, deeply
+nested, wildcard-laden or out-of-range request gets the documented error shape; the services keep
+answering; nothing in the world or in the ``edge-state`` bucket changes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from edge.config import load_config
+from edge.demo.actuator import SimActuator
+from edge.nats.service import MAX_MESSAGE_CHARS
+from edge.nats.subjects import STATE_BUCKET
+from edge.runtime import Runtime
+from rigs.runtime import url_of
+
+pytestmark = pytest.mark.timeout(120)
+
+DEV = "atk"
+API = f"edge.{DEV}.api."
+TOOLS = f"edge.{DEV}.tools."
+CMD = f"edge.{DEV}.cmd."
+CLI = {"Edge-Caller": "cli"}
+
+POLICY = """
+[[rule]]
+name = "cli-writes"
+effect = "allow"
+principal = "caller:cli"
+action = "kv"
+resource = ">"
+
+[[rule]]
+name = "anyone-commands"
+effect = "allow"
+principal = "caller:*"
+action = "command"
+resource = ">"
+"""
+
+CONFIG = """
+[device]
+id = "atk"
+[policy]
+file = "policy.toml"
+watch_interval = 0
+[safety.drone-0]
+ceiling = 50.0
+[[entities]]
+id = "drone-0"
+kind = "drone"
+labels = { fleet = "north" }
+components = { position = { x = 1.0, y = 2.0, z = 3.0 }, flight = { armed = true, mode = "GUIDED" } }
+"""
+
+#: JSON nested deeper than any decoder's recursion limit.
+DEEP = b"[" * 100_000 + b"]" * 100_000
+#: An integer too large for a float (``math.isfinite`` raises OverflowError on it).
+HUGE_INT = ("1" + "0" * 400).encode()
+
+
+@pytest.fixture
+async def device(tmp_path: Path) -> AsyncIterator[tuple[Runtime, Client]]:
+    """A running device (its sim actuator serves drone-0's velocity/hold/rtl, guarded by the
+    envelope) and a second client, as an attacker connects."""
+    (tmp_path / "policy.toml").write_text(POLICY)
+    (tmp_path / "device.toml").write_text(CONFIG)
+    rt = Runtime(load_config(tmp_path / "device.toml", data_dir=tmp_path / "data"), layers=[SimActuator()])
+    await rt.start()
+    nc = await nats.connect(url_of(rt))
+    try:
+        yield rt, nc
+    finally:
+        await nc.close()
+        await rt.stop()
+
+
+async def snapshot(rt: Runtime) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The world (every entity's meta and components) and the flushed ``edge-state`` bucket."""
+    world = rt.world
+    assert rt.persister is not None and rt.js is not None
+    await rt.persister.flush()
+    entities = {m.id: (m.to_dict(), world.get_all(m.id)) for m in world.entities()}
+    kv = await rt.js.key_value(STATE_BUCKET)
+    keys = sorted(await kv.keys())
+    stored = {}
+    for key in keys:
+        entry = await kv.get(key)
+        stored[key] = entry.value or b""
+    return entities, stored
+
+
+async def call(nc: Client, subject: str, data: bytes, headers: dict[str, str] | None = None
+               ) -> tuple[dict[str, str], dict[str, Any]]:
+    msg = await nc.request(subject, data, timeout=5, headers=headers)
+    return dict(msg.headers or {}), json.loads(msg.data)
+
+
+def assert_refused(headers: dict[str, str], reply: dict[str, Any], code: str, error: str) -> None:
+    """The documented error shape: ``{"ok": false, "error": {"error", "message", ...}}`` and the
+    ``Nats-Service-Error`` headers."""
+    assert reply["ok"] is False, reply
+    assert headers.get("Nats-Service-Error-Code") == code, (headers, reply)
+    assert reply["error"]["error"] == error, reply
+    assert reply["error"]["message"] and headers["Nats-Service-Error"]
+    assert len(reply["error"]["message"]) <= MAX_MESSAGE_CHARS
+
+
+API_ATTACKS: list[tuple[str, bytes, dict[str, str] | None, str, str]] = [
+    ("entity.get", b"not json", None, "400", "RequestError"),
+    ("entity.get", b"[1, 2]", None, "400", "RequestError"),
+    ("entity.get", b'"drone-0"', None, "400", "RequestError"),
+    ("entity.get", DEEP, None, "400", "RequestError"),
+    ("entity.get", b'{"id": 5}', None, "400", "RequestError"),
+    ("entity.get", b'{"id": ""}', None, "400", "RequestError"),
+    ("entity.get", b'{"id": "drone-0.>"}', None, "400", "EntityError"),
+    ("entity.list", b'{"kind": 5}', None, "400", "RequestError"),
+    ("entity.list", b'{"labels": {"fleet": ["north"]}}', None, "400", "RequestError"),
+    ("entity.list", b'{"labels": "fleet=north"}', None, "400", "RequestError"),
+    ("entity.set", b'{"id": "drone-0", "component": "position", "values": {"x": NaN}}', CLI, "400", "SchemaError"),
+    ("entity.set", b'{"id": "drone-0", "component": "position", "values": {"x": -Infinity}}', CLI, "400",
+     "SchemaError"),
+    ("entity.set", b'{"id": "drone-0", "component": "position", "values": {"x": 1e400}}', CLI, "400", "SchemaError"),
+    ("entity.set", b'{"id": "drone-0", "component": "position", "values": {"x": ' + HUGE_INT + b"}}", CLI, "400",
+     "SchemaError"),
+    ("entity.set", b'{"id": "drone-0", "component": "position", "values": {"x": "1.0"}}', CLI, "400", "SchemaError"),
+    ("entity.set", b'{"id": "drone-0", "component": "position", "values": {"w": 1.0}}', CLI, "400", "SchemaError"),
+    ("entity.set", b'{"id": "drone-0", "component": "position", "values": [1.0]}', CLI, "400", "RequestError"),
+    ("entity.set", b'{"id": "drone-0", "component": "flight", "values": {"armed": 1}}', CLI, "400", "SchemaError"),
+    ("entity.set", b'{"id": "*", "component": "position", "values": {"x": 1.0}}', CLI, "400", "RequestError"),
+    ("entity.set", b'{"id": "drone-0", "component": "position.>", "values": {"x": 1.0}}', CLI, "400",
+     "RequestError"),
+    ("entity.set", b'{"id": "drone-0", "component": "position", "values": {"x": 9.0}}', None, "403", "PolicyDenied"),
+    ("entity.spawn", b'{"id": "drone-0..x"}', CLI, "400", "RequestError"),
+    ("entity.spawn", b'{"id": "new\\u0000one"}', CLI, "400", "RequestError"),
+    ("entity.spawn", b'{"id": "\\u00e9t\\u00e9"}', CLI, "400", "RequestError"),
+    ("entity.spawn", b'{"id": "new-1", "kind": {"drone": true}}', CLI, "400", "RequestError"),
+    ("entity.spawn", b'{"id": "new-1", "labels": {"fleet": {"north": 1}}}', CLI, "400", "RequestError"),
+    ("entity.spawn", b'{"id": "new-1", "components": [1]}', CLI, "400", "RequestError"),
+    ("entity.spawn", b'{"id": "new-1", "components": {"position": {"x": NaN}}}', CLI, "400", "SchemaError"),
+    ("entity.spawn", b'{"id": "new-1", "components": {"*": {"x": 1.0}}}', CLI, "400", "RequestError"),
+    ("entity.spawn", b'{"id": "drone-0"}', CLI, "400", "EntityError"),
+    ("entity.unset", b'{"id": "drone-0", "component": "nosuch"}', CLI, "400", "EntityError"),
+    ("entity.rm", b'{"id": ">"}', CLI, "400", "RequestError"),
+    ("entity.rm", b'{"id": "drone-0"}', {"Edge-Caller": "*"}, "403", "PolicyDenied"),
+    ("entity.rm", b'{"id": "drone-0"}', {"Edge-Caller": "cli.x"}, "403", "PolicyDenied"),
+    ("entity.rm", b'{"id": "drone-0"}', {"Edge-Caller": "cli\x00" + "x" * 100}, "403", "PolicyDenied"),
+    ("component.load", b'{"manifest": "/dev/zero"}', CLI, "400", "ComponentLoadError"),
+    ("component.load", b'{"manifest": 7}', CLI, "400", "RequestError"),
+    ("component.unload", b'{"name": "../x"}', CLI, "400", "RequestError"),
+    ("accounting.get", b'{"top": 1e3}', None, "400", "RequestError"),
+    ("accounting.get", b'{"top": ' + HUGE_INT + b"}", None, "400", "RequestError"),
+    ("accounting.get", b'{"top": true}', None, "400", "RequestError"),
+]
+
+
+async def test_malformed_api_requests_are_refused_and_change_nothing(device: tuple[Runtime, Client]) -> None:
+    rt, nc = device
+    before = await snapshot(rt)
+    errors = rt.status()["api"]["errors"]
+    for endpoint, data, headers, code, error in API_ATTACKS:
+        got_headers, reply = await call(nc, API + endpoint, data, headers)
+        assert_refused(got_headers, reply, code, error)
+    assert rt.status()["api"]["errors"] == errors + len(API_ATTACKS)  # each one counted
+    assert await snapshot(rt) == before
+    # still serving, and an allowed write still works
+    _, reply = await call(nc, API + "entity.set", json.dumps(
+        {"id": "drone-0", "component": "position", "values": {"x": 4.0}}).encode(), CLI)
+    assert reply["ok"] is True and reply["result"]["x"] == 4.0
+
+
+async def test_a_refusal_of_a_request_just_under_max_payload_fits_in_its_reply(
+        device: tuple[Runtime, Client]) -> None:
+    """A huge id is echoed in the error; unclipped, the reply (message, field and header) was
+    three times the request, over max_payload: the device answered an empty 500 instead."""
+    rt, nc = device
+    before = await snapshot(rt)
+    room = nc.max_payload - 64
+    for endpoint, body, error in [
+            ("entity.get", {"id": "a" * room}, "EntityError"),
+            ("entity.rm", {"id": "a" * room}, "RequestError"),
+            ("component.load", {"manifest": "/" + "a" * room}, "ComponentLoadError")]:
+        data = json.dumps(body).encode()
+        assert nc.max_payload - 100 < len(data) <= nc.max_payload
+        headers, reply = await call(nc, API + endpoint, data, CLI)
+        assert_refused(headers, reply, "400", error)
+        assert all(len(v) <= 256 for v in reply["error"].values() if isinstance(v, str) and v != reply["error"][
+            "message"])
+    # over max_payload a request cannot even be sent: the client refuses it before the wire
+    with pytest.raises(nats.errors.MaxPayloadError):
+        await nc.request(API + "entity.get", b"{" + b" " * nc.max_payload + b"}", timeout=1)
+    assert await snapshot(rt) == before
+    _, reply = await call(nc, API + "entity.get", b'{"id": "drone-0"}')
+    assert reply["ok"] is True
+
+
+async def test_a_result_over_max_payload_is_a_500_saying_so(device: tuple[Runtime, Client]) -> None:
+    rt, nc = device
+    for i in range(4):  # each spawn fits; the list of all four does not
+        _, reply = await call(nc, API + "entity.spawn", json.dumps(
+            {"id": f"big-{i}", "labels": {"note": "n" * 300_000}}).encode(), CLI)
+        assert reply["ok"] is True
+    headers, reply = await call(nc, API + "entity.list", b"{}")
+    assert_refused(headers, reply, "500", "EdgeError")
+    assert "over the server's max_payload" in reply["error"]["message"]
+    _, reply = await call(nc, API + "entity.list", b'{"kind": "drone"}')  # asking for less works
+    assert [e["id"] for e in reply["result"]] == ["drone-0"]
+
+
+TOOL_ATTACKS: list[tuple[str, bytes, str, str]] = [
+    ("list_entities", b"not json", "400", "ToolError"),
+    ("list_entities", DEEP, "400", "ToolError"),
+    ("list_entities", b'{"kind": ' + HUGE_INT + b"}", "400", "SchemaViolation"),
+    ("read_component", b'{"entity": "drone-0"}', "400", "SchemaViolation"),
+    ("read_component", b'{"entity": "drone-0.*", "component": "position"}', "404", "EntityError"),
+    ("read_sensor", b'{"entity": "drone-0", "sensor": "\\u0000"}', "404", "ToolNotFound"),
+    ("send_command", b'{"entity": "drone-0.>", "verb": "rtl"}', "400", "ToolError"),
+    ("send_command", b'{"entity": "drone-0", "verb": "rtl", "timeout_s": NaN}', "400", "SchemaViolation"),
+    ("send_command", b'{"entity": "drone-0", "verb": "rtl", "timeout_s": ' + HUGE_INT + b"}", "400",
+     "SchemaViolation"),
+    ("send_command", b'{"entity": "drone-0", "verb": "rtl", "timeout_s": -1}', "400", "SchemaViolation"),
+    ("send_command", b'{"entity": "drone-0", "verb": "rtl", "args": [1]}', "400", "SchemaViolation"),
+    ("search_knowledge", b'{"query": "x", "limit": 1e9}', "400", "SchemaViolation"),
+    ("no_such_tool", b"{}", "404", "ToolNotFound"),
+    ("$SRV", b"{}", "404", "ToolNotFound"),
+]
+
+
+async def test_malformed_tool_calls_are_refused_and_change_nothing(device: tuple[Runtime, Client]) -> None:
+    rt, nc = device
+    before = await snapshot(rt)
+    for tool, data, code, error in TOOL_ATTACKS:
+        headers, reply = await call(nc, TOOLS + tool, data)
+        assert_refused(headers, reply, code, error)
+    assert rt.status()["tools"]["unknown"] == 2
+    assert await snapshot(rt) == before
+    _, reply = await call(nc, TOOLS + "list_entities", b"{}")
+    assert [e["id"] for e in reply["result"]["entities"]] == ["drone-0"]
+
+
+async def test_commands_that_try_to_slip_past_the_envelope_are_refused(device: tuple[Runtime, Client]) -> None:
+    rt, nc = device
+    before = await snapshot(rt)
+    for args in [b'{"x": NaN}', b'{"x": -Infinity}', b'{"x": ' + HUGE_INT + b"}", b'{"x": "100"}',
+                 b'{"x": true}', b'{"x": 1.0, "frame": "world"}']:
+        _, ans = await call(nc, CMD + "drone-0.velocity", args)
+        assert ans["ok"] is False and ans["reason"] == "envelope", ans
+        assert ans["envelope"]["rule"] == "bad-request" and len(ans["error"]) < 200, ans
+    for subject, data, headers in [
+            ("drone-0.velocity", DEEP, None),
+            ("drone-0.velocity", b"not json", None),
+            ("drone-0.velocity", b"[1.0, 0, 0]", None),
+            ("drone-0.velocity.x", b'{"x": 100.0}', None),  # a longer subject is not a command
+            ("drone-0.velocity", b'{"x": 1.0}', {"Edge-Command-Id": "has space"}),
+            ("drone-0.velocity", b'{"x": 1.0}', {"Edge-Command-Id": "x" * 129})]:
+        _, ans = await call(nc, CMD + subject, data, headers)
+        assert ans["ok"] is False and ans["reason"] == "bad-request", (subject, ans)
+    _, ans = await call(nc, CMD + "drone-0.Velocity", b'{"x": 100.0}')  # verbs are exact
+    assert ans["reason"] == "no-handler"
+    assert await snapshot(rt) == before
+    # a huge but finite speed runs clamped to the limit, not as asked
+    _, ans = await call(nc, CMD + "drone-0.velocity", b'{"x": 1e308, "y": 1e308}', {"Edge-Command-Id": "v-1"})
+    assert ans["ok"] is True and ans["envelope"]["decision"] == "clamped"
+    assert rt.world.get("drone-0", "velocity")["x"] == pytest.approx(5.0 / 2 ** 0.5)
+    # the same id again is answered from memory, not run; with other arguments it is refused
+    _, again = await call(nc, CMD + "drone-0.velocity", b'{"x": 1e308, "y": 1e308}', {"Edge-Command-Id": "v-1"})
+    assert again == ans
+    _, other = await call(nc, CMD + "drone-0.velocity", b'{"x": 2.0}', {"Edge-Command-Id": "v-1"})
+    assert other["ok"] is False and other["reason"] == "bad-request"
+    assert rt.world.get("drone-0", "velocity")["x"] == pytest.approx(5.0 / 2 ** 0.5)
+    assert rt.status()["commands"]["duplicates"] >= 1
