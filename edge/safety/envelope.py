@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from edge.world.schema import is_finite_number
+from edge.world.schema import is_finite_number, shown_value
 
 __all__ = [
     "ALWAYS_ALLOWED", "DEFAULTS", "GUARDED_VERBS", "SETPOINT_VERBS", "Decision", "EnvelopeConfig", "Fence",
@@ -219,13 +219,8 @@ def _num(args: Mapping[str, Any], key: str, default: float | None = None) -> flo
     if value is None:
         raise _Bad(f"'{key}' is required (a number)")
     if not is_finite_number(value):
-        raise _Bad(f"'{key}' must be a finite number, got {_shown(value)}")
+        raise _Bad(f"'{key}' must be a finite number, got {shown_value(value)}")
     return float(value)
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:39] + "\u2026"
 
 
 def clamp_velocity(x: float, y: float, z: float, max_h: float, max_v: float) -> tuple[float, float, float]:

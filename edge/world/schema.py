@@ -68,6 +68,12 @@ class ComponentSchema:
         return {"name": self.name, "fields": dict(self.fields), "units": dict(self.units), "doc": self.doc}
 
 
+def shown_value(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a refused value may be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
 def is_finite_number(value: object) -> bool:
     """Whether ``value`` is a JSON number (not a bool) that is a finite float: not NaN or
     infinite, and not an integer too large for a float (``1`` and 400 zeros, which
@@ -83,7 +89,7 @@ def is_finite_number(value: object) -> bool:
 def _coerce(component: str, name: str, kind: str, value: Any) -> Any:
     def bad(expected: str) -> SchemaError:
         return SchemaError(
-            f"field '{component}.{name}' expects {expected}, got {value!r}",
+            f"field '{component}.{name}' expects {expected}, got {shown_value(value)}",
             component=component,
             field=name,
         )
