@@ -6,6 +6,7 @@ answering; nothing in the world or in the ``edge-state`` bucket changes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -37,6 +38,21 @@ effect = "allow"
 principal = "caller:cli"
 action = "kv"
 resource = ">"
+
+[[rule]]
+name = "flood-writes"
+effect = "allow"
+principal = "caller:flood"
+action = "kv"
+resource = ">"
+
+[[limit]]
+name = "flood-burst"
+principal = "caller:flood"
+action = "kv"
+resource = ">"
+rate = 0.001
+burst = 5
 
 [[rule]]
 name = "anyone-commands"
@@ -161,6 +177,17 @@ API_ATTACKS: list[tuple[str, bytes, dict[str, str] | None, str, str]] = [
     ("accounting.get", b'{"top": true}', None, "400", "RequestError"),
 ]
 
+#: The other services under ``api.``: the agent host's and the language layer's (off here: its
+#: requests are still checked before it says it is not serving).
+OTHER_API_ATTACKS: list[tuple[str, bytes, str, str]] = [
+    ("agent.decisions", b'{"entity": 5}', "400", "AgentRequestError"),
+    ("agent.decisions", b'{"limit": 0}', "400", "AgentRequestError"),
+    ("agent.decisions", b'{"limit": ' + HUGE_INT + b"}", "400", "AgentRequestError"),
+    ("agent.decisions", DEEP, "400", "RequestError"),
+    ("agent.list", b"not json", "400", "RequestError"),
+    ("language.note", b'{"text": "hi", "entity": "drone-0.*"}', "400", "LanguageError"),
+    ("language.search", DEEP, "400", "RequestError"),
+]
 
 async def test_malformed_api_requests_are_refused_and_change_nothing(device: tuple[Runtime, Client]) -> None:
     rt, nc = device
@@ -170,6 +197,9 @@ async def test_malformed_api_requests_are_refused_and_change_nothing(device: tup
         got_headers, reply = await call(nc, API + endpoint, data, headers)
         assert_refused(got_headers, reply, code, error)
     assert rt.status()["api"]["errors"] == errors + len(API_ATTACKS)  # each one counted
+    for endpoint, data, code, error in OTHER_API_ATTACKS:
+        got_headers, reply = await call(nc, API + endpoint, data)
+        assert_refused(got_headers, reply, code, error)
     assert await snapshot(rt) == before
     # still serving, and an allowed write still works
     _, reply = await call(nc, API + "entity.set", json.dumps(
@@ -277,3 +307,22 @@ async def test_commands_that_try_to_slip_past_the_envelope_are_refused(device: t
     assert other["ok"] is False and other["reason"] == "bad-request"
     assert rt.world.get("drone-0", "velocity")["x"] == pytest.approx(5.0 / 2 ** 0.5)
     assert rt.status()["commands"]["duplicates"] >= 1
+
+
+async def test_a_flood_is_answered_and_a_rate_limit_holds(device: tuple[Runtime, Client]) -> None:
+    rt, nc = device
+    # 500 malformed requests at once: every one answered 400, none dropped, the service alive
+    replies = await asyncio.gather(*(call(nc, API + "entity.get", b"{" * (i % 7 + 1)) for i in range(500)))
+    assert all(h.get("Nats-Service-Error-Code") == "400" for h, _ in replies)
+    # a caller's writes over its documented limit (burst 5) are denied naming the limit
+    flood = {"Edge-Caller": "flood"}
+    answers = []
+    for i in range(20):
+        _, reply = await call(nc, API + "entity.set", json.dumps(
+            {"id": "drone-0", "component": "position", "values": {"x": float(i)}}).encode(), flood)
+        answers.append(reply)
+    assert [a["ok"] for a in answers] == [True] * 5 + [False] * 15
+    assert {a["error"]["rule"] for a in answers[5:]} == {"flood-burst"}
+    assert rt.world.get("drone-0", "position")["x"] == 4.0  # the last allowed write, none after
+    _, reply = await call(nc, API + "status.get", b"")
+    assert reply["ok"] is True and reply["result"]["device"] == DEV
