@@ -326,3 +326,16 @@ async def test_a_flood_is_answered_and_a_rate_limit_holds(device: tuple[Runtime,
     assert rt.world.get("drone-0", "position")["x"] == 4.0  # the last allowed write, none after
     _, reply = await call(nc, API + "status.get", b"")
     assert reply["ok"] is True and reply["result"]["device"] == DEV
+
+
+async def test_a_caller_claiming_to_be_the_failsafe_is_granted_its_hold_only(device: tuple[Runtime, Client]) -> None:
+    """``Edge-Caller: safety-failsafe`` is the device's own principal; claimed by anyone, it once
+    passed the policy point for every verb (docs/policy.md grants it the hold alone)."""
+    rt, nc = device
+    spoof = {"Edge-Caller": "safety-failsafe"}
+    for verb in ("velocity", "rtl"):
+        _, ans = await call(nc, CMD + f"drone-0.{verb}", b'{"x": 1.0}', spoof)
+        assert ans["ok"] is False and ans["reason"] == "denied" and ans["rule"] == "default", ans
+    assert "velocity" not in rt.world.get_all("drone-0")
+    _, ans = await call(nc, CMD + "drone-0.hold", b"{}", spoof)
+    assert ans["ok"] is True
