@@ -43,7 +43,7 @@ from edge.errors import EdgeError
 from edge.layer import DeviceContext
 from edge.errors import LifecycleError
 from edge.nats.commands import CommandClient, CommandError
-from edge.nats.service import RequestError, endpoint
+from edge.nats.service import RequestError, endpoint, loads
 from edge.world.store import World
 
 log = logging.getLogger("edge.agents")
@@ -364,7 +364,7 @@ class AgentHost:
     async def _on_decision(self, msg: Msg) -> None:
         """Decision records of agents this host does not run (wasm agents) join the ring."""
         try:
-            record = json.loads(msg.data)
+            record = loads(msg.data)
         except ValueError:
             return
         if isinstance(record, dict) and record.get("agent") not in self.runners:
