@@ -18,6 +18,7 @@ from nats.aio.client import Client
 
 from edge.config import load_config
 from edge.demo.actuator import SimActuator
+from edge.nats.commands import MAX_COMMAND_BYTES
 from edge.nats.service import MAX_MESSAGE_CHARS
 from edge.nats.subjects import STATE_BUCKET
 from edge.runtime import Runtime
@@ -307,6 +308,27 @@ async def test_commands_that_try_to_slip_past_the_envelope_are_refused(device: t
     assert other["ok"] is False and other["reason"] == "bad-request"
     assert rt.world.get("drone-0", "velocity")["x"] == pytest.approx(5.0 / 2 ** 0.5)
     assert rt.status()["commands"]["duplicates"] >= 1
+
+
+async def test_a_padded_command_is_refused_before_it_runs(device: tuple[Runtime, Client]) -> None:
+    """A velocity padded to just under max_payload once ran, its envelope record echoed the pad
+    (900 KB into EVT, which never evicts), its clamped answer (requested + applied: 1.8 MB) was
+    over max_payload so the caller got no answer, and the router remembered the payload."""
+    rt, nc = device
+    safety = await nc.subscribe(f"edge.{DEV}.evt.drone-0.safety")
+    pad = "a" * (nc.max_payload - 1000)
+    for args in ({"x": 100.0, "pad": pad}, {"x": 1.0, "pad": "a" * (MAX_COMMAND_BYTES - 10)}):
+        _, ans = await call(nc, CMD + "drone-0.velocity", json.dumps(args).encode())
+        assert ans["ok"] is False and ans["reason"] == "bad-request", ans
+        assert f"over {MAX_COMMAND_BYTES} bytes" in ans["error"]
+    assert "velocity" not in rt.world.get_all("drone-0")
+    with pytest.raises(nats.errors.TimeoutError):  # no envelope record: it never got that far
+        await safety.next_msg(timeout=0.5)
+    # just under the bound it is an ordinary command: clamped, answered, recorded
+    args = {"x": 100.0, "pad": "a" * (MAX_COMMAND_BYTES - 100)}
+    _, ans = await call(nc, CMD + "drone-0.velocity", json.dumps(args).encode())
+    assert ans["ok"] is True and ans["envelope"]["decision"] == "clamped"
+    assert json.loads((await safety.next_msg(timeout=5)).data)["decision"] == "clamped"
 
 
 async def test_a_flood_is_answered_and_a_rate_limit_holds(device: tuple[Runtime, Client]) -> None:
