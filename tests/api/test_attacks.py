@@ -16,6 +16,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from edge.agents.tools.service import MAX_SENSOR_BYTES
 from edge.config import load_config
 from edge.demo.actuator import SimActuator
 from edge.nats.commands import MAX_COMMAND_BYTES
@@ -275,6 +276,24 @@ async def test_malformed_tool_calls_are_refused_and_change_nothing(device: tuple
     assert await snapshot(rt) == before
     _, reply = await call(nc, TOOLS + "list_entities", b"{}")
     assert [e["id"] for e in reply["result"]["entities"]] == ["drone-0"]
+
+
+async def test_telemetry_too_large_to_remember_is_counted_and_dropped(device: tuple[Runtime, Client]) -> None:
+    """``read_sensor`` remembers the latest telemetry of up to 4,096 keys; a publisher padding
+    each to 1 MB would hold gigabytes. A reading over MAX_SENSOR_BYTES is not remembered."""
+    rt, nc = device
+    await nc.publish(f"edge.{DEV}.tele.drone-0.imu", json.dumps({"ax": 1.0, "pad": "a" * MAX_SENSOR_BYTES}).encode())
+    await nc.publish(f"edge.{DEV}.tele.drone-0.gps", b'{"lat": 1.0}')
+    await nc.flush()
+    for _ in range(100):
+        if rt.status()["tools"]["sensors_seen"] == 1:
+            break
+        await asyncio.sleep(0.02)
+    _, reply = await call(nc, TOOLS + "read_sensor", b'{"entity": "drone-0", "sensor": "gps"}')
+    assert reply["result"]["values"] == {"lat": 1.0} and reply["result"]["source"] == "telemetry"
+    headers, reply = await call(nc, TOOLS + "read_sensor", b'{"entity": "drone-0", "sensor": "imu"}')
+    assert_refused(headers, reply, "404", "ToolNotFound")
+    assert rt.status()["tools"]["sensors_dropped"] == 1 and rt.status()["tools"]["sensors_seen"] == 1
 
 
 async def test_commands_that_try_to_slip_past_the_envelope_are_refused(device: tuple[Runtime, Client]) -> None:

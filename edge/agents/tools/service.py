@@ -88,6 +88,9 @@ DETECT_TIMEOUT_S = 5.0  # capture_frame's detector run
 #: The ``infer`` resource of a detector that does not name its model.
 DETECTOR_RESOURCE = "detector"
 MAX_SENSOR_KEYS = 4096  # (entity, component) telemetry entries remembered
+#: Largest telemetry message (bytes) remembered for ``read_sensor``; a larger one is counted and
+#: dropped, so the cache stays at most MAX_SENSOR_KEYS small readings whoever publishes there.
+MAX_SENSOR_BYTES = 16 * 1024
 
 #: The camera the tools use: its frames and a detector (either may be None).
 CameraFinder = Callable[[], tuple[LatestFrame | None, Detector | None]]
@@ -145,6 +148,7 @@ class ToolsService:
         self._tele_sub: Subscription | None = None
         self._unknown_sub: Subscription | None = None
         self.unknown = 0  # requests for a tool this device does not have (answered 404)
+        self.sensors_dropped = 0  # telemetry messages over MAX_SENSOR_BYTES, not remembered
         self._sensors: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
         self.tools = self._tools()
         self._commands: CommandClient | None = None
@@ -221,7 +225,7 @@ class ToolsService:
         return {
             "enabled": self.config.enabled, "open": self.config.permissions.open,
             "calls": dict(self.calls), "errors": dict(self.errors), "denied": dict(self.denied),
-            "unknown": self.unknown,
+            "unknown": self.unknown, "sensors_dropped": self.sensors_dropped,
             "last_denied": self.last_denied, "sensors_seen": len(self._sensors),
             "camera": frames is not None, "detector": detector is not None,
             "models": models.names() if models is not None else None,
@@ -252,6 +256,9 @@ class ToolsService:
         if len(parts) != 5:
             return
         key = (parts[3], parts[4])
+        if len(msg.data) > MAX_SENSOR_BYTES:
+            self.sensors_dropped += 1
+            return
         if key not in self._sensors and len(self._sensors) >= MAX_SENSOR_KEYS:
             return
         try:
