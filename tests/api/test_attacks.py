@@ -16,6 +16,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from edge.agents.decisions import MAX_INGESTED_BYTES
 from edge.agents.tools.service import MAX_SENSOR_BYTES
 from edge.config import load_config
 from edge.demo.actuator import SimActuator
@@ -380,3 +381,24 @@ async def test_a_caller_claiming_to_be_the_failsafe_is_granted_its_hold_only(dev
     assert "velocity" not in rt.world.get_all("drone-0")
     _, ans = await call(nc, CMD + "drone-0.hold", b"{}", spoof)
     assert ans["ok"] is True
+
+
+async def test_others_decision_records_are_bounded(device: tuple[Runtime, Client]) -> None:
+    """Decision records of agents the host does not run join its ring of 1,000 for
+    ``api.agent.decisions``; padded ones could hold a gigabyte, unreadable ones were not counted."""
+    rt, nc = device
+    subject = f"edge.{DEV}.evt.drone-0.decision"
+    await nc.publish(subject, json.dumps({"agent": "wasm-x", "pad": "a" * MAX_INGESTED_BYTES}).encode())
+    await nc.publish(subject, b"[" * 5000 + b"]" * 5000)  # too deep to decode, small enough to try
+    await nc.publish(subject, b'"not a record"')
+    await nc.publish(subject, b'{"agent": "wasm-x", "decision": "hold"}')
+    await nc.flush()
+    decisions = rt.status()["agents"]["decisions"]
+    for _ in range(100):
+        decisions = rt.status()["agents"]["decisions"]
+        if decisions["ingested"] == 1 and decisions["malformed"] == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert decisions["too_large"] == 1 and decisions["malformed"] == 2 and decisions["ingested"] == 1
+    _, reply = await call(nc, API + "agent.decisions", b"{}")
+    assert [(r["agent"], r["decision"], r["entity"]) for r in reply["result"]] == [("wasm-x", "hold", "drone-0")]
