@@ -34,6 +34,9 @@ log = logging.getLogger("edge.agents.decisions")
 
 DECISION_STREAM = "EDGE_DECISIONS"
 DEFAULT_RING_SIZE = 1000  # decisions kept in memory for the API
+#: Largest decision record (bytes) of another publisher kept in the ring; a larger one is counted
+#: (``too_large``) and dropped, so the ring holds at most DEFAULT_RING_SIZE small records.
+MAX_INGESTED_BYTES = 16 * 1024
 DEFAULT_STREAM_MAX_MSGS = 100_000
 DEFAULT_STREAM_MAX_BYTES = 32 * 1024 * 1024  # bytes
 DEFAULT_STREAM_MAX_AGE_S = 7 * 24 * 3600.0  # seconds
@@ -132,6 +135,8 @@ class DecisionLog:
         self.published = 0
         self.publish_errors = 0
         self.ingested = 0
+        self.malformed = 0  # others' records that are not a JSON object
+        self.too_large = 0  # others' records over MAX_INGESTED_BYTES
         self.last_error: str | None = None
         self.stream_mode: str | None = None
         self._nc: Client | None = None
@@ -203,6 +208,8 @@ class DecisionLog:
             "published": self.published,
             "publish_errors": self.publish_errors,
             "ingested": self.ingested,
+            "malformed": self.malformed,
+            "too_large": self.too_large,
             "in_memory": len(self.ring),
             "last_error": self.last_error,
         }

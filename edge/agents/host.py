@@ -36,14 +36,14 @@ from nats.micro.service import Service
 from edge.nats import subjects
 from edge.agents.base import Agent, Decision
 from edge.agents.config import AgentSpec
-from edge.agents.decisions import DEFAULT_QUERY_LIMIT, DecisionLog, decision_filter
+from edge.agents.decisions import DEFAULT_QUERY_LIMIT, MAX_INGESTED_BYTES, DecisionLog, decision_filter
 from edge.agents.record import AgentRecorder, entity_view, message_payload
 from edge.backoff import Backoff
 from edge.errors import EdgeError
 from edge.layer import DeviceContext
 from edge.errors import LifecycleError
 from edge.nats.commands import CommandClient, CommandError
-from edge.nats.service import RequestError, endpoint
+from edge.nats.service import RequestError, endpoint, loads
 from edge.world.store import World
 
 log = logging.getLogger("edge.agents")
@@ -363,11 +363,17 @@ class AgentHost:
 
     async def _on_decision(self, msg: Msg) -> None:
         """Decision records of agents this host does not run (wasm agents) join the ring."""
-        try:
-            record = json.loads(msg.data)
-        except ValueError:
+        if len(msg.data) > MAX_INGESTED_BYTES:
+            self.decisions.too_large += 1
             return
-        if isinstance(record, dict) and record.get("agent") not in self.runners:
+        try:
+            record = loads(msg.data)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            self.decisions.malformed += 1
+            return
+        if record.get("agent") not in self.runners:
             record.setdefault("entity", msg.subject.split(".")[3])
             self.decisions.ingest(record)
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from edge.errors import EdgeError
+from edge.world.schema import is_finite_number
 
 
 class SchemaViolation(EdgeError):
@@ -39,7 +40,7 @@ def _type_ok(value: Any, name: str) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     if name == "number":
-        return math.isfinite(value)
+        return is_finite_number(value)
     if name == "integer":
         return isinstance(value, int) or (math.isfinite(value) and float(value).is_integer())
     raise ValueError(f"unsupported JSON schema type {name!r}")

@@ -14,12 +14,12 @@ Every method is synchronous and must not block or raise. See docs/replay.md.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from edge.agents.base import Agent, Decision
 from edge.world.store import World
+from edge.nats.service import loads
 
 
 class AgentRecorder(Protocol):
@@ -71,6 +71,6 @@ class RecordedWorld:
 def message_payload(data: bytes) -> Any:
     """What an agent's ``observe`` is given for a message: its JSON, else its text."""
     try:
-        return json.loads(data) if data else None
+        return loads(data) if data else None
     except ValueError:
         return data.decode(errors="replace")

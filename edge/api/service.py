@@ -87,6 +87,22 @@ class Endpoint:
     doc: str
 
 
+def _kind(body: dict[str, Any]) -> str | None:
+    kind = body.get("kind")
+    if kind is not None and not isinstance(kind, str):
+        raise RequestError("'kind' must be a string", key="kind")
+    return kind
+
+
+def _labels(body: dict[str, Any]) -> dict[str, str]:
+    labels = body.get("labels")
+    if labels is None:
+        return {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise RequestError("'labels' must be an object of strings", key="labels")
+    return labels
+
+
 def _need(body: dict[str, Any], key: str, kind: type = str) -> Any:
     value = body.get(key)
     if not isinstance(value, kind) or (kind is str and not value):
@@ -202,10 +218,8 @@ class DeviceApi:
     # -- endpoints ---------------------------------------------------------------------------
 
     async def entity_list(self, body: dict[str, Any], who: Caller) -> list[dict[str, Any]]:
-        labels = body.get("labels")
-        if labels is not None and not isinstance(labels, dict):
-            raise RequestError("'labels' must be an object", key="labels")
-        metas = self.world.entities(kind=body.get("kind"), labels=labels)
+        kind, labels = _kind(body), _labels(body)
+        metas = self.world.entities(kind=kind, labels=labels)
         return [{**m.to_dict(), "components": self.world.components_of(m.id)} for m in metas]
 
     async def entity_get(self, body: dict[str, Any], who: Caller) -> dict[str, Any]:
@@ -216,13 +230,13 @@ class DeviceApi:
     async def entity_spawn(self, body: dict[str, Any], who: Caller) -> dict[str, Any]:
         entity = _need(body, "id")
         comps = body.get("components") or {}
-        labels = body.get("labels") or {}
-        if not isinstance(comps, dict) or not isinstance(labels, dict):
-            raise RequestError("'components' and 'labels' must be objects")
+        if not isinstance(comps, dict):
+            raise RequestError("'components' must be an object", key="components")
+        kind, labels = _kind(body) or "", _labels(body)
         self._admit(who, entity)
         if comps:
             self._admit(who, entity, *comps, key="components")
-        self.world.spawn(entity, str(body.get("kind", "")), labels, comps)
+        self.world.spawn(entity, kind, labels, comps)
         return await self.entity_get({"id": entity}, who)
 
     async def entity_set(self, body: dict[str, Any], who: Caller) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from edge.errors import EdgeError
+from edge.world.schema import is_finite_number
 from edge.layer import DeviceContext
 from edge.nats.commands import CommandRequest
 from edge.world.store import World
@@ -89,7 +90,7 @@ class SimActuator:
         if verb == "velocity":
             v = {axis: args.get(axis, 0.0) for axis in ("x", "y", "z")}
             for axis, value in v.items():
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                if not is_finite_number(value):
                     raise CommandRefused(f"velocity.{axis} must be a number (m/s)")
                 if abs(value) > self.max_speed:
                     raise CommandRefused(f"velocity.{axis} {value} exceeds {self.max_speed} m/s")

@@ -26,6 +26,7 @@ from nats.aio.subscription import Subscription
 from edge.language.stream import lang_subject
 from edge.layer import Events
 from edge.nats import subjects
+from edge.nats.service import loads
 
 LOG_LOGGERS = ("edge", "drivers")
 NOT_CAPTURED = ("edge.language", "edge.nats.outbox", "edge.nats.publisher", "edge.nats.events", "nats")
@@ -128,7 +129,7 @@ class ToolCallRecorder:
         if tool in NOT_RECORDED_TOOLS:
             return
         try:
-            args = json.loads(msg.data) if msg.data else {}
+            args = loads(msg.data) if msg.data else {}
         except ValueError:
             args = None
         if not isinstance(args, dict):

@@ -34,6 +34,7 @@ from typing import Any
 from edge.language.config import MAX_TEXT_CHARS
 from edge.language.errors import LanguageError
 from edge.language.store import Entry
+from edge.nats.service import loads
 
 
 class Malformed(LanguageError):
@@ -84,7 +85,7 @@ def extract(subject: str, data: bytes, *, t: float, stream: str | None, seq: int
         return None
     free = family == "evt" and kind not in KNOWN_KINDS  # a component's own event: any body
     try:
-        body = json.loads(data)
+        body = loads(data)
     except ValueError as err:
         if free:
             return _text_entry(kind, entity, subject, data, t=t, stream=stream, seq=seq)

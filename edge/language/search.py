@@ -18,7 +18,6 @@ kinds, ``since <= until``.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -27,6 +26,7 @@ import numpy as np
 
 from edge.language.embedder import Embedder
 from edge.language.errors import LanguageError, LanguageUnavailable
+from edge.world.schema import is_finite_number
 from edge.language.store import Entry, Filters, IndexStore
 
 MAX_QUERY_CHARS = 1000
@@ -79,7 +79,7 @@ def check_query(query: Any, limit: Any, kinds: Any, since: Any, until: Any) -> N
                               or not all(isinstance(k, str) for k in kinds)):
         raise LanguageError(f"'kinds' must be a list of at most {MAX_KINDS} strings", key="kinds")
     for key, v in (("since", since), ("until", until)):
-        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)):
+        if v is not None and not is_finite_number(v):
             raise LanguageError(f"'{key}' must be Unix seconds (a number)", key=key)
     if since is not None and until is not None and since > until:
         raise LanguageError("'since' is after 'until'", key="since")

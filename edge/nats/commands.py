@@ -42,6 +42,7 @@ import asyncio
 import collections
 import contextlib
 import enum
+import hashlib
 import json
 import logging
 import secrets
@@ -57,6 +58,7 @@ from nats.aio.subscription import Subscription
 
 from edge.errors import EdgeError
 from edge.nats import subjects
+from edge.nats.service import loads
 from edge.wasm.origin import ORIGIN_HEADER
 
 if TYPE_CHECKING:
@@ -76,6 +78,10 @@ DEFAULT_REMEMBER = 1024
 DEFAULT_LANE_DEPTH = 32
 #: Longest accepted command id (characters of printable ASCII, no spaces).
 MAX_COMMAND_ID_LEN = 128
+#: Largest command payload (bytes) the router takes; a larger one is a ``bad-request`` at once.
+#: Commands are small JSON objects; the bound keeps the answers, records and the deduplication
+#: memory (answers of the last ``remember`` ids) small whatever a sender pads them with.
+MAX_COMMAND_BYTES = 16 * 1024
 
 
 class Reason(enum.StrEnum):
@@ -257,7 +263,7 @@ class CommandRouter:
         self._answered: collections.OrderedDict[tuple[str, str, str], tuple[bytes, dict[str, Any]]] = (
             collections.OrderedDict())
         self._inflight: dict[tuple[str, str, str], asyncio.Future[dict[str, Any]]] = {}
-        self._digests: dict[tuple[str, str, str], bytes] = {}  # payloads of the running commands
+        self._digests: dict[tuple[str, str, str], bytes] = {}  # sha256 of the running commands' payloads
         self._waiting: set[asyncio.Task[None]] = set()  # repeats waiting for a running command
         self._lanes: dict[tuple[str, str], collections.deque[_Pending]] = {}
         self._workers: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -420,10 +426,11 @@ class CommandRouter:
             await self._finish(entity, verb, None, bad, reply, ran=False)
             return
         key = (entity, verb, command_id)
+        payload_digest = hashlib.sha256(msg.data).digest()  # remembered instead of the payload
         seen = self._answered.get(key)
         if seen is not None:
             digest, answer = seen
-            if digest != msg.data:
+            if digest != payload_digest:
                 answer = answer_error(command_id, Reason.BAD_REQUEST,
                                       f"command id {command_id} was already used for a different {verb} command")
             self.duplicates += 1
@@ -432,7 +439,7 @@ class CommandRouter:
         running = self._inflight.get(key)
         if running is not None:  # a retry while the first is still running: share its answer
             self.duplicates += 1
-            if self._digests.get(key) != msg.data:
+            if self._digests.get(key) != payload_digest:
                 await self._respond(reply, answer_error(
                     command_id, Reason.BAD_REQUEST,
                     f"command id {command_id} is already used by a running {verb} command with other arguments"))
@@ -442,8 +449,13 @@ class CommandRouter:
                 self._waiting.add(task)
                 task.add_done_callback(self._waiting.discard)
             return
+        if len(msg.data) > MAX_COMMAND_BYTES:
+            big = answer_error(command_id, Reason.BAD_REQUEST,
+                               f"command payload of {len(msg.data)} bytes is over {MAX_COMMAND_BYTES} bytes")
+            await self._finish(entity, verb, command_id, big, reply, ran=False)
+            return
         try:
-            args = json.loads(msg.data) if msg.data.strip() else {}
+            args = loads(msg.data) if msg.data.strip() else {}
         except ValueError as err:
             args = None
             why = f"command payload is not JSON: {err}"
@@ -467,7 +479,7 @@ class CommandRouter:
             return
         done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._inflight[key] = done
-        self._digests[key] = msg.data
+        self._digests[key] = payload_digest
         lane.append(_Pending(request, reply, done))
         if (entity, verb) not in self._workers:
             self._workers[(entity, verb)] = asyncio.get_running_loop().create_task(
@@ -660,7 +672,7 @@ class CommandClient:
                                  entity=entity, verb=verb, subject=subject, id=command_id) from err
         rtt = (time.perf_counter() - t0) * 1e3
         try:
-            answer = json.loads(msg.data) if msg.data else {}
+            answer = loads(msg.data) if msg.data else {}
         except ValueError:
             answer = {"ok": False, "raw": msg.data.decode(errors="replace")}
         if not isinstance(answer, dict):

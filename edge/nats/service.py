@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
+import nats.errors
 from nats.micro.request import Request
 
 from edge.errors import EdgeError
@@ -43,20 +44,50 @@ def code_of(err: EdgeError) -> str:
     return err.code if isinstance(err, ServiceError) else "400"
 
 
+#: Longest error message (and ``Nats-Service-Error`` header) a reply carries, in characters; a
+#: longer one, e.g. echoing a huge id, is cut and ends with an ellipsis.
+MAX_MESSAGE_CHARS = 512
+#: Longest string field of an error reply, in characters (cut the same way).
+MAX_FIELD_CHARS = 256
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
 def ok_body(result: Any) -> bytes:
     return json.dumps({"ok": True, "result": result}, default=str).encode()
 
 
 def error_body(err: EdgeError) -> bytes:
-    return json.dumps({"ok": False, "error": err.to_dict()}, default=str).encode()
+    """The error envelope; the message and every string field are clipped (above), so a refusal
+    of a request just under the server's ``max_payload`` still fits in a reply."""
+    out = {k: _clip(v, MAX_FIELD_CHARS) if isinstance(v, str) else v for k, v in err.to_dict().items()}
+    out["message"] = _clip(err.message, MAX_MESSAGE_CHARS)
+    return json.dumps({"ok": False, "error": out}, default=str).encode()
 
 
 async def respond_ok(req: Request, result: Any) -> None:
-    await req.respond(ok_body(result))
+    """Answer ``result``; one over the server's ``max_payload`` is answered as a 500 saying so."""
+    body = ok_body(result)
+    try:
+        await req.respond(body)
+    except nats.errors.MaxPayloadError:
+        await respond_error(req, EdgeError(
+            f"the reply of {len(body)} bytes is over the server's max_payload: ask for less"), "500")
 
 
 async def respond_error(req: Request, err: EdgeError, code: str | None = None) -> None:
-    await req.respond_error(code or code_of(err), err.message, data=error_body(err))
+    await req.respond_error(code or code_of(err), _clip(err.message, MAX_MESSAGE_CHARS), data=error_body(err))
+
+
+def loads(data: bytes | str) -> Any:
+    """``json.loads`` for bytes from the network: JSON nested too deeply for the decoder is a
+    ``ValueError`` like any other malformed JSON, never a ``RecursionError`` escaping a handler."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def decode_body(data: bytes) -> dict[str, Any]:
@@ -64,7 +95,7 @@ def decode_body(data: bytes) -> dict[str, Any]:
     if not data:
         return {}
     try:
-        body = json.loads(data)
+        body = loads(data)
     except ValueError as err:
         raise RequestError(f"request body is not JSON: {err}") from None
     if not isinstance(body, dict):

@@ -37,6 +37,9 @@ log = logging.getLogger("edge.policy")
 CLOUD_CALLER = "cloud"
 #: Callers that are the device itself (the safety envelope's failsafe hold): always granted.
 DEVICE_CALLERS = frozenset({"safety-failsafe"})
+#: The only verbs a device caller is granted: the failsafe sends nothing but ``hold``, and anyone
+#: on the device's NATS can claim its name, so the name alone must not grant more.
+DEVICE_VERBS = frozenset({"hold"})
 ANONYMOUS = "anonymous"
 
 
@@ -145,6 +148,7 @@ class PolicyLayer:
     def admit(self, request: CommandRequest, size: int = 0) -> tuple[str, Mapping[str, Any]] | None:
         """The router's admission check: None admits, else the refusal (sentence, fields)."""
         kind, pid, granted = self.principal(request.caller, request.origin)
+        granted = granted and request.verb in DEVICE_VERBS
         d = self.point.check(kind, pid, Action.COMMAND, f"{request.entity}.{request.verb}",
                              size=size, granted=granted, entity=request.entity)
         if d.allowed:

@@ -42,6 +42,10 @@ log = logging.getLogger("edge.policy")
 
 #: Seconds between two denial events of one principal and rule (each carries the count).
 DENIAL_EVENT_INTERVAL_S = 5.0
+#: Denial events of all principals together per DENIAL_EVENT_INTERVAL_S: a sender inventing a new
+#: principal (``Edge-Caller``) per message must not fill ``EVT``, which never evicts. Past it the
+#: denials are counted (``denial_events_suppressed``) and kept in ``recent``, not published.
+MAX_DENIAL_EVENTS = 100
 #: Recent denials kept for ``edge accounting``.
 RECENT_DENIALS = 100
 #: Limit states kept (principal x limit); past it the oldest are dropped (and start full again).
@@ -75,6 +79,8 @@ class PolicyPoint:
         self._limit_states: collections.OrderedDict[tuple[str, str, str, Limit], LimitState] = (
             collections.OrderedDict())
         self._reported: dict[tuple[str, str, str], tuple[float, int]] = {}
+        self._budget: tuple[float, int] | None = None  # (interval start, denial events published in it)
+        self.denial_events_suppressed = 0
         #: called with :meth:`in_use` after every load, the off switch included (the replay
         #: recorder's ``policy`` records); a listener must not block or raise
         self.load_listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -244,6 +250,14 @@ class PolicyPoint:
         if last is not None and now - last[0] < DENIAL_EVENT_INTERVAL_S:
             self._reported[key] = (last[0], last[1] + 1)
             return
+        budget = self._budget
+        if budget is None or now - budget[0] >= DENIAL_EVENT_INTERVAL_S:
+            budget = (now, 0)
+        if budget[1] >= MAX_DENIAL_EVENTS:
+            self._budget = budget
+            self.denial_events_suppressed += 1
+            return
+        self._budget = (budget[0], budget[1] + 1)
         count = 1 + (last[1] if last is not None else 0)
         self._reported[key] = (now, 0)
         if len(self._reported) > MAX_LIMIT_STATES:
@@ -272,6 +286,7 @@ class PolicyPoint:
             "rules": len(c.policy.rules) if c is not None else 0,
             "limits": len(c.policy.limits) if c is not None else 0,
             "denied": self.denied,
+            "denial_events_suppressed": self.denial_events_suppressed,
             "principals": len(self.meter.usage),
             "error": self.error,
         }

@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from edge.world.schema import is_finite_number, shown_value
+
 __all__ = [
     "ALWAYS_ALLOWED", "DEFAULTS", "GUARDED_VERBS", "SETPOINT_VERBS", "Decision", "EnvelopeConfig", "Fence",
     "VehicleState", "Verdict", "check", "clamp_velocity",
@@ -216,8 +218,8 @@ def _num(args: Mapping[str, Any], key: str, default: float | None = None) -> flo
     value = args.get(key, default)
     if value is None:
         raise _Bad(f"'{key}' is required (a number)")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _Bad(f"'{key}' must be a finite number, got {value!r}")
+    if not is_finite_number(value):
+        raise _Bad(f"'{key}' must be a finite number, got {shown_value(value)}")
     return float(value)
 
 

@@ -29,6 +29,7 @@ from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
 from edge.nats.subjects import STATE_BUCKET
+from edge.nats.service import loads
 from edge.tasks import cancel_and_wait
 from edge.errors import EdgeError, SchemaError
 from edge.world.store import World
@@ -97,7 +98,7 @@ class Persister:
                     break
                 entity, _, comp = entry.key.partition(".")
                 try:
-                    value = json.loads(entry.value or b"null")
+                    value = loads(entry.value or b"null")
                 except ValueError:
                     log.warning("state key %s holds invalid JSON; skipped", entry.key)
                     self.skipped_on_restore += 1
@@ -110,8 +111,13 @@ class Persister:
             await watcher.stop()
         for entity in sorted(set(metas) | set(comps)):
             meta = metas.get(entity, {})
+            kind, labels = meta.get("kind", ""), meta.get("labels") or {}
+            if not isinstance(kind, str) or not isinstance(labels, dict):
+                log.warning("state for entity %r skipped: its kind or labels are of the wrong type", entity)
+                self.skipped_on_restore += 1
+                continue
             try:
-                self.world.spawn(entity, meta.get("kind", ""), meta.get("labels") or {}, exist_ok=True)
+                self.world.spawn(entity, kind, labels, exist_ok=True)
             except EdgeError as err:
                 log.warning("state for entity %r skipped: %s", entity, err)
                 self.skipped_on_restore += 1
@@ -209,6 +215,7 @@ class Persister:
             "flushes": self.flushes,
             "writes": self.writes,
             "failures": self.failures,
+            "skipped_on_restore": self.skipped_on_restore,
             "pending": len(self._pending),
             "last_flush": self.last_flush,
             "last_error": self.last_error,

@@ -68,10 +68,28 @@ class ComponentSchema:
         return {"name": self.name, "fields": dict(self.fields), "units": dict(self.units), "doc": self.doc}
 
 
+def shown_value(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a refused value may be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
+def is_finite_number(value: object) -> bool:
+    """Whether ``value`` is a JSON number (not a bool) that is a finite float: not NaN or
+    infinite, and not an integer too large for a float (``1`` and 400 zeros, which
+    ``math.isfinite`` and ``float`` refuse with ``OverflowError``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _coerce(component: str, name: str, kind: str, value: Any) -> Any:
     def bad(expected: str) -> SchemaError:
         return SchemaError(
-            f"field '{component}.{name}' expects {expected}, got {value!r}",
+            f"field '{component}.{name}' expects {expected}, got {shown_value(value)}",
             component=component,
             field=name,
         )
@@ -79,10 +97,9 @@ def _coerce(component: str, name: str, kind: str, value: Any) -> Any:
     if kind == "f64":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
-        number = float(value)
-        if math.isnan(number) or math.isinf(number):
+        if not is_finite_number(value):
             raise bad("a finite number")
-        return number
+        return float(value)
     if kind == "i64":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("an integer")

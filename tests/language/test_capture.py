@@ -67,15 +67,17 @@ async def test_tool_calls_are_recorded_even_unreadable_or_long(ctx: DeviceContex
         await nc.publish(f"{tools}.send_command", json.dumps({"entity": "drone-1", "verb": "rtl"}).encode(),
                          headers={"Edge-Caller": "planner"})
         await nc.publish(f"{tools}.read_sensor", b"{broken")
+        await nc.publish(f"{tools}.list_entities", b"[" * 100_000 + b"]" * 100_000)  # too deep to decode
         await nc.publish(f"{tools}.run_model", json.dumps({"model": "m", "inputs": [[0.5] * 400]}).encode())
         await nc.publish(f"{tools}.schema", b"")  # not a call of a tool
         await nc.publish(f"{tools}.search_knowledge", b'{"query": "x"}')  # not recorded (it feeds itself)
-        got = await lang_messages(ctx, 3)
+        got = await lang_messages(ctx, 4)
     finally:
         await rec.stop()
-    assert [m["subject"] for m in got] == [f"edge.{DEV}.lang.drone-1.tool_call", f"edge.{DEV}.lang.tools.tool_call",
-                                           f"edge.{DEV}.lang.tools.tool_call"]
+    assert [m["subject"] for m in got] == [f"edge.{DEV}.lang.drone-1.tool_call"] + [
+        f"edge.{DEV}.lang.tools.tool_call"] * 3
     assert got[0]["caller"] == "planner" and got[0]["args"] == {"entity": "drone-1", "verb": "rtl"}
     assert got[1]["caller"] == "anonymous" and got[1]["args"] == {"unreadable": True}
-    assert len(got[2]["args"]["truncated"]) == MAX_ARGS_CHARS
-    assert rec.status() == {"recorded": 3, "unreadable": 1}
+    assert got[2]["tool"] == "list_entities" and got[2]["args"] == {"unreadable": True}
+    assert len(got[3]["args"]["truncated"]) == MAX_ARGS_CHARS
+    assert rec.status() == {"recorded": 4, "unreadable": 2}

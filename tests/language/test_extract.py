@@ -50,6 +50,7 @@ def test_skipped_kinds_and_empty_lines_are_not_entries() -> None:
     ("edge.d.evt.drone-0.statustext", b"[1, 2]"),
     ("edge.d.tele.drone-0.imu", b"{}"),
     ("edge.d.evt.x", b"{}"),
+    ("edge.d.evt.drone-0.decision", b"[" * 100_000 + b"]" * 100_000),  # too deep: once, a poison message
 ])
 def test_malformed_messages_raise_malformed(subject: str, data: bytes) -> None:
     with pytest.raises(Malformed):

@@ -52,6 +52,7 @@ async def test_hybrid_search_filters_and_hit_fields(tmp_path: Path) -> None:
     ({"query": ""}, "query"), ({"query": "x" * 1001}, "query"), ({"query": "a", "limit": 0}, "limit"),
     ({"query": "a", "limit": 51}, "limit"), ({"query": "a", "kinds": "log"}, "kinds"),
     ({"query": "a", "since": 5.0, "until": 1.0}, "since"), ({"query": "a", "since": "yesterday"}, "since"),
+    ({"query": "a", "since": float("nan")}, "since"), ({"query": "a", "until": 10 ** 400}, "until"),
 ])
 async def test_limits_are_refused_before_any_work(tmp_path: Path, body: dict, key: str) -> None:
     index = Index(_store(tmp_path), EMB)

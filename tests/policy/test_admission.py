@@ -46,13 +46,17 @@ async def test_admission_runs_before_the_guard_and_a_refusal_is_answered_and_rec
             router.set_admission(layer.admit)
         router.register("d1", "rtl", handler, owner="t")
         router.register("d1", "arm", handler, owner="t")
+        router.register("d1", "hold", handler, owner="t")
         client = CommandClient(nc, DEV)
         assert (await client.send("d1", "rtl", {"a": 1}, timeout=5, caller="pilot")).ok
         res = await client.send("d1", "arm", {}, timeout=5, caller="pilot")
         assert res.reason == "denied" and res.answer["rule"] == "default"
-        res = await client.send("d1", "rtl", {}, timeout=5, caller="safety-failsafe")  # the device: granted
+        res = await client.send("d1", "hold", {}, timeout=5, caller="safety-failsafe")  # the device: granted
         assert res.ok
-        assert guarded == ["rtl", "rtl"] and ran == ["rtl", "rtl"]  # the denied one met no guard
+        # anyone can claim the failsafe's name: it is granted its hold, nothing else
+        res = await client.send("d1", "rtl", {}, timeout=5, caller="safety-failsafe")
+        assert res.reason == "denied" and res.answer["rule"] == "default"
+        assert guarded == ["rtl", "hold"] and ran == ["rtl", "hold"]  # the denied ones met no guard
         acks = [a for s, a in events.out if s == f"edge.{DEV}.ack.d1.arm"]
         assert acks and acks[0]["reason"] == "denied"
         pilot = point.meter.of("agent", "pilot")
@@ -66,6 +70,6 @@ async def test_admission_runs_before_the_guard_and_a_refusal_is_answered_and_rec
         router.set_admission(broken)  # type: ignore[arg-type]
         res = await client.send("d1", "rtl", {}, timeout=5, caller="pilot")
         assert res.reason == "denied" and "the policy check failed (RuntimeError: boom)" in res.answer["error"]
-        assert ran == ["rtl", "rtl", "arm"]
+        assert ran == ["rtl", "hold", "arm"]
     finally:
         await router.stop()

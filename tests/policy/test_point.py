@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.policy.meter import MAX_PRINCIPALS, OVERFLOW
-from edge.policy.point import DENIAL_EVENT_INTERVAL_S, PolicyPoint
+from edge.policy.point import DENIAL_EVENT_INTERVAL_S, MAX_DENIAL_EVENTS, PolicyPoint
 from edge.policy.rules import parse_policy
 from rigs.events import ListEvents as Events, StepClock as Clock
 
@@ -190,3 +190,17 @@ def test_fuzzed_principals_and_resources_never_crash_the_point_and_stay_bounded(
     for _, body in events.out:
         assert len(body["principal"]) <= 100 and len(body["resource"]) <= 200
         json.dumps(body).encode()  # every record is valid JSON text
+
+
+def test_denial_events_of_invented_principals_have_one_budget_per_interval() -> None:
+    """One event per principal and rule is no bound when the sender invents a principal per
+    message (any ``Edge-Caller``): all principals together get MAX_DENIAL_EVENTS an interval."""
+    p, events, clock = point({"rule": []})
+    for i in range(MAX_DENIAL_EVENTS + 50):
+        assert not p.check("caller", f"c{i}", "call", "list_entities").allowed
+    denied = [b for s, b in events.out if s == f"edge.{DEV}.evt.policy.denied"]
+    assert len(denied) == MAX_DENIAL_EVENTS and p.denied == MAX_DENIAL_EVENTS + 50
+    assert p.status()["denial_events_suppressed"] == 50 and len(p.recent) == 100
+    clock.t += DENIAL_EVENT_INTERVAL_S  # a new interval: a new budget
+    assert not p.check("caller", "late", "call", "list_entities").allowed
+    assert len([s for s, _ in events.out if s == f"edge.{DEV}.evt.policy.denied"]) == MAX_DENIAL_EVENTS + 1

@@ -147,7 +147,8 @@ async def test_malformed_heartbeats_are_counted_and_the_last_good_one_is_kept(fl
         return by_device(await col.poll())["dev1"]["seq"]  # type: ignore[no-any-return]
 
     good_seq = await until(seq_seen)
-    for bad in (b"not json", b"[1, 2]", b'{"v": 2, "ttl_s": 1}', b'{"v": 1, "ttl_s": -1}'):
+    hostile = (b"[" * 100_000 + b"]" * 100_000, b'{"v": 1, "ttl_s": 1' + b"0" * 400 + b"}")  # too deep, too big
+    for bad in (b"not json", b"[1, 2]", b'{"v": 2, "ttl_s": 1}', b'{"v": 1, "ttl_s": -1}', *hostile):
         before = col.malformed
         await nc.publish(subject, bad)
         await nc.flush()
@@ -159,9 +160,9 @@ async def test_malformed_heartbeats_are_counted_and_the_last_good_one_is_kept(fl
         await until(counted)
         view = by_device(await col.poll())["dev1"]
         assert view["seq"] == good_seq and view["components"] == SUMMARY["components"]
-    assert col.malformed == 4  # each bad message counted once, however often it is read
+    assert col.malformed == 6  # each bad message counted once, however often it is read
     await col.poll()
-    assert col.malformed == 4 and col.errors == 0
+    assert col.malformed == 6 and col.errors == 0
     with pytest.raises(EdgeError, match="not JSON"):
         parse_heartbeat(b"{")
 

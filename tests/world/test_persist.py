@@ -98,3 +98,24 @@ async def test_bad_stored_values_are_skipped_not_fatal(nc: Client) -> None:
     await p2.restore()
     assert w2.get("a", "position")["x"] == 1.0
     assert p2.skipped_on_restore == 3
+
+
+async def test_hostile_stored_values_are_skipped_not_fatal(nc: Client) -> None:
+    """Anyone who may write the bucket can plant these; the next start restores the rest."""
+    js = nc.jetstream()
+    w = World()
+    w.spawn("a", components={"position": {"x": 1}})
+    p = Persister(w, js)
+    await p.flush()
+    kv = await js.key_value("edge-state")
+    await kv.put("a.velocity", b"[" * 100_000 + b"]" * 100_000)  # deeper than the decoder goes
+    await kv.put("a.battery", b'{"level": 1' + b"0" * 400 + b"}")  # an integer no float holds
+    await kv.put("b._meta", b'{"kind": "drone", "labels": ["fleet"]}')
+    await kv.put("c._meta", b'{"kind": {"drone": 1}}')
+    await kv.put("d._meta", b'{"kind": "drone", "labels": {"fleet": "north"}}')
+    w2 = World()
+    p2 = Persister(w2, js)
+    assert await p2.restore() == 2
+    assert w2.get("a", "position")["x"] == 1.0 and w2.meta("d").labels == {"fleet": "north"}
+    assert sorted(m.id for m in w2.entities()) == ["a", "d"]
+    assert p2.skipped_on_restore == 4 and p2.status()["skipped_on_restore"] == 4

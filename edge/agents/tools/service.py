@@ -73,7 +73,7 @@ from edge.layer import DeviceContext
 from edge.errors import LifecycleError
 from edge.nats import subjects
 from edge.nats.commands import CommandClient, CommandTimeout, CommandUnanswered
-from edge.nats.service import code_of, error_body, ok_body, respond_error, respond_ok
+from edge.nats.service import code_of, error_body, loads, ok_body, respond_error, respond_ok
 from edge.policy.point import PolicyPoint
 from edge.world.store import World
 
@@ -88,6 +88,9 @@ DETECT_TIMEOUT_S = 5.0  # capture_frame's detector run
 #: The ``infer`` resource of a detector that does not name its model.
 DETECTOR_RESOURCE = "detector"
 MAX_SENSOR_KEYS = 4096  # (entity, component) telemetry entries remembered
+#: Largest telemetry message (bytes) remembered for ``read_sensor``; a larger one is counted and
+#: dropped, so the cache stays at most MAX_SENSOR_KEYS small readings whoever publishes there.
+MAX_SENSOR_BYTES = 16 * 1024
 
 #: The camera the tools use: its frames and a detector (either may be None).
 CameraFinder = Callable[[], tuple[LatestFrame | None, Detector | None]]
@@ -143,6 +146,9 @@ class ToolsService:
         self._ctx: DeviceContext | None = None
         self._service: Service | None = None
         self._tele_sub: Subscription | None = None
+        self._unknown_sub: Subscription | None = None
+        self.unknown = 0  # requests for a tool this device does not have (answered 404)
+        self.sensors_dropped = 0  # telemetry messages over MAX_SENSOR_BYTES, not remembered
         self._sensors: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
         self.tools = self._tools()
         self._commands: CommandClient | None = None
@@ -198,18 +204,20 @@ class ToolsService:
                 metadata={"description": tool.description, "input_schema": json.dumps(tool.input_schema),
                           "output_schema": json.dumps(tool.output_schema)})
         self._service = svc
+        self._unknown_sub = await nc.subscribe(self.subject("*"), cb=self._on_unknown)
         log.info("tools service up on %s", self.subject("*"))
 
     async def stop(self) -> None:
         if self._service is not None:
             await self._service.stop()
             self._service = None
-        if self._tele_sub is not None:
-            try:
-                await self._tele_sub.unsubscribe()
-            except Exception:  # noqa: BLE001  the connection may already be closed
-                pass
-            self._tele_sub = None
+        for sub in (self._tele_sub, self._unknown_sub):
+            if sub is not None:
+                try:
+                    await sub.unsubscribe()
+                except Exception:  # noqa: BLE001  the connection may already be closed
+                    pass
+        self._tele_sub = self._unknown_sub = None
 
     def status(self) -> dict[str, Any]:
         frames, detector = self.resolve_camera()
@@ -217,6 +225,7 @@ class ToolsService:
         return {
             "enabled": self.config.enabled, "open": self.config.permissions.open,
             "calls": dict(self.calls), "errors": dict(self.errors), "denied": dict(self.denied),
+            "unknown": self.unknown, "sensors_dropped": self.sensors_dropped,
             "last_denied": self.last_denied, "sensors_seen": len(self._sensors),
             "camera": frames is not None, "detector": detector is not None,
             "models": models.names() if models is not None else None,
@@ -229,15 +238,31 @@ class ToolsService:
 
     # -- plumbing -----------------------------------------------------------------------------
 
+    async def _on_unknown(self, msg: Msg) -> None:
+        """A request on ``tools.<name>`` for a tool this device does not have: a 404 naming the
+        tools, instead of a silent timeout (the language layer's recorder also listens there, so
+        NATS would never say "no responders")."""
+        name = msg.subject.rsplit(".", 1)[-1]
+        if name == "schema" or name in self.tools or not msg.reply:
+            return
+        self.unknown += 1
+        err = ToolNotFound(f"no tool {name[:64]!r} on device {self.device} (tools: {', '.join(self.tools)})",
+                           tool=name)
+        await self.ctx.nc.publish(msg.reply, error_body(err), headers={
+            "Nats-Service-Error": err.message, "Nats-Service-Error-Code": err.code})
+
     async def _on_tele(self, msg: Msg) -> None:
         parts = msg.subject.split(".")
         if len(parts) != 5:
             return
         key = (parts[3], parts[4])
+        if len(msg.data) > MAX_SENSOR_BYTES:
+            self.sensors_dropped += 1
+            return
         if key not in self._sensors and len(self._sensors) >= MAX_SENSOR_KEYS:
             return
         try:
-            values = json.loads(msg.data)
+            values = loads(msg.data)
         except ValueError:
             return
         if isinstance(values, dict):
@@ -274,7 +299,7 @@ class ToolsService:
                 return
             try:
                 try:
-                    body = json.loads(req.data) if req.data else {}
+                    body = loads(req.data) if req.data else {}
                 except ValueError as exc:
                     raise ToolError(f"request body is not JSON: {exc}", tool=tool.name) from exc
                 validate(body, tool.input_schema)

@@ -20,9 +20,7 @@ A heartbeat that is not a JSON object of version 1 with a valid ``ttl_s`` is cou
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -34,9 +32,11 @@ from nats.js.errors import NotFoundError
 
 from edge.errors import EdgeError
 from edge.nats import subjects as naming
+from edge.nats.service import loads
 from edge.sync.device.heartbeat import HEARTBEAT_VERSION, heartbeat_subject
 from edge.sync.hub.fleet import list_devices
 from edge.sync.hub.fleet import fleet_status as hub_fleet_status
+from edge.world.schema import is_finite_number
 
 log = logging.getLogger("edge.sync.hub.page")
 
@@ -76,16 +76,13 @@ class DeviceView:
 
 
 def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    f = float(value)
-    return f if math.isfinite(f) else None
+    return float(value) if is_finite_number(value) else None
 
 
 def parse_heartbeat(data: bytes) -> dict[str, Any]:
     """The heartbeat body as a dict; EdgeError if it is not a version-1 heartbeat."""
     try:
-        body = json.loads(data)
+        body = loads(data)
     except (ValueError, UnicodeDecodeError) as err:
         raise EdgeError(f"heartbeat is not JSON: {err}") from None
     if not isinstance(body, dict):
@@ -235,7 +232,7 @@ class FleetCollector:
                 continue
             seen.add(msg.seq)
             try:
-                body = json.loads(msg.data or b"")
+                body = loads(msg.data or b"")
             except ValueError:
                 body = None
             if not isinstance(body, dict):
