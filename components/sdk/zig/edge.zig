@@ -58,7 +58,7 @@ pub fn logf(level: Level, comptime fmt: []const u8, args: anytype) void {
 pub const PublishError = error{
     /// -1: the manifest's run.publish does not grant the subject (counted as `denied`).
     Denied,
-    /// -2: the subject is invalid (wildcards, spaces, > 256 bytes) or the payload > 1 MiB.
+    /// -2: the subject is invalid (wildcards, spaces, > 256 bytes) or the payload > 1 MiB - 1 KiB (1,047,552 bytes).
     BadSubject,
     /// -3: this call's limits.publish_per_call quota is spent.
     Quota,
