@@ -17,13 +17,18 @@ from pathlib import Path
 
 import pytest
 from nats.aio.msg import Msg
-from sandbox_support import build_module, wait_for, write_manifest
+from sandbox_support import Recorder, build_module, entry, manifest, wait_for, write_manifest
+
+from rigs.nats import ServerFactory
 
 from edge.config import DeviceConfig
 from edge.config.device import NatsConfig
 from edge.runtime import Runtime
+from edge.errors import ComponentLoadError
 from edge.wasm.abi import PUBLISH_HEADER_ROOM, PUBLISH_MAX_BYTES
+from edge.wasm.manifest import load_manifest
 from edge.wasm.origin import MAX_HOPS, header_bytes, origin_headers, origin_id
+from edge.wasm.pool import SandboxPool
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,9 +122,9 @@ async def test_the_largest_payload_is_delivered_and_the_device_stays_connected(
 
 
 async def test_a_message_over_an_external_servers_max_payload_is_dropped_not_fatal(
-        tmp_path: Path, big_module: Path, nats_servers: object,
+        tmp_path: Path, big_module: Path, nats_servers: ServerFactory,
         caplog: pytest.LogCaptureFixture) -> None:
-    srv = await nats_servers("small", extra="max_payload: 524288")  # type: ignore[operator]
+    srv = await nats_servers("small", extra="max_payload: 524288")
     rt = await start(tmp_path, big_module, NatsConfig(url=srv.url))
     try:
         nc = rt.sandbox.ctx.nc
@@ -138,3 +143,114 @@ async def test_a_message_over_an_external_servers_max_payload_is_dropped_not_fat
         assert len(data.msgs[0].data) == 5  # only the small one went out
     finally:
         await rt.stop()
+
+
+#: Every return code docs/abi.md's import table promises, from one call: each result is published
+#: as "name=value" on evt.codes (publish_per_call = 40 in its manifest, so the quota is reached
+#: last, after the results: `quota_ok` publishes succeed, then -3).
+CODES = r"""
+#include "edge.h"
+EDGE_INBOX(64)
+static uint8_t big[EDGE_PUBLISH_MAX + 1];
+static char k[300];
+static char buf[64];
+static int32_t sent;
+static const char out[] = "edge.DEV.evt.codes";
+static void put(const char *name, int32_t v) {
+    char d[64]; int32_t l = 0;
+    for (int i = 0; name[i]; i++) d[l++] = name[i];
+    d[l++] = '=';
+    edge_fmt_int(d, 64, &l, v);
+    edge_publish(out, sizeof out - 1, d, l);
+    sent++;
+}
+EDGE_ON_MESSAGE {
+    (void)subject; (void)subject_len; (void)data; (void)data_len;
+    sent = 0;
+    put("batch_len", edge_batch_len());
+    put("entity_id", edge_entity_id(0, buf, 8));
+    put("col_read", edge_col_read(0, (double *)buf, 8));
+    put("col_write", edge_col_write(0, (const double *)buf, 8));
+    put("pub_denied", edge_publish_str("edge.DEV.cmd.other", "x", 1));
+    put("pub_wild", edge_publish_str("edge.DEV.evt.*", "x", 1));
+    put("pub_gt", edge_publish_str("edge.DEV.evt.>", "x", 1));
+    put("pub_empty", edge_publish(out, 0, "x", 1));
+    for (int i = 0; i < 257; i++) k[i] = 'a';
+    edge_memcpy(k, "edge.DEV.evt.", sizeof "edge.DEV.evt." - 1);
+    put("pub_subject_256", edge_publish(k, 256, "x", 1));
+    put("pub_subject_257", edge_publish(k, 257, "x", 1));
+    put("pub_payload_max", edge_publish(out, sizeof out - 1, big, EDGE_PUBLISH_MAX));
+    put("pub_payload_over", edge_publish(out, sizeof out - 1, big, EDGE_PUBLISH_MAX + 1));
+    for (int i = 0; i < 129; i++) k[i] = 'k';
+    put("put_key_128", edge_kv_put(k, 128, "v", 1));
+    put("put_key_129", edge_kv_put(k, 129, "v", 1));
+    put("put_key_chars", edge_kv_put("a/b", 3, "v", 1));
+    put("put_value_64k", edge_kv_put_str("v", big, 64 * 1024));
+    put("put_value_over", edge_kv_put_str("v2", big, 64 * 1024 + 1));
+    put("put_quota", edge_kv_put_str("third", "v", 1));
+    put("get_full_length", edge_kv_get_str("v", buf, 4));
+    put("get_absent", edge_kv_get_str("absent", buf, 4));
+    put("get_key_129", edge_kv_get(k, 129, buf, 4));
+    int32_t ok = 0, rc = 0;
+    while ((rc = edge_publish(out, sizeof out - 1, "q", 1)) == 0) ok++;
+    /* the quota is spent: report through the log instead (level 1) */
+    char line[64]; int32_t l = 0;
+    const char *p = "quota_ok=";
+    while (*p) line[l++] = *p++;
+    edge_fmt_int(line, 64, &l, ok + sent + 2); /* + pub_subject_256 and pub_payload_max */
+    line[l++] = ' ';
+    edge_fmt_int(line, 64, &l, rc);
+    edge_log(EDGE_INFO, line, l);
+    for (int i = 0; i < 2000; i++) big[i] = 'L';
+    edge_log(EDGE_INFO, (const char *)big, 2000);
+    for (int i = 0; i < 30; i++) edge_log_str(EDGE_DEBUG, "burst");
+    return 0;
+}
+"""
+
+#: What docs/abi.md says each of them returns.
+DOCUMENTED = {
+    "batch_len": 0,  # 0 outside edge_tick
+    "entity_id": -1, "col_read": -1, "col_write": -1,  # no batch
+    "pub_denied": -1, "pub_wild": -2, "pub_gt": -2, "pub_empty": -2,
+    "pub_subject_256": 0, "pub_subject_257": -2,
+    "pub_payload_max": 0, "pub_payload_over": -2,
+    "put_key_128": 0, "put_key_129": -1, "put_key_chars": -1,
+    "put_value_64k": 0, "put_value_over": -1,
+    "put_quota": -2,  # limits.kv_keys = 2: the 128-byte key and "v" are stored
+    "get_full_length": 64 * 1024, "get_absent": -1, "get_key_129": -1,
+}
+
+
+async def test_every_documented_return_code_and_limit(
+        pool: SandboxPool, rec: Recorder, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    src = tmp_path / "codes.c"
+    src.write_text(CODES.replace("DEV", "dev1"))
+    module = Path(build_module().compile_wasm([src], tmp_path / "codes.wasm"))
+    await pool.load(manifest(tmp_path, "codes", module, subscribe=("edge.dev1.codes",),
+                             publish=("edge.dev1.evt.>",), memory_pages=18, publish_per_call=40,
+                             limits={"kv_keys": 2}))
+    with caplog.at_level(logging.DEBUG, logger="edge.wasm.component"):
+        await pool.deliver("codes", [("edge.dev1.codes", b"go")])
+        await pool.flush()
+    got = dict(d.decode().split("=") for _, s, d in rec.published
+               if s == "edge.dev1.evt.codes" and b"=" in d)
+    assert {k: int(v) for k, v in got.items()} == DOCUMENTED
+    lines = [r.getMessage() for r in caplog.records if r.name == "edge.wasm.component"]
+    assert any(line.endswith("quota_ok=40 -3") for line in lines), lines  # publish_per_call
+    assert max(len(line) for line in lines) < 1100 and any("L" * 1024 in x for x in lines)
+    assert not any("L" * 1025 in x for x in lines)  # a line is cut at 1 KiB
+    counters = entry(pool, "codes")["counters"]
+    assert isinstance(counters, dict)
+    assert counters["logs_dropped"] == 32 - 20  # a burst of 20 lines, the rest dropped
+    assert counters["denied"] == 1 and counters["kv_refused"] == 1
+
+
+def test_a_ticking_manifest_without_a_query_is_refused_naming_the_key_and_file(
+        tmp_path: Path, big_module: Path) -> None:
+    # docs/abi.md, Exports: a tick needs edge_tick *and* a query (the docs named only the first)
+    path = write_manifest(tmp_path, "noquery", big_module, tick_hz=1.0)
+    with pytest.raises(ComponentLoadError) as err:
+        load_manifest(path, DEV)
+    text = str(err.value)
+    assert "needs a query" in text and "run.tick_hz" in text and str(path) in text
