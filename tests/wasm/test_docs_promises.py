@@ -175,6 +175,9 @@ EDGE_ON_MESSAGE {
     put("pub_wild", edge_publish_str("edge.DEV.evt.*", "x", 1));
     put("pub_gt", edge_publish_str("edge.DEV.evt.>", "x", 1));
     put("pub_empty", edge_publish(out, 0, "x", 1));
+    put("pub_space", edge_publish_str("edge.DEV.evt.a b", "x", 1));
+    put("pub_empty_token", edge_publish_str("edge.DEV.evt..b", "x", 1));
+    put("pub_star_inside", edge_publish_str("edge.DEV.evt.a*b", "x", 1));
     for (int i = 0; i < 257; i++) k[i] = 'a';
     edge_memcpy(k, "edge.DEV.evt.", sizeof "edge.DEV.evt." - 1);
     put("pub_subject_256", edge_publish(k, 256, "x", 1));
@@ -200,7 +203,7 @@ EDGE_ON_MESSAGE {
     edge_fmt_int(line, 64, &l, ok + sent + 2); /* + pub_subject_256 and pub_payload_max */
     line[l++] = ' ';
     edge_fmt_int(line, 64, &l, rc);
-    edge_log(EDGE_INFO, line, l);
+    edge_log(9, line, l); /* a level outside 0..3 is logged at info */
     for (int i = 0; i < 2000; i++) big[i] = 'L';
     edge_log(EDGE_INFO, (const char *)big, 2000);
     for (int i = 0; i < 30; i++) edge_log_str(EDGE_DEBUG, "burst");
@@ -213,6 +216,7 @@ DOCUMENTED = {
     "batch_len": 0,  # 0 outside edge_tick
     "entity_id": -1, "col_read": -1, "col_write": -1,  # no batch
     "pub_denied": -1, "pub_wild": -2, "pub_gt": -2, "pub_empty": -2,
+    "pub_space": -2, "pub_empty_token": -2, "pub_star_inside": -2,
     "pub_subject_256": 0, "pub_subject_257": -2,
     "pub_payload_max": 0, "pub_payload_over": -2,
     "put_key_128": 0, "put_key_129": -1, "put_key_chars": -1,
@@ -237,7 +241,8 @@ async def test_every_documented_return_code_and_limit(
                if s == "edge.dev1.evt.codes" and b"=" in d)
     assert {k: int(v) for k, v in got.items()} == DOCUMENTED
     lines = [r.getMessage() for r in caplog.records if r.name == "edge.wasm.component"]
-    assert any(line.endswith("quota_ok=40 -3") for line in lines), lines  # publish_per_call
+    quota = [r for r in caplog.records if r.getMessage().endswith("quota_ok=40 -3")]
+    assert [r.levelno for r in quota] == [logging.INFO], lines  # publish_per_call, then -3
     assert max(len(line) for line in lines) < 1100 and any("L" * 1024 in x for x in lines)
     assert not any("L" * 1025 in x for x in lines)  # a line is cut at 1 KiB
     counters = entry(pool, "codes")["counters"]
