@@ -178,7 +178,9 @@ static inline int32_t edge_infer_sizes(const char *model, void *work, int32_t ca
 }
 
 /* ---- exports ------------------------------------------------------------------------------ */
-/* EDGE_TICK(fn) / EDGE_ON_MESSAGE(fn) / EDGE_INIT(fn) name the exports of the contract. */
+/* EDGE_INIT, EDGE_TICK and EDGE_ON_MESSAGE (no arguments) open the definitions of the contract's
+ * exports: `EDGE_TICK { ... }` has the parameters `n` and `dt`, `EDGE_ON_MESSAGE { ... }` the
+ * parameters `subject`, `subject_len`, `data` and `data_len`. */
 #define EDGE_INIT __attribute__((export_name("edge_init"))) int32_t edge_init(void)
 #define EDGE_TICK __attribute__((export_name("edge_tick"))) int32_t edge_tick(int32_t n, double dt)
 #define EDGE_ON_MESSAGE                                                                           \
