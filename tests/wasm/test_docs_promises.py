@@ -259,3 +259,49 @@ def test_a_ticking_manifest_without_a_query_is_refused_naming_the_key_and_file(
         load_manifest(path, DEV)
     text = str(err.value)
     assert "needs a query" in text and "run.tick_hz" in text and str(path) in text
+
+
+#: on "put": stores "kept" = the payload's second byte, then traps; edge_init publishes what it
+#: finds under "kept" (or "none") on evt.kept
+KEEPER = r"""
+#include "edge.h"
+EDGE_INBOX(64)
+static const char out[] = "edge.DEV.evt.kept";
+EDGE_INIT {
+    uint8_t v[1];
+    int32_t n = edge_kv_get_str("kept", v, 1);
+    return n == 1 ? edge_publish(out, sizeof out - 1, v, 1) : edge_publish(out, sizeof out - 1, "none", 4);
+}
+EDGE_ON_MESSAGE {
+    (void)subject; (void)subject_len;
+    if (data_len != 2) return 1;
+    if (edge_kv_put_str("kept", data + 1, 1) != 0) return 2;
+    __builtin_trap();
+}
+"""
+
+
+async def test_the_puts_of_a_trapping_call_are_kept_for_the_restart(tmp_path: Path) -> None:
+    # docs/abi.md, Key-value lifetime: "the new instance sees every put the host accepted, also
+    # those a trapping call made before its trap"
+    src = tmp_path / "keeper.c"
+    src.write_text(KEEPER.replace("DEV", DEV))
+    module = Path(build_module().compile_wasm([src], tmp_path / "keeper.wasm"))
+    rt = Runtime(DeviceConfig(device=DEV, data_dir=tmp_path / "data"))
+    await rt.start()
+    try:
+        kept = Tap()
+        await rt.sandbox.ctx.nc.subscribe(f"edge.{DEV}.evt.kept", cb=kept.on_msg)
+        path = write_manifest(tmp_path, "keeper", module, subscribe=(f"edge.{DEV}.keeper.in",),
+                              publish=(f"edge.{DEV}.evt.kept",), memory_pages=2)
+        await rt.load_component(str(path))
+        await wait_for(lambda: [m.data for m in kept.msgs] == [b"none"])
+        await rt.sandbox.ctx.nc.publish(f"edge.{DEV}.keeper.in", b"p7")
+        await wait_for(lambda: len(kept.msgs) == 2, timeout=10)  # trapped, restarted
+        assert kept.msgs[1].data == b"7"
+        status = next(s for s in rt.components_status() if s["name"] == "keeper")
+        assert status["last_fault"] and status["last_fault"]["reason"] == "trap"
+        entry_ = await (await rt.sandbox._bucket()).get("keeper.kept")
+        assert entry_.value == b"7"  # and it is in the bucket
+    finally:
+        await rt.stop()
