@@ -305,3 +305,28 @@ async def test_the_puts_of_a_trapping_call_are_kept_for_the_restart(tmp_path: Pa
         assert entry_.value == b"7"  # and it is in the bucket
     finally:
         await rt.stop()
+
+
+BAD_ALLOC = r"""
+#include "edge.h"
+static int32_t where;
+__attribute__((export_name("edge_alloc"))) int32_t edge_alloc(int32_t n) { (void)n; return where; }
+EDGE_INIT { where = 0x7ffffff0; return 0; }
+EDGE_ON_MESSAGE { (void)subject; (void)subject_len; (void)data; (void)data_len; return 0; }
+"""
+
+
+async def test_an_inbox_outside_linear_memory_is_a_trap_of_edge_alloc(
+        pool: SandboxPool, rec: Recorder, tmp_path: Path) -> None:
+    src = tmp_path / "badalloc.c"
+    src.write_text(BAD_ALLOC)
+    module = Path(build_module().compile_wasm([src], tmp_path / "badalloc.wasm"))
+    await pool.load(manifest(tmp_path, "badalloc", module, subscribe=("edge.dev1.in",),
+                             memory_pages=2))
+    await pool.deliver("badalloc", [("edge.dev1.in", b"a"), ("edge.dev1.in", b"b")])
+    await pool.flush()
+    fault = await wait_for(lambda: [f for c, f in rec.faults if c == "badalloc"])
+    assert fault[0].reason == "trap" and fault[0].export == "edge_alloc"
+    assert "edge_alloc returned an out-of-bounds buffer" in fault[0].message
+    counters = entry(pool, "badalloc")["counters"]
+    assert isinstance(counters, dict) and counters["dropped"] == 2 and counters["messages"] == 0
