@@ -44,7 +44,8 @@ enum { EDGE_DEBUG = 0, EDGE_INFO = 1, EDGE_WARNING = 2, EDGE_ERROR = 3 };
  * -3 the call's publish_per_call quota is spent. */
 enum { EDGE_OK = 0, EDGE_DENIED = -1, EDGE_BAD_SUBJECT = -2, EDGE_QUOTA = -3 };
 #define EDGE_PUBLISH_MAX (1024 * 1024 - 1024) /* bytes: 1 MiB less room for the message's headers */
-/* kv_put: 0, or -1 key/value too large, -2 over the component's KV quota (limits.kv_keys/kv_bytes). */
+/* kv_put: 0, or -1 key/value too large (or the key empty, not [A-Za-z0-9_.-], or with an empty
+ * token: a..b .a a.), -2 over the component's KV quota (limits.kv_keys/kv_bytes). */
 enum { EDGE_KV_TOO_LARGE = -1, EDGE_KV_QUOTA = -2 };
 enum {
     EDGE_INFER_DENIED = -1,       /* model not granted by run.models (counted as denied_infer) */

@@ -146,7 +146,7 @@ async def test_a_message_over_an_external_servers_max_payload_is_dropped_not_fat
 
 
 #: Every return code docs/abi.md's import table promises, from one call: each result is published
-#: as "name=value" on evt.codes (publish_per_call = 40 in its manifest, so the quota is reached
+#: as "name=value" on evt.codes (publish_per_call = 46 in its manifest, so the quota is reached
 #: last, after the results: `quota_ok` publishes succeed, then -3).
 CODES = r"""
 #include "edge.h"
@@ -178,6 +178,7 @@ EDGE_ON_MESSAGE {
     put("pub_space", edge_publish_str("edge.DEV.evt.a b", "x", 1));
     put("pub_empty_token", edge_publish_str("edge.DEV.evt..b", "x", 1));
     put("pub_star_inside", edge_publish_str("edge.DEV.evt.a*b", "x", 1));
+    put("pub_newline", edge_publish_str("edge.DEV.evt.a\n", "x", 1));
     for (int i = 0; i < 257; i++) k[i] = 'a';
     edge_memcpy(k, "edge.DEV.evt.", sizeof "edge.DEV.evt." - 1);
     put("pub_subject_256", edge_publish(k, 256, "x", 1));
@@ -188,6 +189,11 @@ EDGE_ON_MESSAGE {
     put("put_key_128", edge_kv_put(k, 128, "v", 1));
     put("put_key_129", edge_kv_put(k, 129, "v", 1));
     put("put_key_chars", edge_kv_put("a/b", 3, "v", 1));
+    put("put_key_empty", edge_kv_put("a", 0, "v", 1));
+    put("put_key_dots", edge_kv_put("a..b", 4, "v", 1));
+    put("put_key_dot_last", edge_kv_put("a.", 2, "v", 1));
+    put("put_key_dot_first", edge_kv_put(".a", 2, "v", 1));
+    put("put_key_newline", edge_kv_put("a\n", 2, "v", 1));
     put("put_value_64k", edge_kv_put_str("v", big, 64 * 1024));
     put("put_value_over", edge_kv_put_str("v2", big, 64 * 1024 + 1));
     put("put_quota", edge_kv_put_str("third", "v", 1));
@@ -217,9 +223,15 @@ DOCUMENTED = {
     "entity_id": -1, "col_read": -1, "col_write": -1,  # no batch
     "pub_denied": -1, "pub_wild": -2, "pub_gt": -2, "pub_empty": -2,
     "pub_space": -2, "pub_empty_token": -2, "pub_star_inside": -2,
+    # a final newline passed the subject rule ($ matches before it): publish returned 0, then
+    # nats-py refused the subject and the rest of the call's publishes were lost with it
+    "pub_newline": -2,
     "pub_subject_256": 0, "pub_subject_257": -2,
     "pub_payload_max": 0, "pub_payload_over": -2,
-    "put_key_128": 0, "put_key_129": -1, "put_key_chars": -1,
+    "put_key_128": 0, "put_key_129": -1, "put_key_chars": -1, "put_key_empty": -1,
+    # the key is stored as the subject $KV.edge-components.<component>.<key>: an empty token
+    # was accepted (0) and then lost, since JetStream refuses such a subject after the call
+    "put_key_dots": -1, "put_key_dot_last": -1, "put_key_dot_first": -1, "put_key_newline": -1,
     "put_value_64k": 0, "put_value_over": -1,
     "put_quota": -2,  # limits.kv_keys = 2: the 128-byte key and "v" are stored
     "get_full_length": 64 * 1024, "get_absent": -1, "get_key_129": -1,
@@ -232,7 +244,7 @@ async def test_every_documented_return_code_and_limit(
     src.write_text(CODES.replace("DEV", "dev1"))
     module = Path(build_module().compile_wasm([src], tmp_path / "codes.wasm"))
     await pool.load(manifest(tmp_path, "codes", module, subscribe=("edge.dev1.codes",),
-                             publish=("edge.dev1.evt.>",), memory_pages=18, publish_per_call=40,
+                             publish=("edge.dev1.evt.>",), memory_pages=18, publish_per_call=46,
                              limits={"kv_keys": 2}))
     with caplog.at_level(logging.DEBUG, logger="edge.wasm.component"):
         await pool.deliver("codes", [("edge.dev1.codes", b"go")])
@@ -241,7 +253,7 @@ async def test_every_documented_return_code_and_limit(
                if s == "edge.dev1.evt.codes" and b"=" in d)
     assert {k: int(v) for k, v in got.items()} == DOCUMENTED
     lines = [r.getMessage() for r in caplog.records if r.name == "edge.wasm.component"]
-    quota = [r for r in caplog.records if r.getMessage().endswith("quota_ok=40 -3")]
+    quota = [r for r in caplog.records if r.getMessage().endswith("quota_ok=46 -3")]
     assert [r.levelno for r in quota] == [logging.INFO], lines  # publish_per_call, then -3
     assert max(len(line) for line in lines) < 1100 and any("L" * 1024 in x for x in lines)
     assert not any("L" * 1025 in x for x in lines)  # a line is cut at 1 KiB

@@ -127,7 +127,8 @@ pub fn publish(subject: &[u8], data: &[u8]) -> Result<(), PublishError> {
 /// Why `kv_put` refused a write (nothing was written).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KvError {
-    /// The key (> 128 bytes or not `[A-Za-z0-9_.-]`) or the value (> 64 KiB) is too large.
+    /// The key (empty, > 128 bytes, not `[A-Za-z0-9_.-]`, or an empty token: `a..b`, `.a`, `a.`) or
+    /// the value (> 64 KiB) is too large.
     TooLarge,
     /// The write would take the component past its KV quota (`limits.kv_keys`, `limits.kv_bytes`).
     Quota,
