@@ -77,7 +77,8 @@ pub fn publish(subject: []const u8, data: []const u8) PublishError!void {
 // ---- key-value -------------------------------------------------------------------------------
 
 /// kv_put refused the write: TooLarge, the key (empty, > 128 bytes, not [A-Za-z0-9_.-], or with an
-/// empty token: a..b, .a, a.) or the value (> 64 KiB); Quota, it would pass the component's KV quota (limits.kv_keys, limits.kv_bytes).
+/// empty token: a..b, .a, a.) or the value (> 64 KiB); Quota, it would pass the component's KV
+/// quota (limits.kv_keys, limits.kv_bytes).
 pub const KvError = error{ TooLarge, Quota };
 
 /// Read this component's private key into `buf`: the value's full length (at most `buf.len`
