@@ -21,10 +21,11 @@ from sandbox_support import Recorder, build_module, entry, manifest, wait_for, w
 
 from rigs.nats import ServerFactory
 
-from edge.config import DeviceConfig
+from edge.config import DEVICE_ID_RE, DeviceConfig
 from edge.config.device import NatsConfig
 from edge.runtime import Runtime
 from edge.errors import ComponentLoadError
+from edge.nats.subjects import is_id
 from edge.wasm.abi import PUBLISH_HEADER_ROOM, PUBLISH_MAX_BYTES
 from edge.wasm.manifest import load_manifest
 from edge.wasm.origin import MAX_HOPS, header_bytes, origin_headers, origin_id
@@ -342,3 +343,29 @@ async def test_an_inbox_outside_linear_memory_is_a_trap_of_edge_alloc(
     assert "edge_alloc returned an out-of-bounds buffer" in fault[0].message
     counters = entry(pool, "badalloc")["counters"]
     assert isinstance(counters, dict) and counters["dropped"] == 2 and counters["messages"] == 0
+
+
+@pytest.mark.parametrize(("key", "line"), [
+    ("name", 'name = "n\\n"'),  # documented as [a-z0-9_-]+
+    ("run.publish", 'publish = ["edge.{device}.evt.x\\n"]'),
+    ("run.subscribe", 'subscribe = ["edge.{device}.in\\n"]'),
+    ("query.read", 'read = ["position.x\\n"]'),
+])
+def test_a_final_newline_does_not_pass_a_manifest_rule(
+        tmp_path: Path, big_module: Path, key: str, line: str) -> None:
+    # `$` in a Python pattern also matches before a final newline: such a name or subject was
+    # accepted and ended up in subjects and headers
+    table = {"name": "", "run.publish": "[run]\n", "run.subscribe": "[run]\n",
+             "query.read": "[query]\n"}[key]
+    head = "" if key == "name" else 'name = "nl"\n'
+    path = tmp_path / "nl.toml"
+    path.write_text(f'{head}version = "1.0.0"\ncontract = 1\nmodule = "{big_module}"\n'
+                    f"{table}{line}\n")
+    with pytest.raises(ComponentLoadError) as err:
+        load_manifest(path, DEV)
+    assert f"key '{key}'" in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_final_newline_is_not_an_id() -> None:
+    assert is_id("drone-1") and not is_id("drone-1\n")
+    assert DEVICE_ID_RE.match("demo") and not DEVICE_ID_RE.match("demo\n")
