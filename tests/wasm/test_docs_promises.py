@@ -24,12 +24,15 @@ from rigs.nats import ServerFactory
 from edge.config import DEVICE_ID_RE, DeviceConfig
 from edge.config.device import NatsConfig
 from edge.runtime import Runtime
-from edge.errors import ComponentLoadError
+from edge.errors import ComponentLoadError, EntityError
+from edge.inference.config import MODEL_NAME_RE
 from edge.nats.subjects import is_id
 from edge.wasm.abi import PUBLISH_HEADER_ROOM, PUBLISH_MAX_BYTES
 from edge.wasm.manifest import load_manifest
 from edge.wasm.origin import MAX_HOPS, header_bytes, origin_headers, origin_id
 from edge.wasm.pool import SandboxPool
+from edge.world.schema import NAME_RE as SCHEMA_NAME_RE
+from edge.world.store import check_entity_id
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -369,3 +372,8 @@ def test_a_final_newline_does_not_pass_a_manifest_rule(
 def test_a_final_newline_is_not_an_id() -> None:
     assert is_id("drone-1") and not is_id("drone-1\n")
     assert DEVICE_ID_RE.match("demo") and not DEVICE_ID_RE.match("demo\n")
+    assert MODEL_NAME_RE.match("face") and not MODEL_NAME_RE.match("face\n")  # [[models]] name
+    assert SCHEMA_NAME_RE.match("wind") and not SCHEMA_NAME_RE.match("wind\n")
+    check_entity_id("drone-1")
+    with pytest.raises(EntityError):  # the device API's entity.spawn takes ids from the network
+        check_entity_id("drone-1\n")
