@@ -377,3 +377,62 @@ def test_a_final_newline_is_not_an_id() -> None:
     check_entity_id("drone-1")
     with pytest.raises(EntityError):  # the device API's entity.spawn takes ids from the network
         check_entity_id("drone-1\n")
+
+
+#: one tick: writes 42 into column 0, reads it back, reports what it read and the documented
+#: codes of the tick's imports on evt.tick as "name=value"; returns 7 (a failed tick, counted)
+TICKER = r"""
+#include "edge.h"
+static double col[8];
+static char id[16];
+static void put(const char *name, int64_t v) {
+    char d[64]; int32_t l = 0;
+    for (int i = 0; name[i]; i++) d[l++] = name[i];
+    d[l++] = '=';
+    edge_fmt_int(d, 64, &l, v);
+    edge_publish_str("edge.dev1.evt.tick", d, l);
+}
+EDGE_TICK {
+    (void)dt;
+    put("batch_len", edge_batch_len());
+    for (int32_t i = 0; i < n; i++) col[i] = 42.0;
+    put("write_written", edge_col_write(1, col, n * 8));
+    put("write_read_only", edge_col_write(0, col, n * 8));
+    put("write_short", edge_col_write(1, col, n * 8 - 8));
+    for (int32_t i = 0; i < n; i++) col[i] = 0.0;
+    put("read_back", edge_col_read(1, col, n * 8));
+    put("read_back_value", (int64_t)col[n - 1]);
+    put("read_unknown", edge_col_read(2, col, n * 8));
+    put("read_small_cap", edge_col_read(0, col, n * 8 - 1));
+    put("entity_id", edge_entity_id(1, id, 16));
+    put("entity_id_cut", edge_entity_id(1, id, 2));
+    put("entity_id_past", edge_entity_id(n, id, 16));
+    return 7;
+}
+"""
+
+
+async def test_the_tick_imports_keep_their_documented_codes(
+        pool: SandboxPool, rec: Recorder, tmp_path: Path) -> None:
+    src = tmp_path / "ticker.c"
+    src.write_text(TICKER)
+    module = Path(build_module().compile_wasm([src], tmp_path / "ticker.wasm"))
+    # columns: 0 velocity.x (read), 1 position.x (write, not read)
+    await pool.load(manifest(tmp_path, "ticker", module, read=("velocity.x",),
+                             write=("position.x",), publish=("edge.dev1.evt.tick",),
+                             memory_pages=2))
+    cols = pool.batch("ticker", 2)
+    cols[0][:2] = 1.0
+    cols[1][:2] = 0.0
+    ok = await pool.tick("ticker", 2, 0.1, ids=["drone-a", "drone-bb"])
+    assert ok  # edge_tick returned 7: a failed tick, not a fault; its effects stand
+    await pool.flush()
+    got = {k: int(v) for k, v in (d.decode().split("=") for _, s, d in rec.published
+                                  if s == "edge.dev1.evt.tick")}
+    assert got == {"batch_len": 2, "write_written": 0, "write_read_only": -1, "write_short": -1,
+                   "read_back": 16, "read_back_value": 42, "read_unknown": -1,
+                   "read_small_cap": -1, "entity_id": 8, "entity_id_cut": 8,
+                   "entity_id_past": -1}
+    assert list(cols[1][:2]) == [42.0, 42.0] and list(cols[0][:2]) == [1.0, 1.0]
+    counters = entry(pool, "ticker")["counters"]
+    assert isinstance(counters, dict) and counters["errors"] == 1 and counters["traps"] == 0
