@@ -285,6 +285,8 @@ class SandboxLayer:
                 entry["tick"] = loaded.tick.stats.to_dict()
             if loaded.pump is not None:
                 entry["inbox"] = loaded.pump.to_dict()
+            if name in self.oversize:  # messages too large for the server's max_payload
+                entry["oversize"] = self.oversize[name]
             out.append(entry)
         return out
 

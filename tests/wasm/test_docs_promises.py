@@ -142,6 +142,8 @@ async def test_a_message_over_an_external_servers_max_payload_is_dropped_not_fat
         warning = next(r.getMessage() for r in caplog.records if "max_payload" in r.getMessage())
         assert "'big'" in warning and f"edge.{DEV}.evt.big.data" in warning and "524288" in warning
         assert nc.is_connected and not nc.is_closed
+        status = next(s for s in rt.components_status() if s["name"] == "big")
+        assert status["oversize"] == 1
         assert await ask(rt, rcs, b"s") == 0
         await wait_for(lambda: len(data.msgs) == 1)
         assert len(data.msgs[0].data) == 5  # only the small one went out
