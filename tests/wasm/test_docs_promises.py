@@ -438,3 +438,43 @@ async def test_the_tick_imports_keep_their_documented_codes(
     assert list(cols[1][:2]) == [42.0, 42.0] and list(cols[0][:2]) == [1.0, 1.0]
     counters = entry(pool, "ticker")["counters"]
     assert isinstance(counters, dict) and counters["errors"] == 1 and counters["traps"] == 0
+
+
+#: on a message naming an import, calls it with a length of -1 (the pair's length argument)
+NEGATIVE = r"""
+#include "edge.h"
+EDGE_INBOX(64)
+static char buf[16];
+EDGE_ON_MESSAGE {
+    (void)subject; (void)subject_len;
+    switch (data_len == 1 ? data[0] : 0) {
+    case 'l': edge_log(1, buf, -1); return 0;
+    case 'p': return edge_publish_str("edge.dev1.evt.neg", buf, -1);
+    case 's': return edge_publish(buf, -1, buf, 1);
+    case 'k': return edge_kv_put_str("k", buf, -1);
+    case 'g': return edge_kv_get_str("k", buf, -1);
+    case 'd': return edge_device_id(buf, -1);
+    default: return 9;
+    }
+}
+"""
+
+
+@pytest.mark.parametrize(("what", "text"), [
+    (b"l", "log: range ("), (b"p", "publish: range ("), (b"s", "publish: range ("),
+    (b"k", "kv_put: range ("), (b"g", "kv_get: buffer ("), (b"d", "device_id: buffer ("),
+])
+async def test_a_negative_length_is_outside_linear_memory(
+        pool: SandboxPool, rec: Recorder, tmp_path: Path, what: bytes, text: str) -> None:
+    # docs/abi.md: a pair outside linear memory traps, naming the import, before anything else
+    src = tmp_path / "neg.c"
+    src.write_text(NEGATIVE)
+    module = Path(build_module().compile_wasm([src], tmp_path / "neg.wasm"))
+    await pool.load(manifest(tmp_path, "neg", module, subscribe=("edge.dev1.in",),
+                             publish=("edge.dev1.evt.neg",), memory_pages=2))
+    await pool.deliver("neg", [("edge.dev1.in", what)])
+    await pool.flush()
+    (fault,) = await wait_for(lambda: [f for c, f in rec.faults if c == "neg"])
+    assert fault.reason == "trap" and fault.export == "edge_on_message"
+    assert text in fault.message and ", -1) is outside linear memory" in fault.message
+    assert rec.published == []
