@@ -40,8 +40,12 @@ EDGE_IMPORT("infer") int32_t edge_infer(const char *model, int32_t model_len, co
                                        void *out, int32_t out_cap);
 
 enum { EDGE_DEBUG = 0, EDGE_INFO = 1, EDGE_WARNING = 2, EDGE_ERROR = 3 };
+/* publish: 0, -1 not granted, -2 invalid subject (wildcards, > 256 bytes) or payload > EDGE_PUBLISH_MAX,
+ * -3 the call's publish_per_call quota is spent. */
 enum { EDGE_OK = 0, EDGE_DENIED = -1, EDGE_BAD_SUBJECT = -2, EDGE_QUOTA = -3 };
-/* kv_put: 0, or -1 key/value too large, -2 over the component's KV quota (limits.kv_keys/kv_bytes). */
+#define EDGE_PUBLISH_MAX (1024 * 1024 - 1024) /* bytes: 1 MiB less room for the message's headers */
+/* kv_put: 0, or -1 key/value too large (or the key empty, not [A-Za-z0-9_.-], or with an empty
+ * token: a..b .a a.), -2 over the component's KV quota (limits.kv_keys/kv_bytes). */
 enum { EDGE_KV_TOO_LARGE = -1, EDGE_KV_QUOTA = -2 };
 enum {
     EDGE_INFER_DENIED = -1,       /* model not granted by run.models (counted as denied_infer) */
@@ -175,7 +179,9 @@ static inline int32_t edge_infer_sizes(const char *model, void *work, int32_t ca
 }
 
 /* ---- exports ------------------------------------------------------------------------------ */
-/* EDGE_TICK(fn) / EDGE_ON_MESSAGE(fn) / EDGE_INIT(fn) name the exports of the contract. */
+/* EDGE_INIT, EDGE_TICK and EDGE_ON_MESSAGE (no arguments) open the definitions of the contract's
+ * exports: `EDGE_TICK { ... }` has the parameters `n` and `dt`, `EDGE_ON_MESSAGE { ... }` the
+ * parameters `subject`, `subject_len`, `data` and `data_len`. */
 #define EDGE_INIT __attribute__((export_name("edge_init"))) int32_t edge_init(void)
 #define EDGE_TICK __attribute__((export_name("edge_tick"))) int32_t edge_tick(int32_t n, double dt)
 #define EDGE_ON_MESSAGE                                                                           \

@@ -62,7 +62,7 @@ DEFAULT_DEADLINE = 2.0  # seconds a wasm call may run before its worker is kille
 DEFAULT_RECYCLE_AFTER = 64  # component loads before a sandbox worker is replaced
 DEFAULT_MAX_WORKER_RSS_MB = 96  # MiB of RSS past which a sandbox worker is replaced; 0 = never
 DEFAULT_WORKERS = 1  # sandbox worker processes (each ~24 MB RSS); components are spread over them
-DEVICE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+DEVICE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 @dataclass

@@ -29,7 +29,7 @@ from edge.inference.model import LoadOptions
 DEFAULT_MODEL_BUCKET = "models"
 """Object store bucket used when a ``[[models]]`` entry names an ``object`` but no ``bucket``."""
 
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_MIN_SCORE = 0.6
 

@@ -42,7 +42,7 @@ COMMAND_ID_HEADER = "Edge-Command-Id"
 EXPIRES_HEADER = "Edge-Expires"
 
 #: The one ID rule: a subject token, a JetStream domain and a stream-name part.
-ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 ID_RULE = "1-64 characters of A-Z a-z 0-9 _ -"
 
 

@@ -79,8 +79,14 @@ KV_MAX_VALUE = 64 * 1024
 KV_TOO_LARGE = -1
 #: ``kv_put`` result: the put would take the component past its KV quota (limits.kv_keys/kv_bytes).
 KV_OVER_QUOTA = -2
-#: Largest message payload ``publish`` accepts (bytes), like nats-server's default max_payload.
-PUBLISH_MAX_BYTES = 1024 * 1024
+#: Bytes of a component's message kept for its NATS headers (``Edge-Component``, ``Edge-Hops``:
+#: at most ~180 bytes with a 64-character name and device id). nats-server counts headers in its
+#: ``max_payload`` and closes the connection of a client that sends more, which nats-py does not
+#: reconnect: the device's whole connection would be lost.
+PUBLISH_HEADER_ROOM = 1024
+#: Largest message payload ``publish`` accepts (bytes): nats-server's default ``max_payload``
+#: (1 MiB, headers included) less the room for the origin headers.
+PUBLISH_MAX_BYTES = 1024 * 1024 - PUBLISH_HEADER_ROOM
 #: Longest subject ``publish`` accepts (bytes).
 SUBJECT_MAX_BYTES = 256
 #: Longest log line kept (bytes); longer lines are cut.

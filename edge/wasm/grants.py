@@ -16,8 +16,14 @@ from edge.wasm.abi import KV_MAX_KEY, KV_MAX_VALUE, PUBLISH_MAX_BYTES, SUBJECT_M
 #: Cached grant decisions per component.
 GRANT_CACHE_MAX = 1024
 
-SUBJECT_RE = re.compile(r"^[^\s.*>]+(\.[^\s.*>]+)*$")
-KV_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+#: A concrete subject: non-empty tokens without whitespace, ``*`` or ``>``; ``\Z`` because ``$``
+#: would also accept a final newline (nats-py then refuses the publish after the call).
+SUBJECT_RE = re.compile(r"^[^\s.*>]+(\.[^\s.*>]+)*\Z")
+#: A component's KV key: 1-128 bytes of ``[A-Za-z0-9_.-]`` whose dots separate non-empty tokens.
+#: The bucket stores it under the subject ``$KV.<bucket>.<component>.<key>``, where an empty token
+#: (``a..b``, ``x.``, ``.x``) makes an invalid subject that JetStream refuses after the call.
+#: ``\Z`` as in SUBJECT_RE.
+KV_KEY_RE = re.compile(r"^(?=.{1,128}\Z)[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
 
 
 class PublishGrant:

@@ -38,7 +38,7 @@ from edge.wasm.origin import DEFAULT_MAX_HOPS
 from edge.wasm.host import InferBridge, MessagePolicy
 from edge.wasm.inbox import COMPONENT_KV_BUCKET, ComponentInbox
 from edge.wasm.manifest import Manifest, load_manifest, read_module
-from edge.wasm.origin import origin_headers, origin_id
+from edge.wasm.origin import header_bytes, origin_headers, origin_id
 from edge.wasm.pool import SandboxPool
 from edge.wasm.protocol import CLOCK_LIVE, CLOCK_RECORD
 from edge.wasm.record import CallOutputs, RecordingBridge, SandboxRecorder, record_prefix
@@ -46,6 +46,9 @@ from edge.world.scheduler import SharedBatch, TickLoop
 from edge.world.store import F64Array
 
 log = logging.getLogger("edge.wasm.layer")
+
+#: Seconds between two warnings about one component's messages too large for the NATS server.
+OVERSIZE_WARN_INTERVAL_S = 5.0
 
 COMPONENT_KV_STREAM = f"KV_{COMPONENT_KV_BUCKET}"  # the JetStream stream behind the bucket
 KV_SUBJECT_PREFIX = f"$KV.{COMPONENT_KV_BUCKET}."  # subject of key k: prefix + k
@@ -137,6 +140,9 @@ class SandboxLayer:
         self.recorder: SandboxRecorder | None = None
         # [ota] called with (component, fault) after each fault is recorded (edge.ota probation)
         self.fault_listeners: list[Callable[[str, SandboxError], None]] = []
+        #: per component: messages too large for the server's max_payload, and when last warned
+        self.oversize: dict[str, int] = {}
+        self._oversize_warned: dict[str, float] = {}
 
     @property
     def ctx(self) -> DeviceContext:
@@ -279,6 +285,8 @@ class SandboxLayer:
                 entry["tick"] = loaded.tick.stats.to_dict()
             if loaded.pump is not None:
                 entry["inbox"] = loaded.pump.to_dict()
+            if name in self.oversize:  # messages too large for the server's max_payload
+                entry["oversize"] = self.oversize[name]
             out.append(entry)
         return out
 
@@ -326,8 +334,23 @@ class SandboxLayer:
         # high-rate stream, and the device streams capture those on evt/tele subjects. The
         # runtime's own records about components (faults) go through the acknowledged publisher.
         ctx = self.ctx
-        await ctx.nc.publish(subject, data,
-                             headers=origin_headers(origin_id(component, ctx.device), hops))
+        headers = origin_headers(origin_id(component, ctx.device), hops)
+        size = len(data) + header_bytes(headers)
+        if size > ctx.nc.max_payload:
+            # nats-server would close the device's connection (headers count in its limit),
+            # and nats-py does not reconnect after that: drop this one message instead
+            self._drop_oversize(component, subject, size, ctx.nc.max_payload)
+            return
+        await ctx.nc.publish(subject, data, headers=headers)
+
+    def _drop_oversize(self, component: str, subject: str, size: int, limit: int) -> None:
+        count = self.oversize[component] = self.oversize.get(component, 0) + 1
+        now = time.monotonic()
+        if now - self._oversize_warned.get(component, -OVERSIZE_WARN_INTERVAL_S) >= OVERSIZE_WARN_INTERVAL_S:
+            self._oversize_warned[component] = now
+            log.warning("component '%s': a message on %s of %d bytes with its headers is over the "
+                        "NATS server's max_payload of %d bytes; dropped (%d so far)",
+                        component, subject, size, limit, count)
 
     async def kv_put(self, component: str, key: str, value: bytes, hops: int) -> None:
         # a KV put is a JetStream publish on the key's subject: with the origin headers, a

@@ -64,12 +64,13 @@ MAX_MODULE_BYTES = 16 * 2**20
 #: Largest manifest file the runtime reads (bytes).
 MAX_MANIFEST_BYTES = 64 * 1024
 
-NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
-FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*\.[A-Za-z_][A-Za-z0-9_]*$")
+#: ``\Z``, not ``$``, in these rules: ``$`` also matches before a final newline ("name\n").
+NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}\Z")
+FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*\.[A-Za-z_][A-Za-z0-9_]*\Z")
 #: Subject pattern tokens: NATS tokens, ``*``, a final ``>``; ``{device}`` is substituted first.
-SUBJECT_TOKEN_RE = re.compile(r"^[^\s.*>]+$")
+SUBJECT_TOKEN_RE = re.compile(r"^[^\s.*>]+\Z")
 #: Model names a manifest may grant (the same rule as a ``[[models]]`` name in the device config).
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 @dataclass(frozen=True)

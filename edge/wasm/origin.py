@@ -44,6 +44,13 @@ def origin_id(component: str, device: str) -> str:
     return f"{component}@{device}"
 
 
+def header_bytes(headers: dict[str, str]) -> int:
+    """Bytes ``headers`` take on the wire (``NATS/1.0``, a ``name: value`` line each, the blank
+    line): nats-server counts them in ``max_payload`` with the payload."""
+    return len(b"NATS/1.0\r\n\r\n") + sum(len(k.encode()) + len(v.encode()) + 4
+                                          for k, v in headers.items())
+
+
 def origin_headers(origin: str, hops: int) -> dict[str, str]:
     """The headers of a message published by ``origin`` (:func:`origin_id`) after ``hops``
     handlers."""

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 FieldType = Literal["f64", "i64", "bool", "str", "json"]
 FIELD_TYPES: tuple[str, ...] = ("f64", "i64", "bool", "str", "json")
 NUMERIC_TYPES = frozenset({"f64", "i64", "bool"})
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
 MAX_I64_EXACT = 2**53  # i64 values are carried in float64 columns; beyond this they lose precision
 
 

@@ -42,7 +42,7 @@ from edge.world.schema import NUMERIC_TYPES, ComponentSchema, SchemaRegistry
 
 log = logging.getLogger("edge.world.store")
 
-ENTITY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ENTITY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 INITIAL_CAPACITY = 64  # slots; doubles when full
 F64_BYTES = 8
 

@@ -100,7 +100,7 @@ pub fn log_bytes(level: Level, msg: &[u8]) {
 pub enum PublishError {
     /// -1: the manifest's `run.publish` does not grant the subject (counted as `denied`).
     Denied,
-    /// -2: the subject is invalid (wildcards, spaces, > 256 bytes) or the payload > 1 MiB.
+    /// -2: the subject is invalid (wildcards, spaces, > 256 bytes) or the payload > 1 MiB - 1 KiB (1,047,552 bytes).
     BadSubject,
     /// -3: this call's `limits.publish_per_call` quota is spent.
     Quota,
@@ -127,7 +127,8 @@ pub fn publish(subject: &[u8], data: &[u8]) -> Result<(), PublishError> {
 /// Why `kv_put` refused a write (nothing was written).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KvError {
-    /// The key (> 128 bytes or not `[A-Za-z0-9_.-]`) or the value (> 64 KiB) is too large.
+    /// The key (empty, > 128 bytes, not `[A-Za-z0-9_.-]`, or an empty token: `a..b`, `.a`, `a.`) or
+    /// the value (> 64 KiB) is too large.
     TooLarge,
     /// The write would take the component past its KV quota (`limits.kv_keys`, `limits.kv_bytes`).
     Quota,

@@ -58,7 +58,7 @@ pub fn logf(level: Level, comptime fmt: []const u8, args: anytype) void {
 pub const PublishError = error{
     /// -1: the manifest's run.publish does not grant the subject (counted as `denied`).
     Denied,
-    /// -2: the subject is invalid (wildcards, spaces, > 256 bytes) or the payload > 1 MiB.
+    /// -2: the subject is invalid (wildcards, spaces, > 256 bytes) or the payload > 1 MiB - 1 KiB (1,047,552 bytes).
     BadSubject,
     /// -3: this call's limits.publish_per_call quota is spent.
     Quota,
@@ -76,8 +76,9 @@ pub fn publish(subject: []const u8, data: []const u8) PublishError!void {
 
 // ---- key-value -------------------------------------------------------------------------------
 
-/// kv_put refused the write: TooLarge, the key (> 128 bytes or not [A-Za-z0-9_.-]) or the value
-/// (> 64 KiB); Quota, it would pass the component's KV quota (limits.kv_keys, limits.kv_bytes).
+/// kv_put refused the write: TooLarge, the key (empty, > 128 bytes, not [A-Za-z0-9_.-], or with an
+/// empty token: a..b, .a, a.) or the value (> 64 KiB); Quota, it would pass the component's KV
+/// quota (limits.kv_keys, limits.kv_bytes).
 pub const KvError = error{ TooLarge, Quota };
 
 /// Read this component's private key into `buf`: the value's full length (at most `buf.len`
