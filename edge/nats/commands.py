@@ -76,6 +76,10 @@ DEFAULT_HANDLER_TIMEOUT_S = 10.0
 DEFAULT_REMEMBER = 1024
 #: Commands queued per entity+verb (behind the one running) before new ones are refused ``busy``.
 DEFAULT_LANE_DEPTH = 32
+#: Records of refused commands (the handler did not run) kept in EVT every REFUSAL_WINDOW_S; the rest
+#: are answered and counted (``refusals_unrecorded``), not recorded: EVT never evicts.
+DEFAULT_REFUSAL_RECORDS = 100
+REFUSAL_WINDOW_S = 5.0
 #: Longest accepted command id (characters of printable ASCII, no spaces).
 MAX_COMMAND_ID_LEN = 128
 #: Largest command payload (bytes) the router takes; a larger one is a ``bad-request`` at once.
@@ -249,6 +253,7 @@ class CommandRouter:
         handler_timeout: float = DEFAULT_HANDLER_TIMEOUT_S,
         remember: int = DEFAULT_REMEMBER,
         lane_depth: int = DEFAULT_LANE_DEPTH,
+        refusal_records_max: int = DEFAULT_REFUSAL_RECORDS,
     ) -> None:
         self.nc = nc
         self.device = subjects.check_device_id(device)
@@ -273,6 +278,12 @@ class CommandRouter:
         self._admission: Admission | None = None
         self._boot = secrets.token_hex(4)
         self._seq = 0
+        #: records of answers whose handler did not run (refusals), this window: EVT never evicts,
+        #: so a flood of refused commands must not fill it (a command that ran is always recorded)
+        self.refusal_records_max = refusal_records_max
+        self.refusals_unrecorded = 0
+        self._refusal_window = (0.0, 0)  # (window start, records in it)
+        self._refusal_warned = 0.0
         self._prefix = subjects.command(self.device, "")  # "edge.<d>.cmd."
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -392,7 +403,25 @@ class CommandRouter:
             "in_flight": len(self._inflight),
             "queued": sum(len(q) for q in self._lanes.values()),
             "remembered": len(self._answered),
+            "refusals_unrecorded": self.refusals_unrecorded,
         }
+
+    def _may_record_refusal(self) -> bool:
+        """At most ``refusal_records_max`` refusal records every :data:`REFUSAL_WINDOW_S`."""
+        now = time.monotonic()
+        start, n = self._refusal_window
+        if now - start >= REFUSAL_WINDOW_S:
+            start, n = now, 0
+        if n >= self.refusal_records_max:
+            self.refusals_unrecorded += 1
+            if self.refusals_unrecorded == 1 or now - self._refusal_warned >= REFUSAL_WINDOW_S:
+                self._refusal_warned = now
+                log.warning("command refusals over %d every %g s are answered but not recorded "
+                            "(%d so far)", self.refusal_records_max, REFUSAL_WINDOW_S, self.refusals_unrecorded)
+            self._refusal_window = (start, n)
+            return False
+        self._refusal_window = (start, n + 1)
+        return True
 
     # -- one command --------------------------------------------------------------------------
 
@@ -593,6 +622,8 @@ class CommandRouter:
         if ran and command_id is not None:
             msg_id = f"cmd.{entity}.{verb}.{command_id}"  # a resent record is stored once
         else:  # a refusal may be followed by a run of the same id: records must not collide
+            if not self._may_record_refusal():
+                return
             self._seq += 1
             msg_id = f"cmd.{entity}.{verb}.{command_id or '-'}.{answer.get('reason')}.{self._boot}.{self._seq}"
         try:

@@ -289,3 +289,23 @@ async def test_stopping_answers_the_running_and_queued_commands(device: Any, cli
     for res in await asyncio.gather(running, queued):
         assert res.answer["ok"] is False and res.answer["error"] == "the device is stopping"
     assert router.status()["serving"] is False and router.status()["in_flight"] == 0
+
+
+async def test_a_flood_of_refusals_is_answered_but_only_a_budget_is_recorded(
+        nc: Client, device: Any, client: CommandClient) -> None:
+    """EVT never evicts: refused commands (the handler did not run) are recorded up to a budget per
+    window; every one is still answered, and a command that runs is always recorded."""
+    router, events = device
+    router.refusal_records_max = 3
+    calls: list[CommandRequest] = []
+    router.register("drone1", "arm", echo(calls), owner="driver 'fc'")
+    answers = [await client.send("drone9", "rtl", {}, timeout=5.0) for _ in range(10)]
+    assert [a.reason for a in answers] == [Reason.NO_HANDLER] * 10  # all answered
+    assert (await client.send("drone1", "arm", {}, timeout=5.0)).ok  # ran: recorded regardless
+    await until(lambda: len(events.on(f"{ACK}.drone1.arm")) == 1)
+    assert len(events.on(f"{ACK}.drone9.rtl")) == 3
+    status = router.status()
+    assert status["refusals_unrecorded"] == 7 and status["answers"][str(Reason.NO_HANDLER)] == 10
+    router._refusal_window = (time.monotonic() - 6.0, 3)  # the window has passed: records again
+    await client.send("drone9", "rtl", {}, timeout=5.0)
+    assert len(events.on(f"{ACK}.drone9.rtl")) == 4 and router.status()["refusals_unrecorded"] == 7
