@@ -9,6 +9,8 @@ that need several servers (hub + leaves); all are stopped on exit.
 from __future__ import annotations
 
 import contextlib
+import random
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -57,3 +59,25 @@ async def running_server(
     """A started server (JetStream on, loopback, free port) stored under ``base_dir``."""
     async with server_factory(base_dir) as make:
         yield await make(opts.pop("server_name", "edge"), supervise=supervise, **opts)
+
+
+def free_port_run(n: int, host: str = "127.0.0.1") -> int:
+    """The first of ``n`` consecutive free TCP ports below the kernel's ephemeral range (a cluster
+    numbers its nodes' ports from a base; ports from the ephemeral range are taken by outgoing
+    connections at any moment under load, and a port one above a free one need not be free)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - n)
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(s)
+                s.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports on {host}")

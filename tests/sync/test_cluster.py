@@ -67,12 +67,12 @@ async def test_cloud_run_nodes_3_is_a_replicated_cluster(tmp_path: Path) -> None
 
     import nats
 
-    from edge.nats.server import pick_free_port
+    from rigs.nats import free_port_run
     from edge.sync.hub.dev import DevHub
 
-    base = pick_free_port()
-    hub = DevHub(tmp_path / "hub", devices=["c1"], nodes=3, port=base, leaf_port=pick_free_port(),
-                 cluster_port=pick_free_port())
+    base = free_port_run(9)  # the nodes' client, leaf and cluster ports count up from their bases
+    hub = DevHub(tmp_path / "hub", devices=["c1"], nodes=3, port=base, leaf_port=base + 3,
+                 cluster_port=base + 6)
     await hub.start()
     try:
         saved = json.loads(hub.hub_file.read_text())
