@@ -23,6 +23,14 @@ over 5 drones; the emulated hardware is left out: it is not recorded).
 * Replay speed: the recorded span of a window of the last recorded run divided by the wall time
   ``edge replay`` needs for it (start of its sandbox included); the target is at least 20x.
   ``--speed`` runs only this, for a 6 s and a 30 s window (the machine's load average printed).
+  ``--speed --against TREE``: the same two windows, recorded once, replayed round by round by
+  this tree and by another checkout ``TREE`` (each replay in its own process, its worker from its
+  own tree, the first side rotating), reported as the median of the per-round ratios of the
+  replay times.
+* Worker start and exit: ``--worker --against TREE`` starts a sandbox worker process of this
+  tree and of ``TREE`` alternately (``python -P -m edge.wasm.worker``, each with its own tree on
+  ``PYTHONPATH``): the time from the spawn to its answer to a first ping, and from the end of its
+  input to its exit (what a pool's stop waits for).
 """
 
 from __future__ import annotations
@@ -30,8 +38,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +61,7 @@ from edge.replay.source import Window  # noqa: E402
 from edge.runtime import Runtime  # noqa: E402
 from edge.wasm.manifest import load_manifest  # noqa: E402
 from edge.wasm.pool import SandboxPool  # noqa: E402
-from edge.wasm.protocol import CLOCK_LIVE, CLOCK_RECORD  # noqa: E402
+from edge.wasm.protocol import CLOCK_LIVE, CLOCK_RECORD, HEADER, encode  # noqa: E402
 from bench_runtime import _burst, echo_manifest  # noqa: E402
 from harness import Absolute, Comparison, Row, ainterleave, report  # noqa: E402
 from rigs.nats import running_server  # noqa: E402
@@ -240,8 +250,104 @@ async def replay_speed(base: Path, url: str, seconds: float, times: int) -> Row:
                     f"included; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
+#: The replay one side of ``--against`` runs (its own process, its tree on ``PYTHONPATH``):
+#: url, device, t_from, t_to -> the report's replay time and speed as JSON.
+_REPLAY_ONE = """
+import asyncio, json, sys
+import nats
+from edge.replay.replayer import replay
+from edge.replay.source import Window
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    try:
+        rep = await replay(nc.jetstream(), sys.argv[2], Window(float(sys.argv[3]), float(sys.argv[4])))
+    finally:
+        await nc.close()
+    assert rep.identical, rep.render()
+    print(json.dumps({"replay_s": rep.replay_s, "speed": rep.speed}))
+asyncio.run(main())
+"""
+
+
+async def _replay_in(tree: Path, url: str, window: dict[str, float]) -> float:
+    """The replay time (seconds) of ``window`` replayed by the code of ``tree``."""
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-P", "-c", _REPLAY_ONE, url, "demo", str(window["t_from"]),
+        str(window["t_to"]), cwd=tree, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"replay in {tree} exited {proc.returncode}: {err.decode()[-500:]}")
+    return float(json.loads(out.decode().strip().splitlines()[-1])["replay_s"])
+
+
+def _worker_once(tree: Path) -> tuple[float, float]:
+    """(start, exit) seconds of one worker process of ``tree``."""
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "edge.wasm.worker"], cwd=tree, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(encode(("ping",)))
+    proc.stdin.flush()
+    (size,) = HEADER.unpack(proc.stdout.read(HEADER.size))
+    proc.stdout.read(size)
+    t1 = time.perf_counter()
+    proc.stdin.close()
+    proc.wait(30)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def worker_against(other: Path, rounds: int) -> list[Row]:
+    here = Path(__file__).resolve().parent.parent
+    runs: dict[str, list[tuple[float, float]]] = {"this tree": [], "other tree": []}
+    trees = {"this tree": here, "other tree": other}
+    for r in range(rounds + 1):  # round 0 warms the page cache
+        for side in (("this tree", "other tree") if r % 2 else ("other tree", "this tree")):
+            sample = _worker_once(trees[side])
+            if r:
+                runs[side].append(sample)
+    note = f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    return [Comparison.of(f"sandbox worker {what}, this tree vs {other}",
+                          {k: [x[i] for x in v] for k, v in runs.items()}, "this tree",
+                          "other tree", op=op, note=note)
+            for i, (op, what) in enumerate((("start", "start (spawn to first ping answered)"),
+                                            ("exit", "exit (end of input to exit)")))]
+
+
+async def speed_against(base: Path, url: str, other: Path, rounds: int) -> list[Row]:
+    here = Path(__file__).resolve().parent.parent
+    rows: list[Row] = []
+    for seconds in (6.0, 30.0):
+        window: dict[str, float] = {}
+        await fleet_run(base, url, seconds, record=True, out=window)
+        samples = await ainterleave({"this tree": lambda w=window: _replay_in(here, url, w),
+                                     "other tree": lambda w=window: _replay_in(other, url, w)},
+                                    rounds=rounds, warmup=1, measure="value")
+        rows.append(Comparison.of(
+            f"replay time, demo fleet, {seconds:.0f} s window, this tree vs {other}", samples,
+            "this tree", "other tree", op="replay",
+            note=f"sandbox start included; load average {os.getloadavg()[0]:.1f} on "
+                 f"{os.cpu_count()} cores"))
+    return rows
+
+
 async def main(quick: bool, clock_only: bool = False, shared_only: bool = False,
-               speed_only: bool = False) -> None:
+               speed_only: bool = False, against: Path | None = None,
+               worker_only: bool = False) -> None:
+    if worker_only:
+        if against is None:
+            raise SystemExit("--worker needs --against TREE")
+        worker_rows = worker_against(against, 6 if quick else 15)
+        report(worker_rows, command=f"bench/bench_replay.py --worker --against {against}")
+        return
+    if speed_only and against is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            async with running_server(Path(tmp)) as srv:
+                against_rows = await speed_against(Path(tmp), srv.url, against, 4 if quick else 8)
+        report(against_rows, command=f"bench/bench_replay.py --speed --against {against}")
+        return
     if speed_only:
         with tempfile.TemporaryDirectory() as tmp:
             async with running_server(Path(tmp)) as srv:
@@ -320,5 +426,15 @@ if __name__ == "__main__":
     ap.add_argument("--clock", action="store_true", help="only the clock path")
     ap.add_argument("--shared", action="store_true", help="only the copy mode's cost on the tick")
     ap.add_argument("--speed", action="store_true", help="only the replay speed (6 s and 30 s windows)")
+    ap.add_argument("--against", type=Path, default=None,
+                    help="with --speed: replay the same windows by this tree and by the checkout "
+                         "TREE, interleaved")
+    ap.add_argument("--worker", action="store_true",
+                    help="with --against: only a sandbox worker's start and exit")
     args = ap.parse_args()
-    asyncio.run(main(args.quick, args.clock, args.shared, args.speed))
+    if args.against is not None and not (args.speed or args.worker):
+        ap.error("--against needs --speed or --worker")
+    if args.worker and args.against is None:
+        ap.error("--worker needs --against TREE")
+    asyncio.run(main(args.quick, args.clock, args.shared, args.speed, args.against,
+                     args.worker))

@@ -16,6 +16,8 @@ from sandbox_support import DEVICE, ROOT, Recorder
 from edge.errors import SandboxError
 from edge.wasm.pool import SandboxPool
 from edge.wasm.procs import WorkerProcess
+from edge.wasm.protocol import HEADER, encode
+from edge.wasm.wire import decode_ping
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -95,3 +97,30 @@ async def test_using_a_stopped_pool_says_what_to_do(tmp_path: Path) -> None:
     p = SandboxPool(DEVICE, Recorder())
     with pytest.raises(SandboxError, match=r"not started; call start\(\)"):
         await p.load(None)  # type: ignore[arg-type]
+
+
+def test_a_worker_exits_at_once_at_the_end_of_its_input(tmp_path: Path) -> None:
+    """At the end of its input the worker answers what it was sent and exits 0 without the
+    interpreter's teardown (atexit handlers do not run; a pool's stop does not wait for it)."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import atexit, sys\n"
+        "atexit.register(lambda: sys.stderr.write('teardown ran\\n'))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]))
+    proc = subprocess.run([sys.executable, "-P", "-m", "edge.wasm.worker"], cwd=tmp_path,
+                          input=encode(("ping",)), capture_output=True, env=env, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    status, payload = decode_ping(memoryview(proc.stdout)[HEADER.size:])
+    assert status == "ok" and payload["pid"] > 0
+    assert b"teardown ran" not in proc.stderr
+
+
+def test_the_atexit_handler_runs_in_a_process_that_exits_normally(tmp_path: Path) -> None:
+    """The control of the test above: the same handler runs in a process that exits normally,
+    so its absence there is the worker's doing."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import atexit, sys\n"
+        "atexit.register(lambda: sys.stderr.write('teardown ran\\n'))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]))
+    proc = subprocess.run([sys.executable, "-P", "-c", "pass"], cwd=tmp_path,
+                          capture_output=True, env=env, timeout=30)
+    assert b"teardown ran" in proc.stderr
