@@ -16,7 +16,8 @@ ROOT=${1:?root directory} ROOT_IMG=${2:?root image file} SLACK_MB=${3:?slack MiB
 ROOT_MAX_MB=${EDGE_IMAGE_ROOT_MAX_MB:-2048}
 MKFS_TRIES=5
 MIN_MB=8     # the smallest root tried (an ext4 with a journal)
-LOG="$ROOT_IMG.log"
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
 # shellcheck source=image/mounts.sh
 . "$(cd "$(dirname "$0")" && pwd)/mounts.sh"
 fail() { echo "image/mkroot.sh: $*" >&2; exit 1; }
@@ -71,5 +72,4 @@ if [ "$FREE_MB" -lt "$SLACK_MB" ]; then
   FREE_MB=$(free_mb)
 fi
 e2fsck -f -n "$ROOT_IMG" >"$LOG" 2>&1 || { show_log; fail "the root filesystem does not check clean"; }
-rm -f "$LOG"
 echo "$ROOT_MB $FREE_MB"
