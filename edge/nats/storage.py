@@ -141,18 +141,24 @@ async def check_reservations(js: JetStreamContext, limits: StoreLimits) -> None:
 
 async def reservation_error(js: JetStreamContext, stream: str, storage: StorageType | None,
                             wanted: int | None, description: str) -> StoreLimitError:
-    """The error for the server's refusal (:data:`ERR_INSUFFICIENT_RESOURCES`) of ``stream``, which asked to reserve
-    ``wanted`` bytes: what the other streams hold already and the key that sets the limit."""
+    """The error for the server's refusal (:data:`ERR_INSUFFICIENT_RESOURCES`) of ``stream``,
+    which asked to reserve ``wanted`` bytes: what the other streams hold already and the key that
+    sets the limit. (The server refuses a changed stream's create request before it says the
+    stream exists, so "update" is told from the streams it holds.)"""
     storage = storage or StorageType.FILE
     key = FILE_KEY if storage == StorageType.FILE else MEM_KEY
+    verb = "create"
     try:
-        held = [r for r in await reservations(js) if r.storage == storage and r.stream != stream]
+        every = await reservations(js)
+        held = [r for r in every if r.storage == storage and r.stream != stream]
+        if any(r.stream == stream for r in every):
+            verb = "update"
         others = f"the other {storage.value} streams reserve {_mib(sum(r.bytes for r in held))} ({_listing(held)})"
     except Exception as exc:  # noqa: BLE001  the listing only adds detail to the error
         others = f"the other streams could not be listed ({exc})"
     size = _mib(wanted) if wanted and wanted > 0 else "no size limit of its own"
     return StoreLimitError(
-        f"JetStream refused stream {stream} ({size}): {description}; {others}. The store's limit is "
+        f"Could not {verb} stream {stream} ({size}): {description}; {others}. The store's limit is "
         f"{key} (default: half the data partition); raise it or lower the stream's limit.",
         stream=stream, key=key, wanted=wanted,
     )

@@ -94,8 +94,12 @@ async def test_streams_over_a_lowered_limit_are_named_before_anything_is_made(tm
             msg = str(err.value)
             assert "reserve 90.0 MiB" in msg and "limit of 50.0 MiB" in msg, msg
             assert f"at least {90 * MIB} bytes" in msg and "nats.max_store_bytes" in msg
-            with pytest.raises(StoreLimitError, match="JetStream refused stream D"):
+            with pytest.raises(StoreLimitError, match="Could not create stream D"):
                 await ensure_stream(js, stream("D", 1))  # what the check spares the device
+            changed = stream("A", 30)
+            changed.description = "the same size, another description"
+            with pytest.raises(StoreLimitError, match=r"Could not update stream A \(30.0 MiB\)"):
+                await ensure_stream(js, changed)
         finally:
             await nc.close()
 
@@ -136,7 +140,7 @@ async def test_runtime_start_under_a_too_small_limit_names_the_stream(tmp_path: 
     try:
         with pytest.raises(StoreLimitError) as err:
             await rt.start()
-        assert "JetStream refused stream" in str(err.value) and "nats.max_store_bytes" in str(err.value)
+        assert "Could not create stream" in str(err.value) and "nats.max_store_bytes" in str(err.value)
     finally:
         await rt.stop()
 
