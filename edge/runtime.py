@@ -37,6 +37,7 @@ from edge.errors import LifecycleError
 from edge.nats.commands import CommandRouter
 from edge.nats.events import DeviceEvents
 from edge.nats.server import NatsServer
+from edge.nats.storage import StoreLimits, check_reservations, store_limits
 from edge.wasm.layer import SandboxLayer, SandboxSettings
 from edge.wasm.pool import SandboxPool
 from edge.world.persist import Persister
@@ -59,6 +60,7 @@ class Runtime:
         self.config = config
         self.device = config.device
         self.server: NatsServer | None = None
+        self.store_limits: StoreLimits | None = None  # the embedded server's JetStream limits
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         schemas = SchemaRegistry()
@@ -113,6 +115,9 @@ class Runtime:
             error_cb=self._nats_error,
         )
         self.js = self.nc.jetstream()
+        if self.store_limits is not None:
+            # before anything makes a stream or a bucket: the recovered streams fit the limits
+            await check_reservations(self.js, self.store_limits)
         self.events = DeviceEvents(self.nc, self.device)
         await self.events.start()
         self.persister = Persister(self.world, self.js, bucket=cfg.state.bucket, interval=cfg.state.persist_interval)
@@ -168,12 +173,17 @@ class Runtime:
         from edge.sync.device.leaf import device_server_options
 
         hub = cfg.hub
+        # explicit JetStream limits: nats-server's default moves with the free disk (edge.nats.storage)
+        limits = self.store_limits = store_limits(cfg.data_dir, cfg.nats.max_store_bytes, cfg.nats.max_mem_bytes)
+        log.info("JetStream store limits: %d bytes on file (%s), %d bytes in memory (%s)",
+                 limits.file_bytes, limits.file_source, limits.mem_bytes, limits.mem_source)
         opts = device_server_options(
             self.device,
             cfg.data_dir / "nats",
             hub,
             port=cfg.nats.port,
-            max_store_bytes=cfg.nats.max_store_bytes,
+            max_store_bytes=limits.file_bytes,
+            max_mem_bytes=limits.mem_bytes,
             sync_interval=None,  # the server's default fsync interval; see docs/sync.md
             monitor_port=0 if hub else None,  # the uplink watches the leaf link through it
         )

@@ -51,6 +51,33 @@ if [ "$ARCH" != "$(dpkg --print-architecture)" ] && [ ! -e /proc/sys/fs/binfmt_m
   /lib/systemd/systemd-binfmt /usr/lib/binfmt.d/qemu-aarch64.conf
 fi
 
+# shellcheck source=image/mounts.sh
+. "$HERE/mounts.sh"
+# mmdebstrap mounts /proc, /sys and /dev into the root while its hooks run; a build that was killed
+# can leave them behind. rm -rf would then walk into the host's /dev and /sys: refuse instead.
+STALE=$(mounts_under "$WORK")
+if [ -n "$STALE" ]; then
+  echo "image/build.sh: still mounted under $WORK from an earlier build:" >&2
+  echo "$STALE" | sed 's/^/   /' >&2
+  echo "image/build.sh: unmount them first (umount -R $WORK/root), then build again" >&2
+  exit 1
+fi
+# On every exit path, unmount whatever is still mounted under the work directory (what this build's
+# mmdebstrap mounted and did not unmount), deepest first; what cannot be unmounted fails the build.
+# binfmt_misc (above) is host setup and stays: unmounting it would drop every registered format.
+unmount_work() {
+  local rc=$? m left
+  for m in $(mounts_under "$WORK"); do umount "$m" 2>/dev/null || true; done
+  left=$(mounts_under "$WORK")
+  if [ -n "$left" ]; then
+    echo "image/build.sh: could not unmount under $WORK:" >&2; echo "$left" | sed 's/^/   /' >&2
+    [ "$rc" != 0 ] || rc=1
+  fi
+  exit "$rc"
+}
+trap unmount_work EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 rm -rf "$WORK" "$IMG"
 mkdir -p "$WORK"
 echo "== mmdebstrap $SUITE $ARCH"
@@ -105,29 +132,10 @@ echo "== root filesystem"
 # (head ends the pipe early: the SIGPIPE of sort must not end the build under pipefail)
 { du -x -m -d 3 "$ROOT" 2>/dev/null | sort -rn | head -n 12 | sed 's/^/   MiB /'; } || true
 ROOT_KB=$(du -sk "$ROOT" | cut -f1)
-# The root partition: the files, the filesystem's own tables and journal, and ROOT_SLACK_MB free
-# (blocks reserved for root included) for a first boot whose growfs has not run; the first boot
-# grows it to the card. mkfs.ext4 -d is tried at an estimate, grown by 10 % while the files do not
-# fit, then made again with what is free beyond the slack given back (the tables shrink with it).
 ROOT_IMG="$WORK/root.ext4"
-try_mkfs() {
-  rm -f "$ROOT_IMG"
-  mkfs.ext4 -q -F -L edgeroot -O ^metadata_csum_seed -E root_owner=0:0 -d "$ROOT" "$ROOT_IMG" "${1}M" >"$WORK/mkfs.log" 2>&1
-}
-free_mb() { dumpe2fs -h "$ROOT_IMG" 2>/dev/null | awk -F: '/^Free blocks/{f=$2} /^Block size/{b=$2} END{print int(f*b/1048576)}'; }
-ROOT_MB=$(( ROOT_KB * 110 / 100 / 1024 + ROOT_SLACK_MB ))
-until try_mkfs "$ROOT_MB"; do ROOT_MB=$(( ROOT_MB * 110 / 100 )); done
-for _ in 1 2 3; do
-  FREE_MB=$(free_mb)
-  [ "$FREE_MB" -gt $(( ROOT_SLACK_MB + 16 )) ] || break
-  SMALLER=$(( ROOT_MB - FREE_MB + ROOT_SLACK_MB + 4 ))
-  if try_mkfs "$SMALLER"; then ROOT_MB=$SMALLER; else try_mkfs "$ROOT_MB"; break; fi
-done
-FREE_MB=$(free_mb)
-if [ "$FREE_MB" -lt "$ROOT_SLACK_MB" ]; then
-  ROOT_MB=$(( ROOT_MB + ROOT_SLACK_MB - FREE_MB + 8 )); try_mkfs "$ROOT_MB"; FREE_MB=$(free_mb)
-fi
-e2fsck -f -n "$ROOT_IMG" >/dev/null 2>&1 || { echo "image/build.sh: the root filesystem does not check clean" >&2; exit 1; }
+# Sized to the files plus ROOT_SLACK_MB free; retried only when the files did not fit (image/mkroot.sh).
+SIZES=$("$HERE/mkroot.sh" "$ROOT" "$ROOT_IMG" "$ROOT_SLACK_MB")
+read -r ROOT_MB FREE_MB <<<"$SIZES"
 echo "   root: $((ROOT_KB / 1024)) MiB of files, partition $ROOT_MB MiB with $FREE_MB MiB free"
 
 echo "== partition table"

@@ -69,7 +69,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 class NatsConfig:
     url: str = ""  # external NATS server; empty = run the embedded one
     port: int = 0  # embedded server's client port on 127.0.0.1; 0 = any free port
+    # JetStream limits of the embedded server (edge.nats.storage); None = the default: half the
+    # data dir's filesystem for the file store, 64 MiB for the memory store
     max_store_bytes: int | None = None
+    max_mem_bytes: int | None = None
     credentials: str | None = None  # creds file for an external server
 
 
@@ -216,6 +219,7 @@ def parse_config(
     cfg.nats.url = nats.text("url", "")
     cfg.nats.port = nats.integer("port", 0, lo=0, hi=65535)
     cfg.nats.max_store_bytes = nats.integer("max_store_bytes", 0, lo=0, unit="bytes") or None
+    cfg.nats.max_mem_bytes = nats.integer("max_mem_bytes", 0, lo=0, unit="bytes") or None
     creds = nats.path("credentials", None)
     cfg.nats.credentials = str(creds) if creds else None
     nats.finish()

@@ -91,6 +91,7 @@ def device_server_options(
     *,
     port: int = 0,
     max_store_bytes: int | None = None,
+    max_mem_bytes: int | None = None,
     sync_interval: str | None = None,
     monitor_port: int | None = None,
 ) -> ServerOptions:
@@ -108,6 +109,7 @@ def device_server_options(
         server_name=device,
         jetstream_domain=device,
         max_store_bytes=max_store_bytes,
+        max_mem_bytes=max_mem_bytes,
         sync_interval=sync_interval,
         leaf=_device_remote(device, hub) if hub else None,
         monitor_port=monitor_port,

@@ -14,7 +14,8 @@
 
 All streams keep a duplicate window so a publish retried with the same ``Nats-Msg-Id`` is stored
 once. JetStream reserves each stream's ``max_bytes`` against the server's ``max_file_store``, so
-creation fails loudly if the budgets do not fit.
+creation fails loudly if the budgets do not fit: a :class:`~edge.nats.storage.StoreLimitError`
+that names the stream, what the others reserve and ``[nats] max_store_bytes``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from edge.errors import NatsError
 from edge.nats import subjects as naming
+from edge.nats.storage import ERR_INSUFFICIENT_RESOURCES, reservation_error
 from edge.sync.durable import SyncConsumer, ensure_sync_consumer
 
 log = logging.getLogger("edge.sync")
@@ -133,6 +135,8 @@ async def ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> StreamInfo:
     try:
         return await js.add_stream(cfg)
     except APIError as exc:
+        if exc.err_code in ERR_INSUFFICIENT_RESOURCES:
+            raise await _refused(js, cfg, exc) from exc
         if exc.err_code != ERR_STREAM_NAME_IN_USE:
             raise NatsError(
                 f"Could not create stream {cfg.name}: {exc.description}.", stream=cfg.name, code=exc.err_code
@@ -140,11 +144,18 @@ async def ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> StreamInfo:
     try:
         info = await js.update_stream(cfg)
     except APIError as exc:
+        if exc.err_code in ERR_INSUFFICIENT_RESOURCES:
+            raise await _refused(js, cfg, exc) from exc
         raise NatsError(
             f"Could not update stream {cfg.name}: {exc.description}.", stream=cfg.name, code=exc.err_code
         ) from exc
     log.info("stream %s updated to the configured limits", cfg.name)
     return info
+
+
+async def _refused(js: JetStreamContext, cfg: StreamConfig, exc: APIError) -> NatsError:
+    return await reservation_error(js, cfg.name or "?", cfg.storage, cfg.max_bytes,
+                                   exc.description or "insufficient storage resources")
 
 
 def rec_sync_consumer(device: str) -> SyncConsumer:
@@ -199,6 +210,8 @@ async def ensure_rec_stream(js: JetStreamContext, device: str) -> None:
     try:
         await js.add_stream(cfg)
     except APIError as exc:
+        if exc.err_code in ERR_INSUFFICIENT_RESOURCES:
+            raise await _refused(js, cfg, exc) from exc
         if exc.err_code != ERR_STREAM_NAME_IN_USE:
             raise NatsError(f"Could not create stream {cfg.name}: {exc.description}.",
                             stream=cfg.name, code=exc.err_code) from exc
