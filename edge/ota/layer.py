@@ -588,6 +588,9 @@ class OtaLayer:
                     and loaded.tick.stats.last_ms > budget:
                 return (f"budget: component {name} {entry.version} ticked in "
                         f"{loaded.tick.stats.last_ms:.2f} ms, over its {budget:g} ms budget")
+            health = loaded.health.last if loaded.health is not None else None
+            if health is not None and not health.ok:  # its edge_health export said not OK
+                return health.describe(name)
         for name, subject, every in beats:
             last = seen.get(subject, t0)
             if now - last > every:
