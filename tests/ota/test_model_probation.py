@@ -43,7 +43,7 @@ def _sha(seed: int) -> str:
 
 def _registry(rt: Runtime) -> ModelRegistry:
     assert rt.layers is not None
-    registry = rt.layers.layers[-1].models
+    registry = rt.layers.layers[-1].models  # type: ignore[attr-defined]
     assert isinstance(registry, ModelRegistry)
     return registry
 
