@@ -188,6 +188,17 @@ static inline int32_t edge_infer_sizes(const char *model, void *work, int32_t ca
     __attribute__((export_name("edge_on_message"))) int32_t edge_on_message(                      \
         const char *subject, int32_t subject_len, const uint8_t *data, int32_t data_len)
 
+/* EDGE_HEALTH: the optional health export, called every [health] interval_s under [health] gas:
+ * return 0 when healthy; else a nonzero code, the reason being the last line the call logged
+ * (edge_health_fail). It may only read and log: a publish or KV write makes it not OK. */
+#define EDGE_HEALTH __attribute__((export_name("edge_health"))) int32_t edge_health(void)
+
+/* Log `reason` (level warning) and return `code`: `return edge_health_fail(3, "sensor stuck");` */
+static inline int32_t edge_health_fail(int32_t code, const char *reason) {
+    edge_log_str(2, reason);
+    return code;
+}
+
 /* EDGE_INBOX(size): a static buffer of `size` bytes and the edge_alloc export returning it (0 if
  * the message does not fit: the host then drops it and counts it). */
 #define EDGE_INBOX(size)                                                                          \

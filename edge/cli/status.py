@@ -23,6 +23,18 @@ def entity_table(entities: Sequence[dict[str, Any]]) -> str:
     return table(["ENTITY", "KIND", "LABELS", "COMPONENTS"], rows)
 
 
+def _health(health: Any) -> str:
+    """A component's last ``edge_health`` answer: ok, not ok (reason) or none."""
+    last = health.get("last") if isinstance(health, dict) else None
+    if not isinstance(last, dict):
+        return "none"
+    if last.get("ok"):
+        return "ok"
+    what = last.get("fault") or last.get("code")
+    reason = last.get("reason") or ""
+    return f"not ok {what}" + (f": {reason}" if reason else "")
+
+
 def component_table(components: Sequence[dict[str, Any]]) -> str:
     rows = []
     for c in components:
@@ -42,10 +54,11 @@ def component_table(components: Sequence[dict[str, Any]]) -> str:
                 counters.get("denied", 0),
                 (c.get("last_fault") or {}).get("message", "") if isinstance(c.get("last_fault"), dict)
                 else (c.get("last_fault") or ""),
+                _health(c.get("health")),
             )
         )
     return table(
-        ["COMPONENT", "VERSION", "STATE", "RESTARTS", "TICKS", "BATCH", "P50_MS", "MSGS", "PUB", "DENIED", "LAST FAULT"],
+        ["COMPONENT", "VERSION", "STATE", "RESTARTS", "TICKS", "BATCH", "P50_MS", "MSGS", "PUB", "DENIED", "LAST FAULT", "HEALTH"],
         rows,
     )
 

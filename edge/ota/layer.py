@@ -578,8 +578,13 @@ class OtaLayer:
                            seen: dict[str, float], t0: float) -> str | None:
         now = time.monotonic()
         for name, entry in prob.components.items():
-            if entry is None or name.startswith((MODEL_PREFIX, CONFIG_PREFIX, POLICY_PREFIX)):
-                continue  # a model was probed, a fragment validated, a policy compiled before activation
+            if entry is not None and name.startswith(MODEL_PREFIX):
+                failure = self._model_failure(name[len(MODEL_PREFIX):], entry)
+                if failure is not None:
+                    return failure
+                continue
+            if entry is None or name.startswith((CONFIG_PREFIX, POLICY_PREFIX)):
+                continue  # a fragment was validated, a policy compiled before activation
             loaded = self.sandbox.components.get(name)
             if loaded is None:
                 return f"component {name} {entry.version} is not running"
@@ -588,10 +593,30 @@ class OtaLayer:
                     and loaded.tick.stats.last_ms > budget:
                 return (f"budget: component {name} {entry.version} ticked in "
                         f"{loaded.tick.stats.last_ms:.2f} ms, over its {budget:g} ms budget")
+            health = loaded.health.last if loaded.health is not None else None
+            if health is not None and not health.ok:  # its edge_health export said not OK
+                return health.describe(name)
         for name, subject, every in beats:
             last = seen.get(subject, t0)
             if now - last > every:
                 return f"health: component {name} published nothing on {subject} for {every:g} s"
+        return None
+
+    def _model_failure(self, name: str, entry: Entry) -> str | None:
+        """A new model on probation (probed before activation): an inference error, or a median
+        latency over ``ota.model_latency_ms``, of the version it serves fails it."""
+        if self.models is None:
+            return None
+        st = self.models.status().get(name)
+        if st is None or self._model_loaded.get(name) != entry.sha256:
+            return None  # not serving this version (yet): nothing it ran to judge
+        if st.errors:
+            return (f"model: {name} {entry.version} failed {st.errors} inference(s) on "
+                    f"probation: {st.last_error}")
+        budget = self.cfg.model_latency_ms
+        if budget > 0 and st.invocations and st.p50_ms is not None and st.p50_ms > budget:
+            return (f"budget: model {name} {entry.version} ran in {st.p50_ms:.2f} ms (median), "
+                    f"over its {budget:g} ms budget")
         return None
 
     def _on_fault(self, component: str, fault: SandboxError) -> None:

@@ -63,6 +63,7 @@ EXPORTS_V1: dict[str, str] = {
     "edge_init": "i()",
     "edge_tick": "i(iF)",
     "edge_on_message": "i(iiii)",
+    "edge_health": "i()",  # optional: 0 = healthy (edge.wasm.health)
 }
 REQUIRED_EXPORTS: tuple[str, ...] = ("memory",)
 #: A module must export at least one of these.

@@ -34,6 +34,7 @@ from edge.errors import ComponentLoadError, EdgeError, SandboxError
 from edge.layer import DeviceContext
 from edge.errors import LifecycleError
 from edge.nats import subjects
+from edge.wasm.health import HEALTH_EXPORT, HealthResult, HealthWatch
 from edge.wasm.origin import DEFAULT_MAX_HOPS
 from edge.wasm.host import InferBridge, MessagePolicy
 from edge.wasm.inbox import COMPONENT_KV_BUCKET, ComponentInbox
@@ -109,6 +110,7 @@ class LoadedComponent:
     tick: TickLoop | None = None
     pump: ComponentInbox | None = None
     subs: list[Subscription] = field(default_factory=list)
+    health: HealthWatch | None = None  # its edge_health calls, if it exports one
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,9 @@ class SandboxLayer:
             rec.on_load(manifest, await asyncio.to_thread(read_module, manifest), kv, clocks, cut,
                         revisions)
         loaded = LoadedComponent(manifest)
+        if HEALTH_EXPORT in pool.component(manifest.name).info.exports:
+            loaded.health = HealthWatch(pool, manifest.name, manifest.health, self.on_health)
+            loaded.health.start()
         if manifest.tick_hz > 0:
             loaded.tick = TickLoop(ctx.world, WasmTickRunner(pool, manifest.name, rec), read=manifest.read,
                                    write=manifest.write, hz=manifest.tick_hz)
@@ -259,6 +264,8 @@ class SandboxLayer:
 
     async def _stop_component(self, name: str) -> None:
         loaded = self.components.pop(name)
+        if loaded.health is not None:
+            await loaded.health.stop()
         for sub in loaded.subs:
             await sub.unsubscribe()
         if loaded.tick is not None:
@@ -287,6 +294,7 @@ class SandboxLayer:
                 entry["inbox"] = loaded.pump.to_dict()
             if name in self.oversize:  # messages too large for the server's max_payload
                 entry["oversize"] = self.oversize[name]
+            entry["health"] = loaded.health.to_dict() if loaded.health is not None else None
             out.append(entry)
         return out
 
@@ -377,6 +385,19 @@ class SandboxLayer:
             return
         body = json.dumps({"component": component, "limit": limit, "dropped": dropped}).encode()
         ctx.events.emit(subjects.event(ctx.device, "runtime", "limit"), body)
+
+    def on_health(self, component: str, result: HealthResult) -> None:
+        """A not-OK ``edge_health`` answer: logged and sent on ``evt.runtime.health`` with the
+        component's count of them (OTA probation rolls back on it by itself)."""
+        ctx = self._ctx
+        loaded = self.components.get(component)
+        if result.ok or ctx is None or loaded is None or loaded.health is None:
+            return
+        log.warning("component %s: %s", component, result.describe(component))
+        body = json.dumps({"component": component, "version": loaded.manifest.version,
+                           "message": result.describe(component), "not_ok": loaded.health.not_ok,
+                           **result.to_dict()}).encode()
+        ctx.events.emit(subjects.event(ctx.device, "runtime", "health"), body)
 
     def on_fault(self, component: str, fault: SandboxError) -> None:
         log.warning("component %s fault: %s", component, fault.message)

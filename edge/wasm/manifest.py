@@ -32,6 +32,10 @@ from edge.wasm.quotas import DEFAULT_KV_BYTES, DEFAULT_KV_KEYS
 
 #: Default metering budget per call (gas units; about 1 s of wasm3 time on a small board at most).
 DEFAULT_GAS = 200_000_000
+#: Seconds between two calls of a component's ``edge_health`` export ([health] interval_s).
+DEFAULT_HEALTH_INTERVAL_S = 5.0
+#: Gas limit of one ``edge_health`` call ([health] gas).
+DEFAULT_HEALTH_GAS = 10_000_000
 #: Upper bound of ``limits.gas`` (gas units): 2**53, the largest integer a float64 holds exactly
 #: (pywasm3's ``gasLimit`` is a float in units of 10,000 gas; it keeps the budget as a signed
 #: 64-bit count of gas, which wraps into a negative budget above 2**63). Far beyond what a call
@@ -92,6 +96,18 @@ class Health:
 
     publishes: tuple[tuple[str, float], ...] = ()  # (subject, every_s): a message at least every N s
     max_tick_ms: float = 0.0  # a tick slower than this fails the probation (0 = no budget)
+    interval_s: float = 0.0  # seconds between edge_health calls (0: DEFAULT_HEALTH_INTERVAL_S)
+    gas: int = 0  # gas limit of one edge_health call (0: DEFAULT_HEALTH_GAS)
+
+    @property
+    def every_s(self) -> float:
+        """Seconds between two ``edge_health`` calls."""
+        return self.interval_s or DEFAULT_HEALTH_INTERVAL_S
+
+    @property
+    def gas_limit(self) -> int:
+        """Gas of one ``edge_health`` call."""
+        return self.gas or DEFAULT_HEALTH_GAS
 
 
 @dataclass(frozen=True)
@@ -290,7 +306,10 @@ def _read(top: Table, name: str, path: Path, device: str) -> Manifest:
             raise item.error("subject", f"invalid subject {subject!r}")
         beats.append((subject, item.number("every_s", REQUIRED, lo=0.01, hi=86400.0, unit="s")))
         item.finish()
-    health = Health(tuple(beats), health_t.number("max_tick_ms", 0.0, lo=0.0, hi=3_600_000.0, unit="ms"))
+    health = Health(tuple(beats), health_t.number("max_tick_ms", 0.0, lo=0.0, hi=3_600_000.0, unit="ms"),
+                    interval_s=health_t.number("interval_s", DEFAULT_HEALTH_INTERVAL_S, lo=0.05,
+                                               hi=86400.0, unit="s"),
+                    gas=health_t.integer("gas", DEFAULT_HEALTH_GAS, lo=1, hi=MAX_GAS, unit="gas"))
     health_t.finish()
     top.finish()
 

@@ -414,6 +414,10 @@ class SandboxPool:
                                reason="stopped")
         return self._shm_dir
 
+    def component(self, name: str) -> Component:
+        """The runtime's record of a loaded component (raises SandboxError if none)."""
+        return self._get(name)
+
     def state(self, name: str) -> str:
         """State of one component: starting, running, backoff, failed or unloaded."""
         return self._get(name).state

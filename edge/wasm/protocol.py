@@ -22,6 +22,9 @@ Requests (pickled tuples, first item the op; the tick is a struct) and their ans
   else a ``C`` frame (ok | fault | error); ``gone`` if the handle is not loaded.
   ``flags & FLAG_SHARED`` runs on the bound world columns instead of the copy-mode batch.
 * ``("deliver", name, [(subject, data), ...])`` -> ok | fault | gone (``C``)
+* ``("health", name, gas)`` -> ok | fault | gone (``C``): ``edge_health`` under ``gas``;
+  ``written`` holds its return value (unsigned 32-bit), ``errors`` 1 if it is not 0. A fault
+  here does not drop the instance (edge.wasm.health).
 * ``("ping",)`` -> a ``P`` frame (pid, instances, rss_kb)
 * ``("clock", name, [(kind, value), ...])`` -> ok | gone: the values the clock imports answer
   during the component's next calls (replay mode, :data:`CLOCK_REPLAY`).

@@ -70,7 +70,8 @@ STATUS_CODES = {v: k for k, v in STATUS_NAMES.items()}
 REASONS = ("", "trap", "out_of_gas", "init_failed")
 REASON_CODES = {r: i for i, r in enumerate(REASONS)}
 #: Exports a fault may name (0: none; "start": the module's start function, run at load).
-EXPORTS = ("-", "edge_alloc", "edge_init", "edge_tick", "edge_on_message", "start")
+EXPORTS = ("-", "edge_alloc", "edge_init", "edge_tick", "edge_on_message", "start",
+           "edge_health")
 EXPORT_CODES = {e: i for i, e in enumerate(EXPORTS)}
 
 #: Host request operations.

@@ -495,6 +495,17 @@ pub fn device_subject<const N: usize>(tail: &str) -> Text<N> {
     t
 }
 
+// ---- health -----------------------------------------------------------------------------------
+
+/// For the optional `edge_health` export (`#[no_mangle] pub extern "C" fn edge_health() -> i32`,
+/// called every `[health] interval_s` under `[health] gas`): log `reason` (level warning) and
+/// return `code` (nonzero: not OK; the host reports the last line the call logged as the
+/// reason). `edge_health` may only read and log: a publish or KV write makes it not OK.
+pub fn health_fail(code: i32, reason: &str) -> i32 {
+    log(Level::Warning, reason);
+    code
+}
+
 // ---- messages ---------------------------------------------------------------------------------
 
 /// The bytes `(ptr, len)` the host handed to `edge_on_message`.

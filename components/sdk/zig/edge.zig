@@ -213,6 +213,17 @@ pub fn scratch(comptime T: type, n: usize) ?[]T {
     return ptr[0..n];
 }
 
+// ---- health ----------------------------------------------------------------------------------
+
+/// For the optional edge_health export (`export fn edge_health() i32`, called every
+/// [health] interval_s under [health] gas): log `reason` (level warning) and return `code`
+/// (nonzero: not OK; the host reports the last line the call logged as the reason).
+/// edge_health may only read and log: a publish or KV write makes it not OK.
+pub fn healthFail(code: i32, reason: []const u8) i32 {
+    log(.warning, reason);
+    return code;
+}
+
 // ---- messages --------------------------------------------------------------------------------
 
 /// The bytes (ptr, len) the host handed to edge_on_message.

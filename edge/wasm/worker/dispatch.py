@@ -132,6 +132,14 @@ class Worker:
             res = inst.begin()
             inst.deliver(messages)
             return self._finish(inst, res)
+        if op == "health":  # edge_health under its own gas; a fault keeps the instance
+            _, name, gas = req
+            inst = self.instances.get(name)
+            if inst is None or "edge_health" not in inst.exports:
+                return encode_result("gone")
+            res = inst.begin()
+            inst.health(int(gas))
+            return encode_result("fault" if res.fault is not None else "ok", res)
         if op == "load":
             return self.load(req[1])
         if op == "unload":

@@ -180,6 +180,25 @@ class Instance(HostImports):
         if rc:
             self.result.errors += 1
 
+    def health(self, gas: int) -> None:
+        """Call ``edge_health`` under its own gas limit (``[health] gas``), set before the call.
+        Its return value goes in ``result.written`` (as an unsigned 32-bit value), ``errors``
+        is 1 if it is not 0. Its KV writes are undone here (the runtime refuses them); a fault
+        is recorded in ``result.fault`` and the instance is kept (edge.wasm.health)."""
+        res = self.result
+        kv, limit = dict(self.kv), self.gas_limit
+        self.gas_limit = gas / GAS_UNIT
+        try:
+            rc = self.call("edge_health")
+        finally:
+            self.gas_limit = limit
+        if res.kv_puts:
+            self.kv = kv
+            self.kv_usage = KvUsage.of(kv, self.spec.kv_keys, self.spec.kv_bytes)
+        if rc is not None:
+            res.written = rc & 0xFFFFFFFF
+            res.errors = 1 if rc else 0
+
     def deliver(self, messages: list[tuple[str, bytes]]) -> None:
         res = self.result
         alloc = "edge_alloc"
