@@ -58,6 +58,10 @@ class Component:
     init_clocks_cut: int = 0
     init_feed: tuple[tuple[int, int], ...] = ()
     loading: bool = False  # its first start, inside pool.load (a fault there refuses the load)
+    #: a staged instance (SandboxPool.stage): its calls' effects are held here, in order, and
+    #: handed to the host at the promotion; None = applied at once
+    held: list[tuple[object, int, str]] | None = None
+    kv_base: dict[str, bytes] | None = None  # staged: the KV its edge_init was given
     grant: PublishGrant = field(init=False)
     kv_usage: KvUsage = field(init=False)  # what its KV holds, against limits.kv_keys/kv_bytes
     publish_bucket: TokenBucket = field(init=False)  # limits.publish_rate / publish_burst

@@ -106,8 +106,10 @@ class Supervisor:
     # -- instances ---------------------------------------------------------------------------
 
     async def instantiate(self, comp: Component, worker: WorkerProcess, *,
-                          allow_recycle: bool = True) -> None:
-        """Load ``comp`` into ``worker`` (lock held). Recycles the worker first if it is due."""
+                          allow_recycle: bool = True, staged: bool = False) -> None:
+        """Load ``comp`` into ``worker`` (lock held). Recycles the worker first if it is due.
+        ``staged``: a successor loaded beside the running instance (not in ``worker.hosted``
+        until its promotion)."""
         if allow_recycle and self.recycle_due(worker):
             worker = await self.replace_worker(worker, "recycle")
         m = comp.manifest
@@ -125,7 +127,8 @@ class Supervisor:
         comp.batch_sent = False
         comp.ids_sent = False
         comp.bound = None
-        worker.hosted.add(m.name)
+        if not staged:
+            worker.hosted.add(m.name)
         worker.instances += 1
         worker.reserved_bytes += instance_bytes(m)
         try:
@@ -171,7 +174,10 @@ class Supervisor:
                 comp.tick_clocks, comp.tick_clocks_cut = payload.clocks, payload.clocks_cut
         elif export == "edge_init":  # [replay hook]
             comp.init_clocks, comp.init_clocks_cut = payload.clocks, payload.clocks_cut
-        self.effects.apply(comp, payload, hops, export=export)
+        if comp.held is not None:  # staged: applied at the promotion (SandboxPool.promote)
+            comp.held.append((payload, hops, export))
+        else:
+            self.effects.apply(comp, payload, hops, export=export)
         if status == "fault":
             if current:
                 self.fault(comp, payload.fault or ("trap", export, "unknown"))
