@@ -266,8 +266,9 @@ class SandboxLayer:
         same (otherwise they are set up again). A staged load that fails raises
         ComponentLoadError and leaves the old version running untouched.
 
-        Falls back to unload + load (a cold swap) when staging is not possible: a pool with a
-        single worker, or a recorded sandbox (the recorder logs each load's KV as read).
+        Falls back to unload + load (a cold swap) when staging is not possible (a pool with a
+        single worker). The recorder is told the old version's unload and the new one's load
+        (with the KV its ``edge_init`` was given) at the promotion.
         Returns ``{"name", "version", "warm"}``.
         """
         ctx = self.ctx
@@ -279,7 +280,7 @@ class SandboxLayer:
         loaded = self.components.get(name)
         if loaded is None:
             raise ComponentLoadError(f"no component '{name}' is loaded to replace", component=name)
-        if self.recorder is not None or not pool.can_stage(name):
+        if not pool.can_stage(name):
             since = loaded.tick.last_at if loaded.tick is not None else None
             await self.unload_component(name)
             out = await self.load_component(manifest_path, tick_since=since)
@@ -291,10 +292,13 @@ class SandboxLayer:
                 raise ComponentLoadError(
                     f"component '{name}' queries {column}: {err.message}", component=name
                 ) from err
-        await pool.stage(manifest, pool.kv_view(name))  # raises: the old one runs on
+        kv = pool.kv_view(name)
+        await pool.stage(manifest, kv)  # raises: the old one runs on
         since = await loaded.tick.stop_after_tick() if loaded.tick is not None else None
+        rec = self.recorder
         try:
-            warm = await pool.promote(name)
+            warm = await pool.promote(name, on_swap=(
+                None if rec is None else lambda: rec.on_unload(name)))  # [replay hook]
         except EdgeError:
             state = "unloaded"
             with contextlib.suppress(SandboxError):
@@ -310,12 +314,16 @@ class SandboxLayer:
                 if loaded.pump is not None:
                     await loaded.pump.stop()
             raise
+        if rec is not None:  # [replay hook] the version that runs, its KV as given, init's clock
+            clocks, cut = pool.init_clocks(name)
+            rec.on_load(manifest, await asyncio.to_thread(read_module, manifest),
+                        kv if warm else pool.kv_view(name), clocks, cut)
         old = loaded.manifest
         same_subs = (old.subscribe, old.receive_own) == (manifest.subscribe, manifest.receive_own)
         loaded.manifest = manifest
         loaded.tick = None
         if manifest.tick_hz > 0:
-            loaded.tick = TickLoop(ctx.world, WasmTickRunner(pool, name), read=manifest.read,
+            loaded.tick = TickLoop(ctx.world, WasmTickRunner(pool, name, rec), read=manifest.read,
                                    write=manifest.write, hz=manifest.tick_hz)
             loaded.tick.start(since=since)
         if not same_subs:

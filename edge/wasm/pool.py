@@ -374,7 +374,8 @@ class SandboxPool:
             comp.held = None
             await self._unload_locked(comp, hosted=False)
 
-    async def promote(self, name: str) -> bool:
+    async def promote(self, name: str, *,
+                      on_swap: Callable[[], None] | None = None) -> bool:
         """Make the staged successor of ``name`` the component (call it once the old one's
         ticks are stopped: :meth:`edge.world.scheduler.TickLoop.stop_after_tick`).
 
@@ -385,6 +386,9 @@ class SandboxPool:
         successor was staged (the successor's ``edge_init`` saw an older state), the
         successor is discarded and the new version is loaded again with the KV as it is
         (a cold swap); returns False then, True for a warm promotion.
+
+        ``on_swap`` is called once the old instance is unloaded, before any effect of the
+        successor is handed out (the recorder's unload of the old version).
 
         Raises ComponentLoadError (the old instance untouched) if nothing is staged or the
         successor's worker died meanwhile; a failed cold load raises like :meth:`load`.
@@ -408,6 +412,8 @@ class SandboxPool:
                 if futs:
                     await asyncio.gather(*futs, return_exceptions=True)
             await self._unload_locked(old)
+            if on_swap is not None:
+                on_swap()
             if new.kv_base != old.kv:  # the old wrote its KV after the successor's edge_init
                 log.info("component %s changed its KV while %s was staged: loading it again "
                          "with the current state", name, new.manifest.version)
