@@ -266,8 +266,9 @@ class SandboxLayer:
         same (otherwise they are set up again). A staged load that fails raises
         ComponentLoadError and leaves the old version running untouched.
 
-        Falls back to unload + load (a cold swap) when staging is not possible (a pool with a
-        single worker). The recorder is told the old version's unload and the new one's load
+        Falls back to unload + load when the pool does not know the component (a cold swap;
+        also inside :meth:`SandboxPool.promote` when the old one wrote its KV meanwhile). The
+        recorder is told the old version's unload and the new one's load
         (with the KV its ``edge_init`` was given) at the promotion.
         Returns ``{"name", "version", "warm"}``.
         """

@@ -105,6 +105,8 @@ DEFAULT_STACK_BYTES = 64 * 1024
 DEFAULT_MAX_IN_FLIGHT = 8
 #: Worker processes in a pool.
 DEFAULT_WORKERS = 2
+#: A staged successor is known to its worker as ``<name><sep><handle>`` (never a component name).
+STAGED_WIRE_SEP = "#"
 #: Prepared modules kept (check + pin + instrument is pure Python: cache it).
 PREPARED_CACHE_SIZE = 32
 
@@ -295,10 +297,8 @@ class SandboxPool:
     # -- warm standby: stage a successor beside the running instance, then promote it ---------
 
     def can_stage(self, name: str) -> bool:
-        """True if a successor of loaded component ``name`` can be staged: a second worker
-        process exists (a worker knows one instance per name, so the successor runs in
-        another worker than the instance it replaces)."""
-        return name in self._comps and self.n_workers >= 2
+        """True if a successor of component ``name`` can be staged (it is loaded)."""
+        return name in self._comps
 
     def kv_view(self, name: str) -> dict[str, bytes]:
         """The component's KV as the runtime sees it now (its writes count at once, before
@@ -320,20 +320,19 @@ class SandboxPool:
         name = manifest.name
         if not self.can_stage(name):
             raise SandboxError(f"cannot stage a successor of component '{name}': it is not "
-                               "loaded, or the pool has a single worker", component=name,
-                               reason="usage")
+                               "loaded", component=name, reason="usage")
         wasm, info = await self._prepare(manifest)
         sup = self._sup
         async with sup.lock:
             await self._discard_staged_locked(name)
             cur = self._get(name)
-            others = [w for w in sup.workers if w is not cur.worker and w.alive]
-            if not others:
-                raise SandboxError(f"cannot stage a successor of component '{name}': no other "
-                                   "sandbox worker is running", component=name, reason="usage")
+            # another worker if there is one (the two do not share fate), else beside it: the
+            # worker knows the successor by a name of its own (Component.wire)
+            others = [w for w in sup.workers if w is not cur.worker and w.alive] or sup.workers
             self._handles += 1
             comp = Component(manifest=manifest, wasm=wasm, info=info, kv=dict(kv),
-                             handle=self._handles, held=[])
+                             handle=self._handles, held=[],
+                             wire_name=f"{name}{STAGED_WIRE_SEP}{self._handles}")
             comp.loading = True
             self._staged[name] = comp
             try:
@@ -406,12 +405,13 @@ class SandboxPool:
                     "died or was replaced); the running version is kept", component=name)
             del self._staged[name]
             self._comps[name] = new  # new calls go to the successor from here on
-            worker.hosted.add(name)
+            if worker is not old.worker:
+                worker.hosted.add(name)
             if old.worker is not None:  # the old instance's calls under way answer first
                 futs = [p.future for p in list(old.worker.pending) if p.component == name]
                 if futs:
                     await asyncio.gather(*futs, return_exceptions=True)
-            await self._unload_locked(old)
+            await self._unload_locked(old, hosted=old.worker is not worker)
             if on_swap is not None:
                 on_swap()
             if new.kv_base != old.kv:  # the old wrote its KV after the successor's edge_init
@@ -447,7 +447,7 @@ class SandboxPool:
             if hosted:  # a staged successor is not in its worker's hosted set
                 worker.hosted.discard(comp.name)
             with contextlib.suppress(WorkerGone):
-                await worker.send(("unload", comp.name), comp.name, "unload")
+                await worker.send(("unload", comp.wire), comp.name, "unload")
         comp.discard_storage()
 
     # -- hot path ----------------------------------------------------------------------------

@@ -114,7 +114,7 @@ class Supervisor:
             worker = await self.replace_worker(worker, "recycle")
         m = comp.manifest
         spec = LoadSpec(
-            name=m.name, wasm=comp.wasm, device=self.cfg.device, ncols=len(m.columns),
+            name=comp.wire, wasm=comp.wasm, device=self.cfg.device, ncols=len(m.columns),
             writable=m.writable, publish=m.publish, gas=m.limits.gas,
             publish_per_call=m.limits.publish_per_call, kv=dict(comp.kv),
             stack_bytes=self.cfg.stack_bytes, handle=comp.handle, models=m.models,
@@ -136,7 +136,8 @@ class Supervisor:
         except WorkerGone:
             return  # the crash handler reports it and restarts it
         if status == "refused":
-            worker.hosted.discard(m.name)
+            if not staged:
+                worker.hosted.discard(m.name)
             comp.worker = None
             raise ComponentLoadError(f"wasm3 refused component '{m.name}': {payload}",
                                      component=m.name, path=str(m.module))
@@ -207,7 +208,9 @@ class Supervisor:
         err = SandboxError(msg, component=name, export=export, reason=reason)
         comp.counters[_FAULT_COUNTER.get(reason, "traps")] += 1
         if comp.worker is not None:
-            comp.worker.hosted.discard(name)
+            if comp.held is None:  # a staged successor is not in hosted: the name is its
+                comp.worker.hosted.discard(name)  # predecessor's
+
             comp.worker = None
         if comp.loading:  # its first start: pool.load refuses it, nothing restarts it
             comp.last_fault = err

@@ -180,10 +180,28 @@ async def test_at_most_one_successor_is_staged(
     assert pool.staged("swap") is None
 
 
-async def test_a_single_worker_pool_cannot_stage(modules: dict[str, Path], tmp_path: Path) -> None:
-    async with SandboxPool("dev1", Recorder(), workers=1) as p:
-        await p.load(manifest(tmp_path, "swap", modules["swapper"]))
-        assert not p.can_stage("swap")
+async def test_a_single_worker_pool_stages_beside_the_running_instance(
+        modules: dict[str, Path], tmp_path: Path) -> None:
+    rec = Recorder()
+    async with SandboxPool("dev1", rec, workers=1) as p:
+        await p.load(manifest(tmp_path, "swap", modules["swapper"], subscribe=("edge.dev1.cmd.swap",)),
+                     {"count": i32(4)})
         (tmp_path / "v2").mkdir()
-        with pytest.raises(Exception, match="single worker"):
-            await p.stage(manifest(tmp_path / "v2", "swap", modules["swapper"], version="2.0.0"), {})
+        (tmp_path / "v3").mkdir()
+        bad = manifest(tmp_path / "v3", "swap", modules["initfail"], version="3.0.0")
+        with pytest.raises(ComponentLoadError, match="the running version is kept"):
+            await p.stage(bad, p.kv_view("swap"))
+        # the failed successor in the same worker did not take the running one with it
+        await p.deliver("swap", [("edge.dev1.cmd.swap", b"w\x06")])
+        await p.flush()
+        assert rec.kv[("swap", "count")] == i32(6)
+        await p.stage(manifest(tmp_path / "v2", "swap", modules["swapper"], version="2.0.0",
+                               subscribe=("edge.dev1.cmd.swap",)), p.kv_view("swap"))
+        assert await p.promote("swap") is True
+        await p.flush()
+        assert rec.kv[("swap", "seen")] == i32(6)
+        await p.deliver("swap", [("edge.dev1.cmd.swap", b"w\x08")])
+        await p.flush()
+        assert rec.kv[("swap", "count")] == i32(8)
+        st = p.status()[0]
+        assert st["version"] == "2.0.0" and st["state"] == "running"
