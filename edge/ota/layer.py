@@ -610,7 +610,7 @@ class OtaLayer:
 
     async def _commit(self) -> None:
         prob = self.state.probation
-        if prob is None:
+        if prob is None or self._fault_at is not None:  # a fault's rollback is on its way
             return
         self.state.previous = dict(prob.previous)
         self.state.revision = prob.revision

@@ -259,7 +259,8 @@ class SandboxLayer:
         """Swap a loaded component for another version with a warm standby.
 
         The new version is staged beside the old one (:meth:`SandboxPool.stage`: compiled,
-        instantiated, ``edge_init`` run with the component's KV as the runtime sees it) while
+        instantiated, ``edge_init`` run with the component's KV as it is: the old one's queued
+        writes flushed to the bucket, then the bucket read) while
         the old keeps ticking and handling messages; then the old stops after its current tick
         (:meth:`TickLoop.stop_after_tick`), the new one is promoted and takes the very next
         scheduled tick. The inbox and subscriptions carry over when the subscriptions are the
@@ -293,8 +294,13 @@ class SandboxLayer:
                 raise ComponentLoadError(
                     f"component '{name}' queries {column}: {err.message}", component=name
                 ) from err
-        kv = pool.kv_view(name)
-        await pool.stage(manifest, kv)  # raises: the old one runs on
+        # the state as it is: the old one's queued writes flushed, then the bucket read (also
+        # what others wrote there); the old one's writes from here on make promote() go cold
+        base = pool.kv_view(name)
+        await pool.effects.join()
+        revisions: dict[str, int] = {}
+        kv = await self._component_state(name, revisions)
+        await pool.stage(manifest, kv, base=base)  # raises: the old one runs on
         since = await loaded.tick.stop_after_tick() if loaded.tick is not None else None
         rec = self.recorder
         try:
@@ -318,7 +324,8 @@ class SandboxLayer:
         if rec is not None:  # [replay hook] the version that runs, its KV as given, init's clock
             clocks, cut = pool.init_clocks(name)
             rec.on_load(manifest, await asyncio.to_thread(read_module, manifest),
-                        kv if warm else pool.kv_view(name), clocks, cut)
+                        kv if warm else pool.kv_view(name), clocks, cut,
+                        revisions if warm else None)
         old = loaded.manifest
         same_subs = (old.subscribe, old.receive_own) == (manifest.subscribe, manifest.receive_own)
         loaded.manifest = manifest

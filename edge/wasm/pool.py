@@ -305,12 +305,15 @@ class SandboxPool:
         they reach the bucket): what a successor's ``edge_init`` is given."""
         return dict(self._get(name).kv)
 
-    async def stage(self, manifest: Manifest, kv: Mapping[str, bytes]) -> None:
+    async def stage(self, manifest: Manifest, kv: Mapping[str, bytes], *,
+                    base: Mapping[str, bytes] | None = None) -> None:
         """Load a successor of the running component ``manifest.name`` beside it: checked,
         compiled, instantiated and ``edge_init`` run in another worker, while the running
         instance keeps serving. The successor's effects (its ``edge_init``'s publishes, KV
         writes and log lines) are held until :meth:`promote`. At most one successor per
-        component: staging again discards the earlier one.
+        component: staging again discards the earlier one. ``base``: the running instance's
+        KV (:meth:`kv_view`) when the state ``kv`` was read (default ``kv``): if the running
+        instance's KV differs from it at :meth:`promote`, the successor saw an older state.
 
         Raises ComponentLoadError (the running instance untouched) if the module is refused or
         its ``edge_init`` fails, traps or its worker dies; SandboxError if the component is
@@ -353,7 +356,7 @@ class SandboxPool:
                 raise ComponentLoadError(
                     f"{why}; the running version is kept", component=name,
                     path=str(manifest.path or manifest.module)) from fault
-            comp.kv_base = dict(kv)
+            comp.kv_base = dict(base if base is not None else kv)
             log.info("component %s %s staged beside %s", name, manifest.version,
                      cur.manifest.version)
 

@@ -130,6 +130,7 @@ class TickLoop:
         self.period = 1.0 / hz
         self.stats = TickStats()
         self.last_at: float | None = None  # loop time of the last tick started
+        self.first_at: float | None = None  # loop time of the first tick started
         self._task: asyncio.Task[None] | None = None
         self._in_tick = False  # the task is inside tick_once
         self._stop_after: asyncio.Future[None] | None = None  # stop_after_tick is waiting
@@ -234,6 +235,8 @@ class TickLoop:
             dt = min(now - last, self.period * MAX_DT_FACTOR)
             last = now
             self.last_at = now
+            if self.first_at is None:
+                self.first_at = now
             self._in_tick = True
             try:
                 await self.tick_once(dt)

@@ -28,7 +28,7 @@ def i32(v: int) -> bytes:
 
 async def test_stop_after_tick_finishes_the_tick_and_the_successor_takes_the_next_slot() -> None:
     world = World(shared=False)
-    world.spawn("e1", "drone", {"position": {"x": 0.0}})
+    world.spawn("e1", "drone", components={"position": {"x": 0.0}})
     old_ticks: list[float] = []
     new_ticks: list[float] = []
     loop = asyncio.get_running_loop()
@@ -58,7 +58,7 @@ async def test_stop_after_tick_finishes_the_tick_and_the_successor_takes_the_nex
 
 async def test_stop_after_tick_waits_for_the_tick_under_way() -> None:
     world = World(shared=False)
-    world.spawn("e1", "drone", {"position": {"x": 0.0}})
+    world.spawn("e1", "drone", components={"position": {"x": 0.0}})
     entered = asyncio.Event()
     release = asyncio.Event()
     done: list[bool] = []
