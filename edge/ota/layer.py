@@ -446,9 +446,11 @@ class OtaLayer:
         await self._save()  # the switch: one atomic write for the whole bundle
         log.info("revision %s activated on probation (%s)", revision,
                  ", ".join(f"{n} {e.version if e else 'removed'}" for n, e in changes.items()))
-        await self._apply_or_rollback()
+        await self._apply_or_rollback(fresh=True)
 
-    async def _apply_or_rollback(self) -> None:
+    async def _apply_or_rollback(self, *, fresh: bool = False) -> None:
+        """Apply the active set; roll back if it fails. ``fresh``: a new activation (not a
+        probation resumed after a restart, whose clock goes on)."""
         try:
             await self._apply(self.state.active)
         except EdgeError as err:
@@ -456,6 +458,9 @@ class OtaLayer:
             return
         if self.state.probation is None:  # a fault during the swap rolled it back already
             return
+        if fresh:  # the probation's time runs from when the new versions run (a staged load
+            # takes a while); the pointer file keeps the activation time until its next write
+            self.state.probation.started = max(self.state.probation.started, time.time())
         await self._report()
         self._start_probation()
 
