@@ -1,9 +1,10 @@
 """Benchmarks of over-the-air updates (docs/ota.md), with real nats-servers, runtimes and wasm.
 
-1. Activation gap: a component ticking at 20 Hz is updated; the time between the last tick of
-   the old version and the first tick of the new one (which keeps the old one's schedule; a
-   normal interval is one period, 50 ms; target: at most one period lost).
-   Polled every millisecond in the runtime's own loop, one sample per update.
+1. Activation gap: a component ticking at 20 Hz is updated (a warm-standby swap: the new
+   version is staged beside the old one, which ticks on; it takes the old one's next scheduled
+   tick); the time from the start of the old version's last tick to the start of the new one's
+   first (a normal interval is one period, 50 ms; target: at most one period lost).
+   Read from the tick loops' start times, one sample per update.
 2. Fault on probation -> previous version running again (target 2 s): the new version traps on
    its first tick; the OTA layer's ``last_rollback_ms`` (from the fault report to the previous
    version loaded), one sample per update.
@@ -91,20 +92,19 @@ async def single_device(tmp: Path, rounds: int) -> list[Row]:
             switches: list[float] = []
             for i in range(1, rounds + 1):
                 # activation gap: last tick of the old version -> first tick of the new one
-                old = rt.sandbox.components["blink"]
-                assert old.tick is not None
+                # (tick start to tick start: the old loop's last_at and the new one's first_at, both
+                # loop times; a period is 50 ms)
+                old_tick = rt.sandbox.components["blink"].tick
+                assert old_tick is not None
                 before_bytes = ota.trust.bytes_in if ota.trust else 0
-                last_old = time.monotonic()
-                seen = old.tick.stats.ticks
                 await hub.set_desired(js, "dev1", f"r{i}", {"blink": f"1.0.{i}"})
                 ota.wake()
                 while True:
                     cur = rt.sandbox.components.get("blink")
-                    if cur is old and old.tick.stats.ticks != seen:
-                        seen = old.tick.stats.ticks
-                        last_old = time.monotonic()
-                    if cur is not None and cur is not old and cur.tick is not None and cur.tick.stats.ticks > 0:
-                        gaps.append(time.monotonic() - last_old)
+                    tick = cur.tick if cur is not None else None
+                    if tick is not None and tick is not old_tick and tick.stats.ticks > 0:
+                        assert tick.first_at is not None and old_tick.last_at is not None
+                        gaps.append(tick.first_at - old_tick.last_at)
                         break
                     await asyncio.sleep(0.001)
                 await _until(lambda i=i: ota.state.revision == f"r{i}")
@@ -124,10 +124,11 @@ async def single_device(tmp: Path, rounds: int) -> list[Row]:
             await nc.close()
     period = 1 / TICK_HZ
     late = statistics.median(gaps) - period
-    rows.append(Absolute.of("OTA activation gap at 20 Hz: last tick of the old version -> first tick of the new "
-                            "(a normal interval is one period, 50 ms)", gaps,
-                            note=f"one tick comes {late * 1000:.0f} ms late (median), none missed while under "
-                                 f"2 periods; the swap itself (unload + load, last_switch_ms) "
+    missed = sum(g > 1.5 * period for g in gaps)
+    rows.append(Absolute.of("OTA activation gap at 20 Hz: start of the old version's last tick -> start of the "
+                            "new one's first (a normal interval is one period, 50 ms)", gaps,
+                            note=f"{late * 1000:+.1f} ms against one period (median); {missed} of {len(gaps)} "
+                                 f"updates over 1.5 periods; the swap itself (stage + promote, last_switch_ms) "
                                  f"{statistics.median(switches):.1f} ms; target: at most one period lost; max "
                                  f"{max(gaps) * 1000:.1f} ms over {len(gaps)} updates"))
     rows.append(Absolute.of("OTA fault on probation (trap) -> previous version running", rollbacks,

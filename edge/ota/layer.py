@@ -126,7 +126,7 @@ class OtaLayer:
         self.last_error: dict[str, Any] | None = None
         self.counters = {"reconciles": 0, "refused": 0, "committed": 0, "rolled_back": 0,
                          "malformed": 0, "hub_errors": 0}
-        self.last_switch_ms: float | None = None  # the last swap in the sandbox (unload + load)
+        self.last_switch_ms: float | None = None  # the last swap in the sandbox (stage + promote)
         self.last_rollback_ms: float | None = None  # from a fault on probation to the previous running
         self._fault_at: float | None = None
         self.hub_error: str | None = None  # why the last pass could not reach the hub's store
@@ -446,9 +446,11 @@ class OtaLayer:
         await self._save()  # the switch: one atomic write for the whole bundle
         log.info("revision %s activated on probation (%s)", revision,
                  ", ".join(f"{n} {e.version if e else 'removed'}" for n, e in changes.items()))
-        await self._apply_or_rollback()
+        await self._apply_or_rollback(fresh=True)
 
-    async def _apply_or_rollback(self) -> None:
+    async def _apply_or_rollback(self, *, fresh: bool = False) -> None:
+        """Apply the active set; roll back if it fails. ``fresh``: a new activation (not a
+        probation resumed after a restart, whose clock goes on)."""
         try:
             await self._apply(self.state.active)
         except EdgeError as err:
@@ -456,6 +458,9 @@ class OtaLayer:
             return
         if self.state.probation is None:  # a fault during the swap rolled it back already
             return
+        if fresh:  # the probation's time runs from when the new versions run (a staged load
+            # takes a while); the pointer file keeps the activation time until its next write
+            self.state.probation.started = max(self.state.probation.started, time.time())
         await self._report()
         self._start_probation()
 
@@ -488,13 +493,16 @@ class OtaLayer:
             if loaded is not None and entry is not None and loaded.manifest.version == entry.version \
                     and store.manifest(entry).resolve().parent == loaded.manifest.module.parent:
                 continue
-            since = loaded.tick.last_at if loaded is not None and loaded.tick is not None else None
-            if loaded is not None:
-                await self.sandbox.unload_component(name)
             if entry is None:
+                if loaded is not None:
+                    await self.sandbox.unload_component(name)
                 continue
-            try:  # the new version keeps the old one's tick schedule: a short swap misses no tick
-                await self.sandbox.load_component(str(store.manifest(entry)), tick_since=since)
+            try:
+                if loaded is not None:  # a warm standby: the old one ticks until the new one
+                    # is initialised, and the new one takes the old one's next scheduled tick
+                    await self.sandbox.replace_component(str(store.manifest(entry)))
+                else:
+                    await self.sandbox.load_component(str(store.manifest(entry)))
             except EdgeError as err:
                 log.error("component %s %s did not load: %s", name, entry.version, err.message)
                 first_error = first_error or err
@@ -632,7 +640,7 @@ class OtaLayer:
 
     async def _commit(self) -> None:
         prob = self.state.probation
-        if prob is None:
+        if prob is None or self._fault_at is not None:  # a fault's rollback is on its way
             return
         self.state.previous = dict(prob.previous)
         self.state.revision = prob.revision

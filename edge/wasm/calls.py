@@ -69,11 +69,11 @@ async def tick(sup: Supervisor, comp: Component, n: int, dt: float,
     send_ids = comp.ids if not comp.ids_sent else None
     gen = comp.generation
     if shm is not None or send_ids is not None:
-        worker.send(("setup", name, send_ids, shm), name, "edge_tick")  # answered in order
+        worker.send(("setup", comp.wire, send_ids, shm), name, "edge_tick")  # answered in order
     if comp.tick_clocks or comp.tick_clocks_cut:
         comp.tick_clocks, comp.tick_clocks_cut = [], 0
     if clock is not None:  # [replay hook] answered in order, before the tick
-        worker.send(("clock", name, list(clock)), name, "edge_tick")
+        worker.send(("clock", comp.wire, list(clock)), name, "edge_tick")
     fut = worker.send(encode_tick(comp.handle, n, float(dt)), name, "edge_tick")
     comp.batch_sent = True
     comp.ids_sent = True
@@ -114,7 +114,7 @@ async def tick_shared(sup: Supervisor, comp: Component, shm: Callable[[], Path],
             spec = bind_spec(comp, shm, n, columns, index, ids)
             if spec is None:
                 return None
-            bind = worker.send(("bind", name, spec), name, "edge_tick")
+            bind = worker.send(("bind", comp.wire, spec), name, "edge_tick")
             comp.bound = key
         fut = worker.send(encode_tick(comp.handle, n, float(dt), FLAG_SHARED), name,
                           "edge_tick")
@@ -213,8 +213,8 @@ async def deliver(sup: Supervisor, comp: Component,
     gen = comp.generation
     count = len(messages)
     if clock is not None:  # [replay hook] answered in order, before the batch
-        worker.send(("clock", comp.name, list(clock)), comp.name, "edge_on_message")
-    fut = worker.send(("deliver", comp.name, list(messages)), comp.name, "edge_on_message")
+        worker.send(("clock", comp.wire, list(clock)), comp.name, "edge_on_message")
+    fut = worker.send(("deliver", comp.wire, list(messages)), comp.name, "edge_on_message")
 
     def done(f: asyncio.Future[tuple[str, Any]]) -> None:
         window.release()

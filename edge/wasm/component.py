@@ -58,6 +58,13 @@ class Component:
     init_clocks_cut: int = 0
     init_feed: tuple[tuple[int, int], ...] = ()
     loading: bool = False  # its first start, inside pool.load (a fault there refuses the load)
+    #: a staged instance (SandboxPool.stage): its calls' effects are held here, in order, and
+    #: handed to the host at the promotion; None = applied at once
+    held: list[tuple[object, int, str]] | None = None
+    kv_base: dict[str, bytes] | None = None  # staged: the KV its edge_init was given
+    #: the name its worker knows the instance by ("" = its component name; a staged successor
+    #: has one of its own, so it can run beside the instance it replaces in one worker)
+    wire_name: str = ""
     grant: PublishGrant = field(init=False)
     kv_usage: KvUsage = field(init=False)  # what its KV holds, against limits.kv_keys/kv_bytes
     publish_bucket: TokenBucket = field(init=False)  # limits.publish_rate / publish_burst
@@ -73,6 +80,10 @@ class Component:
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    @property
+    def wire(self) -> str:
+        return self.wire_name or self.manifest.name
 
     def discard_storage(self) -> None:
         """Forget the batch files (copy mode and output area)."""

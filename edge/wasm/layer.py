@@ -17,6 +17,7 @@ Key components
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -228,6 +229,18 @@ class SandboxLayer:
             loaded.tick = TickLoop(ctx.world, WasmTickRunner(pool, manifest.name, rec), read=manifest.read,
                                    write=manifest.write, hz=manifest.tick_hz)
             loaded.tick.start(since=tick_since)
+        await self._subscribe(loaded)
+        self.components[manifest.name] = loaded
+        log.info("component %s %s loaded", manifest.name, manifest.version)
+        return {"name": manifest.name, "version": manifest.version}
+
+    async def _subscribe(self, loaded: LoadedComponent) -> None:
+        """The component's inbox and its subscriptions (its manifest's ``subscribe``)."""
+        ctx = self.ctx
+        pool = self.pool
+        assert pool is not None
+        rec = self.recorder
+        manifest = loaded.manifest
         if manifest.subscribe:
             name = manifest.name
             policy = self.policy
@@ -252,9 +265,96 @@ class SandboxLayer:
                     pump.put(msg.subject, msg.data, msg.headers)
 
                 loaded.subs.append(await ctx.nc.subscribe(subject, cb=on_msg, pending_msgs_limit=PUMP_PENDING_MSGS))
-        self.components[manifest.name] = loaded
-        log.info("component %s %s loaded", manifest.name, manifest.version)
-        return {"name": manifest.name, "version": manifest.version}
+
+    async def replace_component(self, manifest_path: str) -> dict[str, Any]:
+        """Swap a loaded component for another version with a warm standby.
+
+        The new version is staged beside the old one (:meth:`SandboxPool.stage`: compiled,
+        instantiated, ``edge_init`` run with the component's KV as it is: the old one's queued
+        writes flushed to the bucket, then the bucket read) while
+        the old keeps ticking and handling messages; then the old stops after its current tick
+        (:meth:`TickLoop.stop_after_tick`), the new one is promoted and takes the very next
+        scheduled tick. The inbox and subscriptions carry over when the subscriptions are the
+        same (otherwise they are set up again). A staged load that fails raises
+        ComponentLoadError and leaves the old version running untouched.
+
+        Falls back to unload + load when the pool does not know the component (a cold swap;
+        also inside :meth:`SandboxPool.promote` when the old one wrote its KV meanwhile). The
+        recorder is told the old version's unload and the new one's load
+        (with the KV its ``edge_init`` was given) at the promotion.
+        Returns ``{"name", "version", "warm"}``.
+        """
+        ctx = self.ctx
+        pool = self.pool
+        if pool is None:
+            raise LifecycleError("the sandbox is stopped; no component can be loaded")
+        manifest = load_manifest(Path(manifest_path), ctx.device)
+        name = manifest.name
+        loaded = self.components.get(name)
+        if loaded is None:
+            raise ComponentLoadError(f"no component '{name}' is loaded to replace", component=name)
+        if not pool.can_stage(name):
+            since = loaded.tick.last_at if loaded.tick is not None else None
+            await self.unload_component(name)
+            out = await self.load_component(manifest_path, tick_since=since)
+            return {**out, "warm": False}
+        for column in manifest.columns:
+            try:
+                ctx.world.column(column)
+            except EdgeError as err:
+                raise ComponentLoadError(
+                    f"component '{name}' queries {column}: {err.message}", component=name
+                ) from err
+        # the state as it is: the old one's queued writes flushed, then the bucket read (also
+        # what others wrote there); the old one's writes from here on make promote() go cold
+        base = pool.kv_view(name)
+        await pool.effects.join()
+        revisions: dict[str, int] = {}
+        kv = await self._component_state(name, revisions)
+        await pool.stage(manifest, kv, base=base)  # raises: the old one runs on
+        since = await loaded.tick.stop_after_tick() if loaded.tick is not None else None
+        rec = self.recorder
+        try:
+            warm = await pool.promote(name, on_swap=(
+                None if rec is None else lambda: rec.on_unload(name)))  # [replay hook]
+        except EdgeError:
+            state = "unloaded"
+            with contextlib.suppress(SandboxError):
+                state = pool.state(name)
+            if state != "unloaded":  # the old instance is untouched: it ticks on, same schedule
+                if loaded.tick is not None:
+                    loaded.tick.start(since=since)
+            else:  # a cold load after the promotion failed: nothing of it is left running
+                self.components.pop(name, None)
+                for sub in loaded.subs:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                if loaded.pump is not None:
+                    await loaded.pump.stop()
+            raise
+        if rec is not None:  # [replay hook] the version that runs, its KV as given, init's clock
+            clocks, cut = pool.init_clocks(name)
+            rec.on_load(manifest, await asyncio.to_thread(read_module, manifest),
+                        kv if warm else pool.kv_view(name), clocks, cut,
+                        revisions if warm else None)
+        old = loaded.manifest
+        same_subs = (old.subscribe, old.receive_own) == (manifest.subscribe, manifest.receive_own)
+        loaded.manifest = manifest
+        loaded.tick = None
+        if manifest.tick_hz > 0:
+            loaded.tick = TickLoop(ctx.world, WasmTickRunner(pool, name, rec), read=manifest.read,
+                                   write=manifest.write, hz=manifest.tick_hz)
+            loaded.tick.start(since=since)
+        if not same_subs:
+            for sub in loaded.subs:
+                await sub.unsubscribe()
+            if loaded.pump is not None:
+                await loaded.pump.stop()
+            loaded.subs, loaded.pump = [], None
+            await self._subscribe(loaded)
+        log.info("component %s %s -> %s (%s swap)", name, old.version, manifest.version,
+                 "warm" if warm else "cold")
+        return {"name": name, "version": manifest.version, "warm": warm}
 
     async def unload_component(self, name: str) -> None:
         if name not in self.components:

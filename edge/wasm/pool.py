@@ -105,6 +105,8 @@ DEFAULT_STACK_BYTES = 64 * 1024
 DEFAULT_MAX_IN_FLIGHT = 8
 #: Worker processes in a pool.
 DEFAULT_WORKERS = 2
+#: A staged successor is known to its worker as ``<name><sep><handle>`` (never a component name).
+STAGED_WIRE_SEP = "#"
 #: Prepared modules kept (check + pin + instrument is pure Python: cache it).
 PREPARED_CACHE_SIZE = 32
 
@@ -150,6 +152,7 @@ class SandboxPool:
         self.device = device
         self.n_workers = workers
         self._comps: dict[str, Component] = {}
+        self._staged: dict[str, Component] = {}  # at most one successor per component name
         self._effects = Effects(host, max_hops=max_hops, policy=policy)
         self._effects_task: asyncio.Task[None] | None = None
         self._infer = InferServer(infer, self._comps, timeout_s=infer_timeout_s,
@@ -163,6 +166,10 @@ class SandboxPool:
         self._prepared: dict[tuple[bytes, Manifest], tuple[bytes, ModuleInfo]] = {}
         self._shm_dir: Path | None = None
         self._handles = 0
+
+    @property
+    def effects(self) -> Effects:
+        return self._effects
 
     @property
     def deadline_s(self) -> float:
@@ -211,6 +218,10 @@ class SandboxPool:
         for comp in self._comps.values():
             comp.state = "unloaded" if comp.state != "failed" else comp.state
             comp.worker = None
+        for comp in self._staged.values():
+            comp.state, comp.worker, comp.held = "unloaded", None, None
+            comp.discard_storage()
+        self._staged.clear()
         if self._shm_dir is not None:
             shutil.rmtree(self._shm_dir, ignore_errors=True)
 
@@ -238,6 +249,41 @@ class SandboxPool:
         start function's and ``edge_init``'s clock reads answer, in order.
         """
         self._check_started("load a component")
+        wasm, info = await self._prepare(manifest)
+        async with self._sup.lock:
+            await self._load_locked(manifest, kv, wasm, info, clock)
+
+    async def _load_locked(self, manifest: Manifest, kv: Mapping[str, bytes] | None,
+                           wasm: bytes, info: ModuleInfo,
+                           clock: Sequence[tuple[int, int]] | None) -> None:
+        sup = self._sup
+        old = self._comps.get(manifest.name)
+        if old is not None:
+            await self._unload_locked(old)
+        self._handles += 1
+        comp = Component(manifest=manifest, wasm=wasm, info=info, kv=dict(kv or {}),
+                         handle=self._handles, init_feed=tuple(clock or ()))
+        self._comps[manifest.name] = comp
+        comp.loading = True
+        try:
+            await sup.instantiate(comp, sup.pick_worker())
+        except ComponentLoadError:
+            comp.state = "unloaded"
+            del self._comps[manifest.name]
+            raise
+        finally:
+            comp.loading = False
+        if comp.state != "running":
+            fault = comp.last_fault
+            why = fault.message if fault is not None else (
+                f"component '{manifest.name}' did not start")
+            await self._unload_locked(comp)
+            del self._comps[manifest.name]
+            raise ComponentLoadError(
+                f"{why}; it is not loaded", component=manifest.name,
+                path=str(manifest.path or manifest.module)) from fault
+
+    async def _prepare(self, manifest: Manifest) -> tuple[bytes, ModuleInfo]:
         wasm_src = await asyncio.to_thread(read_module, manifest)  # size-capped
         key = (hashlib.sha256(wasm_src).digest(), manifest)
         prepared = self._prepared.get(key)
@@ -246,34 +292,145 @@ class SandboxPool:
             if len(self._prepared) >= PREPARED_CACHE_SIZE:
                 self._prepared.pop(next(iter(self._prepared)))
             self._prepared[key] = prepared
-        wasm, info = prepared
+        return prepared
+
+    # -- warm standby: stage a successor beside the running instance, then promote it ---------
+
+    def can_stage(self, name: str) -> bool:
+        """True if a successor of component ``name`` can be staged (it is loaded)."""
+        return name in self._comps
+
+    def kv_view(self, name: str) -> dict[str, bytes]:
+        """The component's KV as the runtime sees it now (its writes count at once, before
+        they reach the bucket): what a successor's ``edge_init`` is given."""
+        return dict(self._get(name).kv)
+
+    async def stage(self, manifest: Manifest, kv: Mapping[str, bytes], *,
+                    base: Mapping[str, bytes] | None = None) -> None:
+        """Load a successor of the running component ``manifest.name`` beside it: checked,
+        compiled, instantiated and ``edge_init`` run in another worker, while the running
+        instance keeps serving. The successor's effects (its ``edge_init``'s publishes, KV
+        writes and log lines) are held until :meth:`promote`. At most one successor per
+        component: staging again discards the earlier one. ``base``: the running instance's
+        KV (:meth:`kv_view`) when the state ``kv`` was read (default ``kv``): if the running
+        instance's KV differs from it at :meth:`promote`, the successor saw an older state.
+
+        Raises ComponentLoadError (the running instance untouched) if the module is refused or
+        its ``edge_init`` fails, traps or its worker dies; SandboxError if the component is
+        not loaded or no other worker exists (:meth:`can_stage`).
+        """
+        self._check_started("stage a component")
+        name = manifest.name
+        if not self.can_stage(name):
+            raise SandboxError(f"cannot stage a successor of component '{name}': it is not "
+                               "loaded", component=name, reason="usage")
+        wasm, info = await self._prepare(manifest)
         sup = self._sup
         async with sup.lock:
-            old = self._comps.get(manifest.name)
-            if old is not None:
-                await self._unload_locked(old)
+            await self._discard_staged_locked(name)
+            cur = self._get(name)
+            # another worker if there is one (the two do not share fate), else beside it: the
+            # worker knows the successor by a name of its own (Component.wire)
+            others = [w for w in sup.workers if w is not cur.worker and w.alive] or sup.workers
             self._handles += 1
-            comp = Component(manifest=manifest, wasm=wasm, info=info, kv=dict(kv or {}),
-                             handle=self._handles, init_feed=tuple(clock or ()))
-            self._comps[manifest.name] = comp
+            comp = Component(manifest=manifest, wasm=wasm, info=info, kv=dict(kv),
+                             handle=self._handles, held=[],
+                             wire_name=f"{name}{STAGED_WIRE_SEP}{self._handles}")
             comp.loading = True
+            self._staged[name] = comp
             try:
-                await sup.instantiate(comp, sup.pick_worker())
+                await sup.instantiate(comp, min(others, key=lambda w: len(w.hosted)),
+                                      staged=True)
             except ComponentLoadError:
                 comp.state = "unloaded"
-                del self._comps[manifest.name]
+                del self._staged[name]
                 raise
             finally:
                 comp.loading = False
             if comp.state != "running":
                 fault = comp.last_fault
                 why = fault.message if fault is not None else (
-                    f"component '{manifest.name}' did not start")
-                await self._unload_locked(comp)
-                del self._comps[manifest.name]
+                    f"component '{name}' {manifest.version}: its sandbox worker died while "
+                    "it was being staged")
+                await self._discard_staged_locked(name)
                 raise ComponentLoadError(
-                    f"{why}; it is not loaded", component=manifest.name,
+                    f"{why}; the running version is kept", component=name,
                     path=str(manifest.path or manifest.module)) from fault
+            comp.kv_base = dict(base if base is not None else kv)
+            log.info("component %s %s staged beside %s", name, manifest.version,
+                     cur.manifest.version)
+
+    def staged(self, name: str) -> str | None:
+        """The version of the successor staged for ``name`` (None: none)."""
+        comp = self._staged.get(name)
+        return comp.manifest.version if comp is not None else None
+
+    async def discard_staged(self, name: str) -> None:
+        """Unload the successor staged for ``name`` (if any); its held effects are dropped."""
+        async with self._sup.lock:
+            await self._discard_staged_locked(name)
+
+    async def _discard_staged_locked(self, name: str) -> None:
+        comp = self._staged.pop(name, None)
+        if comp is not None:
+            comp.held = None
+            await self._unload_locked(comp, hosted=False)
+
+    async def promote(self, name: str, *,
+                      on_swap: Callable[[], None] | None = None) -> bool:
+        """Make the staged successor of ``name`` the component (call it once the old one's
+        ticks are stopped: :meth:`edge.world.scheduler.TickLoop.stop_after_tick`).
+
+        From this call on, ticks and message batches go to the successor. The old instance's
+        calls still under way are answered first and their effects handed out; then the
+        successor's held effects follow in order, and the old instance is unloaded: the old
+        writes nothing after this returns. If the old version changed its KV after the
+        successor was staged (the successor's ``edge_init`` saw an older state), the
+        successor is discarded and the new version is loaded again with the KV as it is
+        (a cold swap); returns False then, True for a warm promotion.
+
+        ``on_swap`` is called once the old instance is unloaded, before any effect of the
+        successor is handed out (the recorder's unload of the old version).
+
+        Raises ComponentLoadError (the old instance untouched) if nothing is staged or the
+        successor's worker died meanwhile; a failed cold load raises like :meth:`load`.
+        """
+        sup = self._sup
+        async with sup.lock:
+            new = self._staged.get(name)
+            old = self._get(name)
+            worker = new.worker if new is not None else None
+            if new is None or new.state != "running" or worker is None or not worker.alive \
+                    or worker not in sup.workers:
+                await self._discard_staged_locked(name)
+                raise ComponentLoadError(
+                    f"component '{name}': no staged successor is running (its sandbox worker "
+                    "died or was replaced); the running version is kept", component=name)
+            del self._staged[name]
+            self._comps[name] = new  # new calls go to the successor from here on
+            if worker is not old.worker:
+                worker.hosted.add(name)
+            if old.worker is not None:  # the old instance's calls under way answer first
+                futs = [p.future for p in list(old.worker.pending) if p.component == name]
+                if futs:
+                    await asyncio.gather(*futs, return_exceptions=True)
+            await self._unload_locked(old, hosted=old.worker is not worker)
+            if on_swap is not None:
+                on_swap()
+            if new.kv_base != old.kv:  # the old wrote its KV after the successor's edge_init
+                log.info("component %s changed its KV while %s was staged: loading it again "
+                         "with the current state", name, new.manifest.version)
+                new.held = None
+                await self._unload_locked(new)
+                self._comps[name] = old  # for load's replacement of the name
+                old.state = "unloaded"
+                await self._load_locked(new.manifest, old.kv, new.wasm, new.info, ())
+                return False
+            new.publish_bucket = _carry_bucket(old, new)
+            held, new.held = new.held or [], None
+            for payload, hops, export in held:
+                self.effects.apply(new, payload, hops, export=export)  # type: ignore[arg-type]
+            return True
 
     async def unload(self, name: str) -> None:
         """Stop a component and forget its instance (its status stays, as ``unloaded``)."""
@@ -281,7 +438,7 @@ class SandboxPool:
         async with self._sup.lock:
             await self._unload_locked(comp)
 
-    async def _unload_locked(self, comp: Component) -> None:
+    async def _unload_locked(self, comp: Component, *, hosted: bool = True) -> None:
         if comp.timer is not None:
             comp.timer.cancel()
             comp.timer = None
@@ -290,9 +447,10 @@ class SandboxPool:
         comp.worker = None
         comp.state = "unloaded"
         if worker is not None and worker.alive:
-            worker.hosted.discard(comp.name)
+            if hosted:  # a staged successor is not in its worker's hosted set
+                worker.hosted.discard(comp.name)
             with contextlib.suppress(WorkerGone):
-                await worker.send(("unload", comp.name), comp.name, "unload")
+                await worker.send(("unload", comp.wire), comp.name, "unload")
         comp.discard_storage()
 
     # -- hot path ----------------------------------------------------------------------------
@@ -447,6 +605,15 @@ class SandboxPool:
     async def worker_info(self) -> list[dict[str, Any]]:
         """Ask each worker for its pid, instance count and RSS (KiB)."""
         return [await w.ping() for w in list(self._sup.workers) if w.alive]
+
+
+def _carry_bucket(old: Component, new: Component) -> Any:
+    """The publish rate limit's bucket goes on across a swap when the limit is unchanged
+    (a swap does not grant a fresh burst)."""
+    a, b = old.manifest.limits, new.manifest.limits
+    if (a.publish_rate, a.publish_burst) == (b.publish_rate, b.publish_burst):
+        return old.publish_bucket
+    return new.publish_bucket
 
 
 def _fixed(command: tuple[str, ...]) -> Callable[[int], Sequence[str]]:

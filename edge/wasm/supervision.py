@@ -106,13 +106,15 @@ class Supervisor:
     # -- instances ---------------------------------------------------------------------------
 
     async def instantiate(self, comp: Component, worker: WorkerProcess, *,
-                          allow_recycle: bool = True) -> None:
-        """Load ``comp`` into ``worker`` (lock held). Recycles the worker first if it is due."""
+                          allow_recycle: bool = True, staged: bool = False) -> None:
+        """Load ``comp`` into ``worker`` (lock held). Recycles the worker first if it is due.
+        ``staged``: a successor loaded beside the running instance (not in ``worker.hosted``
+        until its promotion)."""
         if allow_recycle and self.recycle_due(worker):
             worker = await self.replace_worker(worker, "recycle")
         m = comp.manifest
         spec = LoadSpec(
-            name=m.name, wasm=comp.wasm, device=self.cfg.device, ncols=len(m.columns),
+            name=comp.wire, wasm=comp.wasm, device=self.cfg.device, ncols=len(m.columns),
             writable=m.writable, publish=m.publish, gas=m.limits.gas,
             publish_per_call=m.limits.publish_per_call, kv=dict(comp.kv),
             stack_bytes=self.cfg.stack_bytes, handle=comp.handle, models=m.models,
@@ -125,7 +127,8 @@ class Supervisor:
         comp.batch_sent = False
         comp.ids_sent = False
         comp.bound = None
-        worker.hosted.add(m.name)
+        if not staged:
+            worker.hosted.add(m.name)
         worker.instances += 1
         worker.reserved_bytes += instance_bytes(m)
         try:
@@ -133,7 +136,8 @@ class Supervisor:
         except WorkerGone:
             return  # the crash handler reports it and restarts it
         if status == "refused":
-            worker.hosted.discard(m.name)
+            if not staged:
+                worker.hosted.discard(m.name)
             comp.worker = None
             raise ComponentLoadError(f"wasm3 refused component '{m.name}': {payload}",
                                      component=m.name, path=str(m.module))
@@ -171,7 +175,10 @@ class Supervisor:
                 comp.tick_clocks, comp.tick_clocks_cut = payload.clocks, payload.clocks_cut
         elif export == "edge_init":  # [replay hook]
             comp.init_clocks, comp.init_clocks_cut = payload.clocks, payload.clocks_cut
-        self.effects.apply(comp, payload, hops, export=export)
+        if comp.held is not None:  # staged: applied at the promotion (SandboxPool.promote)
+            comp.held.append((payload, hops, export))
+        else:
+            self.effects.apply(comp, payload, hops, export=export)
         if status == "fault":
             if current:
                 self.fault(comp, payload.fault or ("trap", export, "unknown"))
@@ -201,7 +208,9 @@ class Supervisor:
         err = SandboxError(msg, component=name, export=export, reason=reason)
         comp.counters[_FAULT_COUNTER.get(reason, "traps")] += 1
         if comp.worker is not None:
-            comp.worker.hosted.discard(name)
+            if comp.held is None:  # a staged successor is not in hosted: the name is its
+                comp.worker.hosted.discard(name)  # predecessor's
+
             comp.worker = None
         if comp.loading:  # its first start: pool.load refuses it, nothing restarts it
             comp.last_fault = err

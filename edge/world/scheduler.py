@@ -130,7 +130,10 @@ class TickLoop:
         self.period = 1.0 / hz
         self.stats = TickStats()
         self.last_at: float | None = None  # loop time of the last tick started
+        self.first_at: float | None = None  # loop time of the first tick started
         self._task: asyncio.Task[None] | None = None
+        self._in_tick = False  # the task is inside tick_once
+        self._stop_after: asyncio.Future[None] | None = None  # stop_after_tick is waiting
         self._sent_version = -1
         self._shared: SharedTickRunner | None = runner if isinstance(runner, SharedTickRunner) else None
         for name in self.columns:
@@ -204,6 +207,22 @@ class TickLoop:
         await cancel_and_wait(self._task)
         self._task = None
 
+    async def stop_after_tick(self) -> float | None:
+        """Stop at a tick boundary: a tick under way finishes first (its results are kept),
+        no tick starts after it. Returns :attr:`last_at` (the start of the last tick), for a
+        successor's :meth:`start` (``since=``) to take the very next scheduled tick."""
+        task = self._task
+        if task is None or task.done():
+            self._task = None
+            return self.last_at
+        if self._in_tick:
+            self._stop_after = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._stop_after)
+        await cancel_and_wait(task)
+        self._task = None
+        self._stop_after = None
+        return self.last_at
+
     async def _run(self, since: float | None = None) -> None:
         loop = asyncio.get_running_loop()
         last = loop.time() if since is None else min(since, loop.time())
@@ -216,6 +235,9 @@ class TickLoop:
             dt = min(now - last, self.period * MAX_DT_FACTOR)
             last = now
             self.last_at = now
+            if self.first_at is None:
+                self.first_at = now
+            self._in_tick = True
             try:
                 await self.tick_once(dt)
             except asyncio.CancelledError:
@@ -223,6 +245,12 @@ class TickLoop:
             except Exception:
                 log.exception("tick of %s failed", self.runner.name)
                 self.stats.skipped += 1
+            finally:
+                self._in_tick = False
+                if self._stop_after is not None and not self._stop_after.done():
+                    self._stop_after.set_result(None)  # stop_after_tick: this was the last
+            if self._stop_after is not None:
+                await asyncio.Event().wait()  # cancelled by stop_after_tick
             next_at += self.period
             if loop.time() > next_at:
                 self.stats.overruns += 1
