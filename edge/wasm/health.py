@@ -70,7 +70,7 @@ async def call_health(pool: SandboxPool, name: str, gas: int) -> HealthResult | 
     if comp.state != "running" or worker is None or HEALTH_EXPORT not in comp.info.exports:
         return None
     try:
-        status, payload = await worker.send(("health", name, int(gas)), name, HEALTH_EXPORT)
+        status, payload = await worker.send(("health", comp.wire, int(gas)), name, HEALTH_EXPORT)
     except WorkerGone:
         return None
     if status == "gone":

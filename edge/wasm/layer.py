@@ -312,6 +312,8 @@ class SandboxLayer:
         revisions: dict[str, int] = {}
         kv = await self._component_state(name, revisions)
         await pool.stage(manifest, kv, base=base)  # raises: the old one runs on
+        if loaded.health is not None:  # no health call into the old one while it is swapped out
+            await loaded.health.stop()
         since = await loaded.tick.stop_after_tick() if loaded.tick is not None else None
         rec = self.recorder
         try:
@@ -324,6 +326,8 @@ class SandboxLayer:
             if state != "unloaded":  # the old instance is untouched: it ticks on, same schedule
                 if loaded.tick is not None:
                     loaded.tick.start(since=since)
+                if loaded.health is not None:
+                    loaded.health.start()
             else:  # a cold load after the promotion failed: nothing of it is left running
                 self.components.pop(name, None)
                 for sub in loaded.subs:
@@ -341,6 +345,10 @@ class SandboxLayer:
         same_subs = (old.subscribe, old.receive_own) == (manifest.subscribe, manifest.receive_own)
         loaded.manifest = manifest
         loaded.tick = None
+        loaded.health = None  # the new version's own health calls, if it exports edge_health
+        if HEALTH_EXPORT in pool.component(name).info.exports:
+            loaded.health = HealthWatch(pool, name, manifest.health, self.on_health)
+            loaded.health.start()
         if manifest.tick_hz > 0:
             loaded.tick = TickLoop(ctx.world, WasmTickRunner(pool, name, rec), read=manifest.read,
                                    write=manifest.write, hz=manifest.tick_hz)
