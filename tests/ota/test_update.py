@@ -95,19 +95,22 @@ async def test_restart_during_probation_resumes_it(tmp_path: Path, nats_url: str
                                                    nc: Client) -> None:
     root = fleet_repo / "metadata" / "1.root.json"
     js = nc.jetstream()
+    # long enough that both starts and the stop between them fit in it on a loaded machine (the
+    # resumed probation keeps its clock)
+    PROBATION_S = 15.0  # noqa: N806
     await hub.set_desired(js, "dev1", "r1", {"blink": "1.0.0"})
-    rt = Runtime(device_config(tmp_path, nats_url, root, probation_s=6.0))
+    rt = Runtime(device_config(tmp_path, nats_url, root, probation_s=PROBATION_S))
     await rt.start()
     try:
         await wait_for(lambda: ota_status(rt)["probation"] is not None)
     finally:
         await rt.stop()
-    rt = Runtime(device_config(tmp_path, nats_url, root, probation_s=6.0))
+    rt = Runtime(device_config(tmp_path, nats_url, root, probation_s=PROBATION_S))
     await rt.start()
     try:
         assert versions(rt) == {"blink": "1.0.0"}  # running again before the hub is asked anything
         assert ota_status(rt)["probation"] is not None  # still on probation, not committed by the restart
-        await wait_for(lambda: ota_status(rt)["revision"] == "r1", timeout=20)
+        await wait_for(lambda: ota_status(rt)["revision"] == "r1", timeout=PROBATION_S + 20)
     finally:
         await rt.stop()
 
