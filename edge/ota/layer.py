@@ -129,6 +129,7 @@ class OtaLayer:
         self.last_switch_ms: float | None = None  # the last swap in the sandbox (stage + promote)
         self.last_rollback_ms: float | None = None  # from a fault on probation to the previous running
         self._fault_at: float | None = None
+        self._stopping = False  # stop() began: nothing commits or rolls back any more
         self.hub_error: str | None = None  # why the last pass could not reach the hub's store
         self.waiting: str | None = None  # why the desired state is not being applied
         self._last_report = ""
@@ -154,6 +155,7 @@ class OtaLayer:
 
     async def start(self, ctx: DeviceContext) -> None:
         self._ctx = ctx
+        self._stopping = False
         self.policies.device = ctx.device  # a policy artifact's {device} patterns
         self.store = Store(ctx.data_dir / "ota")
         self.state = self.store.open()
@@ -182,12 +184,19 @@ class OtaLayer:
         self._tasks.append(asyncio.create_task(self._reconcile_loop(root), name="ota-reconcile"))
 
     async def stop(self) -> None:
+        # From here nothing commits or rolls back: a stop is not a verdict on the versions (the
+        # components stop under the probation watch), and the next start resumes the probation.
+        self._stopping = True
         tasks = [*self._tasks, *([self._probation_task] if self._probation_task else [])]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._probation_task is not None and self._probation_task not in tasks:  # started meanwhile
+            self._probation_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._probation_task
         self._tasks.clear()
         if self._writing is not None:  # the last pointer write lands before stop returns
             with contextlib.suppress(Exception):
@@ -534,6 +543,8 @@ class OtaLayer:
         self._model_loaded[name] = entry.sha256
 
     def _start_probation(self) -> None:
+        if self._stopping:
+            return
         if self._probation_task is not None:
             self._probation_task.cancel()
         if self.state.probation is not None:
@@ -640,8 +651,8 @@ class OtaLayer:
 
     async def _commit(self) -> None:
         prob = self.state.probation
-        if prob is None or self._fault_at is not None:  # a fault's rollback is on its way
-            return
+        if prob is None or self._fault_at is not None or self._stopping:  # a fault's rollback is
+            return  # on its way, or the device stops: the next start resumes the probation
         self.state.previous = dict(prob.previous)
         self.state.revision = prob.revision
         self.state.probation = None
@@ -658,6 +669,10 @@ class OtaLayer:
     async def _rollback(self, reason: str) -> None:
         prob = self.state.probation
         if prob is None:
+            return
+        if self._stopping:  # what fails while the device stops is the stop, not the versions
+            log.info("revision %s not rolled back while stopping (%s); the next start resumes "
+                     "its probation", prob.revision, reason)
             return
         for name, entry in prob.components.items():
             if entry is not None:

@@ -115,6 +115,29 @@ async def test_restart_during_probation_resumes_it(tmp_path: Path, nats_url: str
         await rt.stop()
 
 
+async def test_a_stop_during_probation_is_no_verdict(tmp_path: Path, nats_url: str, fleet_repo: Path,
+                                                    nc: Client) -> None:
+    """While the device stops, its components stop under the probation watch: nothing may commit
+    or roll back (and mark the new version bad) then; the next start resumes the probation."""
+    from edge.ota.layer import OtaLayer
+
+    root = fleet_repo / "metadata" / "1.root.json"
+    await hub.set_desired(nc.jetstream(), "dev1", "r1", {"blink": "1.0.0"})
+    rt = Runtime(device_config(tmp_path, nats_url, root, probation_s=60.0))
+    await rt.start()
+    try:
+        await wait_for(lambda: ota_status(rt)["probation"] is not None and versions(rt) == {"blink": "1.0.0"})
+        assert rt.layers is not None
+        ota = next(layer for layer in rt.layers.layers if isinstance(layer, OtaLayer))
+        await ota.stop()
+        await ota._rollback("component blink 1.0.0 is not running")  # what the watch would say
+        await ota._commit()
+        assert ota.state.probation is not None and ota.state.probation.revision == "r1"
+        assert ota.state.bad == {} and ota.state.revision != "r1"
+    finally:
+        await rt.stop()
+
+
 async def test_device_starts_offline_with_what_it_committed(tmp_path: Path, nats_url: str,
                                                             fleet_repo: Path, nc: Client) -> None:
     root = fleet_repo / "metadata" / "1.root.json"
