@@ -39,6 +39,7 @@ log = logging.getLogger("edge.world.persist")
 DEFAULT_BUCKET = STATE_BUCKET
 DEFAULT_INTERVAL = 1.0  # seconds between flushes
 ACK_TIMEOUT = 5.0  # seconds to wait for the acknowledgements of one flush
+STOP_FLUSH_TRIES = 2  # final flushes at stop (each within ACK_TIMEOUT); the layer stop timeout is 10 s
 META = "_meta"
 DELETE = None  # marker in the pending table
 
@@ -159,6 +160,7 @@ class Persister:
             subject_prefix = f"$KV.{self.bucket}."
             futures: list[tuple[str, bytes | None, asyncio.Future[Any]]] = []
             deletes: list[str] = []
+            acked: set[str] = set()
             try:
                 for key, value in batch.items():
                     if value is DELETE:
@@ -166,24 +168,25 @@ class Persister:
                         continue
                     fut = await self.js.publish_async(subject_prefix + key, value)
                     futures.append((key, value, fut))
-                done = 0
                 for key, value, fut in futures:
-                    try:
-                        await asyncio.wait_for(fut, ACK_TIMEOUT)
-                        done += 1
-                    except Exception:
-                        self._pending.setdefault(key, value)
-                        raise
+                    await asyncio.wait_for(fut, ACK_TIMEOUT)
+                    acked.add(key)
                 for key in deletes:
                     await kv.delete(key)
-                    done += 1
-            except Exception as err:  # NATS down or slow: keep everything not acknowledged
+                    acked.add(key)
+            except BaseException as err:
+                # NATS down or slow, or this flush cancelled (a stop): everything not acknowledged
+                # goes back to pending, where a newer value taken meanwhile wins over it
                 for key, value in batch.items():
-                    self._pending.setdefault(key, value)
+                    if key not in acked:
+                        self._pending.setdefault(key, value)
+                if not isinstance(err, Exception):
+                    raise
                 self.failures += 1
                 self.last_error = f"{type(err).__name__}: {err}"
                 log.warning("state flush failed, %d keys kept for retry: %s", len(self._pending), self.last_error)
                 return 0
+            done = len(acked)
             self.flushes += 1
             self.writes += done
             self.last_flush = time.time()
@@ -204,9 +207,15 @@ class Persister:
             await self.flush()
 
     async def stop(self) -> None:
+        """Stop the loop and flush what is left: a flush the stop cancelled keeps its keys pending,
+        and a failed final flush is retried (``STOP_FLUSH_TRIES`` in all) before giving up."""
         await cancel_and_wait(self._task)
         self._task = None
-        await self.flush()
+        for _ in range(STOP_FLUSH_TRIES):
+            await self.flush()
+            if not self._pending:
+                return
+        log.error("state flush at stop failed; %d keys not persisted: %s", len(self._pending), self.last_error)
 
     def status(self) -> dict[str, Any]:
         return {

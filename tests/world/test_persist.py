@@ -119,3 +119,38 @@ async def test_hostile_stored_values_are_skipped_not_fatal(nc: Client) -> None:
     assert w2.get("a", "position")["x"] == 1.0 and w2.meta("d").labels == {"fleet": "north"}
     assert sorted(m.id for m in w2.entities()) == ["a", "d"]
     assert p2.skipped_on_restore == 4 and p2.status()["skipped_on_restore"] == 4
+
+
+async def test_a_flush_cancelled_mid_acknowledgement_loses_nothing(nc: Client, nats_server: NatsServer) -> None:
+    """A stop cancels the loop's flush while its acknowledgements are outstanding; the keys it had
+    taken go back to pending and the stop's own flush writes them (they were lost before)."""
+    import os
+    import signal
+
+    js = nc.jetstream()
+    w = World()
+    w.spawn("a", components={"position": {"x": 1}})
+    p = Persister(w, js, interval=60)
+    await p.open()
+    assert await p.flush() == 2
+    w.spawn("marker", components={"position": {"x": 42}})
+    assert nats_server.pid is not None
+    os.kill(nats_server.pid, signal.SIGSTOP)  # the server takes the publishes but cannot answer
+    try:
+        flushing = asyncio.create_task(p.flush())
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if p.status()["pending"] == 0 and not flushing.done():
+                break
+        await asyncio.sleep(0.1)
+        assert not flushing.done()
+        flushing.cancel()
+        await asyncio.gather(flushing, return_exceptions=True)
+        assert p.status()["pending"] == 2  # marker.position and marker._meta, not forgotten
+    finally:
+        os.kill(nats_server.pid, signal.SIGCONT)
+    await p.stop()
+    assert p.status()["pending"] == 0
+    w2 = World()
+    await Persister(w2, js).restore()
+    assert w2.get("marker", "position")["x"] == 42.0
