@@ -56,6 +56,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from edge.budget import RecordBudget
 from edge.errors import EdgeError
 from edge.nats import subjects
 from edge.nats.service import loads
@@ -280,10 +281,7 @@ class CommandRouter:
         self._seq = 0
         #: records of answers whose handler did not run (refusals), this window: EVT never evicts,
         #: so a flood of refused commands must not fill it (a command that ran is always recorded)
-        self.refusal_records_max = refusal_records_max
-        self.refusals_unrecorded = 0
-        self._refusal_window = (0.0, 0)  # (window start, records in it)
-        self._refusal_warned = 0.0
+        self.refusal_records = RecordBudget(refusal_records_max, REFUSAL_WINDOW_S)
         self._prefix = subjects.command(self.device, "")  # "edge.<d>.cmd."
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -403,25 +401,18 @@ class CommandRouter:
             "in_flight": len(self._inflight),
             "queued": sum(len(q) for q in self._lanes.values()),
             "remembered": len(self._answered),
-            "refusals_unrecorded": self.refusals_unrecorded,
+            "refusals_unrecorded": self.refusal_records.over,
         }
 
     def _may_record_refusal(self) -> bool:
         """At most ``refusal_records_max`` refusal records every :data:`REFUSAL_WINDOW_S`."""
-        now = time.monotonic()
-        start, n = self._refusal_window
-        if now - start >= REFUSAL_WINDOW_S:
-            start, n = now, 0
-        if n >= self.refusal_records_max:
-            self.refusals_unrecorded += 1
-            if self.refusals_unrecorded == 1 or now - self._refusal_warned >= REFUSAL_WINDOW_S:
-                self._refusal_warned = now
-                log.warning("command refusals over %d every %g s are answered but not recorded "
-                            "(%d so far)", self.refusal_records_max, REFUSAL_WINDOW_S, self.refusals_unrecorded)
-            self._refusal_window = (start, n)
-            return False
-        self._refusal_window = (start, n + 1)
-        return True
+        budget = self.refusal_records
+        if budget.take():
+            return True
+        if budget.over_in_window == 1:
+            log.warning("command refusals over %d every %g s are answered but not recorded (%d so far)",
+                        budget.limit, budget.window_s, budget.over)
+        return False
 
     # -- one command --------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge.budget import RecordBudget
 from edge.errors import EdgeError
 from edge.nats import subjects
 from edge.policy.engine import CompiledPolicy, ContextFn
@@ -79,8 +80,7 @@ class PolicyPoint:
         self._limit_states: collections.OrderedDict[tuple[str, str, str, Limit], LimitState] = (
             collections.OrderedDict())
         self._reported: dict[tuple[str, str, str], tuple[float, int]] = {}
-        self._budget: tuple[float, int] | None = None  # (interval start, denial events published in it)
-        self.denial_events_suppressed = 0
+        self.denial_events = RecordBudget(MAX_DENIAL_EVENTS, DENIAL_EVENT_INTERVAL_S, clock=clock)
         #: called with :meth:`in_use` after every load, the off switch included (the replay
         #: recorder's ``policy`` records); a listener must not block or raise
         self.load_listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -250,14 +250,8 @@ class PolicyPoint:
         if last is not None and now - last[0] < DENIAL_EVENT_INTERVAL_S:
             self._reported[key] = (last[0], last[1] + 1)
             return
-        budget = self._budget
-        if budget is None or now - budget[0] >= DENIAL_EVENT_INTERVAL_S:
-            budget = (now, 0)
-        if budget[1] >= MAX_DENIAL_EVENTS:
-            self._budget = budget
-            self.denial_events_suppressed += 1
+        if not self.denial_events.take():
             return
-        self._budget = (budget[0], budget[1] + 1)
         count = 1 + (last[1] if last is not None else 0)
         self._reported[key] = (now, 0)
         if len(self._reported) > MAX_LIMIT_STATES:
@@ -286,7 +280,7 @@ class PolicyPoint:
             "rules": len(c.policy.rules) if c is not None else 0,
             "limits": len(c.policy.limits) if c is not None else 0,
             "denied": self.denied,
-            "denial_events_suppressed": self.denial_events_suppressed,
+            "denial_events_suppressed": self.denial_events.over,
             "principals": len(self.meter.usage),
             "error": self.error,
         }

@@ -10,7 +10,9 @@ Key components
   sent, runs it clamped (the answer's ``envelope`` says what was limited), refuses it (``ok:
   false``, reason ``envelope``, with the rule and, on a low battery, ``offer: "rtl"``) or runs a
   ``hold`` instead (``ok: false``, reason ``envelope``, with the hold's own answer under ``ran``).
-  Every decision that is not a plain pass is also an event on ``edge.<d>.evt.<entity>.safety``.
+  Every decision that is not a plain pass is also an event on ``edge.<d>.evt.<entity>.safety``;
+  refusals (nothing ran) within a budget of :data:`REFUSAL_EVENTS` every
+  :data:`REFUSAL_WINDOW_S`, the rest counted (``refusals_unrecorded``): ``EVT`` never evicts.
 - The command-stream failsafe: while a rate command (a non-zero ``velocity`` or ``yaw_rate``) is
   in force, a guarded entity that gets no fresh motion command for ``failsafe_s`` seconds is sent
   ``hold`` (through the router, as caller ``safety-failsafe``), and the event says so.
@@ -32,6 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
+from edge.budget import RecordBudget
 from edge.layer import DeviceContext
 from edge.nats import subjects
 from edge.nats.commands import CommandClient, CommandError, CommandRequest, GuardVerdict
@@ -45,6 +48,11 @@ FAILSAFE_CALLER = "safety-failsafe"
 FAILSAFE_POLL_S = 0.1  # seconds between failsafe checks
 HOLD_TIMEOUT_S = 5.0  # seconds the failsafe's hold waits for its answer
 EVENT_KIND = "safety"
+#: Events of refused commands (nothing ran) kept every REFUSAL_WINDOW_S, as the router's records of
+#: refusals (edge.nats.commands): a flood of refused commands must not fill EVT, which never evicts.
+#: Clamps, holds and failsafe holds (something ran) are always recorded.
+REFUSAL_EVENTS = 100
+REFUSAL_WINDOW_S = 5.0
 RATE_VERBS = ("velocity", "yaw_rate")
 #: Verbs after which no rate command is in force (the failsafe has nothing to stop).
 STOPPING_VERBS = frozenset({"hold", "land", "rtl", "disarm", "position", "goto", "takeoff"})
@@ -106,6 +114,7 @@ class SafetyLayer:
         self._task: asyncio.Task[None] | None = None
         self._holds: set[asyncio.Task[None]] = set()
         self._seq = 0
+        self.refusal_events = RecordBudget(REFUSAL_EVENTS, REFUSAL_WINDOW_S)
 
     async def start(self, ctx: DeviceContext) -> None:
         self._ctx = ctx
@@ -127,7 +136,8 @@ class SafetyLayer:
 
     def status(self) -> dict[str, Any]:
         return {"guarded": sorted(self.guarded), "decisions": dict(self.decisions),
-                "failsafe_holds": self.failsafe_holds, "streaming": sorted(self._streaming), "last": self.last}
+                "failsafe_holds": self.failsafe_holds, "streaming": sorted(self._streaming), "last": self.last,
+                "refusals_unrecorded": self.refusal_events.over}
 
     # -- the guard --------------------------------------------------------------------------------
 
@@ -166,6 +176,11 @@ class SafetyLayer:
         self.last = event
         log.info("envelope %s %s.%s: %s", summary.get("decision"), request.entity, request.verb,
                  summary.get("reason", ""))
+        if summary.get("decision") == str(Decision.REFUSED) and not self.refusal_events.take():
+            if self.refusal_events.over_in_window == 1:
+                log.warning("envelope refusals over %d every %g s are answered and counted, not recorded",
+                            REFUSAL_EVENTS, REFUSAL_WINDOW_S)
+            return
         self._emit(request.entity, event, f"safety.{request.entity}.{request.verb}.{request.id}")
 
     def _emit(self, entity: str, event: dict[str, Any], msg_id: str) -> None:

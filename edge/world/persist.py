@@ -158,7 +158,7 @@ class Persister:
             batch = self._pending
             self._pending = {}
             subject_prefix = f"$KV.{self.bucket}."
-            futures: list[tuple[str, bytes | None, asyncio.Future[Any]]] = []
+            futures: list[tuple[str, asyncio.Future[Any]]] = []
             deletes: list[str] = []
             acked: set[str] = set()
             try:
@@ -167,8 +167,8 @@ class Persister:
                         deletes.append(key)
                         continue
                     fut = await self.js.publish_async(subject_prefix + key, value)
-                    futures.append((key, value, fut))
-                for key, value, fut in futures:
+                    futures.append((key, fut))
+                for key, fut in futures:
                     await asyncio.wait_for(fut, ACK_TIMEOUT)
                     acked.add(key)
                 for key in deletes:

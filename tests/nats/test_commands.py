@@ -296,7 +296,7 @@ async def test_a_flood_of_refusals_is_answered_but_only_a_budget_is_recorded(
     """EVT never evicts: refused commands (the handler did not run) are recorded up to a budget per
     window; every one is still answered, and a command that runs is always recorded."""
     router, events = device
-    router.refusal_records_max = 3
+    router.refusal_records.limit = 3
     calls: list[CommandRequest] = []
     router.register("drone1", "arm", echo(calls), owner="driver 'fc'")
     answers = [await client.send("drone9", "rtl", {}, timeout=5.0) for _ in range(10)]
@@ -306,6 +306,6 @@ async def test_a_flood_of_refusals_is_answered_but_only_a_budget_is_recorded(
     assert len(events.on(f"{ACK}.drone9.rtl")) == 3
     status = router.status()
     assert status["refusals_unrecorded"] == 7 and status["answers"][str(Reason.NO_HANDLER)] == 10
-    router._refusal_window = (time.monotonic() - 6.0, 3)  # the window has passed: records again
+    router.refusal_records.reset()  # the window has passed: records again
     await client.send("drone9", "rtl", {}, timeout=5.0)
     assert len(events.on(f"{ACK}.drone9.rtl")) == 4 and router.status()["refusals_unrecorded"] == 7

@@ -211,3 +211,26 @@ async def test_a_retried_command_id_gets_the_same_envelope_answer(rig: Rig) -> N
     assert first.answer == again.answer and again.answer["reason"] == "envelope"
     fresh = await rig.client.send("drone1", "velocity", {"x": 1.0}, timeout=5, command_id="cmd-2")
     assert fresh.ok and rig.vehicle.got == [("velocity", {"x": 1.0}, None)]
+
+
+async def test_a_flood_of_refused_commands_records_only_a_budget_of_events(rig: Rig, nc: Client) -> None:
+    """EVT never evicts: refusals (nothing ran) are recorded up to a budget per window, every one
+    still answered and counted; a clamp (it ran) is recorded regardless."""
+    rig.fly(armed=False)
+    rig.layer.refusal_events.limit = 3
+    sub = await events(nc)
+    answers = [await rig.send("velocity", {"x": 1.0}) for _ in range(8)]
+    assert [a["reason"] for a in answers] == ["envelope"] * 8
+    rig.fly()
+    clamped = await rig.send("velocity", {"x": 9.0})
+    assert clamped["envelope"]["decision"] == "clamped"
+    got = [json.loads((await sub.next_msg(timeout=5)).data)["decision"] for _ in range(4)]
+    assert got == ["refused"] * 3 + ["clamped"]
+    with pytest.raises(asyncio.TimeoutError):
+        await sub.next_msg(timeout=0.3)
+    status = rig.layer.status()
+    assert status["decisions"]["refused"] == 8 and status["refusals_unrecorded"] == 5
+    rig.layer.refusal_events.reset()  # the window has passed: records again
+    rig.fly(armed=False)
+    await rig.send("velocity", {"x": 1.0})
+    assert json.loads((await sub.next_msg(timeout=5)).data)["decision"] == "refused"
