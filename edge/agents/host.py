@@ -42,7 +42,7 @@ from edge.backoff import Backoff
 from edge.errors import EdgeError
 from edge.layer import DeviceContext
 from edge.errors import LifecycleError
-from edge.nats.commands import CommandClient, CommandError
+from edge.nats.commands import CommandClient, CommandError, Reason, answer_error, new_command_id
 from edge.nats.service import RequestError, endpoint, loads
 from edge.world.store import World
 
@@ -92,6 +92,7 @@ class AgentRunner:
         self._fault: AgentFault | None = None
         self._subs: list[Subscription] = []
         self._task: asyncio.Task[None] | None = None
+        self._recording: set[asyncio.Future[None]] = set()  # records handed on as the task was cancelled
         self._stopping = False
         self.ready = asyncio.Event()  # set once the first instance is subscribed (or has failed)
 
@@ -113,6 +114,8 @@ class AgentRunner:
                 await asyncio.wait({task}, timeout=0.05)
             if not task.done():
                 log.error("agent %s did not stop within %.1f s", self.name, STOP_TIMEOUT_S)
+        if self._recording:  # the record of a decision whose answer the stop stopped waiting for
+            await asyncio.wait(set(self._recording), timeout=STOP_TIMEOUT_S)
         await self._unsubscribe()
         self.state = "stopped"
 
@@ -223,9 +226,24 @@ class AgentRunner:
                 subject = subjects.command(self.host.device, target, d.command.verb)
                 args = dict(d.command.args)
                 entry: dict[str, Any] = {"entity": target, "verb": d.command.verb, "subject": subject, "args": args}
+                command_id = new_command_id()
                 try:
-                    res = await self.host.commands.send(target, d.command.verb, args,
+                    res = await self.host.commands.send(target, d.command.verb, args, command_id=command_id,
                                                         timeout=self.host.command_timeout, caller=self.name)
+                except asyncio.CancelledError:
+                    # the agent stops while the answer is awaited: the command went out (it may
+                    # run), so its decision is recorded all the same, as unanswered in time
+                    entry["id"] = command_id
+                    entry["answer"] = answer_error(
+                        command_id, Reason.TIMEOUT,
+                        f"agent {self.name} stopped before the answer came; the command may still run")
+                    self.commands += 1
+                    record["command"] = entry
+                    self._count(record)
+                    task = asyncio.ensure_future(self.host.decisions.record(record))  # not cancelled with this one
+                    self._recording.add(task)
+                    task.add_done_callback(self._recording.discard)
+                    raise
                 except CommandError as err:  # no answer in time (the command may still run), or none at all
                     entry["id"] = err.id
                     entry["answer"] = err.to_answer()
@@ -234,9 +252,12 @@ class AgentRunner:
                     entry.update(id=res.id, answer=res.answer, rtt_ms=res.rtt_ms)
                 self.commands += 1
                 record["command"] = entry
-            self.decisions += 1
-            self.last_decision = record
+            self._count(record)
             await self.host.decisions.record(record)
+
+    def _count(self, record: dict[str, Any]) -> None:
+        self.decisions += 1
+        self.last_decision = record
 
     async def _on_fault(self, fault: AgentFault, backoff: float) -> None:
         self.faults += 1

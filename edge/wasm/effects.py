@@ -53,6 +53,8 @@ DEFAULT_LANE_BYTES = 4 * 2**20
 DEFAULT_BURST = 64
 #: Seconds between two "publish denied" warnings of one component.
 DENIED_LOG_INTERVAL_S = 5.0
+#: Seconds the KV writer waits after a failed write before it tries again (the write is kept).
+KV_RETRY_S = 0.5
 #: Seconds between two ``on_limit`` reports (and warnings) of one component for one limit.
 LIMIT_EVENT_INTERVAL_S = 5.0
 #: Limits ``on_limit`` reports: the counter each one increments.
@@ -109,12 +111,13 @@ class _Lane:
     """One component's pending effects: publishes in order, KV puts coalesced per key; each
     with its hop count (handlers the message passed through)."""
 
-    __slots__ = ("kv", "publishes", "queued_bytes")
+    __slots__ = ("counters", "kv", "publishes", "queued_bytes")
 
     def __init__(self) -> None:
         self.publishes: deque[tuple[str, bytes, int]] = deque()
         self.kv: dict[str, tuple[bytes, int]] = {}  # the newest value of each key to write
         self.queued_bytes = 0
+        self.counters: dict[str, int] | None = None  # the component's (its latest load's)
 
     def empty(self) -> bool:
         return not self.publishes and not self.kv
@@ -156,6 +159,8 @@ class Effects:
         self._idle = asyncio.Event()
         self._idle.set()
         self.dropped = 0
+        self.kv_failures = 0  # KV writes the host failed (each kept and retried)
+        self._kv_failing = False
         #: [replay hook] told every call's own outputs (edge.wasm.record); None = nobody asks
         self.outputs: CallOutputsListener | None = (
             host if isinstance(host, CallOutputsListener) else None)
@@ -241,6 +246,7 @@ class Effects:
                 listener.on_call_outputs(comp.name, out)
             return
         lane = self._lane(comp.name)
+        lane.counters = c
         had_pub, had_kv = bool(lane.publishes), bool(lane.kv)
         dropped = 0
         usage = comp.kv_usage
@@ -337,12 +343,17 @@ class Effects:
             elif lane.empty() and self._lanes.get(name) is lane:
                 del self._lanes[name]  # nothing left in either queue: no lane kept per load
             self._busy += 1
+            sent = 0
             try:
                 for subject, data, hops in batch:
                     await self._host.publish(name, subject, data, hops)
+                    sent += 1
             except Exception:
                 log.exception("host callback failed for component '%s'", name)
             finally:
+                # the publish that failed (or was cancelled by a stop: it may have gone out) and
+                # the rest of the turn are dropped and counted, never lost silently
+                self._count_dropped(lane, len(batch) - sent)
                 self._busy -= 1
                 self._check_idle()
 
@@ -367,14 +378,69 @@ class Effects:
             elif lane.empty() and self._lanes.get(name) is lane:
                 del self._lanes[name]
             self._busy += 1
+            written = 0
             try:
                 for key, value, hops in batch:
                     await self._host.kv_put(name, key, value, hops)
-            except Exception:
-                log.exception("host callback failed for component '%s'", name)
+                    written += 1
+            except BaseException as err:
+                # the store did not take it (JetStream away or slow), or this task was cancelled
+                # (a stop): the failed write and the rest of the batch go back to the lane, where
+                # a newer value queued meanwhile wins over them
+                self._requeue_kv(name, lane, batch[written:])
+                if not isinstance(err, Exception):
+                    raise
+                self.kv_failures += 1
+                log.log(logging.DEBUG if self._kv_failing else logging.WARNING,
+                        "KV write of component '%s' failed (%s: %s); %d kept, retried every %g s",
+                        name, type(err).__name__, err, len(batch) - written, KV_RETRY_S)
+                self._kv_failing = True
             finally:
                 self._busy -= 1
                 self._check_idle()
+            if written < len(batch):
+                await asyncio.sleep(KV_RETRY_S)
+            elif self._kv_failing:
+                self._kv_failing = False
+                log.warning("KV writes succeed again (%d failed so far, none lost)", self.kv_failures)
+
+    def _count_dropped(self, lane: _Lane, n: int) -> None:
+        if n:
+            self.dropped += n
+            if lane.counters is not None:
+                lane.counters["effects_dropped"] += n
+
+    def abandon(self) -> dict[str, int]:
+        """Drop every effect still queued (the pool stops with them not handed to the host),
+        counted as ``effects_dropped``; returns how many per component."""
+        left: dict[str, int] = {}
+        for name, lane in self._lanes.items():
+            n = len(lane.publishes) + len(lane.kv)
+            if n:
+                left[name] = n
+                self._count_dropped(lane, n)
+        self._lanes.clear()
+        self._pub_ready.clear()
+        self._kv_ready.clear()
+        self._check_idle()
+        return left
+
+    def _requeue_kv(self, name: str, taken_from: _Lane, items: list[tuple[str, bytes, int]]) -> None:
+        """Put KV writes that did not happen back at the front of ``name``'s lane (a key
+        queued again meanwhile keeps its newer value)."""
+        lane = self._lane(name)  # the lane they came from, or its successor if it was emptied
+        if lane.counters is None:
+            lane.counters = taken_from.counters
+        had_kv = bool(lane.kv)
+        back = {key: (value, hops) for key, value, hops in items if key not in lane.kv}
+        if not back:
+            return
+        lane.queued_bytes += sum(len(key) + len(value) for key, (value, _) in back.items())
+        lane.kv = {**back, **lane.kv}
+        if not had_kv:
+            self._kv_ready.append(name)
+            self._kv_wake.set()
+        self._idle.clear()
 
     async def join(self) -> None:
         """Wait until every queued effect is handed to the host."""

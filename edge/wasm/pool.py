@@ -215,6 +215,11 @@ class SandboxPool:
             self._effects_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._effects_task
+        left = self._effects.abandon()
+        if left:
+            log.error("sandbox stopped with %d effects not handed to the host (counted as "
+                      "effects_dropped): %s", sum(left.values()),
+                      ", ".join(f"{n} {k}" for k, n in sorted(left.items())))
         for comp in self._comps.values():
             comp.state = "unloaded" if comp.state != "failed" else comp.state
             comp.worker = None

@@ -111,6 +111,33 @@ async def test_decision_records_carry_each_command_answer(nc: Client, host_facto
     assert late["answer"]["id"] == late["id"] and "within 0.5 s" in late["answer"]["error"]
 
 
+async def test_a_decision_whose_answer_the_stop_cut_short_is_still_recorded(nc: Client, host_factory: Any) -> None:
+    """The agent host stops while an agent waits for its command's answer: the command went out
+    (the actuator has it), so its decision is recorded, with the command's id and no answer in
+    time (it was lost before: the record came only after the answer)."""
+    host = await host_factory(follow(), command_timeout=5.0)
+    got: list[CommandRequest] = []
+    entered = asyncio.Event()
+
+    async def actuator(cmd: CommandRequest) -> dict[str, Any]:
+        got.append(cmd)
+        entered.set()
+        await asyncio.sleep(3)  # the actuator is slow (a COMMAND_ACK that takes its time)
+        return {"velocity": cmd.args}
+
+    host.ctx.commands.register("drone-1", "velocity", actuator, owner="a test actuator")
+    for _ in range(2):
+        await detections(nc, RIGHT_UP)
+    await asyncio.wait_for(entered.wait(), 3)
+    await host.stop()
+    records = [r for r in host.decisions.query(entity="drone-1") if "command" in r]
+    assert len(records) == 1 and host.runners["follow-drone-1"].decisions == 1
+    entry = records[0]["command"]
+    assert entry["id"] == got[0].id and entry["subject"] == CMD_VEL
+    assert entry["answer"]["ok"] is False and entry["answer"]["reason"] == "timeout"
+    assert "stopped before the answer came" in entry["answer"]["error"]
+
+
 async def test_follow_ignores_low_scores_and_other_labels(nc: Client, host_factory: Any,
                                                           collector: Collector) -> None:
     await host_factory(follow(FollowParams(target_label="person", acquire_frames=1)))

@@ -5,19 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from pathlib import Path
 
 import pytest
 from sandbox_support import DEVICE, Recorder, demo, entry, manifest
 
+from nats.aio.client import Client
+
+from edge.layer import DeviceContext
+from edge.nats.commands import CommandRouter
+from edge.nats.outbox import EventPublisher
+from edge.nats.server import NatsServer
 from edge.wasm.abi import KV_MAX_VALUE, PUBLISH_MAX_BYTES
 from edge.wasm.component import Component
 from edge.wasm.effects import Effects, check
 from edge.nats.subjects import subject_matches
 from edge.wasm.grants import PublishGrant, kv_put_allowed
+from edge.wasm.layer import SandboxLayer, SandboxSettings
 from edge.wasm.pool import SandboxPool
 from edge.wasm.protocol import CallResult
+from edge.world.store import World
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -152,3 +162,63 @@ async def test_a_components_queue_is_bounded_and_the_drop_counted(tmp_path: Path
         assert len(host.published) == kept
     finally:
         task.cancel()
+
+
+# -- KV writes the store did not take are kept, not lost -----------------------------------------
+
+
+async def _sandbox(nc: Client, tmp_path: Path) -> SandboxLayer:
+    """A started sandbox layer whose JetStream calls time out after 1 s (5 s by default)."""
+    events = EventPublisher(nc, device=DEVICE)
+    ctx = DeviceContext(device=DEVICE, nc=nc, js=nc.jetstream(timeout=1.0), world=World(),
+                        data_dir=tmp_path, events=events, commands=CommandRouter(nc, DEVICE, events))
+    layer = SandboxLayer([], SandboxSettings(deadline_s=5.0, recycle_after=10_000, workers=1))
+    await layer.start(ctx)
+    await layer._bucket()
+    return layer
+
+
+async def test_kv_writes_the_store_did_not_acknowledge_are_retried_not_lost(
+        nc: Client, nats_server: NatsServer, tmp_path: Path, modules: dict[str, Path]) -> None:
+    """A write that times out (the server stalled) and the rest of its batch go back to the
+    lane and are written once the server answers again (the batch was dropped before: the
+    component's own view had the values, the bucket never got them)."""
+    layer = await _sandbox(nc, tmp_path)
+    try:
+        assert layer.pool is not None
+        effects = layer.pool.effects
+        comp = component(tmp_path, "keeper")
+        assert nats_server.pid is not None
+        os.kill(nats_server.pid, signal.SIGSTOP)
+        try:
+            effects.apply(comp, CallResult(kv_puts=[("k.a", b"1"), ("k.b", b"2"), ("k.c", b"3")]))
+            await asyncio.sleep(1.3)  # the first write timed out
+        finally:
+            os.kill(nats_server.pid, signal.SIGCONT)
+        await asyncio.wait_for(effects.join(), 10)
+        kv = await layer._bucket()
+        assert {k: (await kv.get(f"keeper.{k}")).value for k in ("k.a", "k.b", "k.c")} == {
+            "k.a": b"1", "k.b": b"2", "k.c": b"3"}
+        assert comp.counters["effects_dropped"] == 0 and effects.kv_failures >= 1
+    finally:
+        await layer.stop()
+
+
+async def test_kv_writes_left_when_the_sandbox_stops_are_counted_as_dropped(
+        nc: Client, nats_server: NatsServer, tmp_path: Path, modules: dict[str, Path]) -> None:
+    """The stop gives the KV writer 2 s; what the stalled server never took is counted
+    (``effects_dropped``), also the batch the stop cancelled in the middle of its writes."""
+    layer = await _sandbox(nc, tmp_path)
+    assert layer.pool is not None
+    effects = layer.pool.effects
+    comp = component(tmp_path, "keeper")
+    assert nats_server.pid is not None
+    os.kill(nats_server.pid, signal.SIGSTOP)
+    try:
+        effects.apply(comp, CallResult(kv_puts=[("k.a", b"1"), ("k.b", b"2"), ("k.c", b"3")],
+                                       publishes=[(f"edge.{DEVICE}.evt.x", b"p")]))
+        await layer.stop()
+    finally:
+        os.kill(nats_server.pid, signal.SIGCONT)
+    assert comp.counters["effects_dropped"] == 3  # the publish went out; no KV write was confirmed
+    assert effects.dropped == 3
