@@ -19,7 +19,7 @@ from edge.wasm.quotas import KvUsage, TokenBucket
 COUNTERS = ("ticks", "messages", "published", "denied", "dropped", "errors", "logs_dropped",
             "traps", "out_of_gas", "deadlines", "crashes", "infers", "infer_errors",
             "denied_infer", "protocol_errors", "effects_dropped", "rate_limited", "loop_dropped",
-            "kv_refused", "policy_denied")
+            "kv_refused", "policy_denied", "kv_failures")
 
 
 @dataclass

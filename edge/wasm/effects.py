@@ -324,7 +324,11 @@ class Effects:
 
     async def run(self) -> None:
         """Hand queued effects to the host until cancelled (publishes and KV writes apart)."""
-        await asyncio.gather(self._drain_publishes(), self._drain_kv())
+        # a task group, not gather: cancelled, it returns only when both have ended, so a batch
+        # being put back by a cancelled writer is in its lane before the caller counts what is left
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._drain_publishes(), name="sandbox-effects-publish")
+            group.create_task(self._drain_kv(), name="sandbox-effects-kv")
 
     async def _drain_publishes(self) -> None:
         while True:
@@ -391,6 +395,8 @@ class Effects:
                 if not isinstance(err, Exception):
                     raise
                 self.kv_failures += 1
+                if lane.counters is not None:
+                    lane.counters["kv_failures"] += 1
                 log.log(logging.DEBUG if self._kv_failing else logging.WARNING,
                         "KV write of component '%s' failed (%s: %s); %d kept, retried every %g s",
                         name, type(err).__name__, err, len(batch) - written, KV_RETRY_S)

@@ -55,6 +55,7 @@ OVERSIZE_WARN_INTERVAL_S = 5.0
 COMPONENT_KV_STREAM = f"KV_{COMPONENT_KV_BUCKET}"  # the JetStream stream behind the bucket
 KV_SUBJECT_PREFIX = f"$KV.{COMPONENT_KV_BUCKET}."  # subject of key k: prefix + k
 STATE_READ_TIMEOUT_S = 5.0  # seconds to read one key of a component's KV snapshot at load
+SWAP_FLUSH_TIMEOUT_S = 10.0  # seconds a swap waits for the old version's queued effects to be handed over
 MAX_FAULTS_KEPT = 50
 PUMP_PENDING_MSGS = 100_000  # NATS client-side buffer per subscription of a component
 
@@ -308,7 +309,13 @@ class SandboxLayer:
         # the state as it is: the old one's queued writes flushed, then the bucket read (also
         # what others wrote there); the old one's writes from here on make promote() go cold
         base = pool.kv_view(name)
-        await pool.effects.join()
+        try:  # a store that takes no writes holds them for retry (edge.wasm.effects): no swap then
+            await asyncio.wait_for(pool.effects.join(), SWAP_FLUSH_TIMEOUT_S)
+        except TimeoutError:
+            raise ComponentLoadError(
+                f"component '{name}' cannot be swapped: its queued KV writes were not acknowledged "
+                f"within {SWAP_FLUSH_TIMEOUT_S:g} s (is JetStream up?); the running version runs on",
+                component=name) from None
         revisions: dict[str, int] = {}
         kv = await self._component_state(name, revisions)
         await pool.stage(manifest, kv, base=base)  # raises: the old one runs on

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import time
 from pathlib import Path
 
 import pytest
+from rigs.freeze import frozen
 from sandbox_support import DEVICE, Recorder, demo, entry, manifest
 
 from nats.aio.client import Client
@@ -188,18 +187,18 @@ async def test_kv_writes_the_store_did_not_acknowledge_are_retried_not_lost(
         assert layer.pool is not None
         effects = layer.pool.effects
         comp = component(tmp_path, "keeper")
-        assert nats_server.pid is not None
-        os.kill(nats_server.pid, signal.SIGSTOP)
-        try:
+        with frozen(nats_server.pid):
             effects.apply(comp, CallResult(kv_puts=[("k.a", b"1"), ("k.b", b"2"), ("k.c", b"3")]))
-            await asyncio.sleep(1.3)  # the first write timed out
-        finally:
-            os.kill(nats_server.pid, signal.SIGCONT)
+            for _ in range(200):  # until the first write has timed out
+                if effects.kv_failures:
+                    break
+                await asyncio.sleep(0.05)
         await asyncio.wait_for(effects.join(), 10)
         kv = await layer._bucket()
         assert {k: (await kv.get(f"keeper.{k}")).value for k in ("k.a", "k.b", "k.c")} == {
             "k.a": b"1", "k.b": b"2", "k.c": b"3"}
         assert comp.counters["effects_dropped"] == 0 and effects.kv_failures >= 1
+        assert comp.counters["kv_failures"] == effects.kv_failures
     finally:
         await layer.stop()
 
@@ -212,13 +211,9 @@ async def test_kv_writes_left_when_the_sandbox_stops_are_counted_as_dropped(
     assert layer.pool is not None
     effects = layer.pool.effects
     comp = component(tmp_path, "keeper")
-    assert nats_server.pid is not None
-    os.kill(nats_server.pid, signal.SIGSTOP)
-    try:
+    with frozen(nats_server.pid):
         effects.apply(comp, CallResult(kv_puts=[("k.a", b"1"), ("k.b", b"2"), ("k.c", b"3")],
                                        publishes=[(f"edge.{DEVICE}.evt.x", b"p")]))
         await layer.stop()
-    finally:
-        os.kill(nats_server.pid, signal.SIGCONT)
     assert comp.counters["effects_dropped"] == 3  # the publish went out; no KV write was confirmed
     assert effects.dropped == 3

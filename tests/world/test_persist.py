@@ -6,6 +6,8 @@ import json
 import nats
 from nats.aio.client import Client
 
+from rigs.freeze import frozen
+
 from edge.nats.server import NatsServer
 from edge.world.persist import Persister
 from edge.world.store import World
@@ -124,9 +126,6 @@ async def test_hostile_stored_values_are_skipped_not_fatal(nc: Client) -> None:
 async def test_a_flush_cancelled_mid_acknowledgement_loses_nothing(nc: Client, nats_server: NatsServer) -> None:
     """A stop cancels the loop's flush while its acknowledgements are outstanding; the keys it had
     taken go back to pending and the stop's own flush writes them (they were lost before)."""
-    import os
-    import signal
-
     js = nc.jetstream()
     w = World()
     w.spawn("a", components={"position": {"x": 1}})
@@ -134,9 +133,7 @@ async def test_a_flush_cancelled_mid_acknowledgement_loses_nothing(nc: Client, n
     await p.open()
     assert await p.flush() == 2
     w.spawn("marker", components={"position": {"x": 42}})
-    assert nats_server.pid is not None
-    os.kill(nats_server.pid, signal.SIGSTOP)  # the server takes the publishes but cannot answer
-    try:
+    with frozen(nats_server.pid):  # the server takes the publishes but cannot answer
         flushing = asyncio.create_task(p.flush())
         for _ in range(100):
             await asyncio.sleep(0.01)
@@ -147,8 +144,6 @@ async def test_a_flush_cancelled_mid_acknowledgement_loses_nothing(nc: Client, n
         flushing.cancel()
         await asyncio.gather(flushing, return_exceptions=True)
         assert p.status()["pending"] == 2  # marker.position and marker._meta, not forgotten
-    finally:
-        os.kill(nats_server.pid, signal.SIGCONT)
     await p.stop()
     assert p.status()["pending"] == 0
     w2 = World()
