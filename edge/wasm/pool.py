@@ -109,6 +109,35 @@ DEFAULT_WORKERS = 2
 STAGED_WIRE_SEP = "#"
 #: Prepared modules kept (check + pin + instrument is pure Python: cache it).
 PREPARED_CACHE_SIZE = 32
+#: The pool's shared-memory directory: ``<base>/edge-sandbox-<pid>-<random>`` (the pid of the
+#: runtime that made it, so a later start can remove what a killed runtime left on the tmpfs)
+SHM_PREFIX = "edge-sandbox-"
+
+
+def sweep_stale_shm(base: Path) -> list[Path]:
+    """Remove the shared-memory directories of runtimes that are gone (a kill -9, a watchdog
+    kill, a power cut of a tmpfs that outlives the process): ``edge-sandbox-<pid>-*`` of this
+    user whose pid no longer runs. Returns what was removed."""
+    removed = []
+    uid = os.getuid()
+    for path in base.glob(f"{SHM_PREFIX}*-*"):
+        pid_text = path.name[len(SHM_PREFIX):].partition("-")[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            if path.lstat().st_uid != uid or not path.is_dir() or path.is_symlink():
+                continue
+            os.kill(int(pid_text), 0)
+            continue  # its runtime still runs
+        except ProcessLookupError:
+            pass
+        except OSError:  # PermissionError: another user's live process; or the path went away
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    if removed:
+        log.info("removed %d shared-memory directories of stopped runtimes from %s", len(removed), base)
+    return removed
 
 
 class SandboxPool:
@@ -186,8 +215,9 @@ class SandboxPool:
         """Start the worker processes and the effects task (a second call does nothing)."""
         if self._sup.running:
             return
-        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        self._shm_dir = Path(tempfile.mkdtemp(prefix="edge-sandbox-", dir=base))
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+        sweep_stale_shm(Path(base))
+        self._shm_dir = Path(tempfile.mkdtemp(prefix=f"{SHM_PREFIX}{os.getpid()}-", dir=base))
         self._effects_task = asyncio.create_task(self._effects.run(), name="sandbox-effects")
         sup = self._sup
         for i in range(self.n_workers):

@@ -129,3 +129,24 @@ async def test_a_load_past_the_deadline_is_refused(
         assert p.status() == []
         await p.load(demo("physics"))  # the worker was replaced
         assert p.state("physics") == "running"
+
+
+def test_a_start_sweeps_the_shared_memory_of_runtimes_that_are_gone(tmp_path: Path) -> None:
+    """A killed runtime cannot remove its /dev/shm directory; the next start removes it (only
+    those of dead pids: a live runtime's, this process's and unrelated names are kept)."""
+    import subprocess
+    import sys
+
+    from edge.wasm.pool import SHM_PREFIX, sweep_stale_shm
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = tmp_path / f"{SHM_PREFIX}{gone.stdout.strip()}-abc"
+    live = tmp_path / f"{SHM_PREFIX}1-def"  # init runs
+    mine = tmp_path / f"{SHM_PREFIX}{os.getpid()}-ghi"
+    other = tmp_path / f"{SHM_PREFIX}old"
+    for d in (dead, live, mine, other):
+        d.mkdir()
+        (d / "a.1.cols").write_bytes(b"\0" * 512)
+    assert sweep_stale_shm(tmp_path) == [dead]
+    assert not dead.exists() and live.exists() and mine.exists() and other.exists()
