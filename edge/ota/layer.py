@@ -37,6 +37,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from collections.abc import Coroutine
 from typing import Any
 
 from edge.backoff import Backoff
@@ -142,6 +143,7 @@ class OtaLayer:
         self._apply_lock = asyncio.Lock()
         self._save_lock = asyncio.Lock()
         self._writing: asyncio.Future[None] | None = None  # the pointer write under way
+        self._deciding: asyncio.Future[None] | None = None  # a commit or rollback under way
         self._hub_js: Any = None
         self._hub_kv: dict[str, Any] = {}
 
@@ -198,6 +200,10 @@ class OtaLayer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._probation_task
         self._tasks.clear()
+        if self._deciding is not None:  # a verdict begun before the stop is carried through:
+            with contextlib.suppress(Exception):  # its pointer, counters and event all, or none
+                await asyncio.wait_for(asyncio.shield(self._deciding), 10.0)
+            self._deciding = None
         if self._writing is not None:  # the last pointer write lands before stop returns
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._writing), 10.0)
@@ -649,10 +655,20 @@ class OtaLayer:
             self._probation_task = None
         self._tasks.append(asyncio.create_task(self._rollback(reason), name="ota-rollback"))
 
+    async def _decide(self, verdict: Coroutine[Any, Any, None]) -> None:
+        """Run a commit or a rollback to its end even if the caller is cancelled (a stop): the
+        pointer write, the counters and the outcome event go together; stop() waits for it."""
+        task = asyncio.ensure_future(verdict)
+        self._deciding = task
+        await asyncio.shield(task)
+
     async def _commit(self) -> None:
         prob = self.state.probation
         if prob is None or self._fault_at is not None or self._stopping:  # a fault's rollback is
             return  # on its way, or the device stops: the next start resumes the probation
+        await self._decide(self._commit_now(prob))
+
+    async def _commit_now(self, prob: Probation) -> None:
         self.state.previous = dict(prob.previous)
         self.state.revision = prob.revision
         self.state.probation = None
@@ -674,6 +690,9 @@ class OtaLayer:
             log.info("revision %s not rolled back while stopping (%s); the next start resumes "
                      "its probation", prob.revision, reason)
             return
+        await self._decide(self._rollback_now(prob, reason))
+
+    async def _rollback_now(self, prob: Probation, reason: str) -> None:
         for name, entry in prob.components.items():
             if entry is not None:
                 self.state.bad[f"{name}@{entry.version}"] = reason

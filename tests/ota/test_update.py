@@ -3,6 +3,7 @@ runtime with real wasm, python-tuf verifying (docs/ota.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -134,6 +135,44 @@ async def test_a_stop_during_probation_is_no_verdict(tmp_path: Path, nats_url: s
         await ota._commit()
         assert ota.state.probation is not None and ota.state.probation.revision == "r1"
         assert ota.state.bad == {} and ota.state.revision != "r1"
+    finally:
+        await rt.stop()
+
+
+async def test_a_commit_the_stop_cuts_into_is_carried_through_with_its_event(
+        tmp_path: Path, nats_url: str, fleet_repo: Path, nc: Client) -> None:
+    """A stop that cancels a commit in the middle of its pointer write: the write lands (it did
+    before too), and so do the counter and the ``committed`` event (they were lost: the next
+    start finds nothing on probation, so nothing would ever announce the commit)."""
+    import time as _time
+
+    from edge.ota.layer import OtaLayer
+
+    root = fleet_repo / "metadata" / "1.root.json"
+    await hub.set_desired(nc.jetstream(), "dev1", "r1", {"blink": "1.0.0"})
+    rt = Runtime(device_config(tmp_path, nats_url, root, probation_s=60.0))
+    await rt.start()
+    try:
+        await wait_for(lambda: ota_status(rt)["probation"] is not None and versions(rt) == {"blink": "1.0.0"})
+        assert rt.layers is not None
+        ota = next(layer for layer in rt.layers.layers if isinstance(layer, OtaLayer))
+        assert ota.store is not None
+        sub = await nc.subscribe("edge.dev1.evt.ota.committed")
+        save = ota.store.save_bytes
+
+        def slow_save(data: bytes) -> None:  # a slow SD card
+            _time.sleep(0.5)
+            save(data)
+
+        ota.store.save_bytes = slow_save  # type: ignore[method-assign]
+        committing = asyncio.create_task(ota._commit())
+        await wait_for(lambda: ota._writing is not None and not ota._writing.done())
+        committing.cancel()  # what the stop does to the probation watch
+        await ota.stop()
+        assert ota.state.probation is None and ota.state.revision == "r1"
+        assert ota.counters["committed"] == 1
+        event = json.loads((await sub.next_msg(timeout=5)).data)
+        assert event["revision"] == "r1"
     finally:
         await rt.stop()
 
