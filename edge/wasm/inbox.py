@@ -10,6 +10,10 @@ is dropped and counted (``malformed``); one on a subject of NATS's own plumbing 
 overflow is dropped and counted) and are handed over in order, in batches of at most
 ``MAX_BATCH`` messages that all have the same hop count, so what a handler publishes is
 charged the hops of the messages it handled, not those of an unrelated neighbour in the batch.
+
+Every message received is counted in exactly one place: ``received == delivered + dropped + own
++ malformed + internal + undelivered + queued + in_flight`` (``undelivered``: the messages of a
+delivery that failed, counted in ``errors`` by batch, or that a stop cut short).
 """
 
 from __future__ import annotations
@@ -60,7 +64,9 @@ class ComponentInbox:
         self.own = 0  # the component's own messages, not delivered
         self.malformed = 0  # a malformed Edge-Hops header
         self.internal = 0  # JetStream API, acks, KV/object store, system, reply inboxes: never delivered
-        self.errors = 0
+        self.errors = 0  # deliveries (batches) that failed
+        self.undelivered = 0  # messages of those, and of a delivery a stop cut short
+        self._in_flight = 0  # messages of the delivery under way
 
     def put(self, subject: str, data: bytes, headers: Mapping[str, str] | None = None) -> None:
         """Queue one received message (or drop and count it)."""
@@ -108,15 +114,20 @@ class ComponentInbox:
                 await self._wake.wait()
                 continue
             batch, hops = self._batch()
+            self._in_flight = len(batch)
             try:
                 await self._deliver(batch, hops)
                 self.delivered += len(batch)
             except asyncio.CancelledError:
+                self.undelivered += len(batch)  # the stop: whether the worker got them is unknown
                 raise
             except Exception as err:  # noqa: BLE001  the inbox keeps serving
                 self.errors += 1
+                self.undelivered += len(batch)
                 log.warning("delivery to %s failed (%d messages dropped): %s", self.name,
                             len(batch), err)
+            finally:
+                self._in_flight = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -127,5 +138,7 @@ class ComponentInbox:
             "malformed": self.malformed,
             "internal": self.internal,
             "errors": self.errors,
+            "undelivered": self.undelivered,
             "queued": len(self._inbox),
+            "in_flight": self._in_flight,
         }

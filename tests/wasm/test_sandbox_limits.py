@@ -225,7 +225,7 @@ async def test_the_inbox_drops_own_messages_unless_asked_and_counts_malformed_ho
                    ([("s.7", b"g"), ("$KV.edge-state.drone1.position", b"h")], 0)]
     assert inbox.to_dict() | {"queued": 0} == {
         "received": 14, "delivered": 5, "dropped": 0, "own": 1, "malformed": 2, "internal": 6,
-        "errors": 0, "queued": 0}
+        "errors": 0, "undelivered": 0, "queued": 0, "in_flight": 0}
 
     mine = ComponentInbox("me", deliver, origin=origin_id("me", "d1"), receive_own=True)
     mine.put("s.2", b"b", origin_headers(origin_id("me", "d1"), 1))
@@ -260,7 +260,43 @@ async def test_the_inbox_counts_overflow_and_failed_deliveries_and_keeps_serving
     finally:
         await inbox.stop()
     assert calls == [1, 1]
-    assert (inbox.dropped, inbox.errors, inbox.delivered) == (1, 1, 1)
+    assert (inbox.dropped, inbox.errors, inbox.delivered, inbox.undelivered) == (1, 1, 1, 1)
+
+
+def _accounted(counts: dict[str, int]) -> int:
+    return sum(counts[k] for k in ("delivered", "dropped", "own", "malformed", "internal",
+                                   "undelivered", "queued", "in_flight"))
+
+
+async def test_every_message_the_inbox_received_is_counted_once_across_failures_and_a_stop() -> None:
+    """received == delivered + dropped + own + malformed + internal + undelivered + queued +
+    in_flight, at every moment: with failing deliveries (a batch of several), overflow, and a
+    stop that cuts a delivery short (those were counted nowhere)."""
+    release = asyncio.Event()
+    calls = 0
+
+    async def deliver(batch: list[tuple[str, bytes]], hops: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("the worker went away")
+        if calls == 3:
+            await release.wait()  # never set: the stop cuts this one short
+
+    inbox = ComponentInbox("me", deliver, origin=origin_id("me", "d1"), limit=20, max_batch=4)
+    for i in range(25):  # 5 over the limit
+        inbox.put(f"s.{i}", b"x", origin_headers(origin_id("other", "d1"), i // 8))
+    inbox.put("s.own", b"x", origin_headers(origin_id("me", "d1"), 0))
+    inbox.put("s.bad", b"x", {HOPS_HEADER: "x"})
+    assert _accounted(inbox.to_dict()) == inbox.received == 27
+    inbox.start()
+    await wait_for(lambda: inbox.to_dict()["in_flight"] > 0 and calls == 3)
+    counts = inbox.to_dict()
+    assert _accounted(counts) == counts["received"] and counts["errors"] == 1
+    await inbox.stop()
+    counts = inbox.to_dict()
+    assert _accounted(counts) == counts["received"] == 27
+    assert counts["in_flight"] == 0 and counts["undelivered"] == counts["errors"] * 4 + 4
 
 
 class FailingLimits(Recorder):
