@@ -3,7 +3,7 @@
 Run: ``python bench/bench_runtime.py`` (``--quick`` for a short run). Idle RSS and start time
 moved to ``bench/bench_rss.py``.
 
-NATS message in -> MessagePump -> sandbox worker -> wasm ``echo`` -> publish out, against a raw
+NATS message in -> ComponentInbox -> sandbox worker -> wasm ``echo`` -> publish out, against a raw
 nats-py echo (one connection republishing what another sends), both on one nats-server and one
 event loop, interleaved round by round (bench/harness.py):
 * throughput: a burst of N messages, time until every echo is back (time per message);

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -255,65 +255,6 @@ class TickLoop:
             if loop.time() > next_at:
                 self.stats.overruns += 1
                 next_at = loop.time()
-
-
-Deliver = Callable[[Sequence[tuple[str, bytes]]], Awaitable[None]]
-
-
-class MessagePump:
-    """A bounded inbox in front of a message system: batches in order, drops (and counts) overflow."""
-
-    def __init__(self, name: str, deliver: Deliver, *, limit: int = INBOX_LIMIT) -> None:
-        self.name = name
-        self._deliver = deliver
-        self._inbox: deque[tuple[str, bytes]] = deque()
-        self._limit = limit
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self.received = 0
-        self.delivered = 0
-        self.dropped = 0
-        self.errors = 0
-
-    def put(self, subject: str, data: bytes) -> None:
-        self.received += 1
-        if len(self._inbox) >= self._limit:
-            self.dropped += 1
-            return
-        self._inbox.append((subject, data))
-        self._wake.set()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"edge.pump.{self.name}")
-
-    async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            if not self._inbox:
-                self._wake.clear()
-                await self._wake.wait()
-            count = min(len(self._inbox), MAX_BATCH)
-            batch = [self._inbox.popleft() for _ in range(count)]
-            try:
-                await self._deliver(batch)
-                self.delivered += count
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                self.errors += 1
-                log.warning("delivery to %s failed (%d messages dropped): %s", self.name, count, err)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "received": self.received,
-            "delivered": self.delivered,
-            "dropped": self.dropped,
-            "errors": self.errors,
-            "queued": len(self._inbox),
-        }
 
 
 class NativeTickRunner:
