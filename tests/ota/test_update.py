@@ -4,7 +4,9 @@ runtime with real wasm, python-tuf verifying (docs/ota.md)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import pytest
 from nats.aio.client import Client
 
 from edge.ota import hub, repo as fleet
+from edge.ota.layer import OtaLayer
 from edge.ota.store import STATE_FILE
 from edge.runtime import Runtime
 
@@ -116,12 +119,9 @@ async def test_restart_during_probation_resumes_it(tmp_path: Path, nats_url: str
         await rt.stop()
 
 
-async def test_a_stop_during_probation_is_no_verdict(tmp_path: Path, nats_url: str, fleet_repo: Path,
-                                                    nc: Client) -> None:
-    """While the device stops, its components stop under the probation watch: nothing may commit
-    or roll back (and mark the new version bad) then; the next start resumes the probation."""
-    from edge.ota.layer import OtaLayer
-
+@contextlib.asynccontextmanager
+async def on_probation(tmp_path: Path, nats_url: str, fleet_repo: Path, nc: Client) -> AsyncIterator[OtaLayer]:
+    """A device running blink 1.0.0 on a long probation (revision r1): its OTA layer."""
     root = fleet_repo / "metadata" / "1.root.json"
     await hub.set_desired(nc.jetstream(), "dev1", "r1", {"blink": "1.0.0"})
     rt = Runtime(device_config(tmp_path, nats_url, root, probation_s=60.0))
@@ -129,14 +129,21 @@ async def test_a_stop_during_probation_is_no_verdict(tmp_path: Path, nats_url: s
     try:
         await wait_for(lambda: ota_status(rt)["probation"] is not None and versions(rt) == {"blink": "1.0.0"})
         assert rt.layers is not None
-        ota = next(layer for layer in rt.layers.layers if isinstance(layer, OtaLayer))
+        yield next(layer for layer in rt.layers.layers if isinstance(layer, OtaLayer))
+    finally:
+        await rt.stop()
+
+
+async def test_a_stop_during_probation_is_no_verdict(tmp_path: Path, nats_url: str, fleet_repo: Path,
+                                                    nc: Client) -> None:
+    """While the device stops, its components stop under the probation watch: nothing may commit
+    or roll back (and mark the new version bad) then; the next start resumes the probation."""
+    async with on_probation(tmp_path, nats_url, fleet_repo, nc) as ota:
         await ota.stop()
         await ota._rollback("component blink 1.0.0 is not running")  # what the watch would say
         await ota._commit()
         assert ota.state.probation is not None and ota.state.probation.revision == "r1"
         assert ota.state.bad == {} and ota.state.revision != "r1"
-    finally:
-        await rt.stop()
 
 
 async def test_a_commit_the_stop_cuts_into_is_carried_through_with_its_event(
@@ -144,24 +151,13 @@ async def test_a_commit_the_stop_cuts_into_is_carried_through_with_its_event(
     """A stop that cancels a commit in the middle of its pointer write: the write lands (it did
     before too), and so do the counter and the ``committed`` event (they were lost: the next
     start finds nothing on probation, so nothing would ever announce the commit)."""
-    import time as _time
-
-    from edge.ota.layer import OtaLayer
-
-    root = fleet_repo / "metadata" / "1.root.json"
-    await hub.set_desired(nc.jetstream(), "dev1", "r1", {"blink": "1.0.0"})
-    rt = Runtime(device_config(tmp_path, nats_url, root, probation_s=60.0))
-    await rt.start()
-    try:
-        await wait_for(lambda: ota_status(rt)["probation"] is not None and versions(rt) == {"blink": "1.0.0"})
-        assert rt.layers is not None
-        ota = next(layer for layer in rt.layers.layers if isinstance(layer, OtaLayer))
+    async with on_probation(tmp_path, nats_url, fleet_repo, nc) as ota:
         assert ota.store is not None
         sub = await nc.subscribe("edge.dev1.evt.ota.committed")
         save = ota.store.save_bytes
 
         def slow_save(data: bytes) -> None:  # a slow SD card
-            _time.sleep(0.5)
+            time.sleep(0.5)
             save(data)
 
         ota.store.save_bytes = slow_save  # type: ignore[method-assign]
@@ -173,8 +169,6 @@ async def test_a_commit_the_stop_cuts_into_is_carried_through_with_its_event(
         assert ota.counters["committed"] == 1
         event = json.loads((await sub.next_msg(timeout=5)).data)
         assert event["revision"] == "r1"
-    finally:
-        await rt.stop()
 
 
 async def test_device_starts_offline_with_what_it_committed(tmp_path: Path, nats_url: str,
