@@ -168,7 +168,7 @@ class Persister:
                         continue
                     fut = await self.js.publish_async(subject_prefix + key, value)
                     futures.append((key, value, fut))
-                for key, value, fut in futures:
+                for key, _value, fut in futures:
                     await asyncio.wait_for(fut, ACK_TIMEOUT)
                     acked.add(key)
                 for key in deletes:
