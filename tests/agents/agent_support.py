@@ -18,6 +18,9 @@ from edge.nats.commands import CommandRouter
 from edge.world.store import World
 
 DEVICE = "dev1"
+#: How long the waits poll by default: long enough for a loaded 2-core machine (they return as
+#: soon as the condition holds; what a test asserts comes after the wait).
+DEFAULT_WAIT_S = 10.0
 
 
 async def device_context(device: str, world: World, nc: Client, tmp: Path | None = None) -> DeviceContext:
@@ -42,7 +45,7 @@ class Collector:
     def on(self, subject: str) -> list[Any]:
         return [m for s, m in self.messages if s == subject]
 
-    async def wait_for(self, pred: Callable[[], bool], timeout: float = 3.0) -> None:
+    async def wait_for(self, pred: Callable[[], bool], timeout: float = DEFAULT_WAIT_S) -> None:
         deadline = time.monotonic() + timeout
         while not pred():
             if time.monotonic() > deadline:
@@ -50,7 +53,7 @@ class Collector:
             await asyncio.sleep(0.01)
 
 
-async def wait_until(pred: Callable[[], bool], timeout: float = 3.0) -> None:
+async def wait_until(pred: Callable[[], bool], timeout: float = DEFAULT_WAIT_S) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > deadline:

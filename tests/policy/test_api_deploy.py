@@ -56,7 +56,8 @@ def loaded(rt: Runtime) -> set[str]:
     return {c["name"] for c in rt.components_status()}
 
 
-async def test_component_loads_and_unloads_are_decided_as_deploy(rt: Runtime) -> None:
+async def test_component_loads_and_unloads_are_decided_as_deploy(rt: Runtime, components_dir: Path) -> None:
+    # components_dir: ECHO's module (components/build/echo.wasm) is built
     assert rt.nc is not None
     # anonymous (no Edge-Caller): no rule allows it, nothing is loaded
     msg = await rt.nc.request(f"edge.{DEV}.api.component.load", json.dumps({"manifest": str(ECHO)}).encode(),

@@ -229,6 +229,7 @@ async def test_commands_are_denied_by_default_allowed_by_a_rule_and_the_record_n
     assert ran == ["rtl"]
     records = [json.loads((await acks.next_msg(timeout=5)).data) for _ in range(4)]
     assert [r.get("reason") for r in records] == [None, "denied", "denied", "denied"]
+    await acks.unsubscribe()  # a subscription of the runtime's connection left unread holds its drain at stop
     # a condition on the target entity's labels
     rt.commands.register("*", "hold", handler, owner="test")
     assert (await client.send("scout", "hold", {}, timeout=5, caller="planner")).ok

@@ -200,3 +200,34 @@ def test_fast_ack_parser() -> None:
     ack = _parse_ack(b'{"stream":"S","seq":7}')
     assert ack is not None and (ack.seq, ack.domain, ack.duplicate) == (7, None, None)
     assert _parse_ack(b'{"nothing":1}') is None
+
+
+class _PartialListHub:
+    """A hub cluster just after a node loss, as its JetStream API answers: ``STREAM.LIST`` leaves
+    out the streams whose leader is being elected (naming them only under ``missing``),
+    ``STREAM.NAMES`` (from the meta layer's assignments) names every stream, in pages."""
+
+    _prefix = "$JS.API"
+    _timeout = 5.0
+    streams = ["CMD_a", "EVT_a", "TELE_a", "CMD_b", "EVT_b", "TELE_b", "TELE_c", "EVT_c"]
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, bytes]] = []
+
+    async def _api_request(self, subject: str, req: bytes = b"", timeout: float = 5) -> dict[str, object]:
+        import json
+
+        self.requests.append((subject, req))
+        assert subject == "$JS.API.STREAM.NAMES", subject
+        offset = int(json.loads(req or b"{}").get("offset", 0))
+        return {"total": len(self.streams), "offset": offset, "limit": 3,
+                "streams": self.streams[offset: offset + 3]}
+
+    async def streams_info(self, offset: int = 0) -> list[object]:
+        raise AssertionError("STREAM.LIST drops streams without a leader: not used to list devices")
+
+
+async def test_list_devices_names_every_provisioned_device_while_streams_elect_leaders() -> None:
+    hub = _PartialListHub()
+    assert await list_devices(hub) == ["a", "b", "c"]  # type: ignore[arg-type]
+    assert len(hub.requests) == 3  # every page

@@ -97,8 +97,10 @@ class Recorder:
         return [f.reason for c, f in self.faults if c == component]
 
 
-async def wait_for(pred: Callable[[], Any], timeout: float = 5.0, step: float = 0.01) -> Any:
-    """Poll ``pred`` until it returns something truthy; fail after ``timeout`` seconds."""
+async def wait_for(pred: Callable[[], Any], timeout: float = 20.0, step: float = 0.01) -> Any:
+    """Poll ``pred`` until it returns something truthy; fail after ``timeout`` seconds (20 s by
+    default: many waits include a sandbox worker's start, a new Python process, which takes
+    several seconds on a loaded 2-core machine)."""
     deadline = time.monotonic() + timeout
     while True:
         value = pred()

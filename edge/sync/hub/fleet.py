@@ -298,9 +298,30 @@ def _source_view(info: StreamInfo) -> tuple[float | None, int, list[str]]:
 
 
 async def list_devices(js: JetStreamContext) -> list[str]:
+    """The provisioned devices: the hub's ``TELE_<device>`` streams, by name.
+
+    The names come from ``STREAM.NAMES`` (every page), which the cluster's meta layer answers from
+    its stream assignments. Not from ``STREAM.LIST``: in a cluster that one asks each stream's
+    leader for its info and, while a stream elects a leader (just after a node loss), leaves it out
+    of the answer (only naming it under ``missing``): devices were then silently not listed, and
+    ``fleet_status`` answered an empty fleet. It also returns only its first page (256 streams)."""
     prefix = naming.TELE_STREAM + "_"
-    names = [si.config.name for si in await js.streams_info()]
-    return sorted(n[len(prefix) :] for n in names if n and n.startswith(prefix))
+    names = await stream_names(js)
+    return sorted(n[len(prefix) :] for n in names if n.startswith(prefix))
+
+
+async def stream_names(js: JetStreamContext) -> list[str]:
+    """Every stream's name (``STREAM.NAMES``, all pages)."""
+    import json
+
+    names: list[str] = []
+    while True:
+        resp = await js._api_request(f"{js._prefix}.STREAM.NAMES", json.dumps({"offset": len(names)}).encode(),
+                                     timeout=js._timeout)
+        page = [str(n) for n in resp.get("streams") or [] if n]
+        names += page
+        if not page or len(names) >= int(resp.get("total") or 0):
+            return names
 
 
 async def fleet_status(
