@@ -51,3 +51,12 @@ def components_dir() -> Path:
 
     subprocess.run([sys.executable, str(ROOT / "components" / "build.py")], check=True, capture_output=True)
     return ROOT / "components"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Property tests check behaviour, not speed: no per-example wall-clock deadline (on a
+    loaded 2-core machine one slow example made hypothesis fail a correct test as flaky)."""
+    from hypothesis import settings
+
+    settings.register_profile("edge", deadline=None)
+    settings.load_profile("edge")

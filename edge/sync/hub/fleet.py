@@ -22,6 +22,7 @@ Per device ``d`` the hub holds:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -311,9 +312,8 @@ async def list_devices(js: JetStreamContext) -> list[str]:
 
 
 async def stream_names(js: JetStreamContext) -> list[str]:
-    """Every stream's name (``STREAM.NAMES``, all pages)."""
-    import json
-
+    """Every stream's name (``STREAM.NAMES``, all pages; nats-py has no call of its own for it,
+    so this uses its JetStream API request, which applies the context's domain prefix)."""
     names: list[str] = []
     while True:
         resp = await js._api_request(f"{js._prefix}.STREAM.NAMES", json.dumps({"offset": len(names)}).encode(),
