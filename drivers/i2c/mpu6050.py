@@ -48,6 +48,9 @@ DEFAULT_RATE_HZ = 50.0
 DEFAULT_ACCEL_RANGE_G = 4
 DEFAULT_GYRO_RANGE_DPS = 500
 FULL_SCALE_LSB = 32768.0
+#: Gyro sensitivity per FS_SEL range, LSB per °/s (register map 4.19, product spec 6.1): the
+#: datasheet's rounded values, not 32768 / range (which would be 131.07 ... 16.38).
+GYRO_LSB_PER_DPS = {250: 131.0, 500: 65.5, 1000: 32.8, 2000: 16.4}
 
 
 def accel_lsb_per_g(range_g: int) -> float:
@@ -55,7 +58,7 @@ def accel_lsb_per_g(range_g: int) -> float:
 
 
 def gyro_lsb_per_dps(range_dps: int) -> float:
-    return FULL_SCALE_LSB / range_dps
+    return GYRO_LSB_PER_DPS[range_dps]
 
 
 class MPU6050Driver(PollingDriver):
