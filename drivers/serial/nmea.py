@@ -27,7 +27,7 @@ from drivers.serial.link import SerialLink
 DEFAULT_BAUD = 9600
 DEFAULT_TIMEOUT_S = 5.0  # seconds without a valid sentence before the receiver is lost
 MAX_LINE = 120  # bytes; NMEA allows 82, some receivers send a little more
-KNOTS_TO_MPS = 0.514444
+KNOTS_TO_MPS = 1852.0 / 3600.0  # m/s per knot (one nautical mile, 1852 m, per hour)
 
 
 class NMEAGPSDriver(Driver):

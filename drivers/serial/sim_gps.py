@@ -18,6 +18,7 @@ from collections.abc import Callable
 from functools import reduce
 
 from drivers.serial.link import link_pty, open_pty
+from drivers.serial.nmea import KNOTS_TO_MPS
 from edge.tasks import cancel_and_wait
 
 log = logging.getLogger("edge.drivers.sim_gps")
@@ -100,7 +101,7 @@ class SimGPS:
             lo, ew = _dm(lon, False)
             gga = (f"GPGGA,{hhmmss},{la},{ns},{lo},{ew},{self.fix_quality},{self.satellites:02d},"
                    f"{self.hdop:.1f},{alt:.1f},M,47.0,M,,")
-            knots = self.speed_mps / 0.514444
+            knots = self.speed_mps / KNOTS_TO_MPS
             rmc = f"GPRMC,{hhmmss},A,{la},{ns},{lo},{ew},{knots:.2f},{self.course_deg % 360:.1f},{ddmmyy},,,A"
         else:
             gga = f"GPGGA,{hhmmss},,,,,0,{self.satellites:02d},99.9,,M,,M,,"
