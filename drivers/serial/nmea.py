@@ -122,8 +122,10 @@ class NMEAGPSDriver(Driver):
             hdop = float(msg.horizontal_dil) if msg.horizontal_dil else 99.99
             self._sample()
             if quality > 0:
-                await self._emit("geo", {"lat": float(msg.latitude), "lon": float(msg.longitude),
-                                         "alt": float(msg.altitude or 0.0)})
+                geo = {"lat": float(msg.latitude), "lon": float(msg.longitude)}
+                if msg.altitude not in (None, ""):  # an empty altitude is unknown, not 0 m AMSL
+                    geo["alt"] = float(msg.altitude)
+                await self._emit("geo", geo)
             await self._emit("gps", {"fix_quality": quality, "satellites": sats, "hdop": hdop})
         elif kind == "RMC":
             if msg.status != "A":

@@ -11,7 +11,6 @@ import struct
 from collections.abc import AsyncIterator
 from functools import reduce
 from pathlib import Path
-from typing import Any
 
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
@@ -257,6 +256,11 @@ async def test_nmea_gga_fields(gps_port: tuple[int, NMEAGPSDriver, RecordingCont
     geo = ctx.component("drone1", "geo")
     assert float(geo["lat"]) == pytest.approx(-33.45) and float(geo["lon"]) == pytest.approx(-70.66)
     assert ctx.component("drone1", "gps")["fix_quality"] == 2  # DGPS
+    # a fix with an empty altitude (and HDOP) field: the position moves, the altitude is not 0 m
+    os.write(master, nmea("GPGGA,010204.00,3327.100,S,07039.600,W,1,05,,,M,,M,,"))
+    await ctx.wait_for(lambda: float(ctx.component("drone1", "geo")["lat"]) < -33.451)
+    assert ctx.component("drone1", "geo")["alt"] == 520.3  # as it was
+    assert ctx.component("drone1", "gps")["hdop"] == 99.99
 
 
 async def test_nmea_bad_checksum_dropped_and_no_fix_keeps_geo(
