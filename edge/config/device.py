@@ -33,7 +33,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 
 from edge.nats.subjects import STATE_BUCKET
 from edge.config.table import REQUIRED, Table
-from edge.errors import ConfigError
 from edge.wasm.origin import DEFAULT_MAX_HOPS, MAX_HOPS
 if TYPE_CHECKING:  # the section modules import the reader (edge.config.table): imported when used
     from drivers.config import DriverSpec
@@ -176,16 +174,13 @@ def default_data_dir(device: str) -> Path:
 
 
 def load_config(path: str | Path, *, data_dir: Path | None = None) -> DeviceConfig:
-    """Read and validate a device config file."""
-    file = str(path)
-    try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError("config file not found", file=file) from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"invalid TOML: {err}", file=file) from None
-    return parse_config(raw, file=file, base=Path(path).resolve().parent, data_dir=data_dir)
+    """Read and validate a device config file. A file that cannot be read (missing, a directory,
+    unreadable), is not UTF-8 or is not TOML is a ConfigError naming the file, as ``edge run``
+    reports it."""
+    from edge.config.overlay import read_toml  # overlay builds on this module
+
+    raw = read_toml(path)
+    return parse_config(raw, file=str(path), base=Path(path).resolve().parent, data_dir=data_dir)
 
 
 def parse_config(

@@ -74,7 +74,7 @@ from edge.errors import LifecycleError
 from edge.nats import subjects
 from edge.nats.commands import CommandClient, CommandTimeout, CommandUnanswered
 from edge.nats.service import code_of, error_body, loads, ok_body, respond_error, respond_ok
-from edge.policy.point import PolicyPoint
+from edge.policy.point import OFF, PolicyPoint
 from edge.world.store import World
 
 if TYPE_CHECKING:
@@ -286,8 +286,9 @@ class ToolsService:
             if self.policy is not None:  # the policy point decides, the permissions are the grant
                 d = self.policy.check("caller", caller, "call", tool.name, size=len(req.data),
                                       granted=allowed)
-                allowed = d.allowed
-                rule = {"rule": d.rule, "why": d.reason}
+                if d is not OFF:  # no policy file: metered only, the permissions alone decide
+                    allowed = d.allowed
+                    rule = {"rule": d.rule, "why": d.reason}
             if not allowed:
                 self.denied[caller] += 1
                 self.last_denied = {"t": time.time(), "caller": caller, "tool": tool.name}
