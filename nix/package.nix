@@ -1,4 +1,4 @@
-# The edge runtime as a Python application. From nixpkgs: nats-py, numpy, LiteRT (ai-edge-litert),
+# The edge runtime as a Python application. From nixpkgs: nats-py, numpy, fastjsonschema, LiteRT (ai-edge-litert),
 # gpiozero, smbus2, pyserial, pymavlink, pynmea2 and the nats-server binary; local derivations for
 # what nixpkgs lacks (pywasm3, picamera2). The components come prebuilt from components.nix.
 { lib, python3Packages, nats-server, components, pywasm3, picamera2 ? null, src, version, withCamera ? false }:
@@ -8,7 +8,7 @@ python3Packages.buildPythonApplication {
   pyproject = true;
   build-system = [ python3Packages.setuptools ];
   dependencies = with python3Packages; [
-    nats-py numpy pywasm3
+    nats-py numpy fastjsonschema pywasm3
     # the hw and ml extras: drivers of the flight controller, GPS, GPIO, I2C; local inference
     pyserial pymavlink pynmea2 gpiozero smbus2 ai-edge-litert
   ] ++ lib.optional (withCamera && picamera2 != null) picamera2;

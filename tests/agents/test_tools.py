@@ -389,7 +389,7 @@ def test_nats_permission_snippet_is_valid_server_config(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr + proc.stdout
 
 
-def test_validator_subset() -> None:
+def test_validator() -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1},
                                                "v": {"type": ["number", "null"]},
                                                "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 2}},
@@ -402,4 +402,14 @@ def test_validator_subset() -> None:
         with pytest.raises(SchemaViolation) as exc:
             validate(bad, schema)
         assert exc.value.path == where
+    # the whole of draft-07, not a subset: pattern, oneOf, const, ...
+    strict = {"type": "object", "properties": {"id": {"type": "string", "pattern": "^drone-[0-9]+$"},
+                                               "mode": {"oneOf": [{"const": "a"}, {"const": "b"}]}}}
+    validate({"id": "drone-7", "mode": "b"}, strict)
+    for bad, where in [({"id": "rover-1"}, "$.id"), ({"mode": "c"}, "$.mode")]:
+        with pytest.raises(SchemaViolation) as exc:
+            validate(bad, strict)
+        assert exc.value.path == where
+    with pytest.raises(SchemaViolation, match=r"^\$\.tags\[1\]: expected string, got the number 1$"):
+        validate({"tags": ["a", 1]}, schema)
     _ = ToolPermissions()

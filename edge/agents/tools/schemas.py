@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from edge.agents.jsonschema import Validator
 
 DTYPES = ["float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"]
 MAX_THUMBNAIL_PX = 128
@@ -19,6 +21,13 @@ class Tool:
     input_schema: dict[str, Any]
     output_schema: dict[str, Any]
     handler: Handler
+    _validator: Validator | None = field(default=None, repr=False, compare=False)
+
+    def check(self, body: Any) -> None:
+        """Validate a request against ``input_schema`` (compiled at the tool's first request)."""
+        if self._validator is None:
+            self._validator = Validator(self.input_schema)
+        self._validator(body)
 
     def spec(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "input_schema": self.input_schema,

@@ -42,7 +42,6 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from drivers.camera.frames import LatestFrame
-from edge.agents.jsonschema import validate
 from edge.agents.tools.errors import ToolDenied, ToolError, ToolNotFound, ToolTimeout, ToolUnavailable
 from edge.agents.tools.permissions import (
     ANONYMOUS,
@@ -303,7 +302,7 @@ class ToolsService:
                     body = loads(req.data) if req.data else {}
                 except ValueError as exc:
                     raise ToolError(f"request body is not JSON: {exc}", tool=tool.name) from exc
-                validate(body, tool.input_schema)
+                tool.check(body)
                 result = await tool.handler(body, caller)
             except EdgeError as err:
                 self.errors[tool.name] += 1
