@@ -9,8 +9,11 @@
   ``velocity = true``, a valid RMC also sets ``velocity{x east, y north}`` from speed and course.
 
 Lines that are not valid NMEA (bad checksum, binary noise, overlong) are counted in
-``bad_lines`` and dropped; parsing continues with the next line. No valid sentence for
-``timeout_s`` fails the driver.
+``bad_lines`` and dropped; parsing continues with the next line. Valid sentences of other types
+(GSV, GSA, VTG, TXT, a receiver's proprietary ``$P...`` such as u-blox ``$PUBX``, or a type
+pynmea2 does not know) are counted in ``ignored``: they are not bad lines, and they show that the
+receiver is there. No valid sentence for ``timeout_s`` fails the driver. ``details()``
+(``edge status``): ``sentences``, ``bad_lines``, ``ignored``.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class NMEAGPSDriver(Driver):
         self.link: SerialLink | None = None
         self.sentences = 0
         self.bad_lines = 0
+        self.ignored = 0  # valid sentences of a type this driver does not use
         self.last_valid = 0.0
         self._buf = bytearray()
 
@@ -104,18 +108,31 @@ class NMEAGPSDriver(Driver):
             raw = raw[start:]
         try:
             msg = pynmea2.parse(raw.decode("ascii"), check=True)
+        except pynmea2.SentenceTypeError:  # checksum right, a type pynmea2 does not know
+            self._valid()
+            self.ignored += 1
+            return
         except (UnicodeDecodeError, pynmea2.ParseError, ValueError) as exc:
             self._bad(f"{type(exc).__name__}: {str(exc)[:80]}")
             return
+        self._valid()
+        kind = getattr(msg, "sentence_type", None)  # proprietary sentences have none
+        if kind not in ("GGA", "RMC"):
+            self.ignored += 1
+            return
+        try:
+            await self._handle(msg, kind)
+        except (TypeError, ValueError, AttributeError) as exc:  # valid checksum, odd fields
+            self._bad(f"unusable {kind}: {exc}")
+
+    def _valid(self) -> None:
         self.sentences += 1
         self.last_valid = time.monotonic()
-        try:
-            await self._handle(msg)
-        except (TypeError, ValueError, AttributeError) as exc:  # valid checksum, odd fields
-            self._bad(f"unusable {msg.sentence_type}: {exc}")
 
-    async def _handle(self, msg: Any) -> None:
-        kind = msg.sentence_type
+    def details(self) -> dict[str, Any]:
+        return {"sentences": self.sentences, "bad_lines": self.bad_lines, "ignored": self.ignored}
+
+    async def _handle(self, msg: Any, kind: str) -> None:
         if kind == "GGA":
             quality = int(msg.gps_qual or 0)
             sats = int(msg.num_sats or 0)

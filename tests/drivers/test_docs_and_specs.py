@@ -423,3 +423,19 @@ def test_config_error_sentence_names_key_and_file(tmp_path: Path) -> None:
         load_config(path)
     assert f"driver 'baro': expected a number, got 'fast' (key 'drivers[0].rate_hz' in {path})" in str(err.value)
 
+
+
+async def test_nmea_sentences_it_does_not_use_are_ignored_not_bad_and_keep_it_alive(
+        gps_port: tuple[int, NMEAGPSDriver, RecordingContext]) -> None:
+    """A u-blox receiver sends $PUBX (proprietary: pynmea2 gives it no sentence type; reading that
+    crashed the driver's loop), GSV and TXT, and maybe a type pynmea2 does not know: counted as
+    ignored, never as bad lines; the GGA after them is still read."""
+    master, drv, ctx = gps_port
+    for body in ("PUBX,00,081350.00,4717.113210,N,00833.915187,E,546.589,G3,2.1,2.0,0.007,77.52,"
+                 "0.007,,0.92,1.19,0.77,9,0,0",
+                 "GPGSV,1,1,01,01,40,083,46", "GPTXT,01,01,02,ANTSTATUS=OK", "GPXXX,1,2"):
+        os.write(master, nmea(body))
+    os.write(master, nmea("GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"))
+    await ctx.wait_for(lambda: bool(ctx.component("drone1", "geo")))
+    assert drv.details() == {"sentences": 5, "bad_lines": 0, "ignored": 4}
+    assert drv.health().state == "running" and drv.health().errors == 0
