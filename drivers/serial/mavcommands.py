@@ -16,8 +16,8 @@ Key components
   ``rtl`` and ``takeoff`` stop the stream once accepted. PX4 leaves OFFBOARD when the stream
   stops, so ``set_mode OFFBOARD`` first streams a hold for ``px4_prestream_s`` and only then asks
   for the mode.
-- :func:`px4_mode_name`, :data:`PX4_MODES`: PX4's custom_mode (main mode in bits 16-23, sub mode in
-  bits 24-31) and its names (``POSCTL``, ``OFFBOARD``, ``AUTO.LOITER``, ...).
+- PX4's modes by name (``POSCTL``, ``OFFBOARD``, ``AUTO.LOITER``, ...) and their custom_mode
+  come from :mod:`drivers.serial.mavcodec` (``PX4_MODES``, ``px4_mode_name``), as the telemetry's do.
 
 Frames and units (the device's, converted here): local velocity ``x`` east, ``y`` north, ``z`` up
 (m/s) -> MAV_FRAME_LOCAL_NED (vx north, vy east, vz down); body velocity ``x`` forward, ``y``
@@ -39,7 +39,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from drivers.base import CommandHandler
-from drivers.serial.mavcodec import COPTER_MODE_NAMES, COPTER_MODES, enum_name, mavlink
+from drivers.serial.mavcodec import (
+    COPTER_MODE_NAMES,
+    COPTER_MODES,
+    PX4_MODES,
+    enum_name,
+    mavlink,
+    px4_mode_name,
+)
 
 log = logging.getLogger("edge.drivers.mavlink")
 
@@ -73,14 +80,6 @@ class Flavour(enum.StrEnum):
 
 AUTOPILOTS = ("auto", "ardupilot", "px4")
 
-#: PX4 mode names -> (main mode, sub mode) as in PX4's px4_custom_mode.
-PX4_MODES: dict[str, tuple[int, int]] = {
-    "MANUAL": (1, 0), "ALTCTL": (2, 0), "POSCTL": (3, 0), "AUTO.READY": (4, 1), "AUTO.TAKEOFF": (4, 2),
-    "AUTO.LOITER": (4, 3), "AUTO.MISSION": (4, 4), "AUTO.RTL": (4, 5), "AUTO.LAND": (4, 6),
-    "AUTO.FOLLOW_TARGET": (4, 8), "AUTO.PRECLAND": (4, 9), "ACRO": (5, 0), "OFFBOARD": (6, 0),
-    "STABILIZED": (7, 0),
-}
-_PX4_NAMES = {v: k for k, v in PX4_MODES.items()}
 #: Modes in which the autopilot flies setpoints.
 SETPOINT_MODES = {Flavour.ARDUPILOT: ("GUIDED", "GUIDED_NOGPS"), Flavour.PX4: ("OFFBOARD",)}
 HOLD_MODES = {Flavour.ARDUPILOT: "LOITER", Flavour.PX4: "AUTO.LOITER"}
@@ -89,16 +88,6 @@ NOT_AUTOPILOT_TYPES = frozenset({
     mavlink.MAV_TYPE_GCS, mavlink.MAV_TYPE_GIMBAL, mavlink.MAV_TYPE_CAMERA,
     mavlink.MAV_TYPE_ONBOARD_CONTROLLER, mavlink.MAV_TYPE_ADSB, mavlink.MAV_TYPE_ANTENNA_TRACKER,
 })
-
-
-def px4_custom_mode(main: int, sub: int = 0) -> int:
-    """PX4's HEARTBEAT custom_mode: main mode in bits 16-23, sub mode in bits 24-31."""
-    return (main & 0xFF) << 16 | (sub & 0xFF) << 24
-
-
-def px4_mode_name(custom_mode: int) -> str:
-    main, sub = (custom_mode >> 16) & 0xFF, (custom_mode >> 24) & 0xFF
-    return _PX4_NAMES.get((main, sub)) or _PX4_NAMES.get((main, 0)) or f"custom:{custom_mode}"
 
 
 def mode_name(flavour: Flavour, custom_mode: int) -> str:

@@ -19,7 +19,8 @@ from pymavlink.dialects.v20 import common as mav
 from rigs.events import CoreEvents
 from rigs.mavpeer import ARDU_GUIDED, PX4_OFFBOARD, MavPeer
 
-from drivers.serial.mavcommands import MASK_POSITION, MASK_VELOCITY, px4_custom_mode, px4_mode_name
+from drivers.serial.mavcodec import px4_custom_mode, px4_mode_name
+from drivers.serial.mavcommands import MASK_POSITION, MASK_VELOCITY
 from drivers.serial.mavlink import MAVLinkDriver
 from drivers.testing import RecordingContext
 from edge.hardware.layer import HardwareLayer
@@ -269,10 +270,11 @@ async def test_a_gimbal_heartbeat_does_not_change_the_flavour_or_mode(px4: MavPe
 # -- PX4 -----------------------------------------------------------------------------------------
 
 def test_px4_mode_encoding() -> None:
-    assert px4_custom_mode(6) == PX4_OFFBOARD == 0x060000
-    assert px4_mode_name(px4_custom_mode(4, 3)) == "AUTO.LOITER"
-    assert px4_mode_name(px4_custom_mode(4, 5)) == "AUTO.RTL"
-    assert px4_mode_name(px4_custom_mode(3)) == "POSCTL"
+    assert px4_custom_mode("OFFBOARD") == PX4_OFFBOARD == 0x060000
+    assert px4_mode_name(4 << 16 | 3 << 24) == "AUTO.LOITER"
+    assert px4_mode_name(4 << 16 | 5 << 24) == "AUTO.RTL"
+    assert px4_mode_name(3 << 16) == "POSCTL"
+    assert px4_mode_name(4 << 16 | 7 << 24) == f"custom:{4 << 16 | 7 << 24}"  # an AUTO sub mode it does not know
     assert px4_mode_name(0x7F0000).startswith("custom:")
 
 
