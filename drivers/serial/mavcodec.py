@@ -4,7 +4,9 @@ Wraps pymavlink's generated ``ardupilotmega`` dialect (a superset of ``common``)
 frames bytes itself: it looks for a start marker (0xFD MAVLink 2, 0xFE MAVLink 1), takes the
 length from the header and lets pymavlink decode and check the CRC; a frame that does not check
 out costs one byte (counted in ``bad_bytes``) and the search resumes at the next marker, so
-garbage never swallows the valid frame after it (pymavlink's own robust mode drops it).
+garbage never swallows the valid frame after it (pymavlink's own robust mode drops it). A frame
+still incomplete is waited for only while no complete valid frame follows its marker: a noise
+0xFD whose length byte runs past the data does not hold up the frames behind it.
 ``encode()`` packs a message with this end's system/component id and sequence number. Also holds
 the ArduCopter flight-mode table (custom_mode numbers).
 """
@@ -15,7 +17,7 @@ from typing import Any
 
 from pymavlink.dialects.v20 import ardupilotmega as mavlink
 
-__all__ = ["COPTER_MODES", "COPTER_MODE_NAMES", "PX4_MODES", "MavCodec", "enum_name", "mavlink",
+__all__ = ["COPTER_MODES", "COPTER_MODE_NAMES", "NOT_AUTOPILOT_TYPES", "PX4_MODES", "MavCodec", "enum_name", "mavlink",
            "px4_custom_mode", "px4_mode_name"]
 
 # ArduCopter custom_mode numbers (ArduPilot's Copter mode enum).
@@ -56,6 +58,12 @@ def enum_name(enum: str, value: int, prefix: str) -> str:
     return entry.name.removeprefix(prefix) if entry is not None else str(value)
 
 
+# Vehicle components that are never the autopilot, whatever their HEARTBEAT.autopilot says.
+NOT_AUTOPILOT_TYPES = frozenset({
+    mavlink.MAV_TYPE_GCS, mavlink.MAV_TYPE_GIMBAL, mavlink.MAV_TYPE_CAMERA,
+    mavlink.MAV_TYPE_ONBOARD_CONTROLLER, mavlink.MAV_TYPE_ADSB, mavlink.MAV_TYPE_ANTENNA_TRACKER,
+})
+
 MAGIC_V2 = 0xFD
 MAGIC_V1 = 0xFE
 MAX_BUFFER = 1 << 16  # bytes kept while waiting for the rest of a frame
@@ -86,6 +94,24 @@ class MavCodec:
         self.messages_out += 1
         return buf
 
+    def _complete_frame_after(self, buf: bytearray, start: int, end: int) -> bool:
+        """True if a complete frame that checks out (known id, CRC) starts in ``buf[start:end]``."""
+        j = start
+        while j < end:
+            hits = [k for k in (buf.find(MAGIC_V2, j, end), buf.find(MAGIC_V1, j, end)) if k >= 0]
+            if not hits:
+                return False
+            j = min(hits)
+            if end - j >= 3 and end - j >= _frame_length(buf, j):
+                try:
+                    msg = self.mav.decode(buf[j:j + _frame_length(buf, j)])
+                except Exception:  # noqa: BLE001 - not a frame
+                    msg = None
+                if msg is not None and not msg.get_type().startswith("UNKNOWN"):
+                    return True
+            j += 1
+        return False
+
     def feed(self, data: bytes) -> list[Any]:
         """Messages completed by ``data``; bytes that are not part of a valid frame are counted
         in ``bad_bytes`` and dropped."""
@@ -105,6 +131,10 @@ class MavCodec:
                 break
             n = _frame_length(buf, i)
             if end - i < n:
+                if self._complete_frame_after(buf, i + 1, end):  # a noise marker, a length past
+                    self.bad_bytes += 1                        # the data: do not wait on it
+                    i += 1
+                    continue
                 break
             try:
                 msg = self.mav.decode(buf[i:i + n])
