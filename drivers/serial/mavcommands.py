@@ -42,6 +42,7 @@ from drivers.base import CommandHandler
 from drivers.serial.mavcodec import (
     COPTER_MODE_NAMES,
     COPTER_MODES,
+    NOT_AUTOPILOT_TYPES,
     PX4_MODES,
     enum_name,
     mavlink,
@@ -84,10 +85,6 @@ AUTOPILOTS = ("auto", "ardupilot", "px4")
 SETPOINT_MODES = {Flavour.ARDUPILOT: ("GUIDED", "GUIDED_NOGPS"), Flavour.PX4: ("OFFBOARD",)}
 HOLD_MODES = {Flavour.ARDUPILOT: "LOITER", Flavour.PX4: "AUTO.LOITER"}
 #: Heartbeats of these vehicle types are not the autopilot's (gimbals, cameras, companions).
-NOT_AUTOPILOT_TYPES = frozenset({
-    mavlink.MAV_TYPE_GCS, mavlink.MAV_TYPE_GIMBAL, mavlink.MAV_TYPE_CAMERA,
-    mavlink.MAV_TYPE_ONBOARD_CONTROLLER, mavlink.MAV_TYPE_ADSB, mavlink.MAV_TYPE_ANTENNA_TRACKER,
-})
 
 
 def mode_name(flavour: Flavour, custom_mode: int) -> str:
@@ -145,6 +142,7 @@ class MavCommander:
         self._event = event
         self.target_system = target_system
         self.target_component = target_component
+        self._locked_component = 0  # with target_component 0: the autopilot's, from its HEARTBEAT
         self.autopilot = autopilot
         self.setpoint_hz = setpoint_hz
         self.setpoint_timeout_s = setpoint_timeout_s
@@ -205,11 +203,18 @@ class MavCommander:
     def _is_autopilot(self, msg: Any) -> bool:
         if msg.autopilot == mavlink.MAV_AUTOPILOT_INVALID or msg.type in NOT_AUTOPILOT_TYPES:
             return False
-        return self.target_component == 0 or msg.get_srcComponent() == self.target_component
+        return msg.get_srcComponent() == self.component if self.component else True
+
+    @property
+    def component(self) -> int:
+        """The autopilot's component id: ``target_component``, or with 0 the first autopilot heard."""
+        return self.target_component or self._locked_component
 
     def _heartbeat(self, msg: Any) -> None:
         if not self._is_autopilot(msg):
             return
+        if not self.component:
+            self._locked_component = msg.get_srcComponent()
         self.heard_autopilot = msg.autopilot
         if self.autopilot == "auto":
             self.flavour = Flavour.PX4 if msg.autopilot == mavlink.MAV_AUTOPILOT_PX4 else Flavour.ARDUPILOT
@@ -217,9 +222,10 @@ class MavCommander:
         self.mode = mode_name(self.flavour, msg.custom_mode)
 
     def _ack(self, msg: Any) -> None:
-        if msg.target_system not in (0, self._mav().srcSystem):
-            return
-        if self.target_component != 0 and msg.get_srcComponent() != self.target_component:
+        mav = self._mav()
+        if msg.target_system not in (0, mav.srcSystem) or msg.target_component not in (0, mav.srcComponent):
+            return  # another requester's answer
+        if self.component and msg.get_srcComponent() != self.component:
             return  # a gimbal or camera on the same system does not answer for the autopilot
         fut = self._pending.get(msg.command)
         if fut is None or fut.done():
@@ -242,6 +248,7 @@ class MavCommander:
         self.close()
         self.active = None
         self.mode = self.armed = None
+        self._locked_component = 0
         self._t0 = time.monotonic()
 
     def close(self) -> None:
@@ -306,12 +313,12 @@ class MavCommander:
         if sp.is_global:
             lat, lon, alt = sp.values
             msg = mav.set_position_target_global_int_encode(
-                ms, self.target_system, self.target_component, sp.frame, sp.mask, int(lat), int(lon), alt,
+                ms, self.target_system, self.component, sp.frame, sp.mask, int(lat), int(lon), alt,
                 0, 0, 0, 0, 0, 0, 0, 0)
         else:
             x, y, z, vx, vy, vz, yaw, yaw_rate = sp.values
             msg = mav.set_position_target_local_ned_encode(
-                ms, self.target_system, self.target_component, sp.frame, sp.mask, x, y, z, vx, vy, vz,
+                ms, self.target_system, self.component, sp.frame, sp.mask, x, y, z, vx, vy, vz,
                 0, 0, 0, yaw, yaw_rate)
         await self._send(msg)
         now = time.monotonic()
@@ -365,7 +372,7 @@ class MavCommander:
         self._pending[command] = fut
         try:
             await self._send(self._mav().command_long_encode(
-                self.target_system, self.target_component, command, 0, *p))
+                self.target_system, self.component, command, 0, *p))
             try:
                 ack = await asyncio.wait_for(fut, self.command_timeout_s)
             except TimeoutError:

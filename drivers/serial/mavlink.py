@@ -136,7 +136,7 @@ class MAVLinkDriver(Driver):
         for name in STREAMED:
             msg_id = getattr(mavlink, f"MAVLINK_MSG_ID_{name}")
             await self._send(self.codec.mav.command_long_encode(
-                self.target_system, self.target_component, mavlink.MAV_CMD_SET_MESSAGE_INTERVAL,
+                self.target_system, self.commander.component, mavlink.MAV_CMD_SET_MESSAGE_INTERVAL,
                 0, msg_id, interval_us, 0, 0, 0, 0, 0))
 
     def commands(self) -> dict[str, CommandHandler]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers.base import RateMeter, Value
-from drivers.serial.mavcodec import COPTER_MODE_NAMES, enum_name, mavlink, px4_mode_name
+from drivers.serial.mavcodec import NOT_AUTOPILOT_TYPES, COPTER_MODE_NAMES, enum_name, mavlink, px4_mode_name
 
 UINT16_MAX = 65535
 INT16_MAX = 32767
@@ -111,7 +111,7 @@ class TelemetryDecoder:
     def is_autopilot_heartbeat(self, msg: Any) -> bool:
         """True for the autopilot's HEARTBEAT (locks in its component on the first one)."""
         comp: int = msg.get_srcComponent()
-        if msg.type == mavlink.MAV_TYPE_GCS or msg.autopilot == mavlink.MAV_AUTOPILOT_INVALID:
+        if msg.type in NOT_AUTOPILOT_TYPES or msg.autopilot == mavlink.MAV_AUTOPILOT_INVALID:
             return False
         if self.autopilot_component is None:
             if self.target_component not in (0, comp):
