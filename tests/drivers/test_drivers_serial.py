@@ -217,7 +217,10 @@ async def test_gps_disappears() -> None:
     port = await sim.start()
     drv = NMEAGPSDriver("gps", "drone1", port=port)
     await drv.start(RecordingContext())
-    await asyncio.sleep(0.1)
+    for _ in range(200):  # reading (a fixed sleep raced the open under load)
+        if drv.sentences:
+            break
+        await asyncio.sleep(0.02)
     sim.disconnect()
     err = await asyncio.wait_for(drv.wait_failed(), 3)
     assert err.device == port and "SerialException" in (err.cause or "")
