@@ -247,3 +247,21 @@ async def test_a_window_of_more_records_than_the_limit_is_refused(
     with pytest.raises(ReplayError, match="replay a shorter one") as info:
         await replay(js, DEVICE, Window())
     assert info.value.fields["reason"] == "too-long"
+
+
+async def test_a_what_if_for_a_system_not_in_the_window_is_an_error(tmp_path: Path, nats_url: str,
+                                                                   js_nc: Client) -> None:
+    """``--with NAME=PATH`` for a name that ran nowhere in the window is an unknown system (it
+    was ignored, and the replay said identical, exit 0)."""
+    t0 = time.time()
+    await run_for(fleet_config(tmp_path / "dev", nats_url), 1.5)
+    wasm = ROOT / "components" / "build" / "physics.wasm"
+    assert wasm.is_file()
+    base = ["--url", nats_url, "--device", DEVICE, "--from", repr(t0 + 0.5)]
+    err = one_sentence_error(await cli(*base, "--with", f"phyzics={wasm}"))
+    assert "'phyzics' ran nowhere in the window" in err
+    err = one_sentence_error(await cli(*base, "--system", "patrol", "--with", f"physics={wasm}"))
+    assert "'physics'" in err
+    with pytest.raises(ReplayError, match="ran nowhere") as info:
+        await replay(js_nc.jetstream(), DEVICE, Window(t0 + 0.5), what_if={"phyzics": wasm})
+    assert info.value.fields["reason"] == "unknown"
