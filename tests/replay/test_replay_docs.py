@@ -265,3 +265,17 @@ async def test_a_what_if_for_a_system_not_in_the_window_is_an_error(tmp_path: Pa
     with pytest.raises(ReplayError, match="ran nowhere") as info:
         await replay(js_nc.jetstream(), DEVICE, Window(t0 + 0.5), what_if={"phyzics": wasm})
     assert info.value.fields["reason"] == "unknown"
+
+
+
+async def test_record_enabled_false_runs_without_the_recorder(tmp_path: Path, nats_url: str,
+                                                              js_nc: Client) -> None:
+    from edge.config.device import parse_config
+
+    assert parse_config({"record": {"enabled": False}}).record is False
+    assert parse_config({}).record is True
+    cfg = fleet_config(tmp_path / "dev", nats_url)
+    cfg.record = False  # what [record] enabled = false gives
+    await run_for(cfg, 1.0)  # Runtime(cfg): record=True unless the config says otherwise
+    with pytest.raises(ReplayError, match="no stream REC"):
+        await replay(js_nc.jetstream(), DEVICE, Window())
