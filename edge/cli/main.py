@@ -216,6 +216,10 @@ async def send_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from edge.cli.replay import relative_times
+
+    # ``edge replay --from -60s``: a value, not an option (only replay has --from/--to)
+    argv = relative_times(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         return asyncio.run(dispatch(args))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,25 @@ def register(sub: Any) -> None:
     p.add_argument("--stream", default="REC", help="the record stream (a hub's copy: its name there)")
     p.add_argument("--domain", help="JetStream domain of the stream (e.g. hub)")
     p.add_argument("--json", action="store_true", help="the report as JSON")
+
+
+#: A relative time (``-30s``, ``-5m``, ``-1h``): argparse takes it for an option, not a value.
+_RELATIVE_TIME = re.compile(r"^-\d+(?:\.\d+)?[smh]$")
+
+
+def relative_times(argv: Sequence[str]) -> list[str]:
+    """``--from -60s`` as ``--from=-60s``, so the documented spelling parses."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--from", "--to") and i + 1 < len(argv) and _RELATIVE_TIME.match(argv[i + 1]):
+            out.append(f"{arg}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
 
 
 def what_if_args(items: list[str]) -> dict[str, Path]:

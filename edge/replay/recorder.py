@@ -170,9 +170,14 @@ class RecorderLayer:
 
         self._ctx = ctx
         await ensure_stream(ctx.js, self.settings.stream_config(ctx.device))
+        # the layers before this one (the agents) queued records as they started: a run's
+        # ``start`` and its ``policy`` still come first in the stream
+        early = list(self._queue)
+        self._queue.clear()
         self._put("start", None, {"device": ctx.device})
         if self.policy_state is not None:
             self._put("policy", None, {**self.policy_state(), "reload": False})
+        self._queue.extend(early)
         self._tasks = [asyncio.create_task(self._write(), name="edge.replay.write"),
                        asyncio.create_task(self._periodic(), name="edge.replay.periodic")]
 

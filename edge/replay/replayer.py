@@ -377,6 +377,7 @@ class Replayer:
         self.records = records
         self.window = window
         self.systems = set(systems) if systems else None
+        self._what_if_names = set(what_if or {})
         self.what_if = {k: candidate(v, device) for k, v in (what_if or {}).items()
                         if not is_agent_table(v)}
         #: the sandbox (one is made when none is given; :meth:`run` closes it) and when the
@@ -408,6 +409,11 @@ class Replayer:
             if missing:
                 raise ReplayError(f"nothing of system '{missing[0]}' is recorded in the window",
                                   component=missing[0], reason="unknown")
+        unknown = sorted(self._what_if_names - set(self._reports))
+        if unknown:  # the candidate would replace nothing: an identical replay would prove nothing
+            raise ReplayError(f"what-if candidate for '{unknown[0]}': '{unknown[0]}' ran nowhere "
+                              "in the window (or is not among --system): nothing to compare it "
+                              "against", component=unknown[0], reason="unknown")
         # Each component's inputs are recorded, so components replay independently: one task
         # each (sharing up to MAX_WORKERS worker processes), every task in stream order.
         streams: dict[str, list[tuple[int, dict[str, Any]]]] = {n: [] for n in self._reports}
