@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +16,8 @@ from nats.aio.client import Client
 from edge.language.config import LanguageConfig
 from edge.language.layer import LanguageLayer
 from edge.layer import DeviceContext
+from language_support import DEV, emit, wait_until
 
-DEV = "dev1"
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in {timeout} s")
-        await asyncio.sleep(0.05)
-
-
-def emit(ctx: DeviceContext, entity: str, kind: str, body: Any) -> None:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    ctx.events.emit(f"edge.{DEV}.evt.{entity}.{kind}", data)
 
 
 async def request(nc: Client, verb: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -8,8 +8,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +19,8 @@ from edge.language.config import LanguageConfig
 from edge.language.embedder import default_model_path
 from edge.language.layer import LanguageLayer
 from edge.layer import DeviceContext
+from language_support import DEV, emit, wait_until
 
-DEV = "dev1"
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in {timeout} s")
-        await asyncio.sleep(0.05)
-
-
-def emit(ctx: DeviceContext, entity: str, kind: str, body: Any) -> None:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    ctx.events.emit(f"edge.{DEV}.evt.{entity}.{kind}", data)
 
 
 def indexed(layer: LanguageLayer) -> int:

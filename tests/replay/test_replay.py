@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import nats
 import numpy as np
 import pytest
 from nats.aio.client import Client
@@ -24,19 +23,6 @@ from edge.runtime import Runtime
 from edge.wasm.protocol import CLOCK_REPORT_MAX
 from replay_support import (DEVICE, ROOT, all_records, fleet_config, physics_variant, publish_garbage,
                      run_for, ticks_of)
-
-
-@pytest.fixture(autouse=True)
-def built(components_dir: Path) -> Path:
-    """Every test runs the repository's compiled components (built once per session)."""
-    return components_dir
-
-
-@pytest.fixture
-async def js_nc(nats_url: str) -> Client:
-    client = await nats.connect(nats_url)
-    yield client
-    await client.close()
 
 
 async def test_recorded_window_replays_identically(tmp_path: Path, nats_url: str,

@@ -27,11 +27,6 @@ from replay_support import DEVICE, ROOT, fleet_config, physics_variant
 from rigs.link import sync_rig
 
 
-@pytest.fixture(autouse=True)
-def built(components_dir: Path) -> Path:
-    return components_dir
-
-
 def _rollout_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "edge.cli.main", "rollout", "start", *args],

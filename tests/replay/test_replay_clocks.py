@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -21,18 +20,6 @@ from edge.runtime import Runtime
 from replay_support import DEVICE, ROOT, all_records, build_stamp, fleet_config
 
 MESSAGES = 12
-
-
-@pytest.fixture(autouse=True)
-def built(components_dir: Path) -> Path:
-    return components_dir
-
-
-@pytest.fixture
-async def js_nc(nats_url: str) -> Client:
-    client = await nats.connect(nats_url)
-    yield client
-    await client.close()
 
 
 async def _record_stamp(tmp_path: Path, nats_url: str, client: Client) -> tuple[Records, float]:

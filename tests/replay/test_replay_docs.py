@@ -25,18 +25,6 @@ from edge.replay.source import Window
 from replay_support import DEVICE, ROOT, all_records, fleet_config, physics_variant, run_for
 
 
-@pytest.fixture(autouse=True)
-def built(components_dir: Path) -> Path:
-    return components_dir
-
-
-@pytest.fixture
-async def js_nc(nats_url: str) -> Client:
-    client = await nats.connect(nats_url)
-    yield client
-    await client.close()
-
-
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "edge.cli.main", "replay", *args],

@@ -28,11 +28,6 @@ from rigs.link import sync_rig
 from rigs.nats import running_server
 
 
-@pytest.fixture(autouse=True)
-def built(components_dir: Path) -> Path:
-    return components_dir
-
-
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "edge.cli.main", "replay", *args],

@@ -31,11 +31,6 @@ DENY_SECRET = ('[[rule]]\nname = "no-secret"\neffect = "deny"\nprincipal = "comp
                'action = "publish"\nresource = "edge.{device}.evt.out.secret"\n')
 
 
-@pytest.fixture(autouse=True)
-def built(components_dir: Path) -> Path:
-    return components_dir
-
-
 @pytest.fixture
 async def client(nats_url: str) -> AsyncIterator[Client]:
     nc = await nats.connect(nats_url)

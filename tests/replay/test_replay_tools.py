@@ -22,11 +22,6 @@ from edge.runtime import Runtime
 from replay_support import DEVICE, all_records, fleet_config
 
 
-@pytest.fixture(autouse=True)
-def built(components_dir: Path) -> Path:
-    return components_dir
-
-
 async def _calls(nc: Client) -> list[dict[str, object]]:
     out = []
     for tool, body in (("list_entities", b"{}"), ("read_component", b'{"entity": "nobody", '
