@@ -21,7 +21,6 @@ Example
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
 from edge.errors import LifecycleError
+from edge.tasks import bounded
 from edge.world.store import World
 
 if TYPE_CHECKING:
@@ -128,12 +128,13 @@ class LayerStack:
             log.debug("layer %s started", layer.name)
 
     async def stop(self) -> list[str]:
-        """Stop the started layers in reverse, each within ``stop_timeout``; returns the errors."""
+        """Stop the started layers in reverse, each within ``stop_timeout`` (a layer that overruns it
+        is cancelled and, if it does not end within a second, left behind); returns the errors."""
         errors: list[str] = []
         while self._started:
             layer = self._started.pop()
             try:
-                await asyncio.wait_for(layer.stop(), self.stop_timeout)
+                await bounded(layer.stop(), self.stop_timeout)
             except TimeoutError:
                 errors.append(f"{layer.name}: did not stop within {self.stop_timeout:g} s")
             except Exception as err:  # noqa: BLE001  collected: one failure must not hide the rest

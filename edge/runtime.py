@@ -38,6 +38,7 @@ from edge.nats.commands import CommandRouter
 from edge.nats.events import DeviceEvents
 from edge.nats.server import NatsServer
 from edge.nats.storage import StoreLimits, check_reservations, store_limits
+from edge.tasks import bounded
 from edge.wasm.layer import SandboxLayer, SandboxSettings
 from edge.wasm.pool import SandboxPool
 from edge.world.persist import Persister
@@ -147,7 +148,7 @@ class Runtime:
 
         async def step(name: str, coro: Any) -> None:
             try:
-                await asyncio.wait_for(coro, STOP_STEP_TIMEOUT_S)
+                await bounded(coro, STOP_STEP_TIMEOUT_S)
             except Exception as err:  # noqa: BLE001  collected, not raised
                 errors.append(f"{name}: {type(err).__name__}: {err}")
 

@@ -73,3 +73,28 @@ async def test_misuse_is_refused_with_a_sentence() -> None:
     with pytest.raises(LifecycleError, match="already started"):
         await stack.start(CTX)
     await stack.stop()
+
+
+class Stubborn(Probe):
+    """A layer whose stop swallows its cancellation (as nats-py can inside a publish waiting for
+    buffer space) and keeps going."""
+
+    async def stop(self) -> None:
+        self.log.append(f"stop {self.name}")
+        for _ in range(30):
+            try:
+                await asyncio.sleep(0.1)
+            except asyncio.CancelledError:
+                pass
+
+
+async def test_a_layer_that_swallows_its_cancellation_is_left_behind_not_waited_for() -> None:
+    """asyncio.wait_for waited for it until it ended by itself (3 s here; in a service, past
+    its TimeoutStopSec); the stack moves on after the timeout and the cancellation's grace."""
+    log: list[str] = []
+    stack = LayerStack([Probe("a", log), Stubborn("s", log)], stop_timeout=0.2)
+    await stack.start(CTX)
+    t0 = asyncio.get_running_loop().time()
+    errors = await stack.stop()
+    assert asyncio.get_running_loop().time() - t0 < 3.0
+    assert errors == ["s: did not stop within 0.2 s"] and log[-2:] == ["stop s", "stop a"]
