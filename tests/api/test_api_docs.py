@@ -21,10 +21,9 @@ import pytest
 from nats.aio.client import Client
 
 from edge.agents.jsonschema import validate
-from edge.config import load_config
 from edge.demo.actuator import SimActuator
 from edge.runtime import Runtime
-from rigs.runtime import url_of
+from rigs.runtime import device_from_files, url_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,15 +46,8 @@ OPS = {"Edge-Caller": "ops"}
 
 @pytest.fixture
 async def device(tmp_path: Path) -> AsyncIterator[tuple[Runtime, Client]]:
-    (tmp_path / "device.toml").write_text(CONFIG)
-    rt = Runtime(load_config(tmp_path / "device.toml", data_dir=tmp_path / "data"), layers=[SimActuator()])
-    await rt.start()
-    nc = await nats.connect(url_of(rt))
-    try:
-        yield rt, nc
-    finally:
-        await nc.close()
-        await rt.stop()
+    async with device_from_files(tmp_path, {"device.toml": CONFIG}, [SimActuator()]) as both:
+        yield both
 
 
 async def call(nc: Client, subject: str, body: Any = None, headers: dict[str, str] | None = None

@@ -18,13 +18,12 @@ from nats.aio.client import Client
 
 from edge.agents.decisions import MAX_INGESTED_BYTES
 from edge.agents.tools.service import MAX_SENSOR_BYTES
-from edge.config import load_config
 from edge.demo.actuator import SimActuator
 from edge.nats.commands import MAX_COMMAND_BYTES
 from edge.nats.service import MAX_MESSAGE_CHARS
 from edge.nats.subjects import STATE_BUCKET
 from edge.runtime import Runtime
-from rigs.runtime import url_of
+from rigs.runtime import device_from_files
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -90,16 +89,8 @@ HUGE_INT = ("1" + "0" * 400).encode()
 async def device(tmp_path: Path) -> AsyncIterator[tuple[Runtime, Client]]:
     """A running device (its sim actuator serves drone-0's velocity/hold/rtl, guarded by the
     envelope) and a second client, as an attacker connects."""
-    (tmp_path / "policy.toml").write_text(POLICY)
-    (tmp_path / "device.toml").write_text(CONFIG)
-    rt = Runtime(load_config(tmp_path / "device.toml", data_dir=tmp_path / "data"), layers=[SimActuator()])
-    await rt.start()
-    nc = await nats.connect(url_of(rt))
-    try:
-        yield rt, nc
-    finally:
-        await nc.close()
-        await rt.stop()
+    async with device_from_files(tmp_path, {"policy.toml": POLICY, "device.toml": CONFIG}, [SimActuator()]) as both:
+        yield both
 
 
 async def snapshot(rt: Runtime) -> tuple[dict[str, Any], dict[str, bytes]]:
